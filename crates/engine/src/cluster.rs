@@ -1,0 +1,397 @@
+//! The engine's live view of the highway: what every node, rack and site has free, what it
+//! draws, and the indices placement searches.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use gosok_model::{Catalog, ClusterSpec, ModelId, NodeState, SpecError};
+
+use crate::ids::{DomainIdx, JobId, NodeIdx, RackIdx, SiteIdx};
+
+pub struct Site {
+    pub name: Arc<str>,
+    pub region: String,
+    pub jurisdiction: String,
+    pub pue_milli: u64,
+    pub budget_w: u64,
+    /// Estimated IT draw of everything placed here.
+    pub it_w: u64,
+}
+
+impl Site {
+    pub fn facility_w(&self, it_w: u64) -> u64 {
+        it_w * self.pue_milli / 1000
+    }
+}
+
+pub struct Rack {
+    pub name: Arc<str>,
+    pub site: SiteIdx,
+    pub domain: DomainIdx,
+    pub cap_w: u64,
+    pub it_w: u64,
+    pub nodes: Vec<NodeIdx>,
+}
+
+pub struct Domain {
+    pub site: SiteIdx,
+    pub nodes: Vec<NodeIdx>,
+}
+
+/// A task's hold on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskRef {
+    pub job: JobId,
+    pub task: u32,
+}
+
+pub struct Node {
+    pub name: Arc<str>,
+    pub site: SiteIdx,
+    pub rack: RackIdx,
+    pub domain: DomainIdx,
+    pub model: Option<ModelId>,
+    pub state: NodeState,
+    pub cpu_total_milli: u64,
+    pub cpu_free_milli: u64,
+    pub mem_total_mib: u64,
+    pub mem_free_mib: u64,
+    /// Thousandths in use, per device.
+    pub used_milli: Vec<u16>,
+    pub free_whole: u16,
+    pub base_w: u64,
+    /// Draw of one fully used device (board power × utilisation).
+    pub device_w: u64,
+    pub draw_w: u64,
+    pub tasks: Vec<TaskRef>,
+}
+
+impl Node {
+    pub fn devices(&self) -> u16 {
+        self.used_milli.len() as u16
+    }
+
+    /// The node's draw if its devices were used as `used_milli` and `has_tasks` said.
+    pub fn draw_for(&self, used_total_milli: u64, has_tasks: bool) -> u64 {
+        if !has_tasks {
+            return 0;
+        }
+        self.base_w + used_total_milli * self.device_w / 1000
+    }
+
+    pub fn used_total_milli(&self) -> u64 {
+        self.used_milli.iter().map(|&u| u as u64).sum()
+    }
+
+    pub fn has_partial(&self) -> bool {
+        self.used_milli.iter().any(|&u| u > 0 && u < 1000)
+    }
+
+    pub fn max_partial_free(&self) -> u16 {
+        self.used_milli
+            .iter()
+            .filter(|&&u| u > 0 && u < 1000)
+            .map(|&u| 1000 - u)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// What a task holds on its node; releasing gives exactly this back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub node: NodeIdx,
+    pub devices: Vec<u8>,
+    pub milli: u16,
+    pub cpu_milli: u64,
+    pub mem_mib: u64,
+}
+
+/// Up nodes by (site, model) and free whole devices: best fit is a walk from the smallest
+/// sufficient bucket upwards.
+pub struct Index {
+    n_models: usize,
+    /// [site * n_models + model][free_whole] -> nodes
+    whole: Vec<Vec<BTreeSet<NodeIdx>>>,
+    /// [site * n_models + model] -> nodes with a partly used device
+    partial: Vec<BTreeSet<NodeIdx>>,
+    /// [site] -> up nodes (for jobs that want no accelerator)
+    any: Vec<BTreeSet<NodeIdx>>,
+}
+
+impl Index {
+    pub fn bucket(&self, site: SiteIdx, model: ModelId) -> &[BTreeSet<NodeIdx>] {
+        &self.whole[site as usize * self.n_models + model as usize]
+    }
+    pub fn partial(&self, site: SiteIdx, model: ModelId) -> &BTreeSet<NodeIdx> {
+        &self.partial[site as usize * self.n_models + model as usize]
+    }
+    pub fn any(&self, site: SiteIdx) -> &BTreeSet<NodeIdx> {
+        &self.any[site as usize]
+    }
+}
+
+pub struct Cluster {
+    pub sites: Vec<Site>,
+    pub racks: Vec<Rack>,
+    pub domains: Vec<Domain>,
+    pub nodes: Vec<Node>,
+    pub node_by_name: BTreeMap<Arc<str>, NodeIdx>,
+    pub site_by_name: BTreeMap<String, SiteIdx>,
+    pub rack_by_name: BTreeMap<String, RackIdx>,
+    pub model_names: Vec<Arc<str>>,
+    pub index: Index,
+    /// Bumped whenever what exists or is usable changes (node state, power caps), so that
+    /// caches of "could this shape ever fit" know to recompute.
+    pub epoch: u64,
+    /// Totals over nodes that are not down: the denominators of shares.
+    pub usable_accel_milli: u64,
+    pub usable_cpu_milli: u64,
+    pub usable_mem_mib: u64,
+    pub max_devices: u16,
+}
+
+fn mw_to_w(mw: f64) -> u64 {
+    (mw * 1e6).round() as u64
+}
+
+impl Cluster {
+    pub fn new(catalog: &Catalog, spec: &ClusterSpec, utilisation: f64) -> Result<Cluster, SpecError> {
+        let resolved = spec.resolve(catalog)?;
+        let n_models = catalog.len().max(1);
+        let mut sites = Vec::new();
+        let mut site_by_name = BTreeMap::new();
+        for s in &spec.site {
+            site_by_name.insert(s.name.clone(), sites.len() as SiteIdx);
+            sites.push(Site {
+                name: s.name.as_str().into(),
+                region: s.region.clone(),
+                jurisdiction: s.jurisdiction.clone(),
+                pue_milli: (s.pue * 1000.0).round() as u64,
+                budget_w: mw_to_w(s.power_budget_mw),
+                it_w: 0,
+            });
+        }
+        let mut racks = Vec::new();
+        let mut rack_by_name = BTreeMap::new();
+        let mut domains: Vec<Domain> = Vec::new();
+        let mut domain_by_name: BTreeMap<(SiteIdx, String), DomainIdx> = BTreeMap::new();
+        for r in &spec.rack {
+            let site = site_by_name[&r.site];
+            let dname = r.scale_up_domain.clone().unwrap_or_else(|| r.name.clone());
+            let domain = *domain_by_name.entry((site, dname)).or_insert_with(|| {
+                domains.push(Domain { site, nodes: Vec::new() });
+                (domains.len() - 1) as DomainIdx
+            });
+            rack_by_name.insert(r.name.clone(), racks.len() as RackIdx);
+            racks.push(Rack {
+                name: r.name.as_str().into(),
+                site,
+                domain,
+                cap_w: (r.power_cap_kw * 1000.0).round() as u64,
+                it_w: 0,
+                nodes: Vec::new(),
+            });
+        }
+        let mut nodes = Vec::with_capacity(resolved.len());
+        let mut node_by_name = BTreeMap::new();
+        let mut max_devices = 0u16;
+        let mut states = Vec::with_capacity(resolved.len());
+        for rn in resolved {
+            states.push(rn.spec.state);
+            let idx = nodes.len() as NodeIdx;
+            let rack = rn.rack as RackIdx;
+            let model = rn.spec.accelerator.as_deref().and_then(|m| catalog.id(m));
+            let device_w = model
+                .map(|m| (catalog.get(m).board_power_w as f64 * utilisation).round() as u64)
+                .unwrap_or(0);
+            let devices = rn.spec.accelerators as u16;
+            max_devices = max_devices.max(devices);
+            let name: Arc<str> = rn.name.as_str().into();
+            node_by_name.insert(name.clone(), idx);
+            racks[rack as usize].nodes.push(idx);
+            let domain = racks[rack as usize].domain;
+            domains[domain as usize].nodes.push(idx);
+            nodes.push(Node {
+                name,
+                site: rn.site as SiteIdx,
+                rack,
+                domain,
+                model,
+                state: NodeState::Down,
+                cpu_total_milli: rn.spec.cpu_cores * 1000,
+                cpu_free_milli: rn.spec.cpu_cores * 1000,
+                mem_total_mib: rn.spec.mem_mib,
+                mem_free_mib: rn.spec.mem_mib,
+                used_milli: vec![0; devices as usize],
+                free_whole: devices,
+                base_w: rn.spec.base_power_w,
+                device_w,
+                draw_w: 0,
+                tasks: Vec::new(),
+            });
+        }
+        let n_sites = sites.len().max(1);
+        let index = Index {
+            n_models,
+            whole: (0..n_sites * n_models)
+                .map(|_| (0..=max_devices).map(|_| BTreeSet::new()).collect())
+                .collect(),
+            partial: (0..n_sites * n_models).map(|_| BTreeSet::new()).collect(),
+            any: (0..n_sites).map(|_| BTreeSet::new()).collect(),
+        };
+        let mut c = Cluster {
+            sites,
+            racks,
+            domains,
+            nodes,
+            node_by_name,
+            site_by_name,
+            rack_by_name,
+            model_names: catalog.models().iter().map(|m| Arc::from(m.name.as_str())).collect(),
+            index,
+            epoch: 0,
+            usable_accel_milli: 0,
+            usable_cpu_milli: 0,
+            usable_mem_mib: 0,
+            max_devices,
+        };
+        for (i, state) in states.into_iter().enumerate() {
+            c.set_state(i as NodeIdx, state);
+        }
+        Ok(c)
+    }
+
+    fn unindex(&mut self, n: NodeIdx) {
+        let node = &self.nodes[n as usize];
+        if node.state != NodeState::Up {
+            return;
+        }
+        let (site, free) = (node.site as usize, node.free_whole as usize);
+        if let Some(m) = node.model {
+            let k = site * self.index.n_models + m as usize;
+            self.index.whole[k][free].remove(&n);
+            self.index.partial[k].remove(&n);
+        }
+        self.index.any[site].remove(&n);
+    }
+
+    fn reindex(&mut self, n: NodeIdx) {
+        let node = &self.nodes[n as usize];
+        if node.state != NodeState::Up {
+            return;
+        }
+        let (site, free) = (node.site as usize, node.free_whole as usize);
+        if let Some(m) = node.model {
+            let k = site * self.index.n_models + m as usize;
+            self.index.whole[k][free].insert(n);
+            if node.has_partial() {
+                self.index.partial[k].insert(n);
+            }
+        }
+        self.index.any[site].insert(n);
+    }
+
+    pub fn set_state(&mut self, n: NodeIdx, state: NodeState) {
+        let old = self.nodes[n as usize].state;
+        if old == state {
+            return;
+        }
+        self.unindex(n);
+        let node = &mut self.nodes[n as usize];
+        let (acc, cpu, mem) =
+            (node.devices() as u64 * 1000, node.cpu_total_milli, node.mem_total_mib);
+        if old == NodeState::Down {
+            self.usable_accel_milli += acc;
+            self.usable_cpu_milli += cpu;
+            self.usable_mem_mib += mem;
+        }
+        if state == NodeState::Down {
+            self.usable_accel_milli -= acc;
+            self.usable_cpu_milli -= cpu;
+            self.usable_mem_mib -= mem;
+        }
+        node.state = state;
+        self.reindex(n);
+        self.epoch += 1;
+    }
+
+    /// The extra IT draw of adding `add_milli` device-thousandths to node `n`.
+    pub fn draw_delta(&self, n: NodeIdx, add_milli: u64) -> u64 {
+        let node = &self.nodes[n as usize];
+        let base = if node.tasks.is_empty() { node.base_w } else { 0 };
+        base + add_milli * node.device_w / 1000
+    }
+
+    /// Whether `delta_w` more IT draw on node `n` keeps its rack and site within their caps.
+    pub fn power_fits(&self, n: NodeIdx, delta_w: u64) -> Result<(), PowerBlock> {
+        let node = &self.nodes[n as usize];
+        let rack = &self.racks[node.rack as usize];
+        if rack.it_w + delta_w > rack.cap_w {
+            return Err(PowerBlock::Rack);
+        }
+        let site = &self.sites[node.site as usize];
+        if site.facility_w(site.it_w + delta_w) > site.budget_w {
+            return Err(PowerBlock::Site);
+        }
+        Ok(())
+    }
+
+    /// Takes what a task holds. The caller has checked that it fits.
+    pub fn take(&mut self, hold: &Hold, task: TaskRef) {
+        let n = hold.node;
+        self.unindex(n);
+        let node = &mut self.nodes[n as usize];
+        for &d in &hold.devices {
+            node.used_milli[d as usize] += hold.milli;
+            if node.used_milli[d as usize] == hold.milli {
+                node.free_whole -= 1;
+            }
+        }
+        node.cpu_free_milli -= hold.cpu_milli;
+        node.mem_free_mib -= hold.mem_mib;
+        node.tasks.push(task);
+        self.refresh_power(n);
+        self.reindex(n);
+    }
+
+    /// Gives back exactly what `take` took.
+    pub fn give(&mut self, hold: &Hold, task: TaskRef) {
+        let n = hold.node;
+        self.unindex(n);
+        let node = &mut self.nodes[n as usize];
+        for &d in &hold.devices {
+            node.used_milli[d as usize] -= hold.milli;
+            if node.used_milli[d as usize] == 0 {
+                node.free_whole += 1;
+            }
+        }
+        node.cpu_free_milli += hold.cpu_milli;
+        node.mem_free_mib += hold.mem_mib;
+        if let Some(p) = node.tasks.iter().position(|t| *t == task) {
+            node.tasks.swap_remove(p);
+        }
+        self.refresh_power(n);
+        self.reindex(n);
+    }
+
+    fn refresh_power(&mut self, n: NodeIdx) {
+        let node = &mut self.nodes[n as usize];
+        let new = node.draw_for(node.used_total_milli(), !node.tasks.is_empty());
+        let old = std::mem::replace(&mut node.draw_w, new);
+        let (rack, site) = (node.rack as usize, node.site as usize);
+        self.racks[rack].it_w = self.racks[rack].it_w - old + new;
+        self.sites[site].it_w = self.sites[site].it_w - old + new;
+    }
+
+    pub fn site_facility_draw_w(&self, s: SiteIdx) -> u64 {
+        let site = &self.sites[s as usize];
+        site.facility_w(site.it_w)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerBlock {
+    Rack,
+    Site,
+}

@@ -1,0 +1,1204 @@
+//! The engine: events in, decisions out.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use gosok_model::{Catalog, ClusterSpec, JobSpec, ModelId, NodeState, PriorityClass, SpecError, TenantSpec};
+
+use crate::cluster::{Cluster, TaskRef};
+use crate::config::EngineConfig;
+use crate::event::{Decision, EngineError, Event, JobState, PreemptReason, TaskPlacement};
+use crate::explain::{Blocker, WaitReason};
+use crate::ids::{IdHasher, IdMap, JobId, ModelSet, NodeIdx, SiteSet, TenantIdx};
+use crate::job::{AccelReq, GroupReq, Job, Shape, ShapeId, Task};
+use crate::placement::{self, Placed, Placer, Request, Reservation};
+use crate::reservation::{self, PlanInput};
+use crate::scorers::{Profile, Scorer, scorer_by_name};
+use crate::tenants::Tenant;
+
+/// A pending job's place in its tenant's queue: priority class, then age.
+type QueueKey = (Reverse<PriorityClass>, u64, JobId);
+
+fn queue_key(j: &Job) -> QueueKey {
+    (Reverse(j.priority), j.submit_s, j.id)
+}
+
+/// One tenant's next job in the pass-wide merge. Ordered so that the heap's top is the job
+/// to consider next: higher priority class, then lower fair-share key, then older.
+#[derive(PartialEq, Eq)]
+struct Head {
+    priority: PriorityClass,
+    fair_bits: u64,
+    key: QueueKey,
+    tenant: TenantIdx,
+}
+
+impl Ord for Head {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.priority
+            .cmp(&o.priority)
+            .then(o.fair_bits.cmp(&self.fair_bits))
+            .then(o.key.1.cmp(&self.key.1))
+            .then(o.key.2.cmp(&self.key.2))
+    }
+}
+
+impl PartialOrd for Head {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+/// What admission concluded about a shape against the known topology.
+#[derive(Clone)]
+struct StaticFit {
+    epoch: u64,
+    /// Fits on all known nodes (None) or why not.
+    known: Option<String>,
+    /// Fits on nodes that are up right now.
+    up: bool,
+}
+
+/// Why a pending job waits, and where it stands.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Explanation {
+    pub job: JobId,
+    pub state: JobState,
+    pub position: Option<usize>,
+    pub wait: WaitReason,
+    pub text: String,
+    pub estimated_start_s: Option<u64>,
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    catalog: Catalog,
+    cluster: Cluster,
+    tenants: Vec<Tenant>,
+    tenant_by_name: BTreeMap<String, TenantIdx>,
+    site_jurisdictions: Vec<String>,
+    jobs: IdMap<JobId, Job>,
+    shapes: Vec<Shape>,
+    shape_ids: HashMap<Shape, ShapeId, std::hash::BuildHasherDefault<IdHasher>>,
+    static_fit: Vec<Option<StaticFit>>,
+    pending: Vec<BTreeSet<QueueKey>>,
+    pending_count: usize,
+    limits: BTreeSet<(u64, JobId)>,
+    reservation: Reservation,
+    reservation_planned_s: u64,
+    reservation_epoch: u64,
+    scorers: Vec<(Box<dyn Scorer>, f64)>,
+    demand_counts: BTreeMap<(u8, u16), f64>,
+    profile: Profile,
+    profile_dirty: bool,
+    now_s: u64,
+    /// Running preemptible jobs per priority class: tells cheaply whether a priority
+    /// preemption could find any victim.
+    running_preemptible: [u32; 5],
+}
+
+/// How long a reservation's plan is trusted before it is recomputed.
+const RESERVATION_REFRESH_S: u64 = 60;
+
+impl Engine {
+    pub fn new(catalog: Catalog, cluster: &ClusterSpec, cfg: EngineConfig) -> Result<Engine, SpecError> {
+        gosok_model::error::check_f64("accelerator_utilisation", cfg.accelerator_utilisation, 0.0, 1.0)?;
+        let mut scorers = Vec::new();
+        for (i, (name, w)) in cfg.scorers.iter().enumerate() {
+            let s = scorer_by_name(name).ok_or_else(|| {
+                SpecError::new(
+                    format!("scorers[{i}]"),
+                    format!("no scorer named {name:?}; known: {}", crate::scorers::SCORER_NAMES.join(", ")),
+                )
+            })?;
+            gosok_model::error::check_f64(&format!("scorers[{i}].weight"), *w, -1.0, 1000.0)?;
+            scorers.push((s, *w));
+        }
+        let c = Cluster::new(&catalog, cluster, cfg.accelerator_utilisation)?;
+        let site_jurisdictions = cluster.site.iter().map(|s| s.jurisdiction.clone()).collect();
+        let mut e = Engine {
+            cfg,
+            catalog,
+            cluster: c,
+            tenants: Vec::new(),
+            tenant_by_name: BTreeMap::new(),
+            site_jurisdictions,
+            jobs: IdMap::default(),
+            shapes: Vec::new(),
+            shape_ids: HashMap::default(),
+            static_fit: Vec::new(),
+            pending: Vec::new(),
+            pending_count: 0,
+            limits: BTreeSet::new(),
+            reservation: Reservation::default(),
+            reservation_planned_s: 0,
+            reservation_epoch: u64::MAX,
+            scorers,
+            demand_counts: BTreeMap::new(),
+            profile: Profile::default(),
+            profile_dirty: false,
+            now_s: 0,
+            running_preemptible: [0; 5],
+        };
+        for t in &cluster.tenant {
+            e.upsert_tenant(t.clone())?;
+        }
+        Ok(e)
+    }
+
+    pub fn now_s(&self) -> u64 {
+        self.now_s
+    }
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+    pub fn pending_count(&self) -> usize {
+        self.pending_count
+    }
+    pub fn job_state(&self, id: JobId) -> Option<JobState> {
+        self.jobs.get(&id).map(|j| j.state)
+    }
+    pub fn job(&self, id: JobId) -> Option<&Job> {
+        self.jobs.get(&id)
+    }
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.values()
+    }
+    pub fn tenant(&self, name: &str) -> Option<&Tenant> {
+        self.tenant_by_name.get(name).map(|&t| &self.tenants[t as usize])
+    }
+    pub fn tenant_name(&self, t: TenantIdx) -> &str {
+        &self.tenants[t as usize].spec.name
+    }
+    pub fn reservation(&self) -> &Reservation {
+        &self.reservation
+    }
+
+    fn upsert_tenant(&mut self, spec: TenantSpec) -> Result<(), SpecError> {
+        spec.validate(&self.catalog)?;
+        match self.tenant_by_name.get(&spec.name) {
+            Some(&t) => self.tenants[t as usize].update(spec, &self.catalog, &self.site_jurisdictions),
+            None => {
+                if self.tenants.len() >= u16::MAX as usize {
+                    return Err(SpecError::new("name", "too many tenants"));
+                }
+                self.tenant_by_name.insert(spec.name.clone(), self.tenants.len() as TenantIdx);
+                self.tenants.push(Tenant::new(spec, &self.catalog, &self.site_jurisdictions));
+                self.pending.push(BTreeSet::new());
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one event; returns what must happen because of it right away (rejections,
+    /// stops, requeues, shed load). Starting work is left to `schedule`.
+    pub fn apply(&mut self, event: Event) -> Result<Vec<Decision>, EngineError> {
+        let mut out = Vec::new();
+        match event {
+            Event::AdvanceTime { now_s } => self.advance(now_s, &mut out)?,
+            Event::Submit { id, tenant, spec } => self.submit(id, &tenant, spec, &mut out)?,
+            Event::Cancel { id } => self.cancel(id, &mut out)?,
+            Event::NodeState { node, state } => {
+                let &n = self.cluster.node_by_name.get(node.as_str()).ok_or(EngineError::UnknownNode(node))?;
+                self.node_state(n, state, &mut out);
+            }
+            Event::TaskEnded { id, attempt, task, exit_code } => self.task_ended(id, attempt, task, exit_code, &mut out)?,
+            Event::SitePowerBudget { site, power_budget_mw } => {
+                gosok_model::error::check_f64("power_budget_mw", power_budget_mw, -1e-9, 10_000.0)?;
+                let &s = self.cluster.site_by_name.get(&site).ok_or(EngineError::UnknownSite(site))?;
+                self.cluster.sites[s as usize].budget_w = (power_budget_mw * 1e6).round() as u64;
+                self.cluster.epoch += 1;
+                self.shed(Some(s), None, &mut out);
+            }
+            Event::RackPowerCap { rack, power_cap_kw } => {
+                gosok_model::error::check_f64("power_cap_kw", power_cap_kw, -1e-9, 1_000_000.0)?;
+                let &r = self.cluster.rack_by_name.get(&rack).ok_or(EngineError::UnknownRack(rack))?;
+                self.cluster.racks[r as usize].cap_w = (power_cap_kw * 1000.0).round() as u64;
+                self.cluster.epoch += 1;
+                self.shed(None, Some(r), &mut out);
+            }
+            Event::UpsertTenant { tenant } => self.upsert_tenant(tenant)?,
+        }
+        Ok(out)
+    }
+
+    fn advance(&mut self, now_s: u64, out: &mut Vec<Decision>) -> Result<(), EngineError> {
+        if now_s < self.now_s {
+            return Err(EngineError::TimeWentBack { now_s: self.now_s, event_s: now_s });
+        }
+        let dt = now_s - self.now_s;
+        for t in &mut self.tenants {
+            t.decay(dt, self.cfg.fair_share_half_life_s);
+        }
+        self.now_s = now_s;
+        while let Some(&(deadline, id)) = self.limits.first() {
+            if deadline > now_s {
+                break;
+            }
+            self.end_running(id, JobState::Failed, "runtime limit exceeded".into(), true, out);
+        }
+        Ok(())
+    }
+
+    // ---- submission and admission ------------------------------------------------------
+
+    fn submit(&mut self, id: JobId, tenant: &str, spec: JobSpec, out: &mut Vec<Decision>) -> Result<(), EngineError> {
+        if self.jobs.contains_key(&id) {
+            return Err(EngineError::DuplicateJob(id));
+        }
+        let mut job = Job {
+            id,
+            tenant: 0,
+            priority: spec.priority.unwrap_or_default(),
+            preemptible: spec.preemptible,
+            submit_s: self.now_s,
+            estimate_s: spec.runtime_estimate_s,
+            limit_s: spec.runtime_limit_s,
+            max_retries: spec.max_retries.unwrap_or(self.cfg.default_max_retries),
+            retries: 0,
+            shape: 0,
+            state: JobState::Pending,
+            attempt: 0,
+            started_s: 0,
+            tasks: Vec::new(),
+            preemptions: 0,
+            wait: WaitReason::Queued,
+        };
+        let admitted = self.admit(tenant, &spec).and_then(|(t, shape)| {
+            job.tenant = t;
+            if spec.priority.is_none() {
+                job.priority = self.tenants[t as usize].default_priority;
+            }
+            let sid = self.intern(shape);
+            job.shape = sid;
+            self.check_fit(&job)?;
+            Ok(sid)
+        });
+        match admitted {
+            Err(reason) => {
+                job.state = JobState::Rejected;
+                self.jobs.insert(id, job);
+                out.push(Decision::Reject { job: id, reason });
+            }
+            Ok(sid) => {
+                for g in self.shapes[sid as usize].groups.iter() {
+                    let key = match g.accel {
+                        AccelReq::None => continue,
+                        AccelReq::Whole(k) => (0, k),
+                        AccelReq::Milli(m) => (1, m),
+                    };
+                    *self.demand_counts.entry(key).or_default() += g.replicas as f64;
+                }
+                self.profile_dirty = true;
+                self.pending[job.tenant as usize].insert(queue_key(&job));
+                self.pending_count += 1;
+                self.jobs.insert(id, job);
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns a spec into a shape, or says which constraint makes it impossible.
+    fn admit(&self, tenant: &str, spec: &JobSpec) -> Result<(TenantIdx, Shape), String> {
+        spec.validate().map_err(|e| e.to_string())?;
+        let &t = self.tenant_by_name.get(tenant).ok_or_else(|| format!("tenant: {tenant:?} is not known"))?;
+        let ten = &self.tenants[t as usize];
+        let all_models = ModelSet::all(self.catalog.len());
+        let mut groups = Vec::with_capacity(spec.groups.len());
+        for (i, g) in spec.groups.iter().enumerate() {
+            let accel = match (g.accelerators, g.accelerator_milli) {
+                (Some(0), _) | (None, None) => AccelReq::None,
+                (Some(k), _) => AccelReq::Whole(k as u16),
+                (None, Some(m)) => AccelReq::Milli(m as u16),
+            };
+            let mut models = if g.models.is_empty() {
+                all_models
+            } else {
+                let mut s = ModelSet::default();
+                for (j, name) in g.models.iter().enumerate() {
+                    let ids = self.catalog.matching(name);
+                    if ids.is_empty() {
+                        return Err(format!(
+                            "groups[{i}].models[{j}]: {name:?} is neither a model nor a class in the accelerator catalog"
+                        ));
+                    }
+                    s = ids.into_iter().fold(s, ModelSet::with);
+                }
+                s
+            };
+            if accel == AccelReq::None {
+                models = ModelSet::default();
+            } else {
+                if g.min_hbm_gib > 0 {
+                    models = models.iter().filter(|&m| self.catalog.get(m).hbm_gib as u64 >= g.min_hbm_gib).fold(ModelSet::default(), ModelSet::with);
+                    if models.is_empty() {
+                        return Err(format!("groups[{i}].min_hbm_gib: no acceptable model has {} GiB of HBM", g.min_hbm_gib));
+                    }
+                }
+                if let AccelReq::Milli(_) = accel {
+                    models = models.iter().filter(|&m| self.catalog.get(m).shareable).fold(ModelSet::default(), ModelSet::with);
+                    if models.is_empty() {
+                        return Err(format!(
+                            "groups[{i}].accelerator_milli: none of the acceptable models can be shared in fractions; ask for whole accelerators"
+                        ));
+                    }
+                }
+                let need = accel.milli() * g.replicas;
+                if !models.iter().any(|m| ten.quota_could_ever_allow(m, need, spec.preemptible)) {
+                    let what = if spec.preemptible { "quota plus borrowing limit" } else { "guaranteed quota (non-preemptible jobs may not borrow)" };
+                    return Err(format!("groups[{i}]: needs {} accelerators, more than the tenant's {what} for any acceptable model", need as f64 / 1000.0));
+                }
+            }
+            groups.push(GroupReq {
+                replicas: g.replicas as u32,
+                accel,
+                models,
+                cpu_milli: g.cpu_milli,
+                mem_mib: g.mem_mib,
+            });
+        }
+        let c = &spec.constraints;
+        for (j, s) in c.sites.iter().enumerate() {
+            if !self.cluster.site_by_name.contains_key(s) {
+                return Err(format!("constraints.sites[{j}]: site {s:?} is not known"));
+            }
+        }
+        let mut sites = 0u64;
+        for (i, site) in self.cluster.sites.iter().enumerate() {
+            let ok = (c.sites.is_empty() || c.sites.iter().any(|s| **s == *site.name))
+                && (c.regions.is_empty() || c.regions.contains(&site.region))
+                && (c.jurisdictions.is_empty() || c.jurisdictions.contains(&site.jurisdiction))
+                && ten.sites.contains(i as u16);
+            if ok {
+                sites |= 1 << i;
+            }
+        }
+        if sites == 0 {
+            return Err(if ten.spec.allowed_jurisdictions.is_empty() {
+                "constraints: no site matches the sites, regions and jurisdictions asked for together".to_string()
+            } else {
+                format!(
+                    "constraints: no site matches the constraints within the tenant's allowed jurisdictions ({})",
+                    ten.spec.allowed_jurisdictions.join(", ")
+                )
+            });
+        }
+        let total = spec.total_accelerator_milli();
+        let cap = (ten.share_cap * self.known_accel_milli() as f64) as u64;
+        if total > cap {
+            return Err(format!(
+                "share cap: needs {} accelerators, more than the tenant's share cap of {:.0}% of the highway ({} accelerators)",
+                total as f64 / 1000.0,
+                ten.share_cap * 100.0,
+                cap as f64 / 1000.0
+            ));
+        }
+        Ok((t, Shape { groups: groups.into_boxed_slice(), sites: SiteSet(sites), topology: c.topology }))
+    }
+
+    fn known_accel_milli(&self) -> u64 {
+        self.cluster.nodes.iter().map(|n| n.devices() as u64 * 1000).sum()
+    }
+
+    fn intern(&mut self, shape: Shape) -> ShapeId {
+        if let Some(&id) = self.shape_ids.get(&shape) {
+            return id;
+        }
+        let id = self.shapes.len() as ShapeId;
+        self.shape_ids.insert(shape.clone(), id);
+        self.shapes.push(shape);
+        self.static_fit.push(None);
+        id
+    }
+
+    /// Whether the job's shape fits the known topology (else it is rejected) and the nodes
+    /// that are up now (else it waits with that reason). Cached per shape until the topology
+    /// changes.
+    fn check_fit(&mut self, job: &Job) -> Result<(), String> {
+        let fit = self.static_fit_of(job.shape);
+        match fit.known {
+            Some(reason) => Err(reason),
+            None => Ok(()),
+        }
+    }
+
+    fn static_fit_of(&mut self, sid: ShapeId) -> StaticFit {
+        if let Some(f) = &self.static_fit[sid as usize] {
+            if f.epoch == self.cluster.epoch {
+                return f.clone();
+            }
+        }
+        let shape = &self.shapes[sid as usize];
+        let known = self.fits_nodes(shape, false);
+        let up = known.is_ok() && self.fits_nodes(shape, true).is_ok();
+        let f = StaticFit { epoch: self.cluster.epoch, known: known.err(), up };
+        self.static_fit[sid as usize] = Some(f.clone());
+        f
+    }
+
+    fn fits_nodes(&self, shape: &Shape, up_only: bool) -> Result<(), String> {
+        let cluster = &self.cluster;
+        let level = shape.topology.filter(|t| t.mode == gosok_model::TopologyMode::Required).map(|t| t.level);
+        for g in shape.groups.iter() {
+            let models: Vec<Option<ModelId>> = if g.accel == AccelReq::None { vec![None] } else { g.models.iter().map(Some).collect() };
+            let mut best = 0u64;
+            for m in models {
+                let nodes = (0..cluster.nodes.len() as NodeIdx).filter(|&n| {
+                    let node = &cluster.nodes[n as usize];
+                    shape.sites.contains(node.site) && (!up_only || node.state == NodeState::Up)
+                });
+                best = best.max(placement::largest_unit(cluster, nodes, level, |n| placement::hostable_when_empty(cluster, n, g, m)));
+            }
+            if best < g.replicas as u64 {
+                let place = level.map_or("on the highway".to_string(), |l| l.describe().to_string());
+                return Err(format!(
+                    "topology: {} can never run: the allowed sites have room for {best} such replicas {place}",
+                    self.describe_group(g)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn describe_group(&self, g: &GroupReq) -> String {
+        let names: Vec<&str> = g.models.iter().map(|m| self.catalog.get(m).name.as_str()).collect();
+        let models = if g.models == ModelSet::all(self.catalog.len()) || names.is_empty() { "any accelerator".to_string() } else { names.join("|") };
+        match g.accel {
+            AccelReq::None => format!("{} × CPU-only replica", g.replicas),
+            AccelReq::Whole(k) => format!("{} × {k} {models}", g.replicas),
+            AccelReq::Milli(m) => format!("{} × {:.3} of {models}", g.replicas, m as f64 / 1000.0),
+        }
+    }
+
+    /// "needs 64 × 8 H100 in one scale-up domain".
+    pub fn describe_needs(&self, id: JobId) -> Option<String> {
+        let job = self.jobs.get(&id)?;
+        let shape = &self.shapes[job.shape as usize];
+        let groups: Vec<String> = shape.groups.iter().map(|g| self.describe_group(g)).collect();
+        let mut s = format!("needs {}", groups.join(" + "));
+        if let Some(t) = shape.topology {
+            s.push(' ');
+            s.push_str(t.level.describe());
+            if t.mode == gosok_model::TopologyMode::Preferred {
+                s.push_str(" (preferred)");
+            }
+        }
+        Some(s)
+    }
+
+    // ---- running jobs ------------------------------------------------------------------
+
+    fn charge(&mut self, job: JobId, give_back: bool) {
+        let Some(j) = self.jobs.get(&job) else { return };
+        let t = j.tenant as usize;
+        for (i, task) in j.tasks.iter().enumerate() {
+            if task.exit_code.is_some() {
+                continue;
+            }
+            let r = TaskRef { job, task: i as u32 };
+            let milli = task.hold.devices.len() as u64 * task.hold.milli as u64;
+            if give_back {
+                self.cluster.give(&task.hold, r);
+                self.tenants[t].refund(task.model, milli, task.hold.cpu_milli, task.hold.mem_mib);
+            } else {
+                self.cluster.take(&task.hold, r);
+                self.tenants[t].charge(task.model, milli, task.hold.cpu_milli, task.hold.mem_mib);
+            }
+        }
+    }
+
+    fn start(&mut self, id: JobId, placed: Vec<Placed>, out: &mut Vec<Decision>) {
+        let now = self.now_s;
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        self.pending[job.tenant as usize].remove(&queue_key(job));
+        self.pending_count -= 1;
+        job.state = JobState::Running;
+        job.attempt += 1;
+        job.started_s = now;
+        job.wait = WaitReason::Queued;
+        let t = job.tenant as usize;
+        let mut tasks = Vec::with_capacity(placed.len());
+        let mut decisions = Vec::with_capacity(placed.len());
+        for p in placed {
+            let milli = p.hold.devices.len() as u64 * p.hold.milli as u64;
+            self.tenants[t].charge(p.model, milli, p.hold.cpu_milli, p.hold.mem_mib);
+            decisions.push(TaskPlacement {
+                task: p.task,
+                group: p.group,
+                node: self.cluster.nodes[p.hold.node as usize].name.clone(),
+                model: p.model.map(|m| self.cluster.model_names[m as usize].clone()),
+                devices: p.hold.devices.clone(),
+                milli: p.hold.milli,
+            });
+            tasks.push(Task { group: p.group, model: p.model, hold: p.hold, exit_code: None });
+        }
+        job.tasks = tasks;
+        if let Some(l) = job.limit_s {
+            self.limits.insert((now + l, id));
+        }
+        if job.preemptible {
+            self.running_preemptible[job.priority as usize] += 1;
+        }
+        if self.reservation.job == Some(id) {
+            self.reservation = Reservation::default();
+        }
+        out.push(Decision::Start { job: id, attempt: job.attempt, tasks: decisions });
+    }
+
+    /// Takes a running job off its nodes, leaving it in `state`.
+    fn unrun(&mut self, id: JobId, state: JobState) {
+        self.charge(id, true);
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        if let Some(l) = job.limit_s {
+            self.limits.remove(&(job.started_s + l, id));
+        }
+        if job.preemptible && job.state == JobState::Running {
+            self.running_preemptible[job.priority as usize] -= 1;
+        }
+        job.tasks.clear();
+        job.state = state;
+        if state == JobState::Pending {
+            job.wait = WaitReason::Queued;
+            self.pending[job.tenant as usize].insert(queue_key(job));
+            self.pending_count += 1;
+        }
+    }
+
+    fn end_running(&mut self, id: JobId, state: JobState, reason: String, stop: bool, out: &mut Vec<Decision>) {
+        let attempt = self.jobs.get(&id).map_or(0, |j| j.attempt);
+        self.unrun(id, state);
+        if stop {
+            out.push(Decision::Stop { job: id, attempt, reason: reason.clone() });
+        }
+        out.push(Decision::Finish { job: id, state, reason });
+    }
+
+    fn preempt(&mut self, id: JobId, reason: PreemptReason, out: &mut Vec<Decision>) {
+        let attempt = self.jobs.get(&id).map_or(0, |j| j.attempt);
+        self.unrun(id, JobState::Pending);
+        if let Some(j) = self.jobs.get_mut(&id) {
+            j.preemptions += 1;
+        }
+        out.push(Decision::Preempt { job: id, attempt, reason });
+    }
+
+    fn cancel(&mut self, id: JobId, out: &mut Vec<Decision>) -> Result<(), EngineError> {
+        let job = self.jobs.get_mut(&id).ok_or(EngineError::UnknownJob(id))?;
+        match job.state {
+            JobState::Pending => {
+                self.pending[job.tenant as usize].remove(&queue_key(job));
+                self.pending_count -= 1;
+                job.state = JobState::Cancelled;
+                if self.reservation.job == Some(id) {
+                    self.reservation = Reservation::default();
+                }
+                out.push(Decision::Finish { job: id, state: JobState::Cancelled, reason: "cancelled".into() });
+            }
+            JobState::Running => self.end_running(id, JobState::Cancelled, "cancelled".into(), true, out),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn task_ended(&mut self, id: JobId, attempt: u32, task: u32, exit_code: i32, out: &mut Vec<Decision>) -> Result<(), EngineError> {
+        let job = self.jobs.get_mut(&id).ok_or(EngineError::UnknownJob(id))?;
+        if attempt != job.attempt {
+            return Err(EngineError::StaleAttempt { job: id, got: attempt, current: job.attempt });
+        }
+        if job.state != JobState::Running {
+            return Err(EngineError::NotRunning(id));
+        }
+        let t = job.tenant as usize;
+        let tk = job.tasks.get_mut(task as usize).ok_or(EngineError::UnknownTask { job: id, task })?;
+        if tk.exit_code.is_some() {
+            return Ok(());
+        }
+        if exit_code != 0 {
+            // A gang fails as a whole when one member fails.
+            self.end_running(id, JobState::Failed, format!("task {task} exited with status {exit_code}"), true, out);
+            return Ok(());
+        }
+        // The task's share is released now; the job ends when the last task does.
+        let hold = tk.hold.clone();
+        let model = tk.model;
+        self.cluster.give(&hold, TaskRef { job: id, task });
+        self.tenants[t].refund(model, hold.devices.len() as u64 * hold.milli as u64, hold.cpu_milli, hold.mem_mib);
+        tk.exit_code = Some(0);
+        if job.tasks.iter().all(|t| t.exit_code == Some(0)) {
+            self.end_running(id, JobState::Succeeded, "all tasks exited 0".into(), false, out);
+        }
+        Ok(())
+    }
+
+    fn node_state(&mut self, n: NodeIdx, state: NodeState, out: &mut Vec<Decision>) {
+        self.cluster.set_state(n, state);
+        if state != NodeState::Down {
+            return;
+        }
+        let mut lost: Vec<JobId> = self.cluster.nodes[n as usize].tasks.iter().map(|t| t.job).collect();
+        lost.sort_unstable();
+        lost.dedup();
+        let node = self.cluster.nodes[n as usize].name.clone();
+        for id in lost {
+            let Some(job) = self.jobs.get_mut(&id) else { continue };
+            job.retries += 1;
+            let (retry, max, attempt) = (job.retries, job.max_retries, job.attempt);
+            if retry > max {
+                self.end_running(id, JobState::Failed, format!("node {node} went down and the job has used its {max} retries"), true, out);
+            } else {
+                self.unrun(id, JobState::Pending);
+                out.push(Decision::Requeue { job: id, attempt, reason: format!("node {node} went down"), retry });
+            }
+        }
+    }
+
+    /// Sheds preemptible work, lowest priority and least work lost first, until the site (or
+    /// rack) is within its power budget again.
+    fn shed(&mut self, site: Option<u16>, rack: Option<u32>, out: &mut Vec<Decision>) {
+        let over = |c: &Cluster| match (site, rack) {
+            (Some(s), _) => c.site_facility_draw_w(s) > c.sites[s as usize].budget_w,
+            (_, Some(r)) => c.racks[r as usize].it_w > c.racks[r as usize].cap_w,
+            _ => false,
+        };
+        let draw = |c: &Cluster| match (site, rack) {
+            (Some(s), _) => c.site_facility_draw_w(s),
+            (_, Some(r)) => c.racks[r as usize].it_w,
+            _ => 0,
+        };
+        if !over(&self.cluster) {
+            return;
+        }
+        let before = draw(&self.cluster);
+        let mut victims: Vec<JobId> = self
+            .cluster
+            .nodes
+            .iter()
+            .filter(|n| site.is_none_or(|s| n.site == s) && rack.is_none_or(|r| n.rack == r))
+            .flat_map(|n| n.tasks.iter().map(|t| t.job))
+            .collect();
+        victims.sort_unstable();
+        victims.dedup();
+        victims.retain(|id| self.jobs[id].preemptible);
+        victims.sort_by_key(|id| {
+            let j = &self.jobs[id];
+            (j.priority, Reverse(j.started_s), *id)
+        });
+        let name = match (site, rack) {
+            (Some(s), _) => self.cluster.sites[s as usize].name.to_string(),
+            (_, Some(r)) => self.cluster.racks[r as usize].name.to_string(),
+            _ => String::new(),
+        };
+        let mut shed = Vec::new();
+        for id in victims {
+            if !over(&self.cluster) {
+                break;
+            }
+            self.preempt(id, PreemptReason::Curtailment { site: name.clone() }, out);
+            shed.push(id);
+        }
+        let budget_w = match (site, rack) {
+            (Some(s), _) => self.cluster.sites[s as usize].budget_w,
+            (_, Some(r)) => self.cluster.racks[r as usize].cap_w,
+            _ => 0,
+        };
+        out.push(Decision::Shed {
+            site: name,
+            budget_w,
+            draw_before_w: before,
+            draw_after_w: draw(&self.cluster),
+            jobs: shed,
+            still_over: over(&self.cluster),
+        });
+    }
+
+    // ---- the scheduling pass -----------------------------------------------------------
+
+    fn refresh_profile(&mut self) {
+        if !self.profile_dirty {
+            return;
+        }
+        self.profile_dirty = false;
+        let total: f64 = self.demand_counts.values().sum();
+        if total > 1e9 {
+            for v in self.demand_counts.values_mut() {
+                *v /= 2.0;
+            }
+        }
+        let mut d: Vec<((u8, u16), f64)> = self.demand_counts.iter().map(|(k, v)| (*k, *v)).collect();
+        d.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        d.truncate(16);
+        let sum: f64 = d.iter().map(|x| x.1).sum();
+        self.profile.demands = d
+            .into_iter()
+            .map(|((kind, v), w)| (if kind == 0 { AccelReq::Whole(v) } else { AccelReq::Milli(v) }, w / sum))
+            .collect();
+    }
+
+    fn capacity(&self) -> [u64; 3] {
+        [self.cluster.usable_accel_milli, self.cluster.usable_cpu_milli, self.cluster.usable_mem_mib]
+    }
+
+    fn head(&self, t: TenantIdx, after: Option<QueueKey>, cap: [u64; 3]) -> Option<Head> {
+        let q = &self.pending[t as usize];
+        let key = match after {
+            None => *q.first()?,
+            Some(k) => *q.range((Bound::Excluded(k), Bound::Unbounded)).next()?,
+        };
+        Some(Head {
+            priority: key.0.0,
+            fair_bits: self.tenants[t as usize].fair_key(cap).to_bits(),
+            key,
+            tenant: t,
+        })
+    }
+
+    /// One scheduling pass over the pending jobs in queue order.
+    pub fn schedule(&mut self) -> Vec<Decision> {
+        let mut out = Vec::new();
+        self.refresh_profile();
+        let cap = self.capacity();
+        if let Some(h) = self.reservation.job {
+            if self.jobs.get(&h).is_none_or(|j| j.state != JobState::Pending) {
+                self.reservation = Reservation::default();
+            }
+        }
+        let mut heap: BinaryHeap<Head> = (0..self.tenants.len() as TenantIdx).filter_map(|t| self.head(t, None, cap)).collect();
+        // Shapes that failed this pass, by whether they were held off reserved capacity.
+        let mut failed: HashMap<(ShapeId, bool, ModelSet), WaitReason, std::hash::BuildHasherDefault<IdHasher>> = HashMap::default();
+        let mut preemption_budget = self.cfg.max_preemption_attempts_per_pass;
+        let mut reservation_considered = false;
+        while let Some(head) = heap.pop() {
+            let id = head.key.2;
+            let t = head.tenant;
+            let reason = self.consider(id, &mut failed, &mut preemption_budget, &mut reservation_considered, &mut out);
+            if let Some(j) = self.jobs.get_mut(&id) {
+                if j.state == JobState::Pending {
+                    j.wait = reason;
+                }
+            }
+            if let Some(next) = self.head(t, Some(head.key), cap) {
+                heap.push(next);
+            }
+        }
+        out
+    }
+
+    fn consider(
+        &mut self,
+        id: JobId,
+        failed: &mut HashMap<(ShapeId, bool, ModelSet), WaitReason, std::hash::BuildHasherDefault<IdHasher>>,
+        preemption_budget: &mut usize,
+        reservation_considered: &mut bool,
+        out: &mut Vec<Decision>,
+    ) -> WaitReason {
+        let job = &self.jobs[&id];
+        let (sid, t, preemptible, priority) = (job.shape, job.tenant as usize, job.preemptible, job.priority);
+        let tenant = &self.tenants[t];
+        let shape = &self.shapes[sid as usize];
+        // Tenant limits first: they are the tenant's, not the shape's.
+        let total: u64 = shape.groups.iter().map(|g| g.accel_milli_total()).sum();
+        if total > 0 && tenant.alloc[0] + total > (tenant.share_cap * self.cluster.usable_accel_milli as f64) as u64 {
+            return WaitReason::ShareCap;
+        }
+        let mut allowed = ModelSet::default();
+        for g in shape.groups.iter().filter(|g| g.accel != AccelReq::None) {
+            let ok = g.models.iter().filter(|&m| tenant.quota_allows(m, g.accel_milli_total(), preemptible)).fold(ModelSet::default(), ModelSet::with);
+            if ok.is_empty() {
+                let guaranteed_only = !preemptible && g.models.iter().any(|m| tenant.quota_allows(m, g.accel_milli_total(), true));
+                return if guaranteed_only { WaitReason::GuaranteeUsed } else { WaitReason::Quota };
+            }
+            allowed = ModelSet(allowed.0 | ok.0);
+        }
+        let res = &self.reservation;
+        let holder = res.job == Some(id);
+        let fits_before = job.runtime_bound_s().is_some_and(|b| self.now_s + b <= res.start_s);
+        let bound = res.job.is_some() && !holder && !fits_before;
+        let cache_key = (sid, bound, allowed);
+        if let Some(&r) = failed.get(&cache_key) {
+            return r;
+        }
+        let placer = Placer { scorers: &self.scorers, profile: &self.profile, score_candidates: self.cfg.score_candidates, seed: self.cfg.seed };
+        let request = Request { job: id, shape, tenant, preemptible, bound_by_reservation: bound };
+        match placer.place(&mut self.cluster, &request, Some(&self.reservation)) {
+            Ok((placed, slack_used)) => {
+                for (n, used) in slack_used {
+                    if let Some(s) = self.reservation.slack.get_mut(&n) {
+                        s.accel_milli -= used.accel_milli;
+                        s.cpu_milli -= used.cpu_milli;
+                        s.mem_mib -= used.mem_mib;
+                    }
+                }
+                self.start(id, placed, out);
+                return WaitReason::Queued;
+            }
+            Err(blocker) => {
+                if *preemption_budget > 0 && self.could_preempt(id) {
+                    *preemption_budget -= 1;
+                    if self.try_preempt(id, out) {
+                        failed.clear();
+                        return WaitReason::Queued;
+                    }
+                }
+                let fit = self.static_fit_of(sid);
+                let mut reason = if !fit.up { WaitReason::NodesUnavailable } else { WaitReason::Resources { blocker } };
+                // The first job in line that cannot start holds the reservation; a later
+                // one takes it over only with a strictly higher priority class.
+                let holder_priority = self.reservation.job.and_then(|h| self.jobs.get(&h)).map(|j| j.priority);
+                let takes_over = match holder_priority {
+                    None => !*reservation_considered,
+                    Some(p) => !holder && priority > p,
+                };
+                if fit.up && (holder || takes_over) {
+                    *reservation_considered = true;
+                    if let Some(start_s) = self.reserve(id) {
+                        reason = WaitReason::Reserved { start_s };
+                    }
+                } else if !holder {
+                    failed.insert(cache_key, reason);
+                }
+                reason
+            }
+        }
+    }
+
+    /// Plans (or keeps) the reservation for `id`; returns its start.
+    fn reserve(&mut self, id: JobId) -> Option<u64> {
+        let r = &self.reservation;
+        let fresh = r.job == Some(id)
+            && self.reservation_epoch == self.cluster.epoch
+            && self.now_s < self.reservation_planned_s + RESERVATION_REFRESH_S
+            && self.now_s < r.start_s;
+        if fresh {
+            return Some(r.start_s);
+        }
+        let shape = &self.shapes[self.jobs[&id].shape as usize];
+        let input = PlanInput {
+            cluster: &self.cluster,
+            jobs: &self.jobs,
+            now_s: self.now_s,
+            default_runtime_s: self.cfg.default_runtime_s,
+            grace_s: self.cfg.overrun_grace_s,
+            seed: self.cfg.seed,
+        };
+        match reservation::plan(&input, id, shape) {
+            Some(mut plan) => {
+                // Slack already promised to running backfill stays promised: planning from
+                // current free capacity accounts for it.
+                plan.job = Some(id);
+                let start = plan.start_s;
+                self.reservation = plan;
+                self.reservation_planned_s = self.now_s;
+                self.reservation_epoch = self.cluster.epoch;
+                Some(start)
+            }
+            None => {
+                self.reservation = Reservation::default();
+                None
+            }
+        }
+    }
+
+    // ---- preemption --------------------------------------------------------------------
+
+    fn could_preempt(&self, id: JobId) -> bool {
+        let job = &self.jobs[&id];
+        let lower = self.running_preemptible[..job.priority as usize].iter().any(|&c| c > 0);
+        lower || self.reclaim_models(id).is_some()
+    }
+
+    /// Models on which the job's tenant may reclaim borrowed capacity for it: the whole job
+    /// fits within the tenant's guarantee there.
+    fn reclaim_models(&self, id: JobId) -> Option<ModelSet> {
+        let job = &self.jobs[&id];
+        let tenant = &self.tenants[job.tenant as usize];
+        let shape = &self.shapes[job.shape as usize];
+        let mut all = ModelSet::default();
+        for g in shape.groups.iter().filter(|g| g.accel != AccelReq::None) {
+            let ok = g.models.iter().filter(|&m| tenant.within_guarantee(m, g.accel_milli_total())).fold(ModelSet::default(), ModelSet::with);
+            if ok.is_empty() {
+                return None;
+            }
+            all = ModelSet(all.0 | ok.0);
+        }
+        (!all.is_empty()).then_some(all)
+    }
+
+    /// Looks for the cheapest set of victims whose removal lets the job start; if found,
+    /// preempts them and starts the job in the same breath, so the freed capacity cannot go
+    /// to anyone else and nothing is preempted for a job that then does not start.
+    fn try_preempt(&mut self, id: JobId, out: &mut Vec<Decision>) -> bool {
+        let job = &self.jobs[&id];
+        let (priority, tenant) = (job.priority, job.tenant);
+        let shape = &self.shapes[job.shape as usize];
+        let reclaim = self.reclaim_models(id);
+        let models = shape.groups.iter().fold(ModelSet::default(), |s, g| ModelSet(s.0 | g.models.0));
+        // Candidates: running work on nodes this job could use.
+        let mut cands: Vec<JobId> = Vec::new();
+        for s in shape.sites.iter().take_while(|&s| (s as usize) < self.cluster.sites.len()) {
+            let mut visit = |n: NodeIdx| cands.extend(self.cluster.nodes[n as usize].tasks.iter().map(|t| t.job));
+            if models.is_empty() {
+                self.cluster.index.any(s).iter().for_each(|&n| visit(n));
+            } else {
+                for m in models.iter() {
+                    self.cluster.index.bucket(s, m).iter().flatten().for_each(|&n| visit(n));
+                }
+            }
+        }
+        cands.sort_unstable();
+        cands.dedup();
+        let now = self.now_s;
+        let mut victims: Vec<(PreemptReason, (PriorityClass, u64, JobId))> = cands
+            .into_iter()
+            .filter_map(|v| {
+                let vj = &self.jobs[&v];
+                if !vj.preemptible || vj.state != JobState::Running {
+                    return None;
+                }
+                let cost = (now - vj.started_s + 1) * (vj.accel_milli() + 1);
+                let key = (vj.priority, cost, v);
+                if vj.priority < priority {
+                    return Some((PreemptReason::Priority { by: id }, key));
+                }
+                let rm = reclaim?;
+                let vt = &self.tenants[vj.tenant as usize];
+                let borrowing = vj.tenant != tenant
+                    && vj.tasks.iter().all(|t| t.model.is_some_and(|m| rm.contains(m) && vt.is_borrowing(m, vj.accel_milli())));
+                borrowing.then_some((PreemptReason::Reclaim { by: id }, key))
+            })
+            .collect();
+        victims.sort_by_key(|v| v.1);
+        victims.truncate(256);
+        // Free victims, cheapest first, until the job fits.
+        let mut freed: Vec<usize> = Vec::new();
+        let mut fits = false;
+        for (i, (reason, (_, _, v))) in victims.iter().enumerate() {
+            if matches!(reason, PreemptReason::Reclaim { .. }) {
+                // Still borrowing after the victims freed so far?
+                let vj = &self.jobs[v];
+                let vt = &self.tenants[vj.tenant as usize];
+                if !vj.tasks.iter().all(|t| t.model.is_some_and(|m| vt.is_borrowing(m, vj.accel_milli()))) {
+                    continue;
+                }
+            }
+            self.charge(*v, true);
+            freed.push(i);
+            if self.try_place_and_undo(id) {
+                fits = true;
+                break;
+            }
+        }
+        if !fits {
+            for &i in freed.iter().rev() {
+                self.charge(victims[i].1.2, false);
+            }
+            return false;
+        }
+        // Spare whom we can, most expensive first.
+        let mut keep = vec![false; freed.len()];
+        for k in (0..freed.len()).rev() {
+            let v = victims[freed[k]].1.2;
+            self.charge(v, false);
+            if self.try_place_and_undo(id) {
+                keep[k] = true;
+            } else {
+                self.charge(v, true);
+            }
+        }
+        // The victims are off their nodes; make it official, then start the job.
+        let chosen: Vec<usize> = freed.iter().zip(&keep).filter(|(_, k)| !**k).map(|(i, _)| *i).collect();
+        for &i in &chosen {
+            self.charge(victims[i].1.2, false);
+        }
+        for &i in &chosen {
+            let (reason, (_, _, v)) = victims[i].clone();
+            self.preempt(v, reason, out);
+        }
+        let job = &self.jobs[&id];
+        let placer = Placer { scorers: &self.scorers, profile: &self.profile, score_candidates: self.cfg.score_candidates, seed: self.cfg.seed };
+        let request = Request {
+            job: id,
+            shape: &self.shapes[job.shape as usize],
+            tenant: &self.tenants[job.tenant as usize],
+            preemptible: job.preemptible,
+            bound_by_reservation: false,
+        };
+        match placer.place(&mut self.cluster, &request, None) {
+            Ok((placed, _)) => {
+                self.start(id, placed, out);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn try_place_and_undo(&mut self, id: JobId) -> bool {
+        let job = &self.jobs[&id];
+        let placer = Placer { scorers: &self.scorers, profile: &self.profile, score_candidates: self.cfg.score_candidates, seed: self.cfg.seed };
+        let request = Request {
+            job: id,
+            shape: &self.shapes[job.shape as usize],
+            tenant: &self.tenants[job.tenant as usize],
+            preemptible: job.preemptible,
+            bound_by_reservation: false,
+        };
+        match placer.place(&mut self.cluster, &request, None) {
+            Ok((placed, _)) => {
+                for p in placed {
+                    self.cluster.give(&p.hold, TaskRef { job: id, task: p.task });
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    // ---- explanations ------------------------------------------------------------------
+
+    /// Pending jobs in queue order (priority class, then fair share, then age), as a pass
+    /// would meet them if nothing started.
+    pub fn queue(&self) -> Vec<JobId> {
+        let cap = self.capacity();
+        let mut all: Vec<(Reverse<PriorityClass>, u64, u64, JobId)> = Vec::with_capacity(self.pending_count);
+        for (t, q) in self.pending.iter().enumerate() {
+            let fair = self.tenants[t].fair_key(cap).to_bits();
+            all.extend(q.iter().map(|k| (k.0, fair, k.1, k.2)));
+        }
+        all.sort_unstable();
+        all.into_iter().map(|k| k.3).collect()
+    }
+
+    pub fn explain(&self, id: JobId) -> Option<Explanation> {
+        let job = self.jobs.get(&id)?;
+        let (position, text, est) = if job.state == JobState::Pending {
+            let pos = self.queue().iter().position(|&j| j == id);
+            let est = match job.wait {
+                WaitReason::Reserved { start_s } => Some(start_s),
+                _ => None,
+            };
+            let needs = self.describe_needs(id).unwrap_or_default();
+            (pos, format!("{needs}; {}", job.wait.describe(self.now_s)), est)
+        } else {
+            (None, format!("{:?}", job.state).to_lowercase(), None)
+        };
+        Some(Explanation { job: id, state: job.state, position, wait: job.wait, text, estimated_start_s: est })
+    }
+
+    /// Checks every invariant the engine promises; tests call it after every step.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let c = &self.cluster;
+        let mut pending = 0;
+        let mut used: Vec<Vec<u32>> = c.nodes.iter().map(|n| vec![0; n.used_milli.len()]).collect();
+        let mut cpu = vec![0u64; c.nodes.len()];
+        let mut mem = vec![0u64; c.nodes.len()];
+        for j in self.jobs.values() {
+            let queued = self.pending[j.tenant as usize].contains(&queue_key(j));
+            match j.state {
+                JobState::Pending => {
+                    pending += 1;
+                    if !queued || !j.tasks.is_empty() {
+                        return Err(format!("pending job {} is not queued exactly as pending", j.id));
+                    }
+                }
+                JobState::Running => {
+                    if queued {
+                        return Err(format!("running job {} is still queued", j.id));
+                    }
+                    let shape = &self.shapes[j.shape as usize];
+                    let want: u32 = shape.groups.iter().map(|g| g.replicas).sum();
+                    if j.tasks.len() != want as usize {
+                        return Err(format!("job {} runs {} of its {} tasks: a partial gang", j.id, j.tasks.len(), want));
+                    }
+                    for t in j.tasks.iter().filter(|t| t.exit_code.is_none()) {
+                        let n = &c.nodes[t.hold.node as usize];
+                        if !shape.sites.contains(n.site) {
+                            return Err(format!("job {} runs on {} outside its allowed sites", j.id, n.name));
+                        }
+                        if let Some(m) = t.model {
+                            if n.model != Some(m) {
+                                return Err(format!("job {} has a task on the wrong model", j.id));
+                            }
+                        }
+                        for &d in &t.hold.devices {
+                            used[t.hold.node as usize][d as usize] += t.hold.milli as u32;
+                        }
+                        cpu[t.hold.node as usize] += t.hold.cpu_milli;
+                        mem[t.hold.node as usize] += t.hold.mem_mib;
+                    }
+                    if let Some(top) = shape.topology.filter(|t| t.mode == gosok_model::TopologyMode::Required) {
+                        let units: BTreeSet<u64> = j.tasks.iter().map(|t| placement::unit_of(c, t.hold.node, Some(top.level))).collect();
+                        if units.len() > 1 {
+                            return Err(format!("job {} spans {} units of its required topology", j.id, units.len()));
+                        }
+                    }
+                }
+                _ => {
+                    if queued || !j.tasks.is_empty() {
+                        return Err(format!("finished job {} still holds resources or a queue place", j.id));
+                    }
+                }
+            }
+        }
+        if pending != self.pending_count || self.pending.iter().map(|q| q.len()).sum::<usize>() != pending {
+            return Err("pending count disagrees with the queues".into());
+        }
+        let mut rack_w = vec![0u64; c.racks.len()];
+        let mut site_w = vec![0u64; c.sites.len()];
+        for (i, n) in c.nodes.iter().enumerate() {
+            for (d, &u) in used[i].iter().enumerate() {
+                if u > 1000 || u != n.used_milli[d] as u32 {
+                    return Err(format!("node {} device {d}: {u} thousandths held, {} recorded", n.name, n.used_milli[d]));
+                }
+            }
+            if cpu[i] > n.cpu_total_milli || n.cpu_free_milli != n.cpu_total_milli - cpu[i] {
+                return Err(format!("node {}: CPU over-allocated or miscounted", n.name));
+            }
+            if mem[i] > n.mem_total_mib || n.mem_free_mib != n.mem_total_mib - mem[i] {
+                return Err(format!("node {}: memory over-allocated or miscounted", n.name));
+            }
+            rack_w[n.rack as usize] += n.draw_w;
+            site_w[n.site as usize] += n.draw_w;
+        }
+        for (r, rack) in c.racks.iter().enumerate() {
+            if rack.it_w != rack_w[r] {
+                return Err(format!("rack {}: draw miscounted", rack.name));
+            }
+        }
+        for (s, site) in c.sites.iter().enumerate() {
+            if site.it_w != site_w[s] {
+                return Err(format!("site {}: draw miscounted", site.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every rack and site is within its power cap (a lowered cap may leave
+    /// non-preemptible work over it, which `Shed` reports).
+    pub fn power_within_caps(&self) -> Result<(), String> {
+        let c = &self.cluster;
+        for r in &c.racks {
+            if r.it_w > r.cap_w {
+                return Err(format!("rack {} draws {} W over its {} W cap", r.name, r.it_w, r.cap_w));
+            }
+        }
+        for (s, site) in c.sites.iter().enumerate() {
+            let f = c.site_facility_draw_w(s as u16);
+            if f > site.budget_w {
+                return Err(format!("site {} draws {f} W over its {} W budget", site.name, site.budget_w));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn node_name(&self, n: NodeIdx) -> Arc<str> {
+        self.cluster.nodes[n as usize].name.clone()
+    }
+
+    pub fn blocker_text(b: Blocker) -> &'static str {
+        b.describe()
+    }
+}

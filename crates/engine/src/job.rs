@@ -1,0 +1,105 @@
+//! The engine's compact form of a job: specs resolved to catalog and site indices.
+
+use gosok_model::{PriorityClass, TopologyConstraint};
+
+use crate::cluster::Hold;
+use crate::event::JobState;
+use crate::explain::WaitReason;
+use crate::ids::{JobId, ModelSet, SiteSet, TenantIdx};
+
+/// What one replica asks of the accelerators of its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AccelReq {
+    None,
+    Whole(u16),
+    /// Thousandths of one shareable device.
+    Milli(u16),
+}
+
+impl AccelReq {
+    pub fn milli(self) -> u64 {
+        match self {
+            AccelReq::None => 0,
+            AccelReq::Whole(k) => k as u64 * 1000,
+            AccelReq::Milli(m) => m as u64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GroupReq {
+    pub replicas: u32,
+    pub accel: AccelReq,
+    /// Acceptable models (already narrowed by minimum HBM).
+    pub models: ModelSet,
+    pub cpu_milli: u64,
+    pub mem_mib: u64,
+}
+
+impl GroupReq {
+    pub fn accel_milli_total(&self) -> u64 {
+        self.accel.milli() * self.replicas as u64
+    }
+}
+
+/// Everything placement needs to know; jobs with equal shapes fit or fail alike.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Shape {
+    pub groups: Box<[GroupReq]>,
+    pub sites: SiteSet,
+    pub topology: Option<TopologyConstraint>,
+}
+
+pub type ShapeId = u32;
+
+/// One running task.
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub group: u16,
+    pub model: Option<u16>,
+    pub hold: Hold,
+    pub exit_code: Option<i32>,
+}
+
+pub struct Job {
+    pub id: JobId,
+    pub tenant: TenantIdx,
+    pub priority: PriorityClass,
+    pub preemptible: bool,
+    pub submit_s: u64,
+    pub estimate_s: Option<u64>,
+    pub limit_s: Option<u64>,
+    pub max_retries: u64,
+    pub retries: u64,
+    pub shape: ShapeId,
+    pub state: JobState,
+    /// Bumped at every start: reports from an earlier attempt are refused.
+    pub attempt: u32,
+    pub started_s: u64,
+    pub tasks: Vec<Task>,
+    pub preemptions: u32,
+    pub wait: WaitReason,
+}
+
+impl Job {
+    /// The latest time this job's run could still plausibly need, for planning.
+    pub fn runtime_bound_s(&self) -> Option<u64> {
+        self.limit_s.or(self.estimate_s)
+    }
+
+    /// When this running job is expected to end: its estimate, else its limit, else the
+    /// default; a job that has outrun all of them is planned to end a grace period from now.
+    pub fn planned_end_s(&self, now_s: u64, default_runtime_s: u64, grace_s: u64) -> u64 {
+        let start = self.started_s;
+        for d in [self.estimate_s, self.limit_s, Some(default_runtime_s)].into_iter().flatten() {
+            if start + d > now_s {
+                return start + d;
+            }
+        }
+        now_s + grace_s
+    }
+
+    pub fn accel_milli(&self) -> u64 {
+        self.tasks.iter().map(|t| t.hold.devices.len() as u64 * t.hold.milli as u64).sum()
+    }
+}

@@ -1,0 +1,24 @@
+//! gosok's scheduling engine: the functional core that the controller and the simulator both
+//! drive.
+//!
+//! No I/O, no async, no clock, no global state. Events go in through [`Engine::apply`]; a
+//! scheduling pass runs in [`Engine::schedule`]; decisions come out. The same events and
+//! seed give the same decisions, byte for byte.
+
+pub mod cluster;
+pub mod config;
+pub mod engine;
+pub mod event;
+pub mod explain;
+pub mod ids;
+pub mod job;
+pub mod placement;
+pub mod reservation;
+pub mod scorers;
+pub mod tenants;
+
+pub use config::EngineConfig;
+pub use engine::{Engine, Explanation};
+pub use event::{Decision, EngineError, Event, JobState, PreemptReason, TaskPlacement};
+pub use explain::{Blocker, WaitReason};
+pub use ids::JobId;

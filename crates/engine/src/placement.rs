@@ -1,0 +1,562 @@
+//! Placement: filter, then score, replica by replica, all or nothing for the whole gang.
+//!
+//! Candidate nodes come from the cluster index in best-fit order (smallest sufficient free
+//! count first); each candidate passes the filters (state, model, accelerators, CPU, memory,
+//! reservation slack, rack and site power) or counts toward the blocker that stopped it. The
+//! first `score_candidates` feasible nodes are scored and the best takes the replica. Holds are
+//! taken as replicas are placed and given back if the gang does not fit whole, so no partial
+//! gang ever outlives the call.
+
+use std::collections::BTreeMap;
+
+use gosok_model::{ModelId, NodeState, TopologyLevel, TopologyMode};
+
+use crate::cluster::{Cluster, Hold, PowerBlock, TaskRef};
+use crate::explain::Blocker;
+use crate::ids::{IdMap, JobId, ModelSet, NodeIdx, SiteSet, mix64};
+use crate::job::{AccelReq, GroupReq, Shape};
+use crate::scorers::{Profile, ScoreInput, Scorer};
+use crate::tenants::Tenant;
+
+/// What a reserved node can still give to jobs that would run past the reservation's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Slack {
+    pub accel_milli: u64,
+    pub cpu_milli: u64,
+    pub mem_mib: u64,
+}
+
+/// Capacity held for the first job that could not start.
+#[derive(Debug, Clone, Default)]
+pub struct Reservation {
+    pub job: Option<JobId>,
+    pub start_s: u64,
+    pub slack: IdMap<NodeIdx, Slack>,
+}
+
+pub struct Request<'a> {
+    pub job: JobId,
+    pub shape: &'a Shape,
+    pub tenant: &'a Tenant,
+    pub preemptible: bool,
+    /// Must leave the reservation's capacity alone (it would still run when it begins).
+    pub bound_by_reservation: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Placed {
+    pub task: u32,
+    pub group: u16,
+    pub model: Option<ModelId>,
+    pub hold: Hold,
+}
+
+pub struct Placer<'a> {
+    pub scorers: &'a [(Box<dyn Scorer>, f64)],
+    pub profile: &'a Profile,
+    pub score_candidates: usize,
+    pub seed: u64,
+}
+
+/// Why replicas did not fit, counted over the nodes looked at.
+#[derive(Default)]
+struct Misses([u32; 7]);
+
+impl Misses {
+    fn add(&mut self, b: Blocker) {
+        self.0[b as usize] += 1;
+    }
+    fn worst(&self) -> Option<Blocker> {
+        const ALL: [Blocker; 7] = [
+            Blocker::Accelerators,
+            Blocker::Cpu,
+            Blocker::Memory,
+            Blocker::RackPower,
+            Blocker::SitePower,
+            Blocker::Reservation,
+            Blocker::Topology,
+        ];
+        let (i, &n) = self.0.iter().enumerate().max_by_key(|&(i, &n)| (n, std::cmp::Reverse(i)))?;
+        (n > 0).then_some(ALL[i])
+    }
+}
+
+/// Where replicas may go in one attempt.
+enum Scope<'c> {
+    Sites(SiteSet),
+    Nodes(&'c [NodeIdx]),
+    Node(NodeIdx),
+}
+
+/// Most topology units (domains, racks, sites, nodes) one placement tries.
+const MAX_UNITS_TRIED: usize = 16;
+
+struct Attempt<'r> {
+    req: &'r Request<'r>,
+    reservation: Option<&'r Reservation>,
+    slack_used: IdMap<NodeIdx, Slack>,
+    placed: Vec<Placed>,
+    placed_nodes: Vec<NodeIdx>,
+    model_use: Vec<(ModelId, u64)>,
+    misses: Misses,
+}
+
+impl<'a> Placer<'a> {
+    /// Places the whole gang or nothing. On success the holds are taken on `cluster` and the
+    /// reservation slack the gang used is returned for the caller to charge.
+    pub fn place(
+        &self,
+        cluster: &mut Cluster,
+        req: &Request,
+        reservation: Option<&Reservation>,
+    ) -> Result<(Vec<Placed>, IdMap<NodeIdx, Slack>), Blocker> {
+        let mut at = Attempt {
+            req,
+            reservation: reservation.filter(|_| req.bound_by_reservation),
+            slack_used: IdMap::default(),
+            placed: Vec::new(),
+            placed_nodes: Vec::new(),
+            model_use: Vec::new(),
+            misses: Misses::default(),
+        };
+        let shape = req.shape;
+        let units = match shape.topology {
+            None => vec![UnitKey::All],
+            Some(t) => {
+                let mut u = self.units(cluster, shape, t.level);
+                if t.mode == TopologyMode::Preferred {
+                    u.push(UnitKey::All);
+                }
+                u
+            }
+        };
+        let unit_count = units.len();
+        for unit in units {
+            // Topology lists are copied out: placement mutates node state while it walks them.
+            let owned: Vec<NodeIdx> = match unit {
+                UnitKey::Domain(d) => cluster.domains[d as usize].nodes.clone(),
+                UnitKey::Rack(r) => cluster.racks[r as usize].nodes.clone(),
+                _ => Vec::new(),
+            };
+            let scope = match unit {
+                UnitKey::All => Scope::Sites(shape.sites),
+                UnitKey::Site(s) => Scope::Sites(SiteSet(1 << s)),
+                UnitKey::Domain(_) | UnitKey::Rack(_) => Scope::Nodes(&owned),
+                UnitKey::Node(n) => Scope::Node(n),
+            };
+            if self.place_in(cluster, &mut at, &scope) {
+                let mut placed = std::mem::take(&mut at.placed);
+                placed.sort_by_key(|p| p.task);
+                return Ok((placed, at.slack_used));
+            }
+            self.rollback(cluster, &mut at);
+        }
+        Err(match at.misses.worst() {
+            Some(b) => b,
+            None if shape.topology.is_some() && unit_count == 0 => Blocker::Topology,
+            None => Blocker::Accelerators,
+        })
+    }
+
+    fn rollback(&self, cluster: &mut Cluster, at: &mut Attempt) {
+        for p in at.placed.drain(..) {
+            cluster.give(&p.hold, TaskRef { job: at.req.job, task: p.task });
+        }
+        at.placed_nodes.clear();
+        at.slack_used.clear();
+        at.model_use.clear();
+    }
+
+    /// Topology units at `level` that could hold the whole gang now, best fit first.
+    fn units(&self, cluster: &Cluster, shape: &Shape, level: TopologyLevel) -> Vec<UnitKey> {
+        let need: u64 = shape.groups.iter().map(|g| g.accel_milli_total()).sum();
+        let models = shape.groups.iter().fold(ModelSet::default(), |s, g| ModelSet(s.0 | g.models.0));
+        let free_of = |nodes: &mut dyn Iterator<Item = NodeIdx>| -> u64 {
+            nodes
+                .map(|n| &cluster.nodes[n as usize])
+                .filter(|n| {
+                    n.state == NodeState::Up && shape.sites.contains(n.site) && n.model.is_some_and(|m| models.contains(m))
+                })
+                .map(|n| n.devices() as u64 * 1000 - n.used_total_milli())
+                .sum()
+        };
+        let mut scored: Vec<(u64, u64, UnitKey)> = Vec::new();
+        let mut consider = |free: u64, key: UnitKey, id: u64| {
+            if free >= need {
+                scored.push((free - need, mix64(self.seed, id), key));
+            }
+        };
+        match level {
+            TopologyLevel::Site => {
+                for s in shape.sites.iter().filter(|&s| (s as usize) < cluster.sites.len()) {
+                    let free = models
+                        .iter()
+                        .map(|m| {
+                            cluster.index.bucket(s, m).iter().flatten().map(|&n| {
+                                let n = &cluster.nodes[n as usize];
+                                n.devices() as u64 * 1000 - n.used_total_milli()
+                            }).sum::<u64>()
+                        })
+                        .sum();
+                    consider(free, UnitKey::Site(s), s as u64);
+                }
+            }
+            TopologyLevel::ScaleUpDomain => {
+                for (d, dom) in cluster.domains.iter().enumerate() {
+                    if shape.sites.contains(dom.site) {
+                        consider(free_of(&mut dom.nodes.iter().copied()), UnitKey::Domain(d as u32), d as u64);
+                    }
+                }
+            }
+            TopologyLevel::Rack => {
+                for (r, rack) in cluster.racks.iter().enumerate() {
+                    if shape.sites.contains(rack.site) {
+                        consider(free_of(&mut rack.nodes.iter().copied()), UnitKey::Rack(r as u32), r as u64);
+                    }
+                }
+            }
+            TopologyLevel::Node => {
+                let whole: u16 = shape
+                    .groups
+                    .iter()
+                    .map(|g| match g.accel {
+                        AccelReq::Whole(k) => k.saturating_mul(g.replicas.min(u16::MAX as u32) as u16),
+                        _ => 0,
+                    })
+                    .fold(0u16, u16::saturating_add);
+                for s in shape.sites.iter().filter(|&s| (s as usize) < cluster.sites.len()) {
+                    for m in models.iter() {
+                        for level in cluster.index.bucket(s, m).iter().skip(whole as usize) {
+                            for &n in level {
+                                let node = &cluster.nodes[n as usize];
+                                consider(node.devices() as u64 * 1000 - node.used_total_milli(), UnitKey::Node(n), n as u64);
+                            }
+                        }
+                    }
+                    if models.is_empty() {
+                        for &n in cluster.index.any(s) {
+                            consider(0, UnitKey::Node(n), n as u64);
+                        }
+                    }
+                }
+            }
+        }
+        scored.sort_by_key(|&(surplus, tie, _)| (surplus, tie));
+        scored.into_iter().take(MAX_UNITS_TRIED).map(|(_, _, k)| k).collect()
+    }
+
+    fn place_in(&self, cluster: &mut Cluster, at: &mut Attempt, scope: &Scope) -> bool {
+        let shape = at.req.shape;
+        // Biggest replicas first: they are the hardest to fit.
+        let mut order: Vec<usize> = (0..shape.groups.len()).collect();
+        order.sort_by_key(|&g| std::cmp::Reverse(shape.groups[g].accel.milli()));
+        let mut first_task = vec![0u32; shape.groups.len()];
+        for g in 1..shape.groups.len() {
+            first_task[g] = first_task[g - 1] + shape.groups[g - 1].replicas;
+        }
+        'groups: for g in order {
+            let group = &shape.groups[g];
+            let models: Vec<Option<ModelId>> = if group.accel == AccelReq::None {
+                vec![None]
+            } else {
+                group.models.iter().map(Some).collect()
+            };
+            for model in models {
+                if let Some(m) = model {
+                    let already = at.model_use.iter().find(|u| u.0 == m).map_or(0, |u| u.1);
+                    if !at.req.tenant.quota_allows(m, already + group.accel_milli_total(), at.req.preemptible) {
+                        continue;
+                    }
+                }
+                let mark = at.placed.len();
+                let mut ok = true;
+                for r in 0..group.replicas {
+                    let Some((node, devices)) = self.best_node(cluster, at, scope, group, model) else {
+                        ok = false;
+                        break;
+                    };
+                    let hold = Hold {
+                        node,
+                        devices,
+                        milli: match group.accel {
+                            AccelReq::Milli(m) => m,
+                            _ => 1000,
+                        },
+                        cpu_milli: group.cpu_milli,
+                        mem_mib: group.mem_mib,
+                    };
+                    let task = first_task[g] + r;
+                    cluster.take(&hold, TaskRef { job: at.req.job, task });
+                    if let Some(res) = at.reservation {
+                        if res.slack.contains_key(&node) {
+                            let s = at.slack_used.entry(node).or_default();
+                            s.accel_milli += slack_accel(group.accel);
+                            s.cpu_milli += group.cpu_milli;
+                            s.mem_mib += group.mem_mib;
+                        }
+                    }
+                    at.placed_nodes.push(node);
+                    at.placed.push(Placed { task, group: g as u16, model, hold });
+                }
+                if ok {
+                    if let Some(m) = model {
+                        match at.model_use.iter_mut().find(|u| u.0 == m) {
+                            Some(u) => u.1 += group.accel_milli_total(),
+                            None => at.model_use.push((m, group.accel_milli_total())),
+                        }
+                    }
+                    continue 'groups;
+                }
+                for p in at.placed.drain(mark..) {
+                    cluster.give(&p.hold, TaskRef { job: at.req.job, task: p.task });
+                    if let Some(s) = at.slack_used.get_mut(&p.hold.node) {
+                        s.accel_milli -= slack_accel(group.accel);
+                        s.cpu_milli -= group.cpu_milli;
+                        s.mem_mib -= group.mem_mib;
+                    }
+                }
+                at.placed_nodes.truncate(mark);
+            }
+            return false;
+        }
+        true
+    }
+
+    /// The best node in `scope` for one replica of `group` on `model`, and its devices.
+    fn best_node(
+        &self,
+        cluster: &Cluster,
+        at: &mut Attempt,
+        scope: &Scope,
+        group: &GroupReq,
+        model: Option<ModelId>,
+    ) -> Option<(NodeIdx, Vec<u8>)> {
+        let mut best: Option<(f64, u64, NodeIdx, Vec<u8>)> = None;
+        let mut feasible = 0usize;
+        let limit = self.score_candidates.max(1);
+        let mut visit = |n: NodeIdx, at: &mut Attempt| -> bool {
+            match self.check(cluster, at, n, group, model) {
+                Err(b) => at.misses.add(b),
+                Ok((devices, delta_w)) => {
+                    let input = ScoreInput {
+                        cluster,
+                        node: n,
+                        model,
+                        req: group.accel,
+                        devices: &devices,
+                        placed: &at.placed_nodes,
+                        profile: self.profile,
+                        delta_w,
+                    };
+                    let score: f64 = self.scorers.iter().map(|(s, w)| w * s.score(&input)).sum();
+                    let tie = mix64(self.seed, n as u64);
+                    let better = match &best {
+                        None => true,
+                        Some((bs, bt, _, _)) => score > *bs || (score == *bs && tie < *bt),
+                    };
+                    if better {
+                        best = Some((score, tie, n, devices));
+                    }
+                    feasible += 1;
+                }
+            }
+            feasible < limit
+        };
+        let sites = at.req.shape.sites;
+        match scope {
+            Scope::Node(n) => {
+                visit(*n, at);
+            }
+            Scope::Nodes(list) => {
+                for &n in list.iter() {
+                    if !visit(n, at) {
+                        break;
+                    }
+                }
+            }
+            Scope::Sites(scope_sites) => {
+                let sites = SiteSet(sites.0 & scope_sites.0);
+                let n_sites = cluster.sites.len() as u16;
+                'walk: {
+                    match (group.accel, model) {
+                        (AccelReq::None, _) | (_, None) => {
+                            for s in sites.iter().take_while(|&s| s < n_sites) {
+                                for &n in cluster.index.any(s) {
+                                    if !visit(n, at) {
+                                        break 'walk;
+                                    }
+                                }
+                            }
+                        }
+                        (AccelReq::Whole(k), Some(m)) => {
+                            for level in k as usize..=cluster.max_devices as usize {
+                                for s in sites.iter().take_while(|&s| s < n_sites) {
+                                    for &n in &cluster.index.bucket(s, m)[level] {
+                                        if !visit(n, at) {
+                                            break 'walk;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        (AccelReq::Milli(_), Some(m)) => {
+                            for s in sites.iter().take_while(|&s| s < n_sites) {
+                                for &n in cluster.index.partial(s, m) {
+                                    if !visit(n, at) {
+                                        break 'walk;
+                                    }
+                                }
+                            }
+                            for level in 1..=cluster.max_devices as usize {
+                                for s in sites.iter().take_while(|&s| s < n_sites) {
+                                    for &n in &cluster.index.bucket(s, m)[level] {
+                                        if !visit(n, at) {
+                                            break 'walk;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        best.map(|(_, _, n, d)| (n, d))
+    }
+
+    /// The filters, in order from cheapest: the devices the replica would take and the extra
+    /// draw, or what stopped it.
+    fn check(
+        &self,
+        cluster: &Cluster,
+        at: &Attempt,
+        n: NodeIdx,
+        group: &GroupReq,
+        model: Option<ModelId>,
+    ) -> Result<(Vec<u8>, u64), Blocker> {
+        let node = &cluster.nodes[n as usize];
+        if node.state != NodeState::Up || !at.req.shape.sites.contains(node.site) {
+            return Err(Blocker::Topology);
+        }
+        if model.is_some() && node.model != model {
+            return Err(Blocker::Accelerators);
+        }
+        let devices = pick_devices(&node.used_milli, group.accel).ok_or(Blocker::Accelerators)?;
+        if node.cpu_free_milli < group.cpu_milli {
+            return Err(Blocker::Cpu);
+        }
+        if node.mem_free_mib < group.mem_mib {
+            return Err(Blocker::Memory);
+        }
+        if let Some(res) = at.reservation {
+            if let Some(slack) = res.slack.get(&n) {
+                let used = at.slack_used.get(&n).copied().unwrap_or_default();
+                if used.accel_milli + slack_accel(group.accel) > slack.accel_milli
+                    || used.cpu_milli + group.cpu_milli > slack.cpu_milli
+                    || used.mem_mib + group.mem_mib > slack.mem_mib
+                {
+                    return Err(Blocker::Reservation);
+                }
+            }
+        }
+        let add_milli = devices.len() as u64
+            * match group.accel {
+                AccelReq::Milli(m) => m as u64,
+                _ => 1000,
+            };
+        let delta_w = cluster.draw_delta(n, add_milli);
+        cluster.power_fits(n, delta_w).map_err(|b| match b {
+            PowerBlock::Rack => Blocker::RackPower,
+            PowerBlock::Site => Blocker::SitePower,
+        })?;
+        Ok((devices, delta_w))
+    }
+}
+
+/// A fractional replica may need a fresh device, so reservations count it as a whole one.
+fn slack_accel(a: AccelReq) -> u64 {
+    match a {
+        AccelReq::None => 0,
+        AccelReq::Whole(k) => k as u64 * 1000,
+        AccelReq::Milli(_) => 1000,
+    }
+}
+
+/// Which devices a replica takes: whole requests the lowest-numbered free devices; a
+/// fraction the fullest device it still fits on (best fit), else a free one.
+pub fn pick_devices(used: &[u16], accel: AccelReq) -> Option<Vec<u8>> {
+    match accel {
+        AccelReq::None => Some(Vec::new()),
+        AccelReq::Whole(k) => {
+            let free: Vec<u8> = used.iter().enumerate().filter(|(_, u)| **u == 0).map(|(i, _)| i as u8).take(k as usize).collect();
+            (free.len() == k as usize).then_some(free)
+        }
+        AccelReq::Milli(m) => used
+            .iter()
+            .enumerate()
+            .filter(|(_, u)| **u + m <= 1000)
+            .max_by_key(|(i, u)| (**u, std::cmp::Reverse(*i)))
+            .map(|(i, _)| vec![i as u8]),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum UnitKey {
+    All,
+    Site(u16),
+    Domain(u32),
+    Rack(u32),
+    Node(NodeIdx),
+}
+
+/// Summed capacity per topology unit, used by admission to tell "never fits" from "not now".
+pub fn unit_of(cluster: &Cluster, n: NodeIdx, level: Option<TopologyLevel>) -> u64 {
+    let node = &cluster.nodes[n as usize];
+    match level {
+        None => 0,
+        Some(TopologyLevel::Site) => node.site as u64,
+        Some(TopologyLevel::ScaleUpDomain) => node.domain as u64,
+        Some(TopologyLevel::Rack) => node.rack as u64,
+        Some(TopologyLevel::Node) => n as u64,
+    }
+}
+
+/// Replicas of `group` on `model` that node `n` could host if it were empty: the measure
+/// admission sums to decide whether a job can ever run.
+pub fn hostable_when_empty(cluster: &Cluster, n: NodeIdx, group: &GroupReq, model: Option<ModelId>) -> u64 {
+    let node = &cluster.nodes[n as usize];
+    if model.is_some() && node.model != model {
+        return 0;
+    }
+    let by_accel = match group.accel {
+        AccelReq::None => u64::MAX,
+        AccelReq::Whole(k) => node.devices() as u64 / k as u64,
+        AccelReq::Milli(m) => node.devices() as u64 * (1000 / m as u64),
+    };
+    let by_cpu = node.cpu_total_milli.checked_div(group.cpu_milli).unwrap_or(u64::MAX);
+    let by_mem = node.mem_total_mib.checked_div(group.mem_mib).unwrap_or(u64::MAX);
+    let h = by_accel.min(by_cpu).min(by_mem);
+    if h == 0 || h == u64::MAX && group.accel == AccelReq::None && group.cpu_milli == 0 && group.mem_mib == 0 {
+        return h.min(1_000_000);
+    }
+    // One replica must fit the rack and site power on its own.
+    let one_w = node.base_w + group.accel.milli().min(node.devices() as u64 * 1000) * node.device_w / 1000;
+    let rack = &cluster.racks[node.rack as usize];
+    let site = &cluster.sites[node.site as usize];
+    if one_w > rack.cap_w || site.facility_w(one_w) > site.budget_w {
+        return 0;
+    }
+    h.min(1_000_000)
+}
+
+/// Sums `per_node` by topology unit and returns the largest sum (or the total).
+pub fn largest_unit(cluster: &Cluster, nodes: impl Iterator<Item = NodeIdx>, level: Option<TopologyLevel>, per_node: impl Fn(NodeIdx) -> u64) -> u64 {
+    let mut sums: BTreeMap<u64, u64> = BTreeMap::new();
+    for n in nodes {
+        let v = per_node(n);
+        if v > 0 {
+            *sums.entry(unit_of(cluster, n, level)).or_default() += v;
+        }
+    }
+    sums.values().copied().max().unwrap_or(0)
+}

@@ -1,0 +1,195 @@
+//! Reservations: when the first job in line cannot start, find the earliest time it could,
+//! from a time-indexed capacity profile of running work, and hold that capacity for it.
+//!
+//! Unlike a whole-node reservation, only what the job needs is held: a node's slack (what it
+//! will have free at the reservation's start beyond the job's share) stays usable for jobs
+//! that would run past the start.
+
+use gosok_model::{ModelId, NodeState};
+
+use crate::cluster::Cluster;
+use crate::ids::{IdMap, JobId, NodeIdx, mix64};
+use crate::job::{AccelReq, Job, Shape};
+use crate::placement::{Reservation, Slack, unit_of};
+
+/// What ends when on one node.
+struct Release {
+    at_s: u64,
+    whole: u64,
+    cpu_milli: u64,
+    mem_mib: u64,
+}
+
+/// A node's free capacity over time, from now.
+struct Timeline {
+    node: NodeIdx,
+    now: (u64, u64, u64),
+    releases: Vec<Release>,
+}
+
+impl Timeline {
+    fn free_at(&self, t: u64, taken: (u64, u64, u64)) -> (u64, u64, u64) {
+        let (mut a, mut c, mut m) = self.now;
+        for r in self.releases.iter().take_while(|r| r.at_s <= t) {
+            a += r.whole;
+            c += r.cpu_milli;
+            m += r.mem_mib;
+        }
+        (a.saturating_sub(taken.0), c.saturating_sub(taken.1), m.saturating_sub(taken.2))
+    }
+}
+
+fn hostable(free: (u64, u64, u64), accel: AccelReq, cpu: u64, mem: u64) -> u64 {
+    let by_accel = match accel {
+        AccelReq::None => u64::MAX,
+        AccelReq::Whole(k) => free.0 / k as u64,
+        AccelReq::Milli(_) => free.0,
+    };
+    let by_cpu = free.1.checked_div(cpu).unwrap_or(u64::MAX);
+    let by_mem = free.2.checked_div(mem).unwrap_or(u64::MAX);
+    by_accel.min(by_cpu).min(by_mem)
+}
+
+pub struct PlanInput<'a> {
+    pub cluster: &'a Cluster,
+    pub jobs: &'a IdMap<JobId, Job>,
+    pub now_s: u64,
+    pub default_runtime_s: u64,
+    pub grace_s: u64,
+    pub seed: u64,
+}
+
+/// The earliest start for `shape` and the slack left on the nodes it would use, or None if it
+/// cannot start on up nodes even when everything running has ended.
+pub fn plan(input: &PlanInput, job: JobId, shape: &Shape) -> Option<Reservation> {
+    let cluster = input.cluster;
+    let level = shape.topology.map(|t| t.level);
+    let mut taken: IdMap<NodeIdx, (u64, u64, u64)> = IdMap::default();
+    let mut start_s = input.now_s;
+    let mut unit_fixed: Option<u64> = None;
+    let mut order: Vec<usize> = (0..shape.groups.len()).collect();
+    order.sort_by_key(|&g| std::cmp::Reverse(shape.groups[g].accel.milli()));
+    for g in order {
+        let group = &shape.groups[g];
+        let models: Vec<Option<ModelId>> =
+            if group.accel == AccelReq::None { vec![None] } else { group.models.iter().map(Some).collect() };
+        let mut best: Option<(u64, u64, Vec<(u64, NodeIdx)>)> = None;
+        for model in models {
+            let lines = timelines(input, shape, model);
+            // Every (time, node) at which one more replica could be hosted.
+            let mut slots: Vec<(u64, u64, NodeIdx, u64)> = Vec::new();
+            for tl in &lines {
+                let t0 = taken.get(&tl.node).copied().unwrap_or_default();
+                let unit = unit_of(cluster, tl.node, level);
+                if unit_fixed.is_some_and(|u| u != unit) {
+                    continue;
+                }
+                let mut had = 0u64;
+                let times = std::iter::once(input.now_s).chain(tl.releases.iter().map(|r| r.at_s));
+                for t in times {
+                    let h = hostable(tl.free_at(t, t0), group.accel, group.cpu_milli, group.mem_mib)
+                        .min(group.replicas as u64);
+                    for _ in had..h {
+                        slots.push((t, mix64(input.seed, tl.node as u64), tl.node, unit));
+                    }
+                    had = had.max(h);
+                    if had >= group.replicas as u64 {
+                        break;
+                    }
+                }
+            }
+            slots.sort_unstable();
+            let need = group.replicas as usize;
+            // Per unit, the time its `need`-th slot opens; the earliest unit wins.
+            let pick = if level.is_none() {
+                (slots.len() >= need).then(|| (slots[need - 1].0, 0u64, slots[..need].iter().map(|s| (s.0, s.2)).collect::<Vec<_>>()))
+            } else {
+                let mut per_unit: std::collections::BTreeMap<u64, Vec<(u64, NodeIdx)>> = Default::default();
+                let mut found: Option<(u64, u64)> = None;
+                for s in &slots {
+                    let v = per_unit.entry(s.3).or_default();
+                    if v.len() < need {
+                        v.push((s.0, s.2));
+                        if v.len() == need && found.is_none_or(|(t, _)| s.0 < t) {
+                            found = Some((s.0, s.3));
+                            break;
+                        }
+                    }
+                }
+                found.map(|(t, u)| (t, u, per_unit.remove(&u).unwrap_or_default()))
+            };
+            if let Some((t, u, chosen)) = pick {
+                if best.as_ref().is_none_or(|b| t < b.0) {
+                    best = Some((t, u, chosen));
+                }
+            }
+        }
+        let (t, unit, chosen) = best?;
+        if level.is_some() {
+            unit_fixed = Some(unit);
+        }
+        start_s = start_s.max(t);
+        for (_, n) in chosen {
+            let e = taken.entry(n).or_default();
+            e.0 += match group.accel {
+                AccelReq::Whole(k) => k as u64,
+                AccelReq::Milli(_) => 1,
+                AccelReq::None => 0,
+            };
+            e.1 += group.cpu_milli;
+            e.2 += group.mem_mib;
+        }
+    }
+    // Slack: what each reserved node has free at the start beyond the job's share.
+    let mut slack = IdMap::default();
+    let mut nodes: Vec<NodeIdx> = taken.keys().copied().collect();
+    nodes.sort_unstable();
+    for n in nodes {
+        let tl = timeline(input, n);
+        let t = taken[&n];
+        let free = tl.free_at(start_s, t);
+        slack.insert(n, Slack { accel_milli: free.0 * 1000, cpu_milli: free.1, mem_mib: free.2 });
+    }
+    Some(Reservation { job: Some(job), start_s, slack })
+}
+
+fn timelines(input: &PlanInput, shape: &Shape, model: Option<ModelId>) -> Vec<Timeline> {
+    let cluster = input.cluster;
+    let mut out = Vec::new();
+    for s in shape.sites.iter().take_while(|&s| (s as usize) < cluster.sites.len()) {
+        match model {
+            Some(m) => {
+                for level in cluster.index.bucket(s, m) {
+                    out.extend(level.iter().map(|&n| timeline(input, n)));
+                }
+            }
+            None => out.extend(cluster.index.any(s).iter().map(|&n| timeline(input, n))),
+        }
+    }
+    out
+}
+
+fn timeline(input: &PlanInput, n: NodeIdx) -> Timeline {
+    let node = &input.cluster.nodes[n as usize];
+    debug_assert!(node.state == NodeState::Up);
+    let mut releases: Vec<Release> = node
+        .tasks
+        .iter()
+        .filter_map(|t| {
+            let job = input.jobs.get(&t.job)?;
+            let task = job.tasks.get(t.task as usize)?;
+            Some(Release {
+                at_s: job.planned_end_s(input.now_s, input.default_runtime_s, input.grace_s),
+                whole: if task.hold.milli == 1000 { task.hold.devices.len() as u64 } else { 0 },
+                cpu_milli: task.hold.cpu_milli,
+                mem_mib: task.hold.mem_mib,
+            })
+        })
+        .collect();
+    releases.sort_by_key(|r| r.at_s);
+    Timeline {
+        node: n,
+        now: (node.free_whole as u64, node.cpu_free_milli, node.mem_free_mib),
+        releases,
+    }
+}
