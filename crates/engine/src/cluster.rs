@@ -149,6 +149,8 @@ pub struct Cluster {
     pub usable_cpu_milli: u64,
     pub usable_mem_mib: u64,
     pub max_devices: u16,
+    /// Models some known node has.
+    pub present_models: crate::ids::ModelSet,
 }
 
 fn mw_to_w(mw: f64) -> u64 {
@@ -255,7 +257,13 @@ impl Cluster {
             usable_cpu_milli: 0,
             usable_mem_mib: 0,
             max_devices,
+            present_models: Default::default(),
         };
+        for n in &c.nodes {
+            if let Some(m) = n.model {
+                c.present_models = c.present_models.with(m);
+            }
+        }
         for (i, state) in states.into_iter().enumerate() {
             c.set_state(i as NodeIdx, state);
         }

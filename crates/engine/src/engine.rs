@@ -802,14 +802,15 @@ impl Engine {
         let shape = &self.shapes[sid as usize];
         // Tenant limits first: they are the tenant's, not the shape's.
         let total: u64 = shape.groups.iter().map(|g| g.accel_milli_total()).sum();
-        if total > 0 && tenant.alloc[0] + total > (tenant.share_cap * self.cluster.usable_accel_milli as f64) as u64 {
+        if total > 0 && tenant.share_cap < 1.0 && tenant.alloc[0] + total > (tenant.share_cap * self.cluster.usable_accel_milli as f64) as u64 {
             return WaitReason::ShareCap;
         }
         let mut allowed = ModelSet::default();
         for g in shape.groups.iter().filter(|g| g.accel != AccelReq::None) {
-            let ok = g.models.iter().filter(|&m| tenant.quota_allows(m, g.accel_milli_total(), preemptible)).fold(ModelSet::default(), ModelSet::with);
+            let present = g.models.and(self.cluster.present_models);
+            let ok = present.iter().filter(|&m| tenant.quota_allows(m, g.accel_milli_total(), preemptible)).fold(ModelSet::default(), ModelSet::with);
             if ok.is_empty() {
-                let guaranteed_only = !preemptible && g.models.iter().any(|m| tenant.quota_allows(m, g.accel_milli_total(), true));
+                let guaranteed_only = !preemptible && present.iter().any(|m| tenant.quota_allows(m, g.accel_milli_total(), true));
                 return if guaranteed_only { WaitReason::GuaranteeUsed } else { WaitReason::Quota };
             }
             allowed = ModelSet(allowed.0 | ok.0);
@@ -855,7 +856,7 @@ impl Engine {
                 };
                 if fit.up && (holder || takes_over) {
                     *reservation_considered = true;
-                    if let Some(start_s) = self.reserve(id) {
+                    if let Some(start_s) = self.reserve(id, allowed) {
                         reason = WaitReason::Reserved { start_s };
                     }
                 } else if !holder {
@@ -867,7 +868,7 @@ impl Engine {
     }
 
     /// Plans (or keeps) the reservation for `id`; returns its start.
-    fn reserve(&mut self, id: JobId) -> Option<u64> {
+    fn reserve(&mut self, id: JobId, allowed: ModelSet) -> Option<u64> {
         let r = &self.reservation;
         let fresh = r.job == Some(id)
             && self.reservation_epoch == self.cluster.epoch
@@ -885,7 +886,13 @@ impl Engine {
             grace_s: self.cfg.overrun_grace_s,
             seed: self.cfg.seed,
         };
-        match reservation::plan(&input, id, shape) {
+        match reservation::plan(&input, id, shape, allowed) {
+            // A plan that could start now means the job is blocked by something the
+            // capacity profile does not model (power caps): holding nodes would not help.
+            Some(plan) if plan.start_s <= self.now_s => {
+                self.reservation = Reservation::default();
+                None
+            }
             Some(mut plan) => {
                 // Slack already promised to running backfill stays promised: planning from
                 // current free capacity accounts for it.

@@ -8,7 +8,7 @@
 use gosok_model::{ModelId, NodeState};
 
 use crate::cluster::Cluster;
-use crate::ids::{IdMap, JobId, NodeIdx, mix64};
+use crate::ids::{IdMap, JobId, ModelSet, NodeIdx, mix64};
 use crate::job::{AccelReq, Job, Shape};
 use crate::placement::{Reservation, Slack, unit_of};
 
@@ -61,7 +61,7 @@ pub struct PlanInput<'a> {
 
 /// The earliest start for `shape` and the slack left on the nodes it would use, or None if it
 /// cannot start on up nodes even when everything running has ended.
-pub fn plan(input: &PlanInput, job: JobId, shape: &Shape) -> Option<Reservation> {
+pub fn plan(input: &PlanInput, job: JobId, shape: &Shape, allowed: ModelSet) -> Option<Reservation> {
     let cluster = input.cluster;
     let level = shape.topology.map(|t| t.level);
     let mut taken: IdMap<NodeIdx, (u64, u64, u64)> = IdMap::default();
@@ -72,7 +72,7 @@ pub fn plan(input: &PlanInput, job: JobId, shape: &Shape) -> Option<Reservation>
     for g in order {
         let group = &shape.groups[g];
         let models: Vec<Option<ModelId>> =
-            if group.accel == AccelReq::None { vec![None] } else { group.models.iter().map(Some).collect() };
+            if group.accel == AccelReq::None { vec![None] } else { group.models.and(allowed).iter().map(Some).collect() };
         let mut best: Option<(u64, u64, Vec<(u64, NodeIdx)>)> = None;
         for model in models {
             let lines = timelines(input, shape, model);
