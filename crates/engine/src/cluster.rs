@@ -158,7 +158,11 @@ fn mw_to_w(mw: f64) -> u64 {
 }
 
 impl Cluster {
-    pub fn new(catalog: &Catalog, spec: &ClusterSpec, utilisation: f64) -> Result<Cluster, SpecError> {
+    pub fn new(
+        catalog: &Catalog,
+        spec: &ClusterSpec,
+        utilisation: f64,
+    ) -> Result<Cluster, SpecError> {
         let resolved = spec.resolve(catalog)?;
         let n_models = catalog.len().max(1);
         let mut sites = Vec::new();
@@ -182,7 +186,10 @@ impl Cluster {
             let site = site_by_name[&r.site];
             let dname = r.scale_up_domain.clone().unwrap_or_else(|| r.name.clone());
             let domain = *domain_by_name.entry((site, dname)).or_insert_with(|| {
-                domains.push(Domain { site, nodes: Vec::new() });
+                domains.push(Domain {
+                    site,
+                    nodes: Vec::new(),
+                });
                 (domains.len() - 1) as DomainIdx
             });
             rack_by_name.insert(r.name.clone(), racks.len() as RackIdx);
@@ -250,7 +257,11 @@ impl Cluster {
             node_by_name,
             site_by_name,
             rack_by_name,
-            model_names: catalog.models().iter().map(|m| Arc::from(m.name.as_str())).collect(),
+            model_names: catalog
+                .models()
+                .iter()
+                .map(|m| Arc::from(m.name.as_str()))
+                .collect(),
             index,
             epoch: 0,
             usable_accel_milli: 0,
@@ -307,8 +318,11 @@ impl Cluster {
         }
         self.unindex(n);
         let node = &mut self.nodes[n as usize];
-        let (acc, cpu, mem) =
-            (node.devices() as u64 * 1000, node.cpu_total_milli, node.mem_total_mib);
+        let (acc, cpu, mem) = (
+            node.devices() as u64 * 1000,
+            node.cpu_total_milli,
+            node.mem_total_mib,
+        );
         if old == NodeState::Down {
             self.usable_accel_milli += acc;
             self.usable_cpu_milli += cpu;
@@ -327,7 +341,11 @@ impl Cluster {
     /// The extra IT draw of adding `add_milli` device-thousandths to node `n`.
     pub fn draw_delta(&self, n: NodeIdx, add_milli: u64) -> u64 {
         let node = &self.nodes[n as usize];
-        let base = if node.tasks.is_empty() { node.base_w } else { 0 };
+        let base = if node.tasks.is_empty() {
+            node.base_w
+        } else {
+            0
+        };
         base + add_milli * node.device_w / 1000
     }
 

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
-use gosok_model::{Catalog, ClusterSpec, JobSpec, ModelId, NodeState, PriorityClass, SpecError, TenantSpec};
+use gosok_model::{
+    Catalog, ClusterSpec, JobSpec, ModelId, NodeState, PriorityClass, SpecError, TenantSpec,
+};
 
 use crate::cluster::{Cluster, TaskRef};
 use crate::config::EngineConfig;
@@ -103,21 +105,37 @@ pub struct Engine {
 const RESERVATION_REFRESH_S: u64 = 60;
 
 impl Engine {
-    pub fn new(catalog: Catalog, cluster: &ClusterSpec, cfg: EngineConfig) -> Result<Engine, SpecError> {
-        gosok_model::error::check_f64("accelerator_utilisation", cfg.accelerator_utilisation, 0.0, 1.0)?;
+    pub fn new(
+        catalog: Catalog,
+        cluster: &ClusterSpec,
+        cfg: EngineConfig,
+    ) -> Result<Engine, SpecError> {
+        gosok_model::error::check_f64(
+            "accelerator_utilisation",
+            cfg.accelerator_utilisation,
+            0.0,
+            1.0,
+        )?;
         let mut scorers = Vec::new();
         for (i, (name, w)) in cfg.scorers.iter().enumerate() {
             let s = scorer_by_name(name).ok_or_else(|| {
                 SpecError::new(
                     format!("scorers[{i}]"),
-                    format!("no scorer named {name:?}; known: {}", crate::scorers::SCORER_NAMES.join(", ")),
+                    format!(
+                        "no scorer named {name:?}; known: {}",
+                        crate::scorers::SCORER_NAMES.join(", ")
+                    ),
                 )
             })?;
             gosok_model::error::check_f64(&format!("scorers[{i}].weight"), *w, -1.0, 1000.0)?;
             scorers.push((s, *w));
         }
         let c = Cluster::new(&catalog, cluster, cfg.accelerator_utilisation)?;
-        let site_jurisdictions = cluster.site.iter().map(|s| s.jurisdiction.clone()).collect();
+        let site_jurisdictions = cluster
+            .site
+            .iter()
+            .map(|s| s.jurisdiction.clone())
+            .collect();
         let mut e = Engine {
             cfg,
             catalog,
@@ -170,7 +188,9 @@ impl Engine {
         self.jobs.values()
     }
     pub fn tenant(&self, name: &str) -> Option<&Tenant> {
-        self.tenant_by_name.get(name).map(|&t| &self.tenants[t as usize])
+        self.tenant_by_name
+            .get(name)
+            .map(|&t| &self.tenants[t as usize])
     }
     pub fn tenant_name(&self, t: TenantIdx) -> &str {
         &self.tenants[t as usize].spec.name
@@ -182,13 +202,17 @@ impl Engine {
     fn upsert_tenant(&mut self, spec: TenantSpec) -> Result<(), SpecError> {
         spec.validate(&self.catalog)?;
         match self.tenant_by_name.get(&spec.name) {
-            Some(&t) => self.tenants[t as usize].update(spec, &self.catalog, &self.site_jurisdictions),
+            Some(&t) => {
+                self.tenants[t as usize].update(spec, &self.catalog, &self.site_jurisdictions)
+            }
             None => {
                 if self.tenants.len() >= u16::MAX as usize {
                     return Err(SpecError::new("name", "too many tenants"));
                 }
-                self.tenant_by_name.insert(spec.name.clone(), self.tenants.len() as TenantIdx);
-                self.tenants.push(Tenant::new(spec, &self.catalog, &self.site_jurisdictions));
+                self.tenant_by_name
+                    .insert(spec.name.clone(), self.tenants.len() as TenantIdx);
+                self.tenants
+                    .push(Tenant::new(spec, &self.catalog, &self.site_jurisdictions));
                 self.pending.push(BTreeSet::new());
             }
         }
@@ -204,20 +228,40 @@ impl Engine {
             Event::Submit { id, tenant, spec } => self.submit(id, &tenant, spec, &mut out)?,
             Event::Cancel { id } => self.cancel(id, &mut out)?,
             Event::NodeState { node, state } => {
-                let &n = self.cluster.node_by_name.get(node.as_str()).ok_or(EngineError::UnknownNode(node))?;
+                let &n = self
+                    .cluster
+                    .node_by_name
+                    .get(node.as_str())
+                    .ok_or(EngineError::UnknownNode(node))?;
                 self.node_state(n, state, &mut out);
             }
-            Event::TaskEnded { id, attempt, task, exit_code } => self.task_ended(id, attempt, task, exit_code, &mut out)?,
-            Event::SitePowerBudget { site, power_budget_mw } => {
+            Event::TaskEnded {
+                id,
+                attempt,
+                task,
+                exit_code,
+            } => self.task_ended(id, attempt, task, exit_code, &mut out)?,
+            Event::SitePowerBudget {
+                site,
+                power_budget_mw,
+            } => {
                 gosok_model::error::check_f64("power_budget_mw", power_budget_mw, -1e-9, 10_000.0)?;
-                let &s = self.cluster.site_by_name.get(&site).ok_or(EngineError::UnknownSite(site))?;
+                let &s = self
+                    .cluster
+                    .site_by_name
+                    .get(&site)
+                    .ok_or(EngineError::UnknownSite(site))?;
                 self.cluster.sites[s as usize].budget_w = (power_budget_mw * 1e6).round() as u64;
                 self.cluster.epoch += 1;
                 self.shed(Some(s), None, &mut out);
             }
             Event::RackPowerCap { rack, power_cap_kw } => {
                 gosok_model::error::check_f64("power_cap_kw", power_cap_kw, -1e-9, 1_000_000.0)?;
-                let &r = self.cluster.rack_by_name.get(&rack).ok_or(EngineError::UnknownRack(rack))?;
+                let &r = self
+                    .cluster
+                    .rack_by_name
+                    .get(&rack)
+                    .ok_or(EngineError::UnknownRack(rack))?;
                 self.cluster.racks[r as usize].cap_w = (power_cap_kw * 1000.0).round() as u64;
                 self.cluster.epoch += 1;
                 self.shed(None, Some(r), &mut out);
@@ -229,7 +273,10 @@ impl Engine {
 
     fn advance(&mut self, now_s: u64, out: &mut Vec<Decision>) -> Result<(), EngineError> {
         if now_s < self.now_s {
-            return Err(EngineError::TimeWentBack { now_s: self.now_s, event_s: now_s });
+            return Err(EngineError::TimeWentBack {
+                now_s: self.now_s,
+                event_s: now_s,
+            });
         }
         let dt = now_s - self.now_s;
         for t in &mut self.tenants {
@@ -240,14 +287,26 @@ impl Engine {
             if deadline > now_s {
                 break;
             }
-            self.end_running(id, JobState::Failed, "runtime limit exceeded".into(), true, out);
+            self.end_running(
+                id,
+                JobState::Failed,
+                "runtime limit exceeded".into(),
+                true,
+                out,
+            );
         }
         Ok(())
     }
 
     // ---- submission and admission ------------------------------------------------------
 
-    fn submit(&mut self, id: JobId, tenant: &str, spec: JobSpec, out: &mut Vec<Decision>) -> Result<(), EngineError> {
+    fn submit(
+        &mut self,
+        id: JobId,
+        tenant: &str,
+        spec: JobSpec,
+        out: &mut Vec<Decision>,
+    ) -> Result<(), EngineError> {
         if self.jobs.contains_key(&id) {
             return Err(EngineError::DuplicateJob(id));
         }
@@ -306,7 +365,10 @@ impl Engine {
     /// Turns a spec into a shape, or says which constraint makes it impossible.
     fn admit(&self, tenant: &str, spec: &JobSpec) -> Result<(TenantIdx, Shape), String> {
         spec.validate().map_err(|e| e.to_string())?;
-        let &t = self.tenant_by_name.get(tenant).ok_or_else(|| format!("tenant: {tenant:?} is not known"))?;
+        let &t = self
+            .tenant_by_name
+            .get(tenant)
+            .ok_or_else(|| format!("tenant: {tenant:?} is not known"))?;
         let ten = &self.tenants[t as usize];
         let all_models = ModelSet::all(self.catalog.len());
         let mut groups = Vec::with_capacity(spec.groups.len());
@@ -335,13 +397,22 @@ impl Engine {
                 models = ModelSet::default();
             } else {
                 if g.min_hbm_gib > 0 {
-                    models = models.iter().filter(|&m| self.catalog.get(m).hbm_gib as u64 >= g.min_hbm_gib).fold(ModelSet::default(), ModelSet::with);
+                    models = models
+                        .iter()
+                        .filter(|&m| self.catalog.get(m).hbm_gib as u64 >= g.min_hbm_gib)
+                        .fold(ModelSet::default(), ModelSet::with);
                     if models.is_empty() {
-                        return Err(format!("groups[{i}].min_hbm_gib: no acceptable model has {} GiB of HBM", g.min_hbm_gib));
+                        return Err(format!(
+                            "groups[{i}].min_hbm_gib: no acceptable model has {} GiB of HBM",
+                            g.min_hbm_gib
+                        ));
                     }
                 }
                 if let AccelReq::Milli(_) = accel {
-                    models = models.iter().filter(|&m| self.catalog.get(m).shareable).fold(ModelSet::default(), ModelSet::with);
+                    models = models
+                        .iter()
+                        .filter(|&m| self.catalog.get(m).shareable)
+                        .fold(ModelSet::default(), ModelSet::with);
                     if models.is_empty() {
                         return Err(format!(
                             "groups[{i}].accelerator_milli: none of the acceptable models can be shared in fractions; ask for whole accelerators"
@@ -349,9 +420,19 @@ impl Engine {
                     }
                 }
                 let need = accel.milli() * g.replicas;
-                if !models.iter().any(|m| ten.quota_could_ever_allow(m, need, spec.preemptible)) {
-                    let what = if spec.preemptible { "quota plus borrowing limit" } else { "guaranteed quota (non-preemptible jobs may not borrow)" };
-                    return Err(format!("groups[{i}]: needs {} accelerators, more than the tenant's {what} for any acceptable model", need as f64 / 1000.0));
+                if !models
+                    .iter()
+                    .any(|m| ten.quota_could_ever_allow(m, need, spec.preemptible))
+                {
+                    let what = if spec.preemptible {
+                        "quota plus borrowing limit"
+                    } else {
+                        "guaranteed quota (non-preemptible jobs may not borrow)"
+                    };
+                    return Err(format!(
+                        "groups[{i}]: needs {} accelerators, more than the tenant's {what} for any acceptable model",
+                        need as f64 / 1000.0
+                    ));
                 }
             }
             groups.push(GroupReq {
@@ -398,11 +479,22 @@ impl Engine {
                 cap as f64 / 1000.0
             ));
         }
-        Ok((t, Shape { groups: groups.into_boxed_slice(), sites: SiteSet(sites), topology: c.topology }))
+        Ok((
+            t,
+            Shape {
+                groups: groups.into_boxed_slice(),
+                sites: SiteSet(sites),
+                topology: c.topology,
+            },
+        ))
     }
 
     fn known_accel_milli(&self) -> u64 {
-        self.cluster.nodes.iter().map(|n| n.devices() as u64 * 1000).sum()
+        self.cluster
+            .nodes
+            .iter()
+            .map(|n| n.devices() as u64 * 1000)
+            .sum()
     }
 
     fn intern(&mut self, shape: Shape) -> ShapeId {
@@ -436,26 +528,40 @@ impl Engine {
         let shape = &self.shapes[sid as usize];
         let known = self.fits_nodes(shape, false);
         let up = known.is_ok() && self.fits_nodes(shape, true).is_ok();
-        let f = StaticFit { epoch: self.cluster.epoch, known: known.err(), up };
+        let f = StaticFit {
+            epoch: self.cluster.epoch,
+            known: known.err(),
+            up,
+        };
         self.static_fit[sid as usize] = Some(f.clone());
         f
     }
 
     fn fits_nodes(&self, shape: &Shape, up_only: bool) -> Result<(), String> {
         let cluster = &self.cluster;
-        let level = shape.topology.filter(|t| t.mode == gosok_model::TopologyMode::Required).map(|t| t.level);
+        let level = shape
+            .topology
+            .filter(|t| t.mode == gosok_model::TopologyMode::Required)
+            .map(|t| t.level);
         for g in shape.groups.iter() {
-            let models: Vec<Option<ModelId>> = if g.accel == AccelReq::None { vec![None] } else { g.models.iter().map(Some).collect() };
+            let models: Vec<Option<ModelId>> = if g.accel == AccelReq::None {
+                vec![None]
+            } else {
+                g.models.iter().map(Some).collect()
+            };
             let mut best = 0u64;
             for m in models {
                 let nodes = (0..cluster.nodes.len() as NodeIdx).filter(|&n| {
                     let node = &cluster.nodes[n as usize];
                     shape.sites.contains(node.site) && (!up_only || node.state == NodeState::Up)
                 });
-                best = best.max(placement::largest_unit(cluster, nodes, level, |n| placement::hostable_when_empty(cluster, n, g, m)));
+                best = best.max(placement::largest_unit(cluster, nodes, level, |n| {
+                    placement::hostable_when_empty(cluster, n, g, m)
+                }));
             }
             if best < g.replicas as u64 {
-                let place = level.map_or("on the highway".to_string(), |l| l.describe().to_string());
+                let place =
+                    level.map_or("on the highway".to_string(), |l| l.describe().to_string());
                 return Err(format!(
                     "topology: {} can never run: the allowed sites have room for {best} such replicas {place}",
                     self.describe_group(g)
@@ -466,8 +572,16 @@ impl Engine {
     }
 
     fn describe_group(&self, g: &GroupReq) -> String {
-        let names: Vec<&str> = g.models.iter().map(|m| self.catalog.get(m).name.as_str()).collect();
-        let models = if g.models == ModelSet::all(self.catalog.len()) || names.is_empty() { "any accelerator".to_string() } else { names.join("|") };
+        let names: Vec<&str> = g
+            .models
+            .iter()
+            .map(|m| self.catalog.get(m).name.as_str())
+            .collect();
+        let models = if g.models == ModelSet::all(self.catalog.len()) || names.is_empty() {
+            "any accelerator".to_string()
+        } else {
+            names.join("|")
+        };
         match g.accel {
             AccelReq::None => format!("{} × CPU-only replica", g.replicas),
             AccelReq::Whole(k) => format!("{} × {k} {models}", g.replicas),
@@ -479,7 +593,11 @@ impl Engine {
     pub fn describe_needs(&self, id: JobId) -> Option<String> {
         let job = self.jobs.get(&id)?;
         let shape = &self.shapes[job.shape as usize];
-        let groups: Vec<String> = shape.groups.iter().map(|g| self.describe_group(g)).collect();
+        let groups: Vec<String> = shape
+            .groups
+            .iter()
+            .map(|g| self.describe_group(g))
+            .collect();
         let mut s = format!("needs {}", groups.join(" + "));
         if let Some(t) = shape.topology {
             s.push(' ');
@@ -500,7 +618,10 @@ impl Engine {
             if task.exit_code.is_some() {
                 continue;
             }
-            let r = TaskRef { job, task: i as u32 };
+            let r = TaskRef {
+                job,
+                task: i as u32,
+            };
             let milli = task.hold.devices.len() as u64 * task.hold.milli as u64;
             if give_back {
                 self.cluster.give(&task.hold, r);
@@ -514,7 +635,9 @@ impl Engine {
 
     fn start(&mut self, id: JobId, placed: Vec<Placed>, out: &mut Vec<Decision>) {
         let now = self.now_s;
-        let Some(job) = self.jobs.get_mut(&id) else { return };
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
         self.pending[job.tenant as usize].remove(&queue_key(job));
         self.pending_count -= 1;
         job.state = JobState::Running;
@@ -531,11 +654,18 @@ impl Engine {
                 task: p.task,
                 group: p.group,
                 node: self.cluster.nodes[p.hold.node as usize].name.clone(),
-                model: p.model.map(|m| self.cluster.model_names[m as usize].clone()),
+                model: p
+                    .model
+                    .map(|m| self.cluster.model_names[m as usize].clone()),
                 devices: p.hold.devices.clone(),
                 milli: p.hold.milli,
             });
-            tasks.push(Task { group: p.group, model: p.model, hold: p.hold, exit_code: None });
+            tasks.push(Task {
+                group: p.group,
+                model: p.model,
+                hold: p.hold,
+                exit_code: None,
+            });
         }
         job.tasks = tasks;
         if let Some(l) = job.limit_s {
@@ -547,13 +677,19 @@ impl Engine {
         if self.reservation.job == Some(id) {
             self.reservation = Reservation::default();
         }
-        out.push(Decision::Start { job: id, attempt: job.attempt, tasks: decisions });
+        out.push(Decision::Start {
+            job: id,
+            attempt: job.attempt,
+            tasks: decisions,
+        });
     }
 
     /// Takes a running job off its nodes, leaving it in `state`.
     fn unrun(&mut self, id: JobId, state: JobState) {
         self.charge(id, true);
-        let Some(job) = self.jobs.get_mut(&id) else { return };
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
         if let Some(l) = job.limit_s {
             self.limits.remove(&(job.started_s + l, id));
         }
@@ -569,13 +705,28 @@ impl Engine {
         }
     }
 
-    fn end_running(&mut self, id: JobId, state: JobState, reason: String, stop: bool, out: &mut Vec<Decision>) {
+    fn end_running(
+        &mut self,
+        id: JobId,
+        state: JobState,
+        reason: String,
+        stop: bool,
+        out: &mut Vec<Decision>,
+    ) {
         let attempt = self.jobs.get(&id).map_or(0, |j| j.attempt);
         self.unrun(id, state);
         if stop {
-            out.push(Decision::Stop { job: id, attempt, reason: reason.clone() });
+            out.push(Decision::Stop {
+                job: id,
+                attempt,
+                reason: reason.clone(),
+            });
         }
-        out.push(Decision::Finish { job: id, state, reason });
+        out.push(Decision::Finish {
+            job: id,
+            state,
+            reason,
+        });
     }
 
     fn preempt(&mut self, id: JobId, reason: PreemptReason, out: &mut Vec<Decision>) {
@@ -584,7 +735,11 @@ impl Engine {
         if let Some(j) = self.jobs.get_mut(&id) {
             j.preemptions += 1;
         }
-        out.push(Decision::Preempt { job: id, attempt, reason });
+        out.push(Decision::Preempt {
+            job: id,
+            attempt,
+            reason,
+        });
     }
 
     fn cancel(&mut self, id: JobId, out: &mut Vec<Decision>) -> Result<(), EngineError> {
@@ -597,40 +752,77 @@ impl Engine {
                 if self.reservation.job == Some(id) {
                     self.reservation = Reservation::default();
                 }
-                out.push(Decision::Finish { job: id, state: JobState::Cancelled, reason: "cancelled".into() });
+                out.push(Decision::Finish {
+                    job: id,
+                    state: JobState::Cancelled,
+                    reason: "cancelled".into(),
+                });
             }
-            JobState::Running => self.end_running(id, JobState::Cancelled, "cancelled".into(), true, out),
+            JobState::Running => {
+                self.end_running(id, JobState::Cancelled, "cancelled".into(), true, out)
+            }
             _ => {}
         }
         Ok(())
     }
 
-    fn task_ended(&mut self, id: JobId, attempt: u32, task: u32, exit_code: i32, out: &mut Vec<Decision>) -> Result<(), EngineError> {
+    fn task_ended(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        task: u32,
+        exit_code: i32,
+        out: &mut Vec<Decision>,
+    ) -> Result<(), EngineError> {
         let job = self.jobs.get_mut(&id).ok_or(EngineError::UnknownJob(id))?;
         if attempt != job.attempt {
-            return Err(EngineError::StaleAttempt { job: id, got: attempt, current: job.attempt });
+            return Err(EngineError::StaleAttempt {
+                job: id,
+                got: attempt,
+                current: job.attempt,
+            });
         }
         if job.state != JobState::Running {
             return Err(EngineError::NotRunning(id));
         }
         let t = job.tenant as usize;
-        let tk = job.tasks.get_mut(task as usize).ok_or(EngineError::UnknownTask { job: id, task })?;
+        let tk = job
+            .tasks
+            .get_mut(task as usize)
+            .ok_or(EngineError::UnknownTask { job: id, task })?;
         if tk.exit_code.is_some() {
             return Ok(());
         }
         if exit_code != 0 {
             // A gang fails as a whole when one member fails.
-            self.end_running(id, JobState::Failed, format!("task {task} exited with status {exit_code}"), true, out);
+            self.end_running(
+                id,
+                JobState::Failed,
+                format!("task {task} exited with status {exit_code}"),
+                true,
+                out,
+            );
             return Ok(());
         }
         // The task's share is released now; the job ends when the last task does.
         let hold = tk.hold.clone();
         let model = tk.model;
         self.cluster.give(&hold, TaskRef { job: id, task });
-        self.tenants[t].refund(model, hold.devices.len() as u64 * hold.milli as u64, hold.cpu_milli, hold.mem_mib);
+        self.tenants[t].refund(
+            model,
+            hold.devices.len() as u64 * hold.milli as u64,
+            hold.cpu_milli,
+            hold.mem_mib,
+        );
         tk.exit_code = Some(0);
         if job.tasks.iter().all(|t| t.exit_code == Some(0)) {
-            self.end_running(id, JobState::Succeeded, "all tasks exited 0".into(), false, out);
+            self.end_running(
+                id,
+                JobState::Succeeded,
+                "all tasks exited 0".into(),
+                false,
+                out,
+            );
         }
         Ok(())
     }
@@ -640,19 +832,36 @@ impl Engine {
         if state != NodeState::Down {
             return;
         }
-        let mut lost: Vec<JobId> = self.cluster.nodes[n as usize].tasks.iter().map(|t| t.job).collect();
+        let mut lost: Vec<JobId> = self.cluster.nodes[n as usize]
+            .tasks
+            .iter()
+            .map(|t| t.job)
+            .collect();
         lost.sort_unstable();
         lost.dedup();
         let node = self.cluster.nodes[n as usize].name.clone();
         for id in lost {
-            let Some(job) = self.jobs.get_mut(&id) else { continue };
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
             job.retries += 1;
             let (retry, max, attempt) = (job.retries, job.max_retries, job.attempt);
             if retry > max {
-                self.end_running(id, JobState::Failed, format!("node {node} went down and the job has used its {max} retries"), true, out);
+                self.end_running(
+                    id,
+                    JobState::Failed,
+                    format!("node {node} went down and the job has used its {max} retries"),
+                    true,
+                    out,
+                );
             } else {
                 self.unrun(id, JobState::Pending);
-                out.push(Decision::Requeue { job: id, attempt, reason: format!("node {node} went down"), retry });
+                out.push(Decision::Requeue {
+                    job: id,
+                    attempt,
+                    reason: format!("node {node} went down"),
+                    retry,
+                });
             }
         }
     }
@@ -729,18 +938,32 @@ impl Engine {
                 *v /= 2.0;
             }
         }
-        let mut d: Vec<((u8, u16), f64)> = self.demand_counts.iter().map(|(k, v)| (*k, *v)).collect();
+        let mut d: Vec<((u8, u16), f64)> =
+            self.demand_counts.iter().map(|(k, v)| (*k, *v)).collect();
         d.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         d.truncate(16);
         let sum: f64 = d.iter().map(|x| x.1).sum();
         self.profile.demands = d
             .into_iter()
-            .map(|((kind, v), w)| (if kind == 0 { AccelReq::Whole(v) } else { AccelReq::Milli(v) }, w / sum))
+            .map(|((kind, v), w)| {
+                (
+                    if kind == 0 {
+                        AccelReq::Whole(v)
+                    } else {
+                        AccelReq::Milli(v)
+                    },
+                    w / sum,
+                )
+            })
             .collect();
     }
 
     fn capacity(&self) -> [u64; 3] {
-        [self.cluster.usable_accel_milli, self.cluster.usable_cpu_milli, self.cluster.usable_mem_mib]
+        [
+            self.cluster.usable_accel_milli,
+            self.cluster.usable_cpu_milli,
+            self.cluster.usable_mem_mib,
+        ]
     }
 
     fn head(&self, t: TenantIdx, after: Option<QueueKey>, cap: [u64; 3]) -> Option<Head> {
@@ -763,19 +986,35 @@ impl Engine {
         self.refresh_profile();
         let cap = self.capacity();
         if let Some(h) = self.reservation.job {
-            if self.jobs.get(&h).is_none_or(|j| j.state != JobState::Pending) {
+            if self
+                .jobs
+                .get(&h)
+                .is_none_or(|j| j.state != JobState::Pending)
+            {
                 self.reservation = Reservation::default();
             }
         }
-        let mut heap: BinaryHeap<Head> = (0..self.tenants.len() as TenantIdx).filter_map(|t| self.head(t, None, cap)).collect();
+        let mut heap: BinaryHeap<Head> = (0..self.tenants.len() as TenantIdx)
+            .filter_map(|t| self.head(t, None, cap))
+            .collect();
         // Shapes that failed this pass, by whether they were held off reserved capacity.
-        let mut failed: HashMap<(ShapeId, bool, ModelSet), WaitReason, std::hash::BuildHasherDefault<IdHasher>> = HashMap::default();
+        let mut failed: HashMap<
+            (ShapeId, bool, ModelSet),
+            WaitReason,
+            std::hash::BuildHasherDefault<IdHasher>,
+        > = HashMap::default();
         let mut preemption_budget = self.cfg.max_preemption_attempts_per_pass;
         let mut reservation_considered = false;
         while let Some(head) = heap.pop() {
             let id = head.key.2;
             let t = head.tenant;
-            let reason = self.consider(id, &mut failed, &mut preemption_budget, &mut reservation_considered, &mut out);
+            let reason = self.consider(
+                id,
+                &mut failed,
+                &mut preemption_budget,
+                &mut reservation_considered,
+                &mut out,
+            );
             if let Some(j) = self.jobs.get_mut(&id) {
                 if j.state == JobState::Pending {
                     j.wait = reason;
@@ -791,40 +1030,76 @@ impl Engine {
     fn consider(
         &mut self,
         id: JobId,
-        failed: &mut HashMap<(ShapeId, bool, ModelSet), WaitReason, std::hash::BuildHasherDefault<IdHasher>>,
+        failed: &mut HashMap<
+            (ShapeId, bool, ModelSet),
+            WaitReason,
+            std::hash::BuildHasherDefault<IdHasher>,
+        >,
         preemption_budget: &mut usize,
         reservation_considered: &mut bool,
         out: &mut Vec<Decision>,
     ) -> WaitReason {
         let job = &self.jobs[&id];
-        let (sid, t, preemptible, priority) = (job.shape, job.tenant as usize, job.preemptible, job.priority);
+        let (sid, t, preemptible, priority) = (
+            job.shape,
+            job.tenant as usize,
+            job.preemptible,
+            job.priority,
+        );
         let tenant = &self.tenants[t];
         let shape = &self.shapes[sid as usize];
         // Tenant limits first: they are the tenant's, not the shape's.
         let total: u64 = shape.groups.iter().map(|g| g.accel_milli_total()).sum();
-        if total > 0 && tenant.share_cap < 1.0 && tenant.alloc[0] + total > (tenant.share_cap * self.cluster.usable_accel_milli as f64) as u64 {
+        if total > 0
+            && tenant.share_cap < 1.0
+            && tenant.alloc[0] + total
+                > (tenant.share_cap * self.cluster.usable_accel_milli as f64) as u64
+        {
             return WaitReason::ShareCap;
         }
         let mut allowed = ModelSet::default();
         for g in shape.groups.iter().filter(|g| g.accel != AccelReq::None) {
             let present = g.models.and(self.cluster.present_models);
-            let ok = present.iter().filter(|&m| tenant.quota_allows(m, g.accel_milli_total(), preemptible)).fold(ModelSet::default(), ModelSet::with);
+            let ok = present
+                .iter()
+                .filter(|&m| tenant.quota_allows(m, g.accel_milli_total(), preemptible))
+                .fold(ModelSet::default(), ModelSet::with);
             if ok.is_empty() {
-                let guaranteed_only = !preemptible && present.iter().any(|m| tenant.quota_allows(m, g.accel_milli_total(), true));
-                return if guaranteed_only { WaitReason::GuaranteeUsed } else { WaitReason::Quota };
+                let guaranteed_only = !preemptible
+                    && present
+                        .iter()
+                        .any(|m| tenant.quota_allows(m, g.accel_milli_total(), true));
+                return if guaranteed_only {
+                    WaitReason::GuaranteeUsed
+                } else {
+                    WaitReason::Quota
+                };
             }
             allowed = ModelSet(allowed.0 | ok.0);
         }
         let res = &self.reservation;
         let holder = res.job == Some(id);
-        let fits_before = job.runtime_bound_s().is_some_and(|b| self.now_s + b <= res.start_s);
+        let fits_before = job
+            .runtime_bound_s()
+            .is_some_and(|b| self.now_s + b <= res.start_s);
         let bound = res.job.is_some() && !holder && !fits_before;
         let cache_key = (sid, bound, allowed);
         if let Some(&r) = failed.get(&cache_key) {
             return r;
         }
-        let placer = Placer { scorers: &self.scorers, profile: &self.profile, score_candidates: self.cfg.score_candidates, seed: self.cfg.seed };
-        let request = Request { job: id, shape, tenant, preemptible, bound_by_reservation: bound };
+        let placer = Placer {
+            scorers: &self.scorers,
+            profile: &self.profile,
+            score_candidates: self.cfg.score_candidates,
+            seed: self.cfg.seed,
+        };
+        let request = Request {
+            job: id,
+            shape,
+            tenant,
+            preemptible,
+            bound_by_reservation: bound,
+        };
         match placer.place(&mut self.cluster, &request, Some(&self.reservation)) {
             Ok((placed, slack_used)) => {
                 for (n, used) in slack_used {
@@ -846,10 +1121,18 @@ impl Engine {
                     }
                 }
                 let fit = self.static_fit_of(sid);
-                let mut reason = if !fit.up { WaitReason::NodesUnavailable } else { WaitReason::Resources { blocker } };
+                let mut reason = if !fit.up {
+                    WaitReason::NodesUnavailable
+                } else {
+                    WaitReason::Resources { blocker }
+                };
                 // The first job in line that cannot start holds the reservation; a later
                 // one takes it over only with a strictly higher priority class.
-                let holder_priority = self.reservation.job.and_then(|h| self.jobs.get(&h)).map(|j| j.priority);
+                let holder_priority = self
+                    .reservation
+                    .job
+                    .and_then(|h| self.jobs.get(&h))
+                    .map(|j| j.priority);
                 let takes_over = match holder_priority {
                     None => !*reservation_considered,
                     Some(p) => !holder && priority > p,
@@ -914,7 +1197,9 @@ impl Engine {
 
     fn could_preempt(&self, id: JobId) -> bool {
         let job = &self.jobs[&id];
-        let lower = self.running_preemptible[..job.priority as usize].iter().any(|&c| c > 0);
+        let lower = self.running_preemptible[..job.priority as usize]
+            .iter()
+            .any(|&c| c > 0);
         lower || self.reclaim_models(id).is_some()
     }
 
@@ -926,7 +1211,11 @@ impl Engine {
         let shape = &self.shapes[job.shape as usize];
         let mut all = ModelSet::default();
         for g in shape.groups.iter().filter(|g| g.accel != AccelReq::None) {
-            let ok = g.models.iter().filter(|&m| tenant.within_guarantee(m, g.accel_milli_total())).fold(ModelSet::default(), ModelSet::with);
+            let ok = g
+                .models
+                .iter()
+                .filter(|&m| tenant.within_guarantee(m, g.accel_milli_total()))
+                .fold(ModelSet::default(), ModelSet::with);
             if ok.is_empty() {
                 return None;
             }
@@ -943,16 +1232,30 @@ impl Engine {
         let (priority, tenant) = (job.priority, job.tenant);
         let shape = &self.shapes[job.shape as usize];
         let reclaim = self.reclaim_models(id);
-        let models = shape.groups.iter().fold(ModelSet::default(), |s, g| ModelSet(s.0 | g.models.0));
+        let models = shape
+            .groups
+            .iter()
+            .fold(ModelSet::default(), |s, g| ModelSet(s.0 | g.models.0));
         // Candidates: running work on nodes this job could use.
         let mut cands: Vec<JobId> = Vec::new();
-        for s in shape.sites.iter().take_while(|&s| (s as usize) < self.cluster.sites.len()) {
-            let mut visit = |n: NodeIdx| cands.extend(self.cluster.nodes[n as usize].tasks.iter().map(|t| t.job));
+        for s in shape
+            .sites
+            .iter()
+            .take_while(|&s| (s as usize) < self.cluster.sites.len())
+        {
+            let mut visit = |n: NodeIdx| {
+                cands.extend(self.cluster.nodes[n as usize].tasks.iter().map(|t| t.job))
+            };
             if models.is_empty() {
                 self.cluster.index.any(s).iter().for_each(|&n| visit(n));
             } else {
                 for m in models.iter() {
-                    self.cluster.index.bucket(s, m).iter().flatten().for_each(|&n| visit(n));
+                    self.cluster
+                        .index
+                        .bucket(s, m)
+                        .iter()
+                        .flatten()
+                        .for_each(|&n| visit(n));
                 }
             }
         }
@@ -974,7 +1277,10 @@ impl Engine {
                 let rm = reclaim?;
                 let vt = &self.tenants[vj.tenant as usize];
                 let borrowing = vj.tenant != tenant
-                    && vj.tasks.iter().all(|t| t.model.is_some_and(|m| rm.contains(m) && vt.is_borrowing(m, vj.accel_milli())));
+                    && vj.tasks.iter().all(|t| {
+                        t.model
+                            .is_some_and(|m| rm.contains(m) && vt.is_borrowing(m, vj.accel_milli()))
+                    });
                 borrowing.then_some((PreemptReason::Reclaim { by: id }, key))
             })
             .collect();
@@ -988,7 +1294,10 @@ impl Engine {
                 // Still borrowing after the victims freed so far?
                 let vj = &self.jobs[v];
                 let vt = &self.tenants[vj.tenant as usize];
-                if !vj.tasks.iter().all(|t| t.model.is_some_and(|m| vt.is_borrowing(m, vj.accel_milli()))) {
+                if !vj.tasks.iter().all(|t| {
+                    t.model
+                        .is_some_and(|m| vt.is_borrowing(m, vj.accel_milli()))
+                }) {
                     continue;
                 }
             }
@@ -1017,7 +1326,12 @@ impl Engine {
             }
         }
         // The victims are off their nodes; make it official, then start the job.
-        let chosen: Vec<usize> = freed.iter().zip(&keep).filter(|(_, k)| !**k).map(|(i, _)| *i).collect();
+        let chosen: Vec<usize> = freed
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| !**k)
+            .map(|(i, _)| *i)
+            .collect();
         for &i in &chosen {
             self.charge(victims[i].1.2, false);
         }
@@ -1026,7 +1340,12 @@ impl Engine {
             self.preempt(v, reason, out);
         }
         let job = &self.jobs[&id];
-        let placer = Placer { scorers: &self.scorers, profile: &self.profile, score_candidates: self.cfg.score_candidates, seed: self.cfg.seed };
+        let placer = Placer {
+            scorers: &self.scorers,
+            profile: &self.profile,
+            score_candidates: self.cfg.score_candidates,
+            seed: self.cfg.seed,
+        };
         let request = Request {
             job: id,
             shape: &self.shapes[job.shape as usize],
@@ -1045,7 +1364,12 @@ impl Engine {
 
     fn try_place_and_undo(&mut self, id: JobId) -> bool {
         let job = &self.jobs[&id];
-        let placer = Placer { scorers: &self.scorers, profile: &self.profile, score_candidates: self.cfg.score_candidates, seed: self.cfg.seed };
+        let placer = Placer {
+            scorers: &self.scorers,
+            profile: &self.profile,
+            score_candidates: self.cfg.score_candidates,
+            seed: self.cfg.seed,
+        };
         let request = Request {
             job: id,
             shape: &self.shapes[job.shape as usize],
@@ -1056,7 +1380,13 @@ impl Engine {
         match placer.place(&mut self.cluster, &request, None) {
             Ok((placed, _)) => {
                 for p in placed {
-                    self.cluster.give(&p.hold, TaskRef { job: id, task: p.task });
+                    self.cluster.give(
+                        &p.hold,
+                        TaskRef {
+                            job: id,
+                            task: p.task,
+                        },
+                    );
                 }
                 true
             }
@@ -1070,7 +1400,8 @@ impl Engine {
     /// would meet them if nothing started.
     pub fn queue(&self) -> Vec<JobId> {
         let cap = self.capacity();
-        let mut all: Vec<(Reverse<PriorityClass>, u64, u64, JobId)> = Vec::with_capacity(self.pending_count);
+        let mut all: Vec<(Reverse<PriorityClass>, u64, u64, JobId)> =
+            Vec::with_capacity(self.pending_count);
         for (t, q) in self.pending.iter().enumerate() {
             let fair = self.tenants[t].fair_key(cap).to_bits();
             all.extend(q.iter().map(|k| (k.0, fair, k.1, k.2)));
@@ -1088,18 +1419,33 @@ impl Engine {
                 _ => None,
             };
             let needs = self.describe_needs(id).unwrap_or_default();
-            (pos, format!("{needs}; {}", job.wait.describe(self.now_s)), est)
+            (
+                pos,
+                format!("{needs}; {}", job.wait.describe(self.now_s)),
+                est,
+            )
         } else {
             (None, format!("{:?}", job.state).to_lowercase(), None)
         };
-        Some(Explanation { job: id, state: job.state, position, wait: job.wait, text, estimated_start_s: est })
+        Some(Explanation {
+            job: id,
+            state: job.state,
+            position,
+            wait: job.wait,
+            text,
+            estimated_start_s: est,
+        })
     }
 
     /// Checks every invariant the engine promises; tests call it after every step.
     pub fn check_invariants(&self) -> Result<(), String> {
         let c = &self.cluster;
         let mut pending = 0;
-        let mut used: Vec<Vec<u32>> = c.nodes.iter().map(|n| vec![0; n.used_milli.len()]).collect();
+        let mut used: Vec<Vec<u32>> = c
+            .nodes
+            .iter()
+            .map(|n| vec![0; n.used_milli.len()])
+            .collect();
         let mut cpu = vec![0u64; c.nodes.len()];
         let mut mem = vec![0u64; c.nodes.len()];
         for j in self.jobs.values() {
@@ -1108,7 +1454,10 @@ impl Engine {
                 JobState::Pending => {
                     pending += 1;
                     if !queued || !j.tasks.is_empty() {
-                        return Err(format!("pending job {} is not queued exactly as pending", j.id));
+                        return Err(format!(
+                            "pending job {} is not queued exactly as pending",
+                            j.id
+                        ));
                     }
                 }
                 JobState::Running => {
@@ -1118,12 +1467,20 @@ impl Engine {
                     let shape = &self.shapes[j.shape as usize];
                     let want: u32 = shape.groups.iter().map(|g| g.replicas).sum();
                     if j.tasks.len() != want as usize {
-                        return Err(format!("job {} runs {} of its {} tasks: a partial gang", j.id, j.tasks.len(), want));
+                        return Err(format!(
+                            "job {} runs {} of its {} tasks: a partial gang",
+                            j.id,
+                            j.tasks.len(),
+                            want
+                        ));
                     }
                     for t in j.tasks.iter().filter(|t| t.exit_code.is_none()) {
                         let n = &c.nodes[t.hold.node as usize];
                         if !shape.sites.contains(n.site) {
-                            return Err(format!("job {} runs on {} outside its allowed sites", j.id, n.name));
+                            return Err(format!(
+                                "job {} runs on {} outside its allowed sites",
+                                j.id, n.name
+                            ));
                         }
                         if let Some(m) = t.model {
                             if n.model != Some(m) {
@@ -1136,21 +1493,37 @@ impl Engine {
                         cpu[t.hold.node as usize] += t.hold.cpu_milli;
                         mem[t.hold.node as usize] += t.hold.mem_mib;
                     }
-                    if let Some(top) = shape.topology.filter(|t| t.mode == gosok_model::TopologyMode::Required) {
-                        let units: BTreeSet<u64> = j.tasks.iter().map(|t| placement::unit_of(c, t.hold.node, Some(top.level))).collect();
+                    if let Some(top) = shape
+                        .topology
+                        .filter(|t| t.mode == gosok_model::TopologyMode::Required)
+                    {
+                        let units: BTreeSet<u64> = j
+                            .tasks
+                            .iter()
+                            .map(|t| placement::unit_of(c, t.hold.node, Some(top.level)))
+                            .collect();
                         if units.len() > 1 {
-                            return Err(format!("job {} spans {} units of its required topology", j.id, units.len()));
+                            return Err(format!(
+                                "job {} spans {} units of its required topology",
+                                j.id,
+                                units.len()
+                            ));
                         }
                     }
                 }
                 _ => {
                     if queued || !j.tasks.is_empty() {
-                        return Err(format!("finished job {} still holds resources or a queue place", j.id));
+                        return Err(format!(
+                            "finished job {} still holds resources or a queue place",
+                            j.id
+                        ));
                     }
                 }
             }
         }
-        if pending != self.pending_count || self.pending.iter().map(|q| q.len()).sum::<usize>() != pending {
+        if pending != self.pending_count
+            || self.pending.iter().map(|q| q.len()).sum::<usize>() != pending
+        {
             return Err("pending count disagrees with the queues".into());
         }
         let mut rack_w = vec![0u64; c.racks.len()];
@@ -1158,14 +1531,20 @@ impl Engine {
         for (i, n) in c.nodes.iter().enumerate() {
             for (d, &u) in used[i].iter().enumerate() {
                 if u > 1000 || u != n.used_milli[d] as u32 {
-                    return Err(format!("node {} device {d}: {u} thousandths held, {} recorded", n.name, n.used_milli[d]));
+                    return Err(format!(
+                        "node {} device {d}: {u} thousandths held, {} recorded",
+                        n.name, n.used_milli[d]
+                    ));
                 }
             }
             if cpu[i] > n.cpu_total_milli || n.cpu_free_milli != n.cpu_total_milli - cpu[i] {
                 return Err(format!("node {}: CPU over-allocated or miscounted", n.name));
             }
             if mem[i] > n.mem_total_mib || n.mem_free_mib != n.mem_total_mib - mem[i] {
-                return Err(format!("node {}: memory over-allocated or miscounted", n.name));
+                return Err(format!(
+                    "node {}: memory over-allocated or miscounted",
+                    n.name
+                ));
             }
             rack_w[n.rack as usize] += n.draw_w;
             site_w[n.site as usize] += n.draw_w;
@@ -1189,13 +1568,19 @@ impl Engine {
         let c = &self.cluster;
         for r in &c.racks {
             if r.it_w > r.cap_w {
-                return Err(format!("rack {} draws {} W over its {} W cap", r.name, r.it_w, r.cap_w));
+                return Err(format!(
+                    "rack {} draws {} W over its {} W cap",
+                    r.name, r.it_w, r.cap_w
+                ));
             }
         }
         for (s, site) in c.sites.iter().enumerate() {
             let f = c.site_facility_draw_w(s as u16);
             if f > site.budget_w {
-                return Err(format!("site {} draws {f} W over its {} W budget", site.name, site.budget_w));
+                return Err(format!(
+                    "site {} draws {f} W over its {} W budget",
+                    site.name, site.budget_w
+                ));
             }
         }
         Ok(())

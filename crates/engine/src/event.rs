@@ -12,15 +12,39 @@ use crate::ids::JobId;
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// The clock moved forward (the engine never reads one).
-    AdvanceTime { now_s: u64 },
-    Submit { id: JobId, tenant: String, spec: JobSpec },
-    Cancel { id: JobId },
-    NodeState { node: String, state: NodeState },
+    AdvanceTime {
+        now_s: u64,
+    },
+    Submit {
+        id: JobId,
+        tenant: String,
+        spec: JobSpec,
+    },
+    Cancel {
+        id: JobId,
+    },
+    NodeState {
+        node: String,
+        state: NodeState,
+    },
     /// A task's process ended. `attempt` fences reports from an earlier run of the job.
-    TaskEnded { id: JobId, attempt: u32, task: u32, exit_code: i32 },
-    SitePowerBudget { site: String, power_budget_mw: f64 },
-    RackPowerCap { rack: String, power_cap_kw: f64 },
-    UpsertTenant { tenant: TenantSpec },
+    TaskEnded {
+        id: JobId,
+        attempt: u32,
+        task: u32,
+        exit_code: i32,
+    },
+    SitePowerBudget {
+        site: String,
+        power_budget_mw: f64,
+    },
+    RackPowerCap {
+        rack: String,
+        power_cap_kw: f64,
+    },
+    UpsertTenant {
+        tenant: TenantSpec,
+    },
 }
 
 /// Where one task of a started job runs.
@@ -67,15 +91,39 @@ pub enum PreemptReason {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum Decision {
-    Start { job: JobId, attempt: u32, tasks: Vec<TaskPlacement> },
+    Start {
+        job: JobId,
+        attempt: u32,
+        tasks: Vec<TaskPlacement>,
+    },
     /// Stop every task of the job; the job goes back to the queue.
-    Preempt { job: JobId, attempt: u32, reason: PreemptReason },
+    Preempt {
+        job: JobId,
+        attempt: u32,
+        reason: PreemptReason,
+    },
     /// The job lost tasks (node down): stop the rest of its gang and queue it again.
-    Requeue { job: JobId, attempt: u32, reason: String, retry: u64 },
+    Requeue {
+        job: JobId,
+        attempt: u32,
+        reason: String,
+        retry: u64,
+    },
     /// Stop every task of the job; the job ends (`Finish` follows).
-    Stop { job: JobId, attempt: u32, reason: String },
-    Reject { job: JobId, reason: String },
-    Finish { job: JobId, state: JobState, reason: String },
+    Stop {
+        job: JobId,
+        attempt: u32,
+        reason: String,
+    },
+    Reject {
+        job: JobId,
+        reason: String,
+    },
+    Finish {
+        job: JobId,
+        state: JobState,
+        reason: String,
+    },
     /// What a lowered power budget cost.
     Shed {
         site: String,
@@ -114,6 +162,9 @@ pub enum EngineError {
 
 impl From<gosok_model::SpecError> for EngineError {
     fn from(e: gosok_model::SpecError) -> Self {
-        EngineError::Invalid { field: e.field, message: e.message }
+        EngineError::Invalid {
+            field: e.field,
+            message: e.message,
+        }
     }
 }

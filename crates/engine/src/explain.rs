@@ -47,7 +47,9 @@ impl Blocker {
             Blocker::RackPower => "rack power cap",
             Blocker::SitePower => "site power budget",
             Blocker::Reservation => "free capacity is reserved for an earlier job",
-            Blocker::Topology => "free capacity is not together as the topology constraint requires",
+            Blocker::Topology => {
+                "free capacity is not together as the topology constraint requires"
+            }
         }
     }
 }
@@ -77,7 +79,10 @@ impl WaitReason {
             }
             WaitReason::Resources { blocker } => blocker.describe().into(),
             WaitReason::Reserved { start_s } => {
-                format!("reserved start in {}", human_duration(start_s.saturating_sub(now_s)))
+                format!(
+                    "reserved start in {}",
+                    human_duration(start_s.saturating_sub(now_s))
+                )
             }
         }
     }

@@ -27,7 +27,11 @@ pub struct ModelSet(pub u128);
 
 impl ModelSet {
     pub fn all(n_models: usize) -> ModelSet {
-        if n_models >= 128 { ModelSet(u128::MAX) } else { ModelSet((1u128 << n_models) - 1) }
+        if n_models >= 128 {
+            ModelSet(u128::MAX)
+        } else {
+            ModelSet((1u128 << n_models) - 1)
+        }
     }
     pub fn with(self, m: ModelId) -> ModelSet {
         ModelSet(self.0 | 1 << m)
@@ -52,7 +56,11 @@ pub struct SiteSet(pub u64);
 
 impl SiteSet {
     pub fn all(n_sites: usize) -> SiteSet {
-        if n_sites >= 64 { SiteSet(u64::MAX) } else { SiteSet((1u64 << n_sites) - 1) }
+        if n_sites >= 64 {
+            SiteSet(u64::MAX)
+        } else {
+            SiteSet((1u64 << n_sites) - 1)
+        }
     }
     pub fn contains(self, s: SiteIdx) -> bool {
         self.0 >> s & 1 == 1

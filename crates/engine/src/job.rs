@@ -91,7 +91,10 @@ impl Job {
     /// default; a job that has outrun all of them is planned to end a grace period from now.
     pub fn planned_end_s(&self, now_s: u64, default_runtime_s: u64, grace_s: u64) -> u64 {
         let start = self.started_s;
-        for d in [self.estimate_s, self.limit_s, Some(default_runtime_s)].into_iter().flatten() {
+        for d in [self.estimate_s, self.limit_s, Some(default_runtime_s)]
+            .into_iter()
+            .flatten()
+        {
             if start + d > now_s {
                 return start + d;
             }
@@ -100,6 +103,9 @@ impl Job {
     }
 
     pub fn accel_milli(&self) -> u64 {
-        self.tasks.iter().map(|t| t.hold.devices.len() as u64 * t.hold.milli as u64).sum()
+        self.tasks
+            .iter()
+            .map(|t| t.hold.devices.len() as u64 * t.hold.milli as u64)
+            .sum()
     }
 }

@@ -76,7 +76,11 @@ impl Misses {
             Blocker::Reservation,
             Blocker::Topology,
         ];
-        let (i, &n) = self.0.iter().enumerate().max_by_key(|&(i, &n)| (n, std::cmp::Reverse(i)))?;
+        let (i, &n) = self
+            .0
+            .iter()
+            .enumerate()
+            .max_by_key(|&(i, &n)| (n, std::cmp::Reverse(i)))?;
         (n > 0).then_some(ALL[i])
     }
 }
@@ -160,7 +164,13 @@ impl<'a> Placer<'a> {
 
     fn rollback(&self, cluster: &mut Cluster, at: &mut Attempt) {
         for p in at.placed.drain(..) {
-            cluster.give(&p.hold, TaskRef { job: at.req.job, task: p.task });
+            cluster.give(
+                &p.hold,
+                TaskRef {
+                    job: at.req.job,
+                    task: p.task,
+                },
+            );
         }
         at.placed_nodes.clear();
         at.slack_used.clear();
@@ -170,12 +180,17 @@ impl<'a> Placer<'a> {
     /// Topology units at `level` that could hold the whole gang now, best fit first.
     fn units(&self, cluster: &Cluster, shape: &Shape, level: TopologyLevel) -> Vec<UnitKey> {
         let need: u64 = shape.groups.iter().map(|g| g.accel_milli_total()).sum();
-        let models = shape.groups.iter().fold(ModelSet::default(), |s, g| ModelSet(s.0 | g.models.0));
+        let models = shape
+            .groups
+            .iter()
+            .fold(ModelSet::default(), |s, g| ModelSet(s.0 | g.models.0));
         let free_of = |nodes: &mut dyn Iterator<Item = NodeIdx>| -> u64 {
             nodes
                 .map(|n| &cluster.nodes[n as usize])
                 .filter(|n| {
-                    n.state == NodeState::Up && shape.sites.contains(n.site) && n.model.is_some_and(|m| models.contains(m))
+                    n.state == NodeState::Up
+                        && shape.sites.contains(n.site)
+                        && n.model.is_some_and(|m| models.contains(m))
                 })
                 .map(|n| n.devices() as u64 * 1000 - n.used_total_milli())
                 .sum()
@@ -188,14 +203,24 @@ impl<'a> Placer<'a> {
         };
         match level {
             TopologyLevel::Site => {
-                for s in shape.sites.iter().filter(|&s| (s as usize) < cluster.sites.len()) {
+                for s in shape
+                    .sites
+                    .iter()
+                    .filter(|&s| (s as usize) < cluster.sites.len())
+                {
                     let free = models
                         .iter()
                         .map(|m| {
-                            cluster.index.bucket(s, m).iter().flatten().map(|&n| {
-                                let n = &cluster.nodes[n as usize];
-                                n.devices() as u64 * 1000 - n.used_total_milli()
-                            }).sum::<u64>()
+                            cluster
+                                .index
+                                .bucket(s, m)
+                                .iter()
+                                .flatten()
+                                .map(|&n| {
+                                    let n = &cluster.nodes[n as usize];
+                                    n.devices() as u64 * 1000 - n.used_total_milli()
+                                })
+                                .sum::<u64>()
                         })
                         .sum();
                     consider(free, UnitKey::Site(s), s as u64);
@@ -204,14 +229,22 @@ impl<'a> Placer<'a> {
             TopologyLevel::ScaleUpDomain => {
                 for (d, dom) in cluster.domains.iter().enumerate() {
                     if shape.sites.contains(dom.site) {
-                        consider(free_of(&mut dom.nodes.iter().copied()), UnitKey::Domain(d as u32), d as u64);
+                        consider(
+                            free_of(&mut dom.nodes.iter().copied()),
+                            UnitKey::Domain(d as u32),
+                            d as u64,
+                        );
                     }
                 }
             }
             TopologyLevel::Rack => {
                 for (r, rack) in cluster.racks.iter().enumerate() {
                     if shape.sites.contains(rack.site) {
-                        consider(free_of(&mut rack.nodes.iter().copied()), UnitKey::Rack(r as u32), r as u64);
+                        consider(
+                            free_of(&mut rack.nodes.iter().copied()),
+                            UnitKey::Rack(r as u32),
+                            r as u64,
+                        );
                     }
                 }
             }
@@ -220,16 +253,26 @@ impl<'a> Placer<'a> {
                     .groups
                     .iter()
                     .map(|g| match g.accel {
-                        AccelReq::Whole(k) => k.saturating_mul(g.replicas.min(u16::MAX as u32) as u16),
+                        AccelReq::Whole(k) => {
+                            k.saturating_mul(g.replicas.min(u16::MAX as u32) as u16)
+                        }
                         _ => 0,
                     })
                     .fold(0u16, u16::saturating_add);
-                for s in shape.sites.iter().filter(|&s| (s as usize) < cluster.sites.len()) {
+                for s in shape
+                    .sites
+                    .iter()
+                    .filter(|&s| (s as usize) < cluster.sites.len())
+                {
                     for m in models.iter() {
                         for level in cluster.index.bucket(s, m).iter().skip(whole as usize) {
                             for &n in level {
                                 let node = &cluster.nodes[n as usize];
-                                consider(node.devices() as u64 * 1000 - node.used_total_milli(), UnitKey::Node(n), n as u64);
+                                consider(
+                                    node.devices() as u64 * 1000 - node.used_total_milli(),
+                                    UnitKey::Node(n),
+                                    n as u64,
+                                );
                             }
                         }
                     }
@@ -242,7 +285,11 @@ impl<'a> Placer<'a> {
             }
         }
         scored.sort_by_key(|&(surplus, tie, _)| (surplus, tie));
-        scored.into_iter().take(MAX_UNITS_TRIED).map(|(_, _, k)| k).collect()
+        scored
+            .into_iter()
+            .take(MAX_UNITS_TRIED)
+            .map(|(_, _, k)| k)
+            .collect()
     }
 
     fn place_in(&self, cluster: &mut Cluster, at: &mut Attempt, scope: &Scope) -> bool {
@@ -264,14 +311,19 @@ impl<'a> Placer<'a> {
             for model in models {
                 if let Some(m) = model {
                     let already = at.model_use.iter().find(|u| u.0 == m).map_or(0, |u| u.1);
-                    if !at.req.tenant.quota_allows(m, already + group.accel_milli_total(), at.req.preemptible) {
+                    if !at.req.tenant.quota_allows(
+                        m,
+                        already + group.accel_milli_total(),
+                        at.req.preemptible,
+                    ) {
                         continue;
                     }
                 }
                 let mark = at.placed.len();
                 let mut ok = true;
                 for r in 0..group.replicas {
-                    let Some((node, devices)) = self.best_node(cluster, at, scope, group, model) else {
+                    let Some((node, devices)) = self.best_node(cluster, at, scope, group, model)
+                    else {
                         ok = false;
                         break;
                     };
@@ -286,7 +338,13 @@ impl<'a> Placer<'a> {
                         mem_mib: group.mem_mib,
                     };
                     let task = first_task[g] + r;
-                    cluster.take(&hold, TaskRef { job: at.req.job, task });
+                    cluster.take(
+                        &hold,
+                        TaskRef {
+                            job: at.req.job,
+                            task,
+                        },
+                    );
                     if let Some(res) = at.reservation {
                         if res.slack.contains_key(&node) {
                             let s = at.slack_used.entry(node).or_default();
@@ -296,7 +354,12 @@ impl<'a> Placer<'a> {
                         }
                     }
                     at.placed_nodes.push(node);
-                    at.placed.push(Placed { task, group: g as u16, model, hold });
+                    at.placed.push(Placed {
+                        task,
+                        group: g as u16,
+                        model,
+                        hold,
+                    });
                 }
                 if ok {
                     if let Some(m) = model {
@@ -308,7 +371,13 @@ impl<'a> Placer<'a> {
                     continue 'groups;
                 }
                 for p in at.placed.drain(mark..) {
-                    cluster.give(&p.hold, TaskRef { job: at.req.job, task: p.task });
+                    cluster.give(
+                        &p.hold,
+                        TaskRef {
+                            job: at.req.job,
+                            task: p.task,
+                        },
+                    );
                     if let Some(s) = at.slack_used.get_mut(&p.hold.node) {
                         s.accel_milli -= slack_accel(group.accel);
                         s.cpu_milli -= group.cpu_milli;
@@ -488,7 +557,13 @@ pub fn pick_devices(used: &[u16], accel: AccelReq) -> Option<Vec<u8>> {
     match accel {
         AccelReq::None => Some(Vec::new()),
         AccelReq::Whole(k) => {
-            let free: Vec<u8> = used.iter().enumerate().filter(|(_, u)| **u == 0).map(|(i, _)| i as u8).take(k as usize).collect();
+            let free: Vec<u8> = used
+                .iter()
+                .enumerate()
+                .filter(|(_, u)| **u == 0)
+                .map(|(i, _)| i as u8)
+                .take(k as usize)
+                .collect();
             (free.len() == k as usize).then_some(free)
         }
         AccelReq::Milli(m) => used
@@ -523,7 +598,12 @@ pub fn unit_of(cluster: &Cluster, n: NodeIdx, level: Option<TopologyLevel>) -> u
 
 /// Replicas of `group` on `model` that node `n` could host if it were empty: the measure
 /// admission sums to decide whether a job can ever run.
-pub fn hostable_when_empty(cluster: &Cluster, n: NodeIdx, group: &GroupReq, model: Option<ModelId>) -> u64 {
+pub fn hostable_when_empty(
+    cluster: &Cluster,
+    n: NodeIdx,
+    group: &GroupReq,
+    model: Option<ModelId>,
+) -> u64 {
     let node = &cluster.nodes[n as usize];
     if model.is_some() && node.model != model {
         return 0;
@@ -533,14 +613,26 @@ pub fn hostable_when_empty(cluster: &Cluster, n: NodeIdx, group: &GroupReq, mode
         AccelReq::Whole(k) => node.devices() as u64 / k as u64,
         AccelReq::Milli(m) => node.devices() as u64 * (1000 / m as u64),
     };
-    let by_cpu = node.cpu_total_milli.checked_div(group.cpu_milli).unwrap_or(u64::MAX);
-    let by_mem = node.mem_total_mib.checked_div(group.mem_mib).unwrap_or(u64::MAX);
+    let by_cpu = node
+        .cpu_total_milli
+        .checked_div(group.cpu_milli)
+        .unwrap_or(u64::MAX);
+    let by_mem = node
+        .mem_total_mib
+        .checked_div(group.mem_mib)
+        .unwrap_or(u64::MAX);
     let h = by_accel.min(by_cpu).min(by_mem);
-    if h == 0 || h == u64::MAX && group.accel == AccelReq::None && group.cpu_milli == 0 && group.mem_mib == 0 {
+    if h == 0
+        || h == u64::MAX
+            && group.accel == AccelReq::None
+            && group.cpu_milli == 0
+            && group.mem_mib == 0
+    {
         return h.min(1_000_000);
     }
     // One replica must fit the rack and site power on its own.
-    let one_w = node.base_w + group.accel.milli().min(node.devices() as u64 * 1000) * node.device_w / 1000;
+    let one_w =
+        node.base_w + group.accel.milli().min(node.devices() as u64 * 1000) * node.device_w / 1000;
     let rack = &cluster.racks[node.rack as usize];
     let site = &cluster.sites[node.site as usize];
     if one_w > rack.cap_w || site.facility_w(one_w) > site.budget_w {
@@ -550,7 +642,12 @@ pub fn hostable_when_empty(cluster: &Cluster, n: NodeIdx, group: &GroupReq, mode
 }
 
 /// Sums `per_node` by topology unit and returns the largest sum (or the total).
-pub fn largest_unit(cluster: &Cluster, nodes: impl Iterator<Item = NodeIdx>, level: Option<TopologyLevel>, per_node: impl Fn(NodeIdx) -> u64) -> u64 {
+pub fn largest_unit(
+    cluster: &Cluster,
+    nodes: impl Iterator<Item = NodeIdx>,
+    level: Option<TopologyLevel>,
+    per_node: impl Fn(NodeIdx) -> u64,
+) -> u64 {
     let mut sums: BTreeMap<u64, u64> = BTreeMap::new();
     for n in nodes {
         let v = per_node(n);

@@ -35,7 +35,11 @@ impl Timeline {
             c += r.cpu_milli;
             m += r.mem_mib;
         }
-        (a.saturating_sub(taken.0), c.saturating_sub(taken.1), m.saturating_sub(taken.2))
+        (
+            a.saturating_sub(taken.0),
+            c.saturating_sub(taken.1),
+            m.saturating_sub(taken.2),
+        )
     }
 }
 
@@ -61,7 +65,12 @@ pub struct PlanInput<'a> {
 
 /// The earliest start for `shape` and the slack left on the nodes it would use, or None if it
 /// cannot start on up nodes even when everything running has ended.
-pub fn plan(input: &PlanInput, job: JobId, shape: &Shape, allowed: ModelSet) -> Option<Reservation> {
+pub fn plan(
+    input: &PlanInput,
+    job: JobId,
+    shape: &Shape,
+    allowed: ModelSet,
+) -> Option<Reservation> {
     let cluster = input.cluster;
     let level = shape.topology.map(|t| t.level);
     let mut taken: IdMap<NodeIdx, (u64, u64, u64)> = IdMap::default();
@@ -71,8 +80,11 @@ pub fn plan(input: &PlanInput, job: JobId, shape: &Shape, allowed: ModelSet) -> 
     order.sort_by_key(|&g| std::cmp::Reverse(shape.groups[g].accel.milli()));
     for g in order {
         let group = &shape.groups[g];
-        let models: Vec<Option<ModelId>> =
-            if group.accel == AccelReq::None { vec![None] } else { group.models.and(allowed).iter().map(Some).collect() };
+        let models: Vec<Option<ModelId>> = if group.accel == AccelReq::None {
+            vec![None]
+        } else {
+            group.models.and(allowed).iter().map(Some).collect()
+        };
         let mut best: Option<(u64, u64, Vec<(u64, NodeIdx)>)> = None;
         for model in models {
             let lines = timelines(input, shape, model);
@@ -87,8 +99,13 @@ pub fn plan(input: &PlanInput, job: JobId, shape: &Shape, allowed: ModelSet) -> 
                 let mut had = 0u64;
                 let times = std::iter::once(input.now_s).chain(tl.releases.iter().map(|r| r.at_s));
                 for t in times {
-                    let h = hostable(tl.free_at(t, t0), group.accel, group.cpu_milli, group.mem_mib)
-                        .min(group.replicas as u64);
+                    let h = hostable(
+                        tl.free_at(t, t0),
+                        group.accel,
+                        group.cpu_milli,
+                        group.mem_mib,
+                    )
+                    .min(group.replicas as u64);
                     for _ in had..h {
                         slots.push((t, mix64(input.seed, tl.node as u64), tl.node, unit));
                     }
@@ -102,9 +119,16 @@ pub fn plan(input: &PlanInput, job: JobId, shape: &Shape, allowed: ModelSet) -> 
             let need = group.replicas as usize;
             // Per unit, the time its `need`-th slot opens; the earliest unit wins.
             let pick = if level.is_none() {
-                (slots.len() >= need).then(|| (slots[need - 1].0, 0u64, slots[..need].iter().map(|s| (s.0, s.2)).collect::<Vec<_>>()))
+                (slots.len() >= need).then(|| {
+                    (
+                        slots[need - 1].0,
+                        0u64,
+                        slots[..need].iter().map(|s| (s.0, s.2)).collect::<Vec<_>>(),
+                    )
+                })
             } else {
-                let mut per_unit: std::collections::BTreeMap<u64, Vec<(u64, NodeIdx)>> = Default::default();
+                let mut per_unit: std::collections::BTreeMap<u64, Vec<(u64, NodeIdx)>> =
+                    Default::default();
                 let mut found: Option<(u64, u64)> = None;
                 for s in &slots {
                     let v = per_unit.entry(s.3).or_default();
@@ -148,15 +172,30 @@ pub fn plan(input: &PlanInput, job: JobId, shape: &Shape, allowed: ModelSet) -> 
         let tl = timeline(input, n);
         let t = taken[&n];
         let free = tl.free_at(start_s, t);
-        slack.insert(n, Slack { accel_milli: free.0 * 1000, cpu_milli: free.1, mem_mib: free.2 });
+        slack.insert(
+            n,
+            Slack {
+                accel_milli: free.0 * 1000,
+                cpu_milli: free.1,
+                mem_mib: free.2,
+            },
+        );
     }
-    Some(Reservation { job: Some(job), start_s, slack })
+    Some(Reservation {
+        job: Some(job),
+        start_s,
+        slack,
+    })
 }
 
 fn timelines(input: &PlanInput, shape: &Shape, model: Option<ModelId>) -> Vec<Timeline> {
     let cluster = input.cluster;
     let mut out = Vec::new();
-    for s in shape.sites.iter().take_while(|&s| (s as usize) < cluster.sites.len()) {
+    for s in shape
+        .sites
+        .iter()
+        .take_while(|&s| (s as usize) < cluster.sites.len())
+    {
         match model {
             Some(m) => {
                 for level in cluster.index.bucket(s, m) {
@@ -180,7 +219,11 @@ fn timeline(input: &PlanInput, n: NodeIdx) -> Timeline {
             let task = job.tasks.get(t.task as usize)?;
             Some(Release {
                 at_s: job.planned_end_s(input.now_s, input.default_runtime_s, input.grace_s),
-                whole: if task.hold.milli == 1000 { task.hold.devices.len() as u64 } else { 0 },
+                whole: if task.hold.milli == 1000 {
+                    task.hold.devices.len() as u64
+                } else {
+                    0
+                },
                 cpu_milli: task.hold.cpu_milli,
                 mem_mib: task.hold.mem_mib,
             })
@@ -189,7 +232,11 @@ fn timeline(input: &PlanInput, n: NodeIdx) -> Timeline {
     releases.sort_by_key(|r| r.at_s);
     Timeline {
         node: n,
-        now: (node.free_whole as u64, node.cpu_free_milli, node.mem_free_mib),
+        now: (
+            node.free_whole as u64,
+            node.cpu_free_milli,
+            node.mem_free_mib,
+        ),
         releases,
     }
 }

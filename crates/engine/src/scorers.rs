@@ -88,12 +88,19 @@ fn fragment(used: &[u16], d: AccelReq) -> u64 {
                 used.iter().filter(|&&u| u > 0).map(|&u| free(u)).sum()
             }
         }
-        AccelReq::Milli(m) => used.iter().map(|&u| free(u)).filter(|&f| f < m as u64).sum(),
+        AccelReq::Milli(m) => used
+            .iter()
+            .map(|&u| free(u))
+            .filter(|&f| f < m as u64)
+            .sum(),
     }
 }
 
 fn expected_fragment(used: &[u16], p: &Profile) -> f64 {
-    p.demands.iter().map(|&(d, w)| w * fragment(used, d) as f64).sum()
+    p.demands
+        .iter()
+        .map(|&(d, w)| w * fragment(used, d) as f64)
+        .sum()
 }
 
 /// Fragmentation gradient descent (FGD, Weng et al., ATC'23): prefers the node whose expected

@@ -45,7 +45,10 @@ impl Tenant {
                 let models = if q.accelerator == "*" {
                     ModelSet::all(catalog.len())
                 } else {
-                    catalog.matching(&q.accelerator).into_iter().fold(ModelSet::default(), ModelSet::with)
+                    catalog
+                        .matching(&q.accelerator)
+                        .into_iter()
+                        .fold(ModelSet::default(), ModelSet::with)
                 };
                 Quota {
                     models,
@@ -87,17 +90,32 @@ impl Tenant {
     /// Whether `add_milli` more of model `m` stays within every quota that covers `m`:
     /// the guarantee for non-preemptible work, guarantee plus borrowing for the rest.
     pub fn quota_allows(&self, m: ModelId, add_milli: u64, preemptible: bool) -> bool {
-        self.quotas.iter().filter(|q| q.models.contains(m)).all(|q| {
-            let limit = if preemptible { q.limit_milli } else { q.guaranteed_milli };
-            q.used_milli + add_milli <= limit
-        })
+        self.quotas
+            .iter()
+            .filter(|q| q.models.contains(m))
+            .all(|q| {
+                let limit = if preemptible {
+                    q.limit_milli
+                } else {
+                    q.guaranteed_milli
+                };
+                q.used_milli + add_milli <= limit
+            })
     }
 
     /// Whether the tenant could ever run `need_milli` of model `m` at once.
     pub fn quota_could_ever_allow(&self, m: ModelId, need_milli: u64, preemptible: bool) -> bool {
-        self.quotas.iter().filter(|q| q.models.contains(m)).all(|q| {
-            need_milli <= if preemptible { q.limit_milli } else { q.guaranteed_milli }
-        })
+        self.quotas
+            .iter()
+            .filter(|q| q.models.contains(m))
+            .all(|q| {
+                need_milli
+                    <= if preemptible {
+                        q.limit_milli
+                    } else {
+                        q.guaranteed_milli
+                    }
+            })
     }
 
     /// Whether `add_milli` of model `m` is entirely within the tenant's guarantees (and at
@@ -149,7 +167,11 @@ impl Tenant {
         if dt_s == 0 {
             return;
         }
-        let keep = if half_life_s == 0 { 0.0 } else { (-(dt_s as f64) / half_life_s as f64).exp2() };
+        let keep = if half_life_s == 0 {
+            0.0
+        } else {
+            (-(dt_s as f64) / half_life_s as f64).exp2()
+        };
         for r in 0..3 {
             self.recent[r] = self.recent[r] * keep + self.alloc[r] as f64 * (1.0 - keep);
         }
@@ -161,7 +183,8 @@ impl Tenant {
         let mut dominant: f64 = 0.0;
         for r in 0..3 {
             if capacity[r] > 0 {
-                dominant = dominant.max((self.alloc[r] as f64 + self.recent[r]) / capacity[r] as f64);
+                dominant =
+                    dominant.max((self.alloc[r] as f64 + self.recent[r]) / capacity[r] as f64);
             }
         }
         dominant / self.weight

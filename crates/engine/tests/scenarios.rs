@@ -19,18 +19,32 @@ fn small(racks: usize, nodes: u64) -> Highway {
 #[test]
 fn a_gang_starts_whole_or_not_at_all() {
     let mut h = small(1, 2).tenants(&["lab"]).engine();
-    let a = h.submit("lab", r#"{"groups":[{"replicas":2,"accelerators":4,"models":["H100"]}]}"#);
-    let b = h.submit("lab", r#"{"groups":[{"replicas":3,"accelerators":4,"models":["H100"]}]}"#);
+    let a = h.submit(
+        "lab",
+        r#"{"groups":[{"replicas":2,"accelerators":4,"models":["H100"]}]}"#,
+    );
+    let b = h.submit(
+        "lab",
+        r#"{"groups":[{"replicas":3,"accelerators":4,"models":["H100"]}]}"#,
+    );
     h.schedule();
     assert!(h.started(a));
     // 8 devices remain, the 3×4 gang needs 12: nothing of it may start.
     assert_eq!(h.state(b), JobState::Pending);
-    let starts: Vec<_> = h.log.iter().filter(|d| matches!(d, Decision::Start { .. })).collect();
+    let starts: Vec<_> = h
+        .log
+        .iter()
+        .filter(|d| matches!(d, Decision::Start { .. }))
+        .collect();
     assert_eq!(starts.len(), 1);
     match starts[0] {
         Decision::Start { tasks, .. } => {
             assert_eq!(tasks.len(), 2);
-            assert!(tasks.iter().all(|t| t.devices.len() == 4 && t.milli == 1000));
+            assert!(
+                tasks
+                    .iter()
+                    .all(|t| t.devices.len() == 4 && t.milli == 1000)
+            );
         }
         _ => unreachable!(),
     }
@@ -39,11 +53,17 @@ fn a_gang_starts_whole_or_not_at_all() {
 #[test]
 fn higher_priority_class_goes_first_whatever_the_age() {
     let mut h = small(1, 1).tenants(&["lab"]).engine();
-    let blocker = h.submit("lab", r#"{"groups":[{"accelerators":8}],"preemptible":false}"#);
+    let blocker = h.submit(
+        "lab",
+        r#"{"groups":[{"accelerators":8}],"preemptible":false}"#,
+    );
     h.schedule();
     let old_low = h.submit("lab", r#"{"groups":[{"accelerators":8}],"priority":"low"}"#);
     h.at(10);
-    let new_high = h.submit("lab", r#"{"groups":[{"accelerators":8}],"priority":"high","preemptible":false}"#);
+    let new_high = h.submit(
+        "lab",
+        r#"{"groups":[{"accelerators":8}],"priority":"high","preemptible":false}"#,
+    );
     h.schedule();
     assert_eq!(h.engine.queue(), vec![new_high, old_low]);
     h.finish(blocker, 0);
@@ -54,15 +74,23 @@ fn higher_priority_class_goes_first_whatever_the_age() {
 
 #[test]
 fn fair_share_splits_by_weight_not_by_arrival() {
-    let heavy = TenantSpec { weight: 2.0, ..TenantSpec::new("heavy", Tier::Anchor) };
+    let heavy = TenantSpec {
+        weight: 2.0,
+        ..TenantSpec::new("heavy", Tier::Anchor)
+    };
     let light = TenantSpec::new("light", Tier::Startup);
     let mut h = small(1, 6).tenant(heavy).tenant(light).engine();
     // The light tenant submits first; weights still decide the split of six nodes.
-    let light_jobs: Vec<_> = (0..6).map(|_| h.submit("light", r#"{"groups":[{"accelerators":8}]}"#)).collect();
+    let light_jobs: Vec<_> = (0..6)
+        .map(|_| h.submit("light", r#"{"groups":[{"accelerators":8}]}"#))
+        .collect();
     h.at(1);
-    let heavy_jobs: Vec<_> = (0..6).map(|_| h.submit("heavy", r#"{"groups":[{"accelerators":8}]}"#)).collect();
+    let heavy_jobs: Vec<_> = (0..6)
+        .map(|_| h.submit("heavy", r#"{"groups":[{"accelerators":8}]}"#))
+        .collect();
     h.schedule();
-    let running = |ids: &[JobId], h: &common::Harness| ids.iter().filter(|&&j| h.started(j)).count();
+    let running =
+        |ids: &[JobId], h: &common::Harness| ids.iter().filter(|&&j| h.started(j)).count();
     assert_eq!(running(&heavy_jobs, &h), 4);
     assert_eq!(running(&light_jobs, &h), 2);
 }
@@ -71,7 +99,9 @@ fn fair_share_splits_by_weight_not_by_arrival() {
 fn fair_share_remembers_recent_usage() {
     let mut h = small(1, 2).tenants(&["a", "b"]).engine();
     // Tenant a used the whole highway for a day; b used nothing.
-    let hog: Vec<_> = (0..2).map(|_| h.submit("a", r#"{"groups":[{"accelerators":8}]}"#)).collect();
+    let hog: Vec<_> = (0..2)
+        .map(|_| h.submit("a", r#"{"groups":[{"accelerators":8}]}"#))
+        .collect();
     h.schedule();
     h.at(86_400);
     for j in hog {
@@ -80,7 +110,11 @@ fn fair_share_remembers_recent_usage() {
     let a = h.submit("a", r#"{"groups":[{"accelerators":8}]}"#);
     h.at(86_401);
     let b = h.submit("b", r#"{"groups":[{"accelerators":8}]}"#);
-    assert_eq!(h.engine.queue(), vec![b, a], "b used less recently, so b is first although younger");
+    assert_eq!(
+        h.engine.queue(),
+        vec![b, a],
+        "b used less recently, so b is first although younger"
+    );
 }
 
 #[test]
@@ -93,7 +127,12 @@ fn a_waiting_gang_says_what_it_needs_and_when_it_starts() {
         .tenants(&["lab", "anchor"])
         .engine();
     let small_jobs: Vec<_> = (0..16)
-        .map(|_| h.submit("lab", r#"{"groups":[{"accelerators":1}],"runtime_estimate_s":7800}"#))
+        .map(|_| {
+            h.submit(
+                "lab",
+                r#"{"groups":[{"accelerators":1}],"runtime_estimate_s":7800}"#,
+            )
+        })
         .collect();
     h.schedule();
     assert!(small_jobs.iter().all(|&j| h.started(j)));
@@ -103,8 +142,14 @@ fn a_waiting_gang_says_what_it_needs_and_when_it_starts() {
     );
     h.schedule();
     let why = h.why(gang);
-    assert!(why.starts_with("needs 8 × 8 H100 in one scale-up domain; reserved start in 2h10m"), "{why}");
-    assert_eq!(h.engine.explain(gang).unwrap().estimated_start_s, Some(7800));
+    assert!(
+        why.starts_with("needs 8 × 8 H100 in one scale-up domain; reserved start in 2h10m"),
+        "{why}"
+    );
+    assert_eq!(
+        h.engine.explain(gang).unwrap().estimated_start_s,
+        Some(7800)
+    );
 }
 
 #[test]
@@ -115,25 +160,76 @@ fn impossible_jobs_are_rejected_at_submit_with_the_constraint_named() {
         .rack("pohang", "ph-r0", 500.0, None, 4, "H100", 8)
         .rack("pohang", "ph-r1", 500.0, None, 2, "ATOM", 4)
         .rack("frankfurt", "fr-r0", 500.0, None, 2, "H100", 8)
-        .tenant(TenantSpec { allowed_jurisdictions: vec!["KR".into()], ..TenantSpec::new("kr-agency", Tier::Public) })
         .tenant(TenantSpec {
-            quotas: vec![QuotaSpec { accelerator: "H100".into(), guaranteed: 8, borrow_limit: 8 }],
+            allowed_jurisdictions: vec!["KR".into()],
+            ..TenantSpec::new("kr-agency", Tier::Public)
+        })
+        .tenant(TenantSpec {
+            quotas: vec![QuotaSpec {
+                accelerator: "H100".into(),
+                guaranteed: 8,
+                borrow_limit: 8,
+            }],
             ..TenantSpec::new("startup", Tier::Startup)
         });
     let mut h = atom.engine();
     let cases = [
-        ("kr-agency", r#"{"groups":[{"accelerators":1,"models":["X9000"]}]}"#, "groups[0].models[0]"),
-        ("kr-agency", r#"{"groups":[{"accelerator_milli":500,"models":["ATOM"]}]}"#, "groups[0].accelerator_milli"),
-        ("kr-agency", r#"{"groups":[{"replicas":5,"accelerators":8,"models":["H100"]}]}"#, "topology: 5 × 8 H100 can never run: the allowed sites have room for 4"),
-        ("kr-agency", r#"{"groups":[{"replicas":3,"accelerators":4,"models":["ATOM"]}],"constraints":{"topology":{"level":"rack"}}}"#, "room for 2 such replicas in one rack"),
-        ("kr-agency", r#"{"groups":[{"accelerators":1}],"constraints":{"sites":["frankfurt"]}}"#, "tenant's allowed jurisdictions"),
-        ("kr-agency", r#"{"groups":[{"accelerators":1}],"constraints":{"sites":["pohang"],"jurisdictions":["DE"]}}"#, "no site matches"),
-        ("kr-agency", r#"{"groups":[{"accelerators":1}],"constraints":{"sites":["busan"]}}"#, "constraints.sites[0]"),
-        ("kr-agency", r#"{"groups":[{"accelerators":1,"min_hbm_gib":500}]}"#, "groups[0].min_hbm_gib"),
-        ("startup", r#"{"groups":[{"replicas":3,"accelerators":8,"models":["H100"]}]}"#, "quota plus borrowing limit"),
-        ("startup", r#"{"groups":[{"replicas":2,"accelerators":8,"models":["H100"]}],"preemptible":false}"#, "non-preemptible jobs may not borrow"),
+        (
+            "kr-agency",
+            r#"{"groups":[{"accelerators":1,"models":["X9000"]}]}"#,
+            "groups[0].models[0]",
+        ),
+        (
+            "kr-agency",
+            r#"{"groups":[{"accelerator_milli":500,"models":["ATOM"]}]}"#,
+            "groups[0].accelerator_milli",
+        ),
+        (
+            "kr-agency",
+            r#"{"groups":[{"replicas":5,"accelerators":8,"models":["H100"]}]}"#,
+            "topology: 5 × 8 H100 can never run: the allowed sites have room for 4",
+        ),
+        (
+            "kr-agency",
+            r#"{"groups":[{"replicas":3,"accelerators":4,"models":["ATOM"]}],"constraints":{"topology":{"level":"rack"}}}"#,
+            "room for 2 such replicas in one rack",
+        ),
+        (
+            "kr-agency",
+            r#"{"groups":[{"accelerators":1}],"constraints":{"sites":["frankfurt"]}}"#,
+            "tenant's allowed jurisdictions",
+        ),
+        (
+            "kr-agency",
+            r#"{"groups":[{"accelerators":1}],"constraints":{"sites":["pohang"],"jurisdictions":["DE"]}}"#,
+            "no site matches",
+        ),
+        (
+            "kr-agency",
+            r#"{"groups":[{"accelerators":1}],"constraints":{"sites":["busan"]}}"#,
+            "constraints.sites[0]",
+        ),
+        (
+            "kr-agency",
+            r#"{"groups":[{"accelerators":1,"min_hbm_gib":500}]}"#,
+            "groups[0].min_hbm_gib",
+        ),
+        (
+            "startup",
+            r#"{"groups":[{"replicas":3,"accelerators":8,"models":["H100"]}]}"#,
+            "quota plus borrowing limit",
+        ),
+        (
+            "startup",
+            r#"{"groups":[{"replicas":2,"accelerators":8,"models":["H100"]}],"preemptible":false}"#,
+            "non-preemptible jobs may not borrow",
+        ),
         ("nobody", r#"{"groups":[{"accelerators":1}]}"#, "tenant"),
-        ("kr-agency", r#"{"groups":[{"accelerators":9}]}"#, "can never run"),
+        (
+            "kr-agency",
+            r#"{"groups":[{"accelerators":9}]}"#,
+            "can never run",
+        ),
     ];
     for (tenant, json, expect) in cases {
         let id = h.submit(tenant, json);
@@ -147,16 +243,25 @@ fn impossible_jobs_are_rejected_at_submit_with_the_constraint_named() {
 fn a_job_that_fits_only_on_down_nodes_waits_and_says_so() {
     let mut h = small(2, 2).tenants(&["lab"]).engine();
     for n in ["ph-r0-000", "ph-r0-001"] {
-        h.apply(Event::NodeState { node: n.into(), state: NodeState::Down });
+        h.apply(Event::NodeState {
+            node: n.into(),
+            state: NodeState::Down,
+        });
     }
-    h.apply(Event::NodeState { node: "ph-r1-000".into(), state: NodeState::Draining });
+    h.apply(Event::NodeState {
+        node: "ph-r1-000".into(),
+        state: NodeState::Draining,
+    });
     let id = h.submit("lab", r#"{"groups":[{"replicas":2,"accelerators":8}],"constraints":{"topology":{"level":"rack"}}}"#);
     h.schedule();
     assert_eq!(h.state(id), JobState::Pending);
     assert_eq!(h.engine.job(id).unwrap().wait, WaitReason::NodesUnavailable);
     assert!(h.why(id).contains("down or draining"), "{}", h.why(id));
     for n in ["ph-r0-000", "ph-r0-001"] {
-        h.apply(Event::NodeState { node: n.into(), state: NodeState::Up });
+        h.apply(Event::NodeState {
+            node: n.into(),
+            state: NodeState::Up,
+        });
     }
     h.schedule();
     assert!(h.started(id));
@@ -165,9 +270,14 @@ fn a_job_that_fits_only_on_down_nodes_waits_and_says_so() {
 
 #[test]
 fn an_anchor_tenant_stops_at_its_share_cap() {
-    let anchor = TenantSpec { share_cap: 0.5, ..TenantSpec::new("anchor", Tier::Anchor) };
+    let anchor = TenantSpec {
+        share_cap: 0.5,
+        ..TenantSpec::new("anchor", Tier::Anchor)
+    };
     let mut h = small(1, 4).tenant(anchor).tenants(&["uni"]).engine();
-    let jobs: Vec<_> = (0..3).map(|_| h.submit("anchor", r#"{"groups":[{"accelerators":8}]}"#)).collect();
+    let jobs: Vec<_> = (0..3)
+        .map(|_| h.submit("anchor", r#"{"groups":[{"accelerators":8}]}"#))
+        .collect();
     h.schedule();
     assert!(h.started(jobs[0]) && h.started(jobs[1]));
     assert_eq!(h.engine.job(jobs[2]).unwrap().wait, WaitReason::ShareCap);
@@ -181,17 +291,31 @@ fn an_anchor_tenant_stops_at_its_share_cap() {
 #[test]
 fn quotas_guarantee_and_borrowing_limit() {
     let t = TenantSpec {
-        quotas: vec![QuotaSpec { accelerator: "nvidia-hopper".into(), guaranteed: 8, borrow_limit: 8 }],
+        quotas: vec![QuotaSpec {
+            accelerator: "nvidia-hopper".into(),
+            guaranteed: 8,
+            borrow_limit: 8,
+        }],
         ..TenantSpec::new("startup", Tier::Startup)
     };
     let mut h = small(1, 4).tenant(t).engine();
-    let a = h.submit("startup", r#"{"groups":[{"accelerators":8}],"preemptible":false}"#);
-    let b = h.submit("startup", r#"{"groups":[{"accelerators":8}],"preemptible":false}"#);
+    let a = h.submit(
+        "startup",
+        r#"{"groups":[{"accelerators":8}],"preemptible":false}"#,
+    );
+    let b = h.submit(
+        "startup",
+        r#"{"groups":[{"accelerators":8}],"preemptible":false}"#,
+    );
     let c = h.submit("startup", r#"{"groups":[{"accelerators":8}]}"#);
     let d = h.submit("startup", r#"{"groups":[{"accelerators":8}]}"#);
     h.schedule();
     assert!(h.started(a));
-    assert_eq!(h.engine.job(b).unwrap().wait, WaitReason::GuaranteeUsed, "a non-preemptible job may not borrow");
+    assert_eq!(
+        h.engine.job(b).unwrap().wait,
+        WaitReason::GuaranteeUsed,
+        "a non-preemptible job may not borrow"
+    );
     assert!(h.started(c), "a preemptible job borrows");
     assert_eq!(h.engine.job(d).unwrap().wait, WaitReason::Quota);
 }
@@ -208,7 +332,12 @@ fn power_caps_hold_and_say_which_cap_blocks() {
     let b = h.submit("lab", r#"{"groups":[{"accelerators":8}]}"#);
     h.schedule();
     assert!(h.started(a));
-    assert_eq!(h.engine.job(b).unwrap().wait, WaitReason::Resources { blocker: gosok_engine::Blocker::RackPower });
+    assert_eq!(
+        h.engine.job(b).unwrap().wait,
+        WaitReason::Resources {
+            blocker: gosok_engine::Blocker::RackPower
+        }
+    );
     assert!(h.why(b).contains("rack power cap"));
     h.engine.power_within_caps().unwrap();
 }
@@ -216,18 +345,34 @@ fn power_caps_hold_and_say_which_cap_blocks() {
 #[test]
 fn a_grid_curtailment_sheds_lowest_priority_first_and_reports_it() {
     let mut h = small(1, 4).tenants(&["lab"]).engine();
-    let critical = h.submit("lab", r#"{"groups":[{"accelerators":8}],"priority":"critical","preemptible":false}"#);
+    let critical = h.submit(
+        "lab",
+        r#"{"groups":[{"accelerators":8}],"priority":"critical","preemptible":false}"#,
+    );
     let low_old = h.submit("lab", r#"{"groups":[{"accelerators":8}],"priority":"low"}"#);
     h.schedule();
     h.at(100);
     let low_new = h.submit("lab", r#"{"groups":[{"accelerators":8}],"priority":"low"}"#);
     let normal = h.submit("lab", r#"{"groups":[{"accelerators":8}]}"#);
     h.schedule();
-    assert!([critical, low_old, low_new, normal].iter().all(|&j| h.started(j)));
+    assert!(
+        [critical, low_old, low_new, normal]
+            .iter()
+            .all(|&j| h.started(j))
+    );
     // Four nodes draw 4 × 6.04 kW × PUE 1.25 = 30.2 kW; the grid asks for 16 kW.
-    let d = h.apply(Event::SitePowerBudget { site: "pohang".into(), power_budget_mw: 0.016 });
+    let d = h.apply(Event::SitePowerBudget {
+        site: "pohang".into(),
+        power_budget_mw: 0.016,
+    });
     let shed = d.iter().find_map(|d| match d {
-        Decision::Shed { jobs, still_over, draw_after_w, budget_w, .. } => Some((jobs.clone(), *still_over, *draw_after_w, *budget_w)),
+        Decision::Shed {
+            jobs,
+            still_over,
+            draw_after_w,
+            budget_w,
+            ..
+        } => Some((jobs.clone(), *still_over, *draw_after_w, *budget_w)),
         _ => None,
     });
     let (jobs, still_over, after, budget) = shed.expect("a shed report");
@@ -239,36 +384,71 @@ fn a_grid_curtailment_sheds_lowest_priority_first_and_reports_it() {
     // Shed work does not come straight back.
     h.schedule();
     assert_eq!(h.state(low_new), JobState::Pending);
-    assert!(h.why(low_new).contains("site power budget"), "{}", h.why(low_new));
+    assert!(
+        h.why(low_new).contains("site power budget"),
+        "{}",
+        h.why(low_new)
+    );
 }
 
 #[test]
 fn curtailment_below_non_preemptible_load_reports_still_over() {
     let mut h = small(1, 1).tenants(&["lab"]).engine();
-    h.submit("lab", r#"{"groups":[{"accelerators":8}],"preemptible":false}"#);
+    h.submit(
+        "lab",
+        r#"{"groups":[{"accelerators":8}],"preemptible":false}"#,
+    );
     h.schedule();
-    let d = h.apply(Event::SitePowerBudget { site: "pohang".into(), power_budget_mw: 0.001 });
-    assert!(d.iter().any(|d| matches!(d, Decision::Shed { still_over: true, .. })));
+    let d = h.apply(Event::SitePowerBudget {
+        site: "pohang".into(),
+        power_budget_mw: 0.001,
+    });
+    assert!(d.iter().any(|d| matches!(
+        d,
+        Decision::Shed {
+            still_over: true,
+            ..
+        }
+    )));
 }
 
 #[test]
 fn backfill_uses_reserved_capacity_only_when_it_ends_in_time() {
     let mut h = small(1, 2).tenants(&["lab", "anchor"]).engine();
-    let long = h.submit("lab", r#"{"groups":[{"accelerators":8}],"runtime_estimate_s":1000}"#);
-    let half = h.submit("lab", r#"{"groups":[{"accelerators":4}],"runtime_estimate_s":500}"#);
+    let long = h.submit(
+        "lab",
+        r#"{"groups":[{"accelerators":8}],"runtime_estimate_s":1000}"#,
+    );
+    let half = h.submit(
+        "lab",
+        r#"{"groups":[{"accelerators":4}],"runtime_estimate_s":500}"#,
+    );
     h.schedule();
     assert!(h.started(long) && h.started(half));
     // The gang needs both nodes: it reserves them for t = 1000.
     let gang = h.submit("anchor", r#"{"groups":[{"replicas":2,"accelerators":8}]}"#);
     h.schedule();
-    assert_eq!(h.engine.job(gang).unwrap().wait, WaitReason::Reserved { start_s: 1000 });
+    assert_eq!(
+        h.engine.job(gang).unwrap().wait,
+        WaitReason::Reserved { start_s: 1000 }
+    );
     h.at(10);
-    let too_long = h.submit("lab", r#"{"groups":[{"accelerators":4}],"runtime_estimate_s":2000}"#);
-    let fits = h.submit("lab", r#"{"groups":[{"accelerators":4}],"runtime_estimate_s":900}"#);
+    let too_long = h.submit(
+        "lab",
+        r#"{"groups":[{"accelerators":4}],"runtime_estimate_s":2000}"#,
+    );
+    let fits = h.submit(
+        "lab",
+        r#"{"groups":[{"accelerators":4}],"runtime_estimate_s":900}"#,
+    );
     h.schedule();
     assert!(h.started(fits), "{}", h.why(fits));
     assert_eq!(h.state(too_long), JobState::Pending);
-    assert!(h.why(too_long).contains("reserved for an earlier job"), "{}", h.why(too_long));
+    assert!(
+        h.why(too_long).contains("reserved for an earlier job"),
+        "{}",
+        h.why(too_long)
+    );
 }
 
 #[test]
@@ -277,16 +457,25 @@ fn a_64_node_gang_starts_despite_a_steady_stream_of_small_jobs() {
     let mut h = small(9, 8).tenants(&["anchor", "crowd"]).engine();
     let mut t = 0;
     for _ in 0..576 {
-        h.submit("crowd", r#"{"groups":[{"accelerators":1}],"runtime_estimate_s":3600}"#);
+        h.submit(
+            "crowd",
+            r#"{"groups":[{"accelerators":1}],"runtime_estimate_s":3600}"#,
+        );
     }
     h.schedule();
-    let gang = h.submit("anchor", r#"{"groups":[{"replicas":64,"accelerators":8}],"runtime_estimate_s":7200}"#);
+    let gang = h.submit(
+        "anchor",
+        r#"{"groups":[{"replicas":64,"accelerators":8}],"runtime_estimate_s":7200}"#,
+    );
     let mut started_at = None;
     while t < 4 * 3600 {
         t += 60;
         h.at(t);
         for _ in 0..8 {
-            h.submit("crowd", r#"{"groups":[{"accelerators":1}],"runtime_estimate_s":3600}"#);
+            h.submit(
+                "crowd",
+                r#"{"groups":[{"accelerators":1}],"runtime_estimate_s":3600}"#,
+            );
         }
         // Jobs end when their hour is up.
         let ending: Vec<JobId> = h
@@ -318,37 +507,59 @@ fn a_higher_priority_job_preempts_the_cheapest_victims() {
     let young = h.submit("lab", r#"{"groups":[{"accelerators":8}],"priority":"low"}"#);
     h.schedule();
     h.at(3700);
-    let urgent = h.submit("lab", r#"{"groups":[{"accelerators":8}],"priority":"high"}"#);
+    let urgent = h.submit(
+        "lab",
+        r#"{"groups":[{"accelerators":8}],"priority":"high"}"#,
+    );
     h.schedule();
     assert!(h.started(urgent));
     assert!(h.started(old), "the job with an hour of work keeps running");
     assert_eq!(h.state(young), JobState::Pending);
-    assert_eq!(h.preemptions(), vec![(young, format!("Priority {{ by: JobId({}) }}", urgent.0))]);
+    assert_eq!(
+        h.preemptions(),
+        vec![(young, format!("Priority {{ by: JobId({}) }}", urgent.0))]
+    );
 }
 
 #[test]
 fn non_preemptible_and_equal_priority_work_is_never_preempted() {
     let mut h = small(1, 1).tenants(&["a", "b"]).engine();
-    let a = h.submit("a", r#"{"groups":[{"accelerators":8}],"priority":"low","preemptible":false}"#);
+    let a = h.submit(
+        "a",
+        r#"{"groups":[{"accelerators":8}],"priority":"low","preemptible":false}"#,
+    );
     h.schedule();
-    let b = h.submit("b", r#"{"groups":[{"accelerators":8}],"priority":"critical"}"#);
+    let b = h.submit(
+        "b",
+        r#"{"groups":[{"accelerators":8}],"priority":"critical"}"#,
+    );
     let c = h.submit("b", r#"{"groups":[{"accelerators":8}],"priority":"low"}"#);
     for t in 1..50 {
         h.at(t);
         h.schedule();
     }
     assert!(h.started(a));
-    assert_eq!((h.state(b), h.state(c)), (JobState::Pending, JobState::Pending));
+    assert_eq!(
+        (h.state(b), h.state(c)),
+        (JobState::Pending, JobState::Pending)
+    );
     assert!(h.preemptions().is_empty());
 }
 
 #[test]
 fn a_tenant_below_its_guarantee_reclaims_borrowed_capacity_without_ping_pong() {
     let guaranteed = |n: &str| TenantSpec {
-        quotas: vec![QuotaSpec { accelerator: "H100".into(), guaranteed: 8, borrow_limit: 8 }],
+        quotas: vec![QuotaSpec {
+            accelerator: "H100".into(),
+            guaranteed: 8,
+            borrow_limit: 8,
+        }],
         ..TenantSpec::new(n, Tier::Academic)
     };
-    let mut h = small(1, 2).tenant(guaranteed("a")).tenant(guaranteed("b")).engine();
+    let mut h = small(1, 2)
+        .tenant(guaranteed("a"))
+        .tenant(guaranteed("b"))
+        .engine();
     // a borrows b's idle half.
     let a1 = h.submit("a", r#"{"groups":[{"accelerators":8}]}"#);
     let a2 = h.submit("a", r#"{"groups":[{"accelerators":8}]}"#);
@@ -379,31 +590,58 @@ fn priority_preemption_chains_end() {
     h.schedule();
     let normal = h.submit("lab", r#"{"groups":[{"accelerators":8}]}"#);
     h.schedule();
-    let high = h.submit("lab", r#"{"groups":[{"accelerators":8}],"priority":"high"}"#);
+    let high = h.submit(
+        "lab",
+        r#"{"groups":[{"accelerators":8}],"priority":"high"}"#,
+    );
     for t in 1..100 {
         h.at(t);
         h.schedule();
     }
     assert!(h.started(high));
-    assert_eq!(h.preemptions().iter().map(|p| p.0).collect::<Vec<_>>(), vec![low, normal]);
+    assert_eq!(
+        h.preemptions().iter().map(|p| p.0).collect::<Vec<_>>(),
+        vec![low, normal]
+    );
 }
 
 #[test]
 fn a_lost_node_requeues_the_gang_and_releases_its_other_tasks() {
     let mut h = small(1, 3).tenants(&["lab"]).engine();
-    let gang = h.submit("lab", r#"{"groups":[{"replicas":2,"accelerators":8}],"max_retries":1}"#);
+    let gang = h.submit(
+        "lab",
+        r#"{"groups":[{"replicas":2,"accelerators":8}],"max_retries":1}"#,
+    );
     h.schedule();
     let nodes = h.nodes_of(gang);
-    let d = h.apply(Event::NodeState { node: nodes[0].clone(), state: NodeState::Down });
-    assert!(matches!(&d[..], [Decision::Requeue { retry: 1, .. }]), "{d:?}");
+    let d = h.apply(Event::NodeState {
+        node: nodes[0].clone(),
+        state: NodeState::Down,
+    });
+    assert!(
+        matches!(&d[..], [Decision::Requeue { retry: 1, .. }]),
+        "{d:?}"
+    );
     assert_eq!(h.state(gang), JobState::Pending);
     h.schedule();
     assert!(h.started(gang), "it runs again on the two nodes left");
     assert!(!h.nodes_of(gang).contains(&nodes[0]));
     // Losing a node a second time exceeds max_retries = 1.
     let again = h.nodes_of(gang);
-    let d = h.apply(Event::NodeState { node: again[1].clone(), state: NodeState::Down });
-    assert!(d.iter().any(|d| matches!(d, Decision::Finish { state: JobState::Failed, .. })), "{d:?}");
+    let d = h.apply(Event::NodeState {
+        node: again[1].clone(),
+        state: NodeState::Down,
+    });
+    assert!(
+        d.iter().any(|d| matches!(
+            d,
+            Decision::Finish {
+                state: JobState::Failed,
+                ..
+            }
+        )),
+        "{d:?}"
+    );
 }
 
 #[test]
@@ -411,19 +649,41 @@ fn a_failing_member_fails_the_gang_and_stops_the_rest() {
     let mut h = small(1, 2).tenants(&["lab"]).engine();
     let gang = h.submit("lab", r#"{"groups":[{"replicas":2,"accelerators":8}]}"#);
     h.schedule();
-    let d = h.apply(Event::TaskEnded { id: gang, attempt: 1, task: 1, exit_code: 137 });
+    let d = h.apply(Event::TaskEnded {
+        id: gang,
+        attempt: 1,
+        task: 1,
+        exit_code: 137,
+    });
     assert!(matches!(&d[0], Decision::Stop { .. }));
-    assert!(matches!(&d[1], Decision::Finish { state: JobState::Failed, reason, .. } if reason.contains("137")));
+    assert!(
+        matches!(&d[1], Decision::Finish { state: JobState::Failed, reason, .. } if reason.contains("137"))
+    );
 }
 
 #[test]
 fn a_job_past_its_runtime_limit_is_stopped() {
     let mut h = small(1, 1).tenants(&["lab"]).engine();
-    let j = h.submit("lab", r#"{"groups":[{"accelerators":8}],"runtime_limit_s":60}"#);
+    let j = h.submit(
+        "lab",
+        r#"{"groups":[{"accelerators":8}],"runtime_limit_s":60}"#,
+    );
     h.schedule();
     assert!(h.at(59).is_empty());
     let d = h.at(60);
-    assert!(matches!(&d[..], [Decision::Stop { .. }, Decision::Finish { state: JobState::Failed, .. }]), "{d:?}");
+    assert!(
+        matches!(
+            &d[..],
+            [
+                Decision::Stop { .. },
+                Decision::Finish {
+                    state: JobState::Failed,
+                    ..
+                }
+            ]
+        ),
+        "{d:?}"
+    );
     assert_eq!(h.state(j), JobState::Failed);
 }
 
@@ -433,10 +693,21 @@ fn reports_from_an_earlier_attempt_are_refused() {
     let j = h.submit("lab", r#"{"groups":[{"accelerators":8}]}"#);
     h.schedule();
     let node = h.nodes_of(j)[0].clone();
-    h.apply(Event::NodeState { node, state: NodeState::Down });
+    h.apply(Event::NodeState {
+        node,
+        state: NodeState::Down,
+    });
     h.schedule();
     assert_eq!(h.engine.job(j).unwrap().attempt, 2);
-    let e = h.engine.apply(Event::TaskEnded { id: j, attempt: 1, task: 0, exit_code: 0 }).unwrap_err();
+    let e = h
+        .engine
+        .apply(Event::TaskEnded {
+            id: j,
+            attempt: 1,
+            task: 0,
+            exit_code: 0,
+        })
+        .unwrap_err();
     assert!(e.to_string().contains("stale"), "{e}");
     assert!(h.started(j));
 }
@@ -453,7 +724,11 @@ fn fractions_share_one_device_and_whole_jobs_keep_whole_devices() {
     let w = h.submit("lab", r#"{"groups":[{"accelerators":1}]}"#);
     h.schedule();
     assert!(h.started(f1) && h.started(f2) && h.started(w));
-    let dev = |j| match h.log.iter().find(|d| matches!(d, Decision::Start { job, .. } if *job == j)) {
+    let dev = |j| match h
+        .log
+        .iter()
+        .find(|d| matches!(d, Decision::Start { job, .. } if *job == j))
+    {
         Some(Decision::Start { tasks, .. }) => tasks[0].devices.clone(),
         _ => unreachable!(),
     };
@@ -471,7 +746,10 @@ fn required_topology_keeps_a_gang_in_one_domain() {
         .engine();
     // Take one node in each domain so that 3 free nodes exist but not 3 in one domain... then
     // free one.
-    let a = h.submit("lab", r#"{"groups":[{"accelerators":8}],"constraints":{"sites":["pohang"]}}"#);
+    let a = h.submit(
+        "lab",
+        r#"{"groups":[{"accelerators":8}],"constraints":{"sites":["pohang"]}}"#,
+    );
     let b = h.submit("lab", r#"{"groups":[{"accelerators":8}]}"#);
     h.schedule();
     let gang = h.submit("lab", r#"{"groups":[{"replicas":3,"accelerators":8}],"constraints":{"topology":{"level":"scale_up_domain"}}}"#);
@@ -479,7 +757,11 @@ fn required_topology_keeps_a_gang_in_one_domain() {
     let a_dom = h.nodes_of(a)[0].starts_with("r0");
     let b_dom = h.nodes_of(b)[0].starts_with("r0");
     if a_dom != b_dom {
-        assert_eq!(h.state(gang), JobState::Pending, "4 nodes are free, but only 2 per domain");
+        assert_eq!(
+            h.state(gang),
+            JobState::Pending,
+            "4 nodes are free, but only 2 per domain"
+        );
         h.finish(a, 0);
         h.schedule();
     }
@@ -491,7 +773,12 @@ fn required_topology_keeps_a_gang_in_one_domain() {
 #[test]
 fn the_same_events_give_the_same_decisions_byte_for_byte() {
     let run = || {
-        let mut h = small(3, 4).tenants(&["a", "b", "c"]).engine_with(EngineConfig { seed: 7, ..EngineConfig::default() });
+        let mut h = small(3, 4)
+            .tenants(&["a", "b", "c"])
+            .engine_with(EngineConfig {
+                seed: 7,
+                ..EngineConfig::default()
+            });
         for i in 0..60u64 {
             let tenant = ["a", "b", "c"][(i % 3) as usize];
             let json = match i % 5 {
@@ -504,7 +791,10 @@ fn the_same_events_give_the_same_decisions_byte_for_byte() {
             h.at(i * 10);
             h.submit(tenant, json);
             if i % 7 == 0 {
-                h.apply(Event::NodeState { node: format!("ph-r{}-00{}", i % 3, i % 4), state: NodeState::Down });
+                h.apply(Event::NodeState {
+                    node: format!("ph-r{}-00{}", i % 3, i % 4),
+                    state: NodeState::Down,
+                });
             }
             h.schedule();
         }
@@ -520,7 +810,16 @@ fn cancel_stops_running_work_and_dequeues_pending_work() {
     let b = h.submit("lab", r#"{"groups":[{"accelerators":8}]}"#);
     h.schedule();
     let d = h.apply(Event::Cancel { id: a });
-    assert!(matches!(&d[..], [Decision::Stop { .. }, Decision::Finish { state: JobState::Cancelled, .. }]));
+    assert!(matches!(
+        &d[..],
+        [
+            Decision::Stop { .. },
+            Decision::Finish {
+                state: JobState::Cancelled,
+                ..
+            }
+        ]
+    ));
     h.apply(Event::Cancel { id: b });
     assert_eq!(h.state(b), JobState::Cancelled);
     assert_eq!(h.engine.pending_count(), 0);

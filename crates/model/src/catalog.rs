@@ -90,7 +90,10 @@ impl Catalog {
         check_range("board_power_w", m.board_power_w.into(), 1, 100_000)?;
         check_f64("relative_throughput", m.relative_throughput, 0.0, 1000.0)?;
         if m.source.trim().is_empty() {
-            return Err(SpecError::new("source", "cite the datasheet the figures come from"));
+            return Err(SpecError::new(
+                "source",
+                "cite the datasheet the figures come from",
+            ));
         }
         if self.models.len() >= MAX_MODELS {
             return Err(SpecError::new(
@@ -100,10 +103,17 @@ impl Catalog {
         }
         let id = self.models.len() as ModelId;
         for (j, n) in std::iter::once(&m.name).chain(&m.aliases).enumerate() {
-            let field = if j == 0 { "name".to_string() } else { format!("aliases[{}]", j - 1) };
+            let field = if j == 0 {
+                "name".to_string()
+            } else {
+                format!("aliases[{}]", j - 1)
+            };
             check_name(&field, n)?;
             if self.by_name.contains_key(n) {
-                return Err(SpecError::new(field, format!("model {n:?} is already in the catalog")));
+                return Err(SpecError::new(
+                    field,
+                    format!("model {n:?} is already in the catalog"),
+                ));
             }
         }
         for n in std::iter::once(&m.name).chain(&m.aliases) {
@@ -153,10 +163,25 @@ mod tests {
     fn builtin_catalog_has_the_required_models_with_sources() {
         let c = Catalog::builtin();
         for name in [
-            "H100", "H200", "B200", "GB200", "MI300X", "RNGD", "ATOM", "REBEL", "V100-16GB",
-            "V100-32GB", "P100", "T4", "A10", "G2", "G3",
+            "H100",
+            "H200",
+            "B200",
+            "GB200",
+            "MI300X",
+            "RNGD",
+            "ATOM",
+            "REBEL",
+            "V100-16GB",
+            "V100-32GB",
+            "P100",
+            "T4",
+            "A10",
+            "G2",
+            "G3",
         ] {
-            let id = c.id(name).unwrap_or_else(|| panic!("{name} missing from the catalog"));
+            let id = c
+                .id(name)
+                .unwrap_or_else(|| panic!("{name} missing from the catalog"));
             assert!(!c.get(id).source.is_empty());
         }
         let h100 = c.get(c.id("H100").unwrap());

@@ -165,12 +165,18 @@ impl JobSpec {
             check_name("name", n)?;
         }
         if self.groups.is_empty() {
-            return Err(SpecError::new("groups", "a job needs at least one task group"));
+            return Err(SpecError::new(
+                "groups",
+                "a job needs at least one task group",
+            ));
         }
         if self.groups.len() > MAX_GROUPS {
             return Err(SpecError::new(
                 "groups",
-                format!("{} task groups; at most {MAX_GROUPS} are allowed", self.groups.len()),
+                format!(
+                    "{} task groups; at most {MAX_GROUPS} are allowed",
+                    self.groups.len()
+                ),
             ));
         }
         for (i, g) in self.groups.iter().enumerate() {
@@ -186,7 +192,9 @@ impl JobSpec {
                         "give either accelerators (whole devices) or accelerator_milli (a fraction of one), not both",
                     ));
                 }
-                (Some(a), None) => check_range(&f("accelerators"), a, 0, MAX_ACCELERATORS_PER_REPLICA)?,
+                (Some(a), None) => {
+                    check_range(&f("accelerators"), a, 0, MAX_ACCELERATORS_PER_REPLICA)?
+                }
                 (None, Some(m)) => check_range(&f("accelerator_milli"), m, 1, 999)?,
                 (None, None) => {}
             }
@@ -217,7 +225,9 @@ impl JobSpec {
             if e > l {
                 return Err(SpecError::new(
                     "runtime_estimate_s",
-                    format!("is {e} s, longer than runtime_limit_s ({l} s): the job would be stopped before it is expected to end"),
+                    format!(
+                        "is {e} s, longer than runtime_limit_s ({l} s): the job would be stopped before it is expected to end"
+                    ),
                 ));
             }
         }
@@ -244,7 +254,13 @@ impl JobSpec {
     pub fn total_accelerator_milli(&self) -> u64 {
         self.groups
             .iter()
-            .map(|g| g.replicas * g.accelerators.map(|a| a * 1000).or(g.accelerator_milli).unwrap_or(0))
+            .map(|g| {
+                g.replicas
+                    * g.accelerators
+                        .map(|a| a * 1000)
+                        .or(g.accelerator_milli)
+                        .unwrap_or(0)
+            })
             .sum()
     }
 }
@@ -271,19 +287,45 @@ mod tests {
     fn bad_specs_name_the_field() {
         let cases = [
             (r#"{"groups":[]}"#, "groups"),
-            (r#"{"groups":[{"replicas":0,"accelerators":1}]}"#, "groups[0].replicas"),
-            (r#"{"groups":[{"accelerators":1000000000000}]}"#, "groups[0].accelerators"),
-            (r#"{"groups":[{"accelerators":1,"accelerator_milli":500}]}"#, "groups[0].accelerator_milli"),
-            (r#"{"groups":[{"accelerator_milli":1000}]}"#, "groups[0].accelerator_milli"),
+            (
+                r#"{"groups":[{"replicas":0,"accelerators":1}]}"#,
+                "groups[0].replicas",
+            ),
+            (
+                r#"{"groups":[{"accelerators":1000000000000}]}"#,
+                "groups[0].accelerators",
+            ),
+            (
+                r#"{"groups":[{"accelerators":1,"accelerator_milli":500}]}"#,
+                "groups[0].accelerator_milli",
+            ),
+            (
+                r#"{"groups":[{"accelerator_milli":1000}]}"#,
+                "groups[0].accelerator_milli",
+            ),
             (r#"{"groups":[{"models":["H100"]}]}"#, "groups[0].models"),
-            (r#"{"groups":[{"accelerators":1}],"runtime_estimate_s":100,"runtime_limit_s":10}"#, "runtime_estimate_s"),
-            (r#"{"groups":[{"accelerators":1}],"constraints":{"sites":["a b"]}}"#, "constraints.sites[0]"),
+            (
+                r#"{"groups":[{"accelerators":1}],"runtime_estimate_s":100,"runtime_limit_s":10}"#,
+                "runtime_estimate_s",
+            ),
+            (
+                r#"{"groups":[{"accelerators":1}],"constraints":{"sites":["a b"]}}"#,
+                "constraints.sites[0]",
+            ),
         ];
         for (json, field) in cases {
             let e = parse(json).unwrap_err();
             assert!(e.starts_with(field), "{json}: {e}");
         }
-        assert!(parse(r#"{"groups":[{"accelerators":-1}]}"#).unwrap_err().contains("invalid value"));
-        assert!(parse(r#"{"groups":[{"accelerators":1}],"colour":"red"}"#).unwrap_err().contains("unknown field"));
+        assert!(
+            parse(r#"{"groups":[{"accelerators":-1}]}"#)
+                .unwrap_err()
+                .contains("invalid value")
+        );
+        assert!(
+            parse(r#"{"groups":[{"accelerators":1}],"colour":"red"}"#)
+                .unwrap_err()
+                .contains("unknown field")
+        );
     }
 }

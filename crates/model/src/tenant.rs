@@ -114,8 +114,18 @@ impl TenantSpec {
                     ),
                 ));
             }
-            check_range(&format!("quotas[{i}].guaranteed"), q.guaranteed, 0, 10_000_000)?;
-            check_range(&format!("quotas[{i}].borrow_limit"), q.borrow_limit, 0, 10_000_000)?;
+            check_range(
+                &format!("quotas[{i}].guaranteed"),
+                q.guaranteed,
+                0,
+                10_000_000,
+            )?;
+            check_range(
+                &format!("quotas[{i}].borrow_limit"),
+                q.borrow_limit,
+                0,
+                10_000_000,
+            )?;
         }
         for (i, j) in self.allowed_jurisdictions.iter().enumerate() {
             check_name(&format!("allowed_jurisdictions[{i}]"), j)?;

@@ -121,7 +121,10 @@ impl ClusterSpec {
         if self.site.len() > MAX_SITES {
             return Err(SpecError::new(
                 "site",
-                format!("{} sites declared; at most {MAX_SITES} are supported", self.site.len()),
+                format!(
+                    "{} sites declared; at most {MAX_SITES} are supported",
+                    self.site.len()
+                ),
             ));
         }
         let mut sites = BTreeMap::new();
@@ -133,7 +136,10 @@ impl ClusterSpec {
             check_f64(&f("power_budget_mw"), s.power_budget_mw, 0.0, 10_000.0)?;
             check_f64(&f("pue"), s.pue, 0.999, 5.0)?;
             if sites.insert(s.name.as_str(), i).is_some() {
-                return Err(SpecError::new(f("name"), format!("site {:?} is declared twice", s.name)));
+                return Err(SpecError::new(
+                    f("name"),
+                    format!("site {:?} is declared twice", s.name),
+                ));
             }
         }
         let mut racks = BTreeMap::new();
@@ -141,14 +147,20 @@ impl ClusterSpec {
             let f = |x: &str| format!("rack[{i}].{x}");
             check_name(&f("name"), &r.name)?;
             if !sites.contains_key(r.site.as_str()) {
-                return Err(SpecError::new(f("site"), format!("site {:?} is not declared", r.site)));
+                return Err(SpecError::new(
+                    f("site"),
+                    format!("site {:?} is not declared", r.site),
+                ));
             }
             check_f64(&f("power_cap_kw"), r.power_cap_kw, 0.0, 1_000_000.0)?;
             if let Some(d) = &r.scale_up_domain {
                 check_name(&f("scale_up_domain"), d)?;
             }
             if racks.insert(r.name.as_str(), i).is_some() {
-                return Err(SpecError::new(f("name"), format!("rack {:?} is declared twice", r.name)));
+                return Err(SpecError::new(
+                    f("name"),
+                    format!("rack {:?} is declared twice", r.name),
+                ));
             }
         }
         let mut out = Vec::new();
@@ -157,7 +169,10 @@ impl ClusterSpec {
             let f = |x: &str| format!("node[{i}].{x}");
             check_name(&f("name"), &n.name)?;
             let Some(&rack) = racks.get(n.rack.as_str()) else {
-                return Err(SpecError::new(f("rack"), format!("rack {:?} is not declared", n.rack)));
+                return Err(SpecError::new(
+                    f("rack"),
+                    format!("rack {:?} is not declared", n.rack),
+                ));
             };
             let site = sites[self.rack[rack].site.as_str()];
             check_range(&f("cpu_cores"), n.cpu_cores, 1, MAX_NODE_CPU_CORES)?;
@@ -191,7 +206,10 @@ impl ClusterSpec {
             let count = n.count.unwrap_or(1);
             check_range(&f("count"), count, 1, MAX_NODES)?;
             if out.len() as u64 + count > MAX_NODES {
-                return Err(SpecError::new(f("count"), format!("more than {MAX_NODES} nodes in all")));
+                return Err(SpecError::new(
+                    f("count"),
+                    format!("more than {MAX_NODES} nodes in all"),
+                ));
             }
             let width = (count.max(1) - 1).to_string().len().max(3);
             for k in 0..count {
@@ -200,9 +218,17 @@ impl ClusterSpec {
                     None => n.name.clone(),
                 };
                 if !names.insert(name.clone()) {
-                    return Err(SpecError::new(f("name"), format!("node {name:?} is declared twice")));
+                    return Err(SpecError::new(
+                        f("name"),
+                        format!("node {name:?} is declared twice"),
+                    ));
                 }
-                out.push(ResolvedNode { name, site, rack, spec: n.clone() });
+                out.push(ResolvedNode {
+                    name,
+                    site,
+                    rack,
+                    spec: n.clone(),
+                });
             }
         }
         let mut tenants = BTreeSet::new();
@@ -255,21 +281,41 @@ state = "up"
         let c = ClusterSpec::from_toml(SMALL).unwrap();
         let nodes = c.resolve(&Catalog::builtin()).unwrap();
         let names: Vec<_> = nodes.iter().map(|n| n.name.as_str()).collect();
-        assert_eq!(names, ["ph-r1-n-000", "ph-r1-n-001", "ph-r1-n-002", "ph-r1-n-003"]);
+        assert_eq!(
+            names,
+            ["ph-r1-n-000", "ph-r1-n-001", "ph-r1-n-002", "ph-r1-n-003"]
+        );
     }
 
     #[test]
     fn bad_clusters_name_the_field() {
         let cat = Catalog::builtin();
         let bad = |from: &str, to: &str| {
-            ClusterSpec::from_toml(&SMALL.replace(from, to)).and_then(|c| c.resolve(&cat)).unwrap_err()
+            ClusterSpec::from_toml(&SMALL.replace(from, to))
+                .and_then(|c| c.resolve(&cat))
+                .unwrap_err()
         };
-        assert_eq!(bad("power_budget_mw = 20.0", "power_budget_mw = -1.0").field, "site[0].power_budget_mw");
-        assert_eq!(bad("site = \"pohang\"", "site = \"ulsan\"").field, "rack[0].site");
-        assert_eq!(bad("accelerator = \"H100\"", "accelerator = \"H999\"").field, "node[0].accelerator");
-        assert_eq!(bad("accelerators = 8", "accelerators = 1000000000000").field, "node[0].accelerators");
+        assert_eq!(
+            bad("power_budget_mw = 20.0", "power_budget_mw = -1.0").field,
+            "site[0].power_budget_mw"
+        );
+        assert_eq!(
+            bad("site = \"pohang\"", "site = \"ulsan\"").field,
+            "rack[0].site"
+        );
+        assert_eq!(
+            bad("accelerator = \"H100\"", "accelerator = \"H999\"").field,
+            "node[0].accelerator"
+        );
+        assert_eq!(
+            bad("accelerators = 8", "accelerators = 1000000000000").field,
+            "node[0].accelerators"
+        );
         assert_eq!(bad("pue = 1.25", "pue = 0.5").field, "site[0].pue");
         assert_eq!(bad("cpu_cores = 112", "cpu_cores = -3").field, "cluster");
-        assert_eq!(bad("state = \"up\"", "state = \"sideways\"").field, "cluster");
+        assert_eq!(
+            bad("state = \"up\"", "state = \"sideways\"").field,
+            "cluster"
+        );
     }
 }

@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 use gosok_engine::{Decision, Engine, EngineConfig, Event, JobId, JobState};
-use gosok_model::{Catalog, ClusterSpec, JobSpec, NodeSpec, NodeState, RackSpec, SiteSpec, TenantSpec, Tier};
+use gosok_model::{
+    Catalog, ClusterSpec, JobSpec, NodeSpec, NodeState, RackSpec, SiteSpec, TenantSpec, Tier,
+};
 
 /// Builds a cluster: `sites` × `racks` × `nodes` of `model` × `devices`.
 pub struct Highway {
@@ -12,7 +14,9 @@ pub struct Highway {
 
 impl Highway {
     pub fn new() -> Highway {
-        Highway { spec: ClusterSpec::default() }
+        Highway {
+            spec: ClusterSpec::default(),
+        }
     }
 
     pub fn site(mut self, name: &str, region: &str, jurisdiction: &str, mw: f64) -> Highway {
@@ -27,7 +31,16 @@ impl Highway {
     }
 
     /// A rack (own scale-up domain unless `domain` is given) with `nodes` nodes.
-    pub fn rack(mut self, site: &str, name: &str, kw: f64, domain: Option<&str>, nodes: u64, model: &str, devices: u64) -> Highway {
+    pub fn rack(
+        mut self,
+        site: &str,
+        name: &str,
+        kw: f64,
+        domain: Option<&str>,
+        nodes: u64,
+        model: &str,
+        devices: u64,
+    ) -> Highway {
         self.spec.rack.push(RackSpec {
             name: name.into(),
             site: site.into(),
@@ -67,7 +80,11 @@ impl Highway {
 
     pub fn engine_with(self, cfg: EngineConfig) -> Harness {
         let engine = Engine::new(Catalog::builtin(), &self.spec, cfg).expect("valid test highway");
-        Harness { engine, log: Vec::new(), next_id: 1 }
+        Harness {
+            engine,
+            log: Vec::new(),
+            next_id: 1,
+        }
     }
 }
 
@@ -83,7 +100,9 @@ pub fn spec(json: &str) -> JobSpec {
 
 impl Harness {
     fn record(&mut self, d: Vec<Decision>) -> Vec<Decision> {
-        self.engine.check_invariants().unwrap_or_else(|e| panic!("invariant broken: {e}"));
+        self.engine
+            .check_invariants()
+            .unwrap_or_else(|e| panic!("invariant broken: {e}"));
         self.log.extend(d.iter().cloned());
         d
     }
@@ -96,7 +115,11 @@ impl Harness {
     pub fn submit(&mut self, tenant: &str, json: &str) -> JobId {
         let id = JobId(self.next_id);
         self.next_id += 1;
-        self.apply(Event::Submit { id, tenant: tenant.into(), spec: spec(json) });
+        self.apply(Event::Submit {
+            id,
+            tenant: tenant.into(),
+            spec: spec(json),
+        });
         id
     }
 
@@ -130,7 +153,12 @@ impl Harness {
             if self.engine.job_state(id) != Some(JobState::Running) {
                 break;
             }
-            out.extend(self.apply(Event::TaskEnded { id, attempt, task, exit_code: code }));
+            out.extend(self.apply(Event::TaskEnded {
+                id,
+                attempt,
+                task,
+                exit_code: code,
+            }));
         }
         out
     }
@@ -157,7 +185,9 @@ impl Harness {
             .iter()
             .rev()
             .find_map(|d| match d {
-                Decision::Start { job, tasks, .. } if *job == id => Some(tasks.iter().map(|t| t.node.to_string()).collect()),
+                Decision::Start { job, tasks, .. } if *job == id => {
+                    Some(tasks.iter().map(|t| t.node.to_string()).collect())
+                }
                 _ => None,
             })
             .unwrap_or_default()
