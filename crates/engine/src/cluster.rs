@@ -149,6 +149,9 @@ pub struct Cluster {
     pub usable_cpu_milli: u64,
     pub usable_mem_mib: u64,
     pub max_devices: u16,
+    /// Accelerators of all known nodes, whatever their state: the denominator of share caps
+    /// at admission.
+    pub known_accel_milli: u64,
     /// Models some known node has.
     pub present_models: crate::ids::ModelSet,
 }
@@ -269,7 +272,9 @@ impl Cluster {
             usable_mem_mib: 0,
             max_devices,
             present_models: Default::default(),
+            known_accel_milli: 0,
         };
+        c.known_accel_milli = c.nodes.iter().map(|n| n.devices() as u64 * 1000).sum();
         for n in &c.nodes {
             if let Some(m) = n.model {
                 c.present_models = c.present_models.with(m);

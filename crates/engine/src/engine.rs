@@ -15,7 +15,7 @@ use crate::event::{Decision, EngineError, Event, JobState, PreemptReason, TaskPl
 use crate::explain::{Blocker, WaitReason};
 use crate::ids::{IdHasher, IdMap, JobId, ModelSet, NodeIdx, SiteSet, TenantIdx};
 use crate::job::{AccelReq, GroupReq, Job, Shape, ShapeId, Task};
-use crate::placement::{self, Placed, Placer, Request, Reservation};
+use crate::placement::{self, Placed, Placer, Request, Reservation, Slack};
 use crate::reservation::{self, PlanInput};
 use crate::scorers::{Profile, Scorer, scorer_by_name};
 use crate::tenants::Tenant;
@@ -470,7 +470,7 @@ impl Engine {
             });
         }
         let total = spec.total_accelerator_milli();
-        let cap = (ten.share_cap * self.known_accel_milli() as f64) as u64;
+        let cap = (ten.share_cap * self.cluster.known_accel_milli as f64) as u64;
         if total > cap {
             return Err(format!(
                 "share cap: needs {} accelerators, more than the tenant's share cap of {:.0}% of the highway ({} accelerators)",
@@ -487,14 +487,6 @@ impl Engine {
                 topology: c.topology,
             },
         ))
-    }
-
-    fn known_accel_milli(&self) -> u64 {
-        self.cluster
-            .nodes
-            .iter()
-            .map(|n| n.devices() as u64 * 1000)
-            .sum()
     }
 
     fn intern(&mut self, shape: Shape) -> ShapeId {
@@ -1040,76 +1032,27 @@ impl Engine {
         out: &mut Vec<Decision>,
     ) -> WaitReason {
         let job = &self.jobs[&id];
-        let (sid, t, preemptible, priority) = (
-            job.shape,
-            job.tenant as usize,
-            job.preemptible,
-            job.priority,
-        );
-        let tenant = &self.tenants[t];
-        let shape = &self.shapes[sid as usize];
-        // Tenant limits first: they are the tenant's, not the shape's.
-        let total: u64 = shape.groups.iter().map(|g| g.accel_milli_total()).sum();
-        if total > 0
-            && tenant.share_cap < 1.0
-            && tenant.alloc[0] + total
-                > (tenant.share_cap * self.cluster.usable_accel_milli as f64) as u64
-        {
-            return WaitReason::ShareCap;
-        }
-        let mut allowed = ModelSet::default();
-        for g in shape.groups.iter().filter(|g| g.accel != AccelReq::None) {
-            let present = g.models.and(self.cluster.present_models);
-            let ok = present
-                .iter()
-                .filter(|&m| tenant.quota_allows(m, g.accel_milli_total(), preemptible))
-                .fold(ModelSet::default(), ModelSet::with);
-            if ok.is_empty() {
-                let guaranteed_only = !preemptible
-                    && present
-                        .iter()
-                        .any(|m| tenant.quota_allows(m, g.accel_milli_total(), true));
-                return if guaranteed_only {
-                    WaitReason::GuaranteeUsed
-                } else {
-                    WaitReason::Quota
-                };
+        let (sid, priority) = (job.shape, job.priority);
+        let allowed = match self.tenant_limits(id) {
+            Ok(a) => a,
+            Err(reason) => {
+                // A holder that its own tenant's limits stop must not keep others off its
+                // nodes.
+                if self.reservation.job == Some(id) {
+                    self.reservation = Reservation::default();
+                }
+                return reason;
             }
-            allowed = ModelSet(allowed.0 | ok.0);
-        }
-        let res = &self.reservation;
-        let holder = res.job == Some(id);
-        let fits_before = job
-            .runtime_bound_s()
-            .is_some_and(|b| self.now_s + b <= res.start_s);
-        let bound = res.job.is_some() && !holder && !fits_before;
+        };
+        let holder = self.reservation.job == Some(id);
+        let bound = self.bound_by_reservation(id);
         let cache_key = (sid, bound, allowed);
         if let Some(&r) = failed.get(&cache_key) {
             return r;
         }
-        let placer = Placer {
-            scorers: &self.scorers,
-            profile: &self.profile,
-            score_candidates: self.cfg.score_candidates,
-            seed: self.cfg.seed,
-        };
-        let request = Request {
-            job: id,
-            shape,
-            tenant,
-            preemptible,
-            bound_by_reservation: bound,
-        };
-        match placer.place(&mut self.cluster, &request, Some(&self.reservation)) {
+        match self.place_now(id) {
             Ok((placed, slack_used)) => {
-                for (n, used) in slack_used {
-                    if let Some(s) = self.reservation.slack.get_mut(&n) {
-                        s.accel_milli -= used.accel_milli;
-                        s.cpu_milli -= used.cpu_milli;
-                        s.mem_mib -= used.mem_mib;
-                    }
-                }
-                self.start(id, placed, out);
+                self.start_placed(id, placed, slack_used, out);
                 return WaitReason::Queued;
             }
             Err(blocker) => {
@@ -1148,6 +1091,54 @@ impl Engine {
                 reason
             }
         }
+    }
+
+    /// The models the job's tenant may use for it now, or why its tenant's limits stop it:
+    /// share cap first, then quotas (a non-preemptible job only within the guarantee).
+    fn tenant_limits(&self, id: JobId) -> Result<ModelSet, WaitReason> {
+        let job = &self.jobs[&id];
+        let tenant = &self.tenants[job.tenant as usize];
+        let shape = &self.shapes[job.shape as usize];
+        let total: u64 = shape.groups.iter().map(|g| g.accel_milli_total()).sum();
+        if total > 0
+            && tenant.share_cap < 1.0
+            && tenant.alloc[0] + total
+                > (tenant.share_cap * self.cluster.usable_accel_milli as f64) as u64
+        {
+            return Err(WaitReason::ShareCap);
+        }
+        let mut allowed = ModelSet::default();
+        for g in shape.groups.iter().filter(|g| g.accel != AccelReq::None) {
+            let present = g.models.and(self.cluster.present_models);
+            let need = g.accel_milli_total();
+            let ok = present
+                .iter()
+                .filter(|&m| tenant.quota_allows(m, need, job.preemptible))
+                .fold(ModelSet::default(), ModelSet::with);
+            if ok.is_empty() {
+                let guarantee_only =
+                    !job.preemptible && present.iter().any(|m| tenant.quota_allows(m, need, true));
+                return Err(if guarantee_only {
+                    WaitReason::GuaranteeUsed
+                } else {
+                    WaitReason::Quota
+                });
+            }
+            allowed = ModelSet(allowed.0 | ok.0);
+        }
+        Ok(allowed)
+    }
+
+    /// Whether the job must leave the reservation's capacity alone: it is not the holder and
+    /// would still run when the reservation begins.
+    fn bound_by_reservation(&self, id: JobId) -> bool {
+        let res = &self.reservation;
+        let Some(holder) = res.job else { return false };
+        let job = &self.jobs[&id];
+        let fits_before = job
+            .runtime_bound_s()
+            .is_some_and(|b| self.now_s + b <= res.start_s);
+        holder != id && !fits_before
     }
 
     /// Plans (or keeps) the reservation for `id`; returns its start.
@@ -1339,23 +1330,9 @@ impl Engine {
             let (reason, (_, _, v)) = victims[i].clone();
             self.preempt(v, reason, out);
         }
-        let job = &self.jobs[&id];
-        let placer = Placer {
-            scorers: &self.scorers,
-            profile: &self.profile,
-            score_candidates: self.cfg.score_candidates,
-            seed: self.cfg.seed,
-        };
-        let request = Request {
-            job: id,
-            shape: &self.shapes[job.shape as usize],
-            tenant: &self.tenants[job.tenant as usize],
-            preemptible: job.preemptible,
-            bound_by_reservation: false,
-        };
-        match placer.place(&mut self.cluster, &request, None) {
-            Ok((placed, _)) => {
-                self.start(id, placed, out);
+        match self.place_now(id) {
+            Ok((placed, slack_used)) => {
+                self.start_placed(id, placed, slack_used, out);
                 true
             }
             Err(_) => false,
@@ -1363,21 +1340,7 @@ impl Engine {
     }
 
     fn try_place_and_undo(&mut self, id: JobId) -> bool {
-        let job = &self.jobs[&id];
-        let placer = Placer {
-            scorers: &self.scorers,
-            profile: &self.profile,
-            score_candidates: self.cfg.score_candidates,
-            seed: self.cfg.seed,
-        };
-        let request = Request {
-            job: id,
-            shape: &self.shapes[job.shape as usize],
-            tenant: &self.tenants[job.tenant as usize],
-            preemptible: job.preemptible,
-            bound_by_reservation: false,
-        };
-        match placer.place(&mut self.cluster, &request, None) {
+        match self.place_now(id) {
             Ok((placed, _)) => {
                 for p in placed {
                     self.cluster.give(
@@ -1392,6 +1355,45 @@ impl Engine {
             }
             Err(_) => false,
         }
+    }
+
+    /// Places the job on the cluster as it is now (taking the holds), honouring the
+    /// reservation unless the job holds it or ends before it begins.
+    fn place_now(&mut self, id: JobId) -> Result<(Vec<Placed>, IdMap<NodeIdx, Slack>), Blocker> {
+        let bound = self.bound_by_reservation(id);
+        let job = &self.jobs[&id];
+        let placer = Placer {
+            scorers: &self.scorers,
+            profile: &self.profile,
+            score_candidates: self.cfg.score_candidates,
+            seed: self.cfg.seed,
+        };
+        let request = Request {
+            job: id,
+            shape: &self.shapes[job.shape as usize],
+            tenant: &self.tenants[job.tenant as usize],
+            preemptible: job.preemptible,
+            bound_by_reservation: bound,
+        };
+        placer.place(&mut self.cluster, &request, Some(&self.reservation))
+    }
+
+    /// Starts a placed job, charging the reservation slack it used.
+    fn start_placed(
+        &mut self,
+        id: JobId,
+        placed: Vec<Placed>,
+        slack_used: IdMap<NodeIdx, Slack>,
+        out: &mut Vec<Decision>,
+    ) {
+        for (n, used) in slack_used {
+            if let Some(s) = self.reservation.slack.get_mut(&n) {
+                s.accel_milli -= used.accel_milli;
+                s.cpu_milli -= used.cpu_milli;
+                s.mem_mib -= used.mem_mib;
+            }
+        }
+        self.start(id, placed, out);
     }
 
     // ---- explanations ------------------------------------------------------------------

@@ -46,7 +46,14 @@ impl ModelSet {
         ModelSet(self.0 & o.0)
     }
     pub fn iter(self) -> impl Iterator<Item = ModelId> {
-        (0..128u16).filter(move |&m| self.contains(m))
+        let mut bits = self.0;
+        std::iter::from_fn(move || {
+            (bits != 0).then(|| {
+                let m = bits.trailing_zeros() as ModelId;
+                bits &= bits - 1;
+                m
+            })
+        })
     }
 }
 
@@ -69,7 +76,14 @@ impl SiteSet {
         self.0 == 0
     }
     pub fn iter(self) -> impl Iterator<Item = SiteIdx> {
-        (0..64u16).filter(move |&s| self.contains(s))
+        let mut bits = self.0;
+        std::iter::from_fn(move || {
+            (bits != 0).then(|| {
+                let s = bits.trailing_zeros() as SiteIdx;
+                bits &= bits - 1;
+                s
+            })
+        })
     }
 }
 
@@ -113,4 +127,18 @@ pub fn mix64(seed: u64, x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sets_iterate_their_members_in_order() {
+        let m = ModelSet::default().with(0).with(5).with(127);
+        assert_eq!(m.iter().collect::<Vec<_>>(), vec![0, 5, 127]);
+        assert_eq!(SiteSet(0b1010).iter().collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(SiteSet::all(64).iter().count(), 64);
+        assert_eq!(ModelSet::all(128).iter().count(), 128);
+    }
 }
