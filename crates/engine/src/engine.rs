@@ -512,10 +512,10 @@ impl Engine {
     }
 
     fn static_fit_of(&mut self, sid: ShapeId) -> StaticFit {
-        if let Some(f) = &self.static_fit[sid as usize] {
-            if f.epoch == self.cluster.epoch {
-                return f.clone();
-            }
+        if let Some(f) = &self.static_fit[sid as usize]
+            && f.epoch == self.cluster.epoch
+        {
+            return f.clone();
         }
         let shape = &self.shapes[sid as usize];
         let known = self.fits_nodes(shape, false);
@@ -977,14 +977,13 @@ impl Engine {
         let mut out = Vec::new();
         self.refresh_profile();
         let cap = self.capacity();
-        if let Some(h) = self.reservation.job {
-            if self
+        if let Some(h) = self.reservation.job
+            && self
                 .jobs
                 .get(&h)
                 .is_none_or(|j| j.state != JobState::Pending)
-            {
-                self.reservation = Reservation::default();
-            }
+        {
+            self.reservation = Reservation::default();
         }
         let mut heap: BinaryHeap<Head> = (0..self.tenants.len() as TenantIdx)
             .filter_map(|t| self.head(t, None, cap))
@@ -1007,10 +1006,10 @@ impl Engine {
                 &mut reservation_considered,
                 &mut out,
             );
-            if let Some(j) = self.jobs.get_mut(&id) {
-                if j.state == JobState::Pending {
-                    j.wait = reason;
-                }
+            if let Some(j) = self.jobs.get_mut(&id)
+                && j.state == JobState::Pending
+            {
+                j.wait = reason;
             }
             if let Some(next) = self.head(t, Some(head.key), cap) {
                 heap.push(next);
@@ -1053,7 +1052,7 @@ impl Engine {
         match self.place_now(id) {
             Ok((placed, slack_used)) => {
                 self.start_placed(id, placed, slack_used, out);
-                return WaitReason::Queued;
+                WaitReason::Queued
             }
             Err(blocker) => {
                 if *preemption_budget > 0 && self.could_preempt(id) {
@@ -1484,10 +1483,10 @@ impl Engine {
                                 j.id, n.name
                             ));
                         }
-                        if let Some(m) = t.model {
-                            if n.model != Some(m) {
-                                return Err(format!("job {} has a task on the wrong model", j.id));
-                            }
+                        if let Some(m) = t.model
+                            && n.model != Some(m)
+                        {
+                            return Err(format!("job {} has a task on the wrong model", j.id));
                         }
                         for &d in &t.hold.devices {
                             used[t.hold.node as usize][d as usize] += t.hold.milli as u32;

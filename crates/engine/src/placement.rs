@@ -345,13 +345,13 @@ impl<'a> Placer<'a> {
                             task,
                         },
                     );
-                    if let Some(res) = at.reservation {
-                        if res.slack.contains_key(&node) {
-                            let s = at.slack_used.entry(node).or_default();
-                            s.accel_milli += slack_accel(group.accel);
-                            s.cpu_milli += group.cpu_milli;
-                            s.mem_mib += group.mem_mib;
-                        }
+                    if let Some(res) = at.reservation
+                        && res.slack.contains_key(&node)
+                    {
+                        let s = at.slack_used.entry(node).or_default();
+                        s.accel_milli += slack_accel(group.accel);
+                        s.cpu_milli += group.cpu_milli;
+                        s.mem_mib += group.mem_mib;
                     }
                     at.placed_nodes.push(node);
                     at.placed.push(Placed {
@@ -517,15 +517,15 @@ impl<'a> Placer<'a> {
         if node.mem_free_mib < group.mem_mib {
             return Err(Blocker::Memory);
         }
-        if let Some(res) = at.reservation {
-            if let Some(slack) = res.slack.get(&n) {
-                let used = at.slack_used.get(&n).copied().unwrap_or_default();
-                if used.accel_milli + slack_accel(group.accel) > slack.accel_milli
-                    || used.cpu_milli + group.cpu_milli > slack.cpu_milli
-                    || used.mem_mib + group.mem_mib > slack.mem_mib
-                {
-                    return Err(Blocker::Reservation);
-                }
+        if let Some(res) = at.reservation
+            && let Some(slack) = res.slack.get(&n)
+        {
+            let used = at.slack_used.get(&n).copied().unwrap_or_default();
+            if used.accel_milli + slack_accel(group.accel) > slack.accel_milli
+                || used.cpu_milli + group.cpu_milli > slack.cpu_milli
+                || used.mem_mib + group.mem_mib > slack.mem_mib
+            {
+                return Err(Blocker::Reservation);
             }
         }
         let add_milli = devices.len() as u64

@@ -12,6 +12,9 @@ use crate::ids::{IdMap, JobId, ModelSet, NodeIdx, mix64};
 use crate::job::{AccelReq, Job, Shape};
 use crate::placement::{Reservation, Slack, unit_of};
 
+/// A group's earliest start, the topology unit it starts in, and the (time, node) slots used.
+type Pick = (u64, u64, Vec<(u64, NodeIdx)>);
+
 /// What ends when on one node.
 struct Release {
     at_s: u64,
@@ -85,7 +88,7 @@ pub fn plan(
         } else {
             group.models.and(allowed).iter().map(Some).collect()
         };
-        let mut best: Option<(u64, u64, Vec<(u64, NodeIdx)>)> = None;
+        let mut best: Option<Pick> = None;
         for model in models {
             let lines = timelines(input, shape, model);
             // Every (time, node) at which one more replica could be hosted.
@@ -142,10 +145,10 @@ pub fn plan(
                 }
                 found.map(|(t, u)| (t, u, per_unit.remove(&u).unwrap_or_default()))
             };
-            if let Some((t, u, chosen)) = pick {
-                if best.as_ref().is_none_or(|b| t < b.0) {
-                    best = Some((t, u, chosen));
-                }
+            if let Some((t, u, chosen)) = pick
+                && best.as_ref().is_none_or(|b| t < b.0)
+            {
+                best = Some((t, u, chosen));
             }
         }
         let (t, unit, chosen) = best?;

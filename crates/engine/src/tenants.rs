@@ -181,10 +181,9 @@ impl Tenant {
     /// first.
     pub fn fair_key(&self, capacity: [u64; 3]) -> f64 {
         let mut dominant: f64 = 0.0;
-        for r in 0..3 {
-            if capacity[r] > 0 {
-                dominant =
-                    dominant.max((self.alloc[r] as f64 + self.recent[r]) / capacity[r] as f64);
+        for ((cap, held), recent) in capacity.iter().zip(self.alloc).zip(self.recent) {
+            if *cap > 0 {
+                dominant = dominant.max((held as f64 + recent) / *cap as f64);
             }
         }
         dominant / self.weight

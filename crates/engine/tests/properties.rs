@@ -196,10 +196,10 @@ fn run(w: &World, ops: &[Op], seed: u64) -> Result<String, TestCaseError> {
                     return Err(TestCaseError::fail(e));
                 }
                 // Placement never pushes a cap over; only a lowered budget can leave one over.
-                if before_ok || !over_allowed {
-                    if let Err(e) = h.engine.power_within_caps() {
-                        return Err(TestCaseError::fail(e));
-                    }
+                if (before_ok || !over_allowed)
+                    && let Err(e) = h.engine.power_within_caps()
+                {
+                    return Err(TestCaseError::fail(e));
                 }
                 continue;
             }

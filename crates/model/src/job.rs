@@ -221,15 +221,15 @@ impl JobSpec {
         if let Some(l) = self.runtime_limit_s {
             check_range("runtime_limit_s", l, 1, MAX_RUNTIME_S)?;
         }
-        if let (Some(e), Some(l)) = (self.runtime_estimate_s, self.runtime_limit_s) {
-            if e > l {
-                return Err(SpecError::new(
-                    "runtime_estimate_s",
-                    format!(
-                        "is {e} s, longer than runtime_limit_s ({l} s): the job would be stopped before it is expected to end"
-                    ),
-                ));
-            }
+        if let (Some(e), Some(l)) = (self.runtime_estimate_s, self.runtime_limit_s)
+            && e > l
+        {
+            return Err(SpecError::new(
+                "runtime_estimate_s",
+                format!(
+                    "is {e} s, longer than runtime_limit_s ({l} s): the job would be stopped before it is expected to end"
+                ),
+            ));
         }
         if let Some(r) = self.max_retries {
             check_range("max_retries", r, 0, MAX_RETRIES)?;

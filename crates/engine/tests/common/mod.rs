@@ -31,6 +31,7 @@ impl Highway {
     }
 
     /// A rack (own scale-up domain unless `domain` is given) with `nodes` nodes.
+    #[allow(clippy::too_many_arguments)]
     pub fn rack(
         mut self,
         site: &str,
