@@ -1,1 +1,129 @@
-fn main() {}
+//! `gosok`: one binary, one subcommand per job.
+
+mod alloc;
+mod bench;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Counts live heap bytes so that `gosok bench` can report what the engine really holds.
+#[global_allocator]
+static GLOBAL: alloc::Counting = alloc::Counting;
+
+#[derive(Parser)]
+#[command(
+    name = "gosok",
+    version,
+    about = "gosok: the control plane of a shared, multi-site AI compute highway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Measure gosok on this machine.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Start a local highway: a controller and agents on this machine.
+    Up,
+    /// Print gosok's version.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Drive the scheduling engine on a synthetic highway: placements per second, pass
+    /// latency with a long queue, memory per pending job.
+    Engine(EngineArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Args)]
+struct EngineArgs {
+    /// Sites of the synthetic highway.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=64))]
+    sites: u64,
+    /// Nodes in all, spread evenly over the sites.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    nodes: u64,
+    /// Accelerators in each node.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
+    accelerators_per_node: u64,
+    /// Pending jobs kept in the queue while passes are timed.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pending: u64,
+    /// Steady-state scheduling passes timed.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    passes: u64,
+    /// Running jobs that end before each steady-state pass.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    ends_per_pass: u64,
+    /// Empty highways each throughput measurement is repeated on (the median is reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1_000))]
+    rounds: u64,
+    /// Facility power budget of each site, in MW.
+    #[arg(long, default_value_t = 20.0)]
+    site_power_budget_mw: f64,
+    /// Seed of the synthetic highway and workload; recorded in the report.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Version => println!("gosok {}", env!("CARGO_PKG_VERSION")),
+        Command::Up => {
+            println!(
+                "gosok up: the local highway (controller and agents) is not here yet; it comes \
+                 with the controller and agent work. Meanwhile `gosok bench engine` drives the \
+                 scheduling engine on a synthetic highway."
+            );
+        }
+        Command::Bench(BenchCommand::Engine(a)) => {
+            // Counts were range-checked by clap, so they fit in usize on every target.
+            let p = bench::EngineBenchParams {
+                sites: a.sites as usize,
+                nodes: a.nodes as usize,
+                accelerators_per_node: a.accelerators_per_node,
+                pending: a.pending as usize,
+                passes: a.passes as usize,
+                ends_per_pass: a.ends_per_pass as usize,
+                rounds: a.rounds as usize,
+                site_power_budget_mw: a.site_power_budget_mw,
+                seed: a.seed,
+            };
+            let heap = bench::HeapProbe {
+                live_bytes: alloc::live_bytes,
+                live_allocs: alloc::live_allocs,
+            };
+            let report =
+                bench::run_engine_bench(&p, &heap, &mut |line| eprintln!("bench: {line}"))?;
+            match a.format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Format::Table => print!("{}", bench::table(&report)),
+            }
+        }
+    }
+    Ok(())
+}
