@@ -24,7 +24,8 @@ use gosok_synth::{HighwayParams, WorkloadGen, WorkloadParams};
 const THROUGHPUT_FILL: f64 = 0.4;
 /// Engine time between two steady-state passes.
 const PASS_INTERVAL_S: u64 = 10;
-/// Passes run before the measured ones: the first meets the whole new queue at once.
+/// Passes run before the measured ones: the first meets the whole new queue at once, the
+/// second finds nothing changed.
 const WARMUP_PASSES: usize = 2;
 /// CPU and memory every benchmark replica asks per accelerator (as the synthetic workload
 /// does on 8-way nodes).
@@ -89,7 +90,11 @@ pub struct Steady {
     pub pass_max_ms: f64,
     /// The first pass after the pending jobs arrived: it meets all of them for the first time.
     pub first_pass_ms: f64,
+    /// A pass right after another with nothing changed in between: the cost of going over
+    /// the queue when there is nothing to do.
+    pub idle_pass_ms: f64,
     pub starts_per_pass: f64,
+    pub preemptions_per_pass: f64,
     pub tasks_ended_per_pass: f64,
     /// Mean engine time of one `TaskEnded` or `AdvanceTime` event.
     pub event_us: f64,
@@ -523,19 +528,17 @@ fn steady_state(
 
     let target = engine.pending_count();
     let (pending_at_start, running_at_start) = (target, running.list.len());
-    let mut first_pass = Duration::ZERO;
-    for i in 0..WARMUP_PASSES {
+    let mut warmup = [Duration::ZERO; WARMUP_PASSES];
+    for w in &mut warmup {
         let t = Instant::now();
         let out = engine.schedule();
-        if i == 0 {
-            first_pass = t.elapsed();
-        }
+        *w = t.elapsed();
         running.track(&out);
     }
 
     let mut passes = Vec::with_capacity(p.passes);
-    let (mut starts, mut ended, mut events, mut event_time) =
-        (0usize, 0usize, 0usize, Duration::ZERO);
+    let (mut starts, mut preemptions, mut ended) = (0usize, 0usize, 0usize);
+    let (mut events, mut event_time) = (0usize, Duration::ZERO);
     let (mut pending_min, mut pending_max) = (usize::MAX, 0);
     let mut timed = |engine: &mut Engine, ev: Event| -> Result<Vec<Decision>> {
         let t = Instant::now();
@@ -571,6 +574,10 @@ fn steady_state(
         let out = engine.schedule();
         passes.push(ms(t.elapsed()));
         starts += out.iter().filter(|d| is_start(d)).count();
+        preemptions += out
+            .iter()
+            .filter(|d| matches!(d, Decision::Preempt { .. }))
+            .count();
         running.track(&out);
         let missing = target.saturating_sub(engine.pending_count());
         for job in stream.by_ref().take(missing) {
@@ -586,8 +593,10 @@ fn steady_state(
         pass_p90_ms: percentile(&sorted, 0.90),
         pass_p99_ms: percentile(&sorted, 0.99),
         pass_max_ms: sorted.last().copied().unwrap_or(0.0),
-        first_pass_ms: ms(first_pass),
+        first_pass_ms: ms(warmup[0]),
+        idle_pass_ms: ms(warmup[WARMUP_PASSES - 1]),
         starts_per_pass: starts as f64 / count,
+        preemptions_per_pass: preemptions as f64 / count,
         tasks_ended_per_pass: ended as f64 / count,
         event_us: if events > 0 {
             event_time.as_secs_f64() * 1e6 / events as f64
@@ -696,12 +705,14 @@ pub fn table(r: &EngineBenchReport) -> String {
     );
     let _ = writeln!(
         s,
-        "  steady state: {} passes, p90 {:.2} ms, max {:.2} ms, first pass {:.1} ms; {:.1} starts and {:.1} tasks ended per pass; {:.2} µs per event",
+        "  steady state: {} passes, p90 {:.2} ms, max {:.2} ms, first pass {:.1} ms, idle pass {:.1} ms;\n    per pass {:.1} starts, {:.1} preemptions, {:.1} tasks ended; {:.2} µs per event",
         st.passes,
         st.pass_p90_ms,
         st.pass_max_ms,
         st.first_pass_ms,
+        st.idle_pass_ms,
         st.starts_per_pass,
+        st.preemptions_per_pass,
         st.tasks_ended_per_pass,
         st.event_us
     );
