@@ -1,0 +1,25 @@
+//! Arrival-only GPU packing experiments on real cluster traces.
+//!
+//! This crate reproduces the experiment of FGD (Weng et al., "Beware of Fragmentation:
+//! Scheduling GPU-Sharing Workloads with Fragmentation Gradient Descent", USENIX ATC '23) on the
+//! Alibaba openb v2023 trace, and measures gosok's own packing policy against it.
+//!
+//! Map:
+//! - [`csv`]: CSV files with errors naming file, line, column and problem (reusable by importers);
+//! - [`model`] and [`load`]: nodes, pods and GPU models, read from the trace's CSV files;
+//! - [`state`]: the cluster while pods arrive (what is left on every node and GPU);
+//! - [`frag`]: FGD's fragmentation measure against a target workload;
+//! - [`policy`]: the placement policies, one type each behind the [`policy::Policy`] trait;
+//! - [`experiment`]: the runner (seeds, shuffle, inflation, placement, per-x recording);
+//! - [`report`]: medians over seeds and the table / JSON / CSV outputs;
+//! - [`chart`]: SVG charts (the paper's Figure 9(a));
+//! - [`published`]: the published results and the side-by-side comparison.
+
+pub mod csv;
+pub mod experiment;
+pub mod frag;
+pub mod load;
+pub mod model;
+pub mod policy;
+pub mod published;
+pub mod state;
