@@ -2,7 +2,6 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
-use std::ops::Bound;
 use std::sync::Arc;
 
 use gosok_model::{
@@ -18,32 +17,25 @@ use crate::job::{AccelReq, GroupReq, Job, Shape, ShapeId, Task};
 use crate::placement::{self, Placed, Placer, Request, Reservation, Slack};
 use crate::reservation::{self, PlanInput};
 use crate::scorers::{Profile, Scorer, scorer_by_name};
+use crate::queue::{ClassKey, Queues, SubHead, runtime_class};
 use crate::tenants::Tenant;
-
-/// A pending job's place in its tenant's queue: priority class, then age.
-type QueueKey = (Reverse<PriorityClass>, u64, JobId);
-
-fn queue_key(j: &Job) -> QueueKey {
-    (Reverse(j.priority), j.submit_s, j.id)
-}
 
 /// One tenant's next job in the pass-wide merge. Ordered so that the heap's top is the job
 /// to consider next: higher priority class, then lower fair-share key, then older.
 #[derive(PartialEq, Eq)]
 struct Head {
-    priority: PriorityClass,
     fair_bits: u64,
-    key: QueueKey,
+    sub: SubHead,
     tenant: TenantIdx,
 }
 
 impl Ord for Head {
     fn cmp(&self, o: &Self) -> Ordering {
-        self.priority
-            .cmp(&o.priority)
+        self.sub
+            .priority
+            .cmp(&o.sub.priority)
             .then(o.fair_bits.cmp(&self.fair_bits))
-            .then(o.key.1.cmp(&self.key.1))
-            .then(o.key.2.cmp(&self.key.2))
+            .then(self.sub.cmp(&o.sub))
     }
 }
 
@@ -85,8 +77,7 @@ pub struct Engine {
     shapes: Vec<Shape>,
     shape_ids: HashMap<Shape, ShapeId, std::hash::BuildHasherDefault<IdHasher>>,
     static_fit: Vec<Option<StaticFit>>,
-    pending: Vec<BTreeSet<QueueKey>>,
-    pending_count: usize,
+    queues: Queues,
     limits: BTreeSet<(u64, JobId)>,
     reservation: Reservation,
     reservation_planned_s: u64,
@@ -147,8 +138,7 @@ impl Engine {
             shapes: Vec::new(),
             shape_ids: HashMap::default(),
             static_fit: Vec::new(),
-            pending: Vec::new(),
-            pending_count: 0,
+            queues: Queues::default(),
             limits: BTreeSet::new(),
             reservation: Reservation::default(),
             reservation_planned_s: 0,
@@ -176,7 +166,7 @@ impl Engine {
         &self.cluster
     }
     pub fn pending_count(&self) -> usize {
-        self.pending_count
+        self.queues.len()
     }
     pub fn job_state(&self, id: JobId) -> Option<JobState> {
         self.jobs.get(&id).map(|j| j.state)
@@ -213,7 +203,7 @@ impl Engine {
                     .insert(spec.name.clone(), self.tenants.len() as TenantIdx);
                 self.tenants
                     .push(Tenant::new(spec, &self.catalog, &self.site_jurisdictions));
-                self.pending.push(BTreeSet::new());
+                self.queues.add_tenant();
             }
         }
         Ok(())
@@ -326,7 +316,7 @@ impl Engine {
             started_s: 0,
             tasks: Vec::new(),
             preemptions: 0,
-            wait: WaitReason::Queued,
+            class: 0,
         };
         let admitted = self.admit(tenant, &spec).and_then(|(t, shape)| {
             job.tenant = t;
@@ -336,6 +326,12 @@ impl Engine {
             let sid = self.intern(shape);
             job.shape = sid;
             self.check_fit(&job)?;
+            job.class = self.queues.class(ClassKey {
+                shape: sid,
+                priority: job.priority,
+                preemptible: job.preemptible,
+                runtime: runtime_class(job.runtime_bound_s()),
+            });
             Ok(sid)
         });
         match admitted {
@@ -354,8 +350,7 @@ impl Engine {
                     *self.demand_counts.entry(key).or_default() += g.replicas as f64;
                 }
                 self.profile_dirty = true;
-                self.pending[job.tenant as usize].insert(queue_key(&job));
-                self.pending_count += 1;
+                self.queues.push(job.tenant, job.class, job.submit_s, id);
                 self.jobs.insert(id, job);
             }
         }
@@ -630,12 +625,10 @@ impl Engine {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
-        self.pending[job.tenant as usize].remove(&queue_key(job));
-        self.pending_count -= 1;
+        self.queues.remove(job.tenant, job.class, job.submit_s, id);
         job.state = JobState::Running;
         job.attempt += 1;
         job.started_s = now;
-        job.wait = WaitReason::Queued;
         let t = job.tenant as usize;
         let mut tasks = Vec::with_capacity(placed.len());
         let mut decisions = Vec::with_capacity(placed.len());
@@ -691,9 +684,7 @@ impl Engine {
         job.tasks.clear();
         job.state = state;
         if state == JobState::Pending {
-            job.wait = WaitReason::Queued;
-            self.pending[job.tenant as usize].insert(queue_key(job));
-            self.pending_count += 1;
+            self.queues.push(job.tenant, job.class, job.submit_s, id);
         }
     }
 
@@ -738,8 +729,7 @@ impl Engine {
         let job = self.jobs.get_mut(&id).ok_or(EngineError::UnknownJob(id))?;
         match job.state {
             JobState::Pending => {
-                self.pending[job.tenant as usize].remove(&queue_key(job));
-                self.pending_count -= 1;
+                self.queues.remove(job.tenant, job.class, job.submit_s, id);
                 job.state = JobState::Cancelled;
                 if self.reservation.job == Some(id) {
                     self.reservation = Reservation::default();
@@ -958,21 +948,15 @@ impl Engine {
         ]
     }
 
-    fn head(&self, t: TenantIdx, after: Option<QueueKey>, cap: [u64; 3]) -> Option<Head> {
-        let q = &self.pending[t as usize];
-        let key = match after {
-            None => *q.first()?,
-            Some(k) => *q.range((Bound::Excluded(k), Bound::Unbounded)).next()?,
-        };
-        Some(Head {
-            priority: key.0.0,
+    fn head(&self, t: TenantIdx, sub: SubHead, cap: [u64; 3]) -> Head {
+        Head {
             fair_bits: self.tenants[t as usize].fair_key(cap).to_bits(),
-            key,
+            sub,
             tenant: t,
-        })
+        }
     }
 
-    /// One scheduling pass over the pending jobs in queue order.
+    /// One scheduling pass: the heads of the class queues in queue order.
     pub fn schedule(&mut self) -> Vec<Decision> {
         let mut out = Vec::new();
         self.refresh_profile();
@@ -985,8 +969,11 @@ impl Engine {
         {
             self.reservation = Reservation::default();
         }
-        let mut heap: BinaryHeap<Head> = (0..self.tenants.len() as TenantIdx)
-            .filter_map(|t| self.head(t, None, cap))
+        let tenants = self.tenants.len() as TenantIdx;
+        let mut subs: Vec<BinaryHeap<SubHead>> =
+            (0..tenants).map(|t| self.queues.heads(t).collect()).collect();
+        let mut heap: BinaryHeap<Head> = (0..tenants)
+            .filter_map(|t| subs[t as usize].peek().map(|&s| self.head(t, s, cap)))
             .collect();
         // Shapes that failed this pass, by whether they were held off reserved capacity.
         let mut failed: HashMap<
@@ -997,22 +984,23 @@ impl Engine {
         let mut preemption_budget = self.cfg.max_preemption_attempts_per_pass;
         let mut reservation_considered = false;
         while let Some(head) = heap.pop() {
-            let id = head.key.2;
             let t = head.tenant;
+            let Some(sub) = subs[t as usize].pop() else { continue };
             let reason = self.consider(
-                id,
+                sub.job,
                 &mut failed,
                 &mut preemption_budget,
                 &mut reservation_considered,
                 &mut out,
             );
-            if let Some(j) = self.jobs.get_mut(&id)
-                && j.state == JobState::Pending
-            {
-                j.wait = reason;
+            if self.jobs.get(&sub.job).is_some_and(|j| j.state == JobState::Pending) {
+                // The rest of the class waits behind its head until the next pass.
+                self.queues.set_wait(t, sub.class, reason);
+            } else if let Some(next) = self.queues.head(t, sub.class) {
+                subs[t as usize].push(next);
             }
-            if let Some(next) = self.head(t, Some(head.key), cap) {
-                heap.push(next);
+            if let Some(&next) = subs[t as usize].peek() {
+                heap.push(self.head(t, next, cap));
             }
         }
         out
@@ -1401,28 +1389,46 @@ impl Engine {
     /// would meet them if nothing started.
     pub fn queue(&self) -> Vec<JobId> {
         let cap = self.capacity();
-        let mut all: Vec<(Reverse<PriorityClass>, u64, u64, JobId)> =
-            Vec::with_capacity(self.pending_count);
-        for (t, q) in self.pending.iter().enumerate() {
-            let fair = self.tenants[t].fair_key(cap).to_bits();
-            all.extend(q.iter().map(|k| (k.0, fair, k.1, k.2)));
-        }
+        let fair: Vec<u64> = self.tenants.iter().map(|t| t.fair_key(cap).to_bits()).collect();
+        let mut all: Vec<(Reverse<PriorityClass>, u64, u64, JobId)> = self
+            .queues
+            .iter()
+            .map(|(t, c, submit_s, id)| {
+                (Reverse(self.queues.key(c).priority), fair[t as usize], submit_s, id)
+            })
+            .collect();
         all.sort_unstable();
         all.into_iter().map(|k| k.3).collect()
     }
 
+    /// Why a pending job waits. Jobs behind the head of their class share its reason; only
+    /// the holder itself is told its reserved start.
+    pub fn wait_reason(&self, id: JobId) -> Option<WaitReason> {
+        let job = self.jobs.get(&id)?;
+        if job.state != JobState::Pending {
+            return None;
+        }
+        Some(match self.queues.wait(job.tenant, job.class) {
+            WaitReason::Reserved { .. } if self.reservation.job != Some(id) => {
+                WaitReason::Resources { blocker: Blocker::Reservation }
+            }
+            w => w,
+        })
+    }
+
     pub fn explain(&self, id: JobId) -> Option<Explanation> {
         let job = self.jobs.get(&id)?;
+        let wait = self.wait_reason(id).unwrap_or(WaitReason::Queued);
         let (position, text, est) = if job.state == JobState::Pending {
             let pos = self.queue().iter().position(|&j| j == id);
-            let est = match job.wait {
+            let est = match wait {
                 WaitReason::Reserved { start_s } => Some(start_s),
                 _ => None,
             };
             let needs = self.describe_needs(id).unwrap_or_default();
             (
                 pos,
-                format!("{needs}; {}", job.wait.describe(self.now_s)),
+                format!("{needs}; {}", wait.describe(self.now_s)),
                 est,
             )
         } else {
@@ -1432,7 +1438,7 @@ impl Engine {
             job: id,
             state: job.state,
             position,
-            wait: job.wait,
+            wait,
             text,
             estimated_start_s: est,
         })
@@ -1450,7 +1456,7 @@ impl Engine {
         let mut cpu = vec![0u64; c.nodes.len()];
         let mut mem = vec![0u64; c.nodes.len()];
         for j in self.jobs.values() {
-            let queued = self.pending[j.tenant as usize].contains(&queue_key(j));
+            let queued = self.queues.contains(j.tenant, j.class, j.submit_s, j.id);
             match j.state {
                 JobState::Pending => {
                     pending += 1;
@@ -1522,8 +1528,7 @@ impl Engine {
                 }
             }
         }
-        if pending != self.pending_count
-            || self.pending.iter().map(|q| q.len()).sum::<usize>() != pending
+        if pending != self.queues.len() || self.queues.iter().count() != pending
         {
             return Err("pending count disagrees with the queues".into());
         }

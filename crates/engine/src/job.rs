@@ -4,7 +4,6 @@ use gosok_model::{PriorityClass, TopologyConstraint};
 
 use crate::cluster::Hold;
 use crate::event::JobState;
-use crate::explain::WaitReason;
 use crate::ids::{JobId, ModelSet, SiteSet, TenantIdx};
 
 /// What one replica asks of the accelerators of its node.
@@ -78,7 +77,8 @@ pub struct Job {
     pub started_s: u64,
     pub tasks: Vec<Task>,
     pub preemptions: u32,
-    pub wait: WaitReason,
+    /// Its class queue while pending (see `queue`).
+    pub class: crate::queue::ClassId,
 }
 
 impl Job {

@@ -13,6 +13,7 @@ pub mod explain;
 pub mod ids;
 pub mod job;
 pub mod placement;
+pub mod queue;
 pub mod reservation;
 pub mod scorers;
 pub mod tenants;

@@ -255,7 +255,7 @@ fn a_job_that_fits_only_on_down_nodes_waits_and_says_so() {
     let id = h.submit("lab", r#"{"groups":[{"replicas":2,"accelerators":8}],"constraints":{"topology":{"level":"rack"}}}"#);
     h.schedule();
     assert_eq!(h.state(id), JobState::Pending);
-    assert_eq!(h.engine.job(id).unwrap().wait, WaitReason::NodesUnavailable);
+    assert_eq!(h.engine.wait_reason(id).unwrap(), WaitReason::NodesUnavailable);
     assert!(h.why(id).contains("down or draining"), "{}", h.why(id));
     for n in ["ph-r0-000", "ph-r0-001"] {
         h.apply(Event::NodeState {
@@ -280,7 +280,7 @@ fn an_anchor_tenant_stops_at_its_share_cap() {
         .collect();
     h.schedule();
     assert!(h.started(jobs[0]) && h.started(jobs[1]));
-    assert_eq!(h.engine.job(jobs[2]).unwrap().wait, WaitReason::ShareCap);
+    assert_eq!(h.engine.wait_reason(jobs[2]).unwrap(), WaitReason::ShareCap);
     assert!(h.why(jobs[2]).contains("tenant at its share cap"));
     // The rest of the highway stays open to others.
     let uni = h.submit("uni", r#"{"groups":[{"accelerators":8}]}"#);
@@ -312,12 +312,12 @@ fn quotas_guarantee_and_borrowing_limit() {
     h.schedule();
     assert!(h.started(a));
     assert_eq!(
-        h.engine.job(b).unwrap().wait,
+        h.engine.wait_reason(b).unwrap(),
         WaitReason::GuaranteeUsed,
         "a non-preemptible job may not borrow"
     );
     assert!(h.started(c), "a preemptible job borrows");
-    assert_eq!(h.engine.job(d).unwrap().wait, WaitReason::Quota);
+    assert_eq!(h.engine.wait_reason(d).unwrap(), WaitReason::Quota);
 }
 
 #[test]
@@ -333,7 +333,7 @@ fn power_caps_hold_and_say_which_cap_blocks() {
     h.schedule();
     assert!(h.started(a));
     assert_eq!(
-        h.engine.job(b).unwrap().wait,
+        h.engine.wait_reason(b).unwrap(),
         WaitReason::Resources {
             blocker: gosok_engine::Blocker::RackPower
         }
@@ -429,7 +429,7 @@ fn backfill_uses_reserved_capacity_only_when_it_ends_in_time() {
     let gang = h.submit("anchor", r#"{"groups":[{"replicas":2,"accelerators":8}]}"#);
     h.schedule();
     assert_eq!(
-        h.engine.job(gang).unwrap().wait,
+        h.engine.wait_reason(gang).unwrap(),
         WaitReason::Reserved { start_s: 1000 }
     );
     h.at(10);
