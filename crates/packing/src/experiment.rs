@@ -95,7 +95,14 @@ impl Prepared {
             PolicyKind::Packing => Box::new(Packing),
             PolicyKind::BestFit => Box::new(BestFit),
             PolicyKind::Fgd => Box::new(Fgd::new(self.typical.clone())),
-            PolicyKind::Gosok => Box::new(Gosok::new(self.all_shapes.clone())),
+            PolicyKind::Gosok => Box::new(Gosok::new(
+                self.all_shapes.clone(),
+                self.typical.clone(),
+                Arc::new(TypicalPods::gpu_weighted(
+                    &self.workload.pods,
+                    &self.cluster.models,
+                )),
+            )),
         }
     }
 
@@ -219,6 +226,16 @@ pub fn run(
     seed: u64,
     tune_ratio: f64,
 ) -> Result<RunResult, RunError> {
+    run_to_state(prepared, kind, seed, tune_ratio).map(|(r, _)| r)
+}
+
+/// Runs `kind` on `prepared` for `seed` and also returns the cluster as the last pod left it.
+pub fn run_to_state(
+    prepared: &Prepared,
+    kind: PolicyKind,
+    seed: u64,
+    tune_ratio: f64,
+) -> Result<(RunResult, ClusterState), RunError> {
     let order = prepared.arrival_order(tune_ratio, seed);
     let node_order = prepared.tie_order(seed);
     let mut policy = prepared.policy(kind);
@@ -299,7 +316,7 @@ pub fn run(
         }
     }
     let (allocated_pct, frag_pct) = finish_bins(&bins);
-    Ok(RunResult {
+    let result = RunResult {
         policy: kind,
         seed,
         arrived_pods: order.len() as u64,
@@ -308,7 +325,8 @@ pub fn run(
         allocated_gpu_milli: state.used_gpu_milli,
         allocated_pct,
         frag_pct,
-    })
+    };
+    Ok((result, state))
 }
 
 /// Bin means; an empty bin takes the mean of its neighbours' samples (the published scripts'

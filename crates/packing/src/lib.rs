@@ -13,8 +13,11 @@
 //! - [`experiment`]: the runner (seeds, shuffle, inflation, placement, per-x recording);
 //! - [`report`]: medians over seeds and the table / JSON / CSV outputs;
 //! - [`chart`]: SVG charts (the paper's Figure 9(a));
-//! - [`published`]: the published results and the side-by-side comparison.
+//! - [`published`]: the published results and statistics over seeds;
+//! - [`compare`]: our runs side by side with the published ones (`gosok sim fgd-compare`).
 
+pub mod chart;
+pub mod compare;
 pub mod csv;
 pub mod experiment;
 pub mod frag;
@@ -22,4 +25,5 @@ pub mod load;
 pub mod model;
 pub mod policy;
 pub mod published;
+pub mod report;
 pub mod state;
