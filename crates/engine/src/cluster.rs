@@ -152,6 +152,8 @@ pub struct Cluster {
     /// Accelerators of all known nodes, whatever their state: the denominator of share caps
     /// at admission.
     pub known_accel_milli: u64,
+    /// Draw of one fully used device of each model (board power × utilisation).
+    pub model_device_w: Vec<u64>,
     /// Models some known node has.
     pub present_models: crate::ids::ModelSet,
 }
@@ -273,6 +275,11 @@ impl Cluster {
             max_devices,
             present_models: Default::default(),
             known_accel_milli: 0,
+            model_device_w: catalog
+                .models()
+                .iter()
+                .map(|m| (m.board_power_w as f64 * utilisation).round() as u64)
+                .collect(),
         };
         c.known_accel_milli = c.nodes.iter().map(|n| n.devices() as u64 * 1000).sum();
         for n in &c.nodes {
@@ -356,13 +363,24 @@ impl Cluster {
 
     /// Whether `delta_w` more IT draw on node `n` keeps its rack and site within their caps.
     pub fn power_fits(&self, n: NodeIdx, delta_w: u64) -> Result<(), PowerBlock> {
+        self.power_fits_holding(n, delta_w, 0, 0)
+    }
+
+    /// As `power_fits`, with `held_rack_w` and `held_site_w` kept free for a reservation.
+    pub fn power_fits_holding(
+        &self,
+        n: NodeIdx,
+        delta_w: u64,
+        held_rack_w: u64,
+        held_site_w: u64,
+    ) -> Result<(), PowerBlock> {
         let node = &self.nodes[n as usize];
         let rack = &self.racks[node.rack as usize];
-        if rack.it_w + delta_w > rack.cap_w {
+        if rack.it_w + delta_w + held_rack_w > rack.cap_w {
             return Err(PowerBlock::Rack);
         }
         let site = &self.sites[node.site as usize];
-        if site.facility_w(site.it_w + delta_w) > site.budget_w {
+        if site.facility_w(site.it_w + delta_w + held_site_w) > site.budget_w {
             return Err(PowerBlock::Site);
         }
         Ok(())

@@ -15,9 +15,9 @@ use crate::explain::{Blocker, WaitReason};
 use crate::ids::{IdHasher, IdMap, JobId, ModelSet, NodeIdx, SiteSet, TenantIdx};
 use crate::job::{AccelReq, GroupReq, Job, Shape, ShapeId, Task};
 use crate::placement::{self, Placed, Placer, Request, Reservation, Slack};
+use crate::queue::{ClassKey, Queues, SubHead, runtime_class};
 use crate::reservation::{self, PlanInput};
 use crate::scorers::{Profile, Scorer, scorer_by_name};
-use crate::queue::{ClassKey, Queues, SubHead, runtime_class};
 use crate::tenants::Tenant;
 
 /// One tenant's next job in the pass-wide merge. Ordered so that the heap's top is the job
@@ -82,6 +82,7 @@ pub struct Engine {
     reservation: Reservation,
     reservation_planned_s: u64,
     reservation_epoch: u64,
+    reservation_reason: WaitReason,
     scorers: Vec<(Box<dyn Scorer>, f64)>,
     demand_counts: BTreeMap<(u8, u16), f64>,
     profile: Profile,
@@ -91,6 +92,11 @@ pub struct Engine {
     /// preemption could find any victim.
     running_preemptible: [u32; 5],
 }
+
+/// Most running jobs one preemption search considers as victims.
+const MAX_VICTIMS: usize = 256;
+/// Most victims a preemption tries to spare after finding a sufficient set.
+const MAX_SPARE_TRIES: usize = 16;
 
 /// How long a reservation's plan is trusted before it is recomputed.
 const RESERVATION_REFRESH_S: u64 = 60;
@@ -143,6 +149,7 @@ impl Engine {
             reservation: Reservation::default(),
             reservation_planned_s: 0,
             reservation_epoch: u64::MAX,
+            reservation_reason: WaitReason::Queued,
             scorers,
             demand_counts: BTreeMap::new(),
             profile: Profile::default(),
@@ -970,8 +977,9 @@ impl Engine {
             self.reservation = Reservation::default();
         }
         let tenants = self.tenants.len() as TenantIdx;
-        let mut subs: Vec<BinaryHeap<SubHead>> =
-            (0..tenants).map(|t| self.queues.heads(t).collect()).collect();
+        let mut subs: Vec<BinaryHeap<SubHead>> = (0..tenants)
+            .map(|t| self.queues.heads(t).collect())
+            .collect();
         let mut heap: BinaryHeap<Head> = (0..tenants)
             .filter_map(|t| subs[t as usize].peek().map(|&s| self.head(t, s, cap)))
             .collect();
@@ -982,18 +990,26 @@ impl Engine {
             std::hash::BuildHasherDefault<IdHasher>,
         > = HashMap::default();
         let mut preemption_budget = self.cfg.max_preemption_attempts_per_pass;
-        let mut reservation_considered = false;
+        // The first job in line that could not start: it gets the reservation if the one
+        // holding it started during the pass.
+        let mut first_blocked = None;
         while let Some(head) = heap.pop() {
             let t = head.tenant;
-            let Some(sub) = subs[t as usize].pop() else { continue };
+            let Some(sub) = subs[t as usize].pop() else {
+                continue;
+            };
             let reason = self.consider(
                 sub.job,
                 &mut failed,
                 &mut preemption_budget,
-                &mut reservation_considered,
+                &mut first_blocked,
                 &mut out,
             );
-            if self.jobs.get(&sub.job).is_some_and(|j| j.state == JobState::Pending) {
+            if self
+                .jobs
+                .get(&sub.job)
+                .is_some_and(|j| j.state == JobState::Pending)
+            {
                 // The rest of the class waits behind its head until the next pass.
                 self.queues.set_wait(t, sub.class, reason);
             } else if let Some(next) = self.queues.head(t, sub.class) {
@@ -1002,6 +1018,17 @@ impl Engine {
             if let Some(&next) = subs[t as usize].peek() {
                 heap.push(self.head(t, next, cap));
             }
+        }
+        if self.reservation.job.is_none()
+            && let Some((id, allowed, blocker)) = first_blocked
+            && self
+                .jobs
+                .get(&id)
+                .is_some_and(|j| j.state == JobState::Pending)
+            && let Some(reason) = self.reserve(id, allowed, blocker)
+        {
+            let job = &self.jobs[&id];
+            self.queues.set_wait(job.tenant, job.class, reason);
         }
         out
     }
@@ -1015,7 +1042,7 @@ impl Engine {
             std::hash::BuildHasherDefault<IdHasher>,
         >,
         preemption_budget: &mut usize,
-        reservation_considered: &mut bool,
+        first_blocked: &mut Option<(JobId, ModelSet, Blocker)>,
         out: &mut Vec<Decision>,
     ) -> WaitReason {
         let job = &self.jobs[&id];
@@ -1045,8 +1072,9 @@ impl Engine {
             Err(blocker) => {
                 if *preemption_budget > 0 && self.could_preempt(id) {
                     *preemption_budget -= 1;
+                    // The victims' room goes to this job, so what failed before still
+                    // fails: the failed-shape cache stays.
                     if self.try_preempt(id, out) {
-                        failed.clear();
                         return WaitReason::Queued;
                     }
                 }
@@ -1063,14 +1091,17 @@ impl Engine {
                     .job
                     .and_then(|h| self.jobs.get(&h))
                     .map(|j| j.priority);
+                let first = fit.up && first_blocked.is_none();
+                if first {
+                    *first_blocked = Some((id, allowed, blocker));
+                }
                 let takes_over = match holder_priority {
-                    None => !*reservation_considered,
+                    None => first,
                     Some(p) => !holder && priority > p,
                 };
                 if fit.up && (holder || takes_over) {
-                    *reservation_considered = true;
-                    if let Some(start_s) = self.reserve(id, allowed) {
-                        reason = WaitReason::Reserved { start_s };
+                    if let Some(r) = self.reserve(id, allowed, blocker) {
+                        reason = r;
                     }
                 } else if !holder {
                     failed.insert(cache_key, reason);
@@ -1129,14 +1160,20 @@ impl Engine {
     }
 
     /// Plans (or keeps) the reservation for `id`; returns its start.
-    fn reserve(&mut self, id: JobId, allowed: ModelSet) -> Option<u64> {
+    /// Plans (or keeps) the reservation for `id`, which waits for `blocker`; returns the
+    /// reason it waits with, or None if it cannot be planned (nodes down).
+    ///
+    /// When the capacity profile says the job could start now, what it waits for is power (or
+    /// a placement the profile does not see): it keeps the nodes and the power it needs from
+    /// later jobs and starts as soon as the power is there.
+    fn reserve(&mut self, id: JobId, allowed: ModelSet, blocker: Blocker) -> Option<WaitReason> {
         let r = &self.reservation;
         let fresh = r.job == Some(id)
             && self.reservation_epoch == self.cluster.epoch
             && self.now_s < self.reservation_planned_s + RESERVATION_REFRESH_S
-            && self.now_s < r.start_s;
+            && (self.now_s < r.start_s || r.holds_power());
         if fresh {
-            return Some(r.start_s);
+            return Some(self.reservation_reason);
         }
         let shape = &self.shapes[self.jobs[&id].shape as usize];
         let input = PlanInput {
@@ -1147,28 +1184,28 @@ impl Engine {
             grace_s: self.cfg.overrun_grace_s,
             seed: self.cfg.seed,
         };
-        match reservation::plan(&input, id, shape, allowed) {
-            // A plan that could start now means the job is blocked by something the
-            // capacity profile does not model (power caps): holding nodes would not help.
-            Some(plan) if plan.start_s <= self.now_s => {
-                self.reservation = Reservation::default();
-                None
+        let Some(mut plan) = reservation::plan(&input, id, shape, allowed) else {
+            self.reservation = Reservation::default();
+            return None;
+        };
+        let reason = if plan.start_s <= self.now_s {
+            plan.start_s = self.now_s;
+            WaitReason::Resources { blocker }
+        } else {
+            // Power is checked when the job starts; holding it for hours ahead would idle
+            // the site.
+            plan.rack_w.clear();
+            plan.site_w.clear();
+            WaitReason::Reserved {
+                start_s: plan.start_s,
             }
-            Some(mut plan) => {
-                // Slack already promised to running backfill stays promised: planning from
-                // current free capacity accounts for it.
-                plan.job = Some(id);
-                let start = plan.start_s;
-                self.reservation = plan;
-                self.reservation_planned_s = self.now_s;
-                self.reservation_epoch = self.cluster.epoch;
-                Some(start)
-            }
-            None => {
-                self.reservation = Reservation::default();
-                None
-            }
-        }
+        };
+        plan.job = Some(id);
+        self.reservation = plan;
+        self.reservation_planned_s = self.now_s;
+        self.reservation_epoch = self.cluster.epoch;
+        self.reservation_reason = reason;
+        Some(reason)
     }
 
     // ---- preemption --------------------------------------------------------------------
@@ -1263,53 +1300,58 @@ impl Engine {
             })
             .collect();
         victims.sort_by_key(|v| v.1);
-        victims.truncate(256);
-        // Free victims, cheapest first, until the job fits.
-        let mut freed: Vec<usize> = Vec::new();
-        let mut fits = false;
-        for (i, (reason, (_, _, v))) in victims.iter().enumerate() {
-            if matches!(reason, PreemptReason::Reclaim { .. }) {
-                // Still borrowing after the victims freed so far?
-                let vj = &self.jobs[v];
-                let vt = &self.tenants[vj.tenant as usize];
-                if !vj.tasks.iter().all(|t| {
-                    t.model
-                        .is_some_and(|m| vt.is_borrowing(m, vj.accel_milli()))
-                }) {
-                    continue;
+        // Reclaim may take a victim only while its tenant, after the victims before it, is
+        // still borrowing what the victim holds.
+        let mut released: BTreeMap<(TenantIdx, ModelId), u64> = BTreeMap::new();
+        victims.retain(|(reason, (_, _, v))| {
+            let vj = &self.jobs[v];
+            let vt = &self.tenants[vj.tenant as usize];
+            let milli = vj.accel_milli();
+            let models: BTreeSet<ModelId> = vj.tasks.iter().filter_map(|t| t.model).collect();
+            let ok = !matches!(reason, PreemptReason::Reclaim { .. })
+                || models.iter().all(|&m| {
+                    let before = released.get(&(vj.tenant, m)).copied().unwrap_or(0);
+                    vt.is_borrowing(m, before + milli)
+                });
+            if ok {
+                for m in models {
+                    *released.entry((vj.tenant, m)).or_default() += milli;
                 }
             }
-            self.charge(*v, true);
-            freed.push(i);
-            if self.try_place_and_undo(id) {
-                fits = true;
-                break;
-            }
-        }
-        if !fits {
-            for &i in freed.iter().rev() {
-                self.charge(victims[i].1.2, false);
-            }
+            ok
+        });
+        victims.truncate(MAX_VICTIMS);
+        let order: Vec<JobId> = victims.iter().map(|v| v.1.2).collect();
+        // The smallest cheapest-first prefix that makes room: freeing more never takes room
+        // away, so a binary search needs log2(victims) placement attempts, not one per victim.
+        if order.is_empty() || !self.fits_without(id, &order) {
             return false;
         }
-        // Spare whom we can, most expensive first.
-        let mut keep = vec![false; freed.len()];
-        for k in (0..freed.len()).rev() {
-            let v = victims[freed[k]].1.2;
-            self.charge(v, false);
+        let (mut lo, mut hi) = (1, order.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.fits_without(id, &order[..mid]) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        let prefix = &order[..lo];
+        for &v in prefix {
+            self.charge(v, true);
+        }
+        // Spare whom we can, most expensive first (a bounded number of tries).
+        let mut keep = vec![false; prefix.len()];
+        for k in (0..prefix.len()).rev().take(MAX_SPARE_TRIES) {
+            self.charge(prefix[k], false);
             if self.try_place_and_undo(id) {
                 keep[k] = true;
             } else {
-                self.charge(v, true);
+                self.charge(prefix[k], true);
             }
         }
+        let chosen: Vec<usize> = (0..prefix.len()).filter(|&k| !keep[k]).collect();
         // The victims are off their nodes; make it official, then start the job.
-        let chosen: Vec<usize> = freed
-            .iter()
-            .zip(&keep)
-            .filter(|(_, k)| !**k)
-            .map(|(i, _)| *i)
-            .collect();
         for &i in &chosen {
             self.charge(victims[i].1.2, false);
         }
@@ -1324,6 +1366,18 @@ impl Engine {
             }
             Err(_) => false,
         }
+    }
+
+    /// Whether the job would fit with `victims` off their nodes; leaves the state unchanged.
+    fn fits_without(&mut self, id: JobId, victims: &[JobId]) -> bool {
+        for &v in victims {
+            self.charge(v, true);
+        }
+        let fits = self.try_place_and_undo(id);
+        for &v in victims.iter().rev() {
+            self.charge(v, false);
+        }
+        fits
     }
 
     fn try_place_and_undo(&mut self, id: JobId) -> bool {
@@ -1389,12 +1443,21 @@ impl Engine {
     /// would meet them if nothing started.
     pub fn queue(&self) -> Vec<JobId> {
         let cap = self.capacity();
-        let fair: Vec<u64> = self.tenants.iter().map(|t| t.fair_key(cap).to_bits()).collect();
+        let fair: Vec<u64> = self
+            .tenants
+            .iter()
+            .map(|t| t.fair_key(cap).to_bits())
+            .collect();
         let mut all: Vec<(Reverse<PriorityClass>, u64, u64, JobId)> = self
             .queues
             .iter()
             .map(|(t, c, submit_s, id)| {
-                (Reverse(self.queues.key(c).priority), fair[t as usize], submit_s, id)
+                (
+                    Reverse(self.queues.key(c).priority),
+                    fair[t as usize],
+                    submit_s,
+                    id,
+                )
             })
             .collect();
         all.sort_unstable();
@@ -1410,7 +1473,9 @@ impl Engine {
         }
         Some(match self.queues.wait(job.tenant, job.class) {
             WaitReason::Reserved { .. } if self.reservation.job != Some(id) => {
-                WaitReason::Resources { blocker: Blocker::Reservation }
+                WaitReason::Resources {
+                    blocker: Blocker::Reservation,
+                }
             }
             w => w,
         })
@@ -1426,11 +1491,7 @@ impl Engine {
                 _ => None,
             };
             let needs = self.describe_needs(id).unwrap_or_default();
-            (
-                pos,
-                format!("{needs}; {}", wait.describe(self.now_s)),
-                est,
-            )
+            (pos, format!("{needs}; {}", wait.describe(self.now_s)), est)
         } else {
             (None, format!("{:?}", job.state).to_lowercase(), None)
         };
@@ -1528,8 +1589,7 @@ impl Engine {
                 }
             }
         }
-        if pending != self.queues.len() || self.queues.iter().count() != pending
-        {
+        if pending != self.queues.len() || self.queues.iter().count() != pending {
             return Err("pending count disagrees with the queues".into());
         }
         let mut rack_w = vec![0u64; c.racks.len()];

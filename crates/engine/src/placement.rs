@@ -13,7 +13,7 @@ use gosok_model::{ModelId, NodeState, TopologyLevel, TopologyMode};
 
 use crate::cluster::{Cluster, Hold, PowerBlock, TaskRef};
 use crate::explain::Blocker;
-use crate::ids::{IdMap, JobId, ModelSet, NodeIdx, SiteSet, mix64};
+use crate::ids::{IdMap, JobId, ModelSet, NodeIdx, RackIdx, SiteIdx, SiteSet, mix64};
 use crate::job::{AccelReq, GroupReq, Shape};
 use crate::scorers::{Profile, ScoreInput, Scorer};
 use crate::tenants::Tenant;
@@ -32,6 +32,17 @@ pub struct Reservation {
     pub job: Option<JobId>,
     pub start_s: u64,
     pub slack: IdMap<NodeIdx, Slack>,
+    /// IT power held for the job per rack and per site, when power is what it waits for:
+    /// without it, small jobs would take every watt that frees up and a big gang would
+    /// starve on a power-capped site.
+    pub rack_w: IdMap<RackIdx, u64>,
+    pub site_w: IdMap<SiteIdx, u64>,
+}
+
+impl Reservation {
+    pub fn holds_power(&self) -> bool {
+        !self.rack_w.is_empty() || !self.site_w.is_empty()
+    }
 }
 
 pub struct Request<'a> {
@@ -400,19 +411,18 @@ impl<'a> Placer<'a> {
         group: &GroupReq,
         model: Option<ModelId>,
     ) -> Option<(NodeIdx, Vec<u8>)> {
-        let mut best: Option<(f64, u64, NodeIdx, Vec<u8>)> = None;
+        let mut best: Option<(f64, u64, NodeIdx)> = None;
         let mut feasible = 0usize;
         let limit = self.score_candidates.max(1);
         let mut visit = |n: NodeIdx, at: &mut Attempt| -> bool {
             match self.check(cluster, at, n, group, model) {
                 Err(b) => at.misses.add(b),
-                Ok((devices, delta_w)) => {
+                Ok(delta_w) => {
                     let input = ScoreInput {
                         cluster,
                         node: n,
                         model,
                         req: group.accel,
-                        devices: &devices,
                         placed: &at.placed_nodes,
                         profile: self.profile,
                         delta_w,
@@ -421,10 +431,10 @@ impl<'a> Placer<'a> {
                     let tie = mix64(self.seed, n as u64);
                     let better = match &best {
                         None => true,
-                        Some((bs, bt, _, _)) => score > *bs || (score == *bs && tie < *bt),
+                        Some((bs, bt, _)) => score > *bs || (score == *bs && tie < *bt),
                     };
                     if better {
-                        best = Some((score, tie, n, devices));
+                        best = Some((score, tie, n));
                     }
                     feasible += 1;
                 }
@@ -444,8 +454,30 @@ impl<'a> Placer<'a> {
                 }
             }
             Scope::Sites(scope_sites) => {
-                let sites = SiteSet(sites.0 & scope_sites.0);
                 let n_sites = cluster.sites.len() as u16;
+                // A site without power for even the cheapest such replica is skipped whole
+                // rather than node by node.
+                let mut open = 0u64;
+                for s in SiteSet(sites.0 & scope_sites.0)
+                    .iter()
+                    .take_while(|&s| s < n_sites)
+                {
+                    let site = &cluster.sites[s as usize];
+                    let least_w = model.map_or(0, |m| {
+                        group.accel.milli().min(1000) * cluster.model_device_w[m as usize] / 1000
+                    });
+                    let held = at
+                        .reservation
+                        .and_then(|r| r.site_w.get(&s))
+                        .copied()
+                        .unwrap_or(0);
+                    if site.facility_w(site.it_w + least_w + held) > site.budget_w {
+                        at.misses.add(Blocker::SitePower);
+                    } else {
+                        open |= 1 << s;
+                    }
+                }
+                let sites = SiteSet(open);
                 'walk: {
                     match (group.accel, model) {
                         (AccelReq::None, _) | (_, None) => {
@@ -490,7 +522,9 @@ impl<'a> Placer<'a> {
                 }
             }
         }
-        best.map(|(_, _, n, d)| (n, d))
+        let (_, _, n) = best?;
+        let devices = pick_devices(&cluster.nodes[n as usize].used_milli, group.accel)?;
+        Some((n, devices))
     }
 
     /// The filters, in order from cheapest: the devices the replica would take and the extra
@@ -502,7 +536,7 @@ impl<'a> Placer<'a> {
         n: NodeIdx,
         group: &GroupReq,
         model: Option<ModelId>,
-    ) -> Result<(Vec<u8>, u64), Blocker> {
+    ) -> Result<u64, Blocker> {
         let node = &cluster.nodes[n as usize];
         if node.state != NodeState::Up || !at.req.shape.sites.contains(node.site) {
             return Err(Blocker::Topology);
@@ -510,7 +544,9 @@ impl<'a> Placer<'a> {
         if model.is_some() && node.model != model {
             return Err(Blocker::Accelerators);
         }
-        let devices = pick_devices(&node.used_milli, group.accel).ok_or(Blocker::Accelerators)?;
+        if !devices_fit(&node.used_milli, node.free_whole, group.accel) {
+            return Err(Blocker::Accelerators);
+        }
         if node.cpu_free_milli < group.cpu_milli {
             return Err(Blocker::Cpu);
         }
@@ -528,17 +564,20 @@ impl<'a> Placer<'a> {
                 return Err(Blocker::Reservation);
             }
         }
-        let add_milli = devices.len() as u64
-            * match group.accel {
-                AccelReq::Milli(m) => m as u64,
-                _ => 1000,
-            };
-        let delta_w = cluster.draw_delta(n, add_milli);
-        cluster.power_fits(n, delta_w).map_err(|b| match b {
-            PowerBlock::Rack => Blocker::RackPower,
-            PowerBlock::Site => Blocker::SitePower,
-        })?;
-        Ok((devices, delta_w))
+        let delta_w = cluster.draw_delta(n, group.accel.milli());
+        let (held_rack_w, held_site_w) = at.reservation.map_or((0, 0), |r| {
+            (
+                r.rack_w.get(&node.rack).copied().unwrap_or(0),
+                r.site_w.get(&node.site).copied().unwrap_or(0),
+            )
+        });
+        cluster
+            .power_fits_holding(n, delta_w, held_rack_w, held_site_w)
+            .map_err(|b| match b {
+                PowerBlock::Rack => Blocker::RackPower,
+                PowerBlock::Site => Blocker::SitePower,
+            })?;
+        Ok(delta_w)
     }
 }
 
@@ -548,6 +587,15 @@ fn slack_accel(a: AccelReq) -> u64 {
         AccelReq::None => 0,
         AccelReq::Whole(k) => k as u64 * 1000,
         AccelReq::Milli(_) => 1000,
+    }
+}
+
+/// Whether a replica's devices are free on a node, without choosing them.
+fn devices_fit(used: &[u16], free_whole: u16, accel: AccelReq) -> bool {
+    match accel {
+        AccelReq::None => true,
+        AccelReq::Whole(k) => free_whole >= k,
+        AccelReq::Milli(m) => used.iter().any(|&u| u + m <= 1000),
     }
 }
 

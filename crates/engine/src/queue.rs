@@ -34,7 +34,11 @@ pub fn runtime_class(bound_s: Option<u64>) -> u16 {
         Some(0) => 0,
         Some(b) => {
             let octave = 63 - b.leading_zeros();
-            let quarter = if octave >= 2 { (b >> (octave - 2)) & 3 } else { 0 };
+            let quarter = if octave >= 2 {
+                (b >> (octave - 2)) & 3
+            } else {
+                0
+            };
             (octave * 4 + quarter as u32) as u16
         }
     }
@@ -106,10 +110,12 @@ impl Queues {
     }
 
     pub fn push(&mut self, t: TenantIdx, class: ClassId, submit_s: u64, job: JobId) {
-        let q = self.tenants[t as usize].entry(class).or_insert_with(|| ClassQueue {
-            jobs: BTreeSet::new(),
-            wait: WaitReason::Queued,
-        });
+        let q = self.tenants[t as usize]
+            .entry(class)
+            .or_insert_with(|| ClassQueue {
+                jobs: BTreeSet::new(),
+                wait: WaitReason::Queued,
+            });
         if q.jobs.insert((submit_s, job)) {
             self.len += 1;
         }
@@ -117,7 +123,9 @@ impl Queues {
 
     pub fn remove(&mut self, t: TenantIdx, class: ClassId, submit_s: u64, job: JobId) -> bool {
         let classes = &mut self.tenants[t as usize];
-        let Some(q) = classes.get_mut(&class) else { return false };
+        let Some(q) = classes.get_mut(&class) else {
+            return false;
+        };
         let removed = q.jobs.remove(&(submit_s, job));
         if removed {
             self.len -= 1;
@@ -129,21 +137,32 @@ impl Queues {
     }
 
     pub fn contains(&self, t: TenantIdx, class: ClassId, submit_s: u64, job: JobId) -> bool {
-        self.tenants[t as usize].get(&class).is_some_and(|q| q.jobs.contains(&(submit_s, job)))
+        self.tenants[t as usize]
+            .get(&class)
+            .is_some_and(|q| q.jobs.contains(&(submit_s, job)))
     }
 
     /// The head of every class queue of tenant `t`.
     pub fn heads(&self, t: TenantIdx) -> impl Iterator<Item = SubHead> + '_ {
-        self.tenants[t as usize].iter().filter_map(|(&class, q)| self.head_of(class, q))
+        self.tenants[t as usize]
+            .iter()
+            .filter_map(|(&class, q)| self.head_of(class, q))
     }
 
     pub fn head(&self, t: TenantIdx, class: ClassId) -> Option<SubHead> {
-        self.tenants[t as usize].get(&class).and_then(|q| self.head_of(class, q))
+        self.tenants[t as usize]
+            .get(&class)
+            .and_then(|q| self.head_of(class, q))
     }
 
     fn head_of(&self, class: ClassId, q: &ClassQueue) -> Option<SubHead> {
         let &(submit_s, job) = q.jobs.first()?;
-        Some(SubHead { priority: self.keys[class as usize].priority, submit_s, job, class })
+        Some(SubHead {
+            priority: self.keys[class as usize].priority,
+            submit_s,
+            job,
+            class,
+        })
     }
 
     pub fn set_wait(&mut self, t: TenantIdx, class: ClassId, wait: WaitReason) {
@@ -153,15 +172,17 @@ impl Queues {
     }
 
     pub fn wait(&self, t: TenantIdx, class: ClassId) -> WaitReason {
-        self.tenants[t as usize].get(&class).map_or(WaitReason::Queued, |q| q.wait)
+        self.tenants[t as usize]
+            .get(&class)
+            .map_or(WaitReason::Queued, |q| q.wait)
     }
 
     /// Every pending job: (tenant, class, submit time, id).
     pub fn iter(&self) -> impl Iterator<Item = (TenantIdx, ClassId, u64, JobId)> + '_ {
         self.tenants.iter().enumerate().flat_map(|(t, classes)| {
-            classes
-                .iter()
-                .flat_map(move |(&c, q)| q.jobs.iter().map(move |&(s, j)| (t as TenantIdx, c, s, j)))
+            classes.iter().flat_map(move |(&c, q)| {
+                q.jobs.iter().map(move |&(s, j)| (t as TenantIdx, c, s, j))
+            })
         })
     }
 }

@@ -169,6 +169,8 @@ pub fn plan(
     }
     // Slack: what each reserved node has free at the start beyond the job's share.
     let mut slack = IdMap::default();
+    let mut rack_w: IdMap<crate::ids::RackIdx, u64> = IdMap::default();
+    let mut site_w: IdMap<crate::ids::SiteIdx, u64> = IdMap::default();
     let mut nodes: Vec<NodeIdx> = taken.keys().copied().collect();
     nodes.sort_unstable();
     for n in nodes {
@@ -183,11 +185,23 @@ pub fn plan(
                 mem_mib: free.2,
             },
         );
+        // What the job would draw here (a fraction counted as a whole device).
+        let node = &cluster.nodes[n as usize];
+        let base = if node.tasks.is_empty() {
+            node.base_w
+        } else {
+            0
+        };
+        let w = base + t.0 * node.device_w;
+        *rack_w.entry(node.rack).or_default() += w;
+        *site_w.entry(node.site).or_default() += w;
     }
     Some(Reservation {
         job: Some(job),
         start_s,
         slack,
+        rack_w,
+        site_w,
     })
 }
 

@@ -20,8 +20,6 @@ pub struct ScoreInput<'a> {
     pub node: NodeIdx,
     pub model: Option<ModelId>,
     pub req: AccelReq,
-    /// Devices the replica would take on this node.
-    pub devices: &'a [u8],
     /// Nodes earlier replicas of the same gang were placed on.
     pub placed: &'a [NodeIdx],
     pub profile: &'a Profile,
@@ -59,18 +57,8 @@ impl Scorer for BestFit {
         if total == 0 || i.req == AccelReq::None {
             return 1.0 - n.cpu_free_milli as f64 / n.cpu_total_milli.max(1) as f64;
         }
-        let used_after = n.used_total_milli() + i.devices.len() as u64 * i.req_milli_per_device();
+        let used_after = n.used_total_milli() + i.req.milli();
         used_after as f64 / total as f64
-    }
-}
-
-impl ScoreInput<'_> {
-    fn req_milli_per_device(&self) -> u64 {
-        match self.req {
-            AccelReq::None => 0,
-            AccelReq::Whole(_) => 1000,
-            AccelReq::Milli(m) => m as u64,
-        }
     }
 }
 
@@ -96,6 +84,27 @@ fn fragment(used: &[u16], d: AccelReq) -> u64 {
     }
 }
 
+/// Applies what `placement::pick_devices` would take to a copy of a node's devices.
+fn take_devices(used: &mut [u16], req: AccelReq) {
+    match req {
+        AccelReq::None => {}
+        AccelReq::Whole(k) => {
+            for u in used.iter_mut().filter(|u| **u == 0).take(k as usize) {
+                *u = 1000;
+            }
+        }
+        AccelReq::Milli(m) => {
+            if let Some(u) = used
+                .iter_mut()
+                .filter(|u| **u + m <= 1000)
+                .max_by_key(|u| **u)
+            {
+                *u += m;
+            }
+        }
+    }
+}
+
 fn expected_fragment(used: &[u16], p: &Profile) -> f64 {
     p.demands
         .iter()
@@ -117,12 +126,18 @@ impl Scorer for Fragmentation {
             return 0.5;
         }
         let before = expected_fragment(&n.used_milli, i.profile);
-        let mut after_used = n.used_milli.clone();
-        let per = i.req_milli_per_device() as u16;
-        for &d in i.devices {
-            after_used[d as usize] += per;
-        }
-        let after = expected_fragment(&after_used, i.profile);
+        // The node as it would be after the placement, on the stack for common node sizes.
+        let mut stack = [0u16; 16];
+        let mut heap = Vec::new();
+        let after_used: &mut [u16] = if n.used_milli.len() <= stack.len() {
+            &mut stack[..n.used_milli.len()]
+        } else {
+            heap.resize(n.used_milli.len(), 0);
+            &mut heap
+        };
+        after_used.copy_from_slice(&n.used_milli);
+        take_devices(after_used, i.req);
+        let after = expected_fragment(after_used, i.profile);
         let total = (n.used_milli.len() * 1000) as f64;
         // Δ ranges over [-total, total]; map "fragmentation fell most" to 1.
         0.5 - (after - before) / (2.0 * total)

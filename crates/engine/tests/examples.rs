@@ -4,7 +4,9 @@ use gosok_engine::{Decision, Engine, EngineConfig, Event, JobId};
 use gosok_model::{Catalog, ClusterSpec, JobSpec};
 
 fn read(path: &str) -> String {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path);
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -13,7 +15,13 @@ fn the_example_cluster_and_job_run_as_the_readme_shows() {
     let cluster = ClusterSpec::from_toml(&read("examples/cluster.toml")).unwrap();
     let mut engine = Engine::new(Catalog::builtin(), &cluster, EngineConfig::default()).unwrap();
     let spec: JobSpec = serde_json::from_str(&read("examples/job.json")).unwrap();
-    engine.apply(Event::Submit { id: JobId(1), tenant: "snu-ai-lab".into(), spec }).unwrap();
+    engine
+        .apply(Event::Submit {
+            id: JobId(1),
+            tenant: "snu-ai-lab".into(),
+            spec,
+        })
+        .unwrap();
     let decisions = engine.schedule();
     match &decisions[..] {
         [Decision::Start { tasks, .. }] => {

@@ -255,7 +255,10 @@ fn a_job_that_fits_only_on_down_nodes_waits_and_says_so() {
     let id = h.submit("lab", r#"{"groups":[{"replicas":2,"accelerators":8}],"constraints":{"topology":{"level":"rack"}}}"#);
     h.schedule();
     assert_eq!(h.state(id), JobState::Pending);
-    assert_eq!(h.engine.wait_reason(id).unwrap(), WaitReason::NodesUnavailable);
+    assert_eq!(
+        h.engine.wait_reason(id).unwrap(),
+        WaitReason::NodesUnavailable
+    );
     assert!(h.why(id).contains("down or draining"), "{}", h.why(id));
     for n in ["ph-r0-000", "ph-r0-001"] {
         h.apply(Event::NodeState {
@@ -825,4 +828,48 @@ fn cancel_stops_running_work_and_dequeues_pending_work() {
     assert_eq!(h.engine.pending_count(), 0);
     let _ = spec;
     let _ = PriorityClass::Low;
+}
+
+#[test]
+fn a_gang_waiting_for_power_is_not_starved_by_small_jobs_taking_every_freed_watt() {
+    // Eight 8×H100 nodes, but the site's budget feeds only about four at full draw.
+    let mut h = Highway::new()
+        .site("pohang", "gyeongbuk", "KR", 0.0302)
+        .rack("pohang", "ph-r0", 500.0, None, 8, "H100", 8)
+        .tenants(&["anchor", "crowd"])
+        .engine();
+    // Small jobs run 30 to 90 minutes, so watts free up one job at a time.
+    let small = r#"{"groups":[{"accelerators":1}],"runtime_estimate_s":5400}"#;
+    let runtime = |id: JobId| 1800 + (id.0 * 797) % 3600;
+    for _ in 0..40 {
+        h.submit("crowd", small);
+    }
+    h.schedule();
+    let gang = h.submit("anchor", r#"{"groups":[{"replicas":3,"accelerators":8}]}"#);
+    h.schedule();
+    assert_eq!(h.state(gang), JobState::Pending);
+    assert!(h.why(gang).contains("site power budget"), "{}", h.why(gang));
+    let mut t = 0;
+    while !h.started(gang) && t < 4 * 3600 {
+        t += 60;
+        h.at(t);
+        for _ in 0..2 {
+            h.submit("crowd", small);
+        }
+        let ending: Vec<JobId> = h
+            .engine
+            .jobs()
+            .filter(|j| {
+                j.state == JobState::Running && j.started_s + runtime(j.id) <= t && j.id != gang
+            })
+            .map(|j| j.id)
+            .collect();
+        for j in ending {
+            h.finish(j, 0);
+        }
+        h.schedule();
+        h.engine.power_within_caps().unwrap();
+    }
+    assert!(h.started(gang), "the gang starved for power");
+    assert!(t <= 5400 + 60, "started only at {t} s");
 }
