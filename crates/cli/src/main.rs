@@ -2,6 +2,7 @@
 
 mod alloc;
 mod bench;
+mod sim_fgd;
 
 use std::process::ExitCode;
 
@@ -27,6 +28,9 @@ enum Command {
     /// Measure gosok on this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Replay traces through gosok's policies (the digital twin's experiments).
+    #[command(subcommand)]
+    Sim(sim_fgd::SimCommand),
     /// Start a local highway: a controller and agents on this machine.
     Up,
     /// Print gosok's version.
@@ -92,6 +96,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Sim(c) => sim_fgd::run(c)?,
         Command::Version => println!("gosok {}", env!("CARGO_PKG_VERSION")),
         Command::Up => {
             println!(

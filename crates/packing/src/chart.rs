@@ -29,11 +29,13 @@ fn colour(policy: &str) -> RGBColor {
     }
 }
 
-/// Draws one line per `(name, curve)` into an SVG at `path`.
+/// Draws one line per `(name, curve)` into an SVG at `path`, for arrived workload from `x_from`
+/// to 130 %.
 pub fn line_chart(
     path: &Path,
     title: &str,
     y_label: &str,
+    x_from: usize,
     lines: &[(&str, &Curve)],
 ) -> Result<(), ChartError> {
     let fail = |e: &dyn std::fmt::Display| ChartError {
@@ -42,7 +44,7 @@ pub fn line_chart(
     };
     let y_max = lines
         .iter()
-        .flat_map(|(_, c)| c.0.iter().map(|&(_, v)| v))
+        .flat_map(|(_, c)| c.0.iter().filter(|&&(x, _)| x >= x_from).map(|&(_, v)| v))
         .filter(|v| v.is_finite())
         .fold(1.0_f64, f64::max);
     // Leave a little room above the highest line, in whole percent.
@@ -54,7 +56,7 @@ pub fn line_chart(
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(56)
-        .build_cartesian_2d(0.0..REPORT_MAX_X_PCT as f64, 0.0..y_top)
+        .build_cartesian_2d(x_from as f64..REPORT_MAX_X_PCT as f64, 0.0..y_top)
         .map_err(|e| fail(&e))?;
     chart
         .configure_mesh()
@@ -66,7 +68,11 @@ pub fn line_chart(
         let c = colour(name);
         chart
             .draw_series(LineSeries::new(
-                curve.0.iter().map(|&(x, v)| (x as f64, v)),
+                curve
+                    .0
+                    .iter()
+                    .filter(|&&(x, _)| x >= x_from)
+                    .map(|&(x, v)| (x as f64, v)),
                 c.stroke_width(2),
             ))
             .map_err(|e| fail(&e))?
@@ -84,7 +90,8 @@ pub fn line_chart(
     Ok(())
 }
 
-/// Figure 9(a): median unallocated GPU over seeds vs arrived workload, every policy.
+/// Figure 9(a): median unallocated GPU over seeds vs arrived workload, every policy. Below 80 %
+/// every policy places nearly everything (unallocated is 100 - x), so the chart starts at 80.
 pub fn unallocated_chart(
     path: &Path,
     workload: &str,
@@ -98,6 +105,7 @@ pub fn unallocated_chart(
         path,
         &format!("Unallocated GPU vs arrived workload ({workload}, median over seeds)"),
         "Unallocated GPU (% of capacity)",
+        80,
         &lines,
     )
 }
@@ -116,6 +124,7 @@ pub fn frag_chart(
         path,
         &format!("GPU fragmentation vs arrived workload ({workload}, median over seeds)"),
         "Fragmented GPU (% of capacity)",
+        0,
         &lines,
     )
 }
@@ -131,12 +140,12 @@ mod tests {
         let path = dir.join("c.svg");
         let a = Curve((0..=130).map(|x| (x, 20.0 - x as f64 / 10.0)).collect());
         let b = Curve((0..=130).map(|x| (x, 15.0 - x as f64 / 20.0)).collect());
-        line_chart(&path, "t", "y", &[("fgd", &a), ("bestfit", &b)]).unwrap();
+        line_chart(&path, "t", "y", 0, &[("fgd", &a), ("bestfit", &b)]).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..50.min(svg.len())]);
         assert!(svg.contains("fgd") && svg.contains("bestfit"));
         assert!(svg.matches("<polyline").count() >= 2);
-        let bad = line_chart(&dir.join("no/such/dir/c.svg"), "t", "y", &[("fgd", &a)]);
+        let bad = line_chart(&dir.join("no/such/dir/c.svg"), "t", "y", 80, &[("fgd", &a)]);
         assert!(bad.is_err());
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -322,7 +322,7 @@ mod tests {
         assert_eq!(s.unallocated_gpu_pct_median.at(50), None);
         assert_eq!(s.failed_pods_median, 2.0);
         let json: serde_json::Value =
-            serde_json::from_str(&to_json(&info(), &[s.clone()]).unwrap()).unwrap();
+            serde_json::from_str(&to_json(&info(), std::slice::from_ref(&s)).unwrap()).unwrap();
         assert_eq!(json["policy"], "fgd");
         assert_eq!(json["workload"], "w");
         assert_eq!(json["seeds"], serde_json::json!([1, 2, 3]));

@@ -1,0 +1,336 @@
+//! `gosok sim fgd` and `gosok sim fgd-compare`: FGD's arrival-only packing experiment on a
+//! node list and a pod list, and the comparison of every published workload with the
+//! published results.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use gosok_packing::chart;
+use gosok_packing::compare::{CompareSpec, compare, compare_table};
+use gosok_packing::experiment::{self, DEFAULT_TUNE_RATIO, Prepared};
+use gosok_packing::load::{BadRows, load_nodes, load_pods};
+use gosok_packing::policy::PolicyKind;
+use gosok_packing::report::{self, ExperimentInfo};
+
+#[derive(Subcommand)]
+pub enum SimCommand {
+    /// FGD's arrival-only packing experiment (ATC '23): shuffle the pods, inflate them to
+    /// `--tune` times the GPU capacity, place them one at a time with no departures, and report
+    /// unallocated GPU against arrived workload.
+    ///
+    /// JSON (`--format json`): for one policy, one object with `policy`, `workload`, `seeds`,
+    /// `unallocated_gpu_pct_median` / `_min` / `_max` and `frag_gpu_pct_median` / `_min` /
+    /// `_max` (maps from arrived workload "0".."130", % of GPU capacity); for several policies,
+    /// an object whose `policies` lists one such object per policy.
+    Fgd(FgdArgs),
+    /// Every workload of the trace folder that has published results, every published policy
+    /// and gosok's, side by side with the published medians and bands.
+    FgdCompare(CompareArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Args)]
+pub struct FgdArgs {
+    /// Node list CSV (`sn,cpu_milli,memory_mib,gpu,model`), e.g. openb_node_list_gpu_node.csv.
+    #[arg(long)]
+    nodes: PathBuf,
+    /// Pod list CSV (`name,cpu_milli,memory_mib,num_gpu,gpu_milli[,gpu_spec,...]`).
+    #[arg(long)]
+    pods: PathBuf,
+    /// Policy: random, dotprod, clustering, packing, bestfit, fgd, gosok; a comma-separated
+    /// list of them; or all.
+    #[arg(long, default_value = "all")]
+    policy: String,
+    /// Seeds, e.g. 42-51 (the published ones) or 1,5,9; recorded in the report.
+    #[arg(long, default_value = "42-51")]
+    seeds: String,
+    /// Inflate (or shrink) the pods to this multiple of the cluster's GPU capacity.
+    #[arg(long, default_value_t = DEFAULT_TUNE_RATIO)]
+    tune: f64,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Also write report.json, runs.csv, summary.csv, unallocated_gpu.svg and
+    /// fragmentation.svg into this folder (created if missing).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Leave out rows that do not validate (they are counted in the report) instead of
+    /// stopping at the first.
+    #[arg(long)]
+    skip_bad_rows: bool,
+    /// Runs in parallel (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct CompareArgs {
+    /// The trace folder: csv/ with the node and pod lists and fgd_expected_results/ with
+    /// analysis_allo_discrete.csv.
+    #[arg(long, default_value = "../shared/traces/alibaba-openb-v2023")]
+    traces: PathBuf,
+    /// Seeds (the published ones by default).
+    #[arg(long, default_value = "42-51")]
+    seeds: String,
+    /// Policies to run (gosok's has no published numbers; it is compared with FGD).
+    #[arg(long, default_value = "all")]
+    policy: String,
+    /// Only workloads whose name contains one of these (comma-separated), e.g. default,cpu050.
+    #[arg(long)]
+    workloads: Option<String>,
+    #[arg(long, default_value_t = DEFAULT_TUNE_RATIO)]
+    tune: f64,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Also write compare.json and compare.txt into this folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// Parses `42-51`, `1,5,9` or a mix such as `1,10-12`.
+pub fn parse_seeds(text: &str) -> anyhow::Result<Vec<u64>> {
+    let mut seeds = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let parse = |s: &str| -> anyhow::Result<u64> {
+            s.parse::<u64>()
+                .with_context(|| format!("--seeds: {s:?} is not a seed (use e.g. 42-51 or 1,5,9)"))
+        };
+        let (lo, hi) = (parse(lo)?, parse(hi)?);
+        if hi < lo {
+            bail!("--seeds: {part:?} runs backwards (write the smaller seed first)");
+        }
+        if hi - lo >= 10_000 || seeds.len() as u64 + (hi - lo) >= 10_000 {
+            bail!("--seeds: {text:?} names more than 10000 seeds");
+        }
+        for s in lo..=hi {
+            if !seeds.contains(&s) {
+                seeds.push(s);
+            }
+        }
+    }
+    if seeds.is_empty() {
+        bail!("--seeds: no seed given (use e.g. 42-51)");
+    }
+    Ok(seeds)
+}
+
+fn check_tune(tune: f64) -> anyhow::Result<()> {
+    if !tune.is_finite() || !(0.0..=10.0).contains(&tune) {
+        bail!("--tune {tune}: give a multiple of the GPU capacity between 0 (no inflation) and 10");
+    }
+    Ok(())
+}
+
+/// A progress bar that shows itself only once the work has run for a second (and only on a
+/// terminal), so quick runs stay quiet.
+struct Progress {
+    bar: ProgressBar,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(what: &str) -> Progress {
+        let bar = ProgressBar::hidden();
+        bar.set_style(
+            ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} runs, {elapsed} (eta {eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_message(what.to_string());
+        Progress {
+            bar,
+            started: Instant::now(),
+        }
+    }
+
+    fn update(&self, done: usize, total: usize) {
+        if self.bar.is_hidden() && self.started.elapsed() > Duration::from_secs(1) {
+            self.bar.set_draw_target(ProgressDrawTarget::stderr());
+        }
+        self.bar.set_length(total as u64);
+        self.bar.set_position(done as u64);
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+fn threads(requested: Option<usize>) -> usize {
+    requested
+        .filter(|&t| t > 0)
+        .unwrap_or_else(experiment::default_threads)
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("{}: cannot write", path.display()))
+}
+
+pub fn run(command: SimCommand) -> anyhow::Result<()> {
+    match command {
+        SimCommand::Fgd(args) => run_fgd(args),
+        SimCommand::FgdCompare(args) => run_compare(args),
+    }
+}
+
+fn run_fgd(a: FgdArgs) -> anyhow::Result<()> {
+    let policies =
+        PolicyKind::parse_list(&a.policy).map_err(|e| anyhow::anyhow!("--policy: {e}"))?;
+    let seeds = parse_seeds(&a.seeds)?;
+    check_tune(a.tune)?;
+    let bad_rows = if a.skip_bad_rows {
+        BadRows::Skip
+    } else {
+        BadRows::Fail
+    };
+    let cluster = load_nodes(&a.nodes, bad_rows)?;
+    let workload = load_pods(&a.pods, &cluster, bad_rows)?;
+    let mut reasons: Vec<String> = cluster
+        .skipped_rows
+        .iter()
+        .chain(&workload.skipped_rows)
+        .take(20)
+        .cloned()
+        .collect();
+    reasons.shrink_to_fit();
+    let info = ExperimentInfo {
+        experiment: "fgd-arrival-only-packing",
+        workload: workload.name.clone(),
+        nodes_file: a.nodes.display().to_string(),
+        pods_file: a.pods.display().to_string(),
+        nodes: cluster.nodes.len(),
+        gpus: cluster.total_gpus(),
+        pods: workload.pods.len(),
+        seeds: seeds.clone(),
+        tune_ratio: a.tune,
+        skipped_node_rows: cluster.skipped_rows.len(),
+        skipped_pod_rows: workload.skipped_rows.len(),
+        skipped_row_reasons: reasons,
+    };
+    if cluster.total_gpus() == 0 {
+        bail!(
+            "{}: the node list has no GPUs; the experiment measures GPU allocation",
+            a.nodes.display()
+        );
+    }
+    let prepared = Prepared::new(Arc::new(cluster), Arc::new(workload));
+    let progress = Progress::new(&format!("sim fgd {}", info.workload));
+    let results = experiment::run_many(
+        &prepared,
+        &policies,
+        &seeds,
+        a.tune,
+        threads(a.threads),
+        &|d, t| progress.update(d, t),
+    )?;
+    progress.finish();
+    let summaries: Vec<_> = policies
+        .iter()
+        .map(|&p| report::summarize(p, &info, &results))
+        .collect();
+    let json = report::to_json(&info, &summaries)?;
+    match a.format {
+        Format::Table => print!("{}", report::table(&info, &summaries)),
+        Format::Json => println!("{json}"),
+    }
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
+        write(&dir.join("report.json"), &json)?;
+        write(&dir.join("runs.csv"), &report::runs_csv(&results))?;
+        write(&dir.join("summary.csv"), &report::summary_csv(&summaries))?;
+        chart::unallocated_chart(&dir.join("unallocated_gpu.svg"), &info.workload, &summaries)?;
+        chart::frag_chart(&dir.join("fragmentation.svg"), &info.workload, &summaries)?;
+        eprintln!(
+            "wrote report.json, runs.csv, summary.csv, unallocated_gpu.svg, fragmentation.svg to {}",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
+    let policies =
+        PolicyKind::parse_list(&a.policy).map_err(|e| anyhow::anyhow!("--policy: {e}"))?;
+    let seeds = parse_seeds(&a.seeds)?;
+    check_tune(a.tune)?;
+    if !a.traces.is_dir() {
+        bail!(
+            "--traces {}: no such folder (give the alibaba-openb-v2023 trace folder, e.g. ../shared/traces/alibaba-openb-v2023)",
+            a.traces.display()
+        );
+    }
+    let spec = CompareSpec {
+        traces_dir: a.traces.clone(),
+        seeds,
+        tune_ratio: a.tune,
+        threads: threads(a.threads),
+        policies,
+        only: a
+            .workloads
+            .as_deref()
+            .map(|w| {
+                w.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    let progress = Progress::new("sim fgd-compare");
+    let report = compare(&spec, &|d, t| progress.update(d, t))?;
+    progress.finish();
+    let json = serde_json::to_string_pretty(&report)?;
+    let table = compare_table(&report);
+    match a.format {
+        Format::Table => print!("{table}"),
+        Format::Json => println!("{json}"),
+    }
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
+        write(&dir.join("compare.json"), &json)?;
+        write(&dir.join("compare.txt"), &table)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_parse_ranges_and_lists() {
+        assert_eq!(parse_seeds("42-51").unwrap(), (42..=51).collect::<Vec<_>>());
+        assert_eq!(parse_seeds("1,5, 9").unwrap(), [1, 5, 9]);
+        assert_eq!(parse_seeds("1,3-4,3").unwrap(), [1, 3, 4]);
+        assert!(
+            parse_seeds("9-1")
+                .unwrap_err()
+                .to_string()
+                .contains("backwards")
+        );
+        assert!(
+            parse_seeds("x")
+                .unwrap_err()
+                .to_string()
+                .contains("not a seed")
+        );
+        assert!(parse_seeds("").is_err());
+        assert!(parse_seeds("0-99999").is_err());
+    }
+}
