@@ -100,6 +100,8 @@ pub struct Steady {
     pub event_us: f64,
     pub pending_min: usize,
     pub pending_max: usize,
+    /// Class queues the pending jobs formed at the end: what one pass walks.
+    pub queue_classes: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -609,6 +611,7 @@ fn steady_state(
             pending_min
         },
         pending_max,
+        queue_classes: engine.queue_classes(),
     };
     Ok((steady, memory, pending_at_start, running_at_start))
 }

@@ -16,6 +16,8 @@ pub struct Site {
     pub budget_w: u64,
     /// Estimated IT draw of everything placed here.
     pub it_w: u64,
+    /// Free accelerator thousandths on its up nodes.
+    pub free_milli: u64,
 }
 
 impl Site {
@@ -31,11 +33,15 @@ pub struct Rack {
     pub cap_w: u64,
     pub it_w: u64,
     pub nodes: Vec<NodeIdx>,
+    /// Free accelerator thousandths on its up nodes.
+    pub free_milli: u64,
 }
 
 pub struct Domain {
     pub site: SiteIdx,
     pub nodes: Vec<NodeIdx>,
+    /// Free accelerator thousandths on its up nodes.
+    pub free_milli: u64,
 }
 
 /// A task's hold on a node.
@@ -77,6 +83,10 @@ impl Node {
             return 0;
         }
         self.base_w + used_total_milli * self.device_w / 1000
+    }
+
+    pub fn free_milli(&self) -> u64 {
+        self.devices() as u64 * 1000 - self.used_total_milli()
     }
 
     pub fn used_total_milli(&self) -> u64 {
@@ -181,6 +191,7 @@ impl Cluster {
                 pue_milli: (s.pue * 1000.0).round() as u64,
                 budget_w: mw_to_w(s.power_budget_mw),
                 it_w: 0,
+                free_milli: 0,
             });
         }
         let mut racks = Vec::new();
@@ -194,6 +205,7 @@ impl Cluster {
                 domains.push(Domain {
                     site,
                     nodes: Vec::new(),
+                    free_milli: 0,
                 });
                 (domains.len() - 1) as DomainIdx
             });
@@ -205,6 +217,7 @@ impl Cluster {
                 cap_w: (r.power_cap_kw * 1000.0).round() as u64,
                 it_w: 0,
                 nodes: Vec::new(),
+                free_milli: 0,
             });
         }
         let mut nodes = Vec::with_capacity(resolved.len());
@@ -305,6 +318,42 @@ impl Cluster {
             self.index.partial[k].remove(&n);
         }
         self.index.any[site].remove(&n);
+        self.add_free(n, -(self.nodes[n as usize].free_milli() as i64));
+    }
+
+    /// Adds `delta` free thousandths of node `n` to its domain, rack and site.
+    fn add_free(&mut self, n: NodeIdx, delta: i64) {
+        let node = &self.nodes[n as usize];
+        let (d, r, s) = (node.domain as usize, node.rack as usize, node.site as usize);
+        let f = |v: &mut u64| *v = v.wrapping_add_signed(delta);
+        f(&mut self.domains[d].free_milli);
+        f(&mut self.racks[r].free_milli);
+        f(&mut self.sites[s].free_milli);
+    }
+
+    /// Moves an up node between index buckets after its devices changed from `before`
+    /// (free whole devices, has a partly used device, free thousandths).
+    fn reindex_after(&mut self, n: NodeIdx, before: (u16, bool, u64)) {
+        let node = &self.nodes[n as usize];
+        if node.state != NodeState::Up {
+            return;
+        }
+        let after = (node.free_whole, node.has_partial(), node.free_milli());
+        if let Some(m) = node.model {
+            let k = node.site as usize * self.index.n_models + m as usize;
+            if before.0 != after.0 {
+                self.index.whole[k][before.0 as usize].remove(&n);
+                self.index.whole[k][after.0 as usize].insert(n);
+            }
+            if before.1 != after.1 {
+                if after.1 {
+                    self.index.partial[k].insert(n);
+                } else {
+                    self.index.partial[k].remove(&n);
+                }
+            }
+        }
+        self.add_free(n, after.2 as i64 - before.2 as i64);
     }
 
     fn reindex(&mut self, n: NodeIdx) {
@@ -321,6 +370,7 @@ impl Cluster {
             }
         }
         self.index.any[site].insert(n);
+        self.add_free(n, self.nodes[n as usize].free_milli() as i64);
     }
 
     pub fn set_state(&mut self, n: NodeIdx, state: NodeState) {
@@ -389,8 +439,8 @@ impl Cluster {
     /// Takes what a task holds. The caller has checked that it fits.
     pub fn take(&mut self, hold: &Hold, task: TaskRef) {
         let n = hold.node;
-        self.unindex(n);
         let node = &mut self.nodes[n as usize];
+        let before = (node.free_whole, node.has_partial(), node.free_milli());
         for &d in &hold.devices {
             node.used_milli[d as usize] += hold.milli;
             if node.used_milli[d as usize] == hold.milli {
@@ -401,14 +451,14 @@ impl Cluster {
         node.mem_free_mib -= hold.mem_mib;
         node.tasks.push(task);
         self.refresh_power(n);
-        self.reindex(n);
+        self.reindex_after(n, before);
     }
 
     /// Gives back exactly what `take` took.
     pub fn give(&mut self, hold: &Hold, task: TaskRef) {
         let n = hold.node;
-        self.unindex(n);
         let node = &mut self.nodes[n as usize];
+        let before = (node.free_whole, node.has_partial(), node.free_milli());
         for &d in &hold.devices {
             node.used_milli[d as usize] -= hold.milli;
             if node.used_milli[d as usize] == 0 {
@@ -421,7 +471,7 @@ impl Cluster {
             node.tasks.swap_remove(p);
         }
         self.refresh_power(n);
-        self.reindex(n);
+        self.reindex_after(n, before);
     }
 
     fn refresh_power(&mut self, n: NodeIdx) {

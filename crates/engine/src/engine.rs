@@ -15,7 +15,7 @@ use crate::explain::{Blocker, WaitReason};
 use crate::ids::{IdHasher, IdMap, JobId, ModelSet, NodeIdx, SiteSet, TenantIdx};
 use crate::job::{AccelReq, GroupReq, Job, Shape, ShapeId, Task};
 use crate::placement::{self, Placed, Placer, Request, Reservation, Slack};
-use crate::queue::{ClassKey, Queues, SubHead, runtime_class};
+use crate::queue::{ClassKey, Queues, SubHead};
 use crate::reservation::{self, PlanInput};
 use crate::scorers::{Profile, Scorer, scorer_by_name};
 use crate::tenants::Tenant;
@@ -88,9 +88,8 @@ pub struct Engine {
     profile: Profile,
     profile_dirty: bool,
     now_s: u64,
-    /// Running preemptible jobs per priority class: tells cheaply whether a priority
-    /// preemption could find any victim.
-    running_preemptible: [u32; 5],
+    /// Running preemptible jobs by priority class: where preemption looks for victims.
+    preemptible_running: BTreeSet<(PriorityClass, JobId)>,
 }
 
 /// Most running jobs one preemption search considers as victims.
@@ -155,7 +154,7 @@ impl Engine {
             profile: Profile::default(),
             profile_dirty: false,
             now_s: 0,
-            running_preemptible: [0; 5],
+            preemptible_running: BTreeSet::new(),
         };
         for t in &cluster.tenant {
             e.upsert_tenant(t.clone())?;
@@ -171,6 +170,10 @@ impl Engine {
     }
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
+    }
+    /// Class queues the pending jobs form (see `queue`): what one pass walks.
+    pub fn queue_classes(&self) -> usize {
+        self.queues.classes()
     }
     pub fn pending_count(&self) -> usize {
         self.queues.len()
@@ -337,7 +340,6 @@ impl Engine {
                 shape: sid,
                 priority: job.priority,
                 preemptible: job.preemptible,
-                runtime: runtime_class(job.runtime_bound_s()),
             });
             Ok(sid)
         });
@@ -357,7 +359,7 @@ impl Engine {
                     *self.demand_counts.entry(key).or_default() += g.replicas as f64;
                 }
                 self.profile_dirty = true;
-                self.queues.push(job.tenant, job.class, job.submit_s, id);
+                self.queues.push(job.tenant, job.class, job.pending());
                 self.jobs.insert(id, job);
             }
         }
@@ -632,7 +634,7 @@ impl Engine {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
-        self.queues.remove(job.tenant, job.class, job.submit_s, id);
+        self.queues.remove(job.tenant, job.class, job.pending());
         job.state = JobState::Running;
         job.attempt += 1;
         job.started_s = now;
@@ -664,7 +666,7 @@ impl Engine {
             self.limits.insert((now + l, id));
         }
         if job.preemptible {
-            self.running_preemptible[job.priority as usize] += 1;
+            self.preemptible_running.insert((job.priority, id));
         }
         if self.reservation.job == Some(id) {
             self.reservation = Reservation::default();
@@ -686,12 +688,12 @@ impl Engine {
             self.limits.remove(&(job.started_s + l, id));
         }
         if job.preemptible && job.state == JobState::Running {
-            self.running_preemptible[job.priority as usize] -= 1;
+            self.preemptible_running.remove(&(job.priority, id));
         }
         job.tasks.clear();
         job.state = state;
         if state == JobState::Pending {
-            self.queues.push(job.tenant, job.class, job.submit_s, id);
+            self.queues.push(job.tenant, job.class, job.pending());
         }
     }
 
@@ -736,7 +738,7 @@ impl Engine {
         let job = self.jobs.get_mut(&id).ok_or(EngineError::UnknownJob(id))?;
         match job.state {
             JobState::Pending => {
-                self.queues.remove(job.tenant, job.class, job.submit_s, id);
+                self.queues.remove(job.tenant, job.class, job.pending());
                 job.state = JobState::Cancelled;
                 if self.reservation.job == Some(id) {
                     self.reservation = Reservation::default();
@@ -1010,8 +1012,26 @@ impl Engine {
                 .get(&sub.job)
                 .is_some_and(|j| j.state == JobState::Pending)
             {
-                // The rest of the class waits behind its head until the next pass.
+                // The rest of the class waits behind its head until the next pass, except
+                // jobs short enough to end before the reservation begins: they backfill.
                 self.queues.set_wait(t, sub.class, reason);
+                while let Some(holder) = self.reservation.job
+                    && let Some((bound_s, j)) = self.queues.shortest(t, sub.class)
+                    && j != sub.job
+                    && j != holder
+                    && self.now_s.saturating_add(bound_s) <= self.reservation.start_s
+                {
+                    self.consider(
+                        j,
+                        &mut failed,
+                        &mut preemption_budget,
+                        &mut first_blocked,
+                        &mut out,
+                    );
+                    if self.jobs.get(&j).is_some_and(|j| j.state == JobState::Pending) {
+                        break;
+                    }
+                }
             } else if let Some(next) = self.queues.head(t, sub.class) {
                 subs[t as usize].push(next);
             }
@@ -1212,9 +1232,10 @@ impl Engine {
 
     fn could_preempt(&self, id: JobId) -> bool {
         let job = &self.jobs[&id];
-        let lower = self.running_preemptible[..job.priority as usize]
-            .iter()
-            .any(|&c| c > 0);
+        let lower = self
+            .preemptible_running
+            .first()
+            .is_some_and(|&(p, _)| p < job.priority);
         lower || self.reclaim_models(id).is_some()
     }
 
@@ -1251,31 +1272,21 @@ impl Engine {
             .groups
             .iter()
             .fold(ModelSet::default(), |s, g| ModelSet(s.0 | g.models.0));
-        // Candidates: running work on nodes this job could use.
-        let mut cands: Vec<JobId> = Vec::new();
-        for s in shape
-            .sites
-            .iter()
-            .take_while(|&s| (s as usize) < self.cluster.sites.len())
-        {
-            let mut visit = |n: NodeIdx| {
-                cands.extend(self.cluster.nodes[n as usize].tasks.iter().map(|t| t.job))
-            };
-            if models.is_empty() {
-                self.cluster.index.any(s).iter().for_each(|&n| visit(n));
-            } else {
-                for m in models.iter() {
-                    self.cluster
-                        .index
-                        .bucket(s, m)
-                        .iter()
-                        .flatten()
-                        .for_each(|&n| visit(n));
-                }
-            }
-        }
-        cands.sort_unstable();
-        cands.dedup();
+        // Candidates: preemptible running work (of a lower class, unless reclaiming) with a
+        // task where this job could run.
+        let upto = if reclaim.is_some() { PriorityClass::Critical } else { priority };
+        let cands: Vec<JobId> = self
+            .preemptible_running
+            .range(..=(upto, JobId(u64::MAX)))
+            .map(|&(_, v)| v)
+            .filter(|v| {
+                self.jobs[v].tasks.iter().any(|t| {
+                    let n = &self.cluster.nodes[t.hold.node as usize];
+                    shape.sites.contains(n.site)
+                        && (models.is_empty() || n.model.is_some_and(|m| models.contains(m)))
+                })
+            })
+            .collect();
         let now = self.now_s;
         let mut victims: Vec<(PreemptReason, (PriorityClass, u64, JobId))> = cands
             .into_iter()
@@ -1517,7 +1528,7 @@ impl Engine {
         let mut cpu = vec![0u64; c.nodes.len()];
         let mut mem = vec![0u64; c.nodes.len()];
         for j in self.jobs.values() {
-            let queued = self.queues.contains(j.tenant, j.class, j.submit_s, j.id);
+            let queued = self.queues.contains(j.tenant, j.class, j.pending());
             match j.state {
                 JobState::Pending => {
                     pending += 1;
@@ -1614,6 +1625,29 @@ impl Engine {
             }
             rack_w[n.rack as usize] += n.draw_w;
             site_w[n.site as usize] += n.draw_w;
+        }
+        // The index and the free-capacity sums agree with the nodes.
+        let mut free = (vec![0u64; c.domains.len()], vec![0u64; c.racks.len()], vec![0u64; c.sites.len()]);
+        for (i, n) in c.nodes.iter().enumerate() {
+            let up = n.state == NodeState::Up;
+            if let Some(m) = n.model {
+                let listed = c.index.bucket(n.site, m)[n.free_whole as usize].contains(&(i as NodeIdx));
+                let partial = c.index.partial(n.site, m).contains(&(i as NodeIdx));
+                if listed != up || partial != (up && n.has_partial()) {
+                    return Err(format!("node {}: index out of date", n.name));
+                }
+            }
+            if up {
+                free.0[n.domain as usize] += n.free_milli();
+                free.1[n.rack as usize] += n.free_milli();
+                free.2[n.site as usize] += n.free_milli();
+            }
+        }
+        let sums_agree = c.domains.iter().zip(&free.0).all(|(d, f)| d.free_milli == *f)
+            && c.racks.iter().zip(&free.1).all(|(r, f)| r.free_milli == *f)
+            && c.sites.iter().zip(&free.2).all(|(s, f)| s.free_milli == *f);
+        if !sums_agree {
+            return Err("free capacity per domain, rack or site miscounted".into());
         }
         for (r, rack) in c.racks.iter().enumerate() {
             if rack.it_w != rack_w[r] {

@@ -102,6 +102,15 @@ impl Job {
         now_s + grace_s
     }
 
+    /// How the queues keep it while it is pending.
+    pub fn pending(&self) -> crate::queue::Pending {
+        crate::queue::Pending {
+            job: self.id,
+            submit_s: self.submit_s,
+            bound_s: self.runtime_bound_s().unwrap_or(u64::MAX),
+        }
+    }
+
     pub fn accel_milli(&self) -> u64 {
         self.tasks
             .iter()

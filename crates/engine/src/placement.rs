@@ -135,6 +135,9 @@ impl<'a> Placer<'a> {
             misses: Misses::default(),
         };
         let shape = req.shape;
+        if !self.could_fit(cluster, shape) {
+            return Err(Blocker::Accelerators);
+        }
         let units = match shape.topology {
             None => vec![UnitKey::All],
             Some(t) => {
@@ -188,24 +191,11 @@ impl<'a> Placer<'a> {
         at.model_use.clear();
     }
 
-    /// Topology units at `level` that could hold the whole gang now, best fit first.
+    /// Topology units at `level` that could hold the whole gang now, best fit first. Free
+    /// capacity per unit is kept by the cluster (over all models: a cheap upper bound that
+    /// placement then checks).
     fn units(&self, cluster: &Cluster, shape: &Shape, level: TopologyLevel) -> Vec<UnitKey> {
         let need: u64 = shape.groups.iter().map(|g| g.accel_milli_total()).sum();
-        let models = shape
-            .groups
-            .iter()
-            .fold(ModelSet::default(), |s, g| ModelSet(s.0 | g.models.0));
-        let free_of = |nodes: &mut dyn Iterator<Item = NodeIdx>| -> u64 {
-            nodes
-                .map(|n| &cluster.nodes[n as usize])
-                .filter(|n| {
-                    n.state == NodeState::Up
-                        && shape.sites.contains(n.site)
-                        && n.model.is_some_and(|m| models.contains(m))
-                })
-                .map(|n| n.devices() as u64 * 1000 - n.used_total_milli())
-                .sum()
-        };
         let mut scored: Vec<(u64, u64, UnitKey)> = Vec::new();
         let mut consider = |free: u64, key: UnitKey, id: u64| {
             if free >= need {
@@ -214,52 +204,29 @@ impl<'a> Placer<'a> {
         };
         match level {
             TopologyLevel::Site => {
-                for s in shape
-                    .sites
-                    .iter()
-                    .filter(|&s| (s as usize) < cluster.sites.len())
-                {
-                    let free = models
-                        .iter()
-                        .map(|m| {
-                            cluster
-                                .index
-                                .bucket(s, m)
-                                .iter()
-                                .flatten()
-                                .map(|&n| {
-                                    let n = &cluster.nodes[n as usize];
-                                    n.devices() as u64 * 1000 - n.used_total_milli()
-                                })
-                                .sum::<u64>()
-                        })
-                        .sum();
-                    consider(free, UnitKey::Site(s), s as u64);
+                for s in shape.sites.iter().filter(|&s| (s as usize) < cluster.sites.len()) {
+                    consider(cluster.sites[s as usize].free_milli, UnitKey::Site(s), s as u64);
                 }
             }
             TopologyLevel::ScaleUpDomain => {
                 for (d, dom) in cluster.domains.iter().enumerate() {
                     if shape.sites.contains(dom.site) {
-                        consider(
-                            free_of(&mut dom.nodes.iter().copied()),
-                            UnitKey::Domain(d as u32),
-                            d as u64,
-                        );
+                        consider(dom.free_milli, UnitKey::Domain(d as u32), d as u64);
                     }
                 }
             }
             TopologyLevel::Rack => {
                 for (r, rack) in cluster.racks.iter().enumerate() {
                     if shape.sites.contains(rack.site) {
-                        consider(
-                            free_of(&mut rack.nodes.iter().copied()),
-                            UnitKey::Rack(r as u32),
-                            r as u64,
-                        );
+                        consider(rack.free_milli, UnitKey::Rack(r as u32), r as u64);
                     }
                 }
             }
             TopologyLevel::Node => {
+                let models = shape
+                    .groups
+                    .iter()
+                    .fold(ModelSet::default(), |s, g| ModelSet(s.0 | g.models.0));
                 let whole: u16 = shape
                     .groups
                     .iter()
@@ -270,20 +237,11 @@ impl<'a> Placer<'a> {
                         _ => 0,
                     })
                     .fold(0u16, u16::saturating_add);
-                for s in shape
-                    .sites
-                    .iter()
-                    .filter(|&s| (s as usize) < cluster.sites.len())
-                {
+                for s in shape.sites.iter().filter(|&s| (s as usize) < cluster.sites.len()) {
                     for m in models.iter() {
                         for level in cluster.index.bucket(s, m).iter().skip(whole as usize) {
                             for &n in level {
-                                let node = &cluster.nodes[n as usize];
-                                consider(
-                                    node.devices() as u64 * 1000 - node.used_total_milli(),
-                                    UnitKey::Node(n),
-                                    n as u64,
-                                );
+                                consider(cluster.nodes[n as usize].free_milli(), UnitKey::Node(n), n as u64);
                             }
                         }
                     }
@@ -296,11 +254,25 @@ impl<'a> Placer<'a> {
             }
         }
         scored.sort_by_key(|&(surplus, tie, _)| (surplus, tie));
-        scored
-            .into_iter()
-            .take(MAX_UNITS_TRIED)
-            .map(|(_, _, k)| k)
-            .collect()
+        scored.into_iter().take(MAX_UNITS_TRIED).map(|(_, _, k)| k).collect()
+    }
+
+    /// An upper bound, from bucket sizes alone, on whether the gang's whole-device groups
+    /// could fit at all: lets a hopeless attempt fail without touching any node.
+    fn could_fit(&self, cluster: &Cluster, shape: &Shape) -> bool {
+        let n_sites = cluster.sites.len() as u16;
+        shape.groups.iter().all(|g| {
+            let AccelReq::Whole(k) = g.accel else { return true };
+            let mut replicas = 0u64;
+            for s in shape.sites.iter().take_while(|&s| s < n_sites) {
+                for m in g.models.and(cluster.present_models).iter() {
+                    for (level, nodes) in cluster.index.bucket(s, m).iter().enumerate().skip(k as usize) {
+                        replicas += nodes.len() as u64 * (level as u64 / k as u64);
+                    }
+                }
+            }
+            replicas >= g.replicas as u64
+        })
     }
 
     fn place_in(&self, cluster: &mut Cluster, at: &mut Attempt, scope: &Scope) -> bool {

@@ -1,10 +1,14 @@
 //! Pending jobs, grouped so that a pass costs what changed, not what waits.
 //!
-//! Within a tenant, jobs that would fit or fail alike — same shape, priority class,
-//! preemptibility and runtime class — form one class queue, oldest first. A pass looks at the
-//! head of each class queue; when the head cannot start, the rest of that class waits for the
-//! next pass behind it. So a pass over 100,000 pending jobs in a few hundred classes costs a
-//! few hundred placement attempts, not 100,000.
+//! Within a tenant, jobs that would fit or fail alike — same shape, priority class and
+//! preemptibility — form one class queue, oldest first. A pass looks at the head of each class
+//! queue; when the head cannot start, the rest of that class waits for the next pass behind it.
+//! So a pass over 100,000 pending jobs in a few thousand classes costs a few thousand
+//! placement attempts (most answered from the pass's failed-shape cache), not 100,000.
+//!
+//! Runtime is the one thing that can make a younger job of a class fit where its head does
+//! not: backfill into a reservation's shadow. So each class also indexes its jobs by runtime
+//! bound, and the pass tries the shortest one when the head is held off reserved capacity.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasherDefault;
@@ -22,30 +26,21 @@ pub struct ClassKey {
     pub shape: ShapeId,
     pub priority: PriorityClass,
     pub preemptible: bool,
-    /// Runtime bounds within about 19 % of each other share a class (see `runtime_class`).
-    pub runtime: u16,
 }
 
-/// Quarter-octave buckets of the runtime bound: backfill decisions depend on it, and jobs in
-/// one bucket are close enough that the oldest stands for the rest.
-pub fn runtime_class(bound_s: Option<u64>) -> u16 {
-    match bound_s {
-        None => u16::MAX,
-        Some(0) => 0,
-        Some(b) => {
-            let octave = 63 - b.leading_zeros();
-            let quarter = if octave >= 2 {
-                (b >> (octave - 2)) & 3
-            } else {
-                0
-            };
-            (octave * 4 + quarter as u32) as u16
-        }
-    }
+/// What the queues keep of a pending job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    pub job: JobId,
+    pub submit_s: u64,
+    /// Runtime limit, else estimate; u64::MAX when neither is given.
+    pub bound_s: u64,
 }
 
 pub struct ClassQueue {
     pub jobs: BTreeSet<(u64, JobId)>,
+    /// The same jobs by runtime bound, then age.
+    pub by_bound: BTreeSet<(u64, u64, JobId)>,
     /// Why the head waited at the last pass; the rest of the class waits behind it.
     pub wait: WaitReason,
 }
@@ -109,25 +104,33 @@ impl Queues {
         self.len == 0
     }
 
-    pub fn push(&mut self, t: TenantIdx, class: ClassId, submit_s: u64, job: JobId) {
+    /// Non-empty class queues in all.
+    pub fn classes(&self) -> usize {
+        self.tenants.iter().map(|t| t.len()).sum()
+    }
+
+    pub fn push(&mut self, t: TenantIdx, class: ClassId, p: Pending) {
         let q = self.tenants[t as usize]
             .entry(class)
             .or_insert_with(|| ClassQueue {
                 jobs: BTreeSet::new(),
+                by_bound: BTreeSet::new(),
                 wait: WaitReason::Queued,
             });
-        if q.jobs.insert((submit_s, job)) {
+        if q.jobs.insert((p.submit_s, p.job)) {
+            q.by_bound.insert((p.bound_s, p.submit_s, p.job));
             self.len += 1;
         }
     }
 
-    pub fn remove(&mut self, t: TenantIdx, class: ClassId, submit_s: u64, job: JobId) -> bool {
+    pub fn remove(&mut self, t: TenantIdx, class: ClassId, p: Pending) -> bool {
         let classes = &mut self.tenants[t as usize];
         let Some(q) = classes.get_mut(&class) else {
             return false;
         };
-        let removed = q.jobs.remove(&(submit_s, job));
+        let removed = q.jobs.remove(&(p.submit_s, p.job));
         if removed {
+            q.by_bound.remove(&(p.bound_s, p.submit_s, p.job));
             self.len -= 1;
             if q.jobs.is_empty() {
                 classes.remove(&class);
@@ -136,10 +139,11 @@ impl Queues {
         removed
     }
 
-    pub fn contains(&self, t: TenantIdx, class: ClassId, submit_s: u64, job: JobId) -> bool {
-        self.tenants[t as usize]
-            .get(&class)
-            .is_some_and(|q| q.jobs.contains(&(submit_s, job)))
+    pub fn contains(&self, t: TenantIdx, class: ClassId, p: Pending) -> bool {
+        self.tenants[t as usize].get(&class).is_some_and(|q| {
+            q.jobs.contains(&(p.submit_s, p.job))
+                && q.by_bound.contains(&(p.bound_s, p.submit_s, p.job))
+        })
     }
 
     /// The head of every class queue of tenant `t`.
@@ -165,6 +169,12 @@ impl Queues {
         })
     }
 
+    /// The job of the class with the shortest runtime bound, and that bound.
+    pub fn shortest(&self, t: TenantIdx, class: ClassId) -> Option<(u64, JobId)> {
+        let q = self.tenants[t as usize].get(&class)?;
+        q.by_bound.first().map(|&(b, _, j)| (b, j))
+    }
+
     pub fn set_wait(&mut self, t: TenantIdx, class: ClassId, wait: WaitReason) {
         if let Some(q) = self.tenants[t as usize].get_mut(&class) {
             q.wait = wait;
@@ -184,18 +194,5 @@ impl Queues {
                 q.jobs.iter().map(move |&(s, j)| (t as TenantIdx, c, s, j))
             })
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn runtime_classes_are_quarter_octaves() {
-        assert_eq!(runtime_class(Some(3600)), runtime_class(Some(3700)));
-        assert_ne!(runtime_class(Some(3600)), runtime_class(Some(4600)));
-        assert!(runtime_class(Some(60)) < runtime_class(Some(3600)));
-        assert_eq!(runtime_class(None), u16::MAX);
     }
 }
