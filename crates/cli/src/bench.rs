@@ -102,6 +102,14 @@ pub struct Steady {
     pub pending_max: usize,
     /// Class queues the pending jobs formed at the end: what one pass walks.
     pub queue_classes: usize,
+    /// The slowest pass and what it did.
+    pub slowest_pass: Option<SlowPass>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SlowPass {
+    pub ms: f64,
+    pub stats: gosok_engine::PassStats,
 }
 
 #[derive(Debug, Serialize)]
@@ -539,6 +547,7 @@ fn steady_state(
     }
 
     let mut passes = Vec::with_capacity(p.passes);
+    let mut slowest: Option<SlowPass> = None;
     let (mut starts, mut preemptions, mut ended) = (0usize, 0usize, 0usize);
     let (mut events, mut event_time) = (0usize, Duration::ZERO);
     let (mut pending_min, mut pending_max) = (usize::MAX, 0);
@@ -574,7 +583,11 @@ fn steady_state(
         pending_max = pending_max.max(engine.pending_count());
         let t = Instant::now();
         let out = engine.schedule();
-        passes.push(ms(t.elapsed()));
+        let took = ms(t.elapsed());
+        passes.push(took);
+        if slowest.as_ref().is_none_or(|s: &SlowPass| took > s.ms) {
+            slowest = Some(SlowPass { ms: took, stats: engine.last_pass() });
+        }
         starts += out.iter().filter(|d| is_start(d)).count();
         preemptions += out
             .iter()
@@ -612,6 +625,7 @@ fn steady_state(
         },
         pending_max,
         queue_classes: engine.queue_classes(),
+        slowest_pass: slowest,
     };
     Ok((steady, memory, pending_at_start, running_at_start))
 }

@@ -55,6 +55,23 @@ struct StaticFit {
     up: bool,
 }
 
+/// What the last scheduling pass did: counts for benchmarks and operators (the engine keeps
+/// no clock, so no durations).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PassStats {
+    /// Class-queue heads (and backfill candidates) considered.
+    pub considered: u64,
+    /// Answered from the pass's failed-shape cache.
+    pub cached: u64,
+    /// Placement searches run (including the tentative ones of preemption).
+    pub placements: u64,
+    pub nodes_visited: u64,
+    pub preemption_searches: u64,
+    pub reservation_plans: u64,
+    pub started: u64,
+    pub preempted: u64,
+}
+
 /// Why a pending job waits, and where it stands.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Explanation {
@@ -90,6 +107,7 @@ pub struct Engine {
     now_s: u64,
     /// Running preemptible jobs by priority class: where preemption looks for victims.
     preemptible_running: BTreeSet<(PriorityClass, JobId)>,
+    stats: PassStats,
 }
 
 /// Most running jobs one preemption search considers as victims.
@@ -155,6 +173,7 @@ impl Engine {
             profile_dirty: false,
             now_s: 0,
             preemptible_running: BTreeSet::new(),
+            stats: PassStats::default(),
         };
         for t in &cluster.tenant {
             e.upsert_tenant(t.clone())?;
@@ -671,6 +690,7 @@ impl Engine {
         if self.reservation.job == Some(id) {
             self.reservation = Reservation::default();
         }
+        self.stats.started += 1;
         out.push(Decision::Start {
             job: id,
             attempt: job.attempt,
@@ -727,6 +747,7 @@ impl Engine {
         if let Some(j) = self.jobs.get_mut(&id) {
             j.preemptions += 1;
         }
+        self.stats.preempted += 1;
         out.push(Decision::Preempt {
             job: id,
             attempt,
@@ -965,9 +986,15 @@ impl Engine {
         }
     }
 
+    /// What the last pass did.
+    pub fn last_pass(&self) -> PassStats {
+        self.stats
+    }
+
     /// One scheduling pass: the heads of the class queues in queue order.
     pub fn schedule(&mut self) -> Vec<Decision> {
         let mut out = Vec::new();
+        self.stats = PassStats::default();
         self.refresh_profile();
         let cap = self.capacity();
         if let Some(h) = self.reservation.job
@@ -1028,7 +1055,11 @@ impl Engine {
                         &mut first_blocked,
                         &mut out,
                     );
-                    if self.jobs.get(&j).is_some_and(|j| j.state == JobState::Pending) {
+                    if self
+                        .jobs
+                        .get(&j)
+                        .is_some_and(|j| j.state == JobState::Pending)
+                    {
                         break;
                     }
                 }
@@ -1081,7 +1112,9 @@ impl Engine {
         let holder = self.reservation.job == Some(id);
         let bound = self.bound_by_reservation(id);
         let cache_key = (sid, bound, allowed);
+        self.stats.considered += 1;
         if let Some(&r) = failed.get(&cache_key) {
+            self.stats.cached += 1;
             return r;
         }
         match self.place_now(id) {
@@ -1092,6 +1125,7 @@ impl Engine {
             Err(blocker) => {
                 if *preemption_budget > 0 && self.could_preempt(id) {
                     *preemption_budget -= 1;
+                    self.stats.preemption_searches += 1;
                     // The victims' room goes to this job, so what failed before still
                     // fails: the failed-shape cache stays.
                     if self.try_preempt(id, out) {
@@ -1204,6 +1238,7 @@ impl Engine {
             grace_s: self.cfg.overrun_grace_s,
             seed: self.cfg.seed,
         };
+        self.stats.reservation_plans += 1;
         let Some(mut plan) = reservation::plan(&input, id, shape, allowed) else {
             self.reservation = Reservation::default();
             return None;
@@ -1274,7 +1309,11 @@ impl Engine {
             .fold(ModelSet::default(), |s, g| ModelSet(s.0 | g.models.0));
         // Candidates: preemptible running work (of a lower class, unless reclaiming) with a
         // task where this job could run.
-        let upto = if reclaim.is_some() { PriorityClass::Critical } else { priority };
+        let upto = if reclaim.is_some() {
+            PriorityClass::Critical
+        } else {
+            priority
+        };
         let cands: Vec<JobId> = self
             .preemptible_running
             .range(..=(upto, JobId(u64::MAX)))
@@ -1419,6 +1458,7 @@ impl Engine {
             profile: &self.profile,
             score_candidates: self.cfg.score_candidates,
             seed: self.cfg.seed,
+            visited: Default::default(),
         };
         let request = Request {
             job: id,
@@ -1427,7 +1467,10 @@ impl Engine {
             preemptible: job.preemptible,
             bound_by_reservation: bound,
         };
-        placer.place(&mut self.cluster, &request, Some(&self.reservation))
+        let result = placer.place(&mut self.cluster, &request, Some(&self.reservation));
+        self.stats.placements += 1;
+        self.stats.nodes_visited += placer.visited.get();
+        result
     }
 
     /// Starts a placed job, charging the reservation slack it used.
@@ -1627,11 +1670,16 @@ impl Engine {
             site_w[n.site as usize] += n.draw_w;
         }
         // The index and the free-capacity sums agree with the nodes.
-        let mut free = (vec![0u64; c.domains.len()], vec![0u64; c.racks.len()], vec![0u64; c.sites.len()]);
+        let mut free = (
+            vec![0u64; c.domains.len()],
+            vec![0u64; c.racks.len()],
+            vec![0u64; c.sites.len()],
+        );
         for (i, n) in c.nodes.iter().enumerate() {
             let up = n.state == NodeState::Up;
             if let Some(m) = n.model {
-                let listed = c.index.bucket(n.site, m)[n.free_whole as usize].contains(&(i as NodeIdx));
+                let listed =
+                    c.index.bucket(n.site, m)[n.free_whole as usize].contains(&(i as NodeIdx));
                 let partial = c.index.partial(n.site, m).contains(&(i as NodeIdx));
                 if listed != up || partial != (up && n.has_partial()) {
                     return Err(format!("node {}: index out of date", n.name));
@@ -1643,7 +1691,11 @@ impl Engine {
                 free.2[n.site as usize] += n.free_milli();
             }
         }
-        let sums_agree = c.domains.iter().zip(&free.0).all(|(d, f)| d.free_milli == *f)
+        let sums_agree = c
+            .domains
+            .iter()
+            .zip(&free.0)
+            .all(|(d, f)| d.free_milli == *f)
             && c.racks.iter().zip(&free.1).all(|(r, f)| r.free_milli == *f)
             && c.sites.iter().zip(&free.2).all(|(s, f)| s.free_milli == *f);
         if !sums_agree {

@@ -19,7 +19,7 @@ pub mod scorers;
 pub mod tenants;
 
 pub use config::EngineConfig;
-pub use engine::{Engine, Explanation};
+pub use engine::{Engine, Explanation, PassStats};
 pub use event::{Decision, EngineError, Event, JobState, PreemptReason, TaskPlacement};
 pub use explain::{Blocker, WaitReason};
 pub use ids::JobId;

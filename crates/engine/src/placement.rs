@@ -67,6 +67,8 @@ pub struct Placer<'a> {
     pub profile: &'a Profile,
     pub score_candidates: usize,
     pub seed: u64,
+    /// Nodes the filters looked at, for pass statistics.
+    pub visited: std::cell::Cell<u64>,
 }
 
 /// Why replicas did not fit, counted over the nodes looked at.
@@ -204,8 +206,16 @@ impl<'a> Placer<'a> {
         };
         match level {
             TopologyLevel::Site => {
-                for s in shape.sites.iter().filter(|&s| (s as usize) < cluster.sites.len()) {
-                    consider(cluster.sites[s as usize].free_milli, UnitKey::Site(s), s as u64);
+                for s in shape
+                    .sites
+                    .iter()
+                    .filter(|&s| (s as usize) < cluster.sites.len())
+                {
+                    consider(
+                        cluster.sites[s as usize].free_milli,
+                        UnitKey::Site(s),
+                        s as u64,
+                    );
                 }
             }
             TopologyLevel::ScaleUpDomain => {
@@ -237,11 +247,19 @@ impl<'a> Placer<'a> {
                         _ => 0,
                     })
                     .fold(0u16, u16::saturating_add);
-                for s in shape.sites.iter().filter(|&s| (s as usize) < cluster.sites.len()) {
+                for s in shape
+                    .sites
+                    .iter()
+                    .filter(|&s| (s as usize) < cluster.sites.len())
+                {
                     for m in models.iter() {
                         for level in cluster.index.bucket(s, m).iter().skip(whole as usize) {
                             for &n in level {
-                                consider(cluster.nodes[n as usize].free_milli(), UnitKey::Node(n), n as u64);
+                                consider(
+                                    cluster.nodes[n as usize].free_milli(),
+                                    UnitKey::Node(n),
+                                    n as u64,
+                                );
                             }
                         }
                     }
@@ -254,7 +272,11 @@ impl<'a> Placer<'a> {
             }
         }
         scored.sort_by_key(|&(surplus, tie, _)| (surplus, tie));
-        scored.into_iter().take(MAX_UNITS_TRIED).map(|(_, _, k)| k).collect()
+        scored
+            .into_iter()
+            .take(MAX_UNITS_TRIED)
+            .map(|(_, _, k)| k)
+            .collect()
     }
 
     /// An upper bound, from bucket sizes alone, on whether the gang's whole-device groups
@@ -262,11 +284,19 @@ impl<'a> Placer<'a> {
     fn could_fit(&self, cluster: &Cluster, shape: &Shape) -> bool {
         let n_sites = cluster.sites.len() as u16;
         shape.groups.iter().all(|g| {
-            let AccelReq::Whole(k) = g.accel else { return true };
+            let AccelReq::Whole(k) = g.accel else {
+                return true;
+            };
             let mut replicas = 0u64;
             for s in shape.sites.iter().take_while(|&s| s < n_sites) {
                 for m in g.models.and(cluster.present_models).iter() {
-                    for (level, nodes) in cluster.index.bucket(s, m).iter().enumerate().skip(k as usize) {
+                    for (level, nodes) in cluster
+                        .index
+                        .bucket(s, m)
+                        .iter()
+                        .enumerate()
+                        .skip(k as usize)
+                    {
                         replicas += nodes.len() as u64 * (level as u64 / k as u64);
                     }
                 }
@@ -387,6 +417,7 @@ impl<'a> Placer<'a> {
         let mut feasible = 0usize;
         let limit = self.score_candidates.max(1);
         let mut visit = |n: NodeIdx, at: &mut Attempt| -> bool {
+            self.visited.set(self.visited.get() + 1);
             match self.check(cluster, at, n, group, model) {
                 Err(b) => at.misses.add(b),
                 Ok(delta_w) => {
