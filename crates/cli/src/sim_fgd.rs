@@ -313,6 +313,68 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    fn fixture(dir: &Path) -> (PathBuf, PathBuf) {
+        std::fs::create_dir_all(dir).unwrap();
+        let nodes = dir.join("nodes.csv");
+        std::fs::write(
+            &nodes,
+            "sn,cpu_milli,memory_mib,gpu,model\na,32000,65536,2,T4\nb,64000,131072,8,G2\n",
+        )
+        .unwrap();
+        let pods = dir.join("pods.csv");
+        std::fs::write(
+            &pods,
+            "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec\n\
+             p0,4000,1024,1,500,\n\
+             p1,4000,1024,1,abc,\n\
+             p2,8000,2048,2,1000,G2\n\
+             p3,2000,512,0,0,\n",
+        )
+        .unwrap();
+        (nodes, pods)
+    }
+
+    fn args(nodes: PathBuf, pods: PathBuf, out: Option<PathBuf>, skip: bool) -> FgdArgs {
+        FgdArgs {
+            nodes,
+            pods,
+            policy: "fgd,bestfit".into(),
+            seeds: "1-2".into(),
+            tune: 1.3,
+            format: Format::Json,
+            out,
+            skip_bad_rows: skip,
+            threads: Some(1),
+        }
+    }
+
+    #[test]
+    fn bad_rows_stop_the_run_with_their_place_unless_skipped() {
+        let dir = std::env::temp_dir().join(format!("gosok-sim-fgd-{}", std::process::id()));
+        let (nodes, pods) = fixture(&dir);
+        let e = run_fgd(args(nodes.clone(), pods.clone(), None, false)).unwrap_err();
+        let text = format!("{e:#}");
+        assert!(text.contains("pods.csv:3:16: column `gpu_milli`"), "{text}");
+        assert!(text.contains("\"abc\" is not a number"), "{text}");
+        let out = dir.join("out");
+        run_fgd(args(nodes, pods, Some(out.clone()), true)).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
+                .unwrap();
+        assert_eq!(json["skipped_pod_rows"], 1);
+        assert_eq!(json["policies"][0]["policy"], "fgd");
+        assert_eq!(json["seeds"], serde_json::json!([1, 2]));
+        for f in [
+            "runs.csv",
+            "summary.csv",
+            "unallocated_gpu.svg",
+            "fragmentation.svg",
+        ] {
+            assert!(out.join(f).exists(), "{f}");
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     #[test]
     fn seeds_parse_ranges_and_lists() {
         assert_eq!(parse_seeds("42-51").unwrap(), (42..=51).collect::<Vec<_>>());

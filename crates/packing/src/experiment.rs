@@ -22,8 +22,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::frag::{FGD_POPULARITY_PCT, TypicalPods};
 use crate::model::{Cluster, Demand, Workload};
 use crate::policy::{
-    BestFit, Clustering, DotProd, Fgd, Gosok, NodeChoice, Packing, PodView, Policy, PolicyKind,
-    RandomPolicy,
+    BestFit, Clustering, DotProd, Fgd, Gosok, GosokModel, NodeChoice, Packing, PodView, Policy,
+    PolicyKind, RandomPolicy,
 };
 use crate::state::{ClusterState, PlaceError};
 
@@ -48,8 +48,9 @@ pub struct Prepared {
     shape_count: usize,
     /// FGD's target workload: the simulator's typical pods (95 % popularity cut).
     pub typical: Arc<TypicalPods>,
-    /// Every shape of the workload by popularity, for gosok's policy.
-    pub all_shapes: Arc<TypicalPods>,
+    /// What gosok's policy knows of the workload (every shape by popularity, CPU per GPU,
+    /// GPU-type pressure).
+    pub gosok: Arc<GosokModel>,
 }
 
 impl Prepared {
@@ -75,6 +76,7 @@ impl Prepared {
             FGD_POPULARITY_PCT,
         ));
         let all_shapes = Arc::new(TypicalPods::all_shapes(&workload.pods, &cluster.models));
+        let gosok = Arc::new(GosokModel::new(all_shapes, &cluster));
         Prepared {
             cluster,
             workload,
@@ -82,7 +84,7 @@ impl Prepared {
             shapes,
             shape_count: ids.len(),
             typical,
-            all_shapes,
+            gosok,
         }
     }
 
@@ -95,14 +97,7 @@ impl Prepared {
             PolicyKind::Packing => Box::new(Packing),
             PolicyKind::BestFit => Box::new(BestFit),
             PolicyKind::Fgd => Box::new(Fgd::new(self.typical.clone())),
-            PolicyKind::Gosok => Box::new(Gosok::new(
-                self.all_shapes.clone(),
-                self.typical.clone(),
-                Arc::new(TypicalPods::gpu_weighted(
-                    &self.workload.pods,
-                    &self.cluster.models,
-                )),
-            )),
+            PolicyKind::Gosok => Box::new(Gosok::new(self.gosok.clone())),
         }
     }
 
@@ -236,6 +231,28 @@ pub fn run_to_state(
     seed: u64,
     tune_ratio: f64,
 ) -> Result<(RunResult, ClusterState), RunError> {
+    run_observed(prepared, kind, seed, tune_ratio, &mut |_| {})
+}
+
+/// What happened to one arriving pod, for observers of a run.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival<'a> {
+    pub pod: &'a crate::model::PodSpec,
+    /// The node it went to; `None` when it fit nowhere.
+    pub node: Option<usize>,
+    /// Arrived GPU demand so far, including this pod (milli-GPUs).
+    pub arrived_gpu_milli: u64,
+    pub state: &'a ClusterState,
+}
+
+/// Like [`run_to_state`], calling `observe` after every arrival.
+pub fn run_observed(
+    prepared: &Prepared,
+    kind: PolicyKind,
+    seed: u64,
+    tune_ratio: f64,
+    observe: &mut dyn FnMut(Arrival<'_>),
+) -> Result<(RunResult, ClusterState), RunError> {
     let order = prepared.arrival_order(tune_ratio, seed);
     let node_order = prepared.tie_order(seed);
     let mut policy = prepared.policy(kind);
@@ -291,7 +308,9 @@ pub fn run_to_state(
                 }
             }
         };
-        match chosen.and_then(|n| policy.pick_gpus(&state, n, &view, &mut rng).map(|g| (n, g))) {
+        let placed =
+            chosen.and_then(|n| policy.pick_gpus(&state, n, &view, &mut rng).map(|g| (n, g)));
+        match placed {
             Some((n, gpus)) => {
                 state
                     .place(n, &pod.demand, pod.memory_mib, gpus)
@@ -307,6 +326,12 @@ pub fn run_to_state(
             }
             None => failed += 1,
         }
+        observe(Arrival {
+            pod,
+            node: placed.map(|(n, _)| n),
+            arrived_gpu_milli,
+            state: &state,
+        });
         let x = round_half_even(arrived_gpu_milli as f64 / capacity * 100.0);
         if x >= 0.0 && (x as usize) <= MAX_X_PCT {
             let bin = &mut bins[x as usize];

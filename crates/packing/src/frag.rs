@@ -92,31 +92,6 @@ impl TypicalPods {
         TypicalPods::popular(pods, models, 100.0)
     }
 
-    /// Every shape of `pods`, weighted by its share of the pods' GPU demand (shapes without GPUs
-    /// get no weight).
-    pub fn gpu_weighted(pods: &[PodSpec], models: &GpuModels) -> TypicalPods {
-        let counted = TypicalPods::all_shapes(pods, models);
-        let total: f64 = counted
-            .pods
-            .iter()
-            .map(|p| p.weight * f64::from(p.demand.total_gpu_milli()))
-            .sum();
-        let weighted = counted
-            .pods
-            .iter()
-            .filter(|p| p.demand.wants_gpu())
-            .map(|p| TypicalPod {
-                demand: p.demand,
-                weight: if total > 0.0 {
-                    p.weight * f64::from(p.demand.total_gpu_milli()) / total
-                } else {
-                    0.0
-                },
-            })
-            .collect();
-        TypicalPods::new(weighted, models.len())
-    }
-
     /// A target workload from explicit shapes and weights.
     pub fn new(pods: Vec<TypicalPod>, model_count: usize) -> TypicalPods {
         let models = model_count.clamp(1, MAX_GPU_MODELS);

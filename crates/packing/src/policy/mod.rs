@@ -30,7 +30,7 @@ pub use bestfit::BestFit;
 pub use clustering::Clustering;
 pub use dotprod::DotProd;
 pub use fgd::Fgd;
-pub use gosok::Gosok;
+pub use gosok::{Gosok, GosokModel};
 pub use packing::Packing;
 pub use random::RandomPolicy;
 
