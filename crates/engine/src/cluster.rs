@@ -51,6 +51,32 @@ pub struct TaskRef {
     pub task: u32,
 }
 
+/// A task as its node keeps it: what it holds and when it is planned to end, so that the
+/// capacity profile of reservations needs nothing but the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeTask {
+    pub job: JobId,
+    pub task: u32,
+    /// Whole devices (fractions count as none: they free no whole device).
+    pub whole: u16,
+    pub cpu_milli: u64,
+    pub mem_mib: u64,
+    /// Start + estimate, start + limit, start + default runtime (0: not given).
+    pub ends_s: [u64; 3],
+}
+
+impl NodeTask {
+    /// When it is planned to end: the first of estimate, limit and default still ahead,
+    /// else a grace period from now.
+    pub fn planned_end_s(&self, now_s: u64, grace_s: u64) -> u64 {
+        self.ends_s
+            .iter()
+            .copied()
+            .find(|&e| e > now_s)
+            .unwrap_or(now_s + grace_s)
+    }
+}
+
 pub struct Node {
     pub name: Arc<str>,
     pub site: SiteIdx,
@@ -69,7 +95,7 @@ pub struct Node {
     /// Draw of one fully used device (board power × utilisation).
     pub device_w: u64,
     pub draw_w: u64,
-    pub tasks: Vec<TaskRef>,
+    pub tasks: Vec<NodeTask>,
 }
 
 impl Node {
@@ -117,12 +143,40 @@ pub struct Hold {
     pub mem_mib: u64,
 }
 
+/// Up nodes with the same free whole devices, split by whether they host work: an idle node
+/// must power its base load too, so when a site cannot afford that, placement skips the idle
+/// ones without looking at each.
+#[derive(Default)]
+pub struct Bucket {
+    pub busy: BTreeSet<NodeIdx>,
+    pub idle: BTreeSet<NodeIdx>,
+}
+
+impl Bucket {
+    pub fn len(&self) -> usize {
+        self.busy.len() + self.idle.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Busy nodes first, then idle ones.
+    pub fn iter(&self) -> impl Iterator<Item = &NodeIdx> {
+        self.busy.iter().chain(self.idle.iter())
+    }
+    pub fn contains(&self, n: NodeIdx) -> bool {
+        self.busy.contains(&n) || self.idle.contains(&n)
+    }
+    fn set(&mut self, idle: bool) -> &mut BTreeSet<NodeIdx> {
+        if idle { &mut self.idle } else { &mut self.busy }
+    }
+}
+
 /// Up nodes by (site, model) and free whole devices: best fit is a walk from the smallest
 /// sufficient bucket upwards.
 pub struct Index {
     n_models: usize,
     /// [site * n_models + model][free_whole] -> nodes
-    whole: Vec<Vec<BTreeSet<NodeIdx>>>,
+    whole: Vec<Vec<Bucket>>,
     /// [site * n_models + model] -> nodes with a partly used device
     partial: Vec<BTreeSet<NodeIdx>>,
     /// [site] -> up nodes (for jobs that want no accelerator)
@@ -130,7 +184,7 @@ pub struct Index {
 }
 
 impl Index {
-    pub fn bucket(&self, site: SiteIdx, model: ModelId) -> &[BTreeSet<NodeIdx>] {
+    pub fn bucket(&self, site: SiteIdx, model: ModelId) -> &[Bucket] {
         &self.whole[site as usize * self.n_models + model as usize]
     }
     pub fn partial(&self, site: SiteIdx, model: ModelId) -> &BTreeSet<NodeIdx> {
@@ -162,6 +216,8 @@ pub struct Cluster {
     /// Accelerators of all known nodes, whatever their state: the denominator of share caps
     /// at admission.
     pub known_accel_milli: u64,
+    /// Smallest base draw of a node of each (site, model): [site * n_models + model].
+    min_base_w: Vec<u64>,
     /// Draw of one fully used device of each model (board power × utilisation).
     pub model_device_w: Vec<u64>,
     /// Models some known node has.
@@ -262,7 +318,7 @@ impl Cluster {
         let index = Index {
             n_models,
             whole: (0..n_sites * n_models)
-                .map(|_| (0..=max_devices).map(|_| BTreeSet::new()).collect())
+                .map(|_| (0..=max_devices).map(|_| Bucket::default()).collect())
                 .collect(),
             partial: (0..n_sites * n_models).map(|_| BTreeSet::new()).collect(),
             any: (0..n_sites).map(|_| BTreeSet::new()).collect(),
@@ -288,6 +344,7 @@ impl Cluster {
             max_devices,
             present_models: Default::default(),
             known_accel_milli: 0,
+            min_base_w: vec![u64::MAX; n_sites * n_models],
             model_device_w: catalog
                 .models()
                 .iter()
@@ -295,6 +352,12 @@ impl Cluster {
                 .collect(),
         };
         c.known_accel_milli = c.nodes.iter().map(|n| n.devices() as u64 * 1000).sum();
+        for n in &c.nodes {
+            if let Some(m) = n.model {
+                let k = n.site as usize * n_models + m as usize;
+                c.min_base_w[k] = c.min_base_w[k].min(n.base_w);
+            }
+        }
         for n in &c.nodes {
             if let Some(m) = n.model {
                 c.present_models = c.present_models.with(m);
@@ -314,7 +377,8 @@ impl Cluster {
         let (site, free) = (node.site as usize, node.free_whole as usize);
         if let Some(m) = node.model {
             let k = site * self.index.n_models + m as usize;
-            self.index.whole[k][free].remove(&n);
+            let idle = node.tasks.is_empty();
+            self.index.whole[k][free].set(idle).remove(&n);
             self.index.partial[k].remove(&n);
         }
         self.index.any[site].remove(&n);
@@ -332,18 +396,25 @@ impl Cluster {
     }
 
     /// Moves an up node between index buckets after its devices changed from `before`
-    /// (free whole devices, has a partly used device, free thousandths).
-    fn reindex_after(&mut self, n: NodeIdx, before: (u16, bool, u64)) {
+    /// (free whole devices, has a partly used device, free thousandths, idle).
+    fn reindex_after(&mut self, n: NodeIdx, before: (u16, bool, u64, bool)) {
         let node = &self.nodes[n as usize];
         if node.state != NodeState::Up {
             return;
         }
-        let after = (node.free_whole, node.has_partial(), node.free_milli());
+        let after = (
+            node.free_whole,
+            node.has_partial(),
+            node.free_milli(),
+            node.tasks.is_empty(),
+        );
         if let Some(m) = node.model {
             let k = node.site as usize * self.index.n_models + m as usize;
-            if before.0 != after.0 {
-                self.index.whole[k][before.0 as usize].remove(&n);
-                self.index.whole[k][after.0 as usize].insert(n);
+            if (before.0, before.3) != (after.0, after.3) {
+                self.index.whole[k][before.0 as usize]
+                    .set(before.3)
+                    .remove(&n);
+                self.index.whole[k][after.0 as usize].set(after.3).insert(n);
             }
             if before.1 != after.1 {
                 if after.1 {
@@ -364,7 +435,8 @@ impl Cluster {
         let (site, free) = (node.site as usize, node.free_whole as usize);
         if let Some(m) = node.model {
             let k = site * self.index.n_models + m as usize;
-            self.index.whole[k][free].insert(n);
+            let idle = node.tasks.is_empty();
+            self.index.whole[k][free].set(idle).insert(n);
             if node.has_partial() {
                 self.index.partial[k].insert(n);
             }
@@ -398,6 +470,12 @@ impl Cluster {
         node.state = state;
         self.reindex(n);
         self.epoch += 1;
+    }
+
+    /// The smallest base draw of a node of `model` at `site` (what an idle one adds first).
+    pub fn min_base_w(&self, site: SiteIdx, model: ModelId) -> u64 {
+        let w = self.min_base_w[site as usize * self.index.n_models + model as usize];
+        if w == u64::MAX { 0 } else { w }
     }
 
     /// The extra IT draw of adding `add_milli` device-thousandths to node `n`.
@@ -436,11 +514,28 @@ impl Cluster {
         Ok(())
     }
 
+    /// Records when a started task is planned to end (see `NodeTask::ends_s`).
+    pub fn set_task_ends(&mut self, n: NodeIdx, task: TaskRef, ends_s: [u64; 3]) {
+        let node = &mut self.nodes[n as usize];
+        if let Some(t) = node
+            .tasks
+            .iter_mut()
+            .find(|t| t.job == task.job && t.task == task.task)
+        {
+            t.ends_s = ends_s;
+        }
+    }
+
     /// Takes what a task holds. The caller has checked that it fits.
     pub fn take(&mut self, hold: &Hold, task: TaskRef) {
         let n = hold.node;
         let node = &mut self.nodes[n as usize];
-        let before = (node.free_whole, node.has_partial(), node.free_milli());
+        let before = (
+            node.free_whole,
+            node.has_partial(),
+            node.free_milli(),
+            node.tasks.is_empty(),
+        );
         for &d in &hold.devices {
             node.used_milli[d as usize] += hold.milli;
             if node.used_milli[d as usize] == hold.milli {
@@ -449,7 +544,18 @@ impl Cluster {
         }
         node.cpu_free_milli -= hold.cpu_milli;
         node.mem_free_mib -= hold.mem_mib;
-        node.tasks.push(task);
+        node.tasks.push(NodeTask {
+            job: task.job,
+            task: task.task,
+            whole: if hold.milli == 1000 {
+                hold.devices.len() as u16
+            } else {
+                0
+            },
+            cpu_milli: hold.cpu_milli,
+            mem_mib: hold.mem_mib,
+            ends_s: [0; 3],
+        });
         self.refresh_power(n);
         self.reindex_after(n, before);
     }
@@ -458,7 +564,12 @@ impl Cluster {
     pub fn give(&mut self, hold: &Hold, task: TaskRef) {
         let n = hold.node;
         let node = &mut self.nodes[n as usize];
-        let before = (node.free_whole, node.has_partial(), node.free_milli());
+        let before = (
+            node.free_whole,
+            node.has_partial(),
+            node.free_milli(),
+            node.tasks.is_empty(),
+        );
         for &d in &hold.devices {
             node.used_milli[d as usize] -= hold.milli;
             if node.used_milli[d as usize] == 0 {
@@ -467,7 +578,11 @@ impl Cluster {
         }
         node.cpu_free_milli += hold.cpu_milli;
         node.mem_free_mib += hold.mem_mib;
-        if let Some(p) = node.tasks.iter().position(|t| *t == task) {
+        if let Some(p) = node
+            .tasks
+            .iter()
+            .position(|t| t.job == task.job && t.task == task.task)
+        {
             node.tasks.swap_remove(p);
         }
         self.refresh_power(n);

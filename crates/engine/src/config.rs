@@ -42,7 +42,7 @@ impl Default for EngineConfig {
             default_runtime_s: 24 * 3600,
             overrun_grace_s: 600,
             default_max_retries: 3,
-            max_preemption_attempts_per_pass: 8,
+            max_preemption_attempts_per_pass: 2,
         }
     }
 }

@@ -112,8 +112,10 @@ pub struct Engine {
 
 /// Most running jobs one preemption search considers as victims.
 const MAX_VICTIMS: usize = 256;
+/// Most nodes a one-replica preemption looks at.
+const MAX_PREEMPTION_NODES: usize = 64;
 /// Most victims a preemption tries to spare after finding a sufficient set.
-const MAX_SPARE_TRIES: usize = 16;
+const MAX_SPARE_TRIES: usize = 4;
 
 /// How long a reservation's plan is trusted before it is recomputed.
 const RESERVATION_REFRESH_S: u64 = 60;
@@ -643,6 +645,8 @@ impl Engine {
                 self.tenants[t].refund(task.model, milli, task.hold.cpu_milli, task.hold.mem_mib);
             } else {
                 self.cluster.take(&task.hold, r);
+                self.cluster
+                    .set_task_ends(task.hold.node, r, j.ends_s(self.cfg.default_runtime_s));
                 self.tenants[t].charge(task.model, milli, task.hold.cpu_milli, task.hold.mem_mib);
             }
         }
@@ -679,6 +683,17 @@ impl Engine {
                 hold: p.hold,
                 exit_code: None,
             });
+        }
+        let ends_s = job.ends_s(self.cfg.default_runtime_s);
+        for (i, t) in tasks.iter().enumerate() {
+            self.cluster.set_task_ends(
+                t.hold.node,
+                TaskRef {
+                    job: id,
+                    task: i as u32,
+                },
+                ends_s,
+            );
         }
         job.tasks = tasks;
         if let Some(l) = job.limit_s {
@@ -1232,9 +1247,7 @@ impl Engine {
         let shape = &self.shapes[self.jobs[&id].shape as usize];
         let input = PlanInput {
             cluster: &self.cluster,
-            jobs: &self.jobs,
             now_s: self.now_s,
-            default_runtime_s: self.cfg.default_runtime_s,
             grace_s: self.cfg.overrun_grace_s,
             seed: self.cfg.seed,
         };
@@ -1371,11 +1384,111 @@ impl Engine {
             ok
         });
         victims.truncate(MAX_VICTIMS);
-        let order: Vec<JobId> = victims.iter().map(|v| v.1.2).collect();
-        // The smallest cheapest-first prefix that makes room: freeing more never takes room
-        // away, so a binary search needs log2(victims) placement attempts, not one per victim.
-        if order.is_empty() || !self.fits_without(id, &order) {
+        let single = matches!(&shape.groups[..], [g] if g.replicas == 1);
+        let chosen = if single {
+            self.victims_on_one_node(id, &victims)
+        } else {
+            self.victims_for_gang(id, &victims)
+        };
+        let Some(chosen) = chosen else {
             return false;
+        };
+        for &i in &chosen {
+            let (reason, (_, _, v)) = victims[i].clone();
+            self.preempt(v, reason, out);
+        }
+        match self.place_now(id) {
+            Ok((placed, slack_used)) => {
+                self.start_placed(id, placed, slack_used, out);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// For a one-replica job, as Kubernetes does for a pod: on each node holding victims,
+    /// the cheapest victims (cheapest first) that make the job fit there; the node where that
+    /// costs least wins. No tentative placement is needed, only the node's own filters.
+    /// Returns indices into `victims`; the state is unchanged.
+    fn victims_on_one_node(
+        &mut self,
+        id: JobId,
+        victims: &[(PreemptReason, (PriorityClass, u64, JobId))],
+    ) -> Option<Vec<usize>> {
+        let shape = &self.shapes[self.jobs[&id].shape as usize];
+        let mut by_node: BTreeMap<NodeIdx, Vec<usize>> = BTreeMap::new();
+        for (i, (_, (_, _, v))) in victims.iter().enumerate() {
+            for t in self.jobs[v].tasks.iter().filter(|t| t.exit_code.is_none()) {
+                if shape
+                    .sites
+                    .contains(self.cluster.nodes[t.hold.node as usize].site)
+                {
+                    let list = by_node.entry(t.hold.node).or_default();
+                    if list.last() != Some(&i) {
+                        list.push(i);
+                    }
+                }
+            }
+        }
+        // Nodes whose cheapest victim is cheapest first; a bounded number of them.
+        let mut nodes: Vec<(u64, NodeIdx)> = by_node
+            .iter()
+            .map(|(&n, l)| (victims[l[0]].1.1, n))
+            .collect();
+        nodes.sort_unstable();
+        nodes.truncate(MAX_PREEMPTION_NODES);
+        let bound = self.bound_by_reservation(id);
+        let mut best: Option<(u64, Vec<usize>)> = None;
+        for (_, n) in nodes {
+            let mut freed = Vec::new();
+            let mut cost = 0u64;
+            for &i in &by_node[&n] {
+                if best.as_ref().is_some_and(|b| cost >= b.0) {
+                    break;
+                }
+                self.charge(victims[i].1.2, true);
+                freed.push(i);
+                cost = cost.saturating_add(victims[i].1.1);
+                let job = &self.jobs[&id];
+                let placer = Placer {
+                    scorers: &self.scorers,
+                    profile: &self.profile,
+                    score_candidates: self.cfg.score_candidates,
+                    seed: self.cfg.seed,
+                    visited: Default::default(),
+                };
+                let request = Request {
+                    job: id,
+                    shape: &self.shapes[job.shape as usize],
+                    tenant: &self.tenants[job.tenant as usize],
+                    preemptible: job.preemptible,
+                    bound_by_reservation: bound,
+                };
+                if placer.fits_on(&self.cluster, &request, Some(&self.reservation), n) {
+                    if best.as_ref().is_none_or(|b| cost < b.0) {
+                        best = Some((cost, freed.clone()));
+                    }
+                    break;
+                }
+            }
+            for &i in freed.iter().rev() {
+                self.charge(victims[i].1.2, false);
+            }
+        }
+        best.map(|b| b.1)
+    }
+
+    /// For a gang: the smallest cheapest-first prefix of `victims` that makes room (a binary
+    /// search: freeing more never takes room away), then spare whom we can, most expensive
+    /// first. Returns indices into `victims`; the state is unchanged.
+    fn victims_for_gang(
+        &mut self,
+        id: JobId,
+        victims: &[(PreemptReason, (PriorityClass, u64, JobId))],
+    ) -> Option<Vec<usize>> {
+        let order: Vec<JobId> = victims.iter().map(|v| v.1.2).collect();
+        if order.is_empty() || !self.fits_without(id, &order) {
+            return None;
         }
         let (mut lo, mut hi) = (1, order.len());
         while lo < hi {
@@ -1390,7 +1503,6 @@ impl Engine {
         for &v in prefix {
             self.charge(v, true);
         }
-        // Spare whom we can, most expensive first (a bounded number of tries).
         let mut keep = vec![false; prefix.len()];
         for k in (0..prefix.len()).rev().take(MAX_SPARE_TRIES) {
             self.charge(prefix[k], false);
@@ -1401,21 +1513,10 @@ impl Engine {
             }
         }
         let chosen: Vec<usize> = (0..prefix.len()).filter(|&k| !keep[k]).collect();
-        // The victims are off their nodes; make it official, then start the job.
-        for &i in &chosen {
-            self.charge(victims[i].1.2, false);
+        for &k in &chosen {
+            self.charge(prefix[k], false);
         }
-        for &i in &chosen {
-            let (reason, (_, _, v)) = victims[i].clone();
-            self.preempt(v, reason, out);
-        }
-        match self.place_now(id) {
-            Ok((placed, slack_used)) => {
-                self.start_placed(id, placed, slack_used, out);
-                true
-            }
-            Err(_) => false,
-        }
+        Some(chosen)
     }
 
     /// Whether the job would fit with `victims` off their nodes; leaves the state unchanged.
@@ -1669,6 +1770,20 @@ impl Engine {
             rack_w[n.rack as usize] += n.draw_w;
             site_w[n.site as usize] += n.draw_w;
         }
+        // Every task a node keeps belongs to a running job and knows when it ends.
+        for n in &c.nodes {
+            for t in &n.tasks {
+                let ok = self.jobs.get(&t.job).is_some_and(|j| {
+                    j.state == JobState::Running && t.ends_s == j.ends_s(self.cfg.default_runtime_s)
+                });
+                if !ok {
+                    return Err(format!(
+                        "node {} keeps a stale task of job {}",
+                        n.name, t.job
+                    ));
+                }
+            }
+        }
         // The index and the free-capacity sums agree with the nodes.
         let mut free = (
             vec![0u64; c.domains.len()],
@@ -1679,7 +1794,7 @@ impl Engine {
             let up = n.state == NodeState::Up;
             if let Some(m) = n.model {
                 let listed =
-                    c.index.bucket(n.site, m)[n.free_whole as usize].contains(&(i as NodeIdx));
+                    c.index.bucket(n.site, m)[n.free_whole as usize].contains(i as NodeIdx);
                 let partial = c.index.partial(n.site, m).contains(&(i as NodeIdx));
                 if listed != up || partial != (up && n.has_partial()) {
                     return Err(format!("node {}: index out of date", n.name));

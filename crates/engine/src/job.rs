@@ -82,24 +82,20 @@ pub struct Job {
 }
 
 impl Job {
+    /// Start + estimate, start + limit, start + default runtime (0 where not given): what
+    /// its nodes keep to plan when it ends (see `cluster::NodeTask`).
+    pub fn ends_s(&self, default_runtime_s: u64) -> [u64; 3] {
+        let at = |d: Option<u64>| d.map_or(0, |d| self.started_s + d);
+        [
+            at(self.estimate_s),
+            at(self.limit_s),
+            at(Some(default_runtime_s)),
+        ]
+    }
+
     /// The latest time this job's run could still plausibly need, for planning.
     pub fn runtime_bound_s(&self) -> Option<u64> {
         self.limit_s.or(self.estimate_s)
-    }
-
-    /// When this running job is expected to end: its estimate, else its limit, else the
-    /// default; a job that has outrun all of them is planned to end a grace period from now.
-    pub fn planned_end_s(&self, now_s: u64, default_runtime_s: u64, grace_s: u64) -> u64 {
-        let start = self.started_s;
-        for d in [self.estimate_s, self.limit_s, Some(default_runtime_s)]
-            .into_iter()
-            .flatten()
-        {
-            if start + d > now_s {
-                return start + d;
-            }
-        }
-        now_s + grace_s
     }
 
     /// How the queues keep it while it is pending.

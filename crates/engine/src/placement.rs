@@ -178,6 +178,43 @@ impl<'a> Placer<'a> {
         })
     }
 
+    /// Whether a one-replica job would fit on node `n` as it is now (filters only).
+    pub fn fits_on(
+        &self,
+        cluster: &Cluster,
+        req: &Request,
+        reservation: Option<&Reservation>,
+        n: NodeIdx,
+    ) -> bool {
+        let [group] = &req.shape.groups[..] else {
+            return false;
+        };
+        if group.replicas != 1 {
+            return false;
+        }
+        let at = Attempt {
+            req,
+            reservation: reservation.filter(|_| req.bound_by_reservation),
+            slack_used: IdMap::default(),
+            placed: Vec::new(),
+            placed_nodes: Vec::new(),
+            model_use: Vec::new(),
+            misses: Misses::default(),
+        };
+        let model = cluster.nodes[n as usize]
+            .model
+            .filter(|_| group.accel != AccelReq::None);
+        if let Some(m) = model
+            && (!group.models.contains(m)
+                || !req
+                    .tenant
+                    .quota_allows(m, group.accel_milli_total(), req.preemptible))
+        {
+            return false;
+        }
+        self.check(cluster, &at, n, group, model).is_ok()
+    }
+
     fn rollback(&self, cluster: &mut Cluster, at: &mut Attempt) {
         for p in at.placed.drain(..) {
             cluster.give(
@@ -254,7 +291,7 @@ impl<'a> Placer<'a> {
                 {
                     for m in models.iter() {
                         for level in cluster.index.bucket(s, m).iter().skip(whole as usize) {
-                            for &n in level {
+                            for &n in level.iter() {
                                 consider(
                                     cluster.nodes[n as usize].free_milli(),
                                     UnitKey::Node(n),
@@ -334,8 +371,13 @@ impl<'a> Placer<'a> {
                 }
                 let mark = at.placed.len();
                 let mut ok = true;
+                let mut search = Search {
+                    walk: self.walk(cluster, at, scope, group, model),
+                    live: Vec::new(),
+                };
                 for r in 0..group.replicas {
-                    let Some((node, devices)) = self.best_node(cluster, at, scope, group, model)
+                    let Some((node, devices)) =
+                        self.best_node(cluster, at, &mut search, group, model)
                     else {
                         ok = false;
                         break;
@@ -404,19 +446,88 @@ impl<'a> Placer<'a> {
         true
     }
 
-    /// The best node in `scope` for one replica of `group` on `model`, and its devices.
-    fn best_node(
+    /// Where candidates for `group` on `model` come from in `scope`, best fit first.
+    fn walk(
         &self,
         cluster: &Cluster,
         at: &mut Attempt,
         scope: &Scope,
         group: &GroupReq,
         model: Option<ModelId>,
+    ) -> Walk {
+        let kind = match (scope, group.accel, model) {
+            (Scope::Node(n), _, _) => WalkKind::List(vec![*n]),
+            (Scope::Nodes(list), _, _) => WalkKind::List(list.to_vec()),
+            (Scope::Sites(_), AccelReq::None, _) | (Scope::Sites(_), _, None) => WalkKind::Any,
+            (Scope::Sites(_), AccelReq::Whole(k), Some(m)) => WalkKind::Whole(k, m),
+            (Scope::Sites(_), AccelReq::Milli(_), Some(m)) => WalkKind::Milli(m),
+        };
+        let mut sites = Vec::new();
+        let mut idle_ok = 0u64;
+        if let Scope::Sites(scope_sites) = scope {
+            let n_sites = cluster.sites.len() as u16;
+            // A site without power for even the cheapest such replica is skipped whole
+            // rather than node by node; idle nodes only where the site can also power an
+            // idle node's base load.
+            for s in SiteSet(at.req.shape.sites.0 & scope_sites.0)
+                .iter()
+                .take_while(|&s| s < n_sites)
+            {
+                let site = &cluster.sites[s as usize];
+                let least_w = model.map_or(0, |m| {
+                    group.accel.milli().min(1000) * cluster.model_device_w[m as usize] / 1000
+                });
+                let held = at
+                    .reservation
+                    .and_then(|r| r.site_w.get(&s))
+                    .copied()
+                    .unwrap_or(0);
+                if site.facility_w(site.it_w + least_w + held) > site.budget_w {
+                    at.misses.add(Blocker::SitePower);
+                    continue;
+                }
+                sites.push(s);
+                let idle_w = least_w + model.map_or(0, |m| cluster.min_base_w(s, m));
+                if site.facility_w(site.it_w + idle_w + held) <= site.budget_w {
+                    idle_ok |= 1 << s;
+                } else {
+                    at.misses.add(Blocker::SitePower);
+                }
+            }
+        }
+        let level = match kind {
+            WalkKind::Whole(k, _) => k as usize,
+            _ => 1,
+        };
+        Walk {
+            kind,
+            sites,
+            idle_ok,
+            levels: false,
+            level,
+            si: 0,
+            idle: false,
+            last: None,
+            pos: 0,
+            max_level: cluster.max_devices as usize,
+        }
+    }
+
+    /// The best node for the next replica, and its devices. Candidates still feasible from
+    /// the previous replica are scored again; the walk only goes on to top them up, so a
+    /// 64-replica gang walks the index once, not 64 times.
+    fn best_node(
+        &self,
+        cluster: &Cluster,
+        at: &mut Attempt,
+        search: &mut Search,
+        group: &GroupReq,
+        model: Option<ModelId>,
     ) -> Option<(NodeIdx, Vec<u8>)> {
-        let mut best: Option<(f64, u64, NodeIdx)> = None;
-        let mut feasible = 0usize;
         let limit = self.score_candidates.max(1);
-        let mut visit = |n: NodeIdx, at: &mut Attempt| -> bool {
+        let mut best: Option<(f64, u64, NodeIdx)> = None;
+        let mut feasible: Vec<NodeIdx> = Vec::with_capacity(limit);
+        let mut consider = |n: NodeIdx, at: &mut Attempt, feasible: &mut Vec<NodeIdx>| {
             self.visited.set(self.visited.get() + 1);
             match self.check(cluster, at, n, group, model) {
                 Err(b) => at.misses.add(b),
@@ -439,92 +550,22 @@ impl<'a> Placer<'a> {
                     if better {
                         best = Some((score, tie, n));
                     }
-                    feasible += 1;
+                    feasible.push(n);
                 }
             }
-            feasible < limit
         };
-        let sites = at.req.shape.sites;
-        match scope {
-            Scope::Node(n) => {
-                visit(*n, at);
-            }
-            Scope::Nodes(list) => {
-                for &n in list.iter() {
-                    if !visit(n, at) {
-                        break;
-                    }
-                }
-            }
-            Scope::Sites(scope_sites) => {
-                let n_sites = cluster.sites.len() as u16;
-                // A site without power for even the cheapest such replica is skipped whole
-                // rather than node by node.
-                let mut open = 0u64;
-                for s in SiteSet(sites.0 & scope_sites.0)
-                    .iter()
-                    .take_while(|&s| s < n_sites)
-                {
-                    let site = &cluster.sites[s as usize];
-                    let least_w = model.map_or(0, |m| {
-                        group.accel.milli().min(1000) * cluster.model_device_w[m as usize] / 1000
-                    });
-                    let held = at
-                        .reservation
-                        .and_then(|r| r.site_w.get(&s))
-                        .copied()
-                        .unwrap_or(0);
-                    if site.facility_w(site.it_w + least_w + held) > site.budget_w {
-                        at.misses.add(Blocker::SitePower);
-                    } else {
-                        open |= 1 << s;
-                    }
-                }
-                let sites = SiteSet(open);
-                'walk: {
-                    match (group.accel, model) {
-                        (AccelReq::None, _) | (_, None) => {
-                            for s in sites.iter().take_while(|&s| s < n_sites) {
-                                for &n in cluster.index.any(s) {
-                                    if !visit(n, at) {
-                                        break 'walk;
-                                    }
-                                }
-                            }
-                        }
-                        (AccelReq::Whole(k), Some(m)) => {
-                            for level in k as usize..=cluster.max_devices as usize {
-                                for s in sites.iter().take_while(|&s| s < n_sites) {
-                                    for &n in &cluster.index.bucket(s, m)[level] {
-                                        if !visit(n, at) {
-                                            break 'walk;
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                        (AccelReq::Milli(_), Some(m)) => {
-                            for s in sites.iter().take_while(|&s| s < n_sites) {
-                                for &n in cluster.index.partial(s, m) {
-                                    if !visit(n, at) {
-                                        break 'walk;
-                                    }
-                                }
-                            }
-                            for level in 1..=cluster.max_devices as usize {
-                                for s in sites.iter().take_while(|&s| s < n_sites) {
-                                    for &n in &cluster.index.bucket(s, m)[level] {
-                                        if !visit(n, at) {
-                                            break 'walk;
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
+        for n in std::mem::take(&mut search.live) {
+            consider(n, at, &mut feasible);
+        }
+        while feasible.len() < limit {
+            let Some(n) = search.walk.next(cluster) else {
+                break;
+            };
+            if !feasible.contains(&n) {
+                consider(n, at, &mut feasible);
             }
         }
+        search.live = feasible;
         let (_, _, n) = best?;
         let devices = pick_devices(&cluster.nodes[n as usize].used_milli, group.accel)?;
         Some((n, devices))
@@ -581,6 +622,95 @@ impl<'a> Placer<'a> {
                 PowerBlock::Site => Blocker::SitePower,
             })?;
         Ok(delta_w)
+    }
+}
+
+/// One group's candidate search across its replicas.
+struct Search {
+    walk: Walk,
+    /// Feasible candidates found for the previous replica.
+    live: Vec<NodeIdx>,
+}
+
+enum WalkKind {
+    List(Vec<NodeIdx>),
+    Any,
+    Whole(u16, ModelId),
+    Milli(ModelId),
+}
+
+/// A resumable walk over the index in best-fit order: for whole devices, buckets from the
+/// smallest sufficient free count upwards, per site busy nodes before idle ones; for a
+/// fraction, nodes with a partly used device first. It resumes after the last node it gave,
+/// so nodes that move between buckets while a gang is placed are not given twice in a row.
+struct Walk {
+    kind: WalkKind,
+    sites: Vec<u16>,
+    idle_ok: u64,
+    /// Past the partly-used (or any-node) stage.
+    levels: bool,
+    level: usize,
+    max_level: usize,
+    si: usize,
+    idle: bool,
+    last: Option<NodeIdx>,
+    pos: usize,
+}
+
+impl Walk {
+    fn next(&mut self, cluster: &Cluster) -> Option<NodeIdx> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        loop {
+            let set = match &self.kind {
+                WalkKind::List(list) => {
+                    let n = list.get(self.pos).copied();
+                    self.pos += 1;
+                    return n;
+                }
+                _ if self.si >= self.sites.len() => return None,
+                WalkKind::Any => cluster.index.any(self.sites[self.si]),
+                WalkKind::Milli(m) if !self.levels => {
+                    cluster.index.partial(self.sites[self.si], *m)
+                }
+                WalkKind::Whole(_, m) | WalkKind::Milli(m) => {
+                    if self.level > self.max_level {
+                        return None;
+                    }
+                    let b = &cluster.index.bucket(self.sites[self.si], *m)[self.level];
+                    if self.idle { &b.idle } else { &b.busy }
+                }
+            };
+            let found = match self.last {
+                None => set.first(),
+                Some(l) => set.range((Excluded(l), Unbounded)).next(),
+            };
+            if let Some(&n) = found {
+                self.last = Some(n);
+                return Some(n);
+            }
+            self.last = None;
+            match self.kind {
+                WalkKind::Any => self.si += 1,
+                WalkKind::Milli(_) if !self.levels => {
+                    self.si += 1;
+                    if self.si == self.sites.len() {
+                        (self.levels, self.si) = (true, 0);
+                    }
+                }
+                _ => {
+                    if !self.idle && self.idle_ok >> self.sites[self.si] & 1 == 1 {
+                        self.idle = true;
+                    } else {
+                        self.idle = false;
+                        self.si += 1;
+                        if self.si == self.sites.len() {
+                            self.si = 0;
+                            self.level += 1;
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use gosok_model::{ModelId, NodeState};
 
 use crate::cluster::Cluster;
 use crate::ids::{IdMap, JobId, ModelSet, NodeIdx, mix64};
-use crate::job::{AccelReq, Job, Shape};
+use crate::job::{AccelReq, Shape};
 use crate::placement::{Reservation, Slack, unit_of};
 
 /// A group's earliest start, the topology unit it starts in, and the (time, node) slots used.
@@ -59,9 +59,7 @@ fn hostable(free: (u64, u64, u64), accel: AccelReq, cpu: u64, mem: u64) -> u64 {
 
 pub struct PlanInput<'a> {
     pub cluster: &'a Cluster,
-    pub jobs: &'a IdMap<JobId, Job>,
     pub now_s: u64,
-    pub default_runtime_s: u64,
     pub grace_s: u64,
     pub seed: u64,
 }
@@ -231,22 +229,14 @@ fn timeline(input: &PlanInput, n: NodeIdx) -> Timeline {
     let mut releases: Vec<Release> = node
         .tasks
         .iter()
-        .filter_map(|t| {
-            let job = input.jobs.get(&t.job)?;
-            let task = job.tasks.get(t.task as usize)?;
-            Some(Release {
-                at_s: job.planned_end_s(input.now_s, input.default_runtime_s, input.grace_s),
-                whole: if task.hold.milli == 1000 {
-                    task.hold.devices.len() as u64
-                } else {
-                    0
-                },
-                cpu_milli: task.hold.cpu_milli,
-                mem_mib: task.hold.mem_mib,
-            })
+        .map(|t| Release {
+            at_s: t.planned_end_s(input.now_s, input.grace_s),
+            whole: t.whole as u64,
+            cpu_milli: t.cpu_milli,
+            mem_mib: t.mem_mib,
         })
         .collect();
-    releases.sort_by_key(|r| r.at_s);
+    releases.sort_unstable_by_key(|r| r.at_s);
     Timeline {
         node: n,
         now: (
