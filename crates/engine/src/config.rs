@@ -24,6 +24,32 @@ pub struct EngineConfig {
     pub default_max_retries: u64,
     /// Preemption searches per pass; each is bounded, this bounds their sum.
     pub max_preemption_attempts_per_pass: usize,
+    /// How the queue is ordered (the digital twin compares gosok's default with the classic
+    /// policies of the literature).
+    pub queue_policy: QueuePolicy,
+    /// Once a tenant's first job in line cannot start, none of its later jobs may start in
+    /// that pass (FIFO/SJF as in Helios; each tenant is its own line).
+    pub head_of_line_blocking: bool,
+    /// Reservations for the first job that cannot start, and backfill around them.
+    pub backfill: bool,
+}
+
+/// Queue order within a priority class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum QueuePolicy {
+    /// Weighted dominant-resource fair share across tenants, then age (gosok's default).
+    #[default]
+    FairShare,
+    /// Submit time only.
+    Fifo,
+    /// Shortest runtime estimate first (with true durations as estimates: the oracle SJF).
+    ShortestFirst,
+    /// Shortest remaining estimate first, preemptive: a job whose remaining time is shorter
+    /// preempts running ones with longer remaining time. Each preemption adds a checkpoint
+    /// overhead to the victim's remaining time: `overhead_s` for jobs of up to 1, 8, or more
+    /// accelerators (Helios: 7 / 30 / 60 s).
+    ShortestRemainingFirst { overhead_s: [u64; 3] },
 }
 
 impl Default for EngineConfig {
@@ -43,6 +69,9 @@ impl Default for EngineConfig {
             overrun_grace_s: 600,
             default_max_retries: 3,
             max_preemption_attempts_per_pass: 2,
+            queue_policy: QueuePolicy::FairShare,
+            head_of_line_blocking: false,
+            backfill: true,
         }
     }
 }

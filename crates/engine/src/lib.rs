@@ -18,7 +18,7 @@ pub mod reservation;
 pub mod scorers;
 pub mod tenants;
 
-pub use config::EngineConfig;
+pub use config::{EngineConfig, QueuePolicy};
 pub use engine::{Engine, Explanation, PassStats};
 pub use event::{Decision, EngineError, Event, JobState, PreemptReason, TaskPlacement};
 pub use explain::{Blocker, WaitReason};
