@@ -9,7 +9,7 @@ use gosok_model::{
 };
 
 use crate::cluster::{Cluster, TaskRef};
-use crate::config::EngineConfig;
+use crate::config::{EngineConfig, QueuePolicy};
 use crate::event::{Decision, EngineError, Event, JobState, PreemptReason, TaskPlacement};
 use crate::explain::{Blocker, WaitReason};
 use crate::ids::{IdHasher, IdMap, JobId, ModelSet, NodeIdx, SiteSet, TenantIdx};
@@ -70,6 +70,15 @@ pub struct PassStats {
     pub reservation_plans: u64,
     pub started: u64,
     pub preempted: u64,
+}
+
+/// A pending job's place in its line under `policy`.
+fn order_key(policy: QueuePolicy, job: &Job, default_runtime_s: u64) -> u64 {
+    match policy {
+        QueuePolicy::FairShare | QueuePolicy::Fifo => job.submit_s,
+        QueuePolicy::ShortestFirst => job.estimate_s.or(job.limit_s).unwrap_or(u64::MAX),
+        QueuePolicy::ShortestRemainingFirst { .. } => job.remaining_s(0, default_runtime_s),
+    }
 }
 
 /// Why a pending job waits, and where it stands.
@@ -220,6 +229,10 @@ impl Engine {
         &self.reservation
     }
 
+    fn order_key(&self, job: &Job) -> u64 {
+        order_key(self.cfg.queue_policy, job, self.cfg.default_runtime_s)
+    }
+
     fn upsert_tenant(&mut self, spec: TenantSpec) -> Result<(), SpecError> {
         spec.validate(&self.catalog)?;
         match self.tenant_by_name.get(&spec.name) {
@@ -348,6 +361,9 @@ impl Engine {
             tasks: Vec::new(),
             preemptions: 0,
             class: 0,
+            order_s: 0,
+            run_s: 0,
+            overhead_s: 0,
         };
         let admitted = self.admit(tenant, &spec).and_then(|(t, shape)| {
             job.tenant = t;
@@ -380,6 +396,7 @@ impl Engine {
                     *self.demand_counts.entry(key).or_default() += g.replicas as f64;
                 }
                 self.profile_dirty = true;
+                job.order_s = self.order_key(&job);
                 self.queues.push(job.tenant, job.class, job.pending());
                 self.jobs.insert(id, job);
             }
@@ -726,8 +743,11 @@ impl Engine {
             self.preemptible_running.remove(&(job.priority, id));
         }
         job.tasks.clear();
+        job.run_s += self.now_s.saturating_sub(job.started_s);
         job.state = state;
         if state == JobState::Pending {
+            let order_s = order_key(self.cfg.queue_policy, job, self.cfg.default_runtime_s);
+            job.order_s = order_s;
             self.queues.push(job.tenant, job.class, job.pending());
         }
     }
@@ -758,6 +778,19 @@ impl Engine {
 
     fn preempt(&mut self, id: JobId, reason: PreemptReason, out: &mut Vec<Decision>) {
         let attempt = self.jobs.get(&id).map_or(0, |j| j.attempt);
+        if let QueuePolicy::ShortestRemainingFirst { overhead_s } = self.cfg.queue_policy
+            && let Some(j) = self.jobs.get_mut(&id)
+        {
+            // Checkpoint and restart cost, by job size (1, up to 8, more accelerators).
+            let accel = j.accel_milli().div_ceil(1000);
+            j.overhead_s += overhead_s[if accel <= 1 {
+                0
+            } else if accel <= 8 {
+                1
+            } else {
+                2
+            }];
+        }
         self.unrun(id, JobState::Pending);
         if let Some(j) = self.jobs.get_mut(&id) {
             j.preemptions += 1;
@@ -994,8 +1027,14 @@ impl Engine {
     }
 
     fn head(&self, t: TenantIdx, sub: SubHead, cap: [u64; 3]) -> Head {
+        // Only fair share weighs tenants against each other; the classic policies order
+        // by their key alone.
+        let fair_bits = match self.cfg.queue_policy {
+            QueuePolicy::FairShare => self.tenants[t as usize].fair_key(cap).to_bits(),
+            _ => 0,
+        };
         Head {
-            fair_bits: self.tenants[t as usize].fair_key(cap).to_bits(),
+            fair_bits,
             sub,
             tenant: t,
         }
@@ -1057,6 +1096,11 @@ impl Engine {
                 // The rest of the class waits behind its head until the next pass, except
                 // jobs short enough to end before the reservation begins: they backfill.
                 self.queues.set_wait(t, sub.class, reason);
+                if self.cfg.head_of_line_blocking {
+                    // Nothing behind it in this tenant's line may start.
+                    subs[t as usize].clear();
+                    continue;
+                }
                 while let Some(holder) = self.reservation.job
                     && let Some((bound_s, j)) = self.queues.shortest(t, sub.class)
                     && j != sub.job
@@ -1086,6 +1130,7 @@ impl Engine {
             }
         }
         if self.reservation.job.is_none()
+            && self.cfg.backfill
             && let Some((id, allowed, blocker)) = first_blocked
             && self
                 .jobs
@@ -1168,7 +1213,7 @@ impl Engine {
                     None => first,
                     Some(p) => !holder && priority > p,
                 };
-                if fit.up && (holder || takes_over) {
+                if fit.up && self.cfg.backfill && (holder || takes_over) {
                     if let Some(r) = self.reserve(id, allowed, blocker) {
                         reason = r;
                     }
@@ -1284,7 +1329,22 @@ impl Engine {
             .preemptible_running
             .first()
             .is_some_and(|&(p, _)| p < job.priority);
-        lower || self.reclaim_models(id).is_some()
+        lower || self.reclaim_models(id).is_some() || self.shorter_than_some_running(id)
+    }
+
+    /// SRTF: whether some running job of the same class or lower has more time left.
+    fn shorter_than_some_running(&self, id: JobId) -> bool {
+        if !matches!(
+            self.cfg.queue_policy,
+            QueuePolicy::ShortestRemainingFirst { .. }
+        ) {
+            return false;
+        }
+        let job = &self.jobs[&id];
+        let mine = job.remaining_s(self.now_s, self.cfg.default_runtime_s);
+        self.preemptible_running
+            .range(..=(job.priority, JobId(u64::MAX)))
+            .any(|(_, v)| self.jobs[v].remaining_s(self.now_s, self.cfg.default_runtime_s) > mine)
     }
 
     /// Models on which the job's tenant may reclaim borrowed capacity for it: the whole job
@@ -1340,6 +1400,11 @@ impl Engine {
             })
             .collect();
         let now = self.now_s;
+        let srtf = matches!(
+            self.cfg.queue_policy,
+            QueuePolicy::ShortestRemainingFirst { .. }
+        );
+        let mine = self.jobs[&id].remaining_s(now, self.cfg.default_runtime_s);
         let mut victims: Vec<(PreemptReason, (PriorityClass, u64, JobId))> = cands
             .into_iter()
             .filter_map(|v| {
@@ -1351,6 +1416,14 @@ impl Engine {
                 let key = (vj.priority, cost, v);
                 if vj.priority < priority {
                     return Some((PreemptReason::Priority { by: id }, key));
+                }
+                if srtf && vj.priority == priority {
+                    // SRTF: the longest remaining go first.
+                    let left = vj.remaining_s(now, self.cfg.default_runtime_s);
+                    return (left > mine).then_some((
+                        PreemptReason::ShorterRemaining { by: id },
+                        (vj.priority, u64::MAX - left, v),
+                    ));
                 }
                 let rm = reclaim?;
                 let vt = &self.tenants[vj.tenant as usize];

@@ -82,6 +82,8 @@ impl JobState {
 pub enum PreemptReason {
     /// Made room for a job of a higher priority class.
     Priority { by: JobId },
+    /// SRTF: a job with less time left needed the room.
+    ShorterRemaining { by: JobId },
     /// Its tenant was borrowing; the owner of the guarantee took it back.
     Reclaim { by: JobId },
     /// Its site's power budget was lowered below the draw.

@@ -79,6 +79,12 @@ pub struct Job {
     pub preemptions: u32,
     /// Its class queue while pending (see `queue`).
     pub class: crate::queue::ClassId,
+    /// Its place in line within the class queue (see `queue::Pending::order_s`).
+    pub order_s: u64,
+    /// Run time of earlier attempts (preempted or requeued).
+    pub run_s: u64,
+    /// Checkpoint overhead added by SRTF preemptions.
+    pub overhead_s: u64,
 }
 
 impl Job {
@@ -102,9 +108,26 @@ impl Job {
     pub fn pending(&self) -> crate::queue::Pending {
         crate::queue::Pending {
             job: self.id,
-            submit_s: self.submit_s,
+            order_s: self.order_s,
             bound_s: self.runtime_bound_s().unwrap_or(u64::MAX),
         }
+    }
+
+    /// Estimated time still to run: estimate (else limit, else the default) plus checkpoint
+    /// overheads, less what it ran.
+    pub fn remaining_s(&self, now_s: u64, default_runtime_s: u64) -> u64 {
+        let total = self
+            .estimate_s
+            .or(self.limit_s)
+            .unwrap_or(default_runtime_s)
+            + self.overhead_s;
+        let ran = self.run_s
+            + if self.state == JobState::Running {
+                now_s.saturating_sub(self.started_s)
+            } else {
+                0
+            };
+        total.saturating_sub(ran)
     }
 
     pub fn accel_milli(&self) -> u64 {

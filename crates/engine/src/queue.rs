@@ -32,14 +32,15 @@ pub struct ClassKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pending {
     pub job: JobId,
-    pub submit_s: u64,
+    /// Its place in line: submit time, or (SJF, SRTF) its estimated (remaining) runtime.
+    pub order_s: u64,
     /// Runtime limit, else estimate; u64::MAX when neither is given.
     pub bound_s: u64,
 }
 
 pub struct ClassQueue {
     pub jobs: BTreeSet<(u64, JobId)>,
-    /// The same jobs by runtime bound, then age.
+    /// The same jobs by runtime bound, then place in line.
     pub by_bound: BTreeSet<(u64, u64, JobId)>,
     /// Why the head waited at the last pass; the rest of the class waits behind it.
     pub wait: WaitReason,
@@ -53,11 +54,11 @@ pub struct Queues {
     len: usize,
 }
 
-/// The head of one class queue, ordered for a max-heap: higher priority, then older.
+/// The head of one class queue, ordered for a max-heap: higher priority, then earlier in line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubHead {
     pub priority: PriorityClass,
-    pub submit_s: u64,
+    pub order_s: u64,
     pub job: JobId,
     pub class: ClassId,
 }
@@ -66,7 +67,7 @@ impl Ord for SubHead {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
         self.priority
             .cmp(&o.priority)
-            .then(o.submit_s.cmp(&self.submit_s))
+            .then(o.order_s.cmp(&self.order_s))
             .then(o.job.cmp(&self.job))
     }
 }
@@ -117,8 +118,8 @@ impl Queues {
                 by_bound: BTreeSet::new(),
                 wait: WaitReason::Queued,
             });
-        if q.jobs.insert((p.submit_s, p.job)) {
-            q.by_bound.insert((p.bound_s, p.submit_s, p.job));
+        if q.jobs.insert((p.order_s, p.job)) {
+            q.by_bound.insert((p.bound_s, p.order_s, p.job));
             self.len += 1;
         }
     }
@@ -128,9 +129,9 @@ impl Queues {
         let Some(q) = classes.get_mut(&class) else {
             return false;
         };
-        let removed = q.jobs.remove(&(p.submit_s, p.job));
+        let removed = q.jobs.remove(&(p.order_s, p.job));
         if removed {
-            q.by_bound.remove(&(p.bound_s, p.submit_s, p.job));
+            q.by_bound.remove(&(p.bound_s, p.order_s, p.job));
             self.len -= 1;
             if q.jobs.is_empty() {
                 classes.remove(&class);
@@ -141,8 +142,8 @@ impl Queues {
 
     pub fn contains(&self, t: TenantIdx, class: ClassId, p: Pending) -> bool {
         self.tenants[t as usize].get(&class).is_some_and(|q| {
-            q.jobs.contains(&(p.submit_s, p.job))
-                && q.by_bound.contains(&(p.bound_s, p.submit_s, p.job))
+            q.jobs.contains(&(p.order_s, p.job))
+                && q.by_bound.contains(&(p.bound_s, p.order_s, p.job))
         })
     }
 
@@ -160,10 +161,10 @@ impl Queues {
     }
 
     fn head_of(&self, class: ClassId, q: &ClassQueue) -> Option<SubHead> {
-        let &(submit_s, job) = q.jobs.first()?;
+        let &(order_s, job) = q.jobs.first()?;
         Some(SubHead {
             priority: self.keys[class as usize].priority,
-            submit_s,
+            order_s,
             job,
             class,
         })
@@ -187,7 +188,7 @@ impl Queues {
             .map_or(WaitReason::Queued, |q| q.wait)
     }
 
-    /// Every pending job: (tenant, class, submit time, id).
+    /// Every pending job: (tenant, class, place in line, id).
     pub fn iter(&self) -> impl Iterator<Item = (TenantIdx, ClassId, u64, JobId)> + '_ {
         self.tenants.iter().enumerate().flat_map(|(t, classes)| {
             classes.iter().flat_map(move |(&c, q)| {

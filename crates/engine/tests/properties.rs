@@ -4,7 +4,7 @@
 mod common;
 
 use common::Highway;
-use gosok_engine::{Decision, EngineConfig, Event, JobId, JobState};
+use gosok_engine::{Decision, EngineConfig, Event, JobId, JobState, QueuePolicy};
 use gosok_model::{NodeState, QuotaSpec, TenantSpec, Tier};
 use proptest::prelude::*;
 
@@ -103,6 +103,35 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// The queue policies the twin compares, each with its own switches.
+fn config(seed: u64) -> EngineConfig {
+    let base = EngineConfig {
+        seed,
+        ..EngineConfig::default()
+    };
+    match seed % 4 {
+        0 => base,
+        1 => EngineConfig {
+            queue_policy: QueuePolicy::Fifo,
+            head_of_line_blocking: true,
+            backfill: false,
+            ..base
+        },
+        2 => EngineConfig {
+            queue_policy: QueuePolicy::ShortestFirst,
+            backfill: false,
+            ..base
+        },
+        _ => EngineConfig {
+            queue_policy: QueuePolicy::ShortestRemainingFirst {
+                overhead_s: [7, 30, 60],
+            },
+            max_preemption_attempts_per_pass: 50,
+            ..base
+        },
+    }
+}
+
 fn build(w: &World, seed: u64) -> common::Harness {
     let names = ["pohang", "jeonnam", "ulsan"];
     let mut h = Highway::new();
@@ -139,10 +168,7 @@ fn build(w: &World, seed: u64) -> common::Harness {
             weight: 2.0,
             ..TenantSpec::new("agency", Tier::Public)
         });
-    h.engine_with(EngineConfig {
-        seed,
-        ..EngineConfig::default()
-    })
+    h.engine_with(config(seed))
 }
 
 /// Runs the ops, checking invariants after each; returns the decision log as JSON.
@@ -254,13 +280,13 @@ fn the_generated_streams_exercise_starts_preemptions_and_rejections() {
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
     let (mut starts, mut preempts, mut rejects, mut sheds, mut requeues) = (0, 0, 0, 0, 0);
-    for _ in 0..64 {
+    for case in 0..64u64 {
         let w = world().new_tree(&mut runner).unwrap().current();
         let ops = prop::collection::vec(op(), 100..120)
             .new_tree(&mut runner)
             .unwrap()
             .current();
-        let log = run(&w, &ops, 1).unwrap();
+        let log = run(&w, &ops, case).unwrap();
         let log: Vec<Decision> = serde_json::from_str(&log).unwrap();
         for d in log {
             match d {

@@ -873,3 +873,126 @@ fn a_gang_waiting_for_power_is_not_starved_by_small_jobs_taking_every_freed_watt
     assert!(h.started(gang), "the gang starved for power");
     assert!(t <= 5400 + 60, "started only at {t} s");
 }
+
+fn policy(p: gosok_engine::QueuePolicy, hol: bool, preempt: bool) -> EngineConfig {
+    EngineConfig {
+        queue_policy: p,
+        head_of_line_blocking: hol,
+        backfill: false,
+        max_preemption_attempts_per_pass: if preempt { 1000 } else { 0 },
+        ..EngineConfig::default()
+    }
+}
+
+#[test]
+fn fifo_with_head_of_line_blocking_lets_nothing_pass_the_first_in_line() {
+    let cfg = policy(gosok_engine::QueuePolicy::Fifo, true, false);
+    let mut h = small(1, 2).tenants(&["vc"]).engine_with(cfg);
+    let running = h.submit("vc", r#"{"groups":[{"accelerators":8}]}"#);
+    h.schedule();
+    let big = h.submit("vc", r#"{"groups":[{"replicas":2,"accelerators":8}]}"#);
+    let little = h.submit("vc", r#"{"groups":[{"accelerators":1}]}"#);
+    h.schedule();
+    assert!(h.started(running));
+    assert_eq!(
+        (h.state(big), h.state(little)),
+        (JobState::Pending, JobState::Pending)
+    );
+    // Without head-of-line blocking the little one would have gone.
+    let mut h = small(1, 2).tenants(&["vc"]).engine_with(policy(
+        gosok_engine::QueuePolicy::Fifo,
+        false,
+        false,
+    ));
+    h.submit("vc", r#"{"groups":[{"accelerators":8}]}"#);
+    h.schedule();
+    h.submit("vc", r#"{"groups":[{"replicas":2,"accelerators":8}]}"#);
+    let little = h.submit("vc", r#"{"groups":[{"accelerators":1}]}"#);
+    h.schedule();
+    assert!(h.started(little));
+}
+
+#[test]
+fn sjf_starts_the_shortest_estimate_first() {
+    let cfg = policy(gosok_engine::QueuePolicy::ShortestFirst, true, false);
+    let mut h = small(1, 1).tenants(&["vc"]).engine_with(cfg);
+    let blocker = h.submit(
+        "vc",
+        r#"{"groups":[{"accelerators":8}],"runtime_estimate_s":10}"#,
+    );
+    h.schedule();
+    let long = h.submit(
+        "vc",
+        r#"{"groups":[{"accelerators":8}],"runtime_estimate_s":5000}"#,
+    );
+    let short = h.submit(
+        "vc",
+        r#"{"groups":[{"accelerators":8}],"runtime_estimate_s":50}"#,
+    );
+    assert_eq!(h.engine.queue(), vec![short, long]);
+    h.at(10);
+    h.finish(blocker, 0);
+    h.schedule();
+    assert!(h.started(short) && !h.started(long));
+}
+
+#[test]
+fn srtf_preempts_the_longest_remaining_and_charges_it_the_checkpoint_overhead() {
+    let cfg = policy(
+        gosok_engine::QueuePolicy::ShortestRemainingFirst {
+            overhead_s: [7, 30, 60],
+        },
+        false,
+        true,
+    );
+    let mut h = small(1, 1).tenants(&["vc"]).engine_with(cfg);
+    let long = h.submit(
+        "vc",
+        r#"{"groups":[{"accelerators":8}],"runtime_estimate_s":1000}"#,
+    );
+    h.schedule();
+    h.at(100);
+    let short = h.submit(
+        "vc",
+        r#"{"groups":[{"accelerators":8}],"runtime_estimate_s":200}"#,
+    );
+    h.schedule();
+    assert!(h.started(short));
+    assert_eq!(
+        h.preemptions(),
+        vec![(
+            long,
+            format!("ShorterRemaining {{ by: JobId({}) }}", short.0)
+        )]
+    );
+    // 900 s left plus 30 s to checkpoint and restart an 8-accelerator job.
+    assert_eq!(h.engine.job(long).unwrap().remaining_s(100, 0), 930);
+    // The preempted job never preempts back: its remaining time only grew.
+    for t in (110..400).step_by(10) {
+        h.at(t);
+        h.schedule();
+    }
+    assert_eq!(h.preemptions().len(), 1);
+    h.at(400);
+    h.finish(short, 0);
+    h.schedule();
+    assert!(h.started(long));
+}
+
+#[test]
+fn without_backfill_nothing_is_reserved() {
+    let cfg = EngineConfig {
+        backfill: false,
+        ..EngineConfig::default()
+    };
+    let mut h = small(1, 2).tenants(&["lab", "anchor"]).engine_with(cfg);
+    h.submit(
+        "lab",
+        r#"{"groups":[{"accelerators":8}],"runtime_estimate_s":1000}"#,
+    );
+    h.schedule();
+    let gang = h.submit("anchor", r#"{"groups":[{"replicas":2,"accelerators":8}]}"#);
+    h.schedule();
+    assert_eq!(h.engine.reservation().job, None);
+    assert!(!h.why(gang).contains("reserved"), "{}", h.why(gang));
+}
