@@ -162,7 +162,10 @@ impl Progress {
             self.bar.set_draw_target(ProgressDrawTarget::stderr());
         }
         self.bar.set_length(total as u64);
-        self.bar.set_position(done as u64);
+        // Workers report out of order; never move the bar backwards.
+        if done as u64 > self.bar.position() {
+            self.bar.set_position(done as u64);
+        }
     }
 
     fn finish(&self) {
