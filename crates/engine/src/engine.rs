@@ -1387,18 +1387,24 @@ impl Engine {
         } else {
             priority
         };
-        let cands: Vec<JobId> = self
-            .preemptible_running
-            .range(..=(upto, JobId(u64::MAX)))
-            .map(|&(_, v)| v)
-            .filter(|v| {
-                self.jobs[v].tasks.iter().any(|t| {
-                    let n = &self.cluster.nodes[t.hold.node as usize];
-                    shape.sites.contains(n.site)
-                        && (models.is_empty() || n.model.is_some_and(|m| models.contains(m)))
-                })
-            })
-            .collect();
+        // Lowest classes first; once enough victims are found, a class boundary ends the
+        // search (victims of higher classes would sort after all of them).
+        let mut cands: Vec<JobId> = Vec::new();
+        let mut class = None;
+        for &(p, v) in self.preemptible_running.range(..=(upto, JobId(u64::MAX))) {
+            if class != Some(p) && cands.len() >= 2 * MAX_VICTIMS {
+                break;
+            }
+            class = Some(p);
+            let usable = self.jobs[&v].tasks.iter().any(|t| {
+                let n = &self.cluster.nodes[t.hold.node as usize];
+                shape.sites.contains(n.site)
+                    && (models.is_empty() || n.model.is_some_and(|m| models.contains(m)))
+            });
+            if usable {
+                cands.push(v);
+            }
+        }
         let now = self.now_s;
         let srtf = matches!(
             self.cfg.queue_policy,
@@ -1443,7 +1449,8 @@ impl Engine {
             let vj = &self.jobs[v];
             let vt = &self.tenants[vj.tenant as usize];
             let milli = vj.accel_milli();
-            let models: BTreeSet<ModelId> = vj.tasks.iter().filter_map(|t| t.model).collect();
+            let mut models: Vec<ModelId> = vj.tasks.iter().filter_map(|t| t.model).collect();
+            models.dedup();
             let ok = !matches!(reason, PreemptReason::Reclaim { .. })
                 || models.iter().all(|&m| {
                     let before = released.get(&(vj.tenant, m)).copied().unwrap_or(0);
@@ -1563,14 +1570,21 @@ impl Engine {
         if order.is_empty() || !self.fits_without(id, &order) {
             return None;
         }
+        // Bucket counts (no placement) find where the smallest sufficient prefix can start;
+        // real placements then confirm, stepping up while power or topology say no.
         let (mut lo, mut hi) = (1, order.len());
         while lo < hi {
             let mid = (lo + hi) / 2;
-            if self.fits_without(id, &order[..mid]) {
+            if self.could_fit_without(id, &order[..mid]) {
                 hi = mid;
             } else {
                 lo = mid + 1;
             }
+        }
+        let mut step = 1;
+        while lo < order.len() && !self.fits_without(id, &order[..lo]) {
+            lo = (lo + step).min(order.len());
+            step *= 2;
         }
         let prefix = &order[..lo];
         for &v in prefix {
@@ -1579,7 +1593,7 @@ impl Engine {
         let mut keep = vec![false; prefix.len()];
         for k in (0..prefix.len()).rev().take(MAX_SPARE_TRIES) {
             self.charge(prefix[k], false);
-            if self.try_place_and_undo(id) {
+            if self.could_fit_without(id, &[]) && self.try_place_and_undo(id) {
                 keep[k] = true;
             } else {
                 self.charge(prefix[k], true);
@@ -1590,6 +1604,26 @@ impl Engine {
             self.charge(prefix[k], false);
         }
         Some(chosen)
+    }
+
+    /// The bucket-count upper bound of `fits_without`: cheap, never says no when the job
+    /// would fit.
+    fn could_fit_without(&mut self, id: JobId, victims: &[JobId]) -> bool {
+        for &v in victims {
+            self.charge(v, true);
+        }
+        let placer = Placer {
+            scorers: &self.scorers,
+            profile: &self.profile,
+            score_candidates: self.cfg.score_candidates,
+            seed: self.cfg.seed,
+            visited: Default::default(),
+        };
+        let fits = placer.could_fit(&self.cluster, &self.shapes[self.jobs[&id].shape as usize]);
+        for &v in victims.iter().rev() {
+            self.charge(v, false);
+        }
+        fits
     }
 
     /// Whether the job would fit with `victims` off their nodes; leaves the state unchanged.

@@ -318,7 +318,7 @@ impl<'a> Placer<'a> {
 
     /// An upper bound, from bucket sizes alone, on whether the gang's whole-device groups
     /// could fit at all: lets a hopeless attempt fail without touching any node.
-    fn could_fit(&self, cluster: &Cluster, shape: &Shape) -> bool {
+    pub fn could_fit(&self, cluster: &Cluster, shape: &Shape) -> bool {
         let n_sites = cluster.sites.len() as u16;
         shape.groups.iter().all(|g| {
             let AccelReq::Whole(k) = g.accel else {
