@@ -586,7 +586,10 @@ fn steady_state(
         let took = ms(t.elapsed());
         passes.push(took);
         if slowest.as_ref().is_none_or(|s: &SlowPass| took > s.ms) {
-            slowest = Some(SlowPass { ms: took, stats: engine.last_pass() });
+            slowest = Some(SlowPass {
+                ms: took,
+                stats: engine.last_pass(),
+            });
         }
         starts += out.iter().filter(|d| is_start(d)).count();
         preemptions += out
