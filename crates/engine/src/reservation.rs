@@ -87,11 +87,16 @@ pub fn plan(
             group.models.and(allowed).iter().map(Some).collect()
         };
         let mut best: Option<Pick> = None;
+        let mut tl = Timeline {
+            node: 0,
+            now: (0, 0, 0),
+            releases: Vec::new(),
+        };
         for model in models {
-            let lines = timelines(input, shape, model);
             // Every (time, node) at which one more replica could be hosted.
             let mut slots: Vec<(u64, u64, NodeIdx, u64)> = Vec::new();
-            for tl in &lines {
+            for n in candidates(input, shape, model) {
+                timeline_into(input, n, &mut tl);
                 let t0 = taken.get(&tl.node).copied().unwrap_or_default();
                 let unit = unit_of(cluster, tl.node, level);
                 if unit_fixed.is_some_and(|u| u != unit) {
@@ -116,8 +121,13 @@ pub fn plan(
                     }
                 }
             }
-            slots.sort_unstable();
             let need = group.replicas as usize;
+            if level.is_none() && slots.len() > need {
+                // Only the `need` earliest matter: select, then sort just those.
+                slots.select_nth_unstable(need - 1);
+                slots.truncate(need);
+            }
+            slots.sort_unstable();
             // Per unit, the time its `need`-th slot opens; the earliest unit wins.
             let pick = if level.is_none() {
                 (slots.len() >= need).then(|| {
@@ -203,47 +213,57 @@ pub fn plan(
     })
 }
 
-fn timelines(input: &PlanInput, shape: &Shape, model: Option<ModelId>) -> Vec<Timeline> {
+/// Up nodes of `model` (any node for CPU-only work) in the job's sites.
+fn candidates<'a>(
+    input: &'a PlanInput,
+    shape: &'a Shape,
+    model: Option<ModelId>,
+) -> impl Iterator<Item = NodeIdx> + 'a {
     let cluster = input.cluster;
-    let mut out = Vec::new();
-    for s in shape
+    shape
         .sites
         .iter()
         .take_while(|&s| (s as usize) < cluster.sites.len())
-    {
-        match model {
-            Some(m) => {
-                for level in cluster.index.bucket(s, m) {
-                    out.extend(level.iter().map(|&n| timeline(input, n)));
-                }
+        .flat_map(move |s| -> Box<dyn Iterator<Item = NodeIdx> + 'a> {
+            match model {
+                Some(m) => Box::new(
+                    cluster
+                        .index
+                        .bucket(s, m)
+                        .iter()
+                        .flat_map(|b| b.iter().copied()),
+                ),
+                None => Box::new(cluster.index.any(s).iter().copied()),
             }
-            None => out.extend(cluster.index.any(s).iter().map(|&n| timeline(input, n))),
-        }
-    }
-    out
+        })
 }
 
 fn timeline(input: &PlanInput, n: NodeIdx) -> Timeline {
+    let mut tl = Timeline {
+        node: n,
+        now: (0, 0, 0),
+        releases: Vec::new(),
+    };
+    timeline_into(input, n, &mut tl);
+    tl
+}
+
+/// Fills `tl` with node `n`'s free capacity now and what frees up when, reusing its buffer.
+fn timeline_into(input: &PlanInput, n: NodeIdx, tl: &mut Timeline) {
     let node = &input.cluster.nodes[n as usize];
     debug_assert!(node.state == NodeState::Up);
-    let mut releases: Vec<Release> = node
-        .tasks
-        .iter()
-        .map(|t| Release {
-            at_s: t.planned_end_s(input.now_s, input.grace_s),
-            whole: t.whole as u64,
-            cpu_milli: t.cpu_milli,
-            mem_mib: t.mem_mib,
-        })
-        .collect();
-    releases.sort_unstable_by_key(|r| r.at_s);
-    Timeline {
-        node: n,
-        now: (
-            node.free_whole as u64,
-            node.cpu_free_milli,
-            node.mem_free_mib,
-        ),
-        releases,
-    }
+    tl.node = n;
+    tl.now = (
+        node.free_whole as u64,
+        node.cpu_free_milli,
+        node.mem_free_mib,
+    );
+    tl.releases.clear();
+    tl.releases.extend(node.tasks.iter().map(|t| Release {
+        at_s: t.planned_end_s(input.now_s, input.grace_s),
+        whole: t.whole as u64,
+        cpu_milli: t.cpu_milli,
+        mem_mib: t.mem_mib,
+    }));
+    tl.releases.sort_unstable_by_key(|r| r.at_s);
 }
