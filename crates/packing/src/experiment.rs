@@ -549,6 +549,23 @@ mod tests {
     }
 
     #[test]
+    fn observers_see_every_arrival_and_the_books_add_up() {
+        let p = tiny();
+        let mut seen = 0u64;
+        let mut placed_milli = 0u64;
+        let (r, state) = run_observed(&p, PolicyKind::Gosok, 3, 1.3, &mut |a| {
+            seen += 1;
+            if a.node.is_some() {
+                placed_milli += u64::from(a.pod.demand.total_gpu_milli());
+            }
+        })
+        .unwrap();
+        assert_eq!(seen, r.arrived_pods);
+        assert_eq!(placed_milli, state.used_gpu_milli);
+        assert_eq!(r.allocated_gpu_milli, state.used_gpu_milli);
+    }
+
+    #[test]
     fn run_many_keeps_the_job_order() {
         let p = tiny();
         let r = run_many(
