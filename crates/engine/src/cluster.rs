@@ -73,7 +73,7 @@ impl NodeTask {
             .iter()
             .copied()
             .find(|&e| e > now_s)
-            .unwrap_or(now_s + grace_s)
+            .unwrap_or(now_s.saturating_add(grace_s))
     }
 }
 

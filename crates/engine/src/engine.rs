@@ -714,7 +714,7 @@ impl Engine {
         }
         job.tasks = tasks;
         if let Some(l) = job.limit_s {
-            self.limits.insert((now + l, id));
+            self.limits.insert((now.saturating_add(l), id));
         }
         if job.preemptible {
             self.preemptible_running.insert((job.priority, id));
@@ -737,7 +737,7 @@ impl Engine {
             return;
         };
         if let Some(l) = job.limit_s {
-            self.limits.remove(&(job.started_s + l, id));
+            self.limits.remove(&(job.started_s.saturating_add(l), id));
         }
         if job.preemptible && job.state == JobState::Running {
             self.preemptible_running.remove(&(job.priority, id));
@@ -1269,7 +1269,7 @@ impl Engine {
         let job = &self.jobs[&id];
         let fits_before = job
             .runtime_bound_s()
-            .is_some_and(|b| self.now_s + b <= res.start_s);
+            .is_some_and(|b| self.now_s.saturating_add(b) <= res.start_s);
         holder != id && !fits_before
     }
 
@@ -1418,7 +1418,7 @@ impl Engine {
                 if !vj.preemptible || vj.state != JobState::Running {
                     return None;
                 }
-                let cost = (now - vj.started_s + 1) * (vj.accel_milli() + 1);
+                let cost = (now - vj.started_s + 1).saturating_mul(vj.accel_milli() + 1);
                 let key = (vj.priority, cost, v);
                 if vj.priority < priority {
                     return Some((PreemptReason::Priority { by: id }, key));

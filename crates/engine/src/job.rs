@@ -91,7 +91,7 @@ impl Job {
     /// Start + estimate, start + limit, start + default runtime (0 where not given): what
     /// its nodes keep to plan when it ends (see `cluster::NodeTask`).
     pub fn ends_s(&self, default_runtime_s: u64) -> [u64; 3] {
-        let at = |d: Option<u64>| d.map_or(0, |d| self.started_s + d);
+        let at = |d: Option<u64>| d.map_or(0, |d| self.started_s.saturating_add(d));
         [
             at(self.estimate_s),
             at(self.limit_s),

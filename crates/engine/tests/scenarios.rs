@@ -996,3 +996,96 @@ fn without_backfill_nothing_is_reserved() {
     assert_eq!(h.engine.reservation().job, None);
     assert!(!h.why(gang).contains("reserved"), "{}", h.why(gang));
 }
+
+#[test]
+fn extreme_times_and_bad_references_are_errors_not_panics() {
+    let mut h = small(1, 1).tenants(&["lab"]).engine();
+    let j = h.submit("lab", r#"{"groups":[{"accelerators":8}],"runtime_estimate_s":31622400,"runtime_limit_s":31622400}"#);
+    h.schedule();
+    h.at(u64::MAX - 1);
+    h.schedule();
+    assert_eq!(h.state(j), JobState::Failed, "it outran its limit");
+    assert!(h.engine.apply(Event::AdvanceTime { now_s: 5 }).is_err());
+    assert!(h.engine.apply(Event::Cancel { id: JobId(999) }).is_err());
+    assert!(
+        h.engine
+            .apply(Event::NodeState {
+                node: "nope".into(),
+                state: NodeState::Up
+            })
+            .is_err()
+    );
+    assert!(
+        h.engine
+            .apply(Event::SitePowerBudget {
+                site: "pohang".into(),
+                power_budget_mw: f64::NAN
+            })
+            .is_err()
+    );
+    assert!(
+        h.engine
+            .apply(Event::SitePowerBudget {
+                site: "pohang".into(),
+                power_budget_mw: -3.0
+            })
+            .is_err()
+    );
+    assert!(
+        h.engine
+            .apply(Event::TaskEnded {
+                id: j,
+                attempt: 1,
+                task: 7,
+                exit_code: 0
+            })
+            .is_err()
+    );
+    let dup = h.engine.apply(Event::Submit {
+        id: j,
+        tenant: "lab".into(),
+        spec: spec(r#"{"groups":[{"accelerators":1}]}"#),
+    });
+    assert!(dup.is_err());
+    h.engine.check_invariants().unwrap();
+}
+
+#[test]
+fn scorers_are_policies_bestfit_packs_and_power_spreads() {
+    let two_racks = |scorers: Vec<(String, f64)>| {
+        let cfg = EngineConfig {
+            scorers,
+            ..EngineConfig::default()
+        };
+        let mut h = Highway::new()
+            .site("pohang", "gyeongbuk", "KR", 20.0)
+            .rack("pohang", "r0", 100.0, None, 2, "H100", 8)
+            .rack("pohang", "r1", 100.0, None, 2, "H100", 8)
+            .tenants(&["lab"])
+            .engine_with(cfg);
+        let jobs: Vec<JobId> = (0..4)
+            .map(|_| h.submit("lab", r#"{"groups":[{"accelerators":2}]}"#))
+            .collect();
+        h.schedule();
+        let nodes: std::collections::BTreeSet<String> =
+            jobs.iter().flat_map(|&j| h.nodes_of(j)).collect();
+        nodes
+    };
+    // Best fit puts four 2-accelerator jobs on one node; power headroom spreads them.
+    assert_eq!(two_racks(vec![("bestfit".into(), 1.0)]).len(), 1);
+    let spread = two_racks(vec![("power".into(), 1.0)]);
+    assert!(
+        spread.iter().any(|n| n.starts_with("r0")) && spread.iter().any(|n| n.starts_with("r1")),
+        "{spread:?}"
+    );
+    // An unknown scorer is a configuration error naming it.
+    let bad = gosok_engine::Engine::new(
+        gosok_model::Catalog::builtin(),
+        &small(1, 1).spec,
+        EngineConfig {
+            scorers: vec![("magic".into(), 1.0)],
+            ..EngineConfig::default()
+        },
+    );
+    assert!(bad.err().unwrap().to_string().contains("magic"));
+}
