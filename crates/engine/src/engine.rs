@@ -72,6 +72,18 @@ pub struct PassStats {
     pub preempted: u64,
 }
 
+/// What makes jobs fail alike within one pass (see `Engine::consider`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FailedKey {
+    shape: ShapeId,
+    bound: bool,
+    allowed: ModelSet,
+    priority: PriorityClass,
+    reclaimer: Option<TenantIdx>,
+}
+
+type FailedShapes = HashMap<FailedKey, WaitReason, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// A pending job's place in its line under `policy`.
 fn order_key(policy: QueuePolicy, job: &Job, default_runtime_s: u64) -> u64 {
     match policy {
@@ -1067,11 +1079,7 @@ impl Engine {
             .filter_map(|t| subs[t as usize].peek().map(|&s| self.head(t, s, cap)))
             .collect();
         // Shapes that failed this pass, by whether they were held off reserved capacity.
-        let mut failed: HashMap<
-            (ShapeId, bool, ModelSet),
-            WaitReason,
-            std::hash::BuildHasherDefault<IdHasher>,
-        > = HashMap::default();
+        let mut failed = FailedShapes::default();
         let mut preemption_budget = self.cfg.max_preemption_attempts_per_pass;
         // The first job in line that could not start: it gets the reservation if the one
         // holding it started during the pass.
@@ -1147,11 +1155,7 @@ impl Engine {
     fn consider(
         &mut self,
         id: JobId,
-        failed: &mut HashMap<
-            (ShapeId, bool, ModelSet),
-            WaitReason,
-            std::hash::BuildHasherDefault<IdHasher>,
-        >,
+        failed: &mut FailedShapes,
         preemption_budget: &mut usize,
         first_blocked: &mut Option<(JobId, ModelSet, Blocker)>,
         out: &mut Vec<Decision>,
@@ -1171,7 +1175,20 @@ impl Engine {
         };
         let holder = self.reservation.job == Some(id);
         let bound = self.bound_by_reservation(id);
-        let cache_key = (sid, bound, allowed);
+        // Jobs of one shape fit or fail alike, unless they may preempt differently: the key
+        // carries the priority class and, for a tenant that may reclaim, the tenant.
+        let reclaimer = if self.tenants[job.tenant as usize].quotas.is_empty() {
+            None
+        } else {
+            self.reclaim_models(id).map(|_| job.tenant)
+        };
+        let cache_key = FailedKey {
+            shape: sid,
+            bound,
+            allowed,
+            priority,
+            reclaimer,
+        };
         self.stats.considered += 1;
         if let Some(&r) = failed.get(&cache_key) {
             self.stats.cached += 1;
@@ -1265,12 +1282,30 @@ impl Engine {
     /// would still run when the reservation begins.
     fn bound_by_reservation(&self, id: JobId) -> bool {
         let res = &self.reservation;
-        let Some(holder) = res.job else { return false };
+        let Some(holder) = res.job else {
+            return false;
+        };
         let job = &self.jobs[&id];
         let fits_before = job
             .runtime_bound_s()
             .is_some_and(|b| self.now_s.saturating_add(b) <= res.start_s);
-        holder != id && !fits_before
+        holder != id && !fits_before && !self.outranks(id, holder)
+    }
+
+    /// Whether `id` comes before the reservation's holder whatever the line says: a strictly
+    /// higher priority class, or a job within its tenant's guarantee against a holder whose
+    /// tenant is borrowing.
+    fn outranks(&self, id: JobId, holder: JobId) -> bool {
+        let (job, Some(h)) = (&self.jobs[&id], self.jobs.get(&holder)) else {
+            return true;
+        };
+        if job.priority != h.priority {
+            return job.priority > h.priority;
+        }
+        let ht = &self.tenants[h.tenant as usize];
+        let borrowing =
+            ht.quotas.is_empty() || ht.quotas.iter().any(|q| q.used_milli > q.guaranteed_milli);
+        h.tenant != job.tenant && borrowing && self.reclaim_models(id).is_some()
     }
 
     /// Plans (or keeps) the reservation for `id`; returns its start.
@@ -1372,6 +1407,8 @@ impl Engine {
     /// preempts them and starts the job in the same breath, so the freed capacity cannot go
     /// to anyone else and nothing is preempted for a job that then does not start.
     fn try_preempt(&mut self, id: JobId, out: &mut Vec<Decision>) -> bool {
+        // Decided before any victim goes: preempting changes who outranks whom.
+        let bound = self.bound_by_reservation(id);
         let job = &self.jobs[&id];
         let (priority, tenant) = (job.priority, job.tenant);
         let shape = &self.shapes[job.shape as usize];
@@ -1466,9 +1503,9 @@ impl Engine {
         victims.truncate(MAX_VICTIMS);
         let single = matches!(&shape.groups[..], [g] if g.replicas == 1);
         let chosen = if single {
-            self.victims_on_one_node(id, &victims)
+            self.victims_on_one_node(id, &victims, bound)
         } else {
-            self.victims_for_gang(id, &victims)
+            self.victims_for_gang(id, &victims, bound)
         };
         let Some(chosen) = chosen else {
             return false;
@@ -1477,7 +1514,7 @@ impl Engine {
             let (reason, (_, _, v)) = victims[i].clone();
             self.preempt(v, reason, out);
         }
-        match self.place_now(id) {
+        match self.place_as(id, bound) {
             Ok((placed, slack_used)) => {
                 self.start_placed(id, placed, slack_used, out);
                 true
@@ -1494,6 +1531,7 @@ impl Engine {
         &mut self,
         id: JobId,
         victims: &[(PreemptReason, (PriorityClass, u64, JobId))],
+        bound: bool,
     ) -> Option<Vec<usize>> {
         let shape = &self.shapes[self.jobs[&id].shape as usize];
         let mut by_node: BTreeMap<NodeIdx, Vec<usize>> = BTreeMap::new();
@@ -1517,7 +1555,6 @@ impl Engine {
             .collect();
         nodes.sort_unstable();
         nodes.truncate(MAX_PREEMPTION_NODES);
-        let bound = self.bound_by_reservation(id);
         let mut best: Option<(u64, Vec<usize>)> = None;
         for (_, n) in nodes {
             let mut freed = Vec::new();
@@ -1565,9 +1602,10 @@ impl Engine {
         &mut self,
         id: JobId,
         victims: &[(PreemptReason, (PriorityClass, u64, JobId))],
+        bound: bool,
     ) -> Option<Vec<usize>> {
         let order: Vec<JobId> = victims.iter().map(|v| v.1.2).collect();
-        if order.is_empty() || !self.fits_without(id, &order) {
+        if order.is_empty() || !self.fits_without(id, &order, bound) {
             return None;
         }
         // Bucket counts (no placement) find where the smallest sufficient prefix can start;
@@ -1582,7 +1620,7 @@ impl Engine {
             }
         }
         let mut step = 1;
-        while lo < order.len() && !self.fits_without(id, &order[..lo]) {
+        while lo < order.len() && !self.fits_without(id, &order[..lo], bound) {
             lo = (lo + step).min(order.len());
             step *= 2;
         }
@@ -1593,7 +1631,7 @@ impl Engine {
         let mut keep = vec![false; prefix.len()];
         for k in (0..prefix.len()).rev().take(MAX_SPARE_TRIES) {
             self.charge(prefix[k], false);
-            if self.could_fit_without(id, &[]) && self.try_place_and_undo(id) {
+            if self.could_fit_without(id, &[]) && self.try_place_and_undo(id, bound) {
                 keep[k] = true;
             } else {
                 self.charge(prefix[k], true);
@@ -1627,19 +1665,19 @@ impl Engine {
     }
 
     /// Whether the job would fit with `victims` off their nodes; leaves the state unchanged.
-    fn fits_without(&mut self, id: JobId, victims: &[JobId]) -> bool {
+    fn fits_without(&mut self, id: JobId, victims: &[JobId], bound: bool) -> bool {
         for &v in victims {
             self.charge(v, true);
         }
-        let fits = self.try_place_and_undo(id);
+        let fits = self.try_place_and_undo(id, bound);
         for &v in victims.iter().rev() {
             self.charge(v, false);
         }
         fits
     }
 
-    fn try_place_and_undo(&mut self, id: JobId) -> bool {
-        match self.place_now(id) {
+    fn try_place_and_undo(&mut self, id: JobId, bound: bool) -> bool {
+        match self.place_as(id, bound) {
             Ok((placed, _)) => {
                 for p in placed {
                     self.cluster.give(
@@ -1659,7 +1697,15 @@ impl Engine {
     /// Places the job on the cluster as it is now (taking the holds), honouring the
     /// reservation unless the job holds it or ends before it begins.
     fn place_now(&mut self, id: JobId) -> Result<(Vec<Placed>, IdMap<NodeIdx, Slack>), Blocker> {
-        let bound = self.bound_by_reservation(id);
+        self.place_as(id, self.bound_by_reservation(id))
+    }
+
+    /// Places the job, held off the reservation's capacity if `bound`.
+    fn place_as(
+        &mut self,
+        id: JobId,
+        bound: bool,
+    ) -> Result<(Vec<Placed>, IdMap<NodeIdx, Slack>), Blocker> {
         let job = &self.jobs[&id];
         let placer = Placer {
             scorers: &self.scorers,

@@ -1089,3 +1089,45 @@ fn scorers_are_policies_bestfit_packs_and_power_spreads() {
     );
     assert!(bad.err().unwrap().to_string().contains("magic"));
 }
+
+#[test]
+fn a_reclaiming_tenant_is_not_turned_away_by_another_tenants_failure_of_the_same_shape() {
+    let quota = |borrow| {
+        vec![QuotaSpec {
+            accelerator: "H100".into(),
+            guaranteed: 8,
+            borrow_limit: borrow,
+        }]
+    };
+    let a = TenantSpec {
+        quotas: quota(8),
+        ..TenantSpec::new("a", Tier::Academic)
+    };
+    // b weighs so much that its jobs come first in line.
+    let b = TenantSpec {
+        quotas: quota(16),
+        weight: 1000.0,
+        ..TenantSpec::new("b", Tier::Anchor)
+    };
+    let mut h = small(1, 2).tenant(a).tenant(b).engine();
+    // a used the highway yesterday, so it is not first in line today.
+    let early = h.submit("a", r#"{"groups":[{"accelerators":8}]}"#);
+    h.schedule();
+    h.at(86_400);
+    h.finish(early, 0);
+    let b_jobs: Vec<_> = (0..2)
+        .map(|_| h.submit("b", r#"{"groups":[{"accelerators":8}]}"#))
+        .collect();
+    h.schedule();
+    assert!(
+        b_jobs.iter().all(|&j| h.started(j)),
+        "b borrows a's idle half"
+    );
+    h.at(86_500);
+    let b3 = h.submit("b", r#"{"groups":[{"accelerators":8}]}"#);
+    let a1 = h.submit("a", r#"{"groups":[{"accelerators":8}]}"#);
+    assert_eq!(h.engine.queue(), vec![b3, a1]);
+    h.schedule();
+    assert!(h.started(a1), "a reclaims its guarantee: {}", h.why(a1));
+    assert_eq!(h.state(b3), JobState::Pending);
+}
