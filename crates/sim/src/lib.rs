@@ -12,8 +12,10 @@
 //! Errors about inputs name the file, line and column ([`error::InputError`]); nothing here
 //! panics on any input.
 
+pub mod chart;
 pub mod csv;
 pub mod error;
+pub mod import;
 pub mod policy;
 pub mod replay;
 pub mod report;
@@ -21,6 +23,6 @@ pub mod workload;
 
 pub use error::{BadRows, InputError, Skipped};
 pub use policy::{Placement, Policy};
-pub use replay::{ReplayOptions, RunResult, SimError, replay};
+pub use replay::{ReplayOptions, RunResult, SimError, replay, replay_many};
 pub use report::Report;
 pub use workload::{Workload, WorkloadJob, read_cluster, read_workload};

@@ -713,3 +713,39 @@ fn summarize(
         scheduling_passes: t.passes,
     }
 }
+
+/// Several runs of one workload, each in its own thread (`std::thread::scope`): the runs share
+/// the cluster and the jobs read-only and each drives its own engine. Returns each run with
+/// its wall time in seconds, in the order of `runs`. `progress(run, done, total)`.
+pub fn replay_many(
+    cluster: &ClusterSpec,
+    jobs: &[WorkloadJob],
+    catalog: &Catalog,
+    runs: &[ReplayOptions],
+    progress: &(dyn Fn(usize, u64, u64) + Sync),
+) -> Vec<Result<(RunResult, f64), SimError>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = runs
+            .iter()
+            .enumerate()
+            .map(|(k, opts)| {
+                s.spawn(move || {
+                    let started = std::time::Instant::now();
+                    let r = replay(cluster, jobs, catalog, opts, &|d, t| progress(k, d, t))?;
+                    Ok((r, started.elapsed().as_secs_f64()))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(SimError::Invariant(
+                        "a replay thread panicked (a bug: please report it)".into(),
+                        0,
+                    ))
+                })
+            })
+            .collect()
+    })
+}

@@ -1,0 +1,160 @@
+//! Synthetic highways and workloads for scale tests (`gosok trace synth`), from
+//! `gosok_synth`: several sites of racks with power caps and a mix of accelerator models;
+//! a Poisson stream of fractional, single-node and gang jobs with log-normal runtimes and
+//! the over-estimates users give.
+//!
+//! The arrival rate is set from a target offered load (accelerator-seconds asked per second
+//! over the accelerators there are), measured on a pilot sample of the same generator.
+
+use gosok_synth::{HighwayParams, WorkloadGen, WorkloadParams, highway};
+
+use crate::import::{ImportError, ImportSummary, Imported};
+use crate::workload::WorkloadJob;
+
+#[derive(Debug, Clone)]
+pub struct SynthParams {
+    pub nodes: usize,
+    pub sites: usize,
+    pub jobs: usize,
+    pub seed: u64,
+    /// Offered load as a fraction of accelerator capacity (ignored with `arrival_rate_per_s`).
+    pub load: f64,
+    pub arrival_rate_per_s: Option<f64>,
+}
+
+/// Jobs of the pilot sample that measures the mean work per job.
+const PILOT_JOBS: usize = 4000;
+
+pub fn synthesize(p: &SynthParams) -> Result<Imported, ImportError> {
+    if p.nodes == 0 || p.nodes > 1_000_000 {
+        return Err(ImportError::param("--nodes", "give 1 to 1000000 nodes"));
+    }
+    if p.sites == 0 || p.sites > gosok_synth::SITES.len() {
+        return Err(ImportError::param(
+            "--sites",
+            format!("give 1 to {} sites", gosok_synth::SITES.len()),
+        ));
+    }
+    if p.jobs > 100_000_000 {
+        return Err(ImportError::param("--jobs", "at most 100000000 jobs"));
+    }
+    if !(p.load.is_finite() && p.load > 0.0 && p.load <= 100.0) {
+        return Err(ImportError::param(
+            "--load",
+            "give a fraction of capacity above 0 (e.g. 0.9)",
+        ));
+    }
+    let hp = HighwayParams {
+        nodes: p.nodes,
+        sites: p.sites,
+        ..HighwayParams::default()
+    };
+    hp.validate()
+        .map_err(|e| ImportError::param(&format!("--{}", e.field.replace('_', "-")), e.message))?;
+    let cluster = highway(&hp, p.seed);
+    let capacity: f64 = cluster
+        .node
+        .iter()
+        .map(|n| (n.count.unwrap_or(1) * n.accelerators) as f64)
+        .sum();
+    let mut wp = WorkloadParams {
+        jobs: p.jobs,
+        ..WorkloadParams::default()
+    };
+    let rate = match p.arrival_rate_per_s {
+        Some(r) => r,
+        None => {
+            // Accelerator-seconds per job, from a pilot stream with its own seed.
+            let pilot: Vec<_> = WorkloadGen::new(&wp, &cluster, p.seed ^ 0x5eed_1107)
+                .take(PILOT_JOBS)
+                .collect();
+            let work: f64 = pilot
+                .iter()
+                .map(|j| j.spec.total_accelerator_milli() as f64 / 1000.0 * j.duration_s as f64)
+                .sum::<f64>()
+                / pilot.len().max(1) as f64;
+            if work <= 0.0 || capacity <= 0.0 {
+                WorkloadParams::default().arrival_rate_per_s
+            } else {
+                p.load * capacity / work
+            }
+        }
+    };
+    wp.arrival_rate_per_s = rate;
+    wp.validate()
+        .map_err(|e| ImportError::param("--arrival-rate", e.to_string()))?;
+    let jobs: Vec<WorkloadJob> = WorkloadGen::new(&wp, &cluster, p.seed)
+        .take(p.jobs)
+        .enumerate()
+        .map(|(i, j)| WorkloadJob {
+            id: Some(format!("synth-{i}")),
+            tenant: j.tenant,
+            submit_s: j.submit_s,
+            duration_s: j.duration_s,
+            duration_measured_on: None,
+            spec: j.spec,
+        })
+        .collect();
+    let mut summary = ImportSummary {
+        source: format!(
+            "synthetic: {} nodes in {} sites, {} jobs",
+            p.nodes, p.sites, p.jobs
+        ),
+        rows_read: jobs.len() as u64,
+        jobs_written: jobs.len() as u64,
+        seed: Some(p.seed),
+        ..ImportSummary::default()
+    };
+    summary.count_cluster(&cluster);
+    summary.notes.push(match p.arrival_rate_per_s {
+        Some(r) => format!("Poisson arrivals at {r} jobs/s"),
+        None => format!(
+            "Poisson arrivals at {rate:.4} jobs/s: offered load {} of the accelerators",
+            p.load
+        ),
+    });
+    Ok(Imported {
+        cluster,
+        jobs,
+        summary,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_gives_the_same_trace_and_the_load_sets_the_rate() {
+        let p = SynthParams {
+            nodes: 50,
+            sites: 2,
+            jobs: 300,
+            seed: 3,
+            load: 0.8,
+            arrival_rate_per_s: None,
+        };
+        let a = synthesize(&p).unwrap();
+        let b = synthesize(&p).unwrap();
+        assert_eq!(a.jobs, b.jobs);
+        assert_eq!(a.cluster, b.cluster);
+        assert_eq!(a.summary.seed, Some(3));
+        let busier = synthesize(&SynthParams {
+            load: 1.6,
+            ..p.clone()
+        })
+        .unwrap();
+        // Twice the load: the same jobs arrive in about half the time.
+        let span = |i: &Imported| i.jobs.last().unwrap().submit_s as f64;
+        let ratio = span(&a) / span(&busier);
+        assert!((1.8..2.2).contains(&ratio), "{ratio}");
+        assert!(
+            synthesize(&SynthParams {
+                nodes: 0,
+                ..p.clone()
+            })
+            .is_err()
+        );
+        assert!(synthesize(&SynthParams { load: -1.0, ..p }).is_err());
+    }
+}
