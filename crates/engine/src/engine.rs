@@ -139,7 +139,7 @@ const MAX_PREEMPTION_NODES: usize = 64;
 const MAX_SPARE_TRIES: usize = 4;
 
 /// How long a reservation's plan is trusted before it is recomputed.
-const RESERVATION_REFRESH_S: u64 = 60;
+const RESERVATION_REFRESH_S: u64 = 300;
 
 impl Engine {
     pub fn new(
