@@ -1,0 +1,292 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous = FULL`, so that a
+//! committed transaction has been fsynced to the write-ahead log before `COMMIT` returns.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{Record, Snapshot, Store, StoreError};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    seq   INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    kind  TEXT NOT NULL,
+    body  BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    seq   INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    body  BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+";
+
+/// Snapshots kept besides the latest (older ones are deleted when a new one is stored).
+const KEEP_SNAPSHOTS: i64 = 2;
+
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Connection,
+    last: Option<u64>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if need be) the store file at `path`.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        // WAL: readers do not block the writer. FULL: COMMIT syncs the WAL, so a committed
+        // append survives a crash of the process or the machine.
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Corrupt(format!(
+                "{} cannot be put in WAL mode (it says {mode:?})",
+                path.display()
+            )));
+        }
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            conn,
+            last: None,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    Ok(Record {
+        seq: r.get::<_, i64>(0)? as u64,
+        at_ms: r.get::<_, i64>(1)? as u64,
+        kind: r.get(2)?,
+        body: r.get(3)?,
+    })
+}
+
+fn to_i64(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
+}
+
+impl Store for SqliteStore {
+    fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut last = self.last_seq()?;
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO events (seq, at_ms, kind, body) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for r in records {
+                if r.seq != last + 1 {
+                    return Err(StoreError::OutOfOrder { last, got: r.seq });
+                }
+                st.execute(params![to_i64(r.seq), to_i64(r.at_ms), r.kind, r.body])?;
+                last = r.seq;
+            }
+        }
+        tx.commit()?;
+        self.last = Some(last);
+        Ok(())
+    }
+
+    fn last_seq(&mut self) -> Result<u64, StoreError> {
+        if let Some(l) = self.last {
+            return Ok(l);
+        }
+        let l: i64 = self
+            .conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+        // Only the writer caches it: a reader's view moves on as the writer appends.
+        Ok(l as u64)
+    }
+
+    fn scan(
+        &mut self,
+        after: u64,
+        f: &mut dyn FnMut(Record) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "SELECT seq, at_ms, kind, body FROM events WHERE seq > ?1 ORDER BY seq",
+            )?;
+            let mut rows = st.query(params![to_i64(after)])?;
+            while let Some(row) = rows.next()? {
+                f(record(row)?)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn page(
+        &mut self,
+        after: u64,
+        limit: usize,
+        skip_kinds: &[&str],
+    ) -> Result<Vec<Record>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT seq, at_ms, kind, body FROM events WHERE seq > ?1 ORDER BY seq",
+        )?;
+        let mut rows = st.query(params![to_i64(after)])?;
+        let mut out = Vec::new();
+        while out.len() < limit
+            && let Some(row) = rows.next()?
+        {
+            let kind: String = row.get(2)?;
+            if skip_kinds.contains(&kind.as_str()) {
+                continue;
+            }
+            out.push(record(row)?);
+        }
+        Ok(out)
+    }
+
+    fn get(&mut self, seq: u64) -> Result<Option<Record>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT seq, at_ms, kind, body FROM events WHERE seq = ?1")?;
+        Ok(st.query_row(params![to_i64(seq)], record).optional()?)
+    }
+
+    fn put_snapshot(&mut self, s: &Snapshot) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO snapshots (seq, at_ms, body) VALUES (?1, ?2, ?3)",
+            params![to_i64(s.seq), to_i64(s.at_ms), s.body],
+        )?;
+        tx.execute(
+            "DELETE FROM snapshots WHERE seq NOT IN
+               (SELECT seq FROM snapshots ORDER BY seq DESC LIMIT ?1)",
+            params![KEEP_SNAPSHOTS],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn latest_snapshot(&mut self) -> Result<Option<Snapshot>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT seq, at_ms, body FROM snapshots ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(Snapshot {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        at_ms: r.get::<_, i64>(1)? as u64,
+                        body: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn meta(&mut self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    fn reopen(&self) -> Result<Box<dyn Store>, StoreError> {
+        Ok(Box::new(SqliteStore::open(&self.path)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(seq: u64) -> Record {
+        Record {
+            seq,
+            at_ms: 1000 + seq,
+            kind: if seq % 2 == 0 { "tick" } else { "submit" }.into(),
+            body: format!("body {seq}").into_bytes(),
+        }
+    }
+
+    #[test]
+    fn appends_read_back_in_order_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gosok.db");
+        let mut s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.last_seq().unwrap(), 0);
+        s.append(&(1..=5).map(rec).collect::<Vec<_>>()).unwrap();
+        s.append(&[rec(6)]).unwrap();
+        drop(s);
+        let mut s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.last_seq().unwrap(), 6);
+        let mut seen = Vec::new();
+        s.scan(2, &mut |r| {
+            seen.push(r);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, (3..=6).map(rec).collect::<Vec<_>>());
+        assert_eq!(s.get(4).unwrap(), Some(rec(4)));
+        assert_eq!(s.get(7).unwrap(), None);
+        let page = s.page(0, 2, &["tick"]).unwrap();
+        assert_eq!(page, vec![rec(1), rec(3)]);
+    }
+
+    #[test]
+    fn a_gap_or_a_repeat_is_refused_and_nothing_of_the_batch_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("gosok.db")).unwrap();
+        s.append(&[rec(1)]).unwrap();
+        let e = s.append(&[rec(2), rec(4)]).unwrap_err();
+        assert!(matches!(e, StoreError::OutOfOrder { last: 2, got: 4 }), "{e}");
+        let mut fresh = s.reopen().unwrap();
+        assert_eq!(fresh.last_seq().unwrap(), 1, "the failed batch left nothing");
+        s.last = None;
+        assert!(s.append(&[rec(1)]).is_err());
+        s.last = None;
+        s.append(&[rec(2)]).unwrap();
+    }
+
+    #[test]
+    fn snapshots_keep_the_latest_few() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("gosok.db")).unwrap();
+        assert_eq!(s.latest_snapshot().unwrap(), None);
+        for seq in [10, 20, 30] {
+            s.put_snapshot(&Snapshot {
+                seq,
+                at_ms: seq,
+                body: vec![seq as u8],
+            })
+            .unwrap();
+        }
+        assert_eq!(s.latest_snapshot().unwrap().unwrap().seq, 30);
+        let n: i64 = s
+            .conn
+            .query_row("SELECT COUNT(*) FROM snapshots", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, KEEP_SNAPSHOTS);
+        s.set_meta("format", "1").unwrap();
+        assert_eq!(s.meta("format").unwrap().as_deref(), Some("1"));
+        assert_eq!(s.meta("nope").unwrap(), None);
+    }
+}
