@@ -84,6 +84,35 @@ struct FailedKey {
 
 type FailedShapes = HashMap<FailedKey, WaitReason, std::hash::BuildHasherDefault<IdHasher>>;
 
+fn new_placer<'a>(
+    scorers: &'a [(Box<dyn Scorer>, f64)],
+    profile: &'a Profile,
+    cfg: &EngineConfig,
+) -> Placer<'a> {
+    Placer {
+        scorers,
+        profile,
+        score_candidates: cfg.score_candidates,
+        seed: cfg.seed,
+        visited: Default::default(),
+    }
+}
+
+fn request_for<'a>(
+    job: &Job,
+    shapes: &'a [Shape],
+    tenants: &'a [Tenant],
+    bound: bool,
+) -> Request<'a> {
+    Request {
+        job: job.id,
+        shape: &shapes[job.shape as usize],
+        tenant: &tenants[job.tenant as usize],
+        preemptible: job.preemptible,
+        bound_by_reservation: bound,
+    }
+}
+
 /// A pending job's place in its line under `policy`.
 fn order_key(policy: QueuePolicy, job: &Job, default_runtime_s: u64) -> u64 {
     match policy {
@@ -1567,20 +1596,8 @@ impl Engine {
                 freed.push(i);
                 cost = cost.saturating_add(victims[i].1.1);
                 let job = &self.jobs[&id];
-                let placer = Placer {
-                    scorers: &self.scorers,
-                    profile: &self.profile,
-                    score_candidates: self.cfg.score_candidates,
-                    seed: self.cfg.seed,
-                    visited: Default::default(),
-                };
-                let request = Request {
-                    job: id,
-                    shape: &self.shapes[job.shape as usize],
-                    tenant: &self.tenants[job.tenant as usize],
-                    preemptible: job.preemptible,
-                    bound_by_reservation: bound,
-                };
+                let placer = new_placer(&self.scorers, &self.profile, &self.cfg);
+                let request = request_for(job, &self.shapes, &self.tenants, bound);
                 if placer.fits_on(&self.cluster, &request, Some(&self.reservation), n) {
                     if best.as_ref().is_none_or(|b| cost < b.0) {
                         best = Some((cost, freed.clone()));
@@ -1647,33 +1664,27 @@ impl Engine {
     /// The bucket-count upper bound of `fits_without`: cheap, never says no when the job
     /// would fit.
     fn could_fit_without(&mut self, id: JobId, victims: &[JobId]) -> bool {
-        for &v in victims {
-            self.charge(v, true);
-        }
-        let placer = Placer {
-            scorers: &self.scorers,
-            profile: &self.profile,
-            score_candidates: self.cfg.score_candidates,
-            seed: self.cfg.seed,
-            visited: Default::default(),
-        };
-        let fits = placer.could_fit(&self.cluster, &self.shapes[self.jobs[&id].shape as usize]);
-        for &v in victims.iter().rev() {
-            self.charge(v, false);
-        }
-        fits
+        self.with_released(victims, |e| {
+            let placer = new_placer(&e.scorers, &e.profile, &e.cfg);
+            placer.could_fit(&e.cluster, &e.shapes[e.jobs[&id].shape as usize])
+        })
     }
 
     /// Whether the job would fit with `victims` off their nodes; leaves the state unchanged.
     fn fits_without(&mut self, id: JobId, victims: &[JobId], bound: bool) -> bool {
+        self.with_released(victims, |e| e.try_place_and_undo(id, bound))
+    }
+
+    /// Runs `f` with `victims` off their nodes, then puts them back exactly.
+    fn with_released<T>(&mut self, victims: &[JobId], f: impl FnOnce(&mut Self) -> T) -> T {
         for &v in victims {
             self.charge(v, true);
         }
-        let fits = self.try_place_and_undo(id, bound);
+        let result = f(self);
         for &v in victims.iter().rev() {
             self.charge(v, false);
         }
-        fits
+        result
     }
 
     fn try_place_and_undo(&mut self, id: JobId, bound: bool) -> bool {
@@ -1707,20 +1718,8 @@ impl Engine {
         bound: bool,
     ) -> Result<(Vec<Placed>, IdMap<NodeIdx, Slack>), Blocker> {
         let job = &self.jobs[&id];
-        let placer = Placer {
-            scorers: &self.scorers,
-            profile: &self.profile,
-            score_candidates: self.cfg.score_candidates,
-            seed: self.cfg.seed,
-            visited: Default::default(),
-        };
-        let request = Request {
-            job: id,
-            shape: &self.shapes[job.shape as usize],
-            tenant: &self.tenants[job.tenant as usize],
-            preemptible: job.preemptible,
-            bound_by_reservation: bound,
-        };
+        let placer = new_placer(&self.scorers, &self.profile, &self.cfg);
+        let request = request_for(job, &self.shapes, &self.tenants, bound);
         let result = placer.place(&mut self.cluster, &request, Some(&self.reservation));
         self.stats.placements += 1;
         self.stats.nodes_visited += placer.visited.get();
