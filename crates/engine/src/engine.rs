@@ -1622,33 +1622,38 @@ impl Engine {
         bound: bool,
     ) -> Option<Vec<usize>> {
         let order: Vec<JobId> = victims.iter().map(|v| v.1.2).collect();
-        if order.is_empty() || !self.fits_without(id, &order, bound) {
-            return None;
-        }
-        // Bucket counts (no placement) find where the smallest sufficient prefix can start;
-        // real placements then confirm, stepping up while power or topology say no.
-        let (mut lo, mut hi) = (1, order.len());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if self.could_fit_without(id, &order[..mid]) {
-                hi = mid;
-            } else {
-                lo = mid + 1;
+        // Free victims cheapest first until bucket counts say the gang could fit (cheap, no
+        // placement), then confirm with real placements, freeing more while power or
+        // topology still say no.
+        let mut lo = 0;
+        while lo < order.len() {
+            self.charge(order[lo], true);
+            lo += 1;
+            if self.could_fit_now(id) {
+                break;
             }
         }
         let mut step = 1;
-        while lo < order.len() && !self.fits_without(id, &order[..lo], bound) {
-            lo = (lo + step).min(order.len());
+        while !self.try_place_and_undo(id, bound) {
+            if lo == order.len() {
+                for &v in order[..lo].iter().rev() {
+                    self.charge(v, false);
+                }
+                return None;
+            }
+            let next = (lo + step).min(order.len());
+            for &v in &order[lo..next] {
+                self.charge(v, true);
+            }
+            lo = next;
             step *= 2;
         }
+        // The victims of the prefix are off their nodes now.
         let prefix = &order[..lo];
-        for &v in prefix {
-            self.charge(v, true);
-        }
         let mut keep = vec![false; prefix.len()];
         for k in (0..prefix.len()).rev().take(MAX_SPARE_TRIES) {
             self.charge(prefix[k], false);
-            if self.could_fit_without(id, &[]) && self.try_place_and_undo(id, bound) {
+            if self.could_fit_now(id) && self.try_place_and_undo(id, bound) {
                 keep[k] = true;
             } else {
                 self.charge(prefix[k], true);
@@ -1661,30 +1666,11 @@ impl Engine {
         Some(chosen)
     }
 
-    /// The bucket-count upper bound of `fits_without`: cheap, never says no when the job
+    /// The bucket-count upper bound of a placement: cheap, and never says no when the job
     /// would fit.
-    fn could_fit_without(&mut self, id: JobId, victims: &[JobId]) -> bool {
-        self.with_released(victims, |e| {
-            let placer = new_placer(&e.scorers, &e.profile, &e.cfg);
-            placer.could_fit(&e.cluster, &e.shapes[e.jobs[&id].shape as usize])
-        })
-    }
-
-    /// Whether the job would fit with `victims` off their nodes; leaves the state unchanged.
-    fn fits_without(&mut self, id: JobId, victims: &[JobId], bound: bool) -> bool {
-        self.with_released(victims, |e| e.try_place_and_undo(id, bound))
-    }
-
-    /// Runs `f` with `victims` off their nodes, then puts them back exactly.
-    fn with_released<T>(&mut self, victims: &[JobId], f: impl FnOnce(&mut Self) -> T) -> T {
-        for &v in victims {
-            self.charge(v, true);
-        }
-        let result = f(self);
-        for &v in victims.iter().rev() {
-            self.charge(v, false);
-        }
-        result
+    fn could_fit_now(&self, id: JobId) -> bool {
+        let placer = new_placer(&self.scorers, &self.profile, &self.cfg);
+        placer.could_fit(&self.cluster, &self.shapes[self.jobs[&id].shape as usize])
     }
 
     fn try_place_and_undo(&mut self, id: JobId, bound: bool) -> bool {
