@@ -2,6 +2,8 @@
 
 mod alloc;
 mod bench;
+mod client;
+mod server_cmd;
 mod sim_fgd;
 
 use std::process::ExitCode;
@@ -31,6 +33,11 @@ enum Command {
     /// Replay traces through gosok's policies (the digital twin's experiments).
     #[command(subcommand)]
     Sim(sim_fgd::SimCommand),
+    /// The controller: `gosok server init`, `gosok server run`.
+    #[command(subcommand)]
+    Server(server_cmd::ServerCommand),
+    #[command(flatten)]
+    Client(client::Command),
     /// Start a local highway: a controller and agents on this machine.
     Up,
     /// Print gosok's version.
@@ -42,6 +49,9 @@ enum BenchCommand {
     /// Drive the scheduling engine on a synthetic highway: placements per second, pass
     /// latency with a long queue, memory per pending job.
     Engine(EngineArgs),
+    /// Drive a controller over loopback HTTP: durable submissions per second, GET /v1/queue
+    /// with a long queue, restart time with a long event log.
+    Server(server_cmd::BenchServerArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -98,6 +108,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Sim(c) => sim_fgd::run(c)?,
         Command::Version => println!("gosok {}", env!("CARGO_PKG_VERSION")),
+        Command::Server(c) => server_cmd::run(c)?,
+        Command::Client(c) => client::run(c)?,
+        Command::Bench(BenchCommand::Server(a)) => server_cmd::bench(a)?,
         Command::Up => {
             println!(
                 "gosok up: the local highway (controller and agents) is not here yet; it comes \

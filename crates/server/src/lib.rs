@@ -1,1 +1,452 @@
-//! placeholder
+//! `gosok server`: the highway's controller.
+//!
+//! It owns the state (an event log in the store, replayed into the engine at start), runs the
+//! engine against the real clock (a pass at least every `tick_ms` while work waits or runs),
+//! and serves tenants and operators over a JSON HTTP API under `/v1`.
+//!
+//! Write path: a handler checks the request, then under the core lock applies a log
+//! [`entry::Entry`] to the [`core::Core`] and hands the entry to the group-commit writer
+//! (so the log's order is the order of application); it answers only once the writer says
+//! the entry's sequence number is durable. A failed write stops the server (fail-stop):
+//! nothing unacknowledged is ever answered as done.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod core;
+pub mod entry;
+pub mod error;
+pub mod metrics;
+pub mod openapi;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use gosok_store::{GroupCommit, Record, SqliteStore, Store};
+use tokio::sync::{Notify, watch};
+
+use crate::config::{Config, DataDir};
+use crate::core::{Applied, Core, Refusal};
+use crate::entry::{Entry, LOG_FORMAT, TokenEntry};
+use crate::error::ApiError;
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Creates the store in `dir` with its first admin token; returns the token (shown once)
+/// and writes it to `dir/admin.token` (mode 0600).
+pub fn init(dir: &Path) -> anyhow::Result<String> {
+    let d = DataDir(dir.to_path_buf());
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {}", dir.display()))?;
+    }
+    let mut store = SqliteStore::open(&d.db())?;
+    if store.last_seq()? > 0 {
+        anyhow::bail!(
+            "{} already holds a highway; `gosok server run --data-dir {}` serves it",
+            d.db().display(),
+            dir.display()
+        );
+    }
+    store.set_meta("log_format", LOG_FORMAT)?;
+    let (token, entry) = auth::new_token("admin-1", None);
+    let e = Entry::Init {
+        now_s: unix_ms() / 1000,
+        admin_token: entry,
+    };
+    store.append(&[Record {
+        seq: 1,
+        at_ms: unix_ms(),
+        kind: e.kind().into(),
+        body: serde_json::to_vec(&e)?,
+    }])?;
+    write_secret(&d.admin_token(), &token)?;
+    Ok(token)
+}
+
+fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    let mut f = o
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(f, "{secret}")?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Rebuilds the core from the log.
+pub fn replay(store: &mut dyn Store, cfg: &Config) -> anyhow::Result<(Core, u64, ReplayStats)> {
+    if let Some(f) = store.meta("log_format")?
+        && f != LOG_FORMAT
+    {
+        anyhow::bail!("the store's log format is {f}; this gosok reads format {LOG_FORMAT}");
+    }
+    let t = Instant::now();
+    let mut core = Core::new(cfg.engine.clone())
+        .map_err(|e| anyhow::anyhow!("engine configuration: {}", e.message))?;
+    let mut last = 0;
+    let mut diverged = 0u64;
+    store.scan(0, &mut |r| {
+        let entry: Entry = serde_json::from_slice(&r.body).map_err(|e| {
+            gosok_store::StoreError::Corrupt(format!("record {} cannot be read: {e}", r.seq))
+        })?;
+        if let Err(e) = core.apply(r.seq, r.at_ms, &entry) {
+            // It was applied without error when it was written; the engine must have
+            // changed its mind. Keep going: the rest of the log still applies.
+            diverged += 1;
+            tracing::warn!(seq = r.seq, kind = r.kind, "replay refused: {}", e.message);
+        }
+        core.set_seq(r.seq);
+        last = r.seq;
+        Ok(())
+    })?;
+    if !core.initialised() {
+        anyhow::bail!("the store is empty: run `gosok server init --data-dir DIR` first");
+    }
+    Ok((
+        core,
+        last,
+        ReplayStats {
+            records: last,
+            diverged,
+            elapsed: t.elapsed(),
+        },
+    ))
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayStats {
+    pub records: u64,
+    pub diverged: u64,
+    pub elapsed: Duration,
+}
+
+/// Per-tenant token buckets for submissions.
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<std::collections::HashMap<Arc<str>, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    pub fn new(rate: f64, burst: f64) -> RateLimiter {
+        RateLimiter {
+            rate,
+            burst,
+            buckets: Mutex::new(Default::default()),
+        }
+    }
+    /// Ok, or the seconds until one more submission is allowed.
+    pub fn take(&self, tenant: &Arc<str>) -> Result<(), u64> {
+        let now = Instant::now();
+        let mut b = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let e = b.entry(tenant.clone()).or_insert((self.burst, now));
+        e.0 = (e.0 + now.duration_since(e.1).as_secs_f64() * self.rate).min(self.burst);
+        e.1 = now;
+        if e.0 >= 1.0 {
+            e.0 -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - e.0) / self.rate).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+/// Everything the handlers share.
+pub struct App {
+    pub cfg: Config,
+    core: Mutex<Core>,
+    log: GroupCommit,
+    durable: watch::Receiver<u64>,
+    /// A second store handle for reads (job specs of ended jobs, the audit log).
+    reader: Mutex<Box<dyn Store>>,
+    pub metrics: metrics::Metrics,
+    pub limiter: RateLimiter,
+    tick: Notify,
+    pub started: Instant,
+    pub replay: ReplayStats,
+}
+
+impl App {
+    pub fn core(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn reader(&self) -> MutexGuard<'_, Box<dyn Store>> {
+        self.reader.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies `entry` and queues it for the log, under the caller's core lock (so that the
+    /// log's order is the order of application). Returns its sequence number; wait for it
+    /// with [`App::durable`] before answering.
+    pub fn commit(&self, core: &mut Core, entry: Entry) -> Result<(u64, Applied), ApiError> {
+        let at_ms = unix_ms();
+        let seq = self.next_seq(core);
+        let body = serde_json::to_vec(&entry).map_err(|e| ApiError::internal(e.to_string()))?;
+        let applied = core.apply(seq, at_ms, &entry).map_err(ApiError::from)?;
+        self.log
+            .append(Record {
+                seq,
+                at_ms,
+                kind: entry.kind().into(),
+                body,
+            })
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        if let Some(d) = applied.pass {
+            self.metrics.observe_pass(d);
+        }
+        if !matches!(entry, Entry::Tick { .. }) {
+            self.tick.notify_one();
+        }
+        Ok((seq, applied))
+    }
+
+    fn next_seq(&self, core: &Core) -> u64 {
+        core.seq() + 1
+    }
+
+    /// Waits until `seq` is on disk.
+    pub async fn durable(&self, seq: u64) -> Result<(), ApiError> {
+        let mut rx = self.durable.clone();
+        rx.wait_for(|d| *d >= seq)
+            .await
+            .map(|_| ())
+            .map_err(|_| ApiError::unavailable("the event log writer has stopped".into()))
+    }
+
+    pub fn durable_seq(&self) -> u64 {
+        self.log.durable_seq()
+    }
+
+    pub fn commit_batches(&self) -> u64 {
+        self.log.batches()
+    }
+}
+
+/// A started server: its address, and a way to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    stop: Arc<Notify>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.notify_one();
+        self.task.await??;
+        self.app.log.close();
+        Ok(())
+    }
+    /// Serves until SIGINT or SIGTERM.
+    pub async fn until_signal(self) -> anyhow::Result<()> {
+        let stop = self.stop.clone();
+        let task = self.task;
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            stop.notify_one();
+        });
+        task.await??;
+        self.app.log.close();
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Opens the data directory, replays the log, binds `cfg.listen` and starts serving.
+pub async fn start(dir: &Path, cfg: Config) -> anyhow::Result<Running> {
+    cfg.check()?;
+    let d = DataDir(dir.to_path_buf());
+    if !d.db().exists() {
+        anyhow::bail!(
+            "{} has no store: run `gosok server init --data-dir {}` first",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let mut store = SqliteStore::open(&d.db())?;
+    let reader = store.reopen()?;
+    let (core, last, stats) = replay(&mut store, &cfg)?;
+    tracing::info!(
+        records = stats.records,
+        ms = stats.elapsed.as_millis() as u64,
+        "replayed the event log"
+    );
+    let (tx, rx) = watch::channel(last);
+    let log = GroupCommit::start(
+        Box::new(store),
+        last,
+        cfg.max_commit_batch,
+        Box::new(move |r| match r {
+            Ok(seq) => {
+                tx.send_replace(seq);
+            }
+            Err(e) => {
+                // Fail-stop: nothing after e.durable_seq was acknowledged, and a controller
+                // that cannot write must not go on answering.
+                eprintln!("gosok server: {e}; stopping");
+                std::process::exit(75);
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let app = Arc::new(App {
+        limiter: RateLimiter::new(cfg.submit_rate_per_s, cfg.submit_burst),
+        metrics: metrics::Metrics::new(),
+        cfg,
+        core: Mutex::new(core),
+        log,
+        durable: rx,
+        reader: Mutex::new(reader),
+        tick: Notify::new(),
+        started: Instant::now(),
+        replay: stats,
+    });
+    let stop = Arc::new(Notify::new());
+    let router = api::router(app.clone());
+    let ticker = tokio::spawn(tick_loop(app.clone()));
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { s.notified().await })
+            .await?;
+        ticker.abort();
+        Ok(())
+    });
+    Ok(Running {
+        addr,
+        app,
+        stop,
+        task,
+    })
+}
+
+/// Advances the clock and runs a pass: every `tick_ms` while work waits or runs, and
+/// `min_tick_gap_ms` after a change.
+async fn tick_loop(app: Arc<App>) {
+    let every = Duration::from_millis(app.cfg.tick_ms);
+    let gap = Duration::from_millis(app.cfg.min_tick_gap_ms);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = app.tick.notified() => tokio::time::sleep(gap).await,
+        }
+        let app2 = app.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let mut core = app2.core();
+            if !core.needs_tick() {
+                return Ok(());
+            }
+            let now_s = unix_ms() / 1000;
+            app2.commit(&mut core, Entry::Tick { now_s }).map(|_| ())
+        })
+        .await;
+        if let Ok(Err(e)) = r {
+            tracing::warn!("scheduling tick failed: {}", e.message);
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        ApiError::from_refusal(r)
+    }
+}
+
+/// A token for a tenant (or an admin token when `tenant` is None), with its log entry.
+pub fn new_token_entry(core: &Core, tenant: Option<&str>) -> (String, TokenEntry) {
+    let id = format!("tok-{}", core.token_count() + 1);
+    auth::new_token(&id, tenant)
+}
+
+/// For benchmarks: appends submissions (and a tick every `per_tick` of them) for tenants
+/// `tenants` round-robin until the log holds `target` records, writing through the same
+/// core and log format as the server (in large transactions). Returns the log length.
+pub fn fill_log(
+    dir: &Path,
+    cfg: &Config,
+    tenants: &[String],
+    spec: &gosok_model::JobSpec,
+    target: u64,
+    per_tick: u64,
+) -> anyhow::Result<u64> {
+    let d = DataDir(dir.to_path_buf());
+    let mut store = SqliteStore::open(&d.db())?;
+    let (mut core, mut last, _) = replay(&mut store, cfg)?;
+    anyhow::ensure!(!tenants.is_empty(), "no tenants to submit for");
+    let mut batch = Vec::with_capacity(10_000);
+    let mut now_s = core.now_s();
+    let mut k = 0u64;
+    while last < target {
+        let entry = if k % per_tick.max(1) == per_tick.max(1) - 1 {
+            now_s += 1;
+            Entry::Tick { now_s }
+        } else {
+            Entry::Submit {
+                job: core.next_job_id(),
+                tenant: tenants[(k as usize) % tenants.len()].clone(),
+                spec: spec.clone(),
+                command: Vec::new(),
+                idempotency: None,
+                by: "bench".into(),
+            }
+        };
+        k += 1;
+        let seq = last + 1;
+        let at_ms = now_s * 1000;
+        core.apply(seq, at_ms, &entry)
+            .map_err(|e| anyhow::anyhow!("fill: {}", e.message))?;
+        batch.push(Record {
+            seq,
+            at_ms,
+            kind: entry.kind().into(),
+            body: serde_json::to_vec(&entry)?,
+        });
+        last = seq;
+        if batch.len() == 10_000 {
+            store.append(&batch)?;
+            batch.clear();
+        }
+    }
+    store.append(&batch)?;
+    Ok(last)
+}

@@ -1,0 +1,880 @@
+//! The CLI's client commands: they talk to `gosok server` over its HTTP API.
+//!
+//! Server and token come from `--server`/`--token`, else `GOSOK_SERVER`/`GOSOK_TOKEN`, else
+//! the client config file (`--config`, `GOSOK_CONFIG`, or `~/.config/gosok/client.toml` with
+//! `server = "..."` and `token = "..."`), else `http://127.0.0.1:8080`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Args, Clone)]
+pub struct Conn {
+    /// Server URL (default: GOSOK_SERVER, the config file, or http://127.0.0.1:8080).
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// Bearer token (default: GOSOK_TOKEN or the config file).
+    #[arg(long, global = true)]
+    token: Option<String>,
+    /// Client config file (TOML with `server` and `token`).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// `json` prints the API's JSON, for scripts.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Submit a job: a TOML or JSON job spec, or flags for the common one-liners
+    /// (`gosok submit --accelerators 8 --model H100 -- python train.py`).
+    Submit(SubmitArgs),
+    /// List jobs, newest first.
+    Jobs(JobsArgs),
+    /// Show one job: spec, state, placement, events, and why it waits.
+    Show(IdArgs),
+    /// Cancel a job.
+    Cancel(IdArgs),
+    /// Pending jobs in the order the engine will consider them, with reasons.
+    Queue(QueueArgs),
+    /// Nodes, their state and use; `drain` / `undrain` a node.
+    Nodes(NodesArgs),
+    /// Sites with their power draw against budget; `set-budget` changes a budget.
+    Sites(SitesArgs),
+    /// Tenants; `create` one.
+    Tenants(TenantsArgs),
+    /// Tokens: `create TENANT` (shown once), `revoke ID`.
+    Token(TokenArgs),
+    /// Declare the highway from a TOML cluster file (idempotent; prints what changed).
+    Apply(ApplyArgs),
+    /// Print the highway's topology and tenants as a TOML cluster file.
+    Export(ConnOnly),
+}
+
+#[derive(Args)]
+pub struct ConnOnly {
+    #[command(flatten)]
+    c: Conn,
+}
+
+#[derive(Args)]
+pub struct SubmitArgs {
+    /// A job spec file (.toml or .json); without it the flags describe the job.
+    file: Option<PathBuf>,
+    /// Whole accelerators per replica.
+    #[arg(long)]
+    accelerators: Option<u64>,
+    /// Acceptable accelerator model or class (repeat for several).
+    #[arg(long = "model")]
+    models: Vec<String>,
+    #[arg(long, default_value_t = 1)]
+    replicas: u64,
+    #[arg(long)]
+    name: Option<String>,
+    /// Priority class: scavenger, low, normal, high, critical.
+    #[arg(long)]
+    priority: Option<String>,
+    /// Expected runtime in seconds (reservations and backfill plan with it).
+    #[arg(long)]
+    estimate_s: Option<u64>,
+    /// Hard runtime limit in seconds.
+    #[arg(long)]
+    limit_s: Option<u64>,
+    /// The tenant to submit for (admin tokens only).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Retrying with the same key and spec returns the same job, never a second one.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// The command the job's tasks run.
+    #[arg(last = true)]
+    command: Vec<String>,
+    #[command(flatten)]
+    c: Conn,
+}
+
+#[derive(Args)]
+pub struct JobsArgs {
+    /// Only jobs in this state.
+    #[arg(long)]
+    state: Option<String>,
+    /// Only this tenant's jobs (admin tokens only).
+    #[arg(long)]
+    tenant: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    limit: u64,
+    #[arg(long)]
+    cursor: Option<String>,
+    #[command(flatten)]
+    c: Conn,
+}
+
+#[derive(Args)]
+pub struct IdArgs {
+    id: u64,
+    #[command(flatten)]
+    c: Conn,
+}
+
+#[derive(Args)]
+pub struct QueueArgs {
+    #[arg(long)]
+    limit: Option<u64>,
+    #[command(flatten)]
+    c: Conn,
+}
+
+#[derive(Args)]
+pub struct NodesArgs {
+    #[command(subcommand)]
+    action: Option<NodeAction>,
+    #[command(flatten)]
+    c: Conn,
+}
+
+#[derive(Subcommand)]
+enum NodeAction {
+    /// Running work continues; nothing new is placed.
+    Drain { node: String },
+    /// Mark the node up (until agents exist, how a declared node starts taking work).
+    Undrain { node: String },
+}
+
+#[derive(Args)]
+pub struct SitesArgs {
+    #[command(subcommand)]
+    action: Option<SiteAction>,
+    #[command(flatten)]
+    c: Conn,
+}
+
+#[derive(Subcommand)]
+enum SiteAction {
+    /// Change a site's facility power budget; a lower one sheds preemptible work at once.
+    SetBudget { site: String, power_budget_mw: f64 },
+}
+
+#[derive(Args)]
+pub struct TenantsArgs {
+    #[command(subcommand)]
+    action: Option<TenantAction>,
+    #[command(flatten)]
+    c: Conn,
+}
+
+#[derive(Subcommand)]
+enum TenantAction {
+    /// Create a tenant.
+    Create {
+        name: String,
+        /// anchor, commercial, public, academic or startup.
+        #[arg(long, default_value = "startup")]
+        tier: String,
+        #[arg(long)]
+        weight: Option<f64>,
+        /// Largest fraction of the highway the tenant may hold (0..1].
+        #[arg(long)]
+        share_cap: Option<f64>,
+    },
+    /// Update a tenant's weight or share cap.
+    Update {
+        name: String,
+        #[arg(long)]
+        weight: Option<f64>,
+        #[arg(long)]
+        share_cap: Option<f64>,
+    },
+}
+
+#[derive(Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    action: TokenAction,
+    #[command(flatten)]
+    c: Conn,
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// A new token for the tenant; it is shown once.
+    Create { tenant: String },
+    /// Revoke a token by its id.
+    Revoke { id: String },
+    /// List a tenant's tokens (ids only).
+    List { tenant: String },
+}
+
+#[derive(Args)]
+pub struct ApplyArgs {
+    /// The TOML cluster file (the format `gosok sim` reads).
+    file: PathBuf,
+    /// Only say what would change.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    c: Conn,
+}
+
+// ---- the HTTP client ---------------------------------------------------------------------
+
+struct Client {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+    output: Output,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct ClientFile {
+    server: Option<String>,
+    token: Option<String>,
+}
+
+impl Client {
+    fn new(c: &Conn) -> anyhow::Result<Client> {
+        let path = c
+            .config
+            .clone()
+            .or_else(|| std::env::var_os("GOSOK_CONFIG").map(PathBuf::from))
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .map(|h| PathBuf::from(h).join(".config/gosok/client.toml"))
+            });
+        let file = match &path {
+            Some(p) if p.exists() => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?;
+                toml::from_str::<ClientFile>(&text)
+                    .with_context(|| format!("{} is not a client config", p.display()))?
+            }
+            Some(p) if c.config.is_some() => bail!("{} does not exist", p.display()),
+            _ => ClientFile::default(),
+        };
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let base = c
+            .server
+            .clone()
+            .or_else(|| env("GOSOK_SERVER"))
+            .or(file.server)
+            .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+        let base = if base.contains("://") {
+            base
+        } else {
+            format!("http://{base}")
+        };
+        let token = c.token.clone().or_else(|| env("GOSOK_TOKEN")).or(file.token);
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(60))
+            .build();
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.map(|t| t.trim().to_string()),
+            agent,
+            output: c.output,
+        })
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.agent.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        let res = match body {
+            Some((ct, b)) => req.set("Content-Type", ct).send_bytes(&b),
+            None => req.call(),
+        };
+        match res {
+            Ok(r) => {
+                let text = r.into_string()?;
+                Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+            }
+            Err(ureq::Error::Status(code, r)) => {
+                let text = r.into_string().unwrap_or_default();
+                let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                let e = &v["error"];
+                let msg = e["message"].as_str().unwrap_or(text.as_str());
+                let mut s = format!("the server said {code}");
+                if let Some(c) = e["code"].as_str() {
+                    s.push_str(&format!(" ({c})"));
+                }
+                s.push_str(": ");
+                if let Some(f) = e["field"].as_str() {
+                    s.push_str(&format!("{f}: "));
+                }
+                s.push_str(msg);
+                if code == 401 {
+                    s.push_str("\nhint: pass --token, set GOSOK_TOKEN, or put `token = \"...\"` in the client config");
+                }
+                bail!(s)
+            }
+            Err(ureq::Error::Transport(t)) => bail!(
+                "cannot reach the gosok server at {}: {t}\nhint: is `gosok server run` running there? (--server or GOSOK_SERVER)",
+                self.base
+            ),
+        }
+    }
+
+    fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call("GET", path, None, &[])
+    }
+    fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.call(
+            "POST",
+            path,
+            Some(("application/json", serde_json::to_vec(body)?)),
+            &[],
+        )
+    }
+    fn patch(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.call(
+            "PATCH",
+            path,
+            Some(("application/json", serde_json::to_vec(body)?)),
+            &[],
+        )
+    }
+
+    /// Prints `v` as JSON, or `table(v)` for people.
+    fn print(&self, v: &Value, table: impl FnOnce(&Value) -> String) {
+        match self.output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+            Output::Table => print!("{}", table(v)),
+        }
+    }
+}
+
+fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Columns, left-aligned, two spaces apart.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<String>, out: &mut String| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                l.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.iter().map(|s| s.to_string()).collect(), &mut out);
+    for r in rows {
+        line(r, &mut out);
+    }
+    out
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn ago(ms: &Value) -> String {
+    let Some(ms) = ms.as_u64() else { return "-".into() };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let s = now.saturating_sub(ms) / 1000;
+    match s {
+        0..60 => format!("{s}s ago"),
+        60..3600 => format!("{}m ago", s / 60),
+        3600..86400 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
+}
+
+fn jobs_table(v: &Value) -> String {
+    let rows = v["jobs"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|j| {
+                    vec![
+                        s(&j["id"]),
+                        s(&j["tenant"]),
+                        s(&j["name"]),
+                        s(&j["state"]),
+                        s(&j["accelerators"]),
+                        ago(&j["submitted_at_ms"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = table(&["ID", "TENANT", "NAME", "STATE", "ACCEL", "SUBMITTED"], rows);
+    if let Some(c) = v["next_cursor"].as_str() {
+        out.push_str(&format!("(more: --cursor {c})\n"));
+    }
+    out
+}
+
+fn job_text(j: &Value) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "job {}  {}  tenant {}  {}\n",
+        s(&j["id"]),
+        s(&j["state"]),
+        s(&j["tenant"]),
+        j["name"].as_str().unwrap_or("")
+    ));
+    out.push_str(&format!("accelerators: {}\n", s(&j["accelerators"])));
+    if let Some(w) = j.get("wait") {
+        out.push_str(&format!("waiting: {}\n", s(&w["text"])));
+        if let Some(p) = w["position"].as_u64() {
+            out.push_str(&format!("queue position: {p}\n"));
+        }
+        if let Some(e) = w["estimated_start_s"].as_u64() {
+            out.push_str(&format!("estimated start: unix time {e}\n"));
+        }
+    }
+    if let Some(r) = j["reason"].as_str() {
+        out.push_str(&format!("reason: {r}\n"));
+    }
+    if let Some(p) = j["placement"].as_array().filter(|p| !p.is_empty()) {
+        out.push_str("placement:\n");
+        for t in p {
+            let devices: Vec<String> = t["devices"]
+                .as_array()
+                .map(|d| d.iter().map(s).collect())
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "  task {} on {}: {} devices {}\n",
+                s(&t["task"]),
+                s(&t["node"]),
+                s(&t["model"]),
+                devices.join(",")
+            ));
+        }
+    }
+    if let Some(c) = j["command"].as_array().filter(|c| !c.is_empty()) {
+        let c: Vec<String> = c.iter().map(s).collect();
+        out.push_str(&format!("command: {}\n", c.join(" ")));
+    }
+    if let Some(ev) = j["events"].as_array() {
+        out.push_str("events:\n");
+        for e in ev {
+            out.push_str(&format!(
+                "  {:>10}  {} {}\n",
+                ago(&e["at_ms"]),
+                s(&e["event"]),
+                e["detail"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    out
+}
+
+/// Reads a job spec file (TOML or JSON) into the JSON the API takes.
+pub fn read_spec(path: &std::path::Path) -> anyhow::Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let is_toml = path.extension().is_some_and(|e| e == "toml");
+    if is_toml {
+        let v: toml::Value =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(serde_json::to_value(v)?)
+    } else {
+        serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}:{}:{}: {e}",
+                path.display(),
+                e.line(),
+                e.column()
+            )
+        })
+    }
+}
+
+pub fn run(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Submit(a) => {
+            let cl = Client::new(&a.c)?;
+            let mut spec = match &a.file {
+                Some(f) => {
+                    if a.accelerators.is_some() || !a.models.is_empty() {
+                        bail!("give either a spec file or --accelerators/--model, not both");
+                    }
+                    read_spec(f)?
+                }
+                None => {
+                    let mut g = json!({"replicas": a.replicas});
+                    if let Some(n) = a.accelerators {
+                        g["accelerators"] = json!(n);
+                    }
+                    if !a.models.is_empty() {
+                        g["models"] = json!(a.models);
+                    }
+                    json!({"groups": [g]})
+                }
+            };
+            if let Some(n) = &a.name {
+                spec["name"] = json!(n);
+            }
+            if let Some(p) = &a.priority {
+                spec["priority"] = json!(p);
+            }
+            if let Some(e) = a.estimate_s {
+                spec["runtime_estimate_s"] = json!(e);
+            }
+            if let Some(l) = a.limit_s {
+                spec["runtime_limit_s"] = json!(l);
+            }
+            if !a.command.is_empty() {
+                spec["command"] = json!(a.command);
+            }
+            let path = match &a.tenant {
+                Some(t) => format!("/v1/jobs?tenant={}", enc(t)),
+                None => "/v1/jobs".into(),
+            };
+            let key = a.idempotency_key.clone();
+            let headers: Vec<(&str, &str)> = key
+                .as_deref()
+                .map(|k| vec![("Idempotency-Key", k)])
+                .unwrap_or_default();
+            let v = cl.call(
+                "POST",
+                &path,
+                Some(("application/json", serde_json::to_vec(&spec)?)),
+                &headers,
+            )?;
+            cl.print(&v, |j| format!("submitted job {} ({})\n", s(&j["id"]), s(&j["state"])));
+        }
+        Command::Jobs(a) => {
+            let cl = Client::new(&a.c)?;
+            let mut q = vec![format!("limit={}", a.limit)];
+            if let Some(x) = &a.state {
+                q.push(format!("state={}", enc(x)));
+            }
+            if let Some(x) = &a.tenant {
+                q.push(format!("tenant={}", enc(x)));
+            }
+            if let Some(x) = &a.cursor {
+                q.push(format!("cursor={}", enc(x)));
+            }
+            let v = cl.get(&format!("/v1/jobs?{}", q.join("&")))?;
+            cl.print(&v, jobs_table);
+        }
+        Command::Show(a) => {
+            let cl = Client::new(&a.c)?;
+            let v = cl.get(&format!("/v1/jobs/{}", a.id))?;
+            cl.print(&v, job_text);
+        }
+        Command::Cancel(a) => {
+            let cl = Client::new(&a.c)?;
+            let v = cl.post(&format!("/v1/jobs/{}/cancel", a.id), &json!({}))?;
+            cl.print(&v, |j| format!("job {}: {}\n", s(&j["id"]), s(&j["state"])));
+        }
+        Command::Queue(a) => {
+            let cl = Client::new(&a.c)?;
+            let path = match a.limit {
+                Some(l) => format!("/v1/queue?limit={l}"),
+                None => "/v1/queue".into(),
+            };
+            let v = cl.get(&path)?;
+            cl.print(&v, |v| {
+                let rows = v["jobs"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|j| {
+                                vec![
+                                    s(&j["position"]),
+                                    s(&j["id"]),
+                                    s(&j["tenant"]),
+                                    s(&j["accelerators"]),
+                                    s(&j["text"]),
+                                ]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table(&["POS", "ID", "TENANT", "ACCEL", "WAITING FOR"], rows)
+            });
+        }
+        Command::Nodes(a) => {
+            let cl = Client::new(&a.c)?;
+            match a.action {
+                Some(NodeAction::Drain { node }) => {
+                    let v = cl.post(&format!("/v1/nodes/{}/drain", enc(&node)), &json!({}))?;
+                    cl.print(&v, |n| format!("node {}: {}\n", s(&n["name"]), s(&n["state"])));
+                }
+                Some(NodeAction::Undrain { node }) => {
+                    let v = cl.post(&format!("/v1/nodes/{}/undrain", enc(&node)), &json!({}))?;
+                    cl.print(&v, |n| format!("node {}: {}\n", s(&n["name"]), s(&n["state"])));
+                }
+                None => {
+                    let v = cl.get("/v1/nodes")?;
+                    cl.print(&v, |v| {
+                        let rows = v["nodes"]
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .map(|n| {
+                                        vec![
+                                            s(&n["name"]),
+                                            s(&n["site"]),
+                                            s(&n["rack"]),
+                                            s(&n["state"]),
+                                            s(&n["model"]),
+                                            format!(
+                                                "{}/{}",
+                                                s(&n["accelerators_allocated"]),
+                                                s(&n["accelerators"])
+                                            ),
+                                            s(&n["tasks"]),
+                                        ]
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        table(
+                            &["NAME", "SITE", "RACK", "STATE", "MODEL", "ALLOC", "TASKS"],
+                            rows,
+                        )
+                    });
+                }
+            }
+        }
+        Command::Sites(a) => {
+            let cl = Client::new(&a.c)?;
+            match a.action {
+                Some(SiteAction::SetBudget {
+                    site,
+                    power_budget_mw,
+                }) => {
+                    let v = cl.patch(
+                        &format!("/v1/sites/{}", enc(&site)),
+                        &json!({"power_budget_mw": power_budget_mw}),
+                    )?;
+                    cl.print(&v, |v| {
+                        let mut out = format!("site {site}: budget {power_budget_mw} MW\n");
+                        for d in v["shed"].as_array().into_iter().flatten() {
+                            out.push_str(&format!(
+                                "shed {} job(s): draw {} W -> {} W{}\n",
+                                d["jobs"].as_array().map_or(0, |j| j.len()),
+                                s(&d["draw_before_w"]),
+                                s(&d["draw_after_w"]),
+                                if d["still_over"].as_bool() == Some(true) {
+                                    " (still over budget: non-preemptible work; an operator must act)"
+                                } else {
+                                    ""
+                                }
+                            ));
+                        }
+                        out
+                    });
+                }
+                None => {
+                    let v = cl.get("/v1/sites")?;
+                    cl.print(&v, |v| {
+                        let rows = v["sites"]
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .map(|x| {
+                                        let draw = x["power_draw_w"].as_f64().unwrap_or(0.0);
+                                        let budget = x["power_budget_w"].as_f64().unwrap_or(0.0);
+                                        vec![
+                                            s(&x["name"]),
+                                            s(&x["region"]),
+                                            s(&x["jurisdiction"]),
+                                            format!(
+                                                "{:.3}/{:.3} MW",
+                                                draw / 1e6,
+                                                budget / 1e6
+                                            ),
+                                            format!(
+                                                "{}/{}",
+                                                s(&x["accelerators_allocated"]),
+                                                s(&x["accelerators"])
+                                            ),
+                                        ]
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        table(&["NAME", "REGION", "JURIS", "POWER", "ACCEL"], rows)
+                    });
+                }
+            }
+        }
+        Command::Tenants(a) => {
+            let cl = Client::new(&a.c)?;
+            match a.action {
+                Some(TenantAction::Create {
+                    name,
+                    tier,
+                    weight,
+                    share_cap,
+                }) => {
+                    let mut t = json!({"name": name, "tier": tier});
+                    if let Some(w) = weight {
+                        t["weight"] = json!(w);
+                    }
+                    if let Some(c) = share_cap {
+                        t["share_cap"] = json!(c);
+                    }
+                    let v = cl.post("/v1/tenants", &t)?;
+                    cl.print(&v, |t| format!("created tenant {}\n", s(&t["name"])));
+                }
+                Some(TenantAction::Update {
+                    name,
+                    weight,
+                    share_cap,
+                }) => {
+                    let mut t = json!({});
+                    if let Some(w) = weight {
+                        t["weight"] = json!(w);
+                    }
+                    if let Some(c) = share_cap {
+                        t["share_cap"] = json!(c);
+                    }
+                    let v = cl.patch(&format!("/v1/tenants/{}", enc(&name)), &t)?;
+                    cl.print(&v, |t| format!("updated tenant {}\n", s(&t["name"])));
+                }
+                None => {
+                    let v = cl.get("/v1/tenants")?;
+                    cl.print(&v, |v| {
+                        let rows = v["tenants"]
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .map(|t| {
+                                        vec![
+                                            s(&t["name"]),
+                                            s(&t["tier"]),
+                                            s(&t["weight"]),
+                                            s(&t["share_cap"]),
+                                            s(&t["pending"]),
+                                        ]
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        table(&["NAME", "TIER", "WEIGHT", "SHARE CAP", "PENDING"], rows)
+                    });
+                }
+            }
+        }
+        Command::Token(a) => {
+            let cl = Client::new(&a.c)?;
+            match a.action {
+                TokenAction::Create { tenant } => {
+                    let v = cl.post(&format!("/v1/tenants/{}/tokens", enc(&tenant)), &json!({}))?;
+                    cl.print(&v, |t| {
+                        format!(
+                            "token {} for tenant {} (shown once; keep it safe):\n{}\n",
+                            s(&t["id"]),
+                            s(&t["tenant"]),
+                            s(&t["token"])
+                        )
+                    });
+                }
+                TokenAction::Revoke { id } => {
+                    let v = cl.post(&format!("/v1/tokens/{}/revoke", enc(&id)), &json!({}))?;
+                    cl.print(&v, |t| format!("revoked token {}\n", s(&t["id"])));
+                }
+                TokenAction::List { tenant } => {
+                    let v = cl.get(&format!("/v1/tenants/{}/tokens", enc(&tenant)))?;
+                    cl.print(&v, |v| {
+                        let rows = v["tokens"]
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .map(|t| {
+                                        vec![
+                                            s(&t["id"]),
+                                            s(&t["tenant"]),
+                                            ago(&t["created_at_ms"]),
+                                            s(&t["revoked"]),
+                                        ]
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        table(&["ID", "TENANT", "CREATED", "REVOKED"], rows)
+                    });
+                }
+            }
+        }
+        Command::Apply(a) => {
+            let cl = Client::new(&a.c)?;
+            let text = std::fs::read(&a.file)
+                .with_context(|| format!("cannot read {}", a.file.display()))?;
+            let path = if a.dry_run {
+                "/v1/topology?dry_run=true"
+            } else {
+                "/v1/topology"
+            };
+            let v = cl
+                .call("PUT", path, Some(("application/toml", text)), &[])
+                .with_context(|| format!("applying {}", a.file.display()))?;
+            cl.print(&v, |v| {
+                let changed = v["changed"].as_array().cloned().unwrap_or_default();
+                if changed.is_empty() {
+                    return "no changes\n".into();
+                }
+                let mut out = String::new();
+                for c in changed {
+                    out.push_str(&format!("{}{}\n", if a.dry_run { "would: " } else { "" }, s(&c)));
+                }
+                out
+            });
+        }
+        Command::Export(a) => {
+            let cl = Client::new(&a.c)?;
+            let v = cl.get("/v1/topology")?;
+            match a.c.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                Output::Table => {
+                    let spec: gosok_model::ClusterSpec = serde_json::from_value(v)
+                        .context("the server's topology is not a cluster file")?;
+                    print!("{}", spec.to_toml());
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,330 @@
+//! `gosok server init` and `gosok server run`: the controller.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use gosok_server::config::{Config, DataDir};
+
+#[derive(Subcommand)]
+pub enum ServerCommand {
+    /// Create the store in DIR and print the first admin token (also written to
+    /// DIR/admin.token, mode 0600).
+    Init(InitArgs),
+    /// Serve the API: replay the store, then listen.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Address to listen on (default from the config file, else 127.0.0.1:8080).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Configuration file (default: DATA_DIR/gosok.toml when it exists).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Scheduling pass interval in milliseconds.
+    #[arg(long)]
+    tick_ms: Option<u64>,
+    /// Submissions per second one tenant may sustain.
+    #[arg(long)]
+    submit_rate_per_s: Option<f64>,
+    /// Submissions one tenant may make in a burst.
+    #[arg(long)]
+    submit_burst: Option<f64>,
+    /// Serve GET /metrics without a token.
+    #[arg(long)]
+    public_metrics: bool,
+}
+
+pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
+    match cmd {
+        ServerCommand::Init(a) => {
+            let token = gosok_server::init(&a.data_dir)?;
+            println!("{token}");
+            eprintln!(
+                "gosok: store created in {}; the admin token above is shown once and kept in {} (mode 0600)",
+                a.data_dir.display(),
+                DataDir(a.data_dir.clone()).admin_token().display()
+            );
+            Ok(())
+        }
+        ServerCommand::Run(a) => {
+            let d = DataDir(a.data_dir.clone());
+            let mut cfg = match &a.config {
+                Some(p) => Config::load(p, true)?,
+                None => Config::load(&d.config(), false)?,
+            };
+            if let Some(l) = a.listen {
+                cfg.listen = l;
+            }
+            if let Some(t) = a.tick_ms {
+                cfg.tick_ms = t;
+            }
+            if let Some(r) = a.submit_rate_per_s {
+                cfg.submit_rate_per_s = r;
+            }
+            if let Some(b) = a.submit_burst {
+                cfg.submit_burst = b;
+            }
+            if a.public_metrics {
+                cfg.metrics_require_token = false;
+            }
+            init_logging();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(async move {
+                let running = gosok_server::start(&a.data_dir, cfg).await?;
+                let r = running.app.replay;
+                eprintln!(
+                    "gosok server: replayed {} log records in {} ms; listening on http://{}",
+                    r.records,
+                    r.elapsed.as_millis(),
+                    running.addr
+                );
+                running.until_signal().await
+            })
+        }
+    }
+}
+
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
+}
+
+#[derive(Args)]
+pub struct BenchServerArgs {
+    /// Durable submissions timed (phase 1).
+    #[arg(long, default_value_t = 20_000)]
+    jobs: u64,
+    /// Client connections (one thread and one keep-alive connection each).
+    #[arg(long, default_value_t = 64)]
+    connections: u64,
+    /// Tenants the submissions are spread over (each with its own token).
+    #[arg(long, default_value_t = 8)]
+    tenants: u64,
+    /// Pending jobs when GET /v1/queue is timed (phase 2; submitted over HTTP).
+    #[arg(long, default_value_t = 100_000)]
+    queue_pending: u64,
+    /// Log records when restart is timed (phase 3; written straight to the store).
+    #[arg(long, default_value_t = 1_000_000)]
+    restart_events: u64,
+    /// Where the store goes (default: a fresh folder under the system temp dir, removed after).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+const BENCH_CLUSTER: &str = r#"
+[[site]]
+name = "bench"
+region = "local"
+jurisdiction = "KR"
+power_budget_mw = 20.0
+pue = 1.25
+
+[[rack]]
+name = "bench-r1"
+site = "bench"
+power_cap_kw = 120.0
+
+# Down: submissions wait (with that reason), so the queue grows as it would behind a full highway.
+[[node]]
+name = "bench-n"
+rack = "bench-r1"
+count = 4
+cpu_cores = 112
+mem_mib = 2097152
+accelerator = "H100"
+accelerators = 8
+"#;
+
+const BENCH_SPEC: &str = r#"{"name":"bench","groups":[{"replicas":1,"accelerators":1,"models":["H100"]}],"runtime_estimate_s":3600}"#;
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        0.0
+    } else {
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    }
+}
+
+/// Submits `n` jobs over `conns` connections; returns (seconds, per-request latencies in ms).
+fn submit_load(base: &str, tokens: &[String], n: u64, conns: u64) -> anyhow::Result<(f64, Vec<f64>)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let next = std::sync::Arc::new(AtomicU64::new(0));
+    let t0 = std::time::Instant::now();
+    let handles: Vec<_> = (0..conns)
+        .map(|c| {
+            let next = next.clone();
+            let url = format!("{base}/v1/jobs");
+            let token = format!("Bearer {}", tokens[c as usize % tokens.len()]);
+            std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
+                let agent = ureq::AgentBuilder::new().max_idle_connections_per_host(1).build();
+                let mut lat = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < n {
+                    let t = std::time::Instant::now();
+                    let r = agent
+                        .post(&url)
+                        .set("Authorization", &token)
+                        .set("Content-Type", "application/json")
+                        .send_string(BENCH_SPEC);
+                    match r {
+                        Ok(r) if r.status() == 201 => {
+                            let _ = r.into_string();
+                        }
+                        Ok(r) => anyhow::bail!("submission answered {}", r.status()),
+                        Err(e) => anyhow::bail!("submission failed: {e}"),
+                    }
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                Ok(lat)
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for h in handles {
+        lat.extend(h.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??);
+    }
+    Ok((t0.elapsed().as_secs_f64(), lat))
+}
+
+pub fn bench(a: BenchServerArgs) -> anyhow::Result<()> {
+    let (dir, remove) = match &a.data_dir {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("gosok-bench-server-{}", std::process::id())),
+            true,
+        ),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    let admin = gosok_server::init(&dir)?;
+    let mut cfg = Config {
+        listen: "127.0.0.1:0".into(),
+        submit_rate_per_s: 1e9,
+        submit_burst: 1e9,
+        ..Config::default()
+    };
+    cfg.metrics_require_token = false;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let running = rt.block_on(gosok_server::start(&dir, cfg.clone()))?;
+    let base = format!("http://{}", running.addr);
+    let agent = ureq::AgentBuilder::new().build();
+    let auth = format!("Bearer {admin}");
+    let mut cluster = BENCH_CLUSTER.to_string();
+    let tenants: Vec<String> = (0..a.tenants.max(1)).map(|i| format!("bench-{i}")).collect();
+    for t in &tenants {
+        cluster.push_str(&format!("\n[[tenant]]\nname = \"{t}\"\ntier = \"startup\"\n"));
+    }
+    agent
+        .put(&format!("{base}/v1/topology"))
+        .set("Authorization", &auth)
+        .set("Content-Type", "application/toml")
+        .send_string(&cluster)
+        .map_err(|e| anyhow::anyhow!("applying the bench topology: {e}"))?;
+    let mut tokens = Vec::new();
+    for t in &tenants {
+        let v: serde_json::Value = serde_json::from_str(
+            &agent
+                .post(&format!("{base}/v1/tenants/{t}/tokens"))
+                .set("Authorization", &auth)
+                .call()?
+                .into_string()?,
+        )?;
+        tokens.push(v["token"].as_str().unwrap_or_default().to_string());
+    }
+    eprintln!("bench: phase 1: {} durable submissions over {} connections", a.jobs, a.connections);
+    let batches0 = running.app.commit_batches();
+    let (secs, mut lat) = submit_load(&base, &tokens, a.jobs, a.connections)?;
+    let commits = running.app.commit_batches() - batches0;
+    let submit_rate = a.jobs as f64 / secs;
+    let (lat_p50, lat_p99) = (median(&mut lat), pct(&mut lat, 0.99));
+    let more = a.queue_pending.saturating_sub(a.jobs);
+    eprintln!("bench: phase 2: {more} more submissions, then GET /v1/queue with {} pending", a.queue_pending);
+    if more > 0 {
+        submit_load(&base, &tokens, more, a.connections)?;
+    }
+    let mut q_ms = Vec::new();
+    let mut q_bytes = 0;
+    let mut q_limit_ms = Vec::new();
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let body = agent
+            .get(&format!("{base}/v1/queue"))
+            .set("Authorization", &auth)
+            .call()?
+            .into_string()?;
+        q_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        q_bytes = body.len();
+        let t = std::time::Instant::now();
+        agent
+            .get(&format!("{base}/v1/queue?limit=100"))
+            .set("Authorization", &auth)
+            .call()?
+            .into_string()?;
+        q_limit_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let pending = running.app.core().engine().pending_count();
+    rt.block_on(running.stop())?;
+    eprintln!("bench: phase 3: fill the log to {} records, then restart", a.restart_events);
+    let spec: gosok_model::JobSpec = serde_json::from_str(BENCH_SPEC)?;
+    let records = gosok_server::fill_log(&dir, &cfg, &tenants, &spec, a.restart_events, 1000)?;
+    let mut restart_ms = Vec::new();
+    let mut replay_ms = 0.0;
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let running = rt.block_on(gosok_server::start(&dir, cfg.clone()))?;
+        // Ready: it answers /healthz.
+        agent.get(&format!("http://{}/healthz", running.addr)).call()?;
+        restart_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        replay_ms = running.app.replay.elapsed.as_secs_f64() * 1000.0;
+        rt.block_on(running.stop())?;
+    }
+    let report = serde_json::json!({
+        "submit": {"jobs": a.jobs, "connections": a.connections, "tenants": a.tenants,
+                   "seconds": secs, "jobs_per_s": submit_rate, "latency_ms_p50": lat_p50,
+                   "latency_ms_p99": lat_p99, "log_commits": commits,
+                   "jobs_per_commit": a.jobs as f64 / commits.max(1) as f64},
+        "queue": {"pending": pending, "full_ms_median": median(&mut q_ms), "full_bytes": q_bytes,
+                  "limit_100_ms_median": median(&mut q_limit_ms)},
+        "restart": {"records": records, "ready_ms_median": median(&mut restart_ms),
+                    "replay_ms_last": replay_ms},
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("durable submissions : {:.0} jobs/s ({} jobs, {} connections, {} tenants; p50 {:.2} ms, p99 {:.2} ms; {:.1} jobs per fsync)",
+            submit_rate, a.jobs, a.connections, a.tenants, lat_p50, lat_p99, a.jobs as f64 / commits.max(1) as f64);
+        println!("GET /v1/queue       : {:.1} ms median with {} pending ({} bytes); {:.1} ms with limit=100",
+            report["queue"]["full_ms_median"].as_f64().unwrap_or(0.0), pending, q_bytes,
+            report["queue"]["limit_100_ms_median"].as_f64().unwrap_or(0.0));
+        println!("restart             : ready in {:.0} ms median with {} log records (replay {:.0} ms)",
+            report["restart"]["ready_ms_median"].as_f64().unwrap_or(0.0), records, replay_ms);
+    }
+    if remove {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}

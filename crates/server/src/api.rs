@@ -1,0 +1,1482 @@
+//! The HTTP API. [`routes`] is the one table of what is served: it builds the router and the
+//! OpenAPI document alike, so the two cannot disagree.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, patch, post, put};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use gosok_engine::{Decision, JobId, JobState};
+use gosok_model::{
+    AcceleratorModel, ClusterSpec, JobSpec, NodeState, PriorityClass, QuotaSpec, RackSpec,
+    SiteSpec, TenantSpec, Tier,
+};
+
+use crate::App;
+use crate::auth::{self, Principal};
+use crate::core::{Core, JobRecord, RefusalKind, parse_state, state_name};
+use crate::entry::{Entry, Idempotency};
+use crate::error::{ApiError, split_reason};
+
+type AppState = Arc<App>;
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Public,
+    /// Any valid token (tenants see their own work only).
+    Token,
+    Admin,
+}
+
+/// One served route: what builds the router and what the OpenAPI document says.
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    pub access: Access,
+    /// Query parameters: name and description.
+    pub query: &'static [(&'static str, &'static str)],
+    /// Request headers besides Authorization: name and description.
+    pub headers: &'static [(&'static str, &'static str)],
+    /// Schema name of the JSON body, if any.
+    pub request: Option<&'static str>,
+    /// Success status and schema name of its body.
+    pub status: u16,
+    pub response: &'static str,
+    pub handler: MethodRouter<AppState>,
+}
+
+/// The second expression if given, else the first.
+macro_rules! or_else {
+    ($default:expr) => {
+        $default
+    };
+    ($default:expr, $given:expr) => {
+        $given
+    };
+}
+
+macro_rules! route {
+    ($m:ident $path:literal, $h:expr, $access:ident, $status:literal, $resp:literal,
+     $summary:literal $(, req = $req:literal)? $(, query = $q:expr)? $(, headers = $hd:expr)?) => {
+        Route {
+            method: stringify!($m),
+            path: $path,
+            summary: $summary,
+            access: Access::$access,
+            query: or_else!(&[] $(, $q)?),
+            headers: or_else!(&[] $(, $hd)?),
+            request: or_else!(None $(, Some($req))?),
+            status: $status,
+            response: $resp,
+            handler: $m($h),
+        }
+    };
+}
+
+pub fn routes() -> Vec<Route> {
+    vec![
+        route!(get "/healthz", healthz, Public, 200, "Health", "Liveness and readiness"),
+        route!(get "/metrics", metrics, Admin, 200, "Metrics",
+            "Prometheus metrics (text format); public when metrics_require_token = false"),
+        route!(get "/v1/openapi.json", openapi, Public, 200, "OpenApi", "This document"),
+        route!(post "/v1/jobs", submit, Token, 201, "Job", "Submit a job", req = "JobSubmission",
+            query = &[("tenant", "the tenant to submit for (admin tokens only)")],
+            headers = &[("Idempotency-Key", "the same key and body return the same job, never a second one")]),
+        route!(get "/v1/jobs", list_jobs, Token, 200, "JobList", "List jobs, newest first",
+            query = &[("state", "pending, running, succeeded, failed, cancelled or rejected"),
+                      ("tenant", "only this tenant's jobs (admin tokens only)"),
+                      ("limit", "at most this many (1..=1000, default 100)"),
+                      ("cursor", "the next_cursor of the previous page")]),
+        route!(get "/v1/jobs/{id}", show_job, Token, 200, "Job",
+            "A job: spec, state, placement, events and, while pending, why it waits"),
+        route!(post "/v1/jobs/{id}/cancel", cancel_job, Token, 200, "Job", "Cancel a job"),
+        route!(get "/v1/queue", queue, Token, 200, "Queue",
+            "Pending jobs in engine order, with reasons and estimated starts",
+            query = &[("limit", "at most this many (default: all)"),
+                      ("tenant", "only this tenant's jobs (admin tokens only)")]),
+        route!(get "/v1/topology", get_topology, Admin, 200, "Cluster",
+            "The declared highway and tenants, in the cluster-file format (as JSON)"),
+        route!(put "/v1/topology", put_topology, Admin, 200, "TopologyResult",
+            "Declare the highway (JSON, or the TOML cluster file with Content-Type application/toml); idempotent",
+            req = "Cluster", query = &[("dry_run", "true: only say what would change")]),
+        route!(get "/v1/sites", list_sites, Token, 200, "SiteList", "Sites with power draw against budget"),
+        route!(post "/v1/sites", create_site, Admin, 201, "TopologyResult", "Add a site", req = "Site"),
+        route!(patch "/v1/sites/{name}", update_site, Admin, 200, "PowerResult",
+            "Change a site's power budget (a lower budget sheds preemptible work at once)", req = "SiteUpdate"),
+        route!(get "/v1/racks", list_racks, Token, 200, "RackList", "Racks with power draw against cap"),
+        route!(post "/v1/racks", create_rack, Admin, 201, "TopologyResult", "Add a rack", req = "Rack"),
+        route!(patch "/v1/racks/{name}", update_rack, Admin, 200, "PowerResult",
+            "Change a rack's power cap", req = "RackUpdate"),
+        route!(get "/v1/nodes", list_nodes, Token, 200, "NodeList", "Nodes, their state and use"),
+        route!(post "/v1/nodes/{name}/drain", drain_node, Admin, 200, "Node",
+            "Drain a node: running work continues, nothing new is placed"),
+        route!(post "/v1/nodes/{name}/undrain", undrain_node, Admin, 200, "Node",
+            "Mark a node up (until agents exist, this is how a declared node starts taking work)"),
+        route!(get "/v1/catalog", get_catalog, Token, 200, "Catalog", "The accelerator catalog"),
+        route!(post "/v1/catalog", add_model, Admin, 201, "AcceleratorModel",
+            "Add an accelerator model", req = "AcceleratorModel"),
+        route!(get "/v1/tenants", list_tenants, Token, 200, "TenantList",
+            "Tenants (a tenant token sees its own)"),
+        route!(post "/v1/tenants", create_tenant, Admin, 201, "Tenant", "Create a tenant", req = "Tenant"),
+        route!(get "/v1/tenants/{name}", show_tenant, Token, 200, "Tenant", "One tenant"),
+        route!(patch "/v1/tenants/{name}", update_tenant, Admin, 200, "Tenant",
+            "Update a tenant's tier, weight, quotas, jurisdictions, share cap or default priority",
+            req = "TenantUpdate"),
+        route!(post "/v1/tenants/{name}/tokens", create_token, Admin, 201, "NewToken",
+            "A new token for the tenant, shown once"),
+        route!(get "/v1/tenants/{name}/tokens", list_tokens, Token, 200, "TokenList",
+            "The tenant's tokens (ids only)"),
+        route!(post "/v1/tokens/{id}/revoke", revoke_token, Token, 200, "Token",
+            "Revoke a token (admins any, tenants their own)"),
+        route!(get "/v1/events", audit_log, Admin, 200, "AuditLog", "The audit log: every change, oldest first",
+            query = &[("after", "only records after this sequence number"),
+                      ("limit", "at most this many (1..=1000, default 100)")]),
+    ]
+}
+
+pub fn router(app: AppState) -> Router {
+    let mut by_path: BTreeMap<&str, MethodRouter<AppState>> = BTreeMap::new();
+    for r in routes() {
+        let m = match by_path.remove(r.path) {
+            Some(m) => m.merge(r.handler),
+            None => r.handler,
+        };
+        by_path.insert(r.path, m);
+    }
+    let mut router = Router::new();
+    for (p, m) in by_path {
+        router = router.route(p, m.fallback(method_not_allowed));
+    }
+    let limit = app.cfg.max_body_bytes;
+    router
+        .fallback(no_route)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(app)
+}
+
+async fn no_route() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint; GET /v1/openapi.json lists them")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method; GET /v1/openapi.json lists them",
+    )
+}
+
+// ---- request helpers ---------------------------------------------------------------------
+
+fn principal(app: &App, headers: &HeaderMap) -> Result<Principal> {
+    auth::authenticate(&app.core(), headers)
+}
+
+fn body(b: std::result::Result<Bytes, BytesRejection>) -> Result<Bytes> {
+    b.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "the request body is larger than the server accepts (max_body_bytes)",
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text())
+        }
+    })
+}
+
+fn json_error(path: String, e: serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    let code = match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => "malformed_json",
+        Category::Data => "invalid",
+    };
+    let field = if path == "." || path.is_empty() {
+        None
+    } else {
+        Some(path)
+    };
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code,
+        message: e.to_string(),
+        field,
+        retry_after_s: None,
+    }
+}
+
+/// Parses a JSON body, naming the field path of any error.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let v = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        json_error(path, e.into_inner())
+    })?;
+    de.end().map_err(|e| json_error(String::new(), e))?;
+    Ok(v)
+}
+
+fn from_value<T: DeserializeOwned>(v: Value, prefix: &str) -> Result<T> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let p = e.path().to_string();
+        let path = match (prefix, p.as_str()) {
+            (pre, ".") => pre.to_string(),
+            ("", p) => p.to_string(),
+            (pre, p) => format!("{pre}.{p}"),
+        };
+        json_error(path, e.into_inner())
+    })
+}
+
+/// A job submission: a job spec, plus the command its tasks run (kept for the agents).
+pub fn parse_submission(bytes: &[u8]) -> Result<(JobSpec, Vec<String>)> {
+    let v: Value = parse_json(bytes)?;
+    let Value::Object(mut m) = v else {
+        return Err(ApiError::invalid("", "the body must be a JSON object (a job spec)"));
+    };
+    let command = match m.remove("command") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(c) => from_value::<Vec<String>>(c, "command")?,
+    };
+    if command.len() > 4096 || command.iter().map(String::len).sum::<usize>() > 256 * 1024 {
+        return Err(ApiError::invalid("command", "too long"));
+    }
+    let spec: JobSpec = from_value(Value::Object(m), "")?;
+    spec.validate()
+        .map_err(|e| ApiError::invalid(e.field, e.message))?;
+    Ok((spec, command))
+}
+
+/// Query parameters, refusing unknown ones.
+fn query(raw: Option<String>, allowed: &[&str]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let Some(raw) = raw else { return Ok(out) };
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = decode(k);
+        if !allowed.contains(&k.as_str()) {
+            return Err(ApiError::invalid(
+                k.clone(),
+                format!("unknown query parameter; known: {}", allowed.join(", ")),
+            ));
+        }
+        out.insert(k, decode(v));
+    }
+    Ok(out)
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() + 1
+                && i + 2 <= b.len().saturating_sub(1)
+                && hex(b[i + 1]).is_some()
+                && hex(b[i + 2]).is_some() =>
+            {
+                let v = hex(b[i + 1]).unwrap_or(0) * 16 + hex(b[i + 2]).unwrap_or(0);
+                out.push(v as u8);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn num(q: &BTreeMap<String, String>, k: &str, default: u64, min: u64, max: u64) -> Result<u64> {
+    match q.get(k) {
+        None => Ok(default),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(ApiError::invalid(
+                k,
+                format!("{v:?} is not a whole number in {min}..={max}"),
+            )),
+        },
+    }
+}
+
+fn job_id(s: &str) -> Result<u64> {
+    s.parse::<u64>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| ApiError::invalid("id", format!("{s:?} is not a job id (a positive integer)")))
+}
+
+fn created(v: Value) -> Response {
+    (StatusCode::CREATED, axum::Json(v)).into_response()
+}
+
+fn ok(v: Value) -> Response {
+    axum::Json(v).into_response()
+}
+
+// ---- views -------------------------------------------------------------------------------
+
+fn job_summary(j: &JobRecord) -> Value {
+    json!({
+        "id": j.id,
+        "tenant": &*j.tenant,
+        "name": j.name.as_deref(),
+        "state": state_name(j.state),
+        "accelerators": j.accel_milli as f64 / 1000.0,
+        "submitted_at_ms": j.submitted_ms,
+        "ended_at_ms": j.ended_ms,
+        "attempt": j.attempt,
+    })
+}
+
+fn job_detail(app: &App, core: &Core, j: &JobRecord) -> Result<Value> {
+    let mut v = job_summary(j);
+    let (spec, command) = match &j.submitted {
+        Some(s) => (serde_json::to_value(&s.spec).unwrap_or(Value::Null), s.command.clone()),
+        None => {
+            // An ended job: its spec is read back from the log.
+            let rec = app
+                .reader()
+                .get(j.submit_seq)
+                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            match rec.map(|r| serde_json::from_slice::<Entry>(&r.body)) {
+                Some(Ok(Entry::Submit { spec, command, .. })) => {
+                    (serde_json::to_value(&spec).unwrap_or(Value::Null), command)
+                }
+                _ => (Value::Null, Vec::new()),
+            }
+        }
+    };
+    let m = v.as_object_mut().expect("a summary is an object");
+    m.insert("spec".into(), spec);
+    m.insert("command".into(), json!(command));
+    m.insert("placement".into(), json!(j.placement));
+    let mut events = vec![json!({"at_ms": j.submitted_ms, "event": "submitted"})];
+    events.extend(j.history.iter().map(|h| json!(h)));
+    m.insert("events".into(), Value::Array(events));
+    m.insert("reason".into(), json!(j.reason));
+    if j.state == JobState::Pending
+        && let Some(e) = core.engine().explain(JobId(j.id))
+    {
+        m.insert(
+            "wait".into(),
+            json!({
+                "position": e.position,
+                "reason": e.wait,
+                "text": e.text,
+                "estimated_start_s": e.estimated_start_s,
+            }),
+        );
+    }
+    Ok(v)
+}
+
+// ---- handlers: health, metrics, openapi ---------------------------------------------------
+
+async fn healthz(State(app): State<AppState>) -> Response {
+    let core = app.core();
+    ok(json!({
+        "status": "ok",
+        "log_seq": core.seq(),
+        "durable_seq": app.durable_seq(),
+        "jobs": core.job_count(),
+        "pending": core.engine().pending_count(),
+        "uptime_s": app.started.elapsed().as_secs(),
+        "replay": {"records": app.replay.records, "ms": app.replay.elapsed.as_millis() as u64,
+                   "diverged": app.replay.diverged},
+    }))
+}
+
+async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Result<Response> {
+    if app.cfg.metrics_require_token {
+        principal(&app, &headers)?.require_admin()?;
+    }
+    let text = {
+        let core = app.core();
+        app.metrics
+            .render(&core, app.durable_seq(), app.commit_batches())
+    };
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+async fn openapi() -> Response {
+    ok(crate::openapi::document(&routes()))
+}
+
+// ---- handlers: jobs ----------------------------------------------------------------------
+
+async fn submit(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    b: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let p = principal(&app, &headers)?;
+    let q = query(raw, &["tenant"])?;
+    let b = body(b)?;
+    let tenant: String = match (&p, q.get("tenant")) {
+        (Principal::Tenant { name, .. }, None) => name.to_string(),
+        (Principal::Tenant { name, .. }, Some(t)) if **name == **t => t.clone(),
+        (Principal::Tenant { .. }, Some(_)) => {
+            return Err(ApiError::forbidden("a tenant token submits for its own tenant only"));
+        }
+        (Principal::Admin { .. }, Some(t)) => t.clone(),
+        (Principal::Admin { .. }, None) => {
+            return Err(ApiError::invalid(
+                "tenant",
+                "an admin token must say which tenant the job is for (?tenant=NAME)",
+            ));
+        }
+    };
+    if let Some(t) = p.tenant()
+        && let Err(wait_s) = app.limiter.take(t)
+    {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("tenant {t} is submitting faster than allowed; retry in {wait_s} s"),
+        );
+        e.retry_after_s = Some(wait_s);
+        return Err(e);
+    }
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let k = v
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::invalid("Idempotency-Key", "must be 1 to 255 visible ASCII characters")
+                })?;
+            Some(k.to_string())
+        }
+    };
+    let (spec, command) = parse_submission(&b)?;
+    let request_sha256 = {
+        let mut buf = Vec::with_capacity(tenant.len() + 1 + b.len());
+        buf.extend_from_slice(tenant.as_bytes());
+        buf.push(0);
+        buf.extend_from_slice(&b);
+        auth::hex(&auth::sha256(&buf))
+    };
+    let (seq, job, refused, replayed) = {
+        let mut core = app.core();
+        let existing = key
+            .as_ref()
+            .and_then(|k| core.idempotent(&tenant, k).cloned());
+        if let Some((hash, job)) = existing {
+            if hash != request_sha256 {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with a different request",
+                )
+                .field("Idempotency-Key"));
+            }
+            let seq = core
+                .job(job)
+                .map_or(core.seq(), |j| j.submit_seq);
+            (seq, job, None, true)
+        } else {
+            core.check_submit(&tenant, &spec).map_err(|r| {
+                let mut e = ApiError::from_refusal(r);
+                if e.field.as_deref().is_some_and(|f| !f.contains("models") && !f.contains("sites")) {
+                    e.status = StatusCode::BAD_REQUEST;
+                }
+                e
+            })?;
+            let job = core.next_job_id();
+            let entry = Entry::Submit {
+                job,
+                tenant: tenant.clone(),
+                spec,
+                command,
+                idempotency: key.map(|key| Idempotency {
+                    key,
+                    request_sha256,
+                }),
+                by: p.token_id().to_string(),
+            };
+            let (seq, applied) = app.commit(&mut core, entry)?;
+            let refused = applied.decisions.iter().find_map(|d| match d {
+                Decision::Reject { job: j, reason } if j.0 == job => Some(reason.clone()),
+                _ => None,
+            });
+            (seq, job, refused, false)
+        }
+    };
+    app.durable(seq).await?;
+    let core = app.core();
+    let Some(j) = core.job(job) else {
+        // Refused by the engine's admission (now, or when first submitted with this key).
+        let reason = refused
+            .or_else(|| core.refused_reason(job))
+            .unwrap_or_else(|| "refused".into());
+        let (field, message) = split_reason(&reason);
+        return Err(ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "unsatisfiable",
+            message,
+            field,
+            retry_after_s: None,
+        });
+    };
+    let mut r = created(job_summary(j));
+    if replayed {
+        r.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    r.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&format!("/v1/jobs/{job}")).expect("ascii"),
+    );
+    Ok(r)
+}
+
+async fn list_jobs(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response> {
+    let p = principal(&app, &headers)?;
+    let q = query(raw, &["state", "tenant", "limit", "cursor"])?;
+    let limit = num(&q, "limit", 100, 1, 1000)? as usize;
+    let cursor = num(&q, "cursor", u64::MAX, 1, u64::MAX)?;
+    let state = match q.get("state") {
+        None => None,
+        Some(s) => Some(parse_state(s).ok_or_else(|| {
+            ApiError::invalid(
+                "state",
+                format!("{s:?}: use pending, running, succeeded, failed, cancelled or rejected"),
+            )
+        })?),
+    };
+    let tenant: Option<String> = match (&p, q.get("tenant")) {
+        (Principal::Tenant { name, .. }, None) => Some(name.to_string()),
+        (Principal::Tenant { name, .. }, Some(t)) if **name == **t => Some(t.clone()),
+        (Principal::Tenant { .. }, Some(_)) => {
+            return Err(ApiError::forbidden("a tenant token sees its own tenant's jobs only"));
+        }
+        (Principal::Admin { .. }, t) => t.cloned(),
+    };
+    let core = app.core();
+    let mut jobs = Vec::new();
+    let mut next = None;
+    for j in core.jobs_before(cursor) {
+        if tenant.as_deref().is_some_and(|t| *j.tenant != *t) || state.is_some_and(|s| j.state != s) {
+            continue;
+        }
+        if jobs.len() == limit {
+            next = Some(jobs.last().and_then(|v: &Value| v["id"].as_u64()).unwrap_or(j.id + 1));
+            break;
+        }
+        jobs.push(job_summary(j));
+    }
+    Ok(ok(json!({"jobs": jobs, "next_cursor": next.map(|n| n.to_string())})))
+}
+
+fn visible_job<'a>(core: &'a Core, p: &Principal, id: u64) -> Result<&'a JobRecord> {
+    let j = core
+        .job(id)
+        .ok_or_else(|| ApiError::not_found(format!("job {id} is not known")))?;
+    if !p.may_act_for(&j.tenant) {
+        return Err(ApiError::forbidden(format!("job {id} belongs to another tenant")));
+    }
+    Ok(j)
+}
+
+async fn show_job(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    let p = principal(&app, &headers)?;
+    let id = job_id(&id)?;
+    let core = app.core();
+    let j = visible_job(&core, &p, id)?;
+    Ok(ok(job_detail(&app, &core, j)?))
+}
+
+async fn cancel_job(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    let p = principal(&app, &headers)?;
+    let id = job_id(&id)?;
+    let seq = {
+        let mut core = app.core();
+        visible_job(&core, &p, id)?;
+        app.commit(
+            &mut core,
+            Entry::Cancel {
+                job: id,
+                by: p.token_id().to_string(),
+            },
+        )?
+        .0
+    };
+    app.durable(seq).await?;
+    let core = app.core();
+    let j = visible_job(&core, &p, id)?;
+    Ok(ok(job_summary(j)))
+}
+
+async fn queue(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response> {
+    let p = principal(&app, &headers)?;
+    let q = query(raw, &["limit", "tenant"])?;
+    let limit = num(&q, "limit", u64::MAX, 1, u64::MAX)? as usize;
+    let tenant: Option<String> = match (&p, q.get("tenant")) {
+        (Principal::Tenant { name, .. }, _) => Some(name.to_string()),
+        (Principal::Admin { .. }, t) => t.cloned(),
+    };
+    let core = app.core();
+    let e = core.engine();
+    let now = e.now_s();
+    let order = e.queue();
+    let total = order.len();
+    let mut out = String::with_capacity(order.len().min(limit) * 160 + 64);
+    out.push_str(&format!("{{\"now_s\":{now},\"total\":{total},\"jobs\":["));
+    let mut n = 0;
+    for (pos, id) in order.into_iter().enumerate() {
+        if n == limit {
+            break;
+        }
+        let Some(j) = core.job(id.0) else { continue };
+        if tenant.as_deref().is_some_and(|t| *j.tenant != *t) {
+            continue;
+        }
+        let wait = e.wait_reason(id);
+        let est = match wait {
+            Some(gosok_engine::WaitReason::Reserved { start_s }) => Some(start_s),
+            _ => None,
+        };
+        let row = json!({
+            "position": pos,
+            "id": j.id,
+            "tenant": &*j.tenant,
+            "name": j.name.as_deref(),
+            "accelerators": j.accel_milli as f64 / 1000.0,
+            "submitted_at_ms": j.submitted_ms,
+            "reason": wait,
+            "text": wait.map(|w| w.describe(now)),
+            "estimated_start_s": est,
+        });
+        if n > 0 {
+            out.push(',');
+        }
+        out.push_str(&row.to_string());
+        n += 1;
+    }
+    out.push_str("]}");
+    Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
+}
+
+// ---- handlers: topology ------------------------------------------------------------------
+
+/// The declared highway with each node's current state, runs kept where their nodes agree.
+pub fn export(core: &Core) -> ClusterSpec {
+    let mut c = core.cluster().clone();
+    let states = core.node_states();
+    let mut nodes = Vec::new();
+    for n in &c.node {
+        match n.count {
+            None => {
+                let mut n = n.clone();
+                n.state = states.get(&n.name).copied().unwrap_or(n.state);
+                nodes.push(n);
+            }
+            Some(count) => {
+                let width = (count.max(1) - 1).to_string().len().max(3);
+                let names: Vec<String> =
+                    (0..count).map(|k| format!("{}-{:0width$}", n.name, k)).collect();
+                let mut st: Vec<NodeState> = names
+                    .iter()
+                    .map(|x| states.get(x).copied().unwrap_or(n.state))
+                    .collect();
+                st.dedup();
+                if st.len() <= 1 {
+                    let mut n = n.clone();
+                    n.state = st.into_iter().next().unwrap_or(n.state);
+                    nodes.push(n);
+                } else {
+                    // States differ within the run: write its nodes one by one.
+                    for x in names {
+                        let mut one = n.clone();
+                        one.count = None;
+                        one.state = states.get(&x).copied().unwrap_or(n.state);
+                        one.name = x;
+                        nodes.push(one);
+                    }
+                }
+            }
+        }
+    }
+    c.node = nodes;
+    c
+}
+
+async fn get_topology(State(app): State<AppState>, headers: HeaderMap) -> Result<Response> {
+    principal(&app, &headers)?.require_admin()?;
+    let core = app.core();
+    Ok(ok(serde_json::to_value(export(&core)).unwrap_or(Value::Null)))
+}
+
+/// What applying `new` changes, and the entries that do it.
+fn plan_topology(core: &Core, new: &ClusterSpec, by: &str) -> Result<(Vec<String>, Vec<Entry>)> {
+    let catalog = core.catalog();
+    let resolved_new = new
+        .resolve(catalog)
+        .map_err(|e| ApiError::invalid(e.field, e.message).with_status(StatusCode::UNPROCESSABLE_ENTITY))?;
+    let old = core.cluster();
+    let resolved_old = old.resolve(catalog).unwrap_or_default();
+    let mut changes = Vec::new();
+    let mut entries = Vec::new();
+    let mut structural = false;
+    for s in &new.site {
+        match old.site.iter().find(|o| o.name == s.name) {
+            None => {
+                changes.push(format!("site {}: added", s.name));
+                structural = true;
+            }
+            Some(o) => {
+                let mut o2 = o.clone();
+                o2.power_budget_mw = s.power_budget_mw;
+                if o2 != *s {
+                    changes.push(format!("site {}: changed", s.name));
+                    structural = true;
+                } else if o.power_budget_mw != s.power_budget_mw {
+                    changes.push(format!(
+                        "site {}: power_budget_mw {} -> {}",
+                        s.name, o.power_budget_mw, s.power_budget_mw
+                    ));
+                    entries.push(Entry::SitePowerBudget {
+                        site: s.name.clone(),
+                        power_budget_mw: s.power_budget_mw,
+                        by: by.into(),
+                    });
+                }
+            }
+        }
+    }
+    for o in &old.site {
+        if !new.site.iter().any(|s| s.name == o.name) {
+            changes.push(format!("site {}: removed", o.name));
+            structural = true;
+        }
+    }
+    for r in &new.rack {
+        match old.rack.iter().find(|o| o.name == r.name) {
+            None => {
+                changes.push(format!("rack {}: added", r.name));
+                structural = true;
+            }
+            Some(o) => {
+                let mut o2 = o.clone();
+                o2.power_cap_kw = r.power_cap_kw;
+                if o2 != *r {
+                    changes.push(format!("rack {}: changed", r.name));
+                    structural = true;
+                } else if o.power_cap_kw != r.power_cap_kw {
+                    changes.push(format!(
+                        "rack {}: power_cap_kw {} -> {}",
+                        r.name, o.power_cap_kw, r.power_cap_kw
+                    ));
+                    entries.push(Entry::RackPowerCap {
+                        rack: r.name.clone(),
+                        power_cap_kw: r.power_cap_kw,
+                        by: by.into(),
+                    });
+                }
+            }
+        }
+    }
+    for o in &old.rack {
+        if !new.rack.iter().any(|r| r.name == o.name) {
+            changes.push(format!("rack {}: removed", o.name));
+            structural = true;
+        }
+    }
+    let shape = |n: &gosok_model::ResolvedNode| {
+        let mut s = n.spec.clone();
+        s.name = String::new();
+        s.count = None;
+        s.state = NodeState::Down;
+        (n.site, n.rack, s)
+    };
+    let old_nodes: BTreeMap<&str, &gosok_model::ResolvedNode> =
+        resolved_old.iter().map(|n| (n.name.as_str(), n)).collect();
+    let new_names: BTreeSet<&str> = resolved_new.iter().map(|n| n.name.as_str()).collect();
+    let (mut added, mut changed, mut removed) = (0, 0, 0);
+    for n in &resolved_new {
+        match old_nodes.get(n.name.as_str()) {
+            None => added += 1,
+            Some(o) => {
+                let (os, or, ospec) = shape(o);
+                let (ns, nr, nspec) = shape(n);
+                let same_place = old.rack[or].name == new.rack[nr].name
+                    && old.site[os].name == new.site[ns].name;
+                if !same_place || ospec != nspec {
+                    changed += 1;
+                }
+            }
+        }
+    }
+    for o in &resolved_old {
+        if !new_names.contains(o.name.as_str()) {
+            removed += 1;
+        }
+    }
+    for (k, what) in [(added, "added"), (changed, "changed"), (removed, "removed")] {
+        if k > 0 {
+            changes.push(format!("nodes: {k} {what}"));
+            structural = true;
+        }
+    }
+    let mut tenants = Vec::new();
+    for t in &new.tenant {
+        match core.tenant(&t.name) {
+            None => {
+                changes.push(format!("tenant {}: added", t.name));
+                tenants.push(t.clone());
+            }
+            Some(o) if o != t => {
+                changes.push(format!("tenant {}: changed", t.name));
+                tenants.push(t.clone());
+            }
+            Some(_) => {}
+        }
+    }
+    for o in &old.tenant {
+        if !new.tenant.iter().any(|t| t.name == o.name) {
+            changes.push(format!("tenant {}: kept (tenants are never removed)", o.name));
+        }
+    }
+    if structural {
+        core.check_topology(new).map_err(ApiError::from_refusal)?;
+        let mut c = new.clone();
+        // The file may not set the state of a node that exists (agents and drains own it).
+        c.tenant = old.tenant.clone();
+        for t in &tenants {
+            match c.tenant.iter_mut().find(|x| x.name == t.name) {
+                Some(x) => *x = t.clone(),
+                None => c.tenant.push(t.clone()),
+            }
+        }
+        entries = vec![Entry::Topology {
+            cluster: c,
+            by: by.into(),
+        }];
+    } else {
+        for t in tenants {
+            entries.push(Entry::Tenant {
+                spec: t,
+                by: by.into(),
+            });
+        }
+    }
+    Ok((changes, entries))
+}
+
+impl ApiError {
+    fn with_status(mut self, s: StatusCode) -> ApiError {
+        self.status = s;
+        self
+    }
+}
+
+/// Applies entries in order, waiting for the last to be durable.
+async fn commit_all(app: &App, entries: Vec<Entry>) -> Result<Vec<Decision>> {
+    let mut last = None;
+    let mut decisions = Vec::new();
+    {
+        let mut core = app.core();
+        for e in entries {
+            let (seq, applied) = app.commit(&mut core, e)?;
+            decisions.extend(applied.decisions);
+            last = Some(seq);
+        }
+    }
+    if let Some(seq) = last {
+        app.durable(seq).await?;
+    }
+    Ok(decisions)
+}
+
+fn parse_cluster(headers: &HeaderMap, b: &[u8]) -> Result<ClusterSpec> {
+    let toml = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("toml"));
+    if toml {
+        let text = std::str::from_utf8(b)
+            .map_err(|_| ApiError::invalid("", "the TOML body is not UTF-8"))?;
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let p = e.path().to_string();
+            ApiError::invalid(if p == "." { String::new() } else { p }, e.into_inner().to_string())
+        })
+    } else {
+        parse_json(b)
+    }
+}
+
+async fn put_topology(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    b: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let p = principal(&app, &headers)?;
+    p.require_admin()?;
+    let q = query(raw, &["dry_run"])?;
+    let dry = match q.get("dry_run").map(String::as_str) {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") | Some("") => true,
+        Some(v) => return Err(ApiError::invalid("dry_run", format!("{v:?}: use true or false"))),
+    };
+    let b = body(b)?;
+    let spec = parse_cluster(&headers, &b)?;
+    apply_topology(&app, &p, spec, dry, StatusCode::OK).await
+}
+
+async fn apply_topology(
+    app: &App,
+    p: &Principal,
+    spec: ClusterSpec,
+    dry: bool,
+    status: StatusCode,
+) -> Result<Response> {
+    let (changes, entries) = {
+        let core = app.core();
+        plan_topology(&core, &spec, p.token_id())?
+    };
+    let decisions = if dry {
+        Vec::new()
+    } else {
+        commit_all(app, entries).await?
+    };
+    Ok((
+        status,
+        axum::Json(json!({
+            "changed": changes,
+            "dry_run": dry,
+            "decisions": decisions,
+        })),
+    )
+        .into_response())
+}
+
+async fn create_site(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    b: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let p = principal(&app, &headers)?;
+    p.require_admin()?;
+    let site: SiteSpec = parse_json(&body(b)?)?;
+    let spec = {
+        let core = app.core();
+        if core.cluster().site.iter().any(|s| s.name == site.name) {
+            return Err(ApiError::conflict(format!("site {:?} exists", site.name)).field("name"));
+        }
+        let mut c = export(&core);
+        c.site.push(site);
+        c
+    };
+    apply_topology(&app, &p, spec, false, StatusCode::CREATED).await
+}
+
+async fn create_rack(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    b: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let p = principal(&app, &headers)?;
+    p.require_admin()?;
+    let rack: RackSpec = parse_json(&body(b)?)?;
+    let spec = {
+        let core = app.core();
+        if core.cluster().rack.iter().any(|r| r.name == rack.name) {
+            return Err(ApiError::conflict(format!("rack {:?} exists", rack.name)).field("name"));
+        }
+        let mut c = export(&core);
+        c.rack.push(rack);
+        c
+    };
+    apply_topology(&app, &p, spec, false, StatusCode::CREATED).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SiteUpdate {
+    power_budget_mw: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RackUpdate {
+    power_cap_kw: f64,
+}
+
+fn power_result(decisions: Vec<Decision>) -> Value {
+    let shed: Vec<&Decision> = decisions
+        .iter()
+        .filter(|d| matches!(d, Decision::Shed { .. }))
+        .collect();
+    json!({"shed": shed, "decisions": decisions})
+}
+
+async fn update_site(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    b: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let p = principal(&app, &headers)?;
+    p.require_admin()?;
+    let u: SiteUpdate = parse_json(&body(b)?)?;
+    let d = commit_all(
+        &app,
+        vec![Entry::SitePowerBudget {
+            site: name,
+            power_budget_mw: u.power_budget_mw,
+            by: p.token_id().into(),
+        }],
+    )
+    .await?;
+    Ok(ok(power_result(d)))
+}
+
+async fn update_rack(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    b: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let p = principal(&app, &headers)?;
+    p.require_admin()?;
+    let u: RackUpdate = parse_json(&body(b)?)?;
+    let d = commit_all(
+        &app,
+        vec![Entry::RackPowerCap {
+            rack: name,
+            power_cap_kw: u.power_cap_kw,
+            by: p.token_id().into(),
+        }],
+    )
+    .await?;
+    Ok(ok(power_result(d)))
+}
+
+async fn list_sites(State(app): State<AppState>, headers: HeaderMap) -> Result<Response> {
+    principal(&app, &headers)?;
+    let core = app.core();
+    let c = core.engine().cluster();
+    let mut sites = Vec::new();
+    for s in &core.cluster().site {
+        let Some(&i) = c.site_by_name.get(&s.name) else { continue };
+        let live = &c.sites[i as usize];
+        let (mut total, mut used) = (0u64, 0u64);
+        for n in c.nodes.iter().filter(|n| n.site == i) {
+            total += n.devices() as u64 * 1000;
+            used += n.used_total_milli();
+        }
+        sites.push(json!({
+            "name": s.name, "region": s.region, "jurisdiction": s.jurisdiction, "pue": s.pue,
+            "power_budget_mw": s.power_budget_mw,
+            "power_budget_w": live.budget_w,
+            "power_draw_w": c.site_facility_draw_w(i),
+            "it_draw_w": live.it_w,
+            "accelerators": total as f64 / 1000.0,
+            "accelerators_allocated": used as f64 / 1000.0,
+        }));
+    }
+    Ok(ok(json!({"sites": sites})))
+}
+
+async fn list_racks(State(app): State<AppState>, headers: HeaderMap) -> Result<Response> {
+    principal(&app, &headers)?;
+    let core = app.core();
+    let c = core.engine().cluster();
+    let racks: Vec<Value> = core
+        .cluster()
+        .rack
+        .iter()
+        .filter_map(|r| {
+            let &i = c.rack_by_name.get(&r.name)?;
+            let live = &c.racks[i as usize];
+            Some(json!({
+                "name": r.name, "site": r.site, "scale_up_domain": r.scale_up_domain,
+                "power_cap_kw": r.power_cap_kw, "power_cap_w": live.cap_w, "it_draw_w": live.it_w,
+                "nodes": live.nodes.len(),
+            }))
+        })
+        .collect();
+    Ok(ok(json!({"racks": racks})))
+}
+
+fn node_view(core: &Core, name: &str) -> Option<Value> {
+    let c = core.engine().cluster();
+    let &i = c.node_by_name.get(name)?;
+    let n = &c.nodes[i as usize];
+    Some(json!({
+        "name": &*n.name,
+        "site": &*c.sites[n.site as usize].name,
+        "rack": &*c.racks[n.rack as usize].name,
+        "state": n.state,
+        "model": n.model.map(|m| c.model_names[m as usize].to_string()),
+        "accelerators": n.devices(),
+        "accelerators_allocated": n.used_total_milli() as f64 / 1000.0,
+        "cpu_milli": n.cpu_total_milli,
+        "cpu_milli_free": n.cpu_free_milli,
+        "mem_mib": n.mem_total_mib,
+        "mem_mib_free": n.mem_free_mib,
+        "draw_w": n.draw_w,
+        "tasks": n.tasks.len(),
+    }))
+}
+
+async fn list_nodes(State(app): State<AppState>, headers: HeaderMap) -> Result<Response> {
+    principal(&app, &headers)?;
+    let core = app.core();
+    let nodes: Vec<Value> = core
+        .node_states()
+        .keys()
+        .filter_map(|n| node_view(&core, n))
+        .collect();
+    Ok(ok(json!({"nodes": nodes})))
+}
+
+async fn set_node(app: &App, headers: &HeaderMap, name: String, state: NodeState) -> Result<Response> {
+    let p = principal(app, headers)?;
+    p.require_admin()?;
+    commit_all(
+        app,
+        vec![Entry::NodeState {
+            node: name.clone(),
+            state,
+            by: p.token_id().into(),
+        }],
+    )
+    .await?;
+    let core = app.core();
+    node_view(&core, &name)
+        .map(ok)
+        .ok_or_else(|| ApiError::not_found(format!("node {name:?} is not known")))
+}
+
+async fn drain_node(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response> {
+    set_node(&app, &headers, name, NodeState::Draining).await
+}
+
+async fn undrain_node(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response> {
+    set_node(&app, &headers, name, NodeState::Up).await
+}
+
+// ---- handlers: catalog, tenants, tokens, audit --------------------------------------------
+
+async fn get_catalog(State(app): State<AppState>, headers: HeaderMap) -> Result<Response> {
+    principal(&app, &headers)?;
+    let core = app.core();
+    Ok(ok(json!({"models": core.catalog().models()})))
+}
+
+async fn add_model(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    b: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let p = principal(&app, &headers)?;
+    p.require_admin()?;
+    let m: AcceleratorModel = parse_json(&body(b)?)?;
+    commit_all(
+        &app,
+        vec![Entry::CatalogAdd {
+            model: m.clone(),
+            by: p.token_id().into(),
+        }],
+    )
+    .await?;
+    Ok(created(json!(m)))
+}
+
+async fn list_tenants(State(app): State<AppState>, headers: HeaderMap) -> Result<Response> {
+    let p = principal(&app, &headers)?;
+    let core = app.core();
+    let tenants: Vec<Value> = core
+        .cluster()
+        .tenant
+        .iter()
+        .filter(|t| p.may_act_for(&t.name))
+        .map(|t| tenant_view(&core, t))
+        .collect();
+    Ok(ok(json!({"tenants": tenants})))
+}
+
+fn tenant_view(core: &Core, t: &TenantSpec) -> Value {
+    let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
+    if let Some(m) = v.as_object_mut() {
+        let pending = core.pending_by_tenant().get(&*t.name).copied().unwrap_or(0);
+        m.insert("pending".into(), json!(pending));
+    }
+    v
+}
+
+async fn show_tenant(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response> {
+    let p = principal(&app, &headers)?;
+    if !p.may_act_for(&name) {
+        return Err(ApiError::forbidden("a tenant token sees its own tenant only"));
+    }
+    let core = app.core();
+    let t = core
+        .tenant(&name)
+        .ok_or_else(|| ApiError::not_found(format!("tenant {name:?} is not known")))?;
+    Ok(ok(tenant_view(&core, t)))
+}
+
+async fn create_tenant(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    b: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let p = principal(&app, &headers)?;
+    p.require_admin()?;
+    let t: TenantSpec = parse_json(&body(b)?)?;
+    {
+        let core = app.core();
+        if core.tenant(&t.name).is_some() {
+            return Err(ApiError::conflict(format!(
+                "tenant {:?} exists; PATCH /v1/tenants/{} updates it",
+                t.name, t.name
+            ))
+            .field("name"));
+        }
+        t.validate(core.catalog())
+            .map_err(|e| ApiError::invalid(e.field, e.message))?;
+    }
+    commit_all(
+        &app,
+        vec![Entry::Tenant {
+            spec: t.clone(),
+            by: p.token_id().into(),
+        }],
+    )
+    .await?;
+    let core = app.core();
+    Ok(created(tenant_view(&core, &t)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantUpdate {
+    tier: Option<Tier>,
+    weight: Option<f64>,
+    quotas: Option<Vec<QuotaSpec>>,
+    allowed_jurisdictions: Option<Vec<String>>,
+    share_cap: Option<f64>,
+    default_priority: Option<PriorityClass>,
+}
+
+async fn update_tenant(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    b: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let p = principal(&app, &headers)?;
+    p.require_admin()?;
+    let u: TenantUpdate = parse_json(&body(b)?)?;
+    let t = {
+        let core = app.core();
+        let mut t = core
+            .tenant(&name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("tenant {name:?} is not known")))?;
+        if let Some(x) = u.tier {
+            t.tier = x;
+        }
+        if let Some(x) = u.weight {
+            t.weight = x;
+        }
+        if let Some(x) = u.quotas {
+            t.quotas = x;
+        }
+        if let Some(x) = u.allowed_jurisdictions {
+            t.allowed_jurisdictions = x;
+        }
+        if let Some(x) = u.share_cap {
+            t.share_cap = x;
+        }
+        if let Some(x) = u.default_priority {
+            t.default_priority = x;
+        }
+        t.validate(core.catalog())
+            .map_err(|e| ApiError::invalid(e.field, e.message))?;
+        t
+    };
+    commit_all(
+        &app,
+        vec![Entry::Tenant {
+            spec: t.clone(),
+            by: p.token_id().into(),
+        }],
+    )
+    .await?;
+    let core = app.core();
+    Ok(ok(tenant_view(&core, &t)))
+}
+
+async fn create_token(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response> {
+    let p = principal(&app, &headers)?;
+    p.require_admin()?;
+    let (token, id, seq) = {
+        let mut core = app.core();
+        if core.tenant(&name).is_none() {
+            return Err(ApiError::not_found(format!("tenant {name:?} is not known")));
+        }
+        let (token, entry) = crate::new_token_entry(&core, Some(&name));
+        let id = entry.id.clone();
+        let (seq, _) = app.commit(
+            &mut core,
+            Entry::TokenCreate {
+                token: entry,
+                by: p.token_id().into(),
+            },
+        )?;
+        (token, id, seq)
+    };
+    app.durable(seq).await?;
+    Ok(created(json!({"id": id, "tenant": name, "token": token})))
+}
+
+async fn list_tokens(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response> {
+    let p = principal(&app, &headers)?;
+    if !p.may_act_for(&name) {
+        return Err(ApiError::forbidden("a tenant token sees its own tenant only"));
+    }
+    let core = app.core();
+    let tokens: Vec<Value> = core
+        .tokens()
+        .filter(|t| t.tenant.as_deref() == Some(name.as_str()))
+        .map(|t| json!({"id": t.id, "tenant": t.tenant.as_deref(), "created_at_ms": t.created_ms, "revoked": t.revoked}))
+        .collect();
+    Ok(ok(json!({"tokens": tokens})))
+}
+
+async fn revoke_token(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    let p = principal(&app, &headers)?;
+    let (seq, tenant) = {
+        let mut core = app.core();
+        let t = core
+            .tokens()
+            .find(|t| t.id == id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("token {id:?} is not known")))?;
+        match (&p, &t.tenant) {
+            (Principal::Admin { .. }, _) => {}
+            (Principal::Tenant { name, .. }, Some(tn)) if name == tn => {}
+            _ => return Err(ApiError::forbidden("a tenant token revokes its own tenant's tokens only")),
+        }
+        let (seq, _) = app.commit(
+            &mut core,
+            Entry::TokenRevoke {
+                id: id.clone(),
+                by: p.token_id().into(),
+            },
+        )?;
+        (seq, t.tenant)
+    };
+    app.durable(seq).await?;
+    Ok(ok(json!({"id": id, "tenant": tenant.as_deref(), "revoked": true})))
+}
+
+async fn audit_log(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response> {
+    principal(&app, &headers)?.require_admin()?;
+    let q = query(raw, &["after", "limit"])?;
+    let after = num(&q, "after", 0, 0, u64::MAX)?;
+    let limit = num(&q, "limit", 100, 1, 1000)? as usize;
+    let durable = app.durable_seq();
+    let records = app
+        .reader()
+        .page(after, limit, &["tick"])
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let events: Vec<Value> = records
+        .into_iter()
+        .filter(|r| r.seq <= durable)
+        .map(|r| {
+            let mut body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+            // Token hashes are secrets' fingerprints: not for display.
+            for k in ["token", "admin_token"] {
+                if let Some(m) = body.get_mut(k).and_then(Value::as_object_mut) {
+                    m.remove("sha256");
+                }
+            }
+            json!({"seq": r.seq, "at_ms": r.at_ms, "kind": r.kind, "entry": body})
+        })
+        .collect();
+    let next = events.last().and_then(|e| e["seq"].as_u64());
+    Ok(ok(json!({"events": events, "next_after": next})))
+}
+
+impl RefusalKind {
+    pub fn is_invalid(self) -> bool {
+        self == RefusalKind::Invalid
+    }
+}

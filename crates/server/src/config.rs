@@ -1,0 +1,94 @@
+//! Server configuration: a TOML file (by default `DATA_DIR/gosok.toml`) and flags on top.
+
+use std::path::{Path, PathBuf};
+
+use gosok_engine::EngineConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to serve on.
+    pub listen: String,
+    /// A scheduling pass (with the clock advanced) at least this often while work waits or runs.
+    pub tick_ms: u64,
+    /// After a change (a submission, a cancel, a node coming up) the next pass runs this soon.
+    pub min_tick_gap_ms: u64,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// Submissions per second one tenant may sustain (429 with Retry-After beyond).
+    pub submit_rate_per_s: f64,
+    /// Submissions one tenant may make in a burst.
+    pub submit_burst: f64,
+    /// Whether GET /metrics needs an admin token.
+    pub metrics_require_token: bool,
+    /// Most log records written in one transaction (one fsync).
+    pub max_commit_batch: usize,
+    pub engine: EngineConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            tick_ms: 1000,
+            min_tick_gap_ms: 100,
+            max_body_bytes: 1 << 20,
+            submit_rate_per_s: 100.0,
+            submit_burst: 1000.0,
+            metrics_require_token: true,
+            max_commit_batch: 8192,
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`; a missing default file is not an error (the defaults apply).
+    pub fn load(path: &Path, must_exist: bool) -> anyhow::Result<Config> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+                return Ok(Config::default());
+            }
+            Err(e) => anyhow::bail!("cannot read the configuration {}: {e}", path.display()),
+        };
+        let c: Config = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("configuration {}: {e}", path.display()))?;
+        c.check()?;
+        Ok(c)
+    }
+
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.tick_ms >= 10, "tick_ms: at least 10 ms");
+        anyhow::ensure!(
+            self.max_body_bytes >= 1024,
+            "max_body_bytes: at least 1024 bytes"
+        );
+        anyhow::ensure!(
+            self.submit_rate_per_s > 0.0 && self.submit_rate_per_s.is_finite(),
+            "submit_rate_per_s: must be a positive number"
+        );
+        anyhow::ensure!(
+            self.submit_burst >= 1.0 && self.submit_burst.is_finite(),
+            "submit_burst: at least 1"
+        );
+        anyhow::ensure!(self.max_commit_batch >= 1, "max_commit_batch: at least 1");
+        Ok(())
+    }
+}
+
+/// The files of a data directory.
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    pub fn db(&self) -> PathBuf {
+        self.0.join("gosok.db")
+    }
+    pub fn admin_token(&self) -> PathBuf {
+        self.0.join("admin.token")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.0.join("gosok.toml")
+    }
+}

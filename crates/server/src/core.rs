@@ -1,0 +1,958 @@
+//! The controller's state: the engine plus the controller's own records (jobs as users see
+//! them, tokens, idempotency keys, the declared topology).
+//!
+//! Everything changes through [`Core::apply`] with a log [`Entry`], both live and when the log
+//! is replayed at start, so a replay rebuilds exactly the state that was acknowledged. The
+//! engine is deterministic, so replaying the same entries (ticks included) gives the same
+//! decisions. No I/O happens here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gosok_engine::{Decision, Engine, EngineConfig, Event, JobId, JobState, TaskPlacement};
+use gosok_model::{Catalog, ClusterSpec, JobSpec, NodeState, SpecError, TenantSpec};
+use serde::Serialize;
+
+use crate::entry::{Entry, TokenEntry};
+
+/// Why a change was refused; nothing was changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    Invalid,
+    NotFound,
+    Conflict,
+}
+
+impl Refusal {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Refusal {
+        Refusal {
+            kind: RefusalKind::Invalid,
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+    pub fn not_found(message: impl Into<String>) -> Refusal {
+        Refusal {
+            kind: RefusalKind::NotFound,
+            field: None,
+            message: message.into(),
+        }
+    }
+    pub fn conflict(field: Option<&str>, message: impl Into<String>) -> Refusal {
+        Refusal {
+            kind: RefusalKind::Conflict,
+            field: field.map(str::to_string),
+            message: message.into(),
+        }
+    }
+    pub fn spec(prefix: &str, e: SpecError) -> Refusal {
+        let field = match (prefix, e.field.as_str()) {
+            ("", f) => f.to_string(),
+            (p, "") => p.to_string(),
+            (p, f) => format!("{p}.{f}"),
+        };
+        Refusal::invalid(field, e.message)
+    }
+}
+
+/// A user-facing job state name.
+pub fn state_name(s: JobState) -> &'static str {
+    match s {
+        JobState::Pending => "pending",
+        JobState::Running => "running",
+        JobState::Succeeded => "succeeded",
+        JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
+        JobState::Rejected => "rejected",
+    }
+}
+
+pub fn parse_state(s: &str) -> Option<JobState> {
+    Some(match s {
+        "pending" => JobState::Pending,
+        "running" => JobState::Running,
+        "succeeded" => JobState::Succeeded,
+        "failed" => JobState::Failed,
+        "cancelled" => JobState::Cancelled,
+        "rejected" => JobState::Rejected,
+        _ => return None,
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryItem {
+    pub at_ms: u64,
+    pub event: &'static str,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// What a job was submitted with; kept in memory while the job may still run (a rebuild of
+/// the engine submits it again), read from the log afterwards.
+#[derive(Debug)]
+pub struct Submitted {
+    pub spec: JobSpec,
+    pub command: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct JobRecord {
+    pub id: u64,
+    pub tenant: Arc<str>,
+    pub name: Option<Box<str>>,
+    /// The log entry that submitted it (spec and command are there).
+    pub submit_seq: u64,
+    pub submitted_ms: u64,
+    pub state: JobState,
+    /// Refused at submission by the engine's admission (answered with 422): kept for the
+    /// audit log, never listed.
+    pub refused: bool,
+    pub accel_milli: u64,
+    pub submitted: Option<Arc<Submitted>>,
+    pub attempt: u32,
+    pub placement: Vec<TaskPlacement>,
+    pub history: Vec<HistoryItem>,
+    pub ended_ms: Option<u64>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenRecord {
+    pub id: String,
+    pub tenant: Option<Arc<str>>,
+    pub created_ms: u64,
+    pub revoked: bool,
+}
+
+/// Counters the metrics endpoint reads.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub decisions: BTreeMap<&'static str, u64>,
+    pub submitted: u64,
+}
+
+/// The result of applying one entry.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub decisions: Vec<Decision>,
+    /// How long the scheduling pass of a tick took.
+    pub pass: Option<Duration>,
+    /// Engine-time reached by a tick.
+    pub changed: Vec<String>,
+}
+
+pub struct Core {
+    cfg: EngineConfig,
+    catalog: Catalog,
+    added_models: Vec<gosok_model::AcceleratorModel>,
+    /// The declared topology and tenants; node states live in `node_states`.
+    cluster: ClusterSpec,
+    node_states: BTreeMap<String, NodeState>,
+    engine: Engine,
+    /// Job `id` is at index `id - 1`.
+    jobs: Vec<JobRecord>,
+    tokens: HashMap<[u8; 32], TokenRecord>,
+    token_by_id: BTreeMap<String, [u8; 32]>,
+    idempotency: HashMap<(Arc<str>, String), (String, u64)>,
+    pending_by_tenant: BTreeMap<Arc<str>, u64>,
+    tenant_names: BTreeMap<String, Arc<str>>,
+    now_s: u64,
+    /// Something changed since the last tick (a pass may have work to do).
+    pub dirty: bool,
+    running: u64,
+    pub counters: Counters,
+    initialised: bool,
+    /// The last log record applied.
+    seq: u64,
+}
+
+pub fn parse_hash(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn build_engine(
+    catalog: &Catalog,
+    cluster: &ClusterSpec,
+    node_states: &BTreeMap<String, NodeState>,
+    cfg: &EngineConfig,
+    now_s: u64,
+) -> Result<(Engine, BTreeMap<String, NodeState>), Refusal> {
+    let resolved = cluster
+        .resolve(catalog)
+        .map_err(|e| Refusal::spec("", e))?;
+    let mut engine = Engine::new(catalog.clone(), cluster, cfg.clone())
+        .map_err(|e| Refusal::spec("", e))?;
+    let mut states = BTreeMap::new();
+    for n in resolved {
+        let declared = n.spec.state;
+        let state = node_states.get(&n.name).copied().unwrap_or(declared);
+        if state != declared {
+            engine
+                .apply(Event::NodeState {
+                    node: n.name.clone(),
+                    state,
+                })
+                .map_err(|e| Refusal::invalid("node", e.to_string()))?;
+        }
+        states.insert(n.name, state);
+    }
+    engine
+        .apply(Event::AdvanceTime { now_s })
+        .map_err(|e| Refusal::invalid("now_s", e.to_string()))?;
+    Ok((engine, states))
+}
+
+impl Core {
+    pub fn new(cfg: EngineConfig) -> Result<Core, Refusal> {
+        let catalog = Catalog::builtin();
+        let cluster = ClusterSpec::default();
+        let (engine, node_states) = build_engine(&catalog, &cluster, &BTreeMap::new(), &cfg, 0)?;
+        Ok(Core {
+            cfg,
+            catalog,
+            added_models: Vec::new(),
+            cluster,
+            node_states,
+            engine,
+            jobs: Vec::new(),
+            tokens: HashMap::new(),
+            token_by_id: BTreeMap::new(),
+            idempotency: HashMap::new(),
+            pending_by_tenant: BTreeMap::new(),
+            tenant_names: BTreeMap::new(),
+            now_s: 0,
+            dirty: false,
+            running: 0,
+            counters: Counters::default(),
+            initialised: false,
+            seq: 0,
+        })
+    }
+
+    // ---- reading ----------------------------------------------------------------------
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+    pub fn cluster(&self) -> &ClusterSpec {
+        &self.cluster
+    }
+    pub fn node_states(&self) -> &BTreeMap<String, NodeState> {
+        &self.node_states
+    }
+    pub fn now_s(&self) -> u64 {
+        self.now_s
+    }
+    /// The last log record applied.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+    pub fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+    pub fn initialised(&self) -> bool {
+        self.initialised
+    }
+    pub fn job(&self, id: u64) -> Option<&JobRecord> {
+        let i = id.checked_sub(1)? as usize;
+        self.jobs.get(i).filter(|j| !j.refused)
+    }
+    /// Jobs, newest first, below `before` (an id).
+    pub fn jobs_before(&self, before: u64) -> impl Iterator<Item = &JobRecord> {
+        let end = (before.saturating_sub(1) as usize).min(self.jobs.len());
+        self.jobs[..end].iter().rev().filter(|j| !j.refused)
+    }
+    /// Why the engine refused a submission at admission.
+    pub fn refused_reason(&self, id: u64) -> Option<String> {
+        let i = id.checked_sub(1)? as usize;
+        self.jobs
+            .get(i)
+            .filter(|j| j.refused)
+            .and_then(|j| j.reason.clone())
+    }
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
+    }
+    pub fn next_job_id(&self) -> u64 {
+        self.jobs.len() as u64 + 1
+    }
+    pub fn token(&self, hash: &[u8; 32]) -> Option<&TokenRecord> {
+        self.tokens.get(hash).filter(|t| !t.revoked)
+    }
+    pub fn tokens(&self) -> impl Iterator<Item = &TokenRecord> {
+        self.token_by_id.values().filter_map(|h| self.tokens.get(h))
+    }
+    pub fn token_count(&self) -> usize {
+        self.token_by_id.len()
+    }
+    pub fn tenant(&self, name: &str) -> Option<&TenantSpec> {
+        self.cluster.tenant.iter().find(|t| t.name == name)
+    }
+    pub fn tenant_arc(&self, name: &str) -> Option<Arc<str>> {
+        self.tenant_names.get(name).cloned()
+    }
+    pub fn pending_by_tenant(&self) -> &BTreeMap<Arc<str>, u64> {
+        &self.pending_by_tenant
+    }
+    pub fn idempotent(&self, tenant: &str, key: &str) -> Option<&(String, u64)> {
+        // Allocation per lookup is fine: submissions with keys are the minority.
+        self.idempotency.get(&(Arc::from(tenant), key.to_string()))
+    }
+    /// Whether a tick could do anything: something changed, or work is pending or running.
+    pub fn needs_tick(&self) -> bool {
+        self.dirty || self.engine.pending_count() > 0 || self.running > 0
+    }
+
+    // ---- checks made before an entry is written -----------------------------------------
+
+    /// What can be checked of a submission without changing anything; the engine's own
+    /// admission (fit, quota, share cap) follows when it is applied.
+    pub fn check_submit(&self, tenant: &str, spec: &JobSpec) -> Result<(), Refusal> {
+        spec.validate().map_err(|e| Refusal::spec("", e))?;
+        if self.tenant(tenant).is_none() {
+            return Err(Refusal::invalid(
+                "tenant",
+                format!("tenant {tenant:?} is not known"),
+            ));
+        }
+        for (i, g) in spec.groups.iter().enumerate() {
+            for (j, m) in g.models.iter().enumerate() {
+                if self.catalog.matching(m).is_empty() {
+                    return Err(Refusal::invalid(
+                        format!("groups[{i}].models[{j}]"),
+                        format!(
+                            "{m:?} is neither a model nor a class in the accelerator catalog (GET /v1/catalog lists them)"
+                        ),
+                    ));
+                }
+            }
+        }
+        for (j, s) in spec.constraints.sites.iter().enumerate() {
+            if !self.cluster.site.iter().any(|x| x.name == *s) {
+                return Err(Refusal::invalid(
+                    format!("constraints.sites[{j}]"),
+                    format!("site {s:?} is not known"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the engine a topology would give, to refuse a bad one before it is written.
+    pub fn check_topology(&self, cluster: &ClusterSpec) -> Result<(), Refusal> {
+        build_engine(
+            &self.catalog,
+            cluster,
+            &self.node_states,
+            &self.cfg,
+            self.now_s,
+        )
+        .map(|_| ())
+    }
+
+    // ---- applying ---------------------------------------------------------------------
+
+    /// Applies one entry. On `Err` nothing changed (and the entry must not be written).
+    pub fn apply(&mut self, seq: u64, at_ms: u64, entry: &Entry) -> Result<Applied, Refusal> {
+        let mut out = Applied::default();
+        match entry {
+            Entry::Init { now_s, admin_token } => {
+                if self.initialised {
+                    return Err(Refusal::conflict(None, "the store is already initialised"));
+                }
+                self.advance(*now_s, &mut out)?;
+                self.add_token(admin_token, at_ms)?;
+                self.initialised = true;
+            }
+            Entry::Submit {
+                job,
+                tenant,
+                spec,
+                command,
+                idempotency,
+                ..
+            } => {
+                if *job != self.next_job_id() {
+                    return Err(Refusal::conflict(
+                        Some("job"),
+                        format!("job id {job} is not the next one ({})", self.next_job_id()),
+                    ));
+                }
+                let Some(t) = self.tenant_arc(tenant) else {
+                    return Err(Refusal::invalid(
+                        "tenant",
+                        format!("tenant {tenant:?} is not known"),
+                    ));
+                };
+                let decisions = self
+                    .engine
+                    .apply(Event::Submit {
+                        id: JobId(*job),
+                        tenant: tenant.clone(),
+                        spec: spec.clone(),
+                    })
+                    .map_err(|e| Refusal::invalid("job", e.to_string()))?;
+                self.jobs.push(JobRecord {
+                    id: *job,
+                    tenant: t.clone(),
+                    name: spec.name.as_deref().map(Into::into),
+                    submit_seq: seq,
+                    submitted_ms: at_ms,
+                    state: JobState::Pending,
+                    refused: false,
+                    accel_milli: spec.total_accelerator_milli(),
+                    submitted: Some(Arc::new(Submitted {
+                        spec: spec.clone(),
+                        command: command.clone(),
+                    })),
+                    attempt: 0,
+                    placement: Vec::new(),
+                    history: Vec::new(),
+                    ended_ms: None,
+                    reason: None,
+                });
+                *self.pending_by_tenant.entry(t.clone()).or_default() += 1;
+                self.counters.submitted += 1;
+                if let Some(k) = idempotency {
+                    self.idempotency
+                        .insert((t, k.key.clone()), (k.request_sha256.clone(), *job));
+                }
+                for d in &decisions {
+                    if let Decision::Reject { job: j, .. } = d
+                        && j.0 == *job
+                    {
+                        // Refused at admission: the submitter is told at once (422).
+                        self.jobs[(*job - 1) as usize].refused = true;
+                    }
+                }
+                self.dirty = true;
+                self.decide(at_ms, decisions, &mut out);
+            }
+            Entry::Cancel { job, .. } => {
+                let Some(rec) = self.job(*job) else {
+                    return Err(Refusal::not_found(format!("job {job} is not known")));
+                };
+                if rec.state.is_terminal() {
+                    return Err(Refusal::conflict(
+                        None,
+                        format!("job {job} has already ended ({})", state_name(rec.state)),
+                    ));
+                }
+                let decisions = self
+                    .engine
+                    .apply(Event::Cancel { id: JobId(*job) })
+                    .map_err(|e| Refusal::invalid("job", e.to_string()))?;
+                self.dirty = true;
+                self.decide(at_ms, decisions, &mut out);
+            }
+            Entry::Tick { now_s } => {
+                let now = (*now_s).max(self.now_s);
+                self.advance(now, &mut out)?;
+                let t = Instant::now();
+                let decisions = self.engine.schedule();
+                out.pass = Some(t.elapsed());
+                self.dirty = false;
+                self.decide(at_ms, decisions, &mut out);
+            }
+            Entry::NodeState { node, state, .. } => {
+                if !self.node_states.contains_key(node) {
+                    return Err(Refusal::not_found(format!("node {node:?} is not known")));
+                }
+                let decisions = self
+                    .engine
+                    .apply(Event::NodeState {
+                        node: node.clone(),
+                        state: *state,
+                    })
+                    .map_err(|e| Refusal::invalid("node", e.to_string()))?;
+                self.node_states.insert(node.clone(), *state);
+                self.dirty = true;
+                self.decide(at_ms, decisions, &mut out);
+            }
+            Entry::SitePowerBudget {
+                site,
+                power_budget_mw,
+                ..
+            } => {
+                let Some(i) = self.cluster.site.iter().position(|s| s.name == *site) else {
+                    return Err(Refusal::not_found(format!("site {site:?} is not known")));
+                };
+                gosok_model::error::check_f64(
+                    "power_budget_mw",
+                    *power_budget_mw,
+                    -1e-9,
+                    10_000.0,
+                )
+                .map_err(|e| Refusal::spec("", e))?;
+                let decisions = self
+                    .engine
+                    .apply(Event::SitePowerBudget {
+                        site: site.clone(),
+                        power_budget_mw: *power_budget_mw,
+                    })
+                    .map_err(|e| Refusal::invalid("power_budget_mw", e.to_string()))?;
+                self.cluster.site[i].power_budget_mw = *power_budget_mw;
+                self.dirty = true;
+                self.decide(at_ms, decisions, &mut out);
+            }
+            Entry::RackPowerCap {
+                rack, power_cap_kw, ..
+            } => {
+                let Some(i) = self.cluster.rack.iter().position(|r| r.name == *rack) else {
+                    return Err(Refusal::not_found(format!("rack {rack:?} is not known")));
+                };
+                gosok_model::error::check_f64("power_cap_kw", *power_cap_kw, -1e-9, 1_000_000.0)
+                    .map_err(|e| Refusal::spec("", e))?;
+                let decisions = self
+                    .engine
+                    .apply(Event::RackPowerCap {
+                        rack: rack.clone(),
+                        power_cap_kw: *power_cap_kw,
+                    })
+                    .map_err(|e| Refusal::invalid("power_cap_kw", e.to_string()))?;
+                self.cluster.rack[i].power_cap_kw = *power_cap_kw;
+                self.dirty = true;
+                self.decide(at_ms, decisions, &mut out);
+            }
+            Entry::Tenant { spec, .. } => {
+                spec.validate(&self.catalog)
+                    .map_err(|e| Refusal::spec("", e))?;
+                let decisions = self
+                    .engine
+                    .apply(Event::UpsertTenant {
+                        tenant: spec.clone(),
+                    })
+                    .map_err(|e| Refusal::invalid("tenant", e.to_string()))?;
+                match self.cluster.tenant.iter_mut().find(|t| t.name == spec.name) {
+                    Some(t) => *t = spec.clone(),
+                    None => self.cluster.tenant.push(spec.clone()),
+                }
+                self.tenant_names
+                    .entry(spec.name.clone())
+                    .or_insert_with(|| spec.name.as_str().into());
+                self.dirty = true;
+                self.decide(at_ms, decisions, &mut out);
+            }
+            Entry::Topology { cluster, .. } => {
+                // Tenants are never removed: those the file leaves out are kept.
+                let mut cluster = cluster.clone();
+                for t in &self.cluster.tenant {
+                    if !cluster.tenant.iter().any(|x| x.name == t.name) {
+                        cluster.tenant.push(t.clone());
+                    }
+                }
+                self.rebuild(at_ms, cluster, None, &mut out)?;
+            }
+            Entry::CatalogAdd { model, .. } => {
+                let mut catalog = self.catalog.clone();
+                catalog
+                    .add(model.clone())
+                    .map_err(|e| Refusal::spec("", e))?;
+                let cluster = self.cluster.clone();
+                self.rebuild(at_ms, cluster, Some(catalog), &mut out)?;
+                self.added_models.push(model.clone());
+            }
+            Entry::TokenCreate { token, .. } => self.add_token(token, at_ms)?,
+            Entry::TokenRevoke { id, .. } => {
+                let Some(h) = self.token_by_id.get(id) else {
+                    return Err(Refusal::not_found(format!("token {id:?} is not known")));
+                };
+                if let Some(t) = self.tokens.get_mut(h) {
+                    t.revoked = true;
+                }
+            }
+        }
+        self.seq = seq;
+        Ok(out)
+    }
+
+    fn add_token(&mut self, t: &TokenEntry, at_ms: u64) -> Result<(), Refusal> {
+        let Some(h) = parse_hash(&t.sha256) else {
+            return Err(Refusal::invalid("sha256", "not a SHA-256 digest in hex"));
+        };
+        if self.token_by_id.contains_key(&t.id) || self.tokens.contains_key(&h) {
+            return Err(Refusal::conflict(Some("id"), "token exists"));
+        }
+        let tenant = match &t.tenant {
+            None => None,
+            Some(name) => Some(
+                self.tenant_arc(name)
+                    .ok_or_else(|| Refusal::not_found(format!("tenant {name:?} is not known")))?,
+            ),
+        };
+        self.tokens.insert(
+            h,
+            TokenRecord {
+                id: t.id.clone(),
+                tenant,
+                created_ms: at_ms,
+                revoked: false,
+            },
+        );
+        self.token_by_id.insert(t.id.clone(), h);
+        Ok(())
+    }
+
+    fn advance(&mut self, now_s: u64, out: &mut Applied) -> Result<(), Refusal> {
+        let now = now_s.max(self.now_s);
+        let d = self
+            .engine
+            .apply(Event::AdvanceTime { now_s: now })
+            .map_err(|e| Refusal::invalid("now_s", e.to_string()))?;
+        self.now_s = now;
+        let at_ms = now.saturating_mul(1000);
+        self.decide(at_ms, d, out);
+        Ok(())
+    }
+
+    /// Replaces the engine with one built on `cluster` (and `catalog`), then submits every
+    /// job that may still run again, oldest first. The engine cannot add or remove nodes in
+    /// place, so running jobs go back to the queue (their history says so) and the next pass
+    /// places them again.
+    fn rebuild(
+        &mut self,
+        at_ms: u64,
+        cluster: ClusterSpec,
+        catalog: Option<Catalog>,
+        out: &mut Applied,
+    ) -> Result<(), Refusal> {
+        let catalog = catalog.unwrap_or_else(|| self.catalog.clone());
+        let (mut engine, states) =
+            build_engine(&catalog, &cluster, &self.node_states, &self.cfg, self.now_s)?;
+        let mut decisions = Vec::new();
+        for j in &self.jobs {
+            if j.state.is_terminal() || j.refused {
+                continue;
+            }
+            let Some(sub) = &j.submitted else { continue };
+            match engine.apply(Event::Submit {
+                id: JobId(j.id),
+                tenant: j.tenant.to_string(),
+                spec: sub.spec.clone(),
+            }) {
+                Ok(d) => decisions.extend(d),
+                Err(e) => decisions.push(Decision::Reject {
+                    job: JobId(j.id),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        self.engine = engine;
+        self.catalog = catalog;
+        self.node_states = states;
+        self.cluster = cluster;
+        for t in &self.cluster.tenant {
+            self.tenant_names
+                .entry(t.name.clone())
+                .or_insert_with(|| t.name.as_str().into());
+        }
+        // Running jobs are pending again in the new engine.
+        let rerun: Vec<u64> = self
+            .jobs
+            .iter()
+            .filter(|j| j.state == JobState::Running)
+            .map(|j| j.id)
+            .collect();
+        for id in rerun {
+            self.set_state(id, JobState::Pending, at_ms);
+            let j = &mut self.jobs[(id - 1) as usize];
+            j.placement.clear();
+            j.history.push(HistoryItem {
+                at_ms,
+                event: "requeued",
+                detail: "the topology changed; the job is placed again".into(),
+            });
+        }
+        self.dirty = true;
+        self.decide(at_ms, decisions, out);
+        Ok(())
+    }
+
+    fn set_state(&mut self, id: u64, state: JobState, at_ms: u64) {
+        let Some(j) = id
+            .checked_sub(1)
+            .and_then(|i| self.jobs.get_mut(i as usize))
+        else {
+            return;
+        };
+        let old = j.state;
+        if old == state {
+            return;
+        }
+        j.state = state;
+        if old == JobState::Pending
+            && let Some(n) = self.pending_by_tenant.get_mut(&j.tenant)
+        {
+            *n = n.saturating_sub(1);
+        }
+        if state == JobState::Pending {
+            *self.pending_by_tenant.entry(j.tenant.clone()).or_default() += 1;
+        }
+        if old == JobState::Running {
+            self.running = self.running.saturating_sub(1);
+        }
+        if state == JobState::Running {
+            self.running += 1;
+        }
+        if state.is_terminal() {
+            j.ended_ms = Some(at_ms);
+            j.submitted = None;
+            j.placement.clear();
+        }
+    }
+
+    /// Turns the engine's decisions into job records and history.
+    fn decide(&mut self, at_ms: u64, decisions: Vec<Decision>, out: &mut Applied) {
+        for d in &decisions {
+            let (kind, job) = match d {
+                Decision::Start { job, .. } => ("start", Some(job.0)),
+                Decision::Preempt { job, .. } => ("preempt", Some(job.0)),
+                Decision::Requeue { job, .. } => ("requeue", Some(job.0)),
+                Decision::Stop { job, .. } => ("stop", Some(job.0)),
+                Decision::Reject { job, .. } => ("reject", Some(job.0)),
+                Decision::Finish { job, .. } => ("finish", Some(job.0)),
+                Decision::Shed { .. } => ("shed", None),
+            };
+            *self.counters.decisions.entry(kind).or_default() += 1;
+            let Some(id) = job else { continue };
+            let Some(j) = id
+                .checked_sub(1)
+                .and_then(|i| self.jobs.get_mut(i as usize))
+            else {
+                continue;
+            };
+            let mut push = |event: &'static str, detail: String| {
+                j.history.push(HistoryItem {
+                    at_ms,
+                    event,
+                    detail,
+                })
+            };
+            let new_state = match d {
+                Decision::Start { attempt, tasks, .. } => {
+                    let mut nodes: Vec<&str> = tasks.iter().map(|t| &*t.node).collect();
+                    nodes.dedup();
+                    push(
+                        "started",
+                        format!("attempt {attempt} on {}", nodes.join(", ")),
+                    );
+                    j.attempt = *attempt;
+                    j.placement = tasks.clone();
+                    Some(JobState::Running)
+                }
+                Decision::Preempt { reason, .. } => {
+                    push(
+                        "preempted",
+                        serde_json::to_string(reason).unwrap_or_default(),
+                    );
+                    j.placement.clear();
+                    Some(JobState::Pending)
+                }
+                Decision::Requeue { reason, retry, .. } => {
+                    push("requeued", format!("{reason} (retry {retry})"));
+                    j.placement.clear();
+                    Some(JobState::Pending)
+                }
+                Decision::Stop { reason, .. } => {
+                    push("stopped", reason.clone());
+                    None
+                }
+                Decision::Reject { reason, .. } => {
+                    push("rejected", reason.clone());
+                    j.reason = Some(reason.clone());
+                    Some(JobState::Rejected)
+                }
+                Decision::Finish { state, reason, .. } => {
+                    push(state_name(*state), reason.clone());
+                    j.reason = Some(reason.clone());
+                    Some(*state)
+                }
+                Decision::Shed { .. } => None,
+            };
+            if let Some(s) = new_state {
+                self.set_state(id, s, at_ms);
+            }
+        }
+        out.decisions.extend(decisions);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::Idempotency;
+
+    pub const CLUSTER: &str = r#"
+[[site]]
+name = "pohang"
+region = "gyeongbuk"
+jurisdiction = "KR"
+power_budget_mw = 20.0
+pue = 1.25
+
+[[rack]]
+name = "ph-r1"
+site = "pohang"
+power_cap_kw = 120.0
+
+[[node]]
+name = "ph-r1-n"
+rack = "ph-r1"
+count = 2
+cpu_cores = 112
+mem_mib = 2097152
+accelerator = "H100"
+accelerators = 8
+state = "up"
+
+[[tenant]]
+name = "lab"
+tier = "academic"
+"#;
+
+    fn core() -> Core {
+        let mut c = Core::new(EngineConfig::default()).unwrap();
+        let tok = TokenEntry {
+            id: "admin".into(),
+            tenant: None,
+            sha256: "00".repeat(32),
+        };
+        c.apply(
+            1,
+            1000,
+            &Entry::Init {
+                now_s: 1000,
+                admin_token: tok,
+            },
+        )
+        .unwrap();
+        let cluster = ClusterSpec::from_toml(CLUSTER).unwrap();
+        c.apply(
+            2,
+            1000,
+            &Entry::Topology {
+                cluster,
+                by: "admin".into(),
+            },
+        )
+        .unwrap();
+        c
+    }
+
+    fn submit(c: &mut Core, seq: u64, accel: u64) -> Result<Applied, Refusal> {
+        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+            "groups": [{"replicas": 1, "accelerators": accel, "models": ["H100"]}]
+        }))
+        .unwrap();
+        let job = c.next_job_id();
+        c.apply(
+            seq,
+            2000,
+            &Entry::Submit {
+                job,
+                tenant: "lab".into(),
+                spec,
+                command: vec![],
+                idempotency: Some(Idempotency {
+                    key: format!("k{job}"),
+                    request_sha256: "x".into(),
+                }),
+                by: "admin".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn jobs_start_on_a_tick_and_cancel_ends_them() {
+        let mut c = core();
+        submit(&mut c, 3, 8).unwrap();
+        submit(&mut c, 4, 8).unwrap();
+        submit(&mut c, 5, 8).unwrap();
+        assert_eq!(c.pending_by_tenant()[&*"lab"], 3);
+        let a = c.apply(6, 3000, &Entry::Tick { now_s: 1001 }).unwrap();
+        assert!(a.pass.is_some());
+        assert_eq!(c.job(1).unwrap().state, JobState::Running);
+        assert_eq!(c.job(2).unwrap().state, JobState::Running);
+        assert_eq!(c.job(3).unwrap().state, JobState::Pending);
+        assert_eq!(c.job(1).unwrap().placement.len(), 1);
+        c.apply(
+            7,
+            4000,
+            &Entry::Cancel {
+                job: 1,
+                by: "admin".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(c.job(1).unwrap().state, JobState::Cancelled);
+        let again = c
+            .apply(
+                8,
+                4000,
+                &Entry::Cancel {
+                    job: 1,
+                    by: "admin".into(),
+                },
+            )
+            .unwrap_err();
+        assert_eq!(again.kind, RefusalKind::Conflict);
+        c.apply(9, 5000, &Entry::Tick { now_s: 1002 }).unwrap();
+        assert_eq!(c.job(3).unwrap().state, JobState::Running);
+        assert_eq!(c.pending_by_tenant()[&*"lab"], 0);
+        assert_eq!(c.idempotent("lab", "k2").unwrap().1, 2);
+    }
+
+    #[test]
+    fn an_impossible_job_is_refused_and_not_listed() {
+        let mut c = core();
+        let a = submit(&mut c, 3, 9).unwrap();
+        assert!(matches!(a.decisions[0], Decision::Reject { .. }));
+        assert!(c.job(1).is_none());
+        assert_eq!(c.jobs_before(u64::MAX).count(), 0);
+        // The next id moves on all the same.
+        assert_eq!(c.next_job_id(), 2);
+    }
+
+    #[test]
+    fn a_topology_change_requeues_running_work_and_keeps_tenants() {
+        let mut c = core();
+        submit(&mut c, 3, 8).unwrap();
+        c.apply(4, 3000, &Entry::Tick { now_s: 1001 }).unwrap();
+        assert_eq!(c.job(1).unwrap().state, JobState::Running);
+        let mut cluster = ClusterSpec::from_toml(CLUSTER).unwrap();
+        cluster.tenant.clear();
+        cluster.node[0].count = Some(3);
+        c.apply(
+            5,
+            4000,
+            &Entry::Topology {
+                cluster,
+                by: "admin".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(c.job(1).unwrap().state, JobState::Pending);
+        assert!(c.tenant("lab").is_some());
+        assert_eq!(c.node_states().len(), 3);
+        c.apply(6, 5000, &Entry::Tick { now_s: 1002 }).unwrap();
+        assert_eq!(c.job(1).unwrap().state, JobState::Running);
+    }
+}

@@ -1,0 +1,112 @@
+//! What the controller writes to its event log: every change, with everything needed to
+//! apply it again in the same way (job ids, token hashes and clock readings are decided
+//! before an entry is written, never while it is replayed).
+
+use serde::{Deserialize, Serialize};
+
+use gosok_model::{AcceleratorModel, ClusterSpec, JobSpec, NodeState, TenantSpec};
+
+/// The log format; bumped when an entry changes incompatibly.
+pub const LOG_FORMAT: &str = "1";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Entry {
+    /// The first entry: an empty highway and the first admin token.
+    Init {
+        now_s: u64,
+        admin_token: TokenEntry,
+    },
+    Submit {
+        job: u64,
+        tenant: String,
+        spec: JobSpec,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        command: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency: Option<Idempotency>,
+        by: String,
+    },
+    Cancel {
+        job: u64,
+        by: String,
+    },
+    /// The clock moved to `now_s` and a scheduling pass ran.
+    Tick {
+        now_s: u64,
+    },
+    NodeState {
+        node: String,
+        state: NodeState,
+        by: String,
+    },
+    SitePowerBudget {
+        site: String,
+        power_budget_mw: f64,
+        by: String,
+    },
+    RackPowerCap {
+        rack: String,
+        power_cap_kw: f64,
+        by: String,
+    },
+    Tenant {
+        spec: TenantSpec,
+        by: String,
+    },
+    /// A structural change of the highway (sites, racks or nodes added, removed or changed):
+    /// the engine is rebuilt on the new topology.
+    Topology {
+        cluster: ClusterSpec,
+        by: String,
+    },
+    CatalogAdd {
+        model: AcceleratorModel,
+        by: String,
+    },
+    TokenCreate {
+        token: TokenEntry,
+        by: String,
+    },
+    TokenRevoke {
+        id: String,
+        by: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    pub id: String,
+    /// None: an operator (admin) token.
+    pub tenant: Option<String>,
+    /// SHA-256 of the token, hex: the token itself is never stored.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Idempotency {
+    pub key: String,
+    /// SHA-256 of the request (tenant and body), hex.
+    pub request_sha256: String,
+}
+
+impl Entry {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Entry::Init { .. } => "init",
+            Entry::Submit { .. } => "submit",
+            Entry::Cancel { .. } => "cancel",
+            Entry::Tick { .. } => "tick",
+            Entry::NodeState { .. } => "node_state",
+            Entry::SitePowerBudget { .. } => "site_power_budget",
+            Entry::RackPowerCap { .. } => "rack_power_cap",
+            Entry::Tenant { .. } => "tenant",
+            Entry::Topology { .. } => "topology",
+            Entry::CatalogAdd { .. } => "catalog_add",
+            Entry::TokenCreate { .. } => "token_create",
+            Entry::TokenRevoke { .. } => "token_revoke",
+        }
+    }
+}

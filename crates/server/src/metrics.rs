@@ -1,0 +1,132 @@
+//! GET /metrics in the Prometheus text format: queue depth per tenant, decisions (a counter:
+//! `rate()` gives decisions per second), scheduling-pass latency, allocated accelerators per
+//! site and model, power per site against its budget.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::core::Core;
+
+type Labels = Vec<(String, String)>;
+
+pub struct Metrics {
+    pass_latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics {
+            // 50 µs .. ~1.6 s
+            pass_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+        }
+    }
+
+    pub fn observe_pass(&self, d: Duration) {
+        self.pass_latency.observe(d.as_secs_f64());
+    }
+
+    /// Renders the current state.
+    pub fn render(&self, core: &Core, durable_seq: u64, commit_batches: u64) -> String {
+        let mut reg = Registry::default();
+        let queue = Family::<Labels, Gauge>::default();
+        reg.register(
+            "gosok_queue_depth",
+            "Pending jobs per tenant",
+            queue.clone(),
+        );
+        for (t, n) in core.pending_by_tenant() {
+            queue
+                .get_or_create(&vec![("tenant".into(), t.to_string())])
+                .set(*n as i64);
+        }
+        let decisions = Family::<Labels, Counter>::default();
+        reg.register(
+            "gosok_decisions",
+            "Scheduling decisions by kind (rate() gives decisions per second)",
+            decisions.clone(),
+        );
+        for (k, n) in &core.counters.decisions {
+            decisions
+                .get_or_create(&vec![("kind".into(), k.to_string())])
+                .inc_by(*n);
+        }
+        let submitted = Counter::<u64>::default();
+        submitted.inc_by(core.counters.submitted);
+        reg.register("gosok_jobs_submitted", "Jobs submitted", submitted);
+        reg.register(
+            "gosok_scheduling_pass_seconds",
+            "Latency of a scheduling pass",
+            self.pass_latency.clone(),
+        );
+        let engine = core.engine();
+        let c = engine.cluster();
+        let mut alloc: BTreeMap<(String, String), f64> = BTreeMap::new();
+        for n in &c.nodes {
+            let Some(m) = n.model else { continue };
+            let used = n.used_total_milli() as f64 / 1000.0;
+            *alloc
+                .entry((
+                    c.sites[n.site as usize].name.to_string(),
+                    c.model_names[m as usize].to_string(),
+                ))
+                .or_default() += used;
+        }
+        let allocated = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        reg.register(
+            "gosok_allocated_accelerators",
+            "Accelerators held by running work, per site and model",
+            allocated.clone(),
+        );
+        for ((s, m), v) in alloc {
+            allocated
+                .get_or_create(&vec![("site".into(), s), ("model".into(), m)])
+                .set(v);
+        }
+        let power = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let budget = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        reg.register(
+            "gosok_site_power_watts",
+            "Estimated facility draw per site (IT draw x PUE)",
+            power.clone(),
+        );
+        reg.register(
+            "gosok_site_power_budget_watts",
+            "Facility power budget per site",
+            budget.clone(),
+        );
+        for (i, s) in c.sites.iter().enumerate() {
+            let l = vec![("site".into(), s.name.to_string())];
+            power
+                .get_or_create(&l)
+                .set(c.site_facility_draw_w(i as u16) as f64);
+            budget.get_or_create(&l).set(s.budget_w as f64);
+        }
+        let seq = Gauge::<i64>::default();
+        seq.set(durable_seq as i64);
+        reg.register("gosok_log_durable_seq", "Last durable log record", seq);
+        let batches = Counter::<u64>::default();
+        batches.inc_by(commit_batches);
+        reg.register(
+            "gosok_log_commits",
+            "Log transactions (one fsync each) written",
+            batches,
+        );
+        let mut out = String::new();
+        let _ = encode(&mut out, &reg);
+        out
+    }
+}
