@@ -4,7 +4,9 @@ mod alloc;
 mod bench;
 mod client;
 mod server_cmd;
+mod sim;
 mod sim_fgd;
+mod trace;
 
 use std::process::ExitCode;
 
@@ -32,7 +34,10 @@ enum Command {
     Bench(BenchCommand),
     /// Replay traces through gosok's policies (the digital twin's experiments).
     #[command(subcommand)]
-    Sim(sim_fgd::SimCommand),
+    Sim(sim::SimCommand),
+    /// Import traces (Alibaba openb, Philly, any CSV) and generate synthetic workloads.
+    #[command(subcommand)]
+    Trace(trace::TraceCommand),
     /// The controller: `gosok server init`, `gosok server run`.
     #[command(subcommand)]
     Server(server_cmd::ServerCommand),
@@ -106,7 +111,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Sim(c) => sim_fgd::run(c)?,
+        Command::Sim(c) => sim::run(c)?,
+        Command::Trace(c) => trace::run(c)?,
         Command::Version => println!("gosok {}", env!("CARGO_PKG_VERSION")),
         Command::Server(c) => server_cmd::run(c)?,
         Command::Client(c) => client::run(c)?,

@@ -16,6 +16,7 @@ pub mod chart;
 pub mod csv;
 pub mod error;
 pub mod import;
+pub mod philly;
 pub mod policy;
 pub mod replay;
 pub mod report;

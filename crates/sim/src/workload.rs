@@ -54,7 +54,38 @@ impl WorkloadJob {
 #[derive(Debug, Clone, Default)]
 pub struct Workload {
     pub jobs: Vec<WorkloadJob>,
+    /// The line each job came from (for errors found later).
+    pub lines: Vec<usize>,
     pub skipped: Skipped,
+}
+
+impl Workload {
+    /// Every job's tenant must be declared in the cluster file; the first that is not is
+    /// reported at its line.
+    pub fn check_tenants(&self, path: &Path, cluster: &ClusterSpec) -> Result<(), InputError> {
+        let known: std::collections::BTreeSet<&str> =
+            cluster.tenant.iter().map(|t| t.name.as_str()).collect();
+        for (j, line) in self.jobs.iter().zip(&self.lines) {
+            if !known.contains(j.tenant.as_str()) {
+                let list: Vec<&str> = known.iter().copied().collect();
+                return Err(InputError::at(
+                    path,
+                    *line,
+                    1,
+                    format!(
+                        "tenant {:?} is not declared in the cluster file (its tenants: {}); add a [[tenant]] or fix the name",
+                        j.tenant,
+                        if list.is_empty() {
+                            "none".to_string()
+                        } else {
+                            list.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The keys a workload line has beside the job spec.
@@ -89,7 +120,10 @@ pub fn parse_workload(
         }
         lines += 1;
         match parse_line(path, i + 1, line, catalog) {
-            Ok(job) => w.jobs.push(job),
+            Ok(job) => {
+                w.jobs.push(job);
+                w.lines.push(i + 1);
+            }
             Err(e) => w.skipped.handle(bad, e)?,
         }
     }
