@@ -304,7 +304,8 @@ impl Client {
         };
         match res {
             Ok(r) => {
-                let text = r.into_string()?;
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut r.into_reader(), &mut text)?;
                 Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
             }
             Err(ureq::Error::Status(code, r)) => {

@@ -271,11 +271,15 @@ pub fn bench(a: BenchServerArgs) -> anyhow::Result<()> {
     let mut q_limit_ms = Vec::new();
     for _ in 0..5 {
         let t = std::time::Instant::now();
-        let body = agent
-            .get(&format!("{base}/v1/queue"))
-            .set("Authorization", &auth)
-            .call()?
-            .into_string()?;
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(
+            &mut agent
+                .get(&format!("{base}/v1/queue"))
+                .set("Authorization", &auth)
+                .call()?
+                .into_reader(),
+            &mut body,
+        )?;
         q_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         q_bytes = body.len();
         let t = std::time::Instant::now();

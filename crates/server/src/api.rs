@@ -235,6 +235,7 @@ fn from_value<T: DeserializeOwned>(v: Value, prefix: &str) -> Result<T> {
         let path = match (prefix, p.as_str()) {
             (pre, ".") => pre.to_string(),
             ("", p) => p.to_string(),
+            (pre, p) if p.starts_with('[') => format!("{pre}{p}"),
             (pre, p) => format!("{pre}.{p}"),
         };
         json_error(path, e.into_inner())
@@ -663,8 +664,10 @@ async fn queue(
     let now = e.now_s();
     let order = e.queue();
     let total = order.len();
-    let mut out = String::with_capacity(order.len().min(limit) * 160 + 64);
-    out.push_str(&format!("{{\"now_s\":{now},\"total\":{total},\"jobs\":["));
+    let mut out: Vec<u8> = Vec::with_capacity(order.len().min(limit) * 200 + 64);
+    out.extend_from_slice(format!("{{\"now_s\":{now},\"total\":{total},\"jobs\":[").as_bytes());
+    // Few distinct reasons: describe each once.
+    let mut texts: Vec<(gosok_engine::WaitReason, String)> = Vec::new();
     let mut n = 0;
     for (pos, id) in order.into_iter().enumerate() {
         if n == limit {
@@ -675,29 +678,48 @@ async fn queue(
             continue;
         }
         let wait = e.wait_reason(id);
-        let est = match wait {
-            Some(gosok_engine::WaitReason::Reserved { start_s }) => Some(start_s),
-            _ => None,
-        };
-        let row = json!({
-            "position": pos,
-            "id": j.id,
-            "tenant": &*j.tenant,
-            "name": j.name.as_deref(),
-            "accelerators": j.accel_milli as f64 / 1000.0,
-            "submitted_at_ms": j.submitted_ms,
-            "reason": wait,
-            "text": wait.map(|w| w.describe(now)),
-            "estimated_start_s": est,
+        let text = wait.map(|w| match texts.iter().position(|(r, _)| *r == w) {
+            Some(i) => i,
+            None => {
+                texts.push((w, w.describe(now)));
+                texts.len() - 1
+            }
         });
+        let row = QueueRow {
+            position: pos,
+            id: j.id,
+            tenant: &j.tenant,
+            name: j.name.as_deref(),
+            accelerators: j.accel_milli as f64 / 1000.0,
+            submitted_at_ms: j.submitted_ms,
+            reason: wait,
+            text: text.map(|i| texts[i].1.as_str()),
+            estimated_start_s: match wait {
+                Some(gosok_engine::WaitReason::Reserved { start_s }) => Some(start_s),
+                _ => None,
+            },
+        };
         if n > 0 {
-            out.push(',');
+            out.push(b',');
         }
-        out.push_str(&row.to_string());
+        serde_json::to_writer(&mut out, &row).map_err(|e| ApiError::internal(e.to_string()))?;
         n += 1;
     }
-    out.push_str("]}");
+    out.extend_from_slice(b"]}");
     Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
+}
+
+#[derive(serde::Serialize)]
+struct QueueRow<'a> {
+    position: usize,
+    id: u64,
+    tenant: &'a str,
+    name: Option<&'a str>,
+    accelerators: f64,
+    submitted_at_ms: u64,
+    reason: Option<gosok_engine::WaitReason>,
+    text: Option<&'a str>,
+    estimated_start_s: Option<u64>,
 }
 
 // ---- handlers: topology ------------------------------------------------------------------
@@ -1461,7 +1483,12 @@ async fn audit_log(
         .into_iter()
         .filter(|r| r.seq <= durable)
         .map(|r| {
-            let mut body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+            let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+            // The entry is {"kind": {...}}: show what is inside.
+            let mut body = match body {
+                Value::Object(m) if m.len() == 1 => m.into_iter().next().map(|x| x.1).unwrap_or(Value::Null),
+                other => other,
+            };
             // Token hashes are secrets' fingerprints: not for display.
             for k in ["token", "admin_token"] {
                 if let Some(m) = body.get_mut(k).and_then(Value::as_object_mut) {
@@ -1478,5 +1505,56 @@ async fn audit_log(
 impl RefusalKind {
     pub fn is_invalid(self) -> bool {
         self == RefusalKind::Invalid
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn submissions_name_the_field_that_is_wrong() {
+        let e = parse_submission(br#"{"groups":[{"replicas":2,"accelerators":"x"}]}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("groups[0].accelerators"));
+        let e = parse_submission(br#"{"groups":[{"accelerators":1}],"command":[1]}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("command[0]"));
+        let e = parse_submission(br#"{"groups":[{"accelerators":1}]} trailing"#).unwrap_err();
+        assert_eq!(e.code, "malformed_json");
+        let (spec, cmd) =
+            parse_submission(br#"{"groups":[{"accelerators":1}],"command":["a","b"]}"#).unwrap();
+        assert_eq!(spec.groups.len(), 1);
+        assert_eq!(cmd, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn query_strings_decode_and_refuse_unknown_keys() {
+        let q = query(Some("state=pending&tenant=a%2Db+c".into()), &["state", "tenant"]).unwrap();
+        assert_eq!(q["tenant"], "a-b c");
+        assert_eq!(
+            query(Some("x=1".into()), &["state"]).unwrap_err().field.as_deref(),
+            Some("x")
+        );
+        assert_eq!(decode("%"), "%");
+        assert_eq!(decode("%4"), "%4");
+        assert_eq!(decode("%zz"), "%zz");
+    }
+
+    proptest! {
+        /// The job-spec parser takes any bytes without panicking; what it accepts validates.
+        #[test]
+        fn the_submission_parser_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok((spec, _)) = parse_submission(&bytes) {
+                prop_assert!(spec.validate().is_ok());
+            }
+        }
+
+        #[test]
+        fn mutated_specs_never_panic(i in 0usize..200, b in any::<u8>()) {
+            let mut v = br#"{"name":"x","groups":[{"replicas":2,"accelerators":8,"models":["H100"]}],"constraints":{"topology":{"level":"rack"}}}"#.to_vec();
+            let n = v.len();
+            v[i % n] = b;
+            let _ = parse_submission(&v);
+        }
     }
 }

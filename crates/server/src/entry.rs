@@ -7,10 +7,12 @@ use serde::{Deserialize, Serialize};
 use gosok_model::{AcceleratorModel, ClusterSpec, JobSpec, NodeState, TenantSpec};
 
 /// The log format; bumped when an entry changes incompatibly.
-pub const LOG_FORMAT: &str = "1";
+pub const LOG_FORMAT: &str = "2";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+/// Written externally tagged (`{"submit": {...}}`): serde reads that without buffering,
+/// which matters when a long log is replayed.
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Entry {
     /// The first entry: an empty highway and the first admin token.
     Init {

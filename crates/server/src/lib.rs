@@ -103,20 +103,46 @@ pub fn replay(store: &mut dyn Store, cfg: &Config) -> anyhow::Result<(Core, u64,
         .map_err(|e| anyhow::anyhow!("engine configuration: {}", e.message))?;
     let mut last = 0;
     let mut diverged = 0u64;
-    store.scan(0, &mut |r| {
-        let entry: Entry = serde_json::from_slice(&r.body).map_err(|e| {
-            gosok_store::StoreError::Corrupt(format!("record {} cannot be read: {e}", r.seq))
-        })?;
-        if let Err(e) = core.apply(r.seq, r.at_ms, &entry) {
-            // It was applied without error when it was written; the engine must have
-            // changed its mind. Keep going: the rest of the log still applies.
-            diverged += 1;
-            tracing::warn!(seq = r.seq, kind = r.kind, "replay refused: {}", e.message);
+    // Reading and decoding run on a second thread while this one applies: on two cores a
+    // long log replays in about the time the engine needs for its events.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(u64, u64, Entry)>>(64);
+    let read = std::thread::scope(|s| {
+        let reader = s.spawn(move || -> Result<(), gosok_store::StoreError> {
+            let mut batch = Vec::with_capacity(1024);
+            store.scan(0, &mut |r| {
+                let entry: Entry = serde_json::from_slice(&r.body).map_err(|e| {
+                    gosok_store::StoreError::Corrupt(format!(
+                        "record {} cannot be read: {e}",
+                        r.seq
+                    ))
+                })?;
+                batch.push((r.seq, r.at_ms, entry));
+                if batch.len() == 1024 && tx.send(std::mem::take(&mut batch)).is_err() {
+                    return Err(gosok_store::StoreError::Corrupt("replay stopped".into()));
+                }
+                Ok(())
+            })?;
+            let _ = tx.send(batch);
+            Ok(())
+        });
+        for batch in rx {
+            for (seq, at_ms, entry) in batch {
+                let kind = entry.kind();
+                if let Err(e) = core.apply_owned(seq, at_ms, entry) {
+                    // It was applied without error when it was written; the engine must
+                    // have changed its mind. Keep going: the rest of the log still applies.
+                    diverged += 1;
+                    tracing::warn!(seq, kind, "replay refused: {}", e.message);
+                }
+                core.set_seq(seq);
+                last = seq;
+            }
         }
-        core.set_seq(r.seq);
-        last = r.seq;
-        Ok(())
-    })?;
+        reader
+            .join()
+            .unwrap_or_else(|_| Err(gosok_store::StoreError::Corrupt("the reader panicked".into())))
+    });
+    read?;
     if !core.initialised() {
         anyhow::bail!("the store is empty: run `gosok server init --data-dir DIR` first");
     }
@@ -200,19 +226,21 @@ impl App {
         let at_ms = unix_ms();
         let seq = self.next_seq(core);
         let body = serde_json::to_vec(&entry).map_err(|e| ApiError::internal(e.to_string()))?;
-        let applied = core.apply(seq, at_ms, &entry).map_err(ApiError::from)?;
+        let kind = entry.kind();
+        let tick = matches!(entry, Entry::Tick { .. });
+        let applied = core.apply_owned(seq, at_ms, entry).map_err(ApiError::from)?;
         self.log
             .append(Record {
                 seq,
                 at_ms,
-                kind: entry.kind().into(),
+                kind: kind.into(),
                 body,
             })
             .map_err(|e| ApiError::unavailable(e.to_string()))?;
         if let Some(d) = applied.pass {
             self.metrics.observe_pass(d);
         }
-        if !matches!(entry, Entry::Tick { .. }) {
+        if !tick {
             self.tick.notify_one();
         }
         Ok((seq, applied))
@@ -433,14 +461,15 @@ pub fn fill_log(
         k += 1;
         let seq = last + 1;
         let at_ms = now_s * 1000;
-        core.apply(seq, at_ms, &entry)
-            .map_err(|e| anyhow::anyhow!("fill: {}", e.message))?;
-        batch.push(Record {
+        let record = Record {
             seq,
             at_ms,
             kind: entry.kind().into(),
             body: serde_json::to_vec(&entry)?,
-        });
+        };
+        core.apply_owned(seq, at_ms, entry)
+            .map_err(|e| anyhow::anyhow!("fill: {}", e.message))?;
+        batch.push(record);
         last = seq;
         if batch.len() == 10_000 {
             store.append(&batch)?;

@@ -1,0 +1,804 @@
+//! End-to-end tests of `gosok server`: the real binary, real HTTP on 127.0.0.1, a real SQLite
+//! file in a temporary directory.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const GOSOK: &str = env!("CARGO_BIN_EXE_gosok");
+
+const CLUSTER: &str = r#"
+[[site]]
+name = "pohang"
+region = "gyeongbuk"
+jurisdiction = "KR"
+power_budget_mw = 20.0
+pue = 1.25
+
+[[rack]]
+name = "ph-r1"
+site = "pohang"
+power_cap_kw = 120.0
+
+[[node]]
+name = "ph-r1-n"
+rack = "ph-r1"
+count = 2
+cpu_cores = 112
+mem_mib = 2097152
+accelerator = "H100"
+accelerators = 8
+state = "up"
+
+[[tenant]]
+name = "lab-a"
+tier = "academic"
+
+[[tenant]]
+name = "lab-b"
+tier = "startup"
+"#;
+
+struct Server {
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    child: Child,
+    base: String,
+    admin: String,
+}
+
+impl Server {
+    fn new(extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let out = Command::new(GOSOK)
+            .args(["server", "init", "--data-dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let admin = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert!(admin.starts_with("gsk_"));
+        let mut s = Server::run(&dir, extra, admin);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts `gosok server run` on a free port and waits until it listens.
+    fn run(dir: &Path, extra: &[&str], admin: String) -> Server {
+        let mut child = Command::new(GOSOK)
+            .args(["server", "run", "--listen", "127.0.0.1:0", "--tick-ms", "200", "--data-dir"])
+            .arg(dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let base = loop {
+            assert!(Instant::now() < deadline, "the server did not start");
+            let Some(Ok(line)) = lines.next() else {
+                panic!("the server exited before listening");
+            };
+            if let Some(i) = line.find("listening on ") {
+                break line[i + "listening on ".len()..].trim().to_string();
+            }
+        };
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Server {
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            child,
+            base,
+            admin,
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    fn restart(mut self) -> Server {
+        self.kill();
+        let mut s = Server::run(&self.dir, &[], self.admin.clone());
+        s._tmp = self._tmp.take();
+        s
+    }
+
+    fn req(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
+        self.req_h(method, path, token, body, &[]).0
+    }
+
+    fn req_h(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> ((u16, Value), Vec<(String, String)>) {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(30))
+            .build();
+        let mut r = agent.request(method, &format!("{}{path}", self.base));
+        if let Some(t) = token {
+            r = r.set("Authorization", &format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            r = r.set(k, v);
+        }
+        let res = match body {
+            Some(b) => r.set("Content-Type", "application/json").send_string(b),
+            None => r.call(),
+        };
+        let resp = match res {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = resp.status();
+        let hs = resp
+            .headers_names()
+            .into_iter()
+            .map(|h| (h.clone(), resp.header(&h).unwrap_or("").to_string()))
+            .collect();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut resp.into_reader(), &mut text).unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        ((status, v), hs)
+    }
+
+    /// Runs the CLI against this server.
+    fn cli(&self, token: &str, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(GOSOK)
+            .args(args)
+            .env("GOSOK_SERVER", &self.base)
+            .env("GOSOK_TOKEN", token)
+            .env("GOSOK_CONFIG", "/nonexistent")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn apply_cluster(&self, toml: &str) {
+        let f = self.dir.join("cluster.toml");
+        std::fs::write(&f, toml).unwrap();
+        let (ok, out, err) = self.cli(&self.admin, &["apply", f.to_str().unwrap()]);
+        assert!(ok, "{err}");
+        assert!(out.contains("site pohang: added"), "{out}");
+    }
+
+    fn token(&self, tenant: &str) -> String {
+        let (ok, out, err) = self.cli(&self.admin, &["token", "create", tenant, "--output", "json"]);
+        assert!(ok, "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    fn wait_state(&self, token: &str, id: u64, state: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (s, v) = self.req("GET", &format!("/v1/jobs/{id}"), Some(token), None);
+            assert_eq!(s, 200, "{v}");
+            if v["state"] == state {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "job {id} never became {state}: {v}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+const JOB8: &str = r#"{"name":"train","groups":[{"replicas":1,"accelerators":8,"models":["H100"]}]}"#;
+
+#[test]
+fn submit_list_show_cancel_over_the_cli() {
+    let s = Server::new(&[]);
+    s.apply_cluster(CLUSTER);
+    // Applying the same file again changes nothing.
+    let f = s.dir.join("cluster.toml");
+    let (ok, out, _) = s.cli(&s.admin, &["apply", f.to_str().unwrap()]);
+    assert!(ok && out.contains("no changes"), "{out}");
+    let a = s.token("lab-a");
+    let spec = s.dir.join("job.toml");
+    std::fs::write(
+        &spec,
+        "name = \"big\"\n[[groups]]\nreplicas = 1\naccelerators = 8\nmodels = [\"H100\"]\n",
+    )
+    .unwrap();
+    let mut ids = Vec::new();
+    for args in [
+        vec!["submit", spec.to_str().unwrap(), "--output", "json"],
+        vec!["submit", "--accelerators", "8", "--model", "H100", "--output", "json", "--", "python", "train.py"],
+        vec!["submit", "--accelerators", "8", "--model", "H100", "--output", "json"],
+    ] {
+        let (ok, out, err) = s.cli(&a, &args);
+        assert!(ok, "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["state"], "pending");
+        ids.push(v["id"].as_u64().unwrap());
+    }
+    // Two fit (two 8-GPU nodes); the third waits.
+    let j1 = s.wait_state(&a, ids[0], "running");
+    assert_eq!(j1["placement"].as_array().unwrap().len(), 1);
+    assert_eq!(j1["spec"]["name"], "big");
+    let j2 = s.wait_state(&a, ids[1], "running");
+    assert_eq!(j2["command"], json!(["python", "train.py"]));
+    let (_, v) = s.req("GET", &format!("/v1/jobs/{}", ids[2]), Some(&a), None);
+    assert_eq!(v["state"], "pending");
+    assert!(v["wait"]["text"].as_str().unwrap().contains("needs 1 × 8 H100"), "{v}");
+    let (ok, out, _) = s.cli(&a, &["jobs", "--output", "json"]);
+    assert!(ok);
+    let listed: Vec<u64> = serde_json::from_str::<Value>(&out).unwrap()["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, vec![ids[2], ids[1], ids[0]], "newest first");
+    let (ok, out, _) = s.cli(&a, &["queue"]);
+    assert!(ok && out.contains(&ids[2].to_string()), "{out}");
+    // Cancel a running job; the pending one takes its place.
+    let (ok, out, err) = s.cli(&a, &["cancel", &ids[0].to_string()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("cancelled"), "{out}");
+    s.wait_state(&a, ids[2], "running");
+    let (ok, out, _) = s.cli(&a, &["show", &ids[0].to_string()]);
+    assert!(ok && out.contains("cancelled") && out.contains("started attempt 1"), "{out}");
+    // Cancelling again is a conflict, shown readably, exit non-zero.
+    let (ok, _, err) = s.cli(&a, &["cancel", &ids[0].to_string()]);
+    assert!(!ok && err.contains("409") && err.contains("already ended"), "{err}");
+    // Paging: one at a time, following next_cursor.
+    let (_, p1) = s.req("GET", "/v1/jobs?limit=2", Some(&a), None);
+    let cur = p1["next_cursor"].as_str().unwrap().to_string();
+    let (_, p2) = s.req("GET", &format!("/v1/jobs?limit=2&cursor={cur}"), Some(&a), None);
+    assert_eq!(p2["jobs"][0]["id"].as_u64(), Some(ids[0]));
+    assert!(p2["next_cursor"].is_null());
+    let (_, st) = s.req("GET", "/v1/jobs?state=cancelled", Some(&a), None);
+    assert_eq!(st["jobs"].as_array().unwrap().len(), 1);
+    // Export is the same cluster (nodes keep their state) and applies without change.
+    let (ok, exported, _) = s.cli(&s.admin, &["export"]);
+    assert!(ok);
+    let f2 = s.dir.join("exported.toml");
+    std::fs::write(&f2, &exported).unwrap();
+    let (ok, out, _) = s.cli(&s.admin, &["apply", f2.to_str().unwrap()]);
+    assert!(ok && out.contains("no changes"), "{exported}\n{out}");
+    // Sites, nodes and metrics reflect the running work.
+    let (ok, out, _) = s.cli(&s.admin, &["sites"]);
+    assert!(ok && out.contains("pohang") && out.contains("16.0/16.0"), "{out}");
+    let (ok, out, _) = s.cli(&s.admin, &["nodes"]);
+    assert!(ok && out.contains("ph-r1-n-000"), "{out}");
+    let (code, m) = s.req("GET", "/metrics", Some(&s.admin), None);
+    let m = m.as_str().unwrap().to_string();
+    assert_eq!(code, 200);
+    for needle in [
+        "gosok_queue_depth",
+        "gosok_decisions_total{kind=\"start\"}",
+        "gosok_scheduling_pass_seconds_bucket",
+        "gosok_allocated_accelerators{site=\"pohang\",model=\"H100\"} 16",
+        "gosok_site_power_budget_watts{site=\"pohang\"} 20000000",
+    ] {
+        assert!(m.contains(needle), "{needle} missing from\n{m}");
+    }
+}
+
+#[test]
+fn tenants_see_and_touch_only_their_own_jobs() {
+    let s = Server::new(&[]);
+    s.apply_cluster(CLUSTER);
+    let (a, b) = (s.token("lab-a"), s.token("lab-b"));
+    let (code, ja) = s.req("POST", "/v1/jobs", Some(&a), Some(JOB8));
+    assert_eq!(code, 201, "{ja}");
+    let id = ja["id"].as_u64().unwrap();
+    let (code, e) = s.req("GET", &format!("/v1/jobs/{id}"), Some(&b), None);
+    assert_eq!(code, 403, "{e}");
+    assert_eq!(e["error"]["code"], "forbidden");
+    let (code, _) = s.req("POST", &format!("/v1/jobs/{id}/cancel"), Some(&b), Some("{}"));
+    assert_eq!(code, 403);
+    let (_, list) = s.req("GET", "/v1/jobs", Some(&b), None);
+    assert!(list["jobs"].as_array().unwrap().is_empty(), "{list}");
+    let (code, _) = s.req("GET", "/v1/jobs?tenant=lab-a", Some(&b), None);
+    assert_eq!(code, 403);
+    let (_, q) = s.req("GET", "/v1/queue", Some(&b), None);
+    assert!(q["jobs"].as_array().unwrap().iter().all(|j| j["tenant"] == "lab-b"));
+    // Submitting for another tenant, or doing operator work, is forbidden too.
+    let (code, _) = s.req("POST", "/v1/jobs?tenant=lab-a", Some(&b), Some(JOB8));
+    assert_eq!(code, 403);
+    for (m, p, body) in [
+        ("POST", "/v1/tenants/lab-b/tokens", None),
+        ("PUT", "/v1/topology", Some("{}")),
+        ("POST", "/v1/nodes/ph-r1-n-000/drain", None),
+        ("GET", "/v1/events", None),
+        ("PATCH", "/v1/sites/pohang", Some(r#"{"power_budget_mw":1}"#)),
+    ] {
+        let (code, e) = s.req(m, p, Some(&b), body);
+        assert_eq!(code, 403, "{m} {p}: {e}");
+    }
+    // The job is untouched; its owner still sees it.
+    let (code, j) = s.req("GET", &format!("/v1/jobs/{id}"), Some(&a), None);
+    assert_eq!(code, 200);
+    assert_ne!(j["state"], "cancelled");
+    // No token, a wrong one: 401.
+    let (code, e) = s.req("GET", "/v1/jobs", None, None);
+    assert_eq!(code, 401, "{e}");
+    let (code, _) = s.req("GET", "/v1/jobs", Some("gsk_0000"), None);
+    assert_eq!(code, 401);
+}
+
+#[test]
+fn a_revoked_token_stops_working_and_stays_revoked_after_restart() {
+    let s = Server::new(&[]);
+    s.apply_cluster(CLUSTER);
+    let a = s.token("lab-a");
+    let (code, _) = s.req("GET", "/v1/jobs", Some(&a), None);
+    assert_eq!(code, 200);
+    let (_, list) = s.req("GET", "/v1/tenants/lab-a/tokens", Some(&s.admin), None);
+    let id = list["tokens"][0]["id"].as_str().unwrap().to_string();
+    assert!(list["tokens"][0].get("sha256").is_none());
+    let (ok, out, err) = s.cli(&s.admin, &["token", "revoke", &id]);
+    assert!(ok, "{err}");
+    assert!(out.contains("revoked"));
+    let (code, _) = s.req("GET", "/v1/jobs", Some(&a), None);
+    assert_eq!(code, 401);
+    let s = s.restart();
+    let (code, _) = s.req("GET", "/v1/jobs", Some(&a), None);
+    assert_eq!(code, 401);
+    let (code, _) = s.req("GET", "/v1/jobs", Some(&s.admin), None);
+    assert_eq!(code, 200);
+    // The token is stored only as a hash: not in the log in clear.
+    let db = std::fs::read(s.dir.join("gosok.db")).unwrap();
+    let wal = std::fs::read(s.dir.join("gosok.db-wal")).unwrap_or_default();
+    let needle = a.as_bytes();
+    for bytes in [&db, &wal] {
+        assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+    }
+}
+
+#[test]
+fn the_same_idempotency_key_and_body_give_the_same_job() {
+    let s = Server::new(&[]);
+    s.apply_cluster(CLUSTER);
+    let a = s.token("lab-a");
+    let h = [("Idempotency-Key", "run-42")];
+    let ((c1, j1), _) = s.req_h("POST", "/v1/jobs", Some(&a), Some(JOB8), &h);
+    let ((c2, j2), hs) = s.req_h("POST", "/v1/jobs", Some(&a), Some(JOB8), &h);
+    assert_eq!((c1, c2), (201, 201));
+    assert_eq!(j1["id"], j2["id"]);
+    assert!(hs.iter().any(|(k, v)| k == "idempotent-replayed" && v == "true"));
+    let other = JOB8.replace("train", "other");
+    let ((c3, e), _) = s.req_h("POST", "/v1/jobs", Some(&a), Some(&other), &h);
+    assert_eq!(c3, 422, "{e}");
+    assert_eq!(e["error"]["field"], "Idempotency-Key");
+    // Another tenant's key space is its own.
+    let b = s.token("lab-b");
+    let ((c4, j4), _) = s.req_h("POST", "/v1/jobs", Some(&b), Some(JOB8), &h);
+    assert_eq!(c4, 201);
+    assert_ne!(j4["id"], j1["id"]);
+    // And it survives a crash.
+    let s = s.restart();
+    let ((c5, j5), _) = s.req_h("POST", "/v1/jobs", Some(&a), Some(JOB8), &h);
+    assert_eq!(c5, 201);
+    assert_eq!(j5["id"], j1["id"]);
+    let (_, list) = s.req("GET", "/v1/jobs", Some(&a), None);
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
+}
+
+/// The crash test: a load generator submits from several connections, the server is killed
+/// with SIGKILL mid-stream and restarted on the same data directory, at several kill points.
+#[test]
+fn every_acknowledged_submission_survives_sigkill() {
+    let mut s = Server::new(&[]);
+    s.apply_cluster(CLUSTER);
+    let a = s.token("lab-a");
+    // Every acknowledged job: id -> its unique name.
+    let acked: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
+    for (round, kill_after) in [7u64, 150, 600].into_iter().enumerate() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..6)
+            .map(|t| {
+                let (stop, count, acked) = (stop.clone(), count.clone(), acked.clone());
+                let (base, token) = (s.base.clone(), a.clone());
+                std::thread::spawn(move || {
+                    let agent = ureq::AgentBuilder::new()
+                        .timeout(Duration::from_secs(10))
+                        .build();
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) && i < 100_000 {
+                        i += 1;
+                        let name = format!("r{round}-t{t}-{i}");
+                        let body = format!(
+                            r#"{{"name":"{name}","groups":[{{"replicas":1,"accelerators":1,"models":["H100"]}}]}}"#
+                        );
+                        let r = agent
+                            .post(&format!("{base}/v1/jobs"))
+                            .set("Authorization", &format!("Bearer {token}"))
+                            .set("Content-Type", "application/json")
+                            .send_string(&body);
+                        match r {
+                            Ok(r) if r.status() == 201 => {
+                                let v: Value = serde_json::from_str(&r.into_string().unwrap()).unwrap();
+                                acked.lock().unwrap().push((v["id"].as_u64().unwrap(), name));
+                                count.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => panic!("unexpected status {}", r.status()),
+                            // The server died under us: this one was not acknowledged.
+                            Err(_) => break,
+                        }
+                    }
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while count.load(Ordering::Relaxed) < kill_after {
+            assert!(Instant::now() < deadline, "the load generator stalled");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        s.kill();
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            t.join().unwrap();
+        }
+        s = s.restart();
+        // Every job in the store, oldest first.
+        let mut present: Vec<(u64, String)> = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("/v1/jobs?limit=1000&cursor={c}"),
+                None => "/v1/jobs?limit=1000".into(),
+            };
+            let (code, page) = s.req("GET", &path, Some(&a), None);
+            assert_eq!(code, 200);
+            for j in page["jobs"].as_array().unwrap() {
+                present.push((j["id"].as_u64().unwrap(), j["name"].as_str().unwrap().to_string()));
+            }
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => break,
+            }
+        }
+        let names: std::collections::BTreeMap<u64, String> = present.iter().cloned().collect();
+        let mut unique: Vec<&String> = names.values().collect();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), present.len(), "a submission is present twice");
+        for (id, name) in acked.lock().unwrap().iter() {
+            assert_eq!(names.get(id), Some(name), "acknowledged job {id} ({name}) is missing after the crash");
+        }
+        // Nothing half-present: every job there is whole (spec and all).
+        let last = present.iter().map(|p| p.0).max().unwrap();
+        let (code, j) = s.req("GET", &format!("/v1/jobs/{last}"), Some(&a), None);
+        assert_eq!(code, 200);
+        assert_eq!(j["spec"]["name"].as_str(), names.get(&last).map(String::as_str));
+        assert!(acked.lock().unwrap().len() as u64 >= kill_after);
+    }
+}
+
+#[test]
+fn bad_input_gets_a_4xx_that_names_the_field() {
+    let s = Server::new(&["--config", "/dev/null"]);
+    s.apply_cluster(CLUSTER);
+    let a = s.token("lab-a");
+    let cases: &[(&str, &str, &str, u16, Option<&str>)] = &[
+        ("POST", "/v1/jobs", "{", 400, None),
+        ("POST", "/v1/jobs", "[]", 400, None),
+        ("POST", "/v1/jobs", r#"{"groups":[{"accelerators":1}],"colour":"red"}"#, 400, None),
+        ("POST", "/v1/jobs", r#"{"groups":[{"accelerators":"eight"}]}"#, 400, Some("groups[0].accelerators")),
+        ("POST", "/v1/jobs", r#"{"groups":[{"accelerators":-1}]}"#, 400, Some("groups[0].accelerators")),
+        ("POST", "/v1/jobs", r#"{"groups":[{"replicas":0,"accelerators":1}]}"#, 400, Some("groups[0].replicas")),
+        ("POST", "/v1/jobs", r#"{"groups":[{"accelerators":1000000000000}]}"#, 400, Some("groups[0].accelerators")),
+        ("POST", "/v1/jobs", r#"{"groups":[{"accelerators":1e40}]}"#, 400, Some("groups[0].accelerators")),
+        ("POST", "/v1/jobs", r#"{"groups":[]}"#, 400, Some("groups")),
+        ("POST", "/v1/jobs", r#"{"groups":[{"accelerators":1,"models":["H999"]}]}"#, 422, Some("groups[0].models[0]")),
+        ("POST", "/v1/jobs", r#"{"groups":[{"accelerators":1}],"constraints":{"sites":["mars"]}}"#, 422, Some("constraints.sites[0]")),
+        ("POST", "/v1/jobs", r#"{"groups":[{"accelerators":1}],"constraints":{"jurisdictions":["US"]}}"#, 422, Some("constraints")),
+        ("POST", "/v1/jobs", r#"{"groups":[{"accelerators":9,"models":["H100"]}]}"#, 422, Some("topology")),
+        ("POST", "/v1/jobs", r#"{"groups":[{"accelerators":1}],"command":"not a list"}"#, 400, Some("command")),
+        ("POST", "/v1/jobs", r#"{"groups":[{"accelerators":1}],"priority":"urgent"}"#, 400, Some("priority")),
+        ("GET", "/v1/jobs?limit=0", "", 400, Some("limit")),
+        ("GET", "/v1/jobs?state=sleeping", "", 400, Some("state")),
+        ("GET", "/v1/jobs?colour=red", "", 400, Some("colour")),
+        ("GET", "/v1/jobs/abc", "", 400, Some("id")),
+        ("GET", "/v1/jobs/999999", "", 404, None),
+    ];
+    for (m, p, body, status, field) in cases {
+        let b = if body.is_empty() { None } else { Some(*body) };
+        let (code, e) = s.req(m, p, Some(&a), b);
+        assert_eq!(code, *status, "{m} {p} {body}: {e}");
+        assert!(e["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{e}");
+        if let Some(f) = field {
+            assert_eq!(e["error"]["field"].as_str(), Some(*f), "{m} {p} {body}: {e}");
+        }
+    }
+    let admin_cases: &[(&str, &str, &str, u16, Option<&str>)] = &[
+        ("POST", "/v1/tenants", r#"{"name":"x","tier":"anchor","weight":-1}"#, 400, Some("weight")),
+        ("POST", "/v1/tenants", r#"{"name":"lab-a","tier":"anchor"}"#, 409, Some("name")),
+        ("PATCH", "/v1/tenants/lab-a", r#"{"share_cap":7}"#, 400, Some("share_cap")),
+        ("PATCH", "/v1/sites/pohang", r#"{"power_budget_mw":"lots"}"#, 400, Some("power_budget_mw")),
+        ("PATCH", "/v1/sites/pohang", r#"{"power_budget_mw":-5}"#, 422, Some("power_budget_mw")),
+        ("PATCH", "/v1/sites/nowhere", r#"{"power_budget_mw":5}"#, 404, None),
+        ("PUT", "/v1/topology", r#"{"site":[{"name":"x"}]}"#, 400, Some("site[0]")),
+        ("PUT", "/v1/topology", r#"{"node":[{"name":"n","rack":"nope","cpu_cores":1,"mem_mib":1}]}"#, 422, Some("node[0].rack")),
+        ("POST", "/v1/nodes/nope/drain", "", 404, None),
+        ("POST", "/v1/catalog", r#"{"name":"X1"}"#, 400, None),
+        ("POST", "/v1/jobs", JOB8, 400, Some("tenant")),
+    ];
+    for (m, p, body, status, field) in admin_cases {
+        let b = if body.is_empty() { None } else { Some(*body) };
+        let (code, e) = s.req(m, p, Some(&s.admin), b);
+        assert_eq!(code, *status, "{m} {p} {body}: {e}");
+        if let Some(f) = field {
+            assert_eq!(e["error"]["field"].as_str(), Some(*f), "{m} {p} {body}: {e}");
+        }
+    }
+    // A body over the limit: 413 (the server answers before reading it all, so speak raw HTTP).
+    {
+        use std::io::{Read, Write};
+        let addr = s.base.trim_start_matches("http://");
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let len = 3 << 20;
+        write!(
+            c,
+            "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {a}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n{{\"name\":\""
+        )
+        .unwrap();
+        let mut w = c.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let _ = w.write_all(&vec![b'x'; (1 << 20) + (256 << 10)]);
+        });
+        let mut resp = Vec::new();
+        let _ = c.read_to_end(&mut resp);
+        drop(c);
+        let _ = writer.join();
+        let resp = String::from_utf8_lossy(&resp);
+        assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+        assert!(resp.contains("too_large"), "{resp}");
+    }
+    // Unknown endpoints and methods answer in JSON too.
+    let (code, e) = s.req("GET", "/v1/nope", Some(&a), None);
+    assert_eq!((code, e["error"]["code"].as_str()), (404, Some("no_route")));
+    let (code, e) = s.req("DELETE", "/v1/jobs", Some(&a), None);
+    assert_eq!((code, e["error"]["code"].as_str()), (405, Some("method_not_allowed")));
+    // Refused submissions are not jobs.
+    let (_, list) = s.req("GET", "/v1/jobs", Some(&a), None);
+    assert!(list["jobs"].as_array().unwrap().is_empty(), "{list}");
+    // The CLI shows the server's error readably and exits non-zero.
+    let (ok, _, err) = s.cli(&a, &["submit", "--accelerators", "1", "--model", "H999"]);
+    assert!(!ok);
+    assert!(err.contains("422") && err.contains("groups[0].models[0]") && err.contains("H999"), "{err}");
+}
+
+#[test]
+fn a_tenant_flooding_submissions_gets_429_with_retry_after() {
+    let s = Server::new(&["--submit-rate-per-s", "1", "--submit-burst", "3"]);
+    s.apply_cluster(CLUSTER);
+    let (a, b) = (s.token("lab-a"), s.token("lab-b"));
+    let mut codes = Vec::new();
+    let mut retry = None;
+    for _ in 0..5 {
+        let ((c, _), hs) = s.req_h("POST", "/v1/jobs", Some(&a), Some(JOB8), &[]);
+        codes.push(c);
+        if c == 429 {
+            retry = hs.iter().find(|(k, _)| k == "retry-after").map(|(_, v)| v.clone());
+        }
+    }
+    assert_eq!(&codes[..3], &[201, 201, 201]);
+    assert!(codes[3..].contains(&429), "{codes:?}");
+    assert!(retry.is_some_and(|r| r.parse::<u64>().unwrap() >= 1));
+    // Another tenant is not held back.
+    let (c, _) = s.req("POST", "/v1/jobs", Some(&b), Some(JOB8));
+    assert_eq!(c, 201);
+}
+
+#[test]
+fn a_lowered_power_budget_sheds_preemptible_work_at_once() {
+    let s = Server::new(&[]);
+    s.apply_cluster(CLUSTER);
+    let a = s.token("lab-a");
+    let (_, j) = s.req("POST", "/v1/jobs", Some(&a), Some(JOB8));
+    let id = j["id"].as_u64().unwrap();
+    s.wait_state(&a, id, "running");
+    let (ok, out, err) = s.cli(&s.admin, &["sites", "set-budget", "pohang", "0.001"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("shed 1 job(s)"), "{out}");
+    let (_, j) = s.req("GET", &format!("/v1/jobs/{id}"), Some(&a), None);
+    assert_eq!(j["state"], "pending", "{j}");
+    assert!(j["events"].as_array().unwrap().iter().any(|e| e["event"] == "preempted"));
+    // Draining a node and marking it up again.
+    let (ok, out, _) = s.cli(&s.admin, &["nodes", "drain", "ph-r1-n-001"]);
+    assert!(ok && out.contains("draining"), "{out}");
+    let (ok, out, _) = s.cli(&s.admin, &["nodes", "undrain", "ph-r1-n-001"]);
+    assert!(ok && out.contains("up"), "{out}");
+    // The audit log has every change, without token hashes.
+    let (code, log) = s.req("GET", "/v1/events?limit=1000", Some(&s.admin), None);
+    assert_eq!(code, 200);
+    let kinds: Vec<&str> = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for k in ["init", "topology", "token_create", "submit", "site_power_budget", "node_state"] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+    assert!(!kinds.contains(&"tick"));
+    assert!(!log.to_string().contains("sha256"));
+}
+
+#[test]
+fn tenants_are_created_and_updated_over_the_cli() {
+    let s = Server::new(&[]);
+    s.apply_cluster(CLUSTER);
+    let (ok, out, err) = s.cli(&s.admin, &["tenants", "create", "kisti", "--tier", "public", "--weight", "2"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("kisti"));
+    let (ok, out, _) = s.cli(&s.admin, &["tenants", "update", "kisti", "--weight", "4"]);
+    assert!(ok, "{out}");
+    let (ok, out, _) = s.cli(&s.admin, &["tenants", "--output", "json"]);
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let k = v["tenants"].as_array().unwrap().iter().find(|t| t["name"] == "kisti").unwrap();
+    assert_eq!(k["weight"], 4.0);
+    assert_eq!(k["tier"], "public");
+    // A tenant token sees only itself.
+    let t = s.token("kisti");
+    let (_, v) = s.req("GET", "/v1/tenants", Some(&t), None);
+    assert_eq!(v["tenants"].as_array().unwrap().len(), 1);
+    // Survives a restart.
+    let s = s.restart();
+    let (_, v) = s.req("GET", "/v1/tenants/kisti", Some(&s.admin), None);
+    assert_eq!(v["weight"], 4.0);
+}
+
+#[test]
+fn the_openapi_document_matches_what_is_served() {
+    let s = Server::new(&[]);
+    s.apply_cluster(CLUSTER);
+    let (code, doc) = s.req("GET", "/v1/openapi.json", None, None);
+    assert_eq!(code, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let schemas = doc["components"]["schemas"].as_object().unwrap().clone();
+    let text = doc.to_string();
+    // Every reference resolves.
+    for part in text.split("#/components/schemas/").skip(1) {
+        let name: String = part.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+        assert!(schemas.contains_key(&name), "unresolved schema {name}");
+    }
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 20);
+    let mut operations = 0;
+    for (path, ops) in paths {
+        for (method, op) in ops.as_object().unwrap() {
+            operations += 1;
+            let concrete = path
+                .replace("{id}", "1")
+                .replace("{name}", "lab-a");
+            let body = op.get("requestBody").map(|_| "{}");
+            let m = method.to_uppercase();
+            // Routes exist: never "no such endpoint" or "method not allowed".
+            let (code, e) = s.req(&m, &concrete, Some(&s.admin), body);
+            assert!(
+                e["error"]["code"] != "no_route" && code != 405,
+                "{m} {path} is documented but not served: {code} {e}"
+            );
+            // Routes that need a token say so without one.
+            let public = op["security"] == json!([]);
+            let (code, _) = s.req(&m, &concrete, None, body);
+            if public {
+                assert_ne!(code, 401, "{m} {path} is documented as public");
+            } else {
+                assert_eq!(code, 401, "{m} {path} is documented as needing a token");
+            }
+        }
+    }
+    assert!(operations >= 28);
+    // And what is not documented is not served.
+    for (m, p) in [("GET", "/v1/secret"), ("DELETE", "/v1/jobs/1"), ("GET", "/v2/jobs")] {
+        let (code, _) = s.req(m, p, Some(&s.admin), None);
+        assert!(code == 404 || code == 405, "{m} {p}: {code}");
+    }
+}
+
+/// Generated garbage at the job-spec endpoint: never a 5xx, and the server keeps answering.
+#[test]
+fn garbage_never_gets_a_5xx() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let s = Server::new(&["--submit-rate-per-s", "1000000", "--submit-burst", "1000000"]);
+    s.apply_cluster(CLUSTER);
+    let a = s.token("lab-a");
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        "[a-zA-Z0-9_ \\-\\.\\[\\]\u{1F600}]{0,12}".prop_map(Value::from),
+        prop_oneof![
+            Just("groups"), Just("replicas"), Just("accelerators"), Just("accelerator_milli"),
+            Just("models"), Just("H100"), Just("constraints"), Just("topology"), Just("level"),
+            Just("sites"), Just("priority"), Just("high"), Just("runtime_limit_s"), Just("command")
+        ].prop_map(Value::from),
+    ];
+    let key = prop_oneof![
+        Just("groups".to_string()), Just("replicas".to_string()), Just("accelerators".to_string()),
+        Just("accelerator_milli".to_string()), Just("models".to_string()), Just("min_hbm_gib".to_string()),
+        Just("constraints".to_string()), Just("topology".to_string()), Just("level".to_string()),
+        Just("mode".to_string()), Just("sites".to_string()), Just("jurisdictions".to_string()),
+        Just("priority".to_string()), Just("preemptible".to_string()), Just("name".to_string()),
+        Just("runtime_estimate_s".to_string()), Just("runtime_limit_s".to_string()),
+        Just("max_retries".to_string()), Just("command".to_string()), Just("cpu_milli".to_string()),
+        "[a-z]{1,6}",
+    ];
+    let value = leaf.prop_recursive(4, 48, 6, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map(key.clone(), inner, 0..5)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    });
+    let body = prop_oneof![
+        3 => value.prop_map(|v| v.to_string().into_bytes()),
+        1 => prop::collection::vec(any::<u8>(), 0..200),
+        1 => (any::<usize>(), any::<u8>()).prop_map(|(i, b)| {
+            let mut v = JOB8.as_bytes().to_vec();
+            let n = v.len();
+            v[i % n] = b;
+            v
+        }),
+    ];
+    let mut runner = TestRunner::new(Config {
+        cases: 300,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+    let url = format!("{}/v1/jobs", s.base);
+    let auth = format!("Bearer {a}");
+    runner
+        .run(&body, |b| {
+            let r = agent
+                .post(&url)
+                .set("Authorization", &auth)
+                .set("Content-Type", "application/json")
+                .send_bytes(&b);
+            let code = match r {
+                Ok(r) => r.status(),
+                Err(ureq::Error::Status(c, _)) => c,
+                Err(e) => panic!("transport error: {e}"),
+            };
+            prop_assert!(code < 500, "{code} for {:?}", String::from_utf8_lossy(&b));
+            Ok(())
+        })
+        .unwrap();
+    // Also at the other endpoints that read bodies.
+    for p in ["/v1/tenants", "/v1/catalog", "/v1/sites", "/v1/racks"] {
+        for b in ["", "null", "{\"name\":{}}", "\u{0}", "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]"] {
+            let (code, _) = s.req("POST", p, Some(&s.admin), Some(b));
+            assert!((400..500).contains(&code), "{p} {b:?}: {code}");
+        }
+    }
+    let (code, h) = s.req("GET", "/healthz", None, None);
+    assert_eq!(code, 200);
+    assert_eq!(h["status"], "ok");
+}
