@@ -73,6 +73,11 @@ pub struct ReplayArgs {
     /// instead of stopping at the first.
     #[arg(long)]
     skip_bad_rows: bool,
+    /// Scheduling interval in seconds: 0 runs a pass after every batch of simultaneous
+    /// events; N runs passes every N s of virtual time (events still happen on time).
+    /// Large synthetic replays use e.g. 60.
+    #[arg(long, default_value_t = 0)]
+    tick_s: u64,
 }
 
 #[derive(Args)]
@@ -91,6 +96,10 @@ pub struct PhillyCompareArgs {
     /// Only these VCs (comma-separated); default: all of philly_vc.csv.
     #[arg(long)]
     vcs: Option<String>,
+    /// Divide submit times by K (K × the offered load): a sensitivity experiment, not the
+    /// reproduction.
+    #[arg(long, default_value_t = 1.0)]
+    arrival_compression: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -169,6 +178,7 @@ fn options(
     policies: &[Policy],
     placement: &Option<String>,
     seed: u64,
+    tick_s: u64,
 ) -> anyhow::Result<Vec<ReplayOptions>> {
     let placement = placement
         .as_deref()
@@ -182,6 +192,7 @@ fn options(
                 .clone()
                 .unwrap_or_else(|| Placement::default_for(p)),
             seed,
+            tick_s,
             ..ReplayOptions::new(p)
         })
         .collect())
@@ -246,7 +257,7 @@ fn write_out(dir: &Path, json: &str, runs: &[(RunResult, f64)]) -> anyhow::Resul
 
 fn run_replay(a: ReplayArgs) -> anyhow::Result<()> {
     let policies = Policy::parse_list(&a.policy).map_err(|e| anyhow::anyhow!("--policy: {e}"))?;
-    let opts = options(&policies, &a.placement, a.seed)?;
+    let opts = options(&policies, &a.placement, a.seed, a.tick_s)?;
     let catalog = Catalog::builtin();
     let cluster = read_cluster(&a.cluster, &catalog)?;
     let bad = if a.skip_bad_rows {
@@ -300,6 +311,7 @@ struct PhillyInput {
     traces: String,
     from: String,
     to: String,
+    arrival_compression: f64,
     vcs: Vec<String>,
     jobs: usize,
     seed: u64,
@@ -320,6 +332,7 @@ fn run_philly(a: PhillyCompareArgs) -> anyhow::Result<()> {
     let mut p = PhillyParams::new(files.jobs.clone(), files.vcs.clone());
     p.from = Some(a.from.clone());
     p.to = Some(a.to.clone());
+    p.arrival_compression = a.arrival_compression;
     let mut imported = import_philly(&p, &catalog)?;
     if let Some(only) = &a.vcs {
         let keep: Vec<&str> = only
@@ -335,7 +348,7 @@ fn run_philly(a: PhillyCompareArgs) -> anyhow::Result<()> {
         imported.jobs.retain(|j| keep.contains(&j.tenant.as_str()));
     }
     eprint!("{}", imported.summary.text());
-    let opts = options(&policies, &None, a.seed)?;
+    let opts = options(&policies, &None, a.seed, 0)?;
     let started = Instant::now();
     let runs = run_all(
         "sim philly-compare",
@@ -354,6 +367,7 @@ fn run_philly(a: PhillyCompareArgs) -> anyhow::Result<()> {
         traces: a.traces.display().to_string(),
         from: a.from.clone(),
         to: a.to.clone(),
+        arrival_compression: a.arrival_compression,
         vcs: imported
             .cluster
             .site

@@ -65,6 +65,9 @@ pub struct PhillyArgs {
     /// Catalog model the nodes are labelled with (power figures only).
     #[arg(long, default_value = "P100")]
     gpu_model: String,
+    /// Divide submit times by K (K × the offered load; a sensitivity experiment).
+    #[arg(long, default_value_t = 1.0)]
+    arrival_compression: f64,
     #[arg(long)]
     out: PathBuf,
     #[arg(long)]
@@ -156,6 +159,7 @@ pub fn run(command: TraceCommand) -> anyhow::Result<()> {
             p.from = a.from.clone();
             p.to = a.to.clone();
             p.gpu_model = a.gpu_model.clone();
+            p.arrival_compression = a.arrival_compression;
             p.bad = bad(a.skip_bad_rows);
             let im = import_philly(&p, &catalog)?;
             let header = format!(

@@ -18,7 +18,7 @@ use gosok_model::job::MAX_RUNTIME_S;
 use gosok_model::{Catalog, ClusterSpec, SpecError};
 
 use crate::policy::{Placement, Policy, checkpoint_overhead_s, engine_config};
-use crate::report::{Report, SiteReport, TenantReport, percentile};
+use crate::report::{EngineWork, Report, SiteReport, TenantReport, percentile};
 use crate::workload::WorkloadJob;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,10 @@ pub struct ReplayOptions {
     pub series_points: usize,
     /// Check the engine's invariants after every batch (tests; slow).
     pub check_invariants: bool,
+    /// Scheduling interval: 0 runs a pass after every batch of events at one timestamp;
+    /// N > 0 records events when they happen but runs passes only at multiples of N
+    /// seconds (as a periodic scheduler does), which scale tests need.
+    pub tick_s: u64,
 }
 
 impl ReplayOptions {
@@ -56,6 +60,7 @@ impl ReplayOptions {
             seed: 0,
             series_points: 1000,
             check_invariants: false,
+            tick_s: 0,
         }
     }
 }
@@ -243,6 +248,10 @@ pub fn replay(
     let mut site_alloc_milli_s = vec![0f64; n_sites];
     let mut series = Series::new(t0, jobs, opts.series_points);
     let mut iterations = 0u64;
+    let tick = opts.tick_s.max(1);
+    // The earliest event not yet followed by a scheduling pass.
+    let mut dirty_since: Option<u64> = None;
+    let mut work = EngineWork::default();
 
     let mut ctx = Ctx {
         sim: &mut sim,
@@ -266,11 +275,11 @@ pub fn replay(
         }
         let t_arrival = order.get(next).map(|&i| jobs[i as usize].submit_s);
         let t_timer = ctx.timers.peek().map(|r| r.0.0);
-        let t = match (t_arrival, t_timer) {
-            (None, None) => break,
-            (Some(a), None) => a,
-            (None, Some(b)) => b,
-            (Some(a), Some(b)) => a.min(b),
+        // With a scheduling interval, the pass owed for earlier events runs at the next
+        // multiple of it.
+        let t_pass = dirty_since.map(|d| d.div_ceil(tick) * tick);
+        let Some(t) = [t_arrival, t_timer, t_pass].into_iter().flatten().min() else {
+            break;
         };
 
         // What the cluster looked like since the last batch, until now.
@@ -357,8 +366,20 @@ pub fn replay(
                 })?;
             ctx.handle(t, ds);
         }
+        if tick > 1 && !t.is_multiple_of(tick) {
+            dirty_since.get_or_insert(t);
+            continue;
+        }
+        dirty_since = None;
         let ds = engine.schedule();
         passes += 1;
+        let st = engine.last_pass();
+        work.considered += st.considered;
+        work.cached += st.cached;
+        work.placements += st.placements;
+        work.nodes_visited += st.nodes_visited;
+        work.preemption_searches += st.preemption_searches;
+        work.reservation_plans += st.reservation_plans;
         ctx.handle(t, ds);
         if opts.check_invariants {
             engine
@@ -391,6 +412,7 @@ pub fn replay(
             site_alloc_milli_s: &site_alloc_milli_s,
             preemptions,
             passes,
+            work,
             rejected: &rejected,
         },
     );
@@ -594,6 +616,7 @@ struct Totals<'a> {
     site_alloc_milli_s: &'a [f64],
     preemptions: u64,
     passes: u64,
+    work: EngineWork,
     rejected: &'a BTreeMap<String, u64>,
 }
 
@@ -711,6 +734,8 @@ fn summarize(
         sites,
         rejected_by_reason: t.rejected.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         scheduling_passes: t.passes,
+        tick_s: opts.tick_s,
+        engine_work: t.work,
     }
 }
 

@@ -48,6 +48,21 @@ pub struct Report {
     /// Rejections at submit, by the constraint named.
     pub rejected_by_reason: Vec<(String, u64)>,
     pub scheduling_passes: u64,
+    /// The scheduling interval (0: a pass after every batch of simultaneous events).
+    pub tick_s: u64,
+    /// What the engine's passes did, summed over the run (for performance work).
+    pub engine_work: EngineWork,
+}
+
+/// Sums of the engine's `PassStats` over a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct EngineWork {
+    pub considered: u64,
+    pub cached: u64,
+    pub placements: u64,
+    pub nodes_visited: u64,
+    pub preemption_searches: u64,
+    pub reservation_plans: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -43,6 +43,9 @@ pub struct PhillyParams {
     pub to: Option<String>,
     /// Catalog model the nodes are labelled with.
     pub gpu_model: String,
+    /// Submit times (from the window's start) are divided by this: K × the offered load.
+    /// 1 replays the trace as it is; other values are sensitivity experiments.
+    pub arrival_compression: f64,
     pub bad: BadRows,
 }
 
@@ -54,6 +57,7 @@ impl PhillyParams {
             from: None,
             to: None,
             gpu_model: "P100".into(),
+            arrival_compression: 1.0,
             bad: BadRows::Fail,
         }
     }
@@ -114,6 +118,13 @@ pub fn import_philly(p: &PhillyParams, catalog: &Catalog) -> Result<Imported, Im
         ));
     };
     let model_name = catalog.get(model).name.clone();
+    let k = p.arrival_compression;
+    if !(k.is_finite() && (0.01..=1000.0).contains(&k)) {
+        return Err(ImportError::param(
+            "--arrival-compression",
+            format!("{k}: give a factor between 0.01 and 1000 (1: the trace as it is)"),
+        ));
+    }
     let from = window("--from", &p.from)?;
     let to = window("--to", &p.to)?;
     if let (Some(f), Some(t)) = (from, to)
@@ -225,7 +236,7 @@ pub fn import_philly(p: &PhillyParams, catalog: &Catalog) -> Result<Imported, Im
             WorkloadJob {
                 id: Some(format!("{vc}-{line}")),
                 tenant: vc.clone(),
-                submit_s: (submit - origin).max(0) as u64,
+                submit_s: ((submit - origin).max(0) as f64 / k).floor() as u64,
                 duration_s: dur,
                 duration_measured_on: None,
                 spec: JobSpec {
@@ -249,6 +260,11 @@ pub fn import_philly(p: &PhillyParams, catalog: &Catalog) -> Result<Imported, Im
         "jobs ask for GPUs only (no CPU or memory in the trace) and give no runtime estimate"
             .into(),
     );
+    if k != 1.0 {
+        summary.notes.push(format!(
+            "arrival times divided by {k}: {k} × the trace's offered load (a sensitivity experiment)"
+        ));
+    }
     Ok(Imported {
         cluster,
         jobs,

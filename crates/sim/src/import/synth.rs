@@ -25,6 +25,47 @@ pub struct SynthParams {
 /// Jobs of the pilot sample that measures the mean work per job.
 const PILOT_JOBS: usize = 4000;
 
+/// Accelerators of the highway, and how many of them its sites' power budgets can run at
+/// once (IT budget = facility budget / PUE, against every node's full draw at the engine's
+/// default utilisation): the capacity an offered load is a fraction of. A synthetic highway
+/// of many nodes on few sites is power-bound, and a load measured against accelerators it
+/// cannot power would grow its queue without end.
+pub fn powered_capacity(cluster: &gosok_model::ClusterSpec) -> (f64, f64) {
+    let catalog = gosok_model::Catalog::builtin();
+    let util = gosok_engine::EngineConfig::default().accelerator_utilisation;
+    let mut per_site: Vec<(f64, f64)> = vec![(0.0, 0.0); cluster.site.len()];
+    for n in &cluster.node {
+        let Some(site) = cluster
+            .rack
+            .iter()
+            .find(|r| r.name == n.rack)
+            .and_then(|r| cluster.site.iter().position(|s| s.name == r.site))
+        else {
+            continue;
+        };
+        let board = n
+            .accelerator
+            .as_deref()
+            .and_then(|m| catalog.id(m))
+            .map_or(0.0, |id| catalog.get(id).board_power_w as f64);
+        let count = n.count.unwrap_or(1) as f64;
+        per_site[site].0 += count * n.accelerators as f64;
+        per_site[site].1 += count * (n.base_power_w as f64 + n.accelerators as f64 * board * util);
+    }
+    let mut all = 0.0;
+    let mut powered = 0.0;
+    for (s, (accel, full_w)) in cluster.site.iter().zip(per_site) {
+        let budget_it_w = s.power_budget_mw * 1e6 / s.pue.max(1.0);
+        all += accel;
+        powered += if full_w > 0.0 {
+            accel * (budget_it_w / full_w).min(1.0)
+        } else {
+            0.0
+        };
+    }
+    (all, powered)
+}
+
 pub fn synthesize(p: &SynthParams) -> Result<Imported, ImportError> {
     if p.nodes == 0 || p.nodes > 1_000_000 {
         return Err(ImportError::param("--nodes", "give 1 to 1000000 nodes"));
@@ -52,11 +93,7 @@ pub fn synthesize(p: &SynthParams) -> Result<Imported, ImportError> {
     hp.validate()
         .map_err(|e| ImportError::param(&format!("--{}", e.field.replace('_', "-")), e.message))?;
     let cluster = highway(&hp, p.seed);
-    let capacity: f64 = cluster
-        .node
-        .iter()
-        .map(|n| (n.count.unwrap_or(1) * n.accelerators) as f64)
-        .sum();
+    let (accelerators, capacity) = powered_capacity(&cluster);
     let mut wp = WorkloadParams {
         jobs: p.jobs,
         ..WorkloadParams::default()
@@ -106,10 +143,13 @@ pub fn synthesize(p: &SynthParams) -> Result<Imported, ImportError> {
         ..ImportSummary::default()
     };
     summary.count_cluster(&cluster);
+    summary.notes.push(format!(
+        "{accelerators:.0} accelerators, of which the sites' power budgets can run {capacity:.0} at once"
+    ));
     summary.notes.push(match p.arrival_rate_per_s {
         Some(r) => format!("Poisson arrivals at {r} jobs/s"),
         None => format!(
-            "Poisson arrivals at {rate:.4} jobs/s: offered load {} of the accelerators",
+            "Poisson arrivals at {rate:.4} jobs/s: offered load {} of the powered accelerators",
             p.load
         ),
     });
