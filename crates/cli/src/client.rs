@@ -246,8 +246,7 @@ impl Client {
             .clone()
             .or_else(|| std::env::var_os("GOSOK_CONFIG").map(PathBuf::from))
             .or_else(|| {
-                std::env::var_os("HOME")
-                    .map(|h| PathBuf::from(h).join(".config/gosok/client.toml"))
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/gosok/client.toml"))
             });
         let file = match &path {
             Some(p) if p.exists() => {
@@ -271,7 +270,11 @@ impl Client {
         } else {
             format!("http://{base}")
         };
-        let token = c.token.clone().or_else(|| env("GOSOK_TOKEN")).or(file.token);
+        let token = c
+            .token
+            .clone()
+            .or_else(|| env("GOSOK_TOKEN"))
+            .or(file.token);
         let agent = ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(60))
             .build();
@@ -413,7 +416,9 @@ fn s(v: &Value) -> String {
 }
 
 fn ago(ms: &Value) -> String {
-    let Some(ms) = ms.as_u64() else { return "-".into() };
+    let Some(ms) = ms.as_u64() else {
+        return "-".into();
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -444,7 +449,10 @@ fn jobs_table(v: &Value) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    let mut out = table(&["ID", "TENANT", "NAME", "STATE", "ACCEL", "SUBMITTED"], rows);
+    let mut out = table(
+        &["ID", "TENANT", "NAME", "STATE", "ACCEL", "SUBMITTED"],
+        rows,
+    );
     if let Some(c) = v["next_cursor"].as_str() {
         out.push_str(&format!("(more: --cursor {c})\n"));
     }
@@ -517,14 +525,8 @@ pub fn read_spec(path: &std::path::Path) -> anyhow::Result<Value> {
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(serde_json::to_value(v)?)
     } else {
-        serde_json::from_str(&text).map_err(|e| {
-            anyhow::anyhow!(
-                "{}:{}:{}: {e}",
-                path.display(),
-                e.line(),
-                e.column()
-            )
-        })
+        serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))
     }
 }
 
@@ -580,7 +582,9 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 Some(("application/json", serde_json::to_vec(&spec)?)),
                 &headers,
             )?;
-            cl.print(&v, |j| format!("submitted job {} ({})\n", s(&j["id"]), s(&j["state"])));
+            cl.print(&v, |j| {
+                format!("submitted job {} ({})\n", s(&j["id"]), s(&j["state"]))
+            });
         }
         Command::Jobs(a) => {
             let cl = Client::new(&a.c)?;
@@ -639,11 +643,15 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             match a.action {
                 Some(NodeAction::Drain { node }) => {
                     let v = cl.post(&format!("/v1/nodes/{}/drain", enc(&node)), &json!({}))?;
-                    cl.print(&v, |n| format!("node {}: {}\n", s(&n["name"]), s(&n["state"])));
+                    cl.print(&v, |n| {
+                        format!("node {}: {}\n", s(&n["name"]), s(&n["state"]))
+                    });
                 }
                 Some(NodeAction::Undrain { node }) => {
                     let v = cl.post(&format!("/v1/nodes/{}/undrain", enc(&node)), &json!({}))?;
-                    cl.print(&v, |n| format!("node {}: {}\n", s(&n["name"]), s(&n["state"])));
+                    cl.print(&v, |n| {
+                        format!("node {}: {}\n", s(&n["name"]), s(&n["state"]))
+                    });
                 }
                 None => {
                     let v = cl.get("/v1/nodes")?;
@@ -721,11 +729,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                                             s(&x["name"]),
                                             s(&x["region"]),
                                             s(&x["jurisdiction"]),
-                                            format!(
-                                                "{:.3}/{:.3} MW",
-                                                draw / 1e6,
-                                                budget / 1e6
-                                            ),
+                                            format!("{:.3}/{:.3} MW", draw / 1e6, budget / 1e6),
                                             format!(
                                                 "{}/{}",
                                                 s(&x["accelerators_allocated"]),
@@ -859,7 +863,11 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 }
                 let mut out = String::new();
                 for c in changed {
-                    out.push_str(&format!("{}{}\n", if a.dry_run { "would: " } else { "" }, s(&c)));
+                    out.push_str(&format!(
+                        "{}{}\n",
+                        if a.dry_run { "would: " } else { "" },
+                        s(&c)
+                    ));
                 }
                 out
             });

@@ -172,7 +172,12 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 /// Submits `n` jobs over `conns` connections; returns (seconds, per-request latencies in ms).
-fn submit_load(base: &str, tokens: &[String], n: u64, conns: u64) -> anyhow::Result<(f64, Vec<f64>)> {
+fn submit_load(
+    base: &str,
+    tokens: &[String],
+    n: u64,
+    conns: u64,
+) -> anyhow::Result<(f64, Vec<f64>)> {
     use std::sync::atomic::{AtomicU64, Ordering};
     let next = std::sync::Arc::new(AtomicU64::new(0));
     let t0 = std::time::Instant::now();
@@ -182,7 +187,9 @@ fn submit_load(base: &str, tokens: &[String], n: u64, conns: u64) -> anyhow::Res
             let url = format!("{base}/v1/jobs");
             let token = format!("Bearer {}", tokens[c as usize % tokens.len()]);
             std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
-                let agent = ureq::AgentBuilder::new().max_idle_connections_per_host(1).build();
+                let agent = ureq::AgentBuilder::new()
+                    .max_idle_connections_per_host(1)
+                    .build();
                 let mut lat = Vec::new();
                 while next.fetch_add(1, Ordering::Relaxed) < n {
                     let t = std::time::Instant::now();
@@ -206,7 +213,10 @@ fn submit_load(base: &str, tokens: &[String], n: u64, conns: u64) -> anyhow::Res
         .collect();
     let mut lat = Vec::new();
     for h in handles {
-        lat.extend(h.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??);
+        lat.extend(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a client thread panicked"))??,
+        );
     }
     Ok((t0.elapsed().as_secs_f64(), lat))
 }
@@ -228,15 +238,21 @@ pub fn bench(a: BenchServerArgs) -> anyhow::Result<()> {
         ..Config::default()
     };
     cfg.metrics_require_token = false;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let running = rt.block_on(gosok_server::start(&dir, cfg.clone()))?;
     let base = format!("http://{}", running.addr);
     let agent = ureq::AgentBuilder::new().build();
     let auth = format!("Bearer {admin}");
     let mut cluster = BENCH_CLUSTER.to_string();
-    let tenants: Vec<String> = (0..a.tenants.max(1)).map(|i| format!("bench-{i}")).collect();
+    let tenants: Vec<String> = (0..a.tenants.max(1))
+        .map(|i| format!("bench-{i}"))
+        .collect();
     for t in &tenants {
-        cluster.push_str(&format!("\n[[tenant]]\nname = \"{t}\"\ntier = \"startup\"\n"));
+        cluster.push_str(&format!(
+            "\n[[tenant]]\nname = \"{t}\"\ntier = \"startup\"\n"
+        ));
     }
     agent
         .put(&format!("{base}/v1/topology"))
@@ -255,14 +271,20 @@ pub fn bench(a: BenchServerArgs) -> anyhow::Result<()> {
         )?;
         tokens.push(v["token"].as_str().unwrap_or_default().to_string());
     }
-    eprintln!("bench: phase 1: {} durable submissions over {} connections", a.jobs, a.connections);
+    eprintln!(
+        "bench: phase 1: {} durable submissions over {} connections",
+        a.jobs, a.connections
+    );
     let batches0 = running.app.commit_batches();
     let (secs, mut lat) = submit_load(&base, &tokens, a.jobs, a.connections)?;
     let commits = running.app.commit_batches() - batches0;
     let submit_rate = a.jobs as f64 / secs;
     let (lat_p50, lat_p99) = (median(&mut lat), pct(&mut lat, 0.99));
     let more = a.queue_pending.saturating_sub(a.jobs);
-    eprintln!("bench: phase 2: {more} more submissions, then GET /v1/queue with {} pending", a.queue_pending);
+    eprintln!(
+        "bench: phase 2: {more} more submissions, then GET /v1/queue with {} pending",
+        a.queue_pending
+    );
     if more > 0 {
         submit_load(&base, &tokens, more, a.connections)?;
     }
@@ -292,7 +314,10 @@ pub fn bench(a: BenchServerArgs) -> anyhow::Result<()> {
     }
     let pending = running.app.core().engine().pending_count();
     rt.block_on(running.stop())?;
-    eprintln!("bench: phase 3: fill the log to {} records, then restart", a.restart_events);
+    eprintln!(
+        "bench: phase 3: fill the log to {} records, then restart",
+        a.restart_events
+    );
     let spec: gosok_model::JobSpec = serde_json::from_str(BENCH_SPEC)?;
     let records = gosok_server::fill_log(&dir, &cfg, &tenants, &spec, a.restart_events, 1000)?;
     let mut restart_ms = Vec::new();
@@ -301,7 +326,9 @@ pub fn bench(a: BenchServerArgs) -> anyhow::Result<()> {
         let t = std::time::Instant::now();
         let running = rt.block_on(gosok_server::start(&dir, cfg.clone()))?;
         // Ready: it answers /healthz.
-        agent.get(&format!("http://{}/healthz", running.addr)).call()?;
+        agent
+            .get(&format!("http://{}/healthz", running.addr))
+            .call()?;
         restart_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         replay_ms = running.app.replay.elapsed.as_secs_f64() * 1000.0;
         rt.block_on(running.stop())?;
@@ -319,13 +346,31 @@ pub fn bench(a: BenchServerArgs) -> anyhow::Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("durable submissions : {:.0} jobs/s ({} jobs, {} connections, {} tenants; p50 {:.2} ms, p99 {:.2} ms; {:.1} jobs per fsync)",
-            submit_rate, a.jobs, a.connections, a.tenants, lat_p50, lat_p99, a.jobs as f64 / commits.max(1) as f64);
-        println!("GET /v1/queue       : {:.1} ms median with {} pending ({} bytes); {:.1} ms with limit=100",
-            report["queue"]["full_ms_median"].as_f64().unwrap_or(0.0), pending, q_bytes,
-            report["queue"]["limit_100_ms_median"].as_f64().unwrap_or(0.0));
-        println!("restart             : ready in {:.0} ms median with {} log records (replay {:.0} ms)",
-            report["restart"]["ready_ms_median"].as_f64().unwrap_or(0.0), records, replay_ms);
+        println!(
+            "durable submissions : {:.0} jobs/s ({} jobs, {} connections, {} tenants; p50 {:.2} ms, p99 {:.2} ms; {:.1} jobs per fsync)",
+            submit_rate,
+            a.jobs,
+            a.connections,
+            a.tenants,
+            lat_p50,
+            lat_p99,
+            a.jobs as f64 / commits.max(1) as f64
+        );
+        println!(
+            "GET /v1/queue       : {:.1} ms median with {} pending ({} bytes); {:.1} ms with limit=100",
+            report["queue"]["full_ms_median"].as_f64().unwrap_or(0.0),
+            pending,
+            q_bytes,
+            report["queue"]["limit_100_ms_median"]
+                .as_f64()
+                .unwrap_or(0.0)
+        );
+        println!(
+            "restart             : ready in {:.0} ms median with {} log records (replay {:.0} ms)",
+            report["restart"]["ready_ms_median"].as_f64().unwrap_or(0.0),
+            records,
+            replay_ms
+        );
     }
     if remove {
         let _ = std::fs::remove_dir_all(&dir);

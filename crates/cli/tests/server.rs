@@ -61,7 +61,11 @@ impl Server {
             .arg(&dir)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let admin = String::from_utf8(out.stdout).unwrap().trim().to_string();
         assert!(admin.starts_with("gsk_"));
         let mut s = Server::run(&dir, extra, admin);
@@ -72,7 +76,15 @@ impl Server {
     /// Starts `gosok server run` on a free port and waits until it listens.
     fn run(dir: &Path, extra: &[&str], admin: String) -> Server {
         let mut child = Command::new(GOSOK)
-            .args(["server", "run", "--listen", "127.0.0.1:0", "--tick-ms", "200", "--data-dir"])
+            .args([
+                "server",
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--tick-ms",
+                "200",
+                "--data-dir",
+            ])
             .arg(dir)
             .args(extra)
             .stdout(Stdio::null())
@@ -113,7 +125,13 @@ impl Server {
         s
     }
 
-    fn req(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
+    fn req(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, Value) {
         self.req_h(method, path, token, body, &[]).0
     }
 
@@ -181,7 +199,10 @@ impl Server {
     }
 
     fn token(&self, tenant: &str) -> String {
-        let (ok, out, err) = self.cli(&self.admin, &["token", "create", tenant, "--output", "json"]);
+        let (ok, out, err) = self.cli(
+            &self.admin,
+            &["token", "create", tenant, "--output", "json"],
+        );
         assert!(ok, "{err}");
         let v: Value = serde_json::from_str(&out).unwrap();
         v["token"].as_str().unwrap().to_string()
@@ -195,7 +216,10 @@ impl Server {
             if v["state"] == state {
                 return v;
             }
-            assert!(Instant::now() < deadline, "job {id} never became {state}: {v}");
+            assert!(
+                Instant::now() < deadline,
+                "job {id} never became {state}: {v}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -207,7 +231,8 @@ impl Drop for Server {
     }
 }
 
-const JOB8: &str = r#"{"name":"train","groups":[{"replicas":1,"accelerators":8,"models":["H100"]}]}"#;
+const JOB8: &str =
+    r#"{"name":"train","groups":[{"replicas":1,"accelerators":8,"models":["H100"]}]}"#;
 
 #[test]
 fn submit_list_show_cancel_over_the_cli() {
@@ -227,8 +252,27 @@ fn submit_list_show_cancel_over_the_cli() {
     let mut ids = Vec::new();
     for args in [
         vec!["submit", spec.to_str().unwrap(), "--output", "json"],
-        vec!["submit", "--accelerators", "8", "--model", "H100", "--output", "json", "--", "python", "train.py"],
-        vec!["submit", "--accelerators", "8", "--model", "H100", "--output", "json"],
+        vec![
+            "submit",
+            "--accelerators",
+            "8",
+            "--model",
+            "H100",
+            "--output",
+            "json",
+            "--",
+            "python",
+            "train.py",
+        ],
+        vec![
+            "submit",
+            "--accelerators",
+            "8",
+            "--model",
+            "H100",
+            "--output",
+            "json",
+        ],
     ] {
         let (ok, out, err) = s.cli(&a, &args);
         assert!(ok, "{err}");
@@ -244,7 +288,13 @@ fn submit_list_show_cancel_over_the_cli() {
     assert_eq!(j2["command"], json!(["python", "train.py"]));
     let (_, v) = s.req("GET", &format!("/v1/jobs/{}", ids[2]), Some(&a), None);
     assert_eq!(v["state"], "pending");
-    assert!(v["wait"]["text"].as_str().unwrap().contains("needs 1 × 8 H100"), "{v}");
+    assert!(
+        v["wait"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("needs 1 × 8 H100"),
+        "{v}"
+    );
     let (ok, out, _) = s.cli(&a, &["jobs", "--output", "json"]);
     assert!(ok);
     let listed: Vec<u64> = serde_json::from_str::<Value>(&out).unwrap()["jobs"]
@@ -262,14 +312,25 @@ fn submit_list_show_cancel_over_the_cli() {
     assert!(out.contains("cancelled"), "{out}");
     s.wait_state(&a, ids[2], "running");
     let (ok, out, _) = s.cli(&a, &["show", &ids[0].to_string()]);
-    assert!(ok && out.contains("cancelled") && out.contains("started attempt 1"), "{out}");
+    assert!(
+        ok && out.contains("cancelled") && out.contains("started attempt 1"),
+        "{out}"
+    );
     // Cancelling again is a conflict, shown readably, exit non-zero.
     let (ok, _, err) = s.cli(&a, &["cancel", &ids[0].to_string()]);
-    assert!(!ok && err.contains("409") && err.contains("already ended"), "{err}");
+    assert!(
+        !ok && err.contains("409") && err.contains("already ended"),
+        "{err}"
+    );
     // Paging: one at a time, following next_cursor.
     let (_, p1) = s.req("GET", "/v1/jobs?limit=2", Some(&a), None);
     let cur = p1["next_cursor"].as_str().unwrap().to_string();
-    let (_, p2) = s.req("GET", &format!("/v1/jobs?limit=2&cursor={cur}"), Some(&a), None);
+    let (_, p2) = s.req(
+        "GET",
+        &format!("/v1/jobs?limit=2&cursor={cur}"),
+        Some(&a),
+        None,
+    );
     assert_eq!(p2["jobs"][0]["id"].as_u64(), Some(ids[0]));
     assert!(p2["next_cursor"].is_null());
     let (_, st) = s.req("GET", "/v1/jobs?state=cancelled", Some(&a), None);
@@ -283,7 +344,10 @@ fn submit_list_show_cancel_over_the_cli() {
     assert!(ok && out.contains("no changes"), "{exported}\n{out}");
     // Sites, nodes and metrics reflect the running work.
     let (ok, out, _) = s.cli(&s.admin, &["sites"]);
-    assert!(ok && out.contains("pohang") && out.contains("16.0/16.0"), "{out}");
+    assert!(
+        ok && out.contains("pohang") && out.contains("16.0/16.0"),
+        "{out}"
+    );
     let (ok, out, _) = s.cli(&s.admin, &["nodes"]);
     assert!(ok && out.contains("ph-r1-n-000"), "{out}");
     let (code, m) = s.req("GET", "/metrics", Some(&s.admin), None);
@@ -311,14 +375,25 @@ fn tenants_see_and_touch_only_their_own_jobs() {
     let (code, e) = s.req("GET", &format!("/v1/jobs/{id}"), Some(&b), None);
     assert_eq!(code, 403, "{e}");
     assert_eq!(e["error"]["code"], "forbidden");
-    let (code, _) = s.req("POST", &format!("/v1/jobs/{id}/cancel"), Some(&b), Some("{}"));
+    let (code, _) = s.req(
+        "POST",
+        &format!("/v1/jobs/{id}/cancel"),
+        Some(&b),
+        Some("{}"),
+    );
     assert_eq!(code, 403);
     let (_, list) = s.req("GET", "/v1/jobs", Some(&b), None);
     assert!(list["jobs"].as_array().unwrap().is_empty(), "{list}");
     let (code, _) = s.req("GET", "/v1/jobs?tenant=lab-a", Some(&b), None);
     assert_eq!(code, 403);
     let (_, q) = s.req("GET", "/v1/queue", Some(&b), None);
-    assert!(q["jobs"].as_array().unwrap().iter().all(|j| j["tenant"] == "lab-b"));
+    assert!(
+        q["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["tenant"] == "lab-b")
+    );
     // Submitting for another tenant, or doing operator work, is forbidden too.
     let (code, _) = s.req("POST", "/v1/jobs?tenant=lab-a", Some(&b), Some(JOB8));
     assert_eq!(code, 403);
@@ -327,7 +402,11 @@ fn tenants_see_and_touch_only_their_own_jobs() {
         ("PUT", "/v1/topology", Some("{}")),
         ("POST", "/v1/nodes/ph-r1-n-000/drain", None),
         ("GET", "/v1/events", None),
-        ("PATCH", "/v1/sites/pohang", Some(r#"{"power_budget_mw":1}"#)),
+        (
+            "PATCH",
+            "/v1/sites/pohang",
+            Some(r#"{"power_budget_mw":1}"#),
+        ),
     ] {
         let (code, e) = s.req(m, p, Some(&b), body);
         assert_eq!(code, 403, "{m} {p}: {e}");
@@ -382,7 +461,10 @@ fn the_same_idempotency_key_and_body_give_the_same_job() {
     let ((c2, j2), hs) = s.req_h("POST", "/v1/jobs", Some(&a), Some(JOB8), &h);
     assert_eq!((c1, c2), (201, 201));
     assert_eq!(j1["id"], j2["id"]);
-    assert!(hs.iter().any(|(k, v)| k == "idempotent-replayed" && v == "true"));
+    assert!(
+        hs.iter()
+            .any(|(k, v)| k == "idempotent-replayed" && v == "true")
+    );
     let other = JOB8.replace("train", "other");
     let ((c3, e), _) = s.req_h("POST", "/v1/jobs", Some(&a), Some(&other), &h);
     assert_eq!(c3, 422, "{e}");
@@ -469,7 +551,10 @@ fn every_acknowledged_submission_survives_sigkill() {
             let (code, page) = s.req("GET", &path, Some(&a), None);
             assert_eq!(code, 200);
             for j in page["jobs"].as_array().unwrap() {
-                present.push((j["id"].as_u64().unwrap(), j["name"].as_str().unwrap().to_string()));
+                present.push((
+                    j["id"].as_u64().unwrap(),
+                    j["name"].as_str().unwrap().to_string(),
+                ));
             }
             match page["next_cursor"].as_str() {
                 Some(c) => cursor = Some(c.to_string()),
@@ -482,13 +567,20 @@ fn every_acknowledged_submission_survives_sigkill() {
         unique.dedup();
         assert_eq!(unique.len(), present.len(), "a submission is present twice");
         for (id, name) in acked.lock().unwrap().iter() {
-            assert_eq!(names.get(id), Some(name), "acknowledged job {id} ({name}) is missing after the crash");
+            assert_eq!(
+                names.get(id),
+                Some(name),
+                "acknowledged job {id} ({name}) is missing after the crash"
+            );
         }
         // Nothing half-present: every job there is whole (spec and all).
         let last = present.iter().map(|p| p.0).max().unwrap();
         let (code, j) = s.req("GET", &format!("/v1/jobs/{last}"), Some(&a), None);
         assert_eq!(code, 200);
-        assert_eq!(j["spec"]["name"].as_str(), names.get(&last).map(String::as_str));
+        assert_eq!(
+            j["spec"]["name"].as_str(),
+            names.get(&last).map(String::as_str)
+        );
         assert!(acked.lock().unwrap().len() as u64 >= kill_after);
     }
 }
@@ -501,19 +593,91 @@ fn bad_input_gets_a_4xx_that_names_the_field() {
     let cases: &[(&str, &str, &str, u16, Option<&str>)] = &[
         ("POST", "/v1/jobs", "{", 400, None),
         ("POST", "/v1/jobs", "[]", 400, None),
-        ("POST", "/v1/jobs", r#"{"groups":[{"accelerators":1}],"colour":"red"}"#, 400, None),
-        ("POST", "/v1/jobs", r#"{"groups":[{"accelerators":"eight"}]}"#, 400, Some("groups[0].accelerators")),
-        ("POST", "/v1/jobs", r#"{"groups":[{"accelerators":-1}]}"#, 400, Some("groups[0].accelerators")),
-        ("POST", "/v1/jobs", r#"{"groups":[{"replicas":0,"accelerators":1}]}"#, 400, Some("groups[0].replicas")),
-        ("POST", "/v1/jobs", r#"{"groups":[{"accelerators":1000000000000}]}"#, 400, Some("groups[0].accelerators")),
-        ("POST", "/v1/jobs", r#"{"groups":[{"accelerators":1e40}]}"#, 400, Some("groups[0].accelerators")),
+        (
+            "POST",
+            "/v1/jobs",
+            r#"{"groups":[{"accelerators":1}],"colour":"red"}"#,
+            400,
+            None,
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            r#"{"groups":[{"accelerators":"eight"}]}"#,
+            400,
+            Some("groups[0].accelerators"),
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            r#"{"groups":[{"accelerators":-1}]}"#,
+            400,
+            Some("groups[0].accelerators"),
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            r#"{"groups":[{"replicas":0,"accelerators":1}]}"#,
+            400,
+            Some("groups[0].replicas"),
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            r#"{"groups":[{"accelerators":1000000000000}]}"#,
+            400,
+            Some("groups[0].accelerators"),
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            r#"{"groups":[{"accelerators":1e40}]}"#,
+            400,
+            Some("groups[0].accelerators"),
+        ),
         ("POST", "/v1/jobs", r#"{"groups":[]}"#, 400, Some("groups")),
-        ("POST", "/v1/jobs", r#"{"groups":[{"accelerators":1,"models":["H999"]}]}"#, 422, Some("groups[0].models[0]")),
-        ("POST", "/v1/jobs", r#"{"groups":[{"accelerators":1}],"constraints":{"sites":["mars"]}}"#, 422, Some("constraints.sites[0]")),
-        ("POST", "/v1/jobs", r#"{"groups":[{"accelerators":1}],"constraints":{"jurisdictions":["US"]}}"#, 422, Some("constraints")),
-        ("POST", "/v1/jobs", r#"{"groups":[{"accelerators":9,"models":["H100"]}]}"#, 422, Some("topology")),
-        ("POST", "/v1/jobs", r#"{"groups":[{"accelerators":1}],"command":"not a list"}"#, 400, Some("command")),
-        ("POST", "/v1/jobs", r#"{"groups":[{"accelerators":1}],"priority":"urgent"}"#, 400, Some("priority")),
+        (
+            "POST",
+            "/v1/jobs",
+            r#"{"groups":[{"accelerators":1,"models":["H999"]}]}"#,
+            422,
+            Some("groups[0].models[0]"),
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            r#"{"groups":[{"accelerators":1}],"constraints":{"sites":["mars"]}}"#,
+            422,
+            Some("constraints.sites[0]"),
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            r#"{"groups":[{"accelerators":1}],"constraints":{"jurisdictions":["US"]}}"#,
+            422,
+            Some("constraints"),
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            r#"{"groups":[{"accelerators":9,"models":["H100"]}]}"#,
+            422,
+            Some("topology"),
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            r#"{"groups":[{"accelerators":1}],"command":"not a list"}"#,
+            400,
+            Some("command"),
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            r#"{"groups":[{"accelerators":1}],"priority":"urgent"}"#,
+            400,
+            Some("priority"),
+        ),
         ("GET", "/v1/jobs?limit=0", "", 400, Some("limit")),
         ("GET", "/v1/jobs?state=sleeping", "", 400, Some("state")),
         ("GET", "/v1/jobs?colour=red", "", 400, Some("colour")),
@@ -524,20 +688,77 @@ fn bad_input_gets_a_4xx_that_names_the_field() {
         let b = if body.is_empty() { None } else { Some(*body) };
         let (code, e) = s.req(m, p, Some(&a), b);
         assert_eq!(code, *status, "{m} {p} {body}: {e}");
-        assert!(e["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{e}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{e}"
+        );
         if let Some(f) = field {
-            assert_eq!(e["error"]["field"].as_str(), Some(*f), "{m} {p} {body}: {e}");
+            assert_eq!(
+                e["error"]["field"].as_str(),
+                Some(*f),
+                "{m} {p} {body}: {e}"
+            );
         }
     }
     let admin_cases: &[(&str, &str, &str, u16, Option<&str>)] = &[
-        ("POST", "/v1/tenants", r#"{"name":"x","tier":"anchor","weight":-1}"#, 400, Some("weight")),
-        ("POST", "/v1/tenants", r#"{"name":"lab-a","tier":"anchor"}"#, 409, Some("name")),
-        ("PATCH", "/v1/tenants/lab-a", r#"{"share_cap":7}"#, 400, Some("share_cap")),
-        ("PATCH", "/v1/sites/pohang", r#"{"power_budget_mw":"lots"}"#, 400, Some("power_budget_mw")),
-        ("PATCH", "/v1/sites/pohang", r#"{"power_budget_mw":-5}"#, 422, Some("power_budget_mw")),
-        ("PATCH", "/v1/sites/nowhere", r#"{"power_budget_mw":5}"#, 404, None),
-        ("PUT", "/v1/topology", r#"{"site":[{"name":"x"}]}"#, 400, Some("site[0]")),
-        ("PUT", "/v1/topology", r#"{"node":[{"name":"n","rack":"nope","cpu_cores":1,"mem_mib":1}]}"#, 422, Some("node[0].rack")),
+        (
+            "POST",
+            "/v1/tenants",
+            r#"{"name":"x","tier":"anchor","weight":-1}"#,
+            400,
+            Some("weight"),
+        ),
+        (
+            "POST",
+            "/v1/tenants",
+            r#"{"name":"lab-a","tier":"anchor"}"#,
+            409,
+            Some("name"),
+        ),
+        (
+            "PATCH",
+            "/v1/tenants/lab-a",
+            r#"{"share_cap":7}"#,
+            400,
+            Some("share_cap"),
+        ),
+        (
+            "PATCH",
+            "/v1/sites/pohang",
+            r#"{"power_budget_mw":"lots"}"#,
+            400,
+            Some("power_budget_mw"),
+        ),
+        (
+            "PATCH",
+            "/v1/sites/pohang",
+            r#"{"power_budget_mw":-5}"#,
+            422,
+            Some("power_budget_mw"),
+        ),
+        (
+            "PATCH",
+            "/v1/sites/nowhere",
+            r#"{"power_budget_mw":5}"#,
+            404,
+            None,
+        ),
+        (
+            "PUT",
+            "/v1/topology",
+            r#"{"site":[{"name":"x"}]}"#,
+            400,
+            Some("site[0]"),
+        ),
+        (
+            "PUT",
+            "/v1/topology",
+            r#"{"node":[{"name":"n","rack":"nope","cpu_cores":1,"mem_mib":1}]}"#,
+            422,
+            Some("node[0].rack"),
+        ),
         ("POST", "/v1/nodes/nope/drain", "", 404, None),
         ("POST", "/v1/catalog", r#"{"name":"X1"}"#, 400, None),
         ("POST", "/v1/jobs", JOB8, 400, Some("tenant")),
@@ -547,7 +768,11 @@ fn bad_input_gets_a_4xx_that_names_the_field() {
         let (code, e) = s.req(m, p, Some(&s.admin), b);
         assert_eq!(code, *status, "{m} {p} {body}: {e}");
         if let Some(f) = field {
-            assert_eq!(e["error"]["field"].as_str(), Some(*f), "{m} {p} {body}: {e}");
+            assert_eq!(
+                e["error"]["field"].as_str(),
+                Some(*f),
+                "{m} {p} {body}: {e}"
+            );
         }
     }
     // A body over the limit: 413 (the server answers before reading it all, so speak raw HTTP).
@@ -578,14 +803,20 @@ fn bad_input_gets_a_4xx_that_names_the_field() {
     let (code, e) = s.req("GET", "/v1/nope", Some(&a), None);
     assert_eq!((code, e["error"]["code"].as_str()), (404, Some("no_route")));
     let (code, e) = s.req("DELETE", "/v1/jobs", Some(&a), None);
-    assert_eq!((code, e["error"]["code"].as_str()), (405, Some("method_not_allowed")));
+    assert_eq!(
+        (code, e["error"]["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
     // Refused submissions are not jobs.
     let (_, list) = s.req("GET", "/v1/jobs", Some(&a), None);
     assert!(list["jobs"].as_array().unwrap().is_empty(), "{list}");
     // The CLI shows the server's error readably and exits non-zero.
     let (ok, _, err) = s.cli(&a, &["submit", "--accelerators", "1", "--model", "H999"]);
     assert!(!ok);
-    assert!(err.contains("422") && err.contains("groups[0].models[0]") && err.contains("H999"), "{err}");
+    assert!(
+        err.contains("422") && err.contains("groups[0].models[0]") && err.contains("H999"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -599,7 +830,10 @@ fn a_tenant_flooding_submissions_gets_429_with_retry_after() {
         let ((c, _), hs) = s.req_h("POST", "/v1/jobs", Some(&a), Some(JOB8), &[]);
         codes.push(c);
         if c == 429 {
-            retry = hs.iter().find(|(k, _)| k == "retry-after").map(|(_, v)| v.clone());
+            retry = hs
+                .iter()
+                .find(|(k, _)| k == "retry-after")
+                .map(|(_, v)| v.clone());
         }
     }
     assert_eq!(&codes[..3], &[201, 201, 201]);
@@ -623,7 +857,13 @@ fn a_lowered_power_budget_sheds_preemptible_work_at_once() {
     assert!(out.contains("shed 1 job(s)"), "{out}");
     let (_, j) = s.req("GET", &format!("/v1/jobs/{id}"), Some(&a), None);
     assert_eq!(j["state"], "pending", "{j}");
-    assert!(j["events"].as_array().unwrap().iter().any(|e| e["event"] == "preempted"));
+    assert!(
+        j["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "preempted")
+    );
     // Draining a node and marking it up again.
     let (ok, out, _) = s.cli(&s.admin, &["nodes", "drain", "ph-r1-n-001"]);
     assert!(ok && out.contains("draining"), "{out}");
@@ -638,7 +878,14 @@ fn a_lowered_power_budget_sheds_preemptible_work_at_once() {
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    for k in ["init", "topology", "token_create", "submit", "site_power_budget", "node_state"] {
+    for k in [
+        "init",
+        "topology",
+        "token_create",
+        "submit",
+        "site_power_budget",
+        "node_state",
+    ] {
         assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
     }
     assert!(!kinds.contains(&"tick"));
@@ -649,7 +896,12 @@ fn a_lowered_power_budget_sheds_preemptible_work_at_once() {
 fn tenants_are_created_and_updated_over_the_cli() {
     let s = Server::new(&[]);
     s.apply_cluster(CLUSTER);
-    let (ok, out, err) = s.cli(&s.admin, &["tenants", "create", "kisti", "--tier", "public", "--weight", "2"]);
+    let (ok, out, err) = s.cli(
+        &s.admin,
+        &[
+            "tenants", "create", "kisti", "--tier", "public", "--weight", "2",
+        ],
+    );
     assert!(ok, "{err}");
     assert!(out.contains("kisti"));
     let (ok, out, _) = s.cli(&s.admin, &["tenants", "update", "kisti", "--weight", "4"]);
@@ -657,7 +909,12 @@ fn tenants_are_created_and_updated_over_the_cli() {
     let (ok, out, _) = s.cli(&s.admin, &["tenants", "--output", "json"]);
     assert!(ok);
     let v: Value = serde_json::from_str(&out).unwrap();
-    let k = v["tenants"].as_array().unwrap().iter().find(|t| t["name"] == "kisti").unwrap();
+    let k = v["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "kisti")
+        .unwrap();
     assert_eq!(k["weight"], 4.0);
     assert_eq!(k["tier"], "public");
     // A tenant token sees only itself.
@@ -681,7 +938,10 @@ fn the_openapi_document_matches_what_is_served() {
     let text = doc.to_string();
     // Every reference resolves.
     for part in text.split("#/components/schemas/").skip(1) {
-        let name: String = part.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+        let name: String = part
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
         assert!(schemas.contains_key(&name), "unresolved schema {name}");
     }
     let paths = doc["paths"].as_object().unwrap();
@@ -690,9 +950,7 @@ fn the_openapi_document_matches_what_is_served() {
     for (path, ops) in paths {
         for (method, op) in ops.as_object().unwrap() {
             operations += 1;
-            let concrete = path
-                .replace("{id}", "1")
-                .replace("{name}", "lab-a");
+            let concrete = path.replace("{id}", "1").replace("{name}", "lab-a");
             let body = op.get("requestBody").map(|_| "{}");
             let m = method.to_uppercase();
             // Routes exist: never "no such endpoint" or "method not allowed".
@@ -713,7 +971,11 @@ fn the_openapi_document_matches_what_is_served() {
     }
     assert!(operations >= 28);
     // And what is not documented is not served.
-    for (m, p) in [("GET", "/v1/secret"), ("DELETE", "/v1/jobs/1"), ("GET", "/v2/jobs")] {
+    for (m, p) in [
+        ("GET", "/v1/secret"),
+        ("DELETE", "/v1/jobs/1"),
+        ("GET", "/v2/jobs"),
+    ] {
         let (code, _) = s.req(m, p, Some(&s.admin), None);
         assert!(code == 404 || code == 405, "{m} {p}: {code}");
     }
@@ -724,7 +986,12 @@ fn the_openapi_document_matches_what_is_served() {
 fn garbage_never_gets_a_5xx() {
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};
-    let s = Server::new(&["--submit-rate-per-s", "1000000", "--submit-burst", "1000000"]);
+    let s = Server::new(&[
+        "--submit-rate-per-s",
+        "1000000",
+        "--submit-burst",
+        "1000000",
+    ]);
     s.apply_cluster(CLUSTER);
     let a = s.token("lab-a");
     let leaf = prop_oneof![
@@ -732,22 +999,49 @@ fn garbage_never_gets_a_5xx() {
         any::<bool>().prop_map(Value::from),
         any::<i64>().prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
         "[a-zA-Z0-9_ \\-\\.\\[\\]\u{1F600}]{0,12}".prop_map(Value::from),
         prop_oneof![
-            Just("groups"), Just("replicas"), Just("accelerators"), Just("accelerator_milli"),
-            Just("models"), Just("H100"), Just("constraints"), Just("topology"), Just("level"),
-            Just("sites"), Just("priority"), Just("high"), Just("runtime_limit_s"), Just("command")
-        ].prop_map(Value::from),
+            Just("groups"),
+            Just("replicas"),
+            Just("accelerators"),
+            Just("accelerator_milli"),
+            Just("models"),
+            Just("H100"),
+            Just("constraints"),
+            Just("topology"),
+            Just("level"),
+            Just("sites"),
+            Just("priority"),
+            Just("high"),
+            Just("runtime_limit_s"),
+            Just("command")
+        ]
+        .prop_map(Value::from),
     ];
     let key = prop_oneof![
-        Just("groups".to_string()), Just("replicas".to_string()), Just("accelerators".to_string()),
-        Just("accelerator_milli".to_string()), Just("models".to_string()), Just("min_hbm_gib".to_string()),
-        Just("constraints".to_string()), Just("topology".to_string()), Just("level".to_string()),
-        Just("mode".to_string()), Just("sites".to_string()), Just("jurisdictions".to_string()),
-        Just("priority".to_string()), Just("preemptible".to_string()), Just("name".to_string()),
-        Just("runtime_estimate_s".to_string()), Just("runtime_limit_s".to_string()),
-        Just("max_retries".to_string()), Just("command".to_string()), Just("cpu_milli".to_string()),
+        Just("groups".to_string()),
+        Just("replicas".to_string()),
+        Just("accelerators".to_string()),
+        Just("accelerator_milli".to_string()),
+        Just("models".to_string()),
+        Just("min_hbm_gib".to_string()),
+        Just("constraints".to_string()),
+        Just("topology".to_string()),
+        Just("level".to_string()),
+        Just("mode".to_string()),
+        Just("sites".to_string()),
+        Just("jurisdictions".to_string()),
+        Just("priority".to_string()),
+        Just("preemptible".to_string()),
+        Just("name".to_string()),
+        Just("runtime_estimate_s".to_string()),
+        Just("runtime_limit_s".to_string()),
+        Just("max_retries".to_string()),
+        Just("command".to_string()),
+        Just("cpu_milli".to_string()),
         "[a-z]{1,6}",
     ];
     let value = leaf.prop_recursive(4, 48, 6, move |inner| {
@@ -772,7 +1066,9 @@ fn garbage_never_gets_a_5xx() {
         failure_persistence: None,
         ..Config::default()
     });
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build();
     let url = format!("{}/v1/jobs", s.base);
     let auth = format!("Bearer {a}");
     runner
@@ -793,7 +1089,13 @@ fn garbage_never_gets_a_5xx() {
         .unwrap();
     // Also at the other endpoints that read bodies.
     for p in ["/v1/tenants", "/v1/catalog", "/v1/sites", "/v1/racks"] {
-        for b in ["", "null", "{\"name\":{}}", "\u{0}", "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]"] {
+        for b in [
+            "",
+            "null",
+            "{\"name\":{}}",
+            "\u{0}",
+            "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]",
+        ] {
             let (code, _) = s.req("POST", p, Some(&s.admin), Some(b));
             assert!((400..500).contains(&code), "{p} {b:?}: {code}");
         }

@@ -19,19 +19,32 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let mut entries = Vec::new();
     store.scan(0, &mut |r| {
-        entries.push((r.seq, r.at_ms, serde_json::from_slice::<Entry>(&r.body).unwrap()));
+        entries.push((
+            r.seq,
+            r.at_ms,
+            serde_json::from_slice::<Entry>(&r.body).unwrap(),
+        ));
         Ok(())
     })?;
     println!("scan + parse: {:?}", t.elapsed());
     let t = Instant::now();
-    let mut core = Core::new(Config::default().engine).unwrap();
+    let mut core = Core::new(Config::default().engine, Box::new(|_| None)).unwrap();
     let (mut tick, mut submit) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
     for (seq, at, e) in &entries {
         let t1 = Instant::now();
-        core.apply(*seq, *at, e).ok();
-        if matches!(e, Entry::Tick { .. }) { tick += t1.elapsed() } else { submit += t1.elapsed() }
+        core.apply_owned(*seq, *at, e.clone()).ok();
+        if matches!(e, Entry::Tick { .. }) {
+            tick += t1.elapsed()
+        } else {
+            submit += t1.elapsed()
+        }
     }
-    println!("apply: {:?} (ticks {:?}, others {:?})", t.elapsed(), tick, submit);
+    println!(
+        "apply: {:?} (ticks {:?}, others {:?})",
+        t.elapsed(),
+        tick,
+        submit
+    );
     // The engine alone, on the same events.
     let mut topo = None;
     for (_, _, e) in &entries {
@@ -39,15 +52,30 @@ fn main() -> anyhow::Result<()> {
             topo = Some(cluster.clone());
         }
     }
-    let mut engine = gosok_engine::Engine::new(gosok_model::Catalog::builtin(), &topo.unwrap(), Default::default()).unwrap();
+    let mut engine = gosok_engine::Engine::new(
+        gosok_model::Catalog::builtin(),
+        &topo.unwrap(),
+        Default::default(),
+    )
+    .unwrap();
     let t = Instant::now();
     for (_, _, e) in &entries {
         match e {
-            Entry::Submit { job, tenant, spec, .. } => {
-                engine.apply(gosok_engine::Event::Submit { id: gosok_engine::JobId(*job), tenant: tenant.clone(), spec: spec.clone() }).ok();
+            Entry::Submit {
+                job, tenant, spec, ..
+            } => {
+                engine
+                    .apply(gosok_engine::Event::Submit {
+                        id: gosok_engine::JobId(*job),
+                        tenant: tenant.clone(),
+                        spec: spec.clone(),
+                    })
+                    .ok();
             }
             Entry::Tick { now_s } => {
-                engine.apply(gosok_engine::Event::AdvanceTime { now_s: *now_s }).ok();
+                engine
+                    .apply(gosok_engine::Event::AdvanceTime { now_s: *now_s })
+                    .ok();
                 engine.schedule();
             }
             _ => {}
@@ -57,7 +85,9 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let mut specs = Vec::new();
     for (_, _, e) in &entries {
-        if let Entry::Submit { spec, tenant, .. } = e { specs.push((spec.clone(), tenant.clone())); }
+        if let Entry::Submit { spec, tenant, .. } = e {
+            specs.push((spec.clone(), tenant.clone()));
+        }
     }
     println!("clone spec+tenant: {:?}", t.elapsed());
     Ok(())

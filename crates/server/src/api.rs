@@ -167,7 +167,11 @@ pub fn router(app: AppState) -> Router {
 }
 
 async fn no_route() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint; GET /v1/openapi.json lists them")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        "no such endpoint; GET /v1/openapi.json lists them",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -246,7 +250,10 @@ fn from_value<T: DeserializeOwned>(v: Value, prefix: &str) -> Result<T> {
 pub fn parse_submission(bytes: &[u8]) -> Result<(JobSpec, Vec<String>)> {
     let v: Value = parse_json(bytes)?;
     let Value::Object(mut m) = v else {
-        return Err(ApiError::invalid("", "the body must be a JSON object (a job spec)"));
+        return Err(ApiError::invalid(
+            "",
+            "the body must be a JSON object (a job spec)",
+        ));
     };
     let command = match m.remove("command") {
         None | Some(Value::Null) => Vec::new(),
@@ -317,10 +324,9 @@ fn num(q: &BTreeMap<String, String>, k: &str, default: u64, min: u64, max: u64) 
 }
 
 fn job_id(s: &str) -> Result<u64> {
-    s.parse::<u64>()
-        .ok()
-        .filter(|&n| n > 0)
-        .ok_or_else(|| ApiError::invalid("id", format!("{s:?} is not a job id (a positive integer)")))
+    s.parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(|| {
+        ApiError::invalid("id", format!("{s:?} is not a job id (a positive integer)"))
+    })
 }
 
 fn created(v: Value) -> Response {
@@ -348,21 +354,17 @@ fn job_summary(j: &JobRecord) -> Value {
 
 fn job_detail(app: &App, core: &Core, j: &JobRecord) -> Result<Value> {
     let mut v = job_summary(j);
-    let (spec, command) = match &j.submitted {
-        Some(s) => (serde_json::to_value(&s.spec).unwrap_or(Value::Null), s.command.clone()),
-        None => {
-            // An ended job: its spec is read back from the log.
-            let rec = app
-                .reader()
-                .get(j.submit_seq)
-                .map_err(|e| ApiError::unavailable(e.to_string()))?;
-            match rec.map(|r| serde_json::from_slice::<Entry>(&r.body)) {
-                Some(Ok(Entry::Submit { spec, command, .. })) => {
-                    (serde_json::to_value(&spec).unwrap_or(Value::Null), command)
-                }
-                _ => (Value::Null, Vec::new()),
-            }
+    // The spec and command are read back from the log (the caller waited for the
+    // submission to be durable).
+    let rec = app
+        .reader()
+        .get(j.submit_seq)
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let (spec, command) = match rec.map(|r| serde_json::from_slice::<Entry>(&r.body)) {
+        Some(Ok(Entry::Submit { spec, command, .. })) => {
+            (serde_json::to_value(&spec).unwrap_or(Value::Null), command)
         }
+        _ => (Value::Null, Vec::new()),
     };
     let m = v.as_object_mut().expect("a summary is an object");
     m.insert("spec".into(), spec);
@@ -442,7 +444,9 @@ async fn submit(
         (Principal::Tenant { name, .. }, None) => name.to_string(),
         (Principal::Tenant { name, .. }, Some(t)) if **name == **t => t.clone(),
         (Principal::Tenant { .. }, Some(_)) => {
-            return Err(ApiError::forbidden("a tenant token submits for its own tenant only"));
+            return Err(ApiError::forbidden(
+                "a tenant token submits for its own tenant only",
+            ));
         }
         (Principal::Admin { .. }, Some(t)) => t.clone(),
         (Principal::Admin { .. }, None) => {
@@ -471,7 +475,10 @@ async fn submit(
                 .ok()
                 .filter(|k| !k.is_empty() && k.len() <= 255)
                 .ok_or_else(|| {
-                    ApiError::invalid("Idempotency-Key", "must be 1 to 255 visible ASCII characters")
+                    ApiError::invalid(
+                        "Idempotency-Key",
+                        "must be 1 to 255 visible ASCII characters",
+                    )
                 })?;
             Some(k.to_string())
         }
@@ -498,14 +505,15 @@ async fn submit(
                 )
                 .field("Idempotency-Key"));
             }
-            let seq = core
-                .job(job)
-                .map_or(core.seq(), |j| j.submit_seq);
+            let seq = core.job(job).map_or(core.seq(), |j| j.submit_seq);
             (seq, job, None, true)
         } else {
             core.check_submit(&tenant, &spec).map_err(|r| {
                 let mut e = ApiError::from_refusal(r);
-                if e.field.as_deref().is_some_and(|f| !f.contains("models") && !f.contains("sites")) {
+                if e.field
+                    .as_deref()
+                    .is_some_and(|f| !f.contains("models") && !f.contains("sites"))
+                {
                     e.status = StatusCode::BAD_REQUEST;
                 }
                 e
@@ -580,7 +588,9 @@ async fn list_jobs(
         (Principal::Tenant { name, .. }, None) => Some(name.to_string()),
         (Principal::Tenant { name, .. }, Some(t)) if **name == **t => Some(t.clone()),
         (Principal::Tenant { .. }, Some(_)) => {
-            return Err(ApiError::forbidden("a tenant token sees its own tenant's jobs only"));
+            return Err(ApiError::forbidden(
+                "a tenant token sees its own tenant's jobs only",
+            ));
         }
         (Principal::Admin { .. }, t) => t.cloned(),
     };
@@ -588,16 +598,23 @@ async fn list_jobs(
     let mut jobs = Vec::new();
     let mut next = None;
     for j in core.jobs_before(cursor) {
-        if tenant.as_deref().is_some_and(|t| *j.tenant != *t) || state.is_some_and(|s| j.state != s) {
+        if tenant.as_deref().is_some_and(|t| *j.tenant != *t) || state.is_some_and(|s| j.state != s)
+        {
             continue;
         }
         if jobs.len() == limit {
-            next = Some(jobs.last().and_then(|v: &Value| v["id"].as_u64()).unwrap_or(j.id + 1));
+            next = Some(
+                jobs.last()
+                    .and_then(|v: &Value| v["id"].as_u64())
+                    .unwrap_or(j.id + 1),
+            );
             break;
         }
         jobs.push(job_summary(j));
     }
-    Ok(ok(json!({"jobs": jobs, "next_cursor": next.map(|n| n.to_string())})))
+    Ok(ok(
+        json!({"jobs": jobs, "next_cursor": next.map(|n| n.to_string())}),
+    ))
 }
 
 fn visible_job<'a>(core: &'a Core, p: &Principal, id: u64) -> Result<&'a JobRecord> {
@@ -605,7 +622,9 @@ fn visible_job<'a>(core: &'a Core, p: &Principal, id: u64) -> Result<&'a JobReco
         .job(id)
         .ok_or_else(|| ApiError::not_found(format!("job {id} is not known")))?;
     if !p.may_act_for(&j.tenant) {
-        return Err(ApiError::forbidden(format!("job {id} belongs to another tenant")));
+        return Err(ApiError::forbidden(format!(
+            "job {id} belongs to another tenant"
+        )));
     }
     Ok(j)
 }
@@ -617,6 +636,8 @@ async fn show_job(
 ) -> Result<Response> {
     let p = principal(&app, &headers)?;
     let id = job_id(&id)?;
+    let seq = visible_job(&app.core(), &p, id)?.submit_seq;
+    app.durable(seq).await?;
     let core = app.core();
     let j = visible_job(&core, &p, id)?;
     Ok(ok(job_detail(&app, &core, j)?))
@@ -738,8 +759,9 @@ pub fn export(core: &Core) -> ClusterSpec {
             }
             Some(count) => {
                 let width = (count.max(1) - 1).to_string().len().max(3);
-                let names: Vec<String> =
-                    (0..count).map(|k| format!("{}-{:0width$}", n.name, k)).collect();
+                let names: Vec<String> = (0..count)
+                    .map(|k| format!("{}-{:0width$}", n.name, k))
+                    .collect();
                 let mut st: Vec<NodeState> = names
                     .iter()
                     .map(|x| states.get(x).copied().unwrap_or(n.state))
@@ -769,15 +791,17 @@ pub fn export(core: &Core) -> ClusterSpec {
 async fn get_topology(State(app): State<AppState>, headers: HeaderMap) -> Result<Response> {
     principal(&app, &headers)?.require_admin()?;
     let core = app.core();
-    Ok(ok(serde_json::to_value(export(&core)).unwrap_or(Value::Null)))
+    Ok(ok(
+        serde_json::to_value(export(&core)).unwrap_or(Value::Null)
+    ))
 }
 
 /// What applying `new` changes, and the entries that do it.
 fn plan_topology(core: &Core, new: &ClusterSpec, by: &str) -> Result<(Vec<String>, Vec<Entry>)> {
     let catalog = core.catalog();
-    let resolved_new = new
-        .resolve(catalog)
-        .map_err(|e| ApiError::invalid(e.field, e.message).with_status(StatusCode::UNPROCESSABLE_ENTITY))?;
+    let resolved_new = new.resolve(catalog).map_err(|e| {
+        ApiError::invalid(e.field, e.message).with_status(StatusCode::UNPROCESSABLE_ENTITY)
+    })?;
     let old = core.cluster();
     let resolved_old = old.resolve(catalog).unwrap_or_default();
     let mut changes = Vec::new();
@@ -899,7 +923,10 @@ fn plan_topology(core: &Core, new: &ClusterSpec, by: &str) -> Result<(Vec<String
     }
     for o in &old.tenant {
         if !new.tenant.iter().any(|t| t.name == o.name) {
-            changes.push(format!("tenant {}: kept (tenants are never removed)", o.name));
+            changes.push(format!(
+                "tenant {}: kept (tenants are never removed)",
+                o.name
+            ));
         }
     }
     if structural {
@@ -964,7 +991,10 @@ fn parse_cluster(headers: &HeaderMap, b: &[u8]) -> Result<ClusterSpec> {
         let de = toml::Deserializer::new(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let p = e.path().to_string();
-            ApiError::invalid(if p == "." { String::new() } else { p }, e.into_inner().to_string())
+            ApiError::invalid(
+                if p == "." { String::new() } else { p },
+                e.into_inner().to_string(),
+            )
         })
     } else {
         parse_json(b)
@@ -983,7 +1013,12 @@ async fn put_topology(
     let dry = match q.get("dry_run").map(String::as_str) {
         None | Some("false") | Some("0") => false,
         Some("true") | Some("1") | Some("") => true,
-        Some(v) => return Err(ApiError::invalid("dry_run", format!("{v:?}: use true or false"))),
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "dry_run",
+                format!("{v:?}: use true or false"),
+            ));
+        }
     };
     let b = body(b)?;
     let spec = parse_cluster(&headers, &b)?;
@@ -1125,7 +1160,9 @@ async fn list_sites(State(app): State<AppState>, headers: HeaderMap) -> Result<R
     let c = core.engine().cluster();
     let mut sites = Vec::new();
     for s in &core.cluster().site {
-        let Some(&i) = c.site_by_name.get(&s.name) else { continue };
+        let Some(&i) = c.site_by_name.get(&s.name) else {
+            continue;
+        };
         let live = &c.sites[i as usize];
         let (mut total, mut used) = (0u64, 0u64);
         for n in c.nodes.iter().filter(|n| n.site == i) {
@@ -1198,7 +1235,12 @@ async fn list_nodes(State(app): State<AppState>, headers: HeaderMap) -> Result<R
     Ok(ok(json!({"nodes": nodes})))
 }
 
-async fn set_node(app: &App, headers: &HeaderMap, name: String, state: NodeState) -> Result<Response> {
+async fn set_node(
+    app: &App,
+    headers: &HeaderMap,
+    name: String,
+    state: NodeState,
+) -> Result<Response> {
     let p = principal(app, headers)?;
     p.require_admin()?;
     commit_all(
@@ -1288,7 +1330,9 @@ async fn show_tenant(
 ) -> Result<Response> {
     let p = principal(&app, &headers)?;
     if !p.may_act_for(&name) {
-        return Err(ApiError::forbidden("a tenant token sees its own tenant only"));
+        return Err(ApiError::forbidden(
+            "a tenant token sees its own tenant only",
+        ));
     }
     let core = app.core();
     let t = core
@@ -1423,7 +1467,9 @@ async fn list_tokens(
 ) -> Result<Response> {
     let p = principal(&app, &headers)?;
     if !p.may_act_for(&name) {
-        return Err(ApiError::forbidden("a tenant token sees its own tenant only"));
+        return Err(ApiError::forbidden(
+            "a tenant token sees its own tenant only",
+        ));
     }
     let core = app.core();
     let tokens: Vec<Value> = core
@@ -1450,7 +1496,11 @@ async fn revoke_token(
         match (&p, &t.tenant) {
             (Principal::Admin { .. }, _) => {}
             (Principal::Tenant { name, .. }, Some(tn)) if name == tn => {}
-            _ => return Err(ApiError::forbidden("a tenant token revokes its own tenant's tokens only")),
+            _ => {
+                return Err(ApiError::forbidden(
+                    "a tenant token revokes its own tenant's tokens only",
+                ));
+            }
         }
         let (seq, _) = app.commit(
             &mut core,
@@ -1462,7 +1512,9 @@ async fn revoke_token(
         (seq, t.tenant)
     };
     app.durable(seq).await?;
-    Ok(ok(json!({"id": id, "tenant": tenant.as_deref(), "revoked": true})))
+    Ok(ok(
+        json!({"id": id, "tenant": tenant.as_deref(), "revoked": true}),
+    ))
 }
 
 async fn audit_log(
@@ -1486,7 +1538,9 @@ async fn audit_log(
             let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
             // The entry is {"kind": {...}}: show what is inside.
             let mut body = match body {
-                Value::Object(m) if m.len() == 1 => m.into_iter().next().map(|x| x.1).unwrap_or(Value::Null),
+                Value::Object(m) if m.len() == 1 => {
+                    m.into_iter().next().map(|x| x.1).unwrap_or(Value::Null)
+                }
                 other => other,
             };
             // Token hashes are secrets' fingerprints: not for display.
@@ -1529,10 +1583,17 @@ mod tests {
 
     #[test]
     fn query_strings_decode_and_refuse_unknown_keys() {
-        let q = query(Some("state=pending&tenant=a%2Db+c".into()), &["state", "tenant"]).unwrap();
+        let q = query(
+            Some("state=pending&tenant=a%2Db+c".into()),
+            &["state", "tenant"],
+        )
+        .unwrap();
         assert_eq!(q["tenant"], "a-b c");
         assert_eq!(
-            query(Some("x=1".into()), &["state"]).unwrap_err().field.as_deref(),
+            query(Some("x=1".into()), &["state"])
+                .unwrap_err()
+                .field
+                .as_deref(),
             Some("x")
         );
         assert_eq!(decode("%"), "%");

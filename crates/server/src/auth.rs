@@ -95,9 +95,7 @@ pub fn authenticate(core: &Core, headers: &HeaderMap) -> Result<Principal, ApiEr
         ));
     };
     let Some(rec) = core.token(&sha256(tok.trim().as_bytes())) else {
-        return Err(ApiError::unauthenticated(
-            "unknown or revoked token",
-        ));
+        return Err(ApiError::unauthenticated("unknown or revoked token"));
     };
     Ok(match &rec.tenant {
         None => Principal::Admin {

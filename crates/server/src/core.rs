@@ -95,13 +95,10 @@ pub struct HistoryItem {
     pub detail: String,
 }
 
-/// What a job was submitted with; kept in memory while the job may still run (a rebuild of
-/// the engine submits it again), read from the log afterwards.
-#[derive(Debug)]
-pub struct Submitted {
-    pub spec: JobSpec,
-    pub command: Vec<String>,
-}
+/// Reads a job's spec back from the log by the sequence number of its submission. The core
+/// keeps no specs in memory (the engine keeps what it needs); rebuilding the engine on a new
+/// topology reads the specs of the jobs that may still run through this.
+pub type SpecSource = Box<dyn FnMut(u64) -> Option<JobSpec> + Send>;
 
 #[derive(Debug)]
 pub struct JobRecord {
@@ -116,7 +113,6 @@ pub struct JobRecord {
     /// audit log, never listed.
     pub refused: bool,
     pub accel_milli: u64,
-    pub submitted: Option<Arc<Submitted>>,
     pub attempt: u32,
     pub placement: Vec<TaskPlacement>,
     pub history: Vec<HistoryItem>,
@@ -172,6 +168,7 @@ pub struct Core {
     initialised: bool,
     /// The last log record applied.
     seq: u64,
+    specs: SpecSource,
 }
 
 pub fn parse_hash(hex: &str) -> Option<[u8; 32]> {
@@ -192,11 +189,9 @@ fn build_engine(
     cfg: &EngineConfig,
     now_s: u64,
 ) -> Result<(Engine, BTreeMap<String, NodeState>), Refusal> {
-    let resolved = cluster
-        .resolve(catalog)
-        .map_err(|e| Refusal::spec("", e))?;
-    let mut engine = Engine::new(catalog.clone(), cluster, cfg.clone())
-        .map_err(|e| Refusal::spec("", e))?;
+    let resolved = cluster.resolve(catalog).map_err(|e| Refusal::spec("", e))?;
+    let mut engine =
+        Engine::new(catalog.clone(), cluster, cfg.clone()).map_err(|e| Refusal::spec("", e))?;
     let mut states = BTreeMap::new();
     for n in resolved {
         let declared = n.spec.state;
@@ -218,7 +213,7 @@ fn build_engine(
 }
 
 impl Core {
-    pub fn new(cfg: EngineConfig) -> Result<Core, Refusal> {
+    pub fn new(cfg: EngineConfig, specs: SpecSource) -> Result<Core, Refusal> {
         let catalog = Catalog::builtin();
         let cluster = ClusterSpec::default();
         let (engine, node_states) = build_engine(&catalog, &cluster, &BTreeMap::new(), &cfg, 0)?;
@@ -241,6 +236,7 @@ impl Core {
             counters: Counters::default(),
             initialised: false,
             seq: 0,
+            specs,
         })
     }
 
@@ -449,13 +445,8 @@ impl Core {
                 let Some(i) = self.cluster.site.iter().position(|s| s.name == *site) else {
                     return Err(Refusal::not_found(format!("site {site:?} is not known")));
                 };
-                gosok_model::error::check_f64(
-                    "power_budget_mw",
-                    *power_budget_mw,
-                    -1e-9,
-                    10_000.0,
-                )
-                .map_err(|e| Refusal::spec("", e))?;
+                gosok_model::error::check_f64("power_budget_mw", *power_budget_mw, -1e-9, 10_000.0)
+                    .map_err(|e| Refusal::spec("", e))?;
                 let decisions = self
                     .engine
                     .apply(Event::SitePowerBudget {
@@ -580,12 +571,13 @@ impl Core {
         };
         let name = spec.name.as_deref().map(Into::into);
         let accel_milli = spec.total_accelerator_milli();
+        let _ = command;
         let decisions = self
             .engine
             .apply(Event::Submit {
                 id: JobId(job),
                 tenant,
-                spec: spec.clone(),
+                spec,
             })
             .map_err(|e| Refusal::invalid("job", e.to_string()))?;
         let refused = decisions
@@ -601,7 +593,6 @@ impl Core {
             // Refused at admission: the submitter is told at once (422).
             refused,
             accel_milli,
-            submitted: Some(Arc::new(Submitted { spec, command })),
             attempt: 0,
             placement: Vec::new(),
             history: Vec::new(),
@@ -611,8 +602,7 @@ impl Core {
         *self.pending_by_tenant.entry(t.clone()).or_default() += 1;
         self.counters.submitted += 1;
         if let Some(k) = idempotency {
-            self.idempotency
-                .insert((t, k.key), (k.request_sha256, job));
+            self.idempotency.insert((t, k.key), (k.request_sha256, job));
         }
         self.dirty = true;
         self.decide(at_ms, decisions, &mut out);
@@ -678,11 +668,17 @@ impl Core {
             if j.state.is_terminal() || j.refused {
                 continue;
             }
-            let Some(sub) = &j.submitted else { continue };
+            let Some(spec) = (self.specs)(j.submit_seq) else {
+                decisions.push(Decision::Reject {
+                    job: JobId(j.id),
+                    reason: "its submission cannot be read back from the log".into(),
+                });
+                continue;
+            };
             match engine.apply(Event::Submit {
                 id: JobId(j.id),
                 tenant: j.tenant.to_string(),
-                spec: sub.spec.clone(),
+                spec,
             }) {
                 Ok(d) => decisions.extend(d),
                 Err(e) => decisions.push(Decision::Reject {
@@ -750,7 +746,6 @@ impl Core {
         }
         if state.is_terminal() {
             j.ended_ms = Some(at_ms);
-            j.submitted = None;
             j.placement.clear();
         }
     }
@@ -865,7 +860,15 @@ tier = "academic"
 "#;
 
     fn core() -> Core {
-        let mut c = Core::new(EngineConfig::default()).unwrap();
+        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+            "groups": [{"replicas": 1, "accelerators": 8, "models": ["H100"]}]
+        }))
+        .unwrap();
+        let mut c = Core::new(
+            EngineConfig::default(),
+            Box::new(move |_| Some(spec.clone())),
+        )
+        .unwrap();
         let tok = TokenEntry {
             id: "admin".into(),
             tenant: None,
@@ -922,7 +925,7 @@ tier = "academic"
         submit(&mut c, 3, 8).unwrap();
         submit(&mut c, 4, 8).unwrap();
         submit(&mut c, 5, 8).unwrap();
-        assert_eq!(c.pending_by_tenant()[&*"lab"], 3);
+        assert_eq!(c.pending_by_tenant()["lab"], 3);
         let a = c.apply(6, 3000, &Entry::Tick { now_s: 1001 }).unwrap();
         assert!(a.pass.is_some());
         assert_eq!(c.job(1).unwrap().state, JobState::Running);
@@ -952,7 +955,7 @@ tier = "academic"
         assert_eq!(again.kind, RefusalKind::Conflict);
         c.apply(9, 5000, &Entry::Tick { now_s: 1002 }).unwrap();
         assert_eq!(c.job(3).unwrap().state, JobState::Running);
-        assert_eq!(c.pending_by_tenant()[&*"lab"], 0);
+        assert_eq!(c.pending_by_tenant()["lab"], 0);
         assert_eq!(c.idempotent("lab", "k2").unwrap().1, 2);
     }
 

@@ -99,7 +99,15 @@ pub fn replay(store: &mut dyn Store, cfg: &Config) -> anyhow::Result<(Core, u64,
         anyhow::bail!("the store's log format is {f}; this gosok reads format {LOG_FORMAT}");
     }
     let t = Instant::now();
-    let mut core = Core::new(cfg.engine.clone())
+    let mut specs = store.reopen()?;
+    let source: core::SpecSource = Box::new(move |seq| {
+        let r = specs.get(seq).ok()??;
+        match serde_json::from_slice::<Entry>(&r.body) {
+            Ok(Entry::Submit { spec, .. }) => Some(spec),
+            _ => None,
+        }
+    });
+    let mut core = Core::new(cfg.engine.clone(), source)
         .map_err(|e| anyhow::anyhow!("engine configuration: {}", e.message))?;
     let mut last = 0;
     let mut diverged = 0u64;
@@ -138,9 +146,11 @@ pub fn replay(store: &mut dyn Store, cfg: &Config) -> anyhow::Result<(Core, u64,
                 last = seq;
             }
         }
-        reader
-            .join()
-            .unwrap_or_else(|_| Err(gosok_store::StoreError::Corrupt("the reader panicked".into())))
+        reader.join().unwrap_or_else(|_| {
+            Err(gosok_store::StoreError::Corrupt(
+                "the reader panicked".into(),
+            ))
+        })
     });
     read?;
     if !core.initialised() {
@@ -228,7 +238,15 @@ impl App {
         let body = serde_json::to_vec(&entry).map_err(|e| ApiError::internal(e.to_string()))?;
         let kind = entry.kind();
         let tick = matches!(entry, Entry::Tick { .. });
-        let applied = core.apply_owned(seq, at_ms, entry).map_err(ApiError::from)?;
+        if matches!(entry, Entry::Topology { .. } | Entry::CatalogAdd { .. }) {
+            // A rebuild reads the specs of live jobs back from the log: all must be on disk.
+            self.log
+                .wait_durable(core.seq())
+                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        }
+        let applied = core
+            .apply_owned(seq, at_ms, entry)
+            .map_err(ApiError::from)?;
         self.log
             .append(Record {
                 seq,

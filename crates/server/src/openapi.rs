@@ -37,7 +37,8 @@ fn nullable(t: &str) -> Value {
 /// The schemas, by name. Field names and bounds follow gosok_model's types.
 pub fn schemas() -> Map<String, Value> {
     let job_state = json!({"type": "string", "enum": ["pending", "running", "succeeded", "failed", "cancelled", "rejected"]});
-    let priority = json!({"type": "string", "enum": ["scavenger", "low", "normal", "high", "critical"]});
+    let priority =
+        json!({"type": "string", "enum": ["scavenger", "low", "normal", "high", "critical"]});
     let tier = json!({"type": "string", "enum": ["anchor", "commercial", "public", "academic", "startup"]});
     let node_state = json!({"type": "string", "enum": ["up", "draining", "down"]});
     let names = arr(s());
@@ -107,9 +108,20 @@ pub fn schemas() -> Map<String, Value> {
         json!({"name": s(), "vendor": s(), "class": s(), "hbm_gib": int(), "board_power_w": int(),
                "relative_throughput": num(), "shareable": {"type": "boolean"}, "aliases": arr(s()),
                "source": s()}),
-        &["name", "vendor", "class", "hbm_gib", "board_power_w", "relative_throughput", "shareable", "source"],
+        &[
+            "name",
+            "vendor",
+            "class",
+            "hbm_gib",
+            "board_power_w",
+            "relative_throughput",
+            "shareable",
+            "source",
+        ],
     );
-    let token = open_obj(json!({"id": s(), "tenant": nullable("string"), "created_at_ms": int(), "revoked": {"type": "boolean"}}));
+    let token = open_obj(
+        json!({"id": s(), "tenant": nullable("string"), "created_at_ms": int(), "revoked": {"type": "boolean"}}),
+    );
     let mut m = Map::new();
     let mut put = |k: &str, v: Value| {
         m.insert(k.to_string(), v);
@@ -121,12 +133,24 @@ pub fn schemas() -> Map<String, Value> {
             &["error"],
         ),
     );
-    put("Health", open_obj(json!({"status": s(), "log_seq": int(), "durable_seq": int()})));
-    put("Metrics", json!({"type": "string", "description": "Prometheus text exposition format"}));
+    put(
+        "Health",
+        open_obj(json!({"status": s(), "log_seq": int(), "durable_seq": int()})),
+    );
+    put(
+        "Metrics",
+        json!({"type": "string", "description": "Prometheus text exposition format"}),
+    );
     put("OpenApi", json!({"type": "object"}));
     put("JobSubmission", obj(submission_props, &["groups"]));
     put("Job", job.clone());
-    put("JobList", obj(json!({"jobs": arr(r("Job")), "next_cursor": nullable("string")}), &["jobs"]));
+    put(
+        "JobList",
+        obj(
+            json!({"jobs": arr(r("Job")), "next_cursor": nullable("string")}),
+            &["jobs"],
+        ),
+    );
     put(
         "Queue",
         obj(
@@ -146,23 +170,51 @@ pub fn schemas() -> Map<String, Value> {
     );
     put(
         "TopologyResult",
-        open_obj(json!({"changed": arr(s()), "dry_run": {"type": "boolean"}, "decisions": arr(json!({"type": "object"}))})),
+        open_obj(
+            json!({"changed": arr(s()), "dry_run": {"type": "boolean"}, "decisions": arr(json!({"type": "object"}))}),
+        ),
     );
     put("Site", site);
-    put("SiteList", open_obj(json!({"sites": arr(open_obj(json!({"name": s(), "power_budget_w": int(), "power_draw_w": int()})))})));
-    put("SiteUpdate", obj(json!({"power_budget_mw": num()}), &["power_budget_mw"]));
-    put("PowerResult", open_obj(json!({"shed": arr(json!({"type": "object"})), "decisions": arr(json!({"type": "object"}))})));
+    put(
+        "SiteList",
+        open_obj(
+            json!({"sites": arr(open_obj(json!({"name": s(), "power_budget_w": int(), "power_draw_w": int()})))}),
+        ),
+    );
+    put(
+        "SiteUpdate",
+        obj(json!({"power_budget_mw": num()}), &["power_budget_mw"]),
+    );
+    put(
+        "PowerResult",
+        open_obj(
+            json!({"shed": arr(json!({"type": "object"})), "decisions": arr(json!({"type": "object"}))}),
+        ),
+    );
     put("Rack", rack);
-    put("RackList", open_obj(json!({"racks": arr(open_obj(json!({"name": s(), "power_cap_w": int(), "it_draw_w": int()})))})));
-    put("RackUpdate", obj(json!({"power_cap_kw": num()}), &["power_cap_kw"]));
+    put(
+        "RackList",
+        open_obj(
+            json!({"racks": arr(open_obj(json!({"name": s(), "power_cap_w": int(), "it_draw_w": int()})))}),
+        ),
+    );
+    put(
+        "RackUpdate",
+        obj(json!({"power_cap_kw": num()}), &["power_cap_kw"]),
+    );
     put(
         "Node",
-        open_obj(json!({"name": s(), "site": s(), "rack": s(), "state": node_state, "model": nullable("string"),
-            "accelerators": int(), "accelerators_allocated": num()})),
+        open_obj(
+            json!({"name": s(), "site": s(), "rack": s(), "state": node_state, "model": nullable("string"),
+            "accelerators": int(), "accelerators_allocated": num()}),
+        ),
     );
     put("NodeList", open_obj(json!({"nodes": arr(r("Node"))})));
     put("AcceleratorModel", model);
-    put("Catalog", open_obj(json!({"models": arr(r("AcceleratorModel"))})));
+    put(
+        "Catalog",
+        open_obj(json!({"models": arr(r("AcceleratorModel"))})),
+    );
     put("Tenant", tenant);
     put(
         "TenantUpdate",
@@ -173,13 +225,21 @@ pub fn schemas() -> Map<String, Value> {
         ),
     );
     put("TenantList", open_obj(json!({"tenants": arr(r("Tenant"))})));
-    put("NewToken", obj(json!({"id": s(), "tenant": s(), "token": s()}), &["id", "tenant", "token"]));
+    put(
+        "NewToken",
+        obj(
+            json!({"id": s(), "tenant": s(), "token": s()}),
+            &["id", "tenant", "token"],
+        ),
+    );
     put("Token", token.clone());
     put("TokenList", open_obj(json!({"tokens": arr(token)})));
     put(
         "AuditLog",
-        open_obj(json!({"events": arr(open_obj(json!({"seq": int(), "at_ms": int(), "kind": s(), "entry": {"type": "object"}}))),
-            "next_after": nullable("integer")})),
+        open_obj(
+            json!({"events": arr(open_obj(json!({"seq": int(), "at_ms": int(), "kind": s(), "entry": {"type": "object"}}))),
+            "next_after": nullable("integer")}),
+        ),
     );
     m
 }

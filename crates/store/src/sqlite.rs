@@ -222,7 +222,7 @@ mod tests {
         Record {
             seq,
             at_ms: 1000 + seq,
-            kind: if seq % 2 == 0 { "tick" } else { "submit" }.into(),
+            kind: ["tick", "submit"][(seq % 2) as usize].into(),
             body: format!("body {seq}").into_bytes(),
         }
     }
@@ -257,9 +257,16 @@ mod tests {
         let mut s = SqliteStore::open(&dir.path().join("gosok.db")).unwrap();
         s.append(&[rec(1)]).unwrap();
         let e = s.append(&[rec(2), rec(4)]).unwrap_err();
-        assert!(matches!(e, StoreError::OutOfOrder { last: 2, got: 4 }), "{e}");
+        assert!(
+            matches!(e, StoreError::OutOfOrder { last: 2, got: 4 }),
+            "{e}"
+        );
         let mut fresh = s.reopen().unwrap();
-        assert_eq!(fresh.last_seq().unwrap(), 1, "the failed batch left nothing");
+        assert_eq!(
+            fresh.last_seq().unwrap(),
+            1,
+            "the failed batch left nothing"
+        );
         s.last = None;
         assert!(s.append(&[rec(1)]).is_err());
         s.last = None;

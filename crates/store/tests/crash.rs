@@ -15,7 +15,11 @@ const CHILD_ENV: &str = "GOSOK_STORE_CRASH_CHILD";
 
 fn body(seq: u64) -> Vec<u8> {
     // Long enough to span pages now and then, and checkable.
-    format!("{{\"job\":{seq},\"pad\":\"{}\"}}", "x".repeat((seq % 7 * 300) as usize)).into_bytes()
+    format!(
+        "{{\"job\":{seq},\"pad\":\"{}\"}}",
+        "x".repeat((seq % 7 * 300) as usize)
+    )
+    .into_bytes()
 }
 
 /// The child: appends until killed (or 60 s pass, so that it never outlives a broken test).
@@ -26,7 +30,12 @@ fn crash_child_writer() {
     };
     let mut store = SqliteStore::open(Path::new(&path)).unwrap();
     let last = store.last_seq().unwrap();
-    let gc = Arc::new(GroupCommit::start(Box::new(store), last, 512, Box::new(|_| {})));
+    let gc = Arc::new(GroupCommit::start(
+        Box::new(store),
+        last,
+        512,
+        Box::new(|_| {}),
+    ));
     let next = Arc::new(Mutex::new(last));
     let out = Arc::new(Mutex::new(std::io::stdout()));
     let start = Instant::now();
@@ -69,7 +78,12 @@ fn every_acknowledged_append_survives_sigkill() {
     // Kill after this many acknowledgements in each round, on the same file.
     for kill_after in [1u64, 37, 400, 2500] {
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child_writer", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, &path)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
