@@ -15,8 +15,8 @@ use gosok_sim::import::philly::{PhillyParams, import_philly};
 use gosok_sim::philly::{PhillyFiles, RunAverages, compare, read_published};
 use gosok_sim::report::{self, Report};
 use gosok_sim::{
-    BadRows, Placement, Policy, ReplayOptions, RunResult, chart, read_cluster, read_workload,
-    replay_many,
+    BadRows, Estimates, Placement, Policy, ReplayOptions, RunResult, chart, read_cluster,
+    read_workload, replay_many,
 };
 
 use crate::sim_fgd;
@@ -78,6 +78,12 @@ pub struct ReplayArgs {
     /// Large synthetic replays use e.g. 60.
     #[arg(long, default_value_t = 0)]
     tick_s: u64,
+    /// Runtime estimates the engine sees: auto (the true duration for sjf and srtf, the
+    /// jobs' own for fifo and gosok), given (the jobs' own only), history (for jobs without
+    /// one, the median run time of recently completed jobs of the same tenant and size;
+    /// never the job's own), or oracle.
+    #[arg(long, default_value = "auto")]
+    estimates: String,
 }
 
 #[derive(Args)]
@@ -100,6 +106,11 @@ pub struct PhillyCompareArgs {
     /// reproduction.
     #[arg(long, default_value_t = 1.0)]
     arrival_compression: f64,
+    /// Runtime estimates of the gosok run: given (the trace has none) or history (the median
+    /// run time of recently completed jobs of the same VC and size). FIFO, SJF and SRTF
+    /// keep Helios' setup (SJF and SRTF know the true durations).
+    #[arg(long, default_value = "given")]
+    gosok_estimates: String,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -179,7 +190,9 @@ fn options(
     placement: &Option<String>,
     seed: u64,
     tick_s: u64,
+    estimates: &str,
 ) -> anyhow::Result<Vec<ReplayOptions>> {
+    let estimates = Estimates::parse(estimates).map_err(|e| anyhow::anyhow!("--estimates: {e}"))?;
     let placement = placement
         .as_deref()
         .map(Placement::parse)
@@ -193,6 +206,7 @@ fn options(
                 .unwrap_or_else(|| Placement::default_for(p)),
             seed,
             tick_s,
+            estimates,
             ..ReplayOptions::new(p)
         })
         .collect())
@@ -257,7 +271,7 @@ fn write_out(dir: &Path, json: &str, runs: &[(RunResult, f64)]) -> anyhow::Resul
 
 fn run_replay(a: ReplayArgs) -> anyhow::Result<()> {
     let policies = Policy::parse_list(&a.policy).map_err(|e| anyhow::anyhow!("--policy: {e}"))?;
-    let opts = options(&policies, &a.placement, a.seed, a.tick_s)?;
+    let opts = options(&policies, &a.placement, a.seed, a.tick_s, &a.estimates)?;
     let catalog = Catalog::builtin();
     let cluster = read_cluster(&a.cluster, &catalog)?;
     let bad = if a.skip_bad_rows {
@@ -348,7 +362,15 @@ fn run_philly(a: PhillyCompareArgs) -> anyhow::Result<()> {
         imported.jobs.retain(|j| keep.contains(&j.tenant.as_str()));
     }
     eprint!("{}", imported.summary.text());
-    let opts = options(&policies, &None, a.seed, 0)?;
+    let mut opts = options(&policies, &None, a.seed, 0, "auto")?;
+    let gosok_estimates = match a.gosok_estimates.as_str() {
+        "given" => Estimates::Given,
+        "history" => Estimates::History,
+        other => bail!("--gosok-estimates: {other:?}; use given or history"),
+    };
+    for o in opts.iter_mut().filter(|o| o.policy == Policy::Gosok) {
+        o.estimates = gosok_estimates;
+    }
     let started = Instant::now();
     let runs = run_all(
         "sim philly-compare",

@@ -23,7 +23,7 @@ pub mod report;
 pub mod workload;
 
 pub use error::{BadRows, InputError, Skipped};
-pub use policy::{Placement, Policy};
+pub use policy::{Estimates, Placement, Policy};
 pub use replay::{ReplayOptions, RunResult, SimError, replay, replay_many};
 pub use report::Report;
 pub use workload::{Workload, WorkloadJob, read_cluster, read_workload};

@@ -75,6 +75,52 @@ impl fmt::Display for Policy {
     }
 }
 
+/// Where the runtime estimates the engine sees come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Estimates {
+    /// The oracle for SJF and SRTF, the jobs' own for the others.
+    Auto,
+    /// Only what the workload's job specs give (`runtime_estimate_s`).
+    Given,
+    /// For a job that gives none: the median run time of the last completed jobs of its
+    /// tenant and size (else of its tenant), as a controller could learn it. Never the
+    /// job's own true duration.
+    History,
+    /// The true duration (capped by the job's limit).
+    Oracle,
+}
+
+impl Estimates {
+    pub fn parse(s: &str) -> Result<Estimates, String> {
+        match s {
+            "auto" => Ok(Estimates::Auto),
+            "given" => Ok(Estimates::Given),
+            "history" => Ok(Estimates::History),
+            "oracle" => Ok(Estimates::Oracle),
+            _ => Err(format!("{s:?}: use auto, given, history or oracle")),
+        }
+    }
+
+    /// What `Auto` means for a policy.
+    pub fn resolve(self, policy: Policy) -> Estimates {
+        match self {
+            Estimates::Auto if policy.oracle() => Estimates::Oracle,
+            Estimates::Auto => Estimates::Given,
+            e => e,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Estimates::Auto => "auto",
+            Estimates::Given => "given",
+            Estimates::History => "history",
+            Estimates::Oracle => "oracle",
+        }
+    }
+}
+
 /// Where jobs land: scorers and their weights.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Placement {

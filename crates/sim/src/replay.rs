@@ -17,7 +17,7 @@ use gosok_engine::{Decision, Engine, EngineError, Event, JobId, JobState};
 use gosok_model::job::MAX_RUNTIME_S;
 use gosok_model::{Catalog, ClusterSpec, SpecError};
 
-use crate::policy::{Placement, Policy, checkpoint_overhead_s, engine_config};
+use crate::policy::{Estimates, Placement, Policy, checkpoint_overhead_s, engine_config};
 use crate::report::{EngineWork, Report, SiteReport, TenantReport, percentile};
 use crate::workload::WorkloadJob;
 
@@ -50,6 +50,8 @@ pub struct ReplayOptions {
     /// N > 0 records events when they happen but runs passes only at multiples of N
     /// seconds (as a periodic scheduler does), which scale tests need.
     pub tick_s: u64,
+    /// Where the engine's runtime estimates come from.
+    pub estimates: Estimates,
 }
 
 impl ReplayOptions {
@@ -61,6 +63,7 @@ impl ReplayOptions {
             series_points: 1000,
             check_invariants: false,
             tick_s: 0,
+            estimates: Estimates::Auto,
         }
     }
 }
@@ -144,6 +147,46 @@ struct SimJob {
     /// relative_throughput of the measuring model, when the workload names one.
     measured_rt: Option<f64>,
     limit_s: Option<u64>,
+    /// Time it has run, all attempts.
+    ran_s: u64,
+}
+
+/// Run times of completed jobs, as a controller sees them, for history estimates.
+#[derive(Default)]
+struct History {
+    /// (tenant, accelerator thousandths) → the last run times.
+    by_size: HashMap<(u16, u64), std::collections::VecDeque<u64>>,
+    by_tenant: HashMap<u16, std::collections::VecDeque<u64>>,
+}
+
+/// How many completed jobs a history estimate looks back on.
+const HISTORY_LEN: usize = 64;
+/// Completed jobs needed before a history estimate is given.
+const HISTORY_MIN: usize = 3;
+
+impl History {
+    fn record(&mut self, tenant: u16, accel_milli: u64, ran_s: u64) {
+        let push = |q: &mut std::collections::VecDeque<u64>| {
+            if q.len() == HISTORY_LEN {
+                q.pop_front();
+            }
+            q.push_back(ran_s);
+        };
+        push(self.by_size.entry((tenant, accel_milli)).or_default());
+        push(self.by_tenant.entry(tenant).or_default());
+    }
+
+    fn median(q: Option<&std::collections::VecDeque<u64>>) -> Option<u64> {
+        let q = q.filter(|q| q.len() >= HISTORY_MIN)?;
+        let mut v: Vec<u64> = q.iter().copied().collect();
+        v.sort_unstable();
+        Some(v[v.len() / 2])
+    }
+
+    fn estimate(&self, tenant: u16, accel_milli: u64) -> Option<u64> {
+        History::median(self.by_size.get(&(tenant, accel_milli)))
+            .or_else(|| History::median(self.by_tenant.get(&tenant)))
+    }
 }
 
 const END: u8 = 0;
@@ -206,6 +249,7 @@ pub fn replay(
                 .and_then(|m| catalog.id(m))
                 .map(|id| catalog.get(id).relative_throughput),
             limit_s: j.spec.runtime_limit_s,
+            ran_s: 0,
         });
     }
     let rt_by_name: HashMap<String, f64> = catalog
@@ -262,7 +306,9 @@ pub fn replay(
         preemptions: &mut preemptions,
         rejected: &mut rejected,
         rt_by_name: &rt_by_name,
+        history: History::default(),
     };
+    let estimates = opts.estimates.resolve(opts.policy);
 
     loop {
         // Timers of runs that were preempted or stopped since are stale.
@@ -342,14 +388,22 @@ pub fn replay(
             }
             next += 1;
             let mut spec = job.spec.clone();
-            if opts.policy.oracle() {
-                // The oracle knows the true duration (capped by the limit, which would stop
-                // the job anyway).
-                let d = job
-                    .duration_s
-                    .min(spec.runtime_limit_s.unwrap_or(u64::MAX))
-                    .clamp(1, MAX_RUNTIME_S);
-                spec.runtime_estimate_s = Some(d);
+            let limit = spec.runtime_limit_s.unwrap_or(u64::MAX);
+            match estimates {
+                Estimates::Oracle => {
+                    // The oracle knows the true duration (capped by the limit, which would
+                    // stop the job anyway).
+                    let d = job.duration_s.min(limit).clamp(1, MAX_RUNTIME_S);
+                    spec.runtime_estimate_s = Some(d);
+                }
+                Estimates::History if spec.runtime_estimate_s.is_none() => {
+                    let o = &ctx.outcomes[j as usize];
+                    spec.runtime_estimate_s = ctx
+                        .history
+                        .estimate(o.tenant, o.accel_milli)
+                        .map(|e| e.min(limit).clamp(1, MAX_RUNTIME_S));
+                }
+                _ => {}
             }
             ctx.sim[j as usize].state = St::Pending;
             ctx.sim[j as usize].pending_since_s = t;
@@ -435,6 +489,7 @@ struct Ctx<'a> {
     preemptions: &'a mut u64,
     rejected: &'a mut BTreeMap<String, u64>,
     rt_by_name: &'a HashMap<String, f64>,
+    history: History,
 }
 
 impl Ctx<'_> {
@@ -492,6 +547,7 @@ impl Ctx<'_> {
                         continue;
                     }
                     let ran = (now - s.started_s) as f64;
+                    s.ran_s += now - s.started_s;
                     s.remaining = (s.remaining - ran * s.speed).max(0.0);
                     if preempted {
                         // Checkpoint and restore cost (Helios' figures). Under SRTF the
@@ -511,8 +567,12 @@ impl Ctx<'_> {
                     let s = &mut self.sim[j];
                     if s.state == St::Running {
                         *self.running -= 1;
+                        s.ran_s += now - s.started_s;
                     }
                     let o = &mut self.outcomes[j];
+                    if state == JobState::Succeeded {
+                        self.history.record(o.tenant, o.accel_milli, s.ran_s);
+                    }
                     if s.state == St::Pending {
                         o.queue_s += now - s.pending_since_s;
                     }
@@ -735,6 +795,7 @@ fn summarize(
         rejected_by_reason: t.rejected.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         scheduling_passes: t.passes,
         tick_s: opts.tick_s,
+        estimates: opts.estimates.resolve(opts.policy).name().to_string(),
         engine_work: t.work,
     }
 }

@@ -50,6 +50,8 @@ pub struct Report {
     pub scheduling_passes: u64,
     /// The scheduling interval (0: a pass after every batch of simultaneous events).
     pub tick_s: u64,
+    /// Where the engine's runtime estimates came from: oracle, given or history.
+    pub estimates: String,
     /// What the engine's passes did, summed over the run (for performance work).
     pub engine_work: EngineWork,
 }
@@ -123,8 +125,9 @@ pub fn table(runs: &[(&Report, f64)]) -> String {
         r0.jobs, r0.nodes, r0.accelerators, r0.sites_in_cluster, r0.seed
     );
     type Row = (&'static str, fn(&Report) -> String);
-    let rows: [Row; 17] = [
+    let rows: [Row; 18] = [
         ("placement", |r| r.placement.clone()),
+        ("runtime estimates", |r| r.estimates.clone()),
         ("completed", |r| r.jobs_completed.to_string()),
         ("failed / rejected / unfinished", |r| {
             format!(
