@@ -921,10 +921,32 @@ fn tenants_are_created_and_updated_over_the_cli() {
     let t = s.token("kisti");
     let (_, v) = s.req("GET", "/v1/tenants", Some(&t), None);
     assert_eq!(v["tenants"].as_array().unwrap().len(), 1);
+    // An operator adds an accelerator model; jobs may then ask for it by name.
+    let model = r#"{"name":"X1","vendor":"Example","class":"example-npu","hbm_gib":64,
+        "board_power_w":300,"relative_throughput":0.5,"shareable":false,"source":"test fixture"}"#;
+    let (code, e) = s.req("POST", "/v1/catalog", Some(&s.admin), Some(model));
+    assert_eq!(code, 201, "{e}");
+    let (code, _) = s.req("POST", "/v1/catalog", Some(&s.admin), Some(model));
+    assert_eq!(code, 422, "a model is added once");
+    let (code, _) = s.req("POST", "/v1/catalog", Some(&t), Some(model));
+    assert_eq!(code, 403);
+    let (_, cat) = s.req("GET", "/v1/catalog", Some(&t), None);
+    assert!(cat["models"].as_array().unwrap().iter().any(|m| m["name"] == "X1"));
+    let (code, e) = s.req(
+        "POST",
+        "/v1/jobs",
+        Some(&t),
+        Some(r#"{"groups":[{"accelerators":1,"models":["X1"]}]}"#),
+    );
+    // Known now, but no node has one: refused naming the topology, not the model.
+    assert_eq!(code, 422, "{e}");
+    assert_eq!(e["error"]["field"], "topology");
     // Survives a restart.
     let s = s.restart();
     let (_, v) = s.req("GET", "/v1/tenants/kisti", Some(&s.admin), None);
     assert_eq!(v["weight"], 4.0);
+    let (_, cat) = s.req("GET", "/v1/catalog", Some(&s.admin), None);
+    assert!(cat["models"].as_array().unwrap().iter().any(|m| m["name"] == "X1"));
 }
 
 #[test]

@@ -92,3 +92,28 @@ impl DataDir {
         self.0.join("gosok.toml")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_parses() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/server.toml");
+        let c = Config::load(&p, true).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(c.engine.fair_share_half_life_s, 604_800);
+        assert!(Config::load(Path::new("/nonexistent/gosok.toml"), false).is_ok());
+        assert!(Config::load(Path::new("/nonexistent/gosok.toml"), true).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_and_silly_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gosok.toml");
+        std::fs::write(&p, "listen = \"x\"\ncolour = 1\n").unwrap();
+        assert!(Config::load(&p, true).unwrap_err().to_string().contains("colour"));
+        std::fs::write(&p, "tick_ms = 0\n").unwrap();
+        assert!(Config::load(&p, true).unwrap_err().to_string().contains("tick_ms"));
+    }
+}
