@@ -10,10 +10,13 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address to serve on.
     pub listen: String,
-    /// A scheduling pass (with the clock advanced) at least this often while work waits or runs.
+    /// How often the scheduling loop wakes: a pass runs then if something changed.
     pub tick_ms: u64,
     /// After a change (a submission, a cancel, a node coming up) the next pass runs this soon.
     pub min_tick_gap_ms: u64,
+    /// While nothing changes but work waits or runs, the clock is advanced (and a pass run)
+    /// this often: runtime limits are enforced to within it. Each tick is a log record.
+    pub idle_tick_ms: u64,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
     /// Submissions per second one tenant may sustain (429 with Retry-After beyond).
@@ -33,6 +36,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             tick_ms: 1000,
             min_tick_gap_ms: 100,
+            idle_tick_ms: 5000,
             max_body_bytes: 1 << 20,
             submit_rate_per_s: 100.0,
             submit_burst: 1000.0,

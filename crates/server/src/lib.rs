@@ -411,23 +411,32 @@ pub async fn start(dir: &Path, cfg: Config) -> anyhow::Result<Running> {
 async fn tick_loop(app: Arc<App>) {
     let every = Duration::from_millis(app.cfg.tick_ms);
     let gap = Duration::from_millis(app.cfg.min_tick_gap_ms);
+    let idle = Duration::from_millis(app.cfg.idle_tick_ms.max(app.cfg.tick_ms));
+    let mut last: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = app.tick.notified() => tokio::time::sleep(gap).await,
         }
+        // After a change: a pass now. Otherwise, while work waits or runs, the clock still
+        // moves (runtime limits, reservations) but only every `idle_tick_ms`: every tick is a
+        // log record that a restart replays.
+        let due = last.is_none_or(|t| t.elapsed() >= idle);
         let app2 = app.clone();
         let r = tokio::task::spawn_blocking(move || {
             let mut core = app2.core();
-            if !core.needs_tick() {
-                return Ok(());
+            if !(core.dirty || (due && core.needs_tick())) {
+                return Ok(false);
             }
             let now_s = unix_ms() / 1000;
-            app2.commit(&mut core, Entry::Tick { now_s }).map(|_| ())
+            app2.commit(&mut core, Entry::Tick { now_s }).map(|_| true)
         })
         .await;
-        if let Ok(Err(e)) = r {
-            tracing::warn!("scheduling tick failed: {}", e.message);
+        match r {
+            Ok(Ok(true)) => last = Some(Instant::now()),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!("scheduling tick failed: {}", e.message),
+            Err(e) => tracing::warn!("scheduling tick failed: {e}"),
         }
     }
 }
