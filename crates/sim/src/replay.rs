@@ -83,7 +83,7 @@ pub enum Outcome {
 /// One job's fate in a run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct JobOutcome {
-    pub tenant: u16,
+    pub tenant: u32,
     pub accel_milli: u64,
     pub submit_s: u64,
     pub first_start_s: Option<u64>,
@@ -155,8 +155,8 @@ struct SimJob {
 #[derive(Default)]
 struct History {
     /// (tenant, accelerator thousandths) → the last run times.
-    by_size: HashMap<(u16, u64), std::collections::VecDeque<u64>>,
-    by_tenant: HashMap<u16, std::collections::VecDeque<u64>>,
+    by_size: HashMap<(u32, u64), std::collections::VecDeque<u64>>,
+    by_tenant: HashMap<u32, std::collections::VecDeque<u64>>,
 }
 
 /// How many completed jobs a history estimate looks back on.
@@ -165,7 +165,7 @@ const HISTORY_LEN: usize = 64;
 const HISTORY_MIN: usize = 3;
 
 impl History {
-    fn record(&mut self, tenant: u16, accel_milli: u64, ran_s: u64) {
+    fn record(&mut self, tenant: u32, accel_milli: u64, ran_s: u64) {
         let push = |q: &mut std::collections::VecDeque<u64>| {
             if q.len() == HISTORY_LEN {
                 q.pop_front();
@@ -183,7 +183,7 @@ impl History {
         Some(v[v.len() / 2])
     }
 
-    fn estimate(&self, tenant: u16, accel_milli: u64) -> Option<u64> {
+    fn estimate(&self, tenant: u32, accel_milli: u64) -> Option<u64> {
         History::median(self.by_size.get(&(tenant, accel_milli)))
             .or_else(|| History::median(self.by_tenant.get(&tenant)))
     }
@@ -208,10 +208,10 @@ pub fn replay(
     // Tenants: the cluster's, then any the workload names that it does not (the engine
     // rejects their jobs; the report still shows them).
     let mut tenant_names: Vec<String> = cluster.tenant.iter().map(|t| t.name.clone()).collect();
-    let mut tenant_idx: HashMap<String, u16> = tenant_names
+    let mut tenant_idx: HashMap<String, u32> = tenant_names
         .iter()
         .enumerate()
-        .map(|(i, t)| (t.clone(), i as u16))
+        .map(|(i, t)| (t.clone(), i as u32))
         .collect();
     let mut outcomes: Vec<JobOutcome> = Vec::with_capacity(n);
     let mut sim: Vec<SimJob> = Vec::with_capacity(n);
@@ -219,7 +219,7 @@ pub fn replay(
         let t = match tenant_idx.get(&j.tenant) {
             Some(&t) => t,
             None => {
-                let t = tenant_names.len() as u16;
+                let t = tenant_names.len() as u32;
                 tenant_names.push(j.tenant.clone());
                 tenant_idx.insert(j.tenant.clone(), t);
                 t
@@ -715,14 +715,17 @@ fn summarize(
             None => t.end_s.saturating_sub(o.submit_s),
         })
         .max();
+    // One pass over the jobs, whatever the number of tenants.
+    let mut by_tenant: Vec<Vec<&JobOutcome>> = vec![Vec::new(); tenant_names.len()];
+    for o in outcomes {
+        if let Some(v) = by_tenant.get_mut(o.tenant as usize) {
+            v.push(o);
+        }
+    }
     let tenants: Vec<TenantReport> = tenant_names
         .iter()
-        .enumerate()
-        .map(|(ti, name)| {
-            let mine: Vec<&JobOutcome> = outcomes
-                .iter()
-                .filter(|o| o.tenant as usize == ti)
-                .collect();
+        .zip(by_tenant)
+        .map(|(name, mine)| {
             let mut jct: Vec<u64> = mine.iter().filter_map(|o| o.jct_s()).collect();
             jct.sort_unstable();
             let queue: Vec<u64> = mine
