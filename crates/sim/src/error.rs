@@ -21,11 +21,12 @@ impl fmt::Display for Location {
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
     /// The file could not be read at all.
-    #[error("{}: cannot read the file: {source}", path.display())]
+    // The reason is in the message, not in `source()`, so that a chain printer (anyhow's
+    // `{:#}`) says it once.
+    #[error("{}: cannot read the file: {reason}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// Something at a known place in the file is wrong.
     #[error("{location}: {problem}")]
@@ -47,7 +48,7 @@ impl InputError {
     pub fn io(path: &Path, source: std::io::Error) -> InputError {
         InputError::Io {
             path: path.to_path_buf(),
-            source,
+            reason: source,
         }
     }
 

@@ -25,11 +25,11 @@ pub enum ImportError {
     /// A command-line value that cannot be used.
     #[error("{flag}: {message}")]
     Param { flag: String, message: String },
-    #[error("{}: cannot write: {source}", path.display())]
+    // The reason is in the message, not in `source()`, so that it is said once.
+    #[error("{}: cannot write: {reason}", path.display())]
     Write {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        reason: std::io::Error,
     },
 }
 
@@ -127,13 +127,13 @@ impl ImportSummary {
 
 /// Writes `DIR/cluster.toml` and `DIR/workload.jsonl` (and `DIR/import.json`, the summary).
 pub fn write_dir(dir: &Path, imported: &Imported, header: &str) -> Result<(), ImportError> {
-    std::fs::create_dir_all(dir).map_err(|source| ImportError::Write {
+    std::fs::create_dir_all(dir).map_err(|reason| ImportError::Write {
         path: dir.to_path_buf(),
-        source,
+        reason,
     })?;
     let write = |name: &str, text: &str| {
         let path = dir.join(name);
-        std::fs::write(&path, text).map_err(|source| ImportError::Write { path, source })
+        std::fs::write(&path, text).map_err(|reason| ImportError::Write { path, reason })
     };
     let mut cluster = String::new();
     for l in header.lines() {
