@@ -116,8 +116,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("gosok.toml");
         std::fs::write(&p, "listen = \"x\"\ncolour = 1\n").unwrap();
-        assert!(Config::load(&p, true).unwrap_err().to_string().contains("colour"));
+        assert!(
+            Config::load(&p, true)
+                .unwrap_err()
+                .to_string()
+                .contains("colour")
+        );
         std::fs::write(&p, "tick_ms = 0\n").unwrap();
-        assert!(Config::load(&p, true).unwrap_err().to_string().contains("tick_ms"));
+        assert!(
+            Config::load(&p, true)
+                .unwrap_err()
+                .to_string()
+                .contains("tick_ms")
+        );
     }
 }

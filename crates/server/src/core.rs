@@ -240,6 +240,11 @@ impl Core {
         })
     }
 
+    /// Room for `n` more jobs (a replay knows how many submissions its log holds).
+    pub fn reserve_jobs(&mut self, n: usize) {
+        self.jobs.reserve(n);
+    }
+
     // ---- reading ----------------------------------------------------------------------
 
     pub fn engine(&self) -> &Engine {

@@ -111,12 +111,17 @@ pub fn replay(store: &mut dyn Store, cfg: &Config) -> anyhow::Result<(Core, u64,
         .map_err(|e| anyhow::anyhow!("engine configuration: {}", e.message))?;
     let mut last = 0;
     let mut diverged = 0u64;
+    core.reserve_jobs(store.count_kind("submit")? as usize);
     // Reading and decoding run on a second thread while this one applies: on two cores a
-    // long log replays in about the time the engine needs for its events.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(u64, u64, Entry)>>(64);
+    // long log replays in about the time the engine needs for its events. Batches go back to
+    // the reader to be refilled, so that no large block is allocated per batch.
+    const BATCH: usize = 1024;
+    type Batch = Vec<(u64, u64, Entry)>;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(8);
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<Batch>();
     let read = std::thread::scope(|s| {
         let reader = s.spawn(move || -> Result<(), gosok_store::StoreError> {
-            let mut batch = Vec::with_capacity(1024);
+            let mut batch = Vec::with_capacity(BATCH);
             store.scan(0, &mut |r| {
                 let entry: Entry = serde_json::from_slice(&r.body).map_err(|e| {
                     gosok_store::StoreError::Corrupt(format!(
@@ -125,16 +130,25 @@ pub fn replay(store: &mut dyn Store, cfg: &Config) -> anyhow::Result<(Core, u64,
                     ))
                 })?;
                 batch.push((r.seq, r.at_ms, entry));
-                if batch.len() == 1024 && tx.send(std::mem::take(&mut batch)).is_err() {
-                    return Err(gosok_store::StoreError::Corrupt("replay stopped".into()));
+                if batch.len() == BATCH {
+                    let next = back_rx
+                        .try_recv()
+                        .map(|mut b: Batch| {
+                            b.clear();
+                            b
+                        })
+                        .unwrap_or_else(|_| Vec::with_capacity(BATCH));
+                    if tx.send(std::mem::replace(&mut batch, next)).is_err() {
+                        return Err(gosok_store::StoreError::Corrupt("replay stopped".into()));
+                    }
                 }
                 Ok(())
             })?;
             let _ = tx.send(batch);
             Ok(())
         });
-        for batch in rx {
-            for (seq, at_ms, entry) in batch {
+        for mut batch in rx {
+            for (seq, at_ms, entry) in batch.drain(..) {
                 let kind = entry.kind();
                 if let Err(e) = core.apply_owned(seq, at_ms, entry) {
                     // It was applied without error when it was written; the engine must
@@ -145,6 +159,7 @@ pub fn replay(store: &mut dyn Store, cfg: &Config) -> anyhow::Result<(Core, u64,
                 core.set_seq(seq);
                 last = seq;
             }
+            let _ = back_tx.send(batch);
         }
         reader.join().unwrap_or_else(|_| {
             Err(gosok_store::StoreError::Corrupt(
