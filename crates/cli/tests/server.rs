@@ -826,7 +826,7 @@ fn a_tenant_flooding_submissions_gets_429_with_retry_after() {
     let (a, b) = (s.token("lab-a"), s.token("lab-b"));
     let mut codes = Vec::new();
     let mut retry = None;
-    for _ in 0..5 {
+    for _ in 0..8 {
         let ((c, _), hs) = s.req_h("POST", "/v1/jobs", Some(&a), Some(JOB8), &[]);
         codes.push(c);
         if c == 429 {
