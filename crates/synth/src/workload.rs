@@ -155,6 +155,9 @@ pub struct WorkloadGen {
     tenants: Vec<TenantLimits>,
     tenant_weights: Vec<f64>,
     sites: Vec<String>,
+    /// Per site of `sites`: nodes by model (only sites with accelerators).
+    site_models: Vec<Vec<(String, u64)>>,
+    catalog: Catalog,
     /// Models present, with the number of nodes that have them.
     models: Vec<(String, u64)>,
     model_weights: Vec<f64>,
@@ -197,6 +200,7 @@ impl WorkloadGen {
         // What the highway holds, per model and per site.
         let mut models: Vec<(String, u64)> = Vec::new();
         let mut site_nodes = vec![0u64; cluster.site.len()];
+        let mut site_models: Vec<Vec<(String, u64)>> = vec![Vec::new(); cluster.site.len()];
         let mut total_milli = 0u64;
         let (mut node_accel, mut cpu_milli, mut mem_mib) = (0u64, u64::MAX, u64::MAX);
         for n in &cluster.node {
@@ -218,6 +222,10 @@ impl WorkloadGen {
                 .and_then(|r| cluster.site.iter().position(|s| s.name == r.site));
             if let Some(s) = site {
                 site_nodes[s] += count;
+                match site_models[s].iter_mut().find(|x| x.0 == *m) {
+                    Some(x) => x.1 += count,
+                    None => site_models[s].push((m.clone(), count)),
+                }
             }
             total_milli += count * n.accelerators * 1000;
             node_accel = node_accel.max(n.accelerators.min(8));
@@ -283,6 +291,7 @@ impl WorkloadGen {
             .min()
             .unwrap_or(0);
         WorkloadGen {
+            catalog: catalog.clone(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             tenants,
             tenant_weights,
@@ -292,6 +301,12 @@ impl WorkloadGen {
                 .zip(&site_nodes)
                 .filter(|(_, n)| **n > 0)
                 .map(|(s, _)| s.name.clone())
+                .collect(),
+            site_models: site_models
+                .into_iter()
+                .zip(&site_nodes)
+                .filter(|(_, n)| **n > 0)
+                .map(|(m, _)| m)
                 .collect(),
             model_weights: models.iter().map(|m| m.1 as f64).collect(),
             big_hbm: all_models
@@ -324,6 +339,25 @@ impl WorkloadGen {
         let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
         let d = median_s * (self.p.duration_sigma * z).exp();
         d.clamp(60.0, 14.0 * 86_400.0) as u64
+    }
+
+    /// Nodes of site `s` (an index into `sites`) with a model the group accepts.
+    fn nodes_for(&self, s: usize, g: &TaskGroupSpec) -> u64 {
+        let catalog = &self.catalog;
+        self.site_models[s]
+            .iter()
+            .filter(|(m, _)| {
+                let info = catalog.id(m).map(|id| catalog.get(id));
+                let named = g.models.is_empty()
+                    || g.models
+                        .iter()
+                        .any(|x| x == m || info.is_some_and(|i| i.class == *x));
+                let hbm =
+                    g.min_hbm_gib == 0 || info.is_some_and(|i| i.hbm_gib as u64 >= g.min_hbm_gib);
+                named && hbm
+            })
+            .map(|(_, n)| *n)
+            .sum()
     }
 
     fn group(&self, replicas: u64, accelerators: u64) -> TaskGroupSpec {
@@ -408,6 +442,17 @@ impl WorkloadGen {
             }
         };
         let mut group = group;
+        // A gang that must stay in one site fits the largest site's nodes of its models.
+        if constraints
+            .topology
+            .is_some_and(|t| t.level == TopologyLevel::Site && t.mode == TopologyMode::Required)
+        {
+            let most = (0..self.sites.len())
+                .map(|s| self.nodes_for(s, &group))
+                .max()
+                .unwrap_or(0);
+            group.replicas = group.replicas.min(most.max(1));
+        }
         // Keep the job within what its tenant may ever hold: shrink a gang, and where even
         // a pair of nodes is too much, ask for one node.
         let models = match group.models.first().map(String::as_str) {
@@ -425,8 +470,15 @@ impl WorkloadGen {
             constraints.topology = None;
         }
         if group.replicas == 1 && self.rng.gen_bool(0.05) && !self.sites.is_empty() {
-            let s = self.rng.gen_range(0..self.sites.len());
-            constraints.sites = vec![self.sites[s].clone()];
+            // Pin to a site that has the job's models (the same single draw either way, so
+            // the stream stays aligned).
+            let fits: Vec<usize> = (0..self.sites.len())
+                .filter(|&s| self.nodes_for(s, &group) > 0)
+                .collect();
+            let k = self.rng.gen_range(0..self.sites.len());
+            if !fits.is_empty() {
+                constraints.sites = vec![self.sites[fits[k % fits.len()]].clone()];
+            }
         }
         let duration_s = self.duration(self.p.median_duration_s as f64 * median);
         // Users overestimate: most give an estimate of 1–3× the real runtime, half of those

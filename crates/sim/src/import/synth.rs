@@ -198,3 +198,39 @@ mod tests {
         assert!(synthesize(&SynthParams { load: -1.0, ..p }).is_err());
     }
 }
+
+#[cfg(test)]
+mod admission_tests {
+    use super::*;
+
+    #[test]
+    fn every_synthetic_job_can_run_somewhere() {
+        // Small highways are where a site pin or a one-site gang can ask for what a site
+        // does not have; the engine rejects such jobs at submit.
+        let catalog = gosok_model::Catalog::builtin();
+        for (seed, sites) in [(1, 2), (2, 3), (5, 3), (7, 4)] {
+            let im = synthesize(&SynthParams {
+                nodes: 40,
+                sites,
+                jobs: 1500,
+                seed,
+                load: 0.5,
+                arrival_rate_per_s: None,
+            })
+            .unwrap();
+            let r = crate::replay(
+                &im.cluster,
+                &im.jobs,
+                &catalog,
+                &crate::ReplayOptions::new(crate::Policy::Gosok),
+                &|_, _| {},
+            )
+            .unwrap();
+            assert_eq!(
+                r.report.jobs_rejected, 0,
+                "seed {seed}, {sites} sites: {:?}",
+                r.report.rejected_by_reason
+            );
+        }
+    }
+}
