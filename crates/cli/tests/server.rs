@@ -442,6 +442,16 @@ fn a_revoked_token_stops_working_and_stays_revoked_after_restart() {
     assert_eq!(code, 401);
     let (code, _) = s.req("GET", "/v1/jobs", Some(&s.admin), None);
     assert_eq!(code, 200);
+    // The first admin token can be rotated: a new one, then the old one revoked.
+    let (code, t) = s.req("POST", "/v1/tokens", Some(&s.admin), None);
+    assert_eq!(code, 201, "{t}");
+    let admin2 = t["token"].as_str().unwrap().to_string();
+    let (code, _) = s.req("POST", "/v1/tokens/admin-1/revoke", Some(&admin2), None);
+    assert_eq!(code, 200);
+    let (code, _) = s.req("GET", "/v1/jobs", Some(&s.admin), None);
+    assert_eq!(code, 401);
+    let (code, _) = s.req("POST", "/v1/tokens", Some(&a), None);
+    assert_eq!(code, 401, "a revoked tenant token cannot either");
     // The token is stored only as a hash: not in the log in clear.
     let db = std::fs::read(s.dir.join("gosok.db")).unwrap();
     let wal = std::fs::read(s.dir.join("gosok.db-wal")).unwrap_or_default();

@@ -138,6 +138,8 @@ pub fn routes() -> Vec<Route> {
             "A new token for the tenant, shown once"),
         route!(get "/v1/tenants/{name}/tokens", list_tokens, Token, 200, "TokenList",
             "The tenant's tokens (ids only)"),
+        route!(post "/v1/tokens", create_admin_token, Admin, 201, "NewToken",
+            "A new operator (admin) token, shown once (to rotate the first one)"),
         route!(post "/v1/tokens/{id}/revoke", revoke_token, Token, 200, "Token",
             "Revoke a token (admins any, tenants their own)"),
         route!(get "/v1/events", audit_log, Admin, 200, "AuditLog", "The audit log: every change, oldest first",
@@ -1458,6 +1460,26 @@ async fn create_token(
     };
     app.durable(seq).await?;
     Ok(created(json!({"id": id, "tenant": name, "token": token})))
+}
+
+async fn create_admin_token(State(app): State<AppState>, headers: HeaderMap) -> Result<Response> {
+    let p = principal(&app, &headers)?;
+    p.require_admin()?;
+    let (token, id, seq) = {
+        let mut core = app.core();
+        let (token, entry) = crate::new_token_entry(&core, None);
+        let id = entry.id.clone();
+        let (seq, _) = app.commit(
+            &mut core,
+            Entry::TokenCreate {
+                token: entry,
+                by: p.token_id().into(),
+            },
+        )?;
+        (token, id, seq)
+    };
+    app.durable(seq).await?;
+    Ok(created(json!({"id": id, "tenant": null, "token": token})))
 }
 
 async fn list_tokens(
