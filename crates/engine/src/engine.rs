@@ -359,7 +359,7 @@ impl Engine {
         }
         self.now_s = now_s;
         while let Some(&(deadline, id)) = self.limits.first() {
-            if deadline > now_s {
+            if deadline >= now_s {
                 break;
             }
             self.end_running(
