@@ -683,66 +683,98 @@ async fn queue(
         (Principal::Admin { .. }, t) => t.cloned(),
     };
     let core = app.core();
+    let out = queue_json(&core, tenant.as_deref(), limit)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
+}
+
+/// The body of GET /v1/queue: pending jobs in engine order (`limit` of them, of `tenant` only
+/// if given), with reasons and estimated starts.
+pub fn queue_json(core: &Core, tenant: Option<&str>, limit: usize) -> Result<Vec<u8>> {
+    use std::io::Write;
     let e = core.engine();
     let now = e.now_s();
     let order = e.queue();
     let total = order.len();
-    let mut out: Vec<u8> = Vec::with_capacity(order.len().min(limit) * 200 + 64);
-    out.extend_from_slice(format!("{{\"now_s\":{now},\"total\":{total},\"jobs\":[").as_bytes());
-    // Few distinct reasons: describe each once.
-    let mut texts: Vec<(gosok_engine::WaitReason, String)> = Vec::new();
+    let mut out: Vec<u8> = Vec::with_capacity(order.len().min(limit).min(1 << 20) * 256 + 64);
+    let _ = write!(out, "{{\"now_s\":{now},\"total\":{total},\"jobs\":[");
+    // A long queue has few distinct reasons and tenants: each is serialised once and copied
+    // into every row that has it (the same JSON serde would write, several times faster).
+    let mut reasons: Vec<(Option<gosok_engine::WaitReason>, Vec<u8>)> = Vec::new();
+    let mut tenants: Vec<(*const u8, Vec<u8>)> = Vec::new();
+    let json = |v: &dyn erased::Ser| -> Vec<u8> { v.to_json() };
     let mut n = 0;
     for (pos, id) in order.into_iter().enumerate() {
         if n == limit {
             break;
         }
         let Some(j) = core.job(id.0) else { continue };
-        if tenant.as_deref().is_some_and(|t| *j.tenant != *t) {
+        if tenant.is_some_and(|t| *j.tenant != *t) {
             continue;
         }
         let wait = e.wait_reason(id);
-        let text = wait.map(|w| match texts.iter().position(|(r, _)| *r == w) {
+        let ri = match reasons.iter().position(|(r, _)| *r == wait) {
             Some(i) => i,
             None => {
-                texts.push((w, w.describe(now)));
-                texts.len() - 1
+                let mut frag = b"\"reason\":".to_vec();
+                frag.extend(json(&wait));
+                frag.extend_from_slice(b",\"text\":");
+                frag.extend(json(&wait.map(|w| w.describe(now))));
+                frag.extend_from_slice(b",\"estimated_start_s\":");
+                let est = match wait {
+                    Some(gosok_engine::WaitReason::Reserved { start_s }) => Some(start_s),
+                    _ => None,
+                };
+                frag.extend(json(&est));
+                reasons.push((wait, frag));
+                reasons.len() - 1
             }
-        });
-        let row = QueueRow {
-            position: pos,
-            id: j.id,
-            tenant: &j.tenant,
-            name: j.name.as_deref(),
-            accelerators: j.accel_milli as f64 / 1000.0,
-            submitted_at_ms: j.submitted_ms,
-            reason: wait,
-            text: text.map(|i| texts[i].1.as_str()),
-            estimated_start_s: match wait {
-                Some(gosok_engine::WaitReason::Reserved { start_s }) => Some(start_s),
-                _ => None,
-            },
+        };
+        let key = j.tenant.as_ptr();
+        let ti = match tenants.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                tenants.push((key, json(&&*j.tenant)));
+                tenants.len() - 1
+            }
         };
         if n > 0 {
             out.push(b',');
         }
-        serde_json::to_writer(&mut out, &row).map_err(|e| ApiError::internal(e.to_string()))?;
+        let (whole, frac) = (j.accel_milli / 1000, j.accel_milli % 1000);
+        let _ = write!(out, "{{\"position\":{pos},\"id\":{},\"tenant\":", j.id);
+        out.extend_from_slice(&tenants[ti].1);
+        out.extend_from_slice(b",\"name\":");
+        match j.name.as_deref() {
+            None => out.extend_from_slice(b"null"),
+            Some(nm) => {
+                let _ = serde_json::to_writer(&mut out, nm);
+            }
+        }
+        if frac == 0 {
+            let _ = write!(out, ",\"accelerators\":{whole}.0");
+        } else {
+            let f = format!("{frac:03}");
+            let _ = write!(out, ",\"accelerators\":{whole}.{}", f.trim_end_matches('0'));
+        }
+        let _ = write!(out, ",\"submitted_at_ms\":{},", j.submitted_ms);
+        out.extend_from_slice(&reasons[ri].1);
+        out.push(b'}');
         n += 1;
     }
     out.extend_from_slice(b"]}");
-    Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
+    Ok(out)
 }
 
-#[derive(serde::Serialize)]
-struct QueueRow<'a> {
-    position: usize,
-    id: u64,
-    tenant: &'a str,
-    name: Option<&'a str>,
-    accelerators: f64,
-    submitted_at_ms: u64,
-    reason: Option<gosok_engine::WaitReason>,
-    text: Option<&'a str>,
-    estimated_start_s: Option<u64>,
+/// Serialising through a `dyn` reference, for the fragment cache above.
+mod erased {
+    pub trait Ser {
+        fn to_json(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn to_json(&self) -> Vec<u8> {
+            serde_json::to_vec(self).unwrap_or_else(|_| b"null".to_vec())
+        }
+    }
 }
 
 // ---- handlers: topology ------------------------------------------------------------------
