@@ -306,6 +306,13 @@ fn submit_list_show_cancel_over_the_cli() {
     assert_eq!(listed, vec![ids[2], ids[1], ids[0]], "newest first");
     let (ok, out, _) = s.cli(&a, &["queue"]);
     assert!(ok && out.contains(&ids[2].to_string()), "{out}");
+    let (_, q) = s.req("GET", "/v1/queue", Some(&a), None);
+    assert_eq!(q["total"], 1, "{q}");
+    let row = &q["jobs"][0];
+    assert_eq!((row["position"].as_u64(), row["id"].as_u64()), (Some(0), Some(ids[2])));
+    assert_eq!((row["tenant"].as_str(), row["accelerators"].as_f64()), (Some("lab-a"), Some(8.0)));
+    assert!(row["reason"]["kind"].is_string() && row["text"].is_string(), "{row}");
+    assert!(row.get("estimated_start_s").is_some());
     // Cancel a running job; the pending one takes its place.
     let (ok, out, err) = s.cli(&a, &["cancel", &ids[0].to_string()]);
     assert!(ok, "{err}");
