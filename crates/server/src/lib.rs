@@ -116,27 +116,32 @@ pub fn replay(store: &mut dyn Store, cfg: &Config) -> anyhow::Result<(Core, u64,
     // long log replays in about the time the engine needs for its events. Batches go back to
     // the reader to be refilled, so that no large block is allocated per batch.
     const BATCH: usize = 1024;
-    // The reader thread steps through SQLite and copies record bodies into one buffer per
-    // batch (recycled); this thread decodes and applies. Decoding here rather than there
-    // keeps every allocation of an entry on the thread that frees it: with the system
-    // allocator, frees from another thread contend for its arena and cost more than the
-    // decoding they would save.
-    #[derive(Default)]
-    struct Batch {
-        bytes: Vec<u8>,
-        rows: Vec<(u64, u64, usize, usize)>,
-    }
+    // A second thread reads and decodes while this one applies. Each decoded entry goes back
+    // to the reader, which drops it where it was allocated (the core copies what it keeps):
+    // with the system allocator, freeing on another thread contends for the allocating
+    // thread's arena and costs more than the copy.
+    type Batch = Vec<(u64, u64, Entry)>;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(8);
     let (back_tx, back_rx) = std::sync::mpsc::channel::<Batch>();
     let read = std::thread::scope(|s| {
         let reader = s.spawn(move || -> Result<(), gosok_store::StoreError> {
-            let mut batch = Batch::default();
+            let mut batch = Vec::with_capacity(BATCH);
             store.scan(0, &mut |r| {
-                let start = batch.bytes.len();
-                batch.bytes.extend_from_slice(&r.body);
-                batch.rows.push((r.seq, r.at_ms, start, batch.bytes.len()));
-                if batch.rows.len() == BATCH {
-                    let next = back_rx.try_recv().unwrap_or_default();
+                let entry: Entry = serde_json::from_slice(&r.body).map_err(|e| {
+                    gosok_store::StoreError::Corrupt(format!(
+                        "record {} cannot be read: {e}",
+                        r.seq
+                    ))
+                })?;
+                batch.push((r.seq, r.at_ms, entry));
+                if batch.len() == BATCH {
+                    let next = back_rx
+                        .try_recv()
+                        .map(|mut b: Batch| {
+                            b.clear();
+                            b
+                        })
+                        .unwrap_or_else(|_| Vec::with_capacity(BATCH));
                     if tx.send(std::mem::replace(&mut batch, next)).is_err() {
                         return Err(gosok_store::StoreError::Corrupt("replay stopped".into()));
                     }
@@ -144,44 +149,30 @@ pub fn replay(store: &mut dyn Store, cfg: &Config) -> anyhow::Result<(Core, u64,
                 Ok(())
             })?;
             let _ = tx.send(batch);
+            drop(tx);
+            // Drop what comes back here, until the applier is done.
+            while back_rx.recv().is_ok() {}
             Ok(())
         });
-        let mut bad = None;
-        for mut batch in rx {
-            for &(seq, at_ms, from, to) in &batch.rows {
-                let entry: Entry = match serde_json::from_slice(&batch.bytes[from..to]) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        bad.get_or_insert(format!("record {seq} cannot be read: {e}"));
-                        break;
-                    }
-                };
-                let kind = entry.kind();
-                if let Err(e) = core.apply_owned(seq, at_ms, entry) {
+        for batch in rx {
+            for (seq, at_ms, entry) in &batch {
+                if let Err(e) = core.apply(*seq, *at_ms, entry) {
                     // It was applied without error when it was written; the engine must
                     // have changed its mind. Keep going: the rest of the log still applies.
                     diverged += 1;
-                    tracing::warn!(seq, kind, "replay refused: {}", e.message);
+                    tracing::warn!(seq, kind = entry.kind(), "replay refused: {}", e.message);
                 }
-                core.set_seq(seq);
-                last = seq;
+                core.set_seq(*seq);
+                last = *seq;
             }
-            if bad.is_some() {
-                break;
-            }
-            batch.bytes.clear();
-            batch.rows.clear();
             let _ = back_tx.send(batch);
         }
-        let read = reader.join().unwrap_or_else(|_| {
+        drop(back_tx);
+        reader.join().unwrap_or_else(|_| {
             Err(gosok_store::StoreError::Corrupt(
                 "the reader panicked".into(),
             ))
-        });
-        match bad {
-            Some(m) => Err(gosok_store::StoreError::Corrupt(m)),
-            None => read,
-        }
+        })
     });
     read?;
     if !core.initialised() {
