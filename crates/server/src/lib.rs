@@ -111,7 +111,8 @@ pub fn replay(store: &mut dyn Store, cfg: &Config) -> anyhow::Result<(Core, u64,
         .map_err(|e| anyhow::anyhow!("engine configuration: {}", e.message))?;
     let mut last = 0;
     let mut diverged = 0u64;
-    core.reserve_jobs(store.count_kind("submit")? as usize);
+    // At most one job per record; room not used costs address space, not memory.
+    core.reserve_jobs(store.last_seq()?.min(1 << 24) as usize);
     // Reading and decoding run on a second thread while this one applies: on two cores a
     // long log replays in about the time the engine needs for its events. Batches go back to
     // the reader to be refilled, so that no large block is allocated per batch.

@@ -72,8 +72,6 @@ pub trait Store: Send {
         limit: usize,
         skip_kinds: &[&str],
     ) -> Result<Vec<Record>, StoreError>;
-    /// How many records of `kind` the log holds (to size what a replay builds).
-    fn count_kind(&mut self, kind: &str) -> Result<u64, StoreError>;
     /// One record.
     fn get(&mut self, seq: u64) -> Result<Option<Record>, StoreError>;
     /// Stores a snapshot (durably); older snapshots may be dropped.

@@ -153,15 +153,6 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    fn count_kind(&mut self, kind: &str) -> Result<u64, StoreError> {
-        let n: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM events WHERE kind = ?1",
-            params![kind],
-            |r| r.get(0),
-        )?;
-        Ok(n as u64)
-    }
-
     fn get(&mut self, seq: u64) -> Result<Option<Record>, StoreError> {
         let mut st = self
             .conn
@@ -256,7 +247,6 @@ mod tests {
         assert_eq!(seen, (3..=6).map(rec).collect::<Vec<_>>());
         assert_eq!(s.get(4).unwrap(), Some(rec(4)));
         assert_eq!(s.get(7).unwrap(), None);
-        assert_eq!(s.count_kind("tick").unwrap(), 3);
         let page = s.page(0, 2, &["tick"]).unwrap();
         assert_eq!(page, vec![rec(1), rec(3)]);
     }
