@@ -309,9 +309,18 @@ fn submit_list_show_cancel_over_the_cli() {
     let (_, q) = s.req("GET", "/v1/queue", Some(&a), None);
     assert_eq!(q["total"], 1, "{q}");
     let row = &q["jobs"][0];
-    assert_eq!((row["position"].as_u64(), row["id"].as_u64()), (Some(0), Some(ids[2])));
-    assert_eq!((row["tenant"].as_str(), row["accelerators"].as_f64()), (Some("lab-a"), Some(8.0)));
-    assert!(row["reason"]["kind"].is_string() && row["text"].is_string(), "{row}");
+    assert_eq!(
+        (row["position"].as_u64(), row["id"].as_u64()),
+        (Some(0), Some(ids[2]))
+    );
+    assert_eq!(
+        (row["tenant"].as_str(), row["accelerators"].as_f64()),
+        (Some("lab-a"), Some(8.0))
+    );
+    assert!(
+        row["reason"]["kind"].is_string() && row["text"].is_string(),
+        "{row}"
+    );
     assert!(row.get("estimated_start_s").is_some());
     // Cancel a running job; the pending one takes its place.
     let (ok, out, err) = s.cli(&a, &["cancel", &ids[0].to_string()]);
@@ -948,7 +957,13 @@ fn tenants_are_created_and_updated_over_the_cli() {
     let (code, _) = s.req("POST", "/v1/catalog", Some(&t), Some(model));
     assert_eq!(code, 403);
     let (_, cat) = s.req("GET", "/v1/catalog", Some(&t), None);
-    assert!(cat["models"].as_array().unwrap().iter().any(|m| m["name"] == "X1"));
+    assert!(
+        cat["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "X1")
+    );
     let (code, e) = s.req(
         "POST",
         "/v1/jobs",
@@ -963,7 +978,13 @@ fn tenants_are_created_and_updated_over_the_cli() {
     let (_, v) = s.req("GET", "/v1/tenants/kisti", Some(&s.admin), None);
     assert_eq!(v["weight"], 4.0);
     let (_, cat) = s.req("GET", "/v1/catalog", Some(&s.admin), None);
-    assert!(cat["models"].as_array().unwrap().iter().any(|m| m["name"] == "X1"));
+    assert!(
+        cat["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "X1")
+    );
 }
 
 #[test]
@@ -1142,4 +1163,57 @@ fn garbage_never_gets_a_5xx() {
     let (code, h) = s.req("GET", "/healthz", None, None);
     assert_eq!(code, 200);
     assert_eq!(h["status"], "ok");
+}
+
+#[test]
+fn a_structural_topology_change_keeps_every_job_and_survives_restart() {
+    let s = Server::new(&[]);
+    s.apply_cluster(CLUSTER);
+    let a = s.token("lab-a");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (code, j) = s.req("POST", "/v1/jobs", Some(&a), Some(JOB8));
+        assert_eq!(code, 201, "{j}");
+        ids.push(j["id"].as_u64().unwrap());
+    }
+    s.wait_state(&a, ids[0], "running");
+    s.wait_state(&a, ids[1], "running");
+    // A third node: the engine is rebuilt; running jobs are placed again, the third starts.
+    let bigger = CLUSTER.replace("count = 2", "count = 3");
+    let f = s.dir.join("bigger.toml");
+    std::fs::write(&f, &bigger).unwrap();
+    let (ok, out, err) = s.cli(&s.admin, &["apply", "--dry-run", f.to_str().unwrap()]);
+    assert!(ok && out.contains("would: nodes: 1 added"), "{out}{err}");
+    let (ok, out, err) = s.cli(&s.admin, &["apply", f.to_str().unwrap()]);
+    assert!(ok && out.contains("nodes: 1 added"), "{out}{err}");
+    for id in &ids {
+        let j = s.wait_state(&a, *id, "running");
+        assert_eq!(
+            j["spec"]["name"], "train",
+            "the spec is read back from the log"
+        );
+    }
+    let (_, j) = s.req("GET", &format!("/v1/jobs/{}", ids[0]), Some(&a), None);
+    assert!(
+        j["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "requeued"),
+        "{j}"
+    );
+    let before: Vec<Value> = ids
+        .iter()
+        .map(|id| s.req("GET", &format!("/v1/jobs/{id}"), Some(&a), None).1)
+        .collect();
+    let s = s.restart();
+    let (_, nodes) = s.req("GET", "/v1/nodes", Some(&s.admin), None);
+    assert_eq!(nodes["nodes"].as_array().unwrap().len(), 3);
+    // Replaying the log gives the same state: same placements, same histories.
+    for (id, b) in ids.iter().zip(&before) {
+        let (_, j) = s.req("GET", &format!("/v1/jobs/{id}"), Some(&a), None);
+        assert_eq!(j["state"], "running", "{j}");
+        assert_eq!(j["placement"], b["placement"]);
+        assert_eq!(j["events"], b["events"]);
+    }
 }
