@@ -119,9 +119,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Server(a)) => server_cmd::bench(a)?,
         Command::Up => {
             println!(
-                "gosok up: the local highway (controller and agents) is not here yet; it comes \
-                 with the controller and agent work. Meanwhile `gosok bench engine` drives the \
-                 scheduling engine on a synthetic highway."
+                "gosok up: the one-command local highway needs the node agents, which are not \
+                 here yet. Today: `gosok server init --data-dir DIR` and `gosok server run \
+                 --data-dir DIR` start the controller, `gosok apply examples/cluster.toml` \
+                 declares a highway, and `gosok sim replay` / `gosok bench engine` drive the \
+                 engine on traces and synthetic highways."
             );
         }
         Command::Bench(BenchCommand::Engine(a)) => {

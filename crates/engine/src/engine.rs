@@ -72,6 +72,9 @@ pub struct PassStats {
     pub preempted: u64,
 }
 
+/// A pending job's sort key in queue order: priority class, fair share, place in line, id.
+type QueueOrder = (Reverse<PriorityClass>, u64, u64, JobId);
+
 /// What makes jobs fail alike within one pass (see `Engine::consider`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct FailedKey {
@@ -1735,26 +1738,36 @@ impl Engine {
     /// Pending jobs in queue order (priority class, then fair share, then age), as a pass
     /// would meet them if nothing started.
     pub fn queue(&self) -> Vec<JobId> {
-        let cap = self.capacity();
-        let fair: Vec<u64> = self
-            .tenants
-            .iter()
-            .map(|t| t.fair_key(cap).to_bits())
-            .collect();
-        let mut all: Vec<(Reverse<PriorityClass>, u64, u64, JobId)> = self
-            .queues
-            .iter()
-            .map(|(t, c, submit_s, id)| {
-                (
-                    Reverse(self.queues.key(c).priority),
-                    fair[t as usize],
-                    submit_s,
-                    id,
-                )
-            })
-            .collect();
+        let mut all: Vec<QueueOrder> = self.queue_keys().collect();
         all.sort_unstable();
         all.into_iter().map(|k| k.3).collect()
+    }
+
+    /// Every pending job's sort key in `queue` order.
+    fn queue_keys(&self) -> impl Iterator<Item = QueueOrder> + '_ {
+        let cap = self.capacity();
+        let fair: Vec<u64> = match self.cfg.queue_policy {
+            QueuePolicy::FairShare => self
+                .tenants
+                .iter()
+                .map(|t| t.fair_key(cap).to_bits())
+                .collect(),
+            _ => vec![0; self.tenants.len()],
+        };
+        self.queues.iter().map(move |(t, c, order_s, id)| {
+            (
+                Reverse(self.queues.key(c).priority),
+                fair[t as usize],
+                order_s,
+                id,
+            )
+        })
+    }
+
+    /// A pending job's place in `queue` order, counted without sorting the queue.
+    pub fn queue_position(&self, id: JobId) -> Option<usize> {
+        let mine = self.queue_keys().find(|k| k.3 == id)?;
+        Some(self.queue_keys().filter(|k| *k < mine).count())
     }
 
     /// Why a pending job waits. Jobs behind the head of their class share its reason; only
@@ -1778,7 +1791,7 @@ impl Engine {
         let job = self.jobs.get(&id)?;
         let wait = self.wait_reason(id).unwrap_or(WaitReason::Queued);
         let (position, text, est) = if job.state == JobState::Pending {
-            let pos = self.queue().iter().position(|&j| j == id);
+            let pos = self.queue_position(id);
             let est = match wait {
                 WaitReason::Reserved { start_s } => Some(start_s),
                 _ => None,

@@ -66,6 +66,8 @@ fn higher_priority_class_goes_first_whatever_the_age() {
     );
     h.schedule();
     assert_eq!(h.engine.queue(), vec![new_high, old_low]);
+    assert_eq!(h.engine.queue_position(old_low), Some(1));
+    assert_eq!(h.engine.explain(new_high).unwrap().position, Some(0));
     h.finish(blocker, 0);
     h.schedule();
     assert!(h.started(new_high));
