@@ -2,7 +2,6 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
-use std::sync::Arc;
 
 use gosok_model::{
     Catalog, ClusterSpec, JobSpec, ModelId, NodeState, PriorityClass, SpecError, TenantSpec,
@@ -416,7 +415,9 @@ impl Engine {
             }
             let sid = self.intern(shape);
             job.shape = sid;
-            self.check_fit(&job)?;
+            if let Some(reason) = self.static_fit_of(sid).known {
+                return Err(reason);
+            }
             job.class = self.queues.class(ClassKey {
                 shape: sid,
                 priority: job.priority,
@@ -586,17 +587,9 @@ impl Engine {
         id
     }
 
-    /// Whether the job's shape fits the known topology (else it is rejected) and the nodes
-    /// that are up now (else it waits with that reason). Cached per shape until the topology
-    /// changes.
-    fn check_fit(&mut self, job: &Job) -> Result<(), String> {
-        let fit = self.static_fit_of(job.shape);
-        match fit.known {
-            Some(reason) => Err(reason),
-            None => Ok(()),
-        }
-    }
-
+    /// Whether a shape fits the known topology (else jobs of it are rejected) and the nodes
+    /// that are up now (else they wait with that reason). Cached per shape until the
+    /// topology changes.
     fn static_fit_of(&mut self, sid: ShapeId) -> StaticFit {
         if let Some(f) = &self.static_fit[sid as usize]
             && f.epoch == self.cluster.epoch
@@ -2002,13 +1995,5 @@ impl Engine {
             }
         }
         Ok(())
-    }
-
-    pub fn node_name(&self, n: NodeIdx) -> Arc<str> {
-        self.cluster.nodes[n as usize].name.clone()
-    }
-
-    pub fn blocker_text(b: Blocker) -> &'static str {
-        b.describe()
     }
 }
