@@ -96,24 +96,35 @@ pub fn plan(
             // Every (time, node) at which one more replica could be hosted.
             let mut slots: Vec<(u64, u64, NodeIdx, u64)> = Vec::new();
             for n in candidates(input, shape, model) {
-                timeline_into(input, n, &mut tl);
-                let t0 = taken.get(&tl.node).copied().unwrap_or_default();
-                let unit = unit_of(cluster, tl.node, level);
+                let unit = unit_of(cluster, n, level);
                 if unit_fixed.is_some_and(|u| u != unit) {
                     continue;
                 }
+                timeline_into(input, n, &mut tl);
+                let t0 = taken.get(&n).copied().unwrap_or_default();
+                let tie = mix64(input.seed, n as u64);
+                // Free capacity now, then after each release in time order.
+                let mut free = tl.now;
                 let mut had = 0u64;
-                let times = std::iter::once(input.now_s).chain(tl.releases.iter().map(|r| r.at_s));
-                for t in times {
-                    let h = hostable(
-                        tl.free_at(t, t0),
-                        group.accel,
-                        group.cpu_milli,
-                        group.mem_mib,
-                    )
-                    .min(group.replicas as u64);
+                for i in 0..=tl.releases.len() {
+                    let t = if i == 0 {
+                        input.now_s
+                    } else {
+                        let r = &tl.releases[i - 1];
+                        free.0 += r.whole;
+                        free.1 += r.cpu_milli;
+                        free.2 += r.mem_mib;
+                        r.at_s
+                    };
+                    let avail = (
+                        free.0.saturating_sub(t0.0),
+                        free.1.saturating_sub(t0.1),
+                        free.2.saturating_sub(t0.2),
+                    );
+                    let h = hostable(avail, group.accel, group.cpu_milli, group.mem_mib)
+                        .min(group.replicas as u64);
                     for _ in had..h {
-                        slots.push((t, mix64(input.seed, tl.node as u64), tl.node, unit));
+                        slots.push((t, tie, n, unit));
                     }
                     had = had.max(h);
                     if had >= group.replicas as u64 {
