@@ -406,6 +406,14 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
+/// One table row per element of the array `v[key]` (none if it is missing).
+fn rows_of(v: &Value, key: &str, row: impl Fn(&Value) -> Vec<String>) -> Vec<Vec<String>> {
+    v[key]
+        .as_array()
+        .map(|a| a.iter().map(row).collect())
+        .unwrap_or_default()
+}
+
 fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
@@ -432,23 +440,16 @@ fn ago(ms: &Value) -> String {
 }
 
 fn jobs_table(v: &Value) -> String {
-    let rows = v["jobs"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|j| {
-                    vec![
-                        s(&j["id"]),
-                        s(&j["tenant"]),
-                        s(&j["name"]),
-                        s(&j["state"]),
-                        s(&j["accelerators"]),
-                        ago(&j["submitted_at_ms"]),
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let rows = rows_of(v, "jobs", |j| {
+        vec![
+            s(&j["id"]),
+            s(&j["tenant"]),
+            s(&j["name"]),
+            s(&j["state"]),
+            s(&j["accelerators"]),
+            ago(&j["submitted_at_ms"]),
+        ]
+    });
     let mut out = table(
         &["ID", "TENANT", "NAME", "STATE", "ACCEL", "SUBMITTED"],
         rows,
@@ -619,22 +620,15 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             };
             let v = cl.get(&path)?;
             cl.print(&v, |v| {
-                let rows = v["jobs"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|j| {
-                                vec![
-                                    s(&j["position"]),
-                                    s(&j["id"]),
-                                    s(&j["tenant"]),
-                                    s(&j["accelerators"]),
-                                    s(&j["text"]),
-                                ]
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let rows = rows_of(v, "jobs", |j| {
+                    vec![
+                        s(&j["position"]),
+                        s(&j["id"]),
+                        s(&j["tenant"]),
+                        s(&j["accelerators"]),
+                        s(&j["text"]),
+                    ]
+                });
                 table(&["POS", "ID", "TENANT", "ACCEL", "WAITING FOR"], rows)
             });
         }
@@ -656,28 +650,21 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 None => {
                     let v = cl.get("/v1/nodes")?;
                     cl.print(&v, |v| {
-                        let rows = v["nodes"]
-                            .as_array()
-                            .map(|a| {
-                                a.iter()
-                                    .map(|n| {
-                                        vec![
-                                            s(&n["name"]),
-                                            s(&n["site"]),
-                                            s(&n["rack"]),
-                                            s(&n["state"]),
-                                            s(&n["model"]),
-                                            format!(
-                                                "{}/{}",
-                                                s(&n["accelerators_allocated"]),
-                                                s(&n["accelerators"])
-                                            ),
-                                            s(&n["tasks"]),
-                                        ]
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default();
+                        let rows = rows_of(v, "nodes", |n| {
+                            vec![
+                                s(&n["name"]),
+                                s(&n["site"]),
+                                s(&n["rack"]),
+                                s(&n["state"]),
+                                s(&n["model"]),
+                                format!(
+                                    "{}/{}",
+                                    s(&n["accelerators_allocated"]),
+                                    s(&n["accelerators"])
+                                ),
+                                s(&n["tasks"]),
+                            ]
+                        });
                         table(
                             &["NAME", "SITE", "RACK", "STATE", "MODEL", "ALLOC", "TASKS"],
                             rows,
@@ -718,28 +705,21 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 None => {
                     let v = cl.get("/v1/sites")?;
                     cl.print(&v, |v| {
-                        let rows = v["sites"]
-                            .as_array()
-                            .map(|a| {
-                                a.iter()
-                                    .map(|x| {
-                                        let draw = x["power_draw_w"].as_f64().unwrap_or(0.0);
-                                        let budget = x["power_budget_w"].as_f64().unwrap_or(0.0);
-                                        vec![
-                                            s(&x["name"]),
-                                            s(&x["region"]),
-                                            s(&x["jurisdiction"]),
-                                            format!("{:.3}/{:.3} MW", draw / 1e6, budget / 1e6),
-                                            format!(
-                                                "{}/{}",
-                                                s(&x["accelerators_allocated"]),
-                                                s(&x["accelerators"])
-                                            ),
-                                        ]
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default();
+                        let rows = rows_of(v, "sites", |x| {
+                            let draw = x["power_draw_w"].as_f64().unwrap_or(0.0);
+                            let budget = x["power_budget_w"].as_f64().unwrap_or(0.0);
+                            vec![
+                                s(&x["name"]),
+                                s(&x["region"]),
+                                s(&x["jurisdiction"]),
+                                format!("{:.3}/{:.3} MW", draw / 1e6, budget / 1e6),
+                                format!(
+                                    "{}/{}",
+                                    s(&x["accelerators_allocated"]),
+                                    s(&x["accelerators"])
+                                ),
+                            ]
+                        });
                         table(&["NAME", "REGION", "JURIS", "POWER", "ACCEL"], rows)
                     });
                 }
@@ -782,22 +762,15 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 None => {
                     let v = cl.get("/v1/tenants")?;
                     cl.print(&v, |v| {
-                        let rows = v["tenants"]
-                            .as_array()
-                            .map(|a| {
-                                a.iter()
-                                    .map(|t| {
-                                        vec![
-                                            s(&t["name"]),
-                                            s(&t["tier"]),
-                                            s(&t["weight"]),
-                                            s(&t["share_cap"]),
-                                            s(&t["pending"]),
-                                        ]
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default();
+                        let rows = rows_of(v, "tenants", |t| {
+                            vec![
+                                s(&t["name"]),
+                                s(&t["tier"]),
+                                s(&t["weight"]),
+                                s(&t["share_cap"]),
+                                s(&t["pending"]),
+                            ]
+                        });
                         table(&["NAME", "TIER", "WEIGHT", "SHARE CAP", "PENDING"], rows)
                     });
                 }
@@ -824,21 +797,14 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 TokenAction::List { tenant } => {
                     let v = cl.get(&format!("/v1/tenants/{}/tokens", enc(&tenant)))?;
                     cl.print(&v, |v| {
-                        let rows = v["tokens"]
-                            .as_array()
-                            .map(|a| {
-                                a.iter()
-                                    .map(|t| {
-                                        vec![
-                                            s(&t["id"]),
-                                            s(&t["tenant"]),
-                                            ago(&t["created_at_ms"]),
-                                            s(&t["revoked"]),
-                                        ]
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default();
+                        let rows = rows_of(v, "tokens", |t| {
+                            vec![
+                                s(&t["id"]),
+                                s(&t["tenant"]),
+                                ago(&t["created_at_ms"]),
+                                s(&t["revoked"]),
+                            ]
+                        });
                         table(&["ID", "TENANT", "CREATED", "REVOKED"], rows)
                     });
                 }

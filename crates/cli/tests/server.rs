@@ -242,6 +242,20 @@ fn submit_list_show_cancel_over_the_cli() {
     let f = s.dir.join("cluster.toml");
     let (ok, out, _) = s.cli(&s.admin, &["apply", f.to_str().unwrap()]);
     assert!(ok && out.contains("no changes"), "{out}");
+    // Power figures alone change in place, not as a rebuild of the topology.
+    let powered = CLUSTER
+        .replace("power_budget_mw = 20.0", "power_budget_mw = 18.5")
+        .replace("power_cap_kw = 120.0", "power_cap_kw = 110.0");
+    let f2 = s.dir.join("powered.toml");
+    std::fs::write(&f2, &powered).unwrap();
+    let (ok, out, _) = s.cli(&s.admin, &["apply", f2.to_str().unwrap()]);
+    assert!(ok && out.contains("power_budget_mw 20 -> 18.5"), "{out}");
+    assert!(
+        out.contains("power_cap_kw 120 -> 110") && !out.contains("changed"),
+        "{out}"
+    );
+    let (ok, out, _) = s.cli(&s.admin, &["apply", f.to_str().unwrap()]);
+    assert!(ok && out.contains("power_budget_mw 18.5 -> 20"), "{out}");
     let a = s.token("lab-a");
     let spec = s.dir.join("job.toml");
     std::fs::write(

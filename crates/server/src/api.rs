@@ -830,6 +830,53 @@ async fn get_topology(State(app): State<AppState>, headers: HeaderMap) -> Result
     ))
 }
 
+/// Diffs sites (or racks) by name. A changed power figure alone is applied in place by the
+/// entry `power`; anything else added, removed or changed is structural (the engine is
+/// rebuilt). Returns whether something structural changed.
+#[allow(clippy::too_many_arguments)]
+fn diff_powered<T: Clone + PartialEq>(
+    kind: &str,
+    field: &str,
+    new: &[T],
+    old: &[T],
+    key: impl Fn(&T) -> (&String, f64),
+    set_power: impl Fn(&mut T, f64),
+    power: impl Fn(&T) -> Entry,
+    changes: &mut Vec<String>,
+    entries: &mut Vec<Entry>,
+) -> bool {
+    let mut structural = false;
+    for n in new {
+        let (name, w) = key(n);
+        match old.iter().find(|o| key(o).0 == name) {
+            None => {
+                changes.push(format!("{kind} {name}: added"));
+                structural = true;
+            }
+            Some(o) => {
+                let mut same_but_power = o.clone();
+                set_power(&mut same_but_power, w);
+                let was = key(o).1;
+                if same_but_power != *n {
+                    changes.push(format!("{kind} {name}: changed"));
+                    structural = true;
+                } else if was != w {
+                    changes.push(format!("{kind} {name}: {field} {was} -> {w}"));
+                    entries.push(power(n));
+                }
+            }
+        }
+    }
+    for o in old {
+        let name = key(o).0;
+        if !new.iter().any(|n| key(n).0 == name) {
+            changes.push(format!("{kind} {name}: removed"));
+            structural = true;
+        }
+    }
+    structural
+}
+
 /// What applying `new` changes, and the entries that do it.
 fn plan_topology(core: &Core, new: &ClusterSpec, by: &str) -> Result<(Vec<String>, Vec<Entry>)> {
     let catalog = core.catalog();
@@ -840,71 +887,36 @@ fn plan_topology(core: &Core, new: &ClusterSpec, by: &str) -> Result<(Vec<String
     let resolved_old = old.resolve(catalog).unwrap_or_default();
     let mut changes = Vec::new();
     let mut entries = Vec::new();
-    let mut structural = false;
-    for s in &new.site {
-        match old.site.iter().find(|o| o.name == s.name) {
-            None => {
-                changes.push(format!("site {}: added", s.name));
-                structural = true;
-            }
-            Some(o) => {
-                let mut o2 = o.clone();
-                o2.power_budget_mw = s.power_budget_mw;
-                if o2 != *s {
-                    changes.push(format!("site {}: changed", s.name));
-                    structural = true;
-                } else if o.power_budget_mw != s.power_budget_mw {
-                    changes.push(format!(
-                        "site {}: power_budget_mw {} -> {}",
-                        s.name, o.power_budget_mw, s.power_budget_mw
-                    ));
-                    entries.push(Entry::SitePowerBudget {
-                        site: s.name.clone(),
-                        power_budget_mw: s.power_budget_mw,
-                        by: by.into(),
-                    });
-                }
-            }
-        }
-    }
-    for o in &old.site {
-        if !new.site.iter().any(|s| s.name == o.name) {
-            changes.push(format!("site {}: removed", o.name));
-            structural = true;
-        }
-    }
-    for r in &new.rack {
-        match old.rack.iter().find(|o| o.name == r.name) {
-            None => {
-                changes.push(format!("rack {}: added", r.name));
-                structural = true;
-            }
-            Some(o) => {
-                let mut o2 = o.clone();
-                o2.power_cap_kw = r.power_cap_kw;
-                if o2 != *r {
-                    changes.push(format!("rack {}: changed", r.name));
-                    structural = true;
-                } else if o.power_cap_kw != r.power_cap_kw {
-                    changes.push(format!(
-                        "rack {}: power_cap_kw {} -> {}",
-                        r.name, o.power_cap_kw, r.power_cap_kw
-                    ));
-                    entries.push(Entry::RackPowerCap {
-                        rack: r.name.clone(),
-                        power_cap_kw: r.power_cap_kw,
-                        by: by.into(),
-                    });
-                }
-            }
-        }
-    }
-    for o in &old.rack {
-        if !new.rack.iter().any(|r| r.name == o.name) {
-            changes.push(format!("rack {}: removed", o.name));
-            structural = true;
-        }
-    }
+    let mut structural = diff_powered(
+        "site",
+        "power_budget_mw",
+        &new.site,
+        &old.site,
+        |s| (&s.name, s.power_budget_mw),
+        |s, mw| s.power_budget_mw = mw,
+        |s| Entry::SitePowerBudget {
+            site: s.name.clone(),
+            power_budget_mw: s.power_budget_mw,
+            by: by.into(),
+        },
+        &mut changes,
+        &mut entries,
+    );
+    structural |= diff_powered(
+        "rack",
+        "power_cap_kw",
+        &new.rack,
+        &old.rack,
+        |r| (&r.name, r.power_cap_kw),
+        |r, kw| r.power_cap_kw = kw,
+        |r| Entry::RackPowerCap {
+            rack: r.name.clone(),
+            power_cap_kw: r.power_cap_kw,
+            by: by.into(),
+        },
+        &mut changes,
+        &mut entries,
+    );
     let shape = |n: &gosok_model::ResolvedNode| {
         let mut s = n.spec.clone();
         s.name = String::new();
