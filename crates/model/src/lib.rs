@@ -3,6 +3,7 @@
 //! Everything here is plain data plus validation. The engine turns these specs into its own
 //! compact, indexed form; the controller and the simulator read and write them as TOML and JSON.
 
+pub mod agent;
 pub mod catalog;
 pub mod error;
 pub mod job;

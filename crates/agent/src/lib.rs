@@ -1,0 +1,1 @@
+//! gosok's node agent (`docs/AGENTS.md`).
