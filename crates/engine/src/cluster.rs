@@ -8,6 +8,7 @@ use gosok_model::{Catalog, ClusterSpec, ModelId, NodeState, SpecError};
 
 use crate::ids::{DomainIdx, JobId, NodeIdx, RackIdx, SiteIdx};
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Site {
     pub name: Arc<str>,
     pub region: String,
@@ -26,6 +27,7 @@ impl Site {
     }
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Rack {
     pub name: Arc<str>,
     pub site: SiteIdx,
@@ -37,6 +39,7 @@ pub struct Rack {
     pub free_milli: u64,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Domain {
     pub site: SiteIdx,
     pub nodes: Vec<NodeIdx>,
@@ -53,7 +56,7 @@ pub struct TaskRef {
 
 /// A task as its node keeps it: what it holds and when it is planned to end, so that the
 /// capacity profile of reservations needs nothing but the node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeTask {
     pub job: JobId,
     pub task: u32,
@@ -77,6 +80,7 @@ impl NodeTask {
     }
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Node {
     pub name: Arc<str>,
     pub site: SiteIdx,
@@ -134,7 +138,7 @@ impl Node {
 }
 
 /// What a task holds on its node; releasing gives exactly this back.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Hold {
     pub node: NodeIdx,
     pub devices: Vec<u8>,
@@ -146,7 +150,7 @@ pub struct Hold {
 /// Up nodes with the same free whole devices, split by whether they host work: an idle node
 /// must power its base load too, so when a site cannot afford that, placement skips the idle
 /// ones without looking at each.
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 pub struct Bucket {
     pub busy: BTreeSet<NodeIdx>,
     pub idle: BTreeSet<NodeIdx>,
@@ -173,6 +177,7 @@ impl Bucket {
 
 /// Up nodes by (site, model) and free whole devices: best fit is a walk from the smallest
 /// sufficient bucket upwards.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Index {
     n_models: usize,
     /// [site * n_models + model][free_whole] -> nodes
@@ -195,6 +200,7 @@ impl Index {
     }
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Cluster {
     pub sites: Vec<Site>,
     pub racks: Vec<Rack>,

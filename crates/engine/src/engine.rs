@@ -45,7 +45,7 @@ impl PartialOrd for Head {
 }
 
 /// What admission concluded about a shape against the known topology.
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct StaticFit {
     epoch: u64,
     /// Fits on all known nodes (None) or why not.
@@ -56,7 +56,7 @@ struct StaticFit {
 
 /// What the last scheduling pass did: counts for benchmarks and operators (the engine keeps
 /// no clock, so no durations).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PassStats {
     /// Class-queue heads (and backfill candidates) considered.
     pub considered: u64,
@@ -135,8 +135,14 @@ pub struct Explanation {
     pub estimated_start_s: Option<u64>,
 }
 
+/// Serializable for snapshots (see `snapshot`): the scorers and the shape lookup are rebuilt
+/// on restore, everything else is carried as it is so that a restored engine decides exactly
+/// as the original would.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Engine {
+    #[serde(with = "crate::snapshot::ConfigDef")]
     cfg: EngineConfig,
+    #[serde(with = "crate::snapshot::catalog")]
     catalog: Catalog,
     cluster: Cluster,
     tenants: Vec<Tenant>,
@@ -144,6 +150,7 @@ pub struct Engine {
     site_jurisdictions: Vec<String>,
     jobs: IdMap<JobId, Job>,
     shapes: Vec<Shape>,
+    #[serde(skip)]
     shape_ids: HashMap<Shape, ShapeId, std::hash::BuildHasherDefault<IdHasher>>,
     static_fit: Vec<Option<StaticFit>>,
     queues: Queues,
@@ -151,8 +158,10 @@ pub struct Engine {
     reservation: Reservation,
     reservation_planned_s: u64,
     reservation_epoch: u64,
+    #[serde(with = "crate::snapshot::WaitReasonDef")]
     reservation_reason: WaitReason,
-    scorers: Vec<(Box<dyn Scorer>, f64)>,
+    #[serde(skip)]
+    scorers: Scorers,
     demand_counts: BTreeMap<(u8, u16), f64>,
     profile: Profile,
     profile_dirty: bool,
@@ -172,7 +181,42 @@ const MAX_SPARE_TRIES: usize = 4;
 /// How long a reservation's plan is trusted before it is recomputed.
 const RESERVATION_REFRESH_S: u64 = 300;
 
+/// Scorers with their weights.
+type Scorers = Vec<(Box<dyn Scorer>, f64)>;
+
+/// The configured scorers, by name.
+fn build_scorers(cfg: &EngineConfig) -> Result<Scorers, SpecError> {
+    let mut scorers = Vec::new();
+    for (i, (name, w)) in cfg.scorers.iter().enumerate() {
+        let s = scorer_by_name(name).ok_or_else(|| {
+            SpecError::new(
+                format!("scorers[{i}]"),
+                format!(
+                    "no scorer named {name:?}; known: {}",
+                    crate::scorers::SCORER_NAMES.join(", ")
+                ),
+            )
+        })?;
+        gosok_model::error::check_f64(&format!("scorers[{i}].weight"), *w, -1.0, 1000.0)?;
+        scorers.push((s, *w));
+    }
+    Ok(scorers)
+}
+
 impl Engine {
+    /// After a snapshot is decoded: what it does not carry (trait objects, and the shape
+    /// lookup, which `shapes` determines) is rebuilt.
+    pub(crate) fn rebuild_after_restore(&mut self) -> Result<(), SpecError> {
+        self.scorers = build_scorers(&self.cfg)?;
+        self.shape_ids = self
+            .shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.clone(), i as ShapeId))
+            .collect();
+        Ok(())
+    }
+
     pub fn new(
         catalog: Catalog,
         cluster: &ClusterSpec,
@@ -184,20 +228,7 @@ impl Engine {
             0.0,
             1.0,
         )?;
-        let mut scorers = Vec::new();
-        for (i, (name, w)) in cfg.scorers.iter().enumerate() {
-            let s = scorer_by_name(name).ok_or_else(|| {
-                SpecError::new(
-                    format!("scorers[{i}]"),
-                    format!(
-                        "no scorer named {name:?}; known: {}",
-                        crate::scorers::SCORER_NAMES.join(", ")
-                    ),
-                )
-            })?;
-            gosok_model::error::check_f64(&format!("scorers[{i}].weight"), *w, -1.0, 1000.0)?;
-            scorers.push((s, *w));
-        }
+        let scorers = build_scorers(&cfg)?;
         let c = Cluster::new(&catalog, cluster, cfg.accelerator_utilisation)?;
         let site_jurisdictions = cluster
             .site

@@ -22,7 +22,9 @@ pub type DomainIdx = u32;
 pub type TenantIdx = u16;
 
 /// A set of catalog models (the catalog holds at most 128).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub struct ModelSet(pub u128);
 
 impl ModelSet {
@@ -58,7 +60,9 @@ impl ModelSet {
 }
 
 /// A set of sites (a highway has at most 64).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub struct SiteSet(pub u64);
 
 impl SiteSet {

@@ -7,7 +7,7 @@ use crate::event::JobState;
 use crate::ids::{JobId, ModelSet, SiteSet, TenantIdx};
 
 /// What one replica asks of the accelerators of its node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum AccelReq {
     None,
     Whole(u16),
@@ -25,7 +25,7 @@ impl AccelReq {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct GroupReq {
     pub replicas: u32,
     pub accel: AccelReq,
@@ -42,7 +42,7 @@ impl GroupReq {
 }
 
 /// Everything placement needs to know; jobs with equal shapes fit or fail alike.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Shape {
     pub groups: Box<[GroupReq]>,
     pub sites: SiteSet,
@@ -52,7 +52,7 @@ pub struct Shape {
 pub type ShapeId = u32;
 
 /// One running task.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Task {
     pub group: u16,
     pub model: Option<u16>,
@@ -60,6 +60,7 @@ pub struct Task {
     pub exit_code: Option<i32>,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Job {
     pub id: JobId,
     pub tenant: TenantIdx,

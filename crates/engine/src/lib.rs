@@ -16,6 +16,7 @@ pub mod placement;
 pub mod queue;
 pub mod reservation;
 pub mod scorers;
+pub mod snapshot;
 pub mod tenants;
 
 pub use config::{EngineConfig, QueuePolicy};
@@ -23,3 +24,4 @@ pub use engine::{Engine, Explanation, PassStats};
 pub use event::{Decision, EngineError, Event, JobState, PreemptReason, TaskPlacement};
 pub use explain::{Blocker, WaitReason};
 pub use ids::JobId;
+pub use snapshot::{SNAPSHOT_FORMAT, SnapshotError};

@@ -19,7 +19,7 @@ use crate::scorers::{Profile, ScoreInput, Scorer};
 use crate::tenants::Tenant;
 
 /// What a reserved node can still give to jobs that would run past the reservation's start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Slack {
     pub accel_milli: u64,
     pub cpu_milli: u64,
@@ -27,7 +27,7 @@ pub struct Slack {
 }
 
 /// Capacity held for the first job that could not start.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Reservation {
     pub job: Option<JobId>,
     pub start_s: u64,

@@ -21,7 +21,7 @@ use crate::job::ShapeId;
 
 pub type ClassId = u32;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ClassKey {
     pub shape: ShapeId,
     pub priority: PriorityClass,
@@ -38,15 +38,17 @@ pub struct Pending {
     pub bound_s: u64,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct ClassQueue {
     pub jobs: BTreeSet<(u64, JobId)>,
     /// The same jobs by runtime bound, then place in line.
     pub by_bound: BTreeSet<(u64, u64, JobId)>,
     /// Why the head waited at the last pass; the rest of the class waits behind it.
+    #[serde(with = "crate::snapshot::WaitReasonDef")]
     pub wait: WaitReason,
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 pub struct Queues {
     keys: Vec<ClassKey>,
     ids: HashMap<ClassKey, ClassId, BuildHasherDefault<IdHasher>>,

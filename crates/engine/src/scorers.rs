@@ -10,7 +10,7 @@ use crate::job::AccelReq;
 
 /// The accelerator demands seen in the workload, by size, with their frequencies (summing to
 /// 1). FGD measures fragmentation against it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Profile {
     pub demands: Vec<(AccelReq, f64)>,
 }

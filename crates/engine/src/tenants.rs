@@ -5,6 +5,7 @@ use gosok_model::{Catalog, ModelId, PriorityClass, TenantSpec};
 
 use crate::ids::{ModelSet, SiteSet};
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Quota {
     pub models: ModelSet,
     pub guaranteed_milli: u64,
@@ -12,6 +13,7 @@ pub struct Quota {
     pub used_milli: u64,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Tenant {
     pub spec: TenantSpec,
     pub weight: f64,

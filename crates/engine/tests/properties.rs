@@ -4,7 +4,7 @@
 mod common;
 
 use common::Highway;
-use gosok_engine::{Decision, EngineConfig, Event, JobId, JobState, QueuePolicy};
+use gosok_engine::{Decision, Engine, EngineConfig, Event, JobId, JobState, QueuePolicy};
 use gosok_model::{NodeState, QuotaSpec, TenantSpec, Tier};
 use proptest::prelude::*;
 
@@ -171,19 +171,32 @@ fn build(w: &World, seed: u64) -> common::Harness {
     h.engine_with(config(seed))
 }
 
-/// Runs the ops, checking invariants after each; returns the decision log as JSON.
-fn run(w: &World, ops: &[Op], seed: u64) -> Result<String, TestCaseError> {
-    let mut h = build(w, seed);
-    let tenants = ["anchor", "uni", "agency"];
-    let mut now = 0;
-    let mut submitted = 0u64;
-    let mut over_allowed = false;
-    for op in ops {
+/// Runs ops one at a time against one engine, checking invariants after each.
+struct Run {
+    h: common::Harness,
+    now: u64,
+    submitted: u64,
+    over_allowed: bool,
+}
+
+impl Run {
+    fn new(w: &World, seed: u64) -> Run {
+        Run {
+            h: build(w, seed),
+            now: 0,
+            submitted: 0,
+            over_allowed: false,
+        }
+    }
+
+    fn step(&mut self, w: &World, op: &Op) -> Result<(), TestCaseError> {
+        let tenants = ["anchor", "uni", "agency"];
+        let h = &mut self.h;
         let event = match op {
             Op::Submit { tenant, json } => {
-                submitted += 1;
+                self.submitted += 1;
                 Event::Submit {
-                    id: JobId(submitted),
+                    id: JobId(self.submitted),
                     tenant: tenants[*tenant].into(),
                     spec: common::spec(json),
                 }
@@ -211,8 +224,8 @@ fn run(w: &World, ops: &[Op], seed: u64) -> Result<String, TestCaseError> {
                 power_budget_mw: *mw,
             },
             Op::Advance(dt) => {
-                now += dt;
-                Event::AdvanceTime { now_s: now }
+                self.now += dt;
+                Event::AdvanceTime { now_s: self.now }
             }
             Op::Schedule => {
                 let before_ok = h.engine.power_within_caps().is_ok();
@@ -222,17 +235,17 @@ fn run(w: &World, ops: &[Op], seed: u64) -> Result<String, TestCaseError> {
                     return Err(TestCaseError::fail(e));
                 }
                 // Placement never pushes a cap over; only a lowered budget can leave one over.
-                if (before_ok || !over_allowed)
+                if (before_ok || !self.over_allowed)
                     && let Err(e) = h.engine.power_within_caps()
                 {
                     return Err(TestCaseError::fail(e));
                 }
-                continue;
+                return Ok(());
             }
         };
         // Bad references (unknown job, stale attempt) are refused with an error, never a panic.
         if let Ok(d) = h.engine.apply(event) {
-            over_allowed |= d.iter().any(|d| {
+            self.over_allowed |= d.iter().any(|d| {
                 matches!(
                     d,
                     Decision::Shed {
@@ -246,16 +259,63 @@ fn run(w: &World, ops: &[Op], seed: u64) -> Result<String, TestCaseError> {
         if let Err(e) = h.engine.check_invariants() {
             return Err(TestCaseError::fail(e));
         }
+        Ok(())
     }
-    // Every submitted job is in exactly one state.
-    for id in 1..=submitted {
-        let s = h.engine.job_state(JobId(id));
-        prop_assert!(s.is_some(), "job {id} lost");
-        if s == Some(JobState::Pending) {
-            prop_assert!(h.engine.queue().contains(&JobId(id)));
+
+    /// Every submitted job is in exactly one state; the decision log as JSON.
+    fn finish(self) -> Result<String, TestCaseError> {
+        let h = self.h;
+        for id in 1..=self.submitted {
+            let s = h.engine.job_state(JobId(id));
+            prop_assert!(s.is_some(), "job {id} lost");
+            if s == Some(JobState::Pending) {
+                prop_assert!(h.engine.queue().contains(&JobId(id)));
+            }
         }
+        Ok(serde_json::to_string(&h.log).unwrap_or_default())
     }
-    Ok(serde_json::to_string(&h.log).unwrap_or_default())
+}
+
+/// Runs the ops, checking invariants after each; returns the decision log as JSON.
+fn run(w: &World, ops: &[Op], seed: u64) -> Result<String, TestCaseError> {
+    let mut r = Run::new(w, seed);
+    for op in ops {
+        r.step(w, op)?;
+    }
+    r.finish()
+}
+
+/// Runs `ops[..at]`, snapshots the engine and restores a copy, then runs the rest on both:
+/// the decision logs from the snapshot on must be the same.
+fn run_split(w: &World, ops: &[Op], seed: u64, at: usize) -> Result<(), TestCaseError> {
+    let mut a = Run::new(w, seed);
+    for op in &ops[..at] {
+        a.step(w, op)?;
+    }
+    let bytes =
+        a.h.engine
+            .snapshot()
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let engine = Engine::restore(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    engine.check_invariants().map_err(TestCaseError::fail)?;
+    prop_assert_eq!(engine.queue(), a.h.engine.queue());
+    a.h.log.clear();
+    let mut b = Run {
+        h: common::Harness {
+            engine,
+            log: Vec::new(),
+            next_id: a.h.next_id,
+        },
+        now: a.now,
+        submitted: a.submitted,
+        over_allowed: a.over_allowed,
+    };
+    for op in &ops[at..] {
+        a.step(w, op)?;
+        b.step(w, op)?;
+    }
+    prop_assert_eq!(a.finish()?, b.finish()?);
+    Ok(())
 }
 
 proptest! {
@@ -271,6 +331,12 @@ proptest! {
         let a = run(&w, &ops, seed)?;
         let b = run(&w, &ops, seed)?;
         prop_assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_restored_snapshot_decides_as_the_original(w in world(), ops in prop::collection::vec(op(), 1..120), seed in any::<u64>(), at in any::<prop::sample::Index>()) {
+        let at = at.index(ops.len() + 1);
+        run_split(&w, &ops, seed, at)?;
     }
 }
 
