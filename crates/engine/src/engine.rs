@@ -269,6 +269,9 @@ impl Engine {
     pub fn now_s(&self) -> u64 {
         self.now_s
     }
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
     }

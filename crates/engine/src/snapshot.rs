@@ -140,8 +140,9 @@ struct ModelDef {
     source: String,
 }
 
+/// An accelerator model as snapshots write it (the controller's snapshot uses it too).
 #[derive(Serialize, Deserialize)]
-struct Model(#[serde(with = "ModelDef")] AcceleratorModel);
+pub struct Model(#[serde(with = "ModelDef")] pub AcceleratorModel);
 
 /// A catalog as its models in order; adding them again rebuilds the same name lookup.
 pub(crate) mod catalog {

@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 
 use gosok_engine::{Decision, Engine, EngineConfig, Event, JobId, JobState, TaskPlacement};
 use gosok_model::{Catalog, ClusterSpec, JobSpec, NodeState, SpecError, TenantSpec};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::entry::{Entry, TokenEntry};
+
+mod snapshot;
+pub use snapshot::CORE_SNAPSHOT_FORMAT;
 
 /// Why a change was refused; nothing was changed.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,7 +103,8 @@ pub struct HistoryItem {
 /// topology reads the specs of the jobs that may still run through this.
 pub type SpecSource = Box<dyn FnMut(u64) -> Option<JobSpec> + Send>;
 
-#[derive(Debug)]
+/// Carried by snapshots as it is (`snapshot.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobRecord {
     pub id: u64,
     pub tenant: Arc<str>,
@@ -115,12 +119,13 @@ pub struct JobRecord {
     pub accel_milli: u64,
     pub attempt: u32,
     pub placement: Vec<TaskPlacement>,
+    #[serde(with = "snapshot::history")]
     pub history: Vec<HistoryItem>,
     pub ended_ms: Option<u64>,
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenRecord {
     pub id: String,
     pub tenant: Option<Arc<str>>,
@@ -129,8 +134,9 @@ pub struct TokenRecord {
 }
 
 /// Counters the metrics endpoint reads.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Counters {
+    #[serde(with = "snapshot::decision_counts")]
     pub decisions: BTreeMap<&'static str, u64>,
     pub submitted: u64,
 }
@@ -864,7 +870,7 @@ name = "lab"
 tier = "academic"
 "#;
 
-    fn core() -> Core {
+    pub(super) fn core() -> Core {
         let spec: JobSpec = serde_json::from_value(serde_json::json!({
             "groups": [{"replicas": 1, "accelerators": 8, "models": ["H100"]}]
         }))

@@ -1,0 +1,422 @@
+//! Core snapshots: the engine's snapshot plus the controller's own records, so that a start
+//! loads the latest snapshot and replays only the log records after it.
+//!
+//! Layout: `MAGIC`, `CORE_SNAPSHOT_FORMAT` (u32 LE), the engine snapshot's length (u64 LE)
+//! and bytes ([`Engine::snapshot`]), then [`Image`] in bincode.
+//!
+//! To carry a new `Core` field: add it to [`Image`] (written in [`Core::snapshot`]) and take
+//! it back in [`Core::restore`] (the compiler asks for it there), then bump
+//! `CORE_SNAPSHOT_FORMAT`. Types in the image must encode in bincode: no
+//! `skip_serializing_if`, no internally tagged or untagged enums (see `history` below for
+//! how such a field is written instead).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use anyhow::Context;
+use bincode::Options;
+use gosok_engine::snapshot::{Model, codec};
+use gosok_engine::{Engine, EngineConfig};
+use gosok_model::{ClusterSpec, NodeState};
+use serde::{Deserialize, Serialize};
+
+use super::{Core, Counters, JobRecord, SpecSource, TokenRecord};
+
+/// Bumped whenever [`Image`] or a type in it changes; a snapshot of another format is
+/// refused (and the controller replays its whole log).
+pub const CORE_SNAPSHOT_FORMAT: u32 = 1;
+
+const MAGIC: &[u8; 8] = b"gosokCOR";
+
+/// Idempotency keys by (tenant, key): the request's digest and the job it made.
+type Idempotency = HashMap<(Arc<str>, String), (String, u64)>;
+
+/// Everything of a [`Core`] but the engine (snapshotted on its own), the configuration
+/// (given again at start) and the spec source. Borrowed when written, owned when read.
+#[derive(Serialize, Deserialize)]
+struct Image<'a> {
+    /// As TOML, the cluster file's own format (its optional fields are skipped when empty,
+    /// which bincode cannot read back).
+    cluster_toml: Cow<'a, str>,
+    added_models: Vec<Model>,
+    node_states: Cow<'a, BTreeMap<String, NodeState>>,
+    jobs: Cow<'a, [JobRecord]>,
+    tokens: Cow<'a, HashMap<[u8; 32], TokenRecord>>,
+    token_by_id: Cow<'a, BTreeMap<String, [u8; 32]>>,
+    idempotency: Cow<'a, Idempotency>,
+    pending_by_tenant: Cow<'a, BTreeMap<Arc<str>, u64>>,
+    tenant_names: Cow<'a, BTreeMap<String, Arc<str>>>,
+    now_s: u64,
+    dirty: bool,
+    running: u64,
+    counters: Cow<'a, Counters>,
+    initialised: bool,
+    seq: u64,
+}
+
+impl Core {
+    /// The core's state as of [`Core::seq`]: what [`Core::restore`] reads back.
+    pub fn snapshot(&self) -> anyhow::Result<Vec<u8>> {
+        let engine = self.engine.snapshot()?;
+        let image = Image {
+            cluster_toml: Cow::Owned(
+                toml::to_string(&self.cluster).context("the topology cannot be written")?,
+            ),
+            // A handful at most: the copy costs nothing.
+            added_models: self.added_models.iter().cloned().map(Model).collect(),
+            node_states: Cow::Borrowed(&self.node_states),
+            jobs: Cow::Borrowed(&self.jobs),
+            tokens: Cow::Borrowed(&self.tokens),
+            token_by_id: Cow::Borrowed(&self.token_by_id),
+            idempotency: Cow::Borrowed(&self.idempotency),
+            pending_by_tenant: Cow::Borrowed(&self.pending_by_tenant),
+            tenant_names: Cow::Borrowed(&self.tenant_names),
+            now_s: self.now_s,
+            dirty: self.dirty,
+            running: self.running,
+            counters: Cow::Borrowed(&self.counters),
+            initialised: self.initialised,
+            seq: self.seq,
+        };
+        let mut out = Vec::with_capacity(engine.len() * 2);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&CORE_SNAPSHOT_FORMAT.to_le_bytes());
+        out.extend_from_slice(&(engine.len() as u64).to_le_bytes());
+        out.extend_from_slice(&engine);
+        drop(engine);
+        codec().serialize_into(&mut out, &image)?;
+        Ok(out)
+    }
+
+    /// The core a snapshot describes, on the engine configuration `cfg`. A snapshot taken
+    /// under another engine configuration is refused: the log replayed under `cfg` would not
+    /// give the same state.
+    pub fn restore(bytes: &[u8], cfg: EngineConfig, specs: SpecSource) -> anyhow::Result<Core> {
+        let body = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .context("not a gosok controller snapshot")?;
+        let (format, body) = body
+            .split_first_chunk::<4>()
+            .context("the snapshot is cut short")?;
+        let format = u32::from_le_bytes(*format);
+        anyhow::ensure!(
+            format == CORE_SNAPSHOT_FORMAT,
+            "the snapshot is of format {format}; this gosok reads format {CORE_SNAPSHOT_FORMAT}"
+        );
+        let (len, body) = body
+            .split_first_chunk::<8>()
+            .context("the snapshot is cut short")?;
+        let len = usize::try_from(u64::from_le_bytes(*len))?;
+        anyhow::ensure!(len <= body.len(), "the snapshot is cut short");
+        let (engine, body) = body.split_at(len);
+        let engine = Engine::restore(engine)?;
+        anyhow::ensure!(
+            *engine.config() == cfg,
+            "the snapshot was taken under another engine configuration"
+        );
+        let image: Image<'_> = codec()
+            .deserialize(body)
+            .context("the snapshot cannot be decoded")?;
+        let cluster = ClusterSpec::from_toml(&image.cluster_toml)
+            .map_err(|e| anyhow::anyhow!("the snapshot's topology: {}", e.message))?;
+        let tenant_names = image.tenant_names.into_owned();
+        let mut jobs = image.jobs.into_owned();
+        // Decoding gave each job its own copy of its tenant's name: share them again.
+        for j in &mut jobs {
+            if let Some(t) = tenant_names.get(&*j.tenant) {
+                j.tenant = t.clone();
+            }
+        }
+        Ok(Core {
+            cfg,
+            catalog: engine.catalog().clone(),
+            added_models: image.added_models.into_iter().map(|Model(m)| m).collect(),
+            cluster,
+            node_states: image.node_states.into_owned(),
+            engine,
+            jobs,
+            tokens: image.tokens.into_owned(),
+            token_by_id: image.token_by_id.into_owned(),
+            idempotency: image.idempotency.into_owned(),
+            pending_by_tenant: image.pending_by_tenant.into_owned(),
+            tenant_names,
+            now_s: image.now_s,
+            dirty: image.dirty,
+            running: image.running,
+            counters: image.counters.into_owned(),
+            initialised: image.initialised,
+            seq: image.seq,
+            specs,
+        })
+    }
+}
+
+/// Names the core keeps as `&'static str` (history events, decision kinds): a snapshot
+/// holds them as strings, read back as the same static names. A name not listed means the
+/// snapshot comes from another gosok: it is refused, and the log is replayed instead.
+const STATIC_NAMES: &[&str] = &[
+    // History events.
+    "started",
+    "preempted",
+    "requeued",
+    "stopped",
+    "rejected",
+    "pending",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    // Decision kinds (`Counters::decisions`).
+    "start",
+    "preempt",
+    "requeue",
+    "stop",
+    "reject",
+    "finish",
+    "shed",
+];
+
+fn static_name<E: serde::de::Error>(name: &str) -> Result<&'static str, E> {
+    STATIC_NAMES
+        .iter()
+        .find(|&&n| n == name)
+        .copied()
+        .ok_or_else(|| E::custom(format!("{name:?} is not a name this gosok knows")))
+}
+
+/// A job's history: (at_ms, event, detail) each, every field written (the API's form skips
+/// an empty detail, which bincode cannot read back).
+pub(super) mod history {
+    use super::*;
+    use crate::core::HistoryItem;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(h: &[HistoryItem], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(h.iter().map(|i| (i.at_ms, i.event, &i.detail)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<HistoryItem>, D::Error> {
+        let items = Vec::<(u64, Cow<'de, str>, String)>::deserialize(d)?;
+        items
+            .into_iter()
+            .map(|(at_ms, event, detail)| {
+                Ok(HistoryItem {
+                    at_ms,
+                    event: static_name(&event)?,
+                    detail,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Decision counts by kind.
+pub(super) mod decision_counts {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<&'static str, u64>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_map(m.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<&'static str, u64>, D::Error> {
+        BTreeMap::<Cow<'de, str>, u64>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| Ok((static_name(&k)?, v)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::tests::{CLUSTER, core};
+    use crate::entry::{Entry, Idempotency, TokenEntry};
+    use gosok_engine::{JobId, JobState};
+    use gosok_model::{JobSpec, TenantSpec, Tier};
+
+    fn spec(accel: u64) -> JobSpec {
+        serde_json::from_value(serde_json::json!({
+            "groups": [{"replicas": 1, "accelerators": accel, "models": ["H100"]}],
+            "runtime_estimate_s": 100
+        }))
+        .unwrap()
+    }
+
+    /// A bit of everything the log holds, after `core()`'s init and topology (seq 1, 2).
+    fn entries() -> Vec<Entry> {
+        let submit = |job: u64, accel: u64, key: Option<&str>| Entry::Submit {
+            job,
+            tenant: if job.is_multiple_of(3) { "team" } else { "lab" }.into(),
+            spec: spec(accel),
+            command: vec![],
+            idempotency: key.map(|k| Idempotency {
+                key: k.into(),
+                request_sha256: "ab".repeat(32),
+            }),
+            by: "admin".into(),
+        };
+        let mut bigger = gosok_model::ClusterSpec::from_toml(CLUSTER).unwrap();
+        bigger.node[0].count = Some(3);
+        vec![
+            Entry::Tenant {
+                spec: TenantSpec {
+                    weight: 0.7,
+                    ..TenantSpec::new("team", Tier::Public)
+                },
+                by: "admin".into(),
+            },
+            Entry::TokenCreate {
+                token: TokenEntry {
+                    id: "tok-2".into(),
+                    tenant: Some("lab".into()),
+                    sha256: "11".repeat(32),
+                },
+                by: "admin".into(),
+            },
+            submit(1, 8, Some("a")),
+            submit(2, 4, None),
+            submit(3, 9, None),
+            submit(4, 8, Some("b")),
+            Entry::Tick { now_s: 1001 },
+            submit(5, 2, None),
+            Entry::Cancel {
+                job: 2,
+                by: "admin".into(),
+            },
+            Entry::Tick { now_s: 1002 },
+            Entry::NodeState {
+                node: "ph-r1-n-001".into(),
+                state: NodeState::Down,
+                by: "admin".into(),
+            },
+            Entry::RackPowerCap {
+                rack: "ph-r1".into(),
+                power_cap_kw: 90.5,
+                by: "admin".into(),
+            },
+            Entry::Tick { now_s: 1200 },
+            Entry::TokenRevoke {
+                id: "tok-2".into(),
+                by: "admin".into(),
+            },
+            Entry::Topology {
+                cluster: bigger,
+                by: "admin".into(),
+            },
+            submit(6, 1, Some("c")),
+            Entry::Tick { now_s: 1300 },
+            Entry::SitePowerBudget {
+                site: "pohang".into(),
+                power_budget_mw: 0.0123,
+                by: "admin".into(),
+            },
+            Entry::Tick { now_s: 1400 },
+        ]
+    }
+
+    /// What users and operators can see of a core.
+    fn observed(c: &Core) -> String {
+        let jobs: Vec<_> = (1..c.next_job_id())
+            .map(|id| match c.job(id) {
+                Some(j) => format!(
+                    "{} {} {:?} {} {:?} {:?} {:?} {:?} {:?}",
+                    j.id,
+                    j.tenant,
+                    j.state,
+                    j.attempt,
+                    j.placement,
+                    j.history
+                        .iter()
+                        .map(|h| (h.at_ms, h.event, &h.detail))
+                        .collect::<Vec<_>>(),
+                    j.ended_ms,
+                    j.reason,
+                    c.engine().explain(JobId(id)),
+                ),
+                None => format!("{id} refused: {:?}", c.refused_reason(id)),
+            })
+            .collect();
+        format!(
+            "{jobs:#?}\nqueue {:?}\nnext {} now {} seq {} dirty {} tick {}\npending {:?}\ncounters {:?}\ntokens {:?}\nnodes {:?}\ncluster {:?}\nidempotency {:?} {:?}",
+            c.engine().queue(),
+            c.next_job_id(),
+            c.now_s(),
+            c.seq(),
+            c.dirty,
+            c.needs_tick(),
+            c.pending_by_tenant(),
+            c.counters,
+            c.tokens()
+                .map(|t| (&t.id, &t.tenant, t.revoked, c.token(&[0x11; 32]).is_some()))
+                .collect::<Vec<_>>(),
+            c.node_states(),
+            c.cluster(),
+            c.idempotent("lab", "a"),
+            c.idempotent("lab", "b"),
+        )
+    }
+
+    #[test]
+    fn a_restored_core_goes_on_as_the_original_from_every_point() {
+        let entries = entries();
+        for k in 0..=entries.len() {
+            let mut a = core();
+            let mut seq = a.seq();
+            for e in &entries[..k] {
+                seq += 1;
+                a.apply(seq, seq * 1000, e).unwrap();
+            }
+            let bytes = a.snapshot().unwrap();
+            let mut b = Core::restore(&bytes, a.cfg.clone(), Box::new(|_| Some(spec(8)))).unwrap();
+            assert_eq!(observed(&a), observed(&b), "right after restoring at {k}");
+            for e in &entries[k..] {
+                seq += 1;
+                let (x, y) = (a.apply(seq, seq * 1000, e), b.apply(seq, seq * 1000, e));
+                // Everything but the pass's duration.
+                let x = x.map(|x| (x.decisions, x.changed));
+                let y = y.map(|y| (y.decisions, y.changed));
+                assert_eq!(x, y, "entry {seq} after {k}");
+            }
+            assert_eq!(observed(&a), observed(&b), "at the end, restored at {k}");
+            b.engine().check_invariants().unwrap();
+        }
+        // The stream exercised what it should.
+        let mut c = core();
+        for (i, e) in entries.iter().enumerate() {
+            c.apply(3 + i as u64, 0, e).unwrap();
+        }
+        let states: Vec<_> = (1..=6).map(|id| c.job(id).map(|j| j.state)).collect();
+        assert!(states.contains(&Some(JobState::Running)), "{states:?}");
+        assert!(states.contains(&Some(JobState::Cancelled)), "{states:?}");
+        assert!(states.contains(&None), "a refused job: {states:?}");
+    }
+
+    #[test]
+    fn another_engine_configuration_or_a_damaged_snapshot_is_refused() {
+        let c = core();
+        let bytes = c.snapshot().unwrap();
+        let other = EngineConfig {
+            seed: 7,
+            ..c.cfg.clone()
+        };
+        let e = Core::restore(&bytes, other, Box::new(|_| None))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("configuration"), "{e}");
+        let cut = Core::restore(&bytes[..bytes.len() - 3], c.cfg.clone(), Box::new(|_| None));
+        assert!(cut.is_err());
+        let mut newer = bytes.clone();
+        newer[8..12].copy_from_slice(&(CORE_SNAPSHOT_FORMAT + 1).to_le_bytes());
+        let e = Core::restore(&newer, c.cfg.clone(), Box::new(|_| None))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("format"), "{e}");
+    }
+}
