@@ -1231,3 +1231,99 @@ fn a_structural_topology_change_keeps_every_job_and_survives_restart() {
         assert_eq!(j["events"], b["events"]);
     }
 }
+
+/// Every job as the API shows it (the wait estimate aside: it moves with the clock), and the
+/// queue.
+fn all_jobs(s: &Server) -> Vec<Value> {
+    let (code, list) = s.req("GET", "/v1/jobs?limit=1000", Some(&s.admin), None);
+    assert_eq!(code, 200, "{list}");
+    let mut out = Vec::new();
+    for j in list["jobs"].as_array().unwrap() {
+        let id = j["id"].as_u64().unwrap();
+        let (code, mut d) = s.req("GET", &format!("/v1/jobs/{id}"), Some(&s.admin), None);
+        assert_eq!(code, 200, "{d}");
+        d.as_object_mut().unwrap().remove("wait");
+        out.push(d);
+    }
+    let (code, queue) = s.req("GET", "/v1/queue", Some(&s.admin), None);
+    assert_eq!(code, 200, "{queue}");
+    out.push(queue["jobs"].clone());
+    out
+}
+
+/// Snapshots: a restart (after SIGKILL) restores the latest periodic snapshot and replays
+/// the records after it; one after a clean stop starts from the shutdown snapshot. Either
+/// way every job is as it was.
+#[test]
+fn a_restart_from_a_snapshot_and_the_records_after_it_keeps_every_job() {
+    let s = Server::new(&[]);
+    std::fs::write(s.dir.join("gosok.toml"), "snapshot_every_records = 20\n").unwrap();
+    let s = s.restart();
+    s.apply_cluster(CLUSTER);
+    let a = s.token("lab-a");
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let body = format!(
+            r#"{{"name":"j{i}","groups":[{{"replicas":1,"accelerators":{},"models":["H100"]}}]}}"#,
+            1 + i % 4
+        );
+        let (code, v) = s.req("POST", "/v1/jobs", Some(&a), Some(&body));
+        assert_eq!(code, 201, "{v}");
+        ids.push(v["id"].as_u64().unwrap());
+        if i % 10 == 9 {
+            // Ticks come between submissions: snapshots are taken after them.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    s.wait_state(&a, ids[0], "running");
+    let (code, _) = s.req(
+        "POST",
+        &format!("/v1/jobs/{}/cancel", ids[0]),
+        Some(&a),
+        None,
+    );
+    assert_eq!(code, 200);
+    // Let the last tick run and its snapshot be written, then leave a tail after it.
+    std::thread::sleep(Duration::from_millis(800));
+    for i in 0..3 {
+        let body = format!(
+            r#"{{"name":"tail{i}","groups":[{{"replicas":1,"accelerators":8,"models":["H100"]}}]}}"#
+        );
+        assert_eq!(s.req("POST", "/v1/jobs", Some(&a), Some(&body)).0, 201);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let before = all_jobs(&s);
+    let (_, h) = s.req("GET", "/healthz", None, None);
+    let log_seq = h["log_seq"].as_u64().unwrap();
+
+    let s = s.restart();
+    let (_, h) = s.req("GET", "/healthz", None, None);
+    let from = h["replay"]["snapshot_seq"].as_u64().unwrap();
+    assert!(from > 0, "the restart did not use a snapshot: {h}");
+    assert!(from < log_seq, "no records after the snapshot: {h}");
+    assert_eq!(h["replay"]["diverged"], 0, "{h}");
+    assert_eq!(
+        all_jobs(&s),
+        before,
+        "jobs differ after a restart from a snapshot"
+    );
+
+    // A clean stop writes a snapshot of the final state: nothing is left to replay.
+    let pid = s.child.id().to_string();
+    let mut s = s;
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(s.child.wait().unwrap().success());
+    let s = s.restart();
+    let (_, h) = s.req("GET", "/healthz", None, None);
+    assert_eq!(
+        h["replay"]["snapshot_seq"], h["replay"]["records"],
+        "a clean stop leaves a snapshot of its final state: {h}"
+    );
+    assert_eq!(all_jobs(&s), before, "jobs differ after a clean restart");
+}

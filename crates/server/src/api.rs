@@ -404,7 +404,7 @@ async fn healthz(State(app): State<AppState>) -> Response {
         "pending": core.engine().pending_count(),
         "uptime_s": app.started.elapsed().as_secs(),
         "replay": {"records": app.replay.records, "ms": app.replay.elapsed.as_millis() as u64,
-                   "diverged": app.replay.diverged},
+                   "diverged": app.replay.diverged, "snapshot_seq": app.replay.snapshot_seq},
     }))
 }
 

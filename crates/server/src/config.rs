@@ -27,6 +27,9 @@ pub struct Config {
     pub metrics_require_token: bool,
     /// Most log records written in one transaction (one fsync).
     pub max_commit_batch: usize,
+    /// A snapshot of the state is written after this many log records (and at a clean
+    /// shutdown), so that a start replays at most about this many; 0: never.
+    pub snapshot_every_records: u64,
     pub engine: EngineConfig,
 }
 
@@ -42,6 +45,7 @@ impl Default for Config {
             submit_burst: 1000.0,
             metrics_require_token: true,
             max_commit_batch: 8192,
+            snapshot_every_records: 100_000,
             engine: EngineConfig::default(),
         }
     }

@@ -18,6 +18,7 @@ pub mod entry;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
+pub mod snapshot;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -91,7 +92,8 @@ fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Rebuilds the core from the log.
+/// Rebuilds the core: from the latest snapshot when there is a usable one, then the log
+/// records after it (all of them without a snapshot).
 pub fn replay(store: &mut dyn Store, cfg: &Config) -> anyhow::Result<(Core, u64, ReplayStats)> {
     if let Some(f) = store.meta("log_format")?
         && f != LOG_FORMAT
@@ -99,20 +101,27 @@ pub fn replay(store: &mut dyn Store, cfg: &Config) -> anyhow::Result<(Core, u64,
         anyhow::bail!("the store's log format is {f}; this gosok reads format {LOG_FORMAT}");
     }
     let t = Instant::now();
-    let mut specs = store.reopen()?;
-    let source: core::SpecSource = Box::new(move |seq| {
-        let r = specs.get(seq).ok()??;
-        match serde_json::from_slice::<Entry>(&r.body) {
-            Ok(Entry::Submit { spec, .. }) => Some(spec),
-            _ => None,
-        }
-    });
-    let mut core = Core::new(cfg.engine.clone(), source)
-        .map_err(|e| anyhow::anyhow!("engine configuration: {}", e.message))?;
-    let mut last = 0;
+    let reader = store.reopen()?;
+    let mut source = || -> anyhow::Result<core::SpecSource> {
+        let mut specs = reader.reopen()?;
+        Ok(Box::new(move |seq| {
+            let r = specs.get(seq).ok()??;
+            match serde_json::from_slice::<Entry>(&r.body) {
+                Ok(Entry::Submit { spec, .. }) => Some(spec),
+                _ => None,
+            }
+        }))
+    };
+    let snapshot::Start {
+        mut core,
+        seq: from,
+        elapsed: snapshot_elapsed,
+    } = snapshot::load(store, cfg, &mut source)?;
+    drop(reader);
+    let mut last = from;
     let mut diverged = 0u64;
     // At most one job per record; room not used costs address space, not memory.
-    core.reserve_jobs(store.last_seq()?.min(1 << 24) as usize);
+    core.reserve_jobs(store.last_seq()?.saturating_sub(from).min(1 << 24) as usize);
     // Reading and decoding run on a second thread while this one applies: on two cores a
     // long log replays in about the time the engine needs for its events. Batches go back to
     // the reader to be refilled, so that no large block is allocated per batch.
@@ -127,7 +136,7 @@ pub fn replay(store: &mut dyn Store, cfg: &Config) -> anyhow::Result<(Core, u64,
     let read = std::thread::scope(|s| {
         let reader = s.spawn(move || -> Result<(), gosok_store::StoreError> {
             let mut batch = Vec::with_capacity(BATCH);
-            store.scan(0, &mut |r| {
+            store.scan(from, &mut |r| {
                 let entry: Entry = serde_json::from_slice(&r.body).map_err(|e| {
                     gosok_store::StoreError::Corrupt(format!(
                         "record {} cannot be read: {e}",
@@ -186,15 +195,22 @@ pub fn replay(store: &mut dyn Store, cfg: &Config) -> anyhow::Result<(Core, u64,
             records: last,
             diverged,
             elapsed: t.elapsed(),
+            snapshot_seq: from,
+            snapshot_elapsed,
         },
     ))
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct ReplayStats {
+    /// The last record applied.
     pub records: u64,
     pub diverged: u64,
     pub elapsed: Duration,
+    /// The snapshot started from (0: none; every record was replayed).
+    pub snapshot_seq: u64,
+    /// How long reading and restoring it took (part of `elapsed`).
+    pub snapshot_elapsed: Duration,
 }
 
 /// Per-tenant token buckets for submissions.
@@ -241,6 +257,7 @@ pub struct App {
     tick: Notify,
     pub started: Instant,
     pub replay: ReplayStats,
+    pub snapshots: snapshot::Snapshots,
 }
 
 impl App {
@@ -321,20 +338,29 @@ impl Running {
     pub async fn stop(self) -> anyhow::Result<()> {
         self.stop.notify_one();
         self.task.await??;
-        self.app.log.close();
+        Running::close(self.app).await
+    }
+
+    /// After serving: a last snapshot, then the log writer drains and stops.
+    async fn close(app: Arc<App>) -> anyhow::Result<()> {
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = app.snapshots.at_shutdown(&app) {
+                tracing::warn!("cannot write a snapshot at shutdown: {e:#}");
+            }
+            app.log.close();
+        })
+        .await?;
         Ok(())
     }
     /// Serves until SIGINT or SIGTERM.
     pub async fn until_signal(self) -> anyhow::Result<()> {
         let stop = self.stop.clone();
-        let task = self.task;
         tokio::spawn(async move {
             shutdown_signal().await;
             stop.notify_one();
         });
-        task.await??;
-        self.app.log.close();
-        Ok(())
+        self.task.await??;
+        Running::close(self.app).await
     }
 }
 
@@ -371,9 +397,11 @@ pub async fn start(dir: &Path, cfg: Config) -> anyhow::Result<Running> {
     }
     let mut store = SqliteStore::open(&d.db())?;
     let reader = store.reopen()?;
+    let snapshot_store = store.reopen()?;
     let (core, last, stats) = replay(&mut store, &cfg)?;
     tracing::info!(
         records = stats.records,
+        from_snapshot = stats.snapshot_seq,
         ms = stats.elapsed.as_millis() as u64,
         "replayed the event log"
     );
@@ -399,6 +427,11 @@ pub async fn start(dir: &Path, cfg: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let app = Arc::new(App {
+        snapshots: snapshot::Snapshots::new(
+            snapshot_store,
+            cfg.snapshot_every_records,
+            stats.snapshot_seq,
+        ),
         limiter: RateLimiter::new(cfg.submit_rate_per_s, cfg.submit_burst),
         metrics: metrics::Metrics::new(),
         cfg,
@@ -452,7 +485,11 @@ async fn tick_loop(app: Arc<App>) {
                 return Ok(false);
             }
             let now_s = unix_ms() / 1000;
-            app2.commit(&mut core, Entry::Tick { now_s }).map(|_| true)
+            let r = app2.commit(&mut core, Entry::Tick { now_s }).map(|_| true);
+            if app2.snapshots.due(core.seq()) {
+                app2.snapshots.start(&app2, &core);
+            }
+            r
         })
         .await;
         match r {
@@ -489,8 +526,12 @@ pub fn fill_log(
 ) -> anyhow::Result<u64> {
     let d = DataDir(dir.to_path_buf());
     let mut store = SqliteStore::open(&d.db())?;
-    let (mut core, mut last, _) = replay(&mut store, cfg)?;
+    let (mut core, mut last, stats) = replay(&mut store, cfg)?;
     anyhow::ensure!(!tenants.is_empty(), "no tenants to submit for");
+    // Snapshots as the server takes them: after every `snapshot_every_records` records
+    // (here at the end of a transaction; no shutdown snapshot: the log ends as a crash
+    // would leave it).
+    let mut snapshot_seq = stats.snapshot_seq;
     let mut batch = Vec::with_capacity(10_000);
     let mut now_s = core.now_s();
     let mut k = 0u64;
@@ -524,6 +565,11 @@ pub fn fill_log(
         if batch.len() == 10_000 {
             store.append(&batch)?;
             batch.clear();
+            let every = cfg.snapshot_every_records;
+            if every > 0 && last >= snapshot_seq.saturating_add(every) {
+                snapshot::put(&mut store, snapshot::take(&core)?)?;
+                snapshot_seq = last;
+            }
         }
     }
     store.append(&batch)?;

@@ -1,0 +1,227 @@
+//! When the controller takes snapshots, where it writes them, and how a start uses them.
+//!
+//! A snapshot is taken under the core lock once `snapshot_every_records` records were
+//! applied since the last one (checked after each tick) and at a clean shutdown. Taking it
+//! only encodes the state ([`Core::snapshot`]); the bytes are written on a thread of their
+//! own with a second store handle, after the log is durable up to the snapshot's sequence
+//! number, so that a snapshot never describes a record that a crash could still lose. The
+//! store keeps the latest few. At start the latest one is restored and only the records
+//! after it are replayed; one that cannot be read (another format, another engine
+//! configuration, damage) is reported and the whole log is replayed instead.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use gosok_store::{Snapshot, Store};
+
+use crate::App;
+use crate::config::Config;
+use crate::core::{Core, SpecSource};
+
+/// A snapshot encoded under the core lock, to be written.
+pub struct Taken {
+    pub seq: u64,
+    pub body: Vec<u8>,
+    /// How long the core lock was held to encode it.
+    pub took: Duration,
+}
+
+pub fn take(core: &Core) -> anyhow::Result<Taken> {
+    let t = Instant::now();
+    let body = core.snapshot()?;
+    Ok(Taken {
+        seq: core.seq(),
+        body,
+        took: t.elapsed(),
+    })
+}
+
+/// Stores a snapshot whose records are already durable; returns its size and how long the
+/// write took.
+pub fn put(store: &mut dyn Store, s: Taken) -> anyhow::Result<(usize, Duration)> {
+    let t = Instant::now();
+    let bytes = s.body.len();
+    store.put_snapshot(&Snapshot {
+        seq: s.seq,
+        at_ms: crate::unix_ms(),
+        body: s.body,
+    })?;
+    Ok((bytes, t.elapsed()))
+}
+
+/// The server's snapshot schedule and its own store handle.
+pub struct Snapshots {
+    every: u64,
+    /// Sequence number of the latest snapshot taken (or loaded at start).
+    last: AtomicU64,
+    /// A snapshot is being written: no other is taken meanwhile.
+    writing: Arc<AtomicBool>,
+    store: Arc<Mutex<Box<dyn Store>>>,
+}
+
+impl Snapshots {
+    pub fn new(store: Box<dyn Store>, every: u64, last: u64) -> Snapshots {
+        Snapshots {
+            every,
+            last: AtomicU64::new(last),
+            writing: Arc::new(AtomicBool::new(false)),
+            store: Arc::new(Mutex::new(store)),
+        }
+    }
+
+    /// Whether a snapshot is due now that the core has applied up to `seq`.
+    pub fn due(&self, seq: u64) -> bool {
+        self.every > 0
+            && seq >= self.last.load(Ordering::Relaxed).saturating_add(self.every)
+            && !self.writing.load(Ordering::Acquire)
+    }
+
+    /// Takes a snapshot of `core` (the caller holds the core lock) and writes it in the
+    /// background once the log is durable up to it.
+    pub fn start(&self, app: &Arc<App>, core: &Core) {
+        let taken = match take(core) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("cannot take a snapshot: {e:#}");
+                return;
+            }
+        };
+        self.last.store(taken.seq, Ordering::Relaxed);
+        self.writing.store(true, Ordering::Release);
+        let (app, writing, store) = (app.clone(), self.writing.clone(), self.store.clone());
+        let spawned = std::thread::Builder::new()
+            .name("gosok-snapshot".into())
+            .spawn(move || {
+                let (seq, took) = (taken.seq, taken.took);
+                let r = app
+                    .log
+                    .wait_durable(seq)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|()| {
+                        let mut s = store.lock().unwrap_or_else(PoisonError::into_inner);
+                        put(s.as_mut(), taken)
+                    });
+                match r {
+                    Ok((bytes, wrote)) => tracing::info!(
+                        seq,
+                        bytes,
+                        encode_ms = took.as_millis() as u64,
+                        write_ms = wrote.as_millis() as u64,
+                        "snapshot written"
+                    ),
+                    // The log is the truth: a missing snapshot costs a longer start only.
+                    Err(e) => tracing::warn!(seq, "cannot write a snapshot: {e:#}"),
+                }
+                writing.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the snapshot writer: {e}");
+            self.writing.store(false, Ordering::Release);
+        }
+    }
+
+    /// At a clean shutdown: a snapshot of the final state, unless the latest one is it.
+    pub fn at_shutdown(&self, app: &App) -> anyhow::Result<()> {
+        if self.every == 0 {
+            return Ok(());
+        }
+        let taken = {
+            let core = app.core();
+            if core.seq() <= self.last.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            take(&core)?
+        };
+        app.log.wait_durable(taken.seq)?;
+        // Waits for a snapshot still being written, if any.
+        let (seq, took) = (taken.seq, taken.took);
+        let mut s = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        let (bytes, wrote) = put(s.as_mut(), taken)?;
+        self.last.store(seq, Ordering::Relaxed);
+        tracing::info!(
+            seq,
+            bytes,
+            encode_ms = took.as_millis() as u64,
+            write_ms = wrote.as_millis() as u64,
+            "snapshot written at shutdown"
+        );
+        Ok(())
+    }
+}
+
+/// Where a start begins: a fresh core, or the latest snapshot restored.
+pub struct Start {
+    pub core: Core,
+    /// The last record the core has applied (0 for a fresh core).
+    pub seq: u64,
+    /// How long reading and restoring the snapshot took (zero without one).
+    pub elapsed: Duration,
+}
+
+/// The core to replay the log onto: restored from the latest snapshot when there is one
+/// that this gosok can read, else fresh. `source` makes the core's spec source.
+pub fn load(
+    store: &mut dyn Store,
+    cfg: &Config,
+    source: &mut dyn FnMut() -> anyhow::Result<SpecSource>,
+) -> anyhow::Result<Start> {
+    let t = Instant::now();
+    let fresh = |source: &mut dyn FnMut() -> anyhow::Result<SpecSource>| {
+        let core = Core::new(cfg.engine.clone(), source()?)
+            .map_err(|e| anyhow::anyhow!("engine configuration: {}", e.message))?;
+        anyhow::Ok(Start {
+            core,
+            seq: 0,
+            elapsed: Duration::ZERO,
+        })
+    };
+    let snap = match store.latest_snapshot() {
+        Ok(Some(s)) => s,
+        Ok(None) => return fresh(source),
+        Err(e) => {
+            tracing::warn!("cannot read the latest snapshot ({e}); replaying the whole log");
+            return fresh(source);
+        }
+    };
+    let last = store.last_seq()?;
+    if snap.seq > last {
+        tracing::warn!(
+            snapshot = snap.seq,
+            log = last,
+            "the latest snapshot is ahead of the log; replaying the whole log"
+        );
+        return fresh(source);
+    }
+    match Core::restore(&snap.body, cfg.engine.clone(), source()?) {
+        Ok(core) if core.seq() == snap.seq => {
+            let elapsed = t.elapsed();
+            tracing::info!(
+                seq = snap.seq,
+                bytes = snap.body.len(),
+                ms = elapsed.as_millis() as u64,
+                "restored the snapshot"
+            );
+            Ok(Start {
+                core,
+                seq: snap.seq,
+                elapsed,
+            })
+        }
+        Ok(core) => {
+            tracing::warn!(
+                snapshot = snap.seq,
+                core = core.seq(),
+                "the latest snapshot does not say what it holds; replaying the whole log"
+            );
+            fresh(source)
+        }
+        Err(e) => {
+            tracing::warn!(
+                seq = snap.seq,
+                "the latest snapshot cannot be used ({e:#}); replaying the whole log"
+            );
+            fresh(source)
+        }
+    }
+}
