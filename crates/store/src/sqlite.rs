@@ -1,5 +1,10 @@
 //! The embedded store: one SQLite file in WAL mode with `synchronous = FULL`, so that a
 //! committed transaction has been fsynced to the write-ahead log before `COMMIT` returns.
+//!
+//! Snapshots live in a second SQLite file beside it (`NAME.snapshots.db`): a snapshot of a
+//! large highway is a hundred megabytes, and written into the log's file it would hold the
+//! log's write lock (stalling appends, so acknowledgements) for as long as it takes, then
+//! pass through the log's write-ahead log a second time at checkpoint.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,24 +20,29 @@ CREATE TABLE IF NOT EXISTS events (
     kind  TEXT NOT NULL,
     body  BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS snapshots (
-    seq   INTEGER PRIMARY KEY,
-    at_ms INTEGER NOT NULL,
-    body  BLOB NOT NULL
-);
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
 ";
 
-/// Snapshots kept besides the latest (older ones are deleted when a new one is stored).
+const SNAPSHOT_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS snapshots (
+    seq   INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    body  BLOB NOT NULL
+);
+";
+
+/// Snapshots kept, the latest included (older ones are deleted when a new one is stored).
 const KEEP_SNAPSHOTS: i64 = 2;
 
 pub struct SqliteStore {
     path: PathBuf,
     conn: Connection,
     last: Option<u64>,
+    /// The snapshot file, opened when first used.
+    snapshots: Option<Connection>,
 }
 
 impl SqliteStore {
@@ -55,11 +65,37 @@ impl SqliteStore {
             path: path.to_path_buf(),
             conn,
             last: None,
+            snapshots: None,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The snapshot file beside the log: `gosok.db` keeps its snapshots in
+    /// `gosok.snapshots.db`.
+    pub fn snapshot_path(&self) -> PathBuf {
+        let stem = self.path.file_stem().unwrap_or_default().to_string_lossy();
+        let name = match self.path.extension() {
+            Some(ext) => format!("{stem}.snapshots.{}", ext.to_string_lossy()),
+            None => format!("{stem}.snapshots"),
+        };
+        self.path.with_file_name(name)
+    }
+
+    fn snapshots(&mut self) -> Result<&mut Connection, StoreError> {
+        if self.snapshots.is_none() {
+            let conn = Connection::open(self.snapshot_path())?;
+            conn.busy_timeout(Duration::from_secs(30))?;
+            // A rollback journal, not WAL: a snapshot's pages are written once, not once
+            // to the WAL and again at checkpoint. FULL: a stored snapshot survives a crash.
+            let _: String = conn.query_row("PRAGMA journal_mode = TRUNCATE", [], |r| r.get(0))?;
+            conn.execute_batch("PRAGMA synchronous = FULL;")?;
+            conn.execute_batch(SNAPSHOT_SCHEMA)?;
+            self.snapshots = Some(conn);
+        }
+        Ok(self.snapshots.as_mut().expect("opened above"))
     }
 }
 
@@ -161,7 +197,7 @@ impl Store for SqliteStore {
     }
 
     fn put_snapshot(&mut self, s: &Snapshot) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.snapshots()?.transaction()?;
         tx.execute(
             "INSERT OR REPLACE INTO snapshots (seq, at_ms, body) VALUES (?1, ?2, ?3)",
             params![to_i64(s.seq), to_i64(s.at_ms), s.body],
@@ -177,7 +213,7 @@ impl Store for SqliteStore {
 
     fn latest_snapshot(&mut self) -> Result<Option<Snapshot>, StoreError> {
         Ok(self
-            .conn
+            .snapshots()?
             .query_row(
                 "SELECT seq, at_ms, body FROM snapshots ORDER BY seq DESC LIMIT 1",
                 [],
@@ -288,10 +324,17 @@ mod tests {
         }
         assert_eq!(s.latest_snapshot().unwrap().unwrap().seq, 30);
         let n: i64 = s
-            .conn
+            .snapshots()
+            .unwrap()
             .query_row("SELECT COUNT(*) FROM snapshots", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, KEEP_SNAPSHOTS);
+        assert_eq!(s.snapshot_path(), dir.path().join("gosok.snapshots.db"));
+        // Another handle (the server writes snapshots with one of its own) sees them.
+        assert_eq!(
+            s.reopen().unwrap().latest_snapshot().unwrap().unwrap().seq,
+            30
+        );
         s.set_meta("format", "1").unwrap();
         assert_eq!(s.meta("format").unwrap().as_deref(), Some("1"));
         assert_eq!(s.meta("nope").unwrap(), None);
