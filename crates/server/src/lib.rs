@@ -528,9 +528,8 @@ pub fn fill_log(
     let mut store = SqliteStore::open(&d.db())?;
     let (mut core, mut last, stats) = replay(&mut store, cfg)?;
     anyhow::ensure!(!tenants.is_empty(), "no tenants to submit for");
-    // Snapshots as the server takes them: after every `snapshot_every_records` records
-    // (here at the end of a transaction; no shutdown snapshot: the log ends as a crash
-    // would leave it).
+    // Snapshots as the server takes them: after every `snapshot_every_records` records (no
+    // shutdown snapshot: the log ends as a crash would leave it).
     let mut snapshot_seq = stats.snapshot_seq;
     let mut batch = Vec::with_capacity(10_000);
     let mut now_s = core.now_s();
@@ -562,14 +561,16 @@ pub fn fill_log(
             .map_err(|e| anyhow::anyhow!("fill: {}", e.message))?;
         batch.push(record);
         last = seq;
-        if batch.len() == 10_000 {
+        let every = cfg.snapshot_every_records;
+        let snapshot_due = every > 0 && last >= snapshot_seq.saturating_add(every);
+        if batch.len() == 10_000 || snapshot_due {
             store.append(&batch)?;
             batch.clear();
-            let every = cfg.snapshot_every_records;
-            if every > 0 && last >= snapshot_seq.saturating_add(every) {
-                snapshot::put(&mut store, snapshot::take(&core)?)?;
-                snapshot_seq = last;
-            }
+        }
+        if snapshot_due {
+            // Durable up to `last`: the append above returned.
+            snapshot::put(&mut store, snapshot::take(&core)?)?;
+            snapshot_seq = last;
         }
     }
     store.append(&batch)?;

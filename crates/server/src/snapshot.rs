@@ -225,3 +225,121 @@ pub fn load(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::Entry;
+    use gosok_store::{Record, SqliteStore};
+
+    const CLUSTER: &str = r#"
+[[site]]
+name = "pohang"
+region = "gyeongbuk"
+jurisdiction = "KR"
+power_budget_mw = 20.0
+pue = 1.25
+
+[[rack]]
+name = "ph-r1"
+site = "pohang"
+power_cap_kw = 120.0
+
+[[node]]
+name = "ph-r1-n"
+rack = "ph-r1"
+count = 2
+cpu_cores = 112
+mem_mib = 2097152
+accelerator = "H100"
+accelerators = 8
+state = "up"
+
+[[tenant]]
+name = "lab"
+tier = "academic"
+"#;
+
+    /// A store with a topology and 320 records of submissions and ticks, with snapshots every
+    /// 50 records as the server takes them.
+    fn store(cfg: &Config) -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        crate::init(dir.path()).unwrap();
+        let db = crate::config::DataDir(dir.path().to_path_buf()).db();
+        let mut store = SqliteStore::open(&db).unwrap();
+        let topology = Entry::Topology {
+            cluster: gosok_model::ClusterSpec::from_toml(CLUSTER).unwrap(),
+            by: "admin".into(),
+        };
+        store
+            .append(&[Record {
+                seq: 2,
+                at_ms: 0,
+                kind: topology.kind().into(),
+                body: serde_json::to_vec(&topology).unwrap(),
+            }])
+            .unwrap();
+        let spec: gosok_model::JobSpec = serde_json::from_value(serde_json::json!({
+            "groups": [{"replicas": 1, "accelerators": 3, "models": ["H100"]}]
+        }))
+        .unwrap();
+        drop(store);
+        crate::fill_log(dir.path(), cfg, &["lab".into()], &spec, 320, 7).unwrap();
+        (dir, SqliteStore::open(&db).unwrap())
+    }
+
+    fn observed(c: &Core) -> String {
+        let jobs: Vec<_> = (1..c.next_job_id())
+            .map(|id| {
+                c.job(id)
+                    .map(|j| (j.state, j.placement.clone(), j.history.len()))
+            })
+            .collect();
+        let queue = crate::api::queue_json(c, None, usize::MAX).unwrap();
+        format!(
+            "{jobs:?} {} {} {}",
+            String::from_utf8_lossy(&queue),
+            c.seq(),
+            c.now_s()
+        )
+    }
+
+    #[test]
+    fn a_start_restores_the_latest_snapshot_else_replays_the_whole_log() {
+        let cfg = Config {
+            snapshot_every_records: 50,
+            ..Config::default()
+        };
+        let (_dir, mut store) = store(&cfg);
+        let latest = store.latest_snapshot().unwrap().unwrap().seq;
+        assert!((270..320).contains(&latest), "{latest}");
+
+        let (core, last, stats) = crate::replay(&mut store, &cfg).unwrap();
+        assert_eq!((last, stats.snapshot_seq), (320, latest));
+        let from_snapshot = observed(&core);
+        assert!(core.engine().pending_count() > 0 && core.job(1).is_some());
+
+        // Another engine configuration: the snapshot does not apply, the log does.
+        let other = Config {
+            engine: gosok_engine::EngineConfig {
+                seed: 9,
+                ..cfg.engine.clone()
+            },
+            ..cfg.clone()
+        };
+        let (_, last, stats) = crate::replay(&mut store, &other).unwrap();
+        assert_eq!((last, stats.snapshot_seq), (320, 0));
+
+        // A damaged latest snapshot: the whole log, and the same state.
+        store
+            .put_snapshot(&Snapshot {
+                seq: 319,
+                at_ms: 0,
+                body: b"gosokCOR\x01\x00\x00\x00garbage".to_vec(),
+            })
+            .unwrap();
+        let (core, last, stats) = crate::replay(&mut store, &cfg).unwrap();
+        assert_eq!((last, stats.snapshot_seq), (320, 0));
+        assert_eq!(observed(&core), from_snapshot);
+    }
+}
