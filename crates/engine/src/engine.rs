@@ -148,12 +148,14 @@ pub struct Engine {
     tenants: Vec<Tenant>,
     tenant_by_name: BTreeMap<String, TenantIdx>,
     site_jurisdictions: Vec<String>,
+    #[serde(with = "crate::snapshot::sized_map")]
     jobs: IdMap<JobId, Job>,
     shapes: Vec<Shape>,
     #[serde(skip)]
     shape_ids: HashMap<Shape, ShapeId, std::hash::BuildHasherDefault<IdHasher>>,
     static_fit: Vec<Option<StaticFit>>,
     queues: Queues,
+    #[serde(with = "crate::snapshot::sorted_set")]
     limits: BTreeSet<(u64, JobId)>,
     reservation: Reservation,
     reservation_planned_s: u64,
@@ -167,6 +169,7 @@ pub struct Engine {
     profile_dirty: bool,
     now_s: u64,
     /// Running preemptible jobs by priority class: where preemption looks for victims.
+    #[serde(with = "crate::snapshot::sorted_set")]
     preemptible_running: BTreeSet<(PriorityClass, JobId)>,
     stats: PassStats,
 }

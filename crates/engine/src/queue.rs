@@ -40,8 +40,10 @@ pub struct Pending {
 
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct ClassQueue {
+    #[serde(with = "crate::snapshot::sorted_set")]
     pub jobs: BTreeSet<(u64, JobId)>,
     /// The same jobs by runtime bound, then place in line.
+    #[serde(with = "crate::snapshot::sorted_set")]
     pub by_bound: BTreeSet<(u64, u64, JobId)>,
     /// Why the head waited at the last pass; the rest of the class waits behind it.
     #[serde(with = "crate::snapshot::WaitReasonDef")]

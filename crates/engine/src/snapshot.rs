@@ -13,6 +13,9 @@
 //! whose serde form needs that (internally tagged enums, skipped fields) are written through
 //! the mirror definitions below, whose fields the compiler checks against the originals.
 
+use std::collections::BTreeSet;
+use std::hash::{BuildHasher, Hash};
+
 use gosok_model::{AcceleratorModel, Catalog};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -162,5 +165,78 @@ pub(crate) mod catalog {
             })?;
         }
         Ok(c)
+    }
+}
+
+/// A large sorted set read back in one bulk build: serde inserts element by element, each a
+/// walk from the root, which for the queues of a million pending jobs costs a large share of
+/// a restore. Written as serde writes a set.
+pub(crate) mod sorted_set {
+    use super::*;
+
+    pub fn serialize<S: Serializer, T: Serialize>(
+        set: &BTreeSet<T>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(set)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de> + Ord>(
+        d: D,
+    ) -> Result<BTreeSet<T>, D::Error> {
+        // Sorted already (it was written in order): the sort in `from_iter` is one pass.
+        Ok(Vec::<T>::deserialize(d)?.into_iter().collect())
+    }
+}
+
+/// A large hash map read back at its full size at once, instead of growing (and rehashing)
+/// from serde's cautious first guess. Written as serde writes a map.
+pub(crate) mod sized_map {
+    use super::*;
+    use std::collections::HashMap;
+    use std::marker::PhantomData;
+
+    /// More than any highway's jobs: a damaged length cannot ask for unbounded memory up
+    /// front (the map still grows past it if the entries are really there).
+    const MAX_PREALLOCATED: usize = 1 << 22;
+
+    pub fn serialize<S: Serializer, K: Serialize, V: Serialize, H>(
+        m: &HashMap<K, V, H>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_map(m)
+    }
+
+    pub fn deserialize<'de, D, K, V, H>(d: D) -> Result<HashMap<K, V, H>, D::Error>
+    where
+        D: Deserializer<'de>,
+        K: Deserialize<'de> + Eq + Hash,
+        V: Deserialize<'de>,
+        H: BuildHasher + Default,
+    {
+        struct Visit<K, V, H>(PhantomData<(K, V, H)>);
+        impl<'de, K, V, H> serde::de::Visitor<'de> for Visit<K, V, H>
+        where
+            K: Deserialize<'de> + Eq + Hash,
+            V: Deserialize<'de>,
+            H: BuildHasher + Default,
+        {
+            type Value = HashMap<K, V, H>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                let n = a.size_hint().unwrap_or(0).min(MAX_PREALLOCATED);
+                let mut m = HashMap::with_capacity_and_hasher(n, H::default());
+                while let Some((k, v)) = a.next_entry()? {
+                    m.insert(k, v);
+                }
+                Ok(m)
+            }
+        }
+        d.deserialize_map(Visit(PhantomData))
     }
 }

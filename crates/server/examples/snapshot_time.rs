@@ -18,6 +18,16 @@ fn main() -> anyhow::Result<()> {
             anyhow::bail!("{} holds no snapshot", dir.display());
         };
         let read = t.elapsed();
+        let len = u64::from_le_bytes(snap.body[12..20].try_into()?) as usize;
+        let t = Instant::now();
+        let engine = gosok_engine::Engine::restore(&snap.body[20..20 + len])?;
+        let engine_only = t.elapsed();
+        let t = Instant::now();
+        drop(engine);
+        let engine_drop = t.elapsed();
+        println!(
+            "engine part: {len} bytes, restored in {engine_only:?} (dropped in {engine_drop:?})"
+        );
         let t = Instant::now();
         let core =
             gosok_server::core::Core::restore(&snap.body, cfg.engine.clone(), Box::new(|_| None))?;
