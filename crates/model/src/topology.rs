@@ -78,6 +78,13 @@ fn default_base_power_w() -> u64 {
     1500
 }
 
+/// The name of node `k` of a run of `count` nodes named `prefix` (`prefix-000`, ...): the
+/// cluster file and agents with `--nodes N` name virtual nodes alike.
+pub fn run_node_name(prefix: &str, k: u64, count: u64) -> String {
+    let width = (count.max(1) - 1).to_string().len().max(3);
+    format!("{prefix}-{k:0width$}")
+}
+
 /// The cluster file: the whole declared highway.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -211,10 +218,9 @@ impl ClusterSpec {
                     format!("more than {MAX_NODES} nodes in all"),
                 ));
             }
-            let width = (count.max(1) - 1).to_string().len().max(3);
             for k in 0..count {
                 let name = match n.count {
-                    Some(_) => format!("{}-{:0width$}", n.name, k),
+                    Some(_) => run_node_name(&n.name, k, count),
                     None => n.name.clone(),
                 };
                 if !names.insert(name.clone()) {
