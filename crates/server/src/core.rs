@@ -16,6 +16,9 @@ use serde::Serialize;
 
 use crate::entry::{Entry, TokenEntry};
 
+mod agents;
+pub use agents::{NodeAgent, RunSpec};
+
 /// Why a change was refused; nothing was changed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
@@ -118,12 +121,18 @@ pub struct JobRecord {
     pub history: Vec<HistoryItem>,
     pub ended_ms: Option<u64>,
     pub reason: Option<String>,
+    /// What its tasks run; None for a job without a command (it runs nothing on agents).
+    pub run: Option<Box<RunSpec>>,
+    /// Where its latest attempt ran, kept after it ended (its logs are there).
+    pub last_run: Vec<TaskPlacement>,
+    pub last_run_attempt: u32,
 }
 
 #[derive(Debug, Clone)]
 pub struct TokenRecord {
     pub id: String,
     pub tenant: Option<Arc<str>>,
+    pub agent: bool,
     pub created_ms: u64,
     pub revoked: bool,
 }
@@ -169,6 +178,10 @@ pub struct Core {
     /// The last log record applied.
     seq: u64,
     specs: SpecSource,
+    /// Nodes claimed by agents, by name (never removed: epochs only grow).
+    agents: BTreeMap<String, NodeAgent>,
+    /// Running jobs, for the agents' desired sets.
+    running_jobs: std::collections::BTreeSet<u64>,
 }
 
 pub fn parse_hash(hex: &str) -> Option<[u8; 32]> {
@@ -237,6 +250,8 @@ impl Core {
             initialised: false,
             seq: 0,
             specs,
+            agents: BTreeMap::new(),
+            running_jobs: Default::default(),
         })
     }
 
@@ -388,6 +403,8 @@ impl Core {
                 tenant,
                 spec,
                 command,
+                env,
+                workdir,
                 idempotency,
                 ..
             } => {
@@ -397,7 +414,7 @@ impl Core {
                     *job,
                     tenant.clone(),
                     spec.clone(),
-                    command.clone(),
+                    RunSpec::of(command.clone(), env.clone(), workdir.clone()),
                     idempotency.clone(),
                 );
             }
@@ -529,6 +546,25 @@ impl Core {
                     t.revoked = true;
                 }
             }
+            Entry::AgentRegister {
+                agent,
+                address,
+                nodes,
+                ..
+            } => self.agent_register(at_ms, agent, address, nodes, &mut out)?,
+            Entry::NodeLost { node, epoch } => self.node_lost(at_ms, node, *epoch, &mut out)?,
+            Entry::TaskEnded {
+                job,
+                attempt,
+                task,
+                node,
+                epoch,
+                status,
+                detail,
+                ..
+            } => self.task_ended(
+                at_ms, *job, *attempt, *task, node, *epoch, *status, detail, &mut out,
+            )?,
         }
         self.seq = seq;
         Ok(out)
@@ -543,9 +579,19 @@ impl Core {
                 tenant,
                 spec,
                 command,
+                env,
+                workdir,
                 idempotency,
                 ..
-            } => self.submit(seq, at_ms, job, tenant, spec, command, idempotency),
+            } => self.submit(
+                seq,
+                at_ms,
+                job,
+                tenant,
+                spec,
+                RunSpec::of(command, env, workdir),
+                idempotency,
+            ),
             other => self.apply(seq, at_ms, &other),
         }
     }
@@ -558,7 +604,7 @@ impl Core {
         job: u64,
         tenant: String,
         spec: JobSpec,
-        command: Vec<String>,
+        run: Option<Box<RunSpec>>,
         idempotency: Option<crate::entry::Idempotency>,
     ) -> Result<Applied, Refusal> {
         let mut out = Applied::default();
@@ -576,7 +622,6 @@ impl Core {
         };
         let name = spec.name.as_deref().map(Into::into);
         let accel_milli = spec.total_accelerator_milli();
-        let _ = command;
         let decisions = self
             .engine
             .apply(Event::Submit {
@@ -603,6 +648,9 @@ impl Core {
             history: Vec::new(),
             ended_ms: None,
             reason: None,
+            run,
+            last_run: Vec::new(),
+            last_run_attempt: 0,
         });
         *self.pending_by_tenant.entry(t.clone()).or_default() += 1;
         self.counters.submitted += 1;
@@ -634,6 +682,7 @@ impl Core {
             TokenRecord {
                 id: t.id.clone(),
                 tenant,
+                agent: t.agent,
                 created_ms: at_ms,
                 revoked: false,
             },
@@ -711,7 +760,7 @@ impl Core {
         for id in rerun {
             self.set_state(id, JobState::Pending, at_ms);
             let j = &mut self.jobs[(id - 1) as usize];
-            j.placement.clear();
+            j.keep_last_run();
             j.history.push(HistoryItem {
                 at_ms,
                 event: "requeued",
@@ -745,13 +794,15 @@ impl Core {
         }
         if old == JobState::Running {
             self.running = self.running.saturating_sub(1);
+            self.running_jobs.remove(&id);
         }
         if state == JobState::Running {
             self.running += 1;
+            self.running_jobs.insert(id);
         }
         if state.is_terminal() {
             j.ended_ms = Some(at_ms);
-            j.placement.clear();
+            j.keep_last_run();
         }
     }
 
@@ -792,6 +843,7 @@ impl Core {
                     );
                     j.attempt = *attempt;
                     j.placement = tasks.clone();
+                    j.last_run.clear();
                     Some(JobState::Running)
                 }
                 Decision::Preempt { reason, .. } => {
@@ -799,12 +851,12 @@ impl Core {
                         "preempted",
                         serde_json::to_string(reason).unwrap_or_default(),
                     );
-                    j.placement.clear();
+                    j.keep_last_run();
                     Some(JobState::Pending)
                 }
                 Decision::Requeue { reason, retry, .. } => {
                     push("requeued", format!("{reason} (retry {retry})"));
-                    j.placement.clear();
+                    j.keep_last_run();
                     Some(JobState::Pending)
                 }
                 Decision::Stop { reason, .. } => {
