@@ -7,6 +7,7 @@ mod server_cmd;
 mod sim;
 mod sim_fgd;
 mod trace;
+mod up;
 
 use std::process::ExitCode;
 
@@ -43,8 +44,10 @@ enum Command {
     Server(server_cmd::ServerCommand),
     #[command(flatten)]
     Client(client::Command),
-    /// Start a local highway: a controller and agents on this machine.
-    Up,
+    /// Start a local highway: a controller, node agents for a demo highway (pohang, jeonnam,
+    /// ulsan) and demo tenants, in one process tree. Ctrl-C stops it; starting it again on the
+    /// same data directory resumes.
+    Up(up::UpArgs),
     /// Print gosok's version.
     Version,
 }
@@ -117,15 +120,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server(c) => server_cmd::run(c)?,
         Command::Client(c) => client::run(c)?,
         Command::Bench(BenchCommand::Server(a)) => server_cmd::bench(a)?,
-        Command::Up => {
-            println!(
-                "gosok up: the one-command local highway needs the node agents, which are not \
-                 here yet. Today: `gosok server init --data-dir DIR` and `gosok server run \
-                 --data-dir DIR` start the controller, `gosok apply examples/cluster.toml` \
-                 declares a highway, and `gosok sim replay` / `gosok bench engine` drive the \
-                 engine on traces and synthetic highways."
-            );
-        }
+        Command::Up(a) => up::run(a)?,
         Command::Bench(BenchCommand::Engine(a)) => {
             // Counts were range-checked by clap, so they fit in usize on every target.
             let p = bench::EngineBenchParams {
