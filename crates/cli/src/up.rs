@@ -240,7 +240,11 @@ fn provision(dir: &Path, url: &str, admin: &str, scale: Scale) -> anyhow::Result
     let path = dir.join("credentials.toml");
     let a = api(url, admin);
     let cluster = demo_cluster(scale)?;
-    let changed = a.call("PUT", "/v1/topology", Some(&serde_json::to_value(&cluster)?))?;
+    let changed = a.call(
+        "PUT",
+        "/v1/topology",
+        Some(&serde_json::to_value(&cluster)?),
+    )?;
     let n = changed["changed"].as_array().map_or(0, Vec::len);
     if n > 0 {
         eprintln!("gosok up: declared the demo highway ({n} changes)");
@@ -259,7 +263,11 @@ fn provision(dir: &Path, url: &str, admin: &str, scale: Scale) -> anyhow::Result
         .to_string();
     let mut tenant_tokens = BTreeMap::new();
     for t in &cluster.tenant {
-        let v = a.call("POST", &format!("/v1/tenants/{}/tokens", t.name), Some(&json!({})))?;
+        let v = a.call(
+            "POST",
+            &format!("/v1/tenants/{}/tokens", t.name),
+            Some(&json!({})),
+        )?;
         tenant_tokens.insert(
             t.name.clone(),
             v["token"].as_str().unwrap_or_default().to_string(),
@@ -294,7 +302,12 @@ fn spawn_agents(dir: &Path, url: &str, token: &str, scale: Scale) -> anyhow::Res
             .args(["--name", &format!("{}-n", r.name)])
             .args(["--nodes", &r.nodes.to_string()])
             .args(["--fake-accelerators", &format!("8x{}", r.accelerator)])
-            .args(["--cpu-cores", &cpu.to_string(), "--mem-mib", &mem.to_string()])
+            .args([
+                "--cpu-cores",
+                &cpu.to_string(),
+                "--mem-mib",
+                &mem.to_string(),
+            ])
             .arg("--work-dir")
             .arg(dir.join("agents").join(&r.name))
             .stdin(Stdio::null())
@@ -430,7 +443,10 @@ pub fn run(a: UpArgs) -> anyhow::Result<()> {
     let mut agents = spawn_agents(&a.data_dir, &url, &creds.agent_token, a.scale)?;
     let racks = demo_racks(a.scale);
     let nodes: u64 = racks.iter().map(|r| r.nodes).sum();
-    println!("gosok up: a local highway is running{}", if first { "" } else { " (resumed)" });
+    println!(
+        "gosok up: a local highway is running{}",
+        if first { "" } else { " (resumed)" }
+    );
     println!("  API:          {url}");
     println!("  admin token:  {}", creds.admin_token);
     for (t, tok) in &creds.tenant_tokens {
@@ -506,7 +522,12 @@ mod tests {
         let sites: Vec<&str> = small.site.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(sites, ["pohang", "jeonnam", "ulsan"]);
         for m in ["H100", "H200", "B200", "RNGD"] {
-            assert!(small.node.iter().any(|n| n.accelerator.as_deref() == Some(m)));
+            assert!(
+                small
+                    .node
+                    .iter()
+                    .any(|n| n.accelerator.as_deref() == Some(m))
+            );
         }
         assert_eq!(small.tenant.len(), 4);
     }

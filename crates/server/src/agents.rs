@@ -169,8 +169,7 @@ fn check_register(r: &RegisterRequest) -> Result<()> {
             ));
         }
         if n.labels.len() > 64
-            || n
-                .labels
+            || n.labels
                 .iter()
                 .any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 256)
         {
@@ -192,7 +191,10 @@ fn claim(core: &Core, i: usize, n: &RegisterNode) -> Result<Option<NodeSpec>> {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unknown_rack",
-            format!("rack {:?} is not declared (gosok apply declares racks)", n.rack),
+            format!(
+                "rack {:?} is not declared (gosok apply declares racks)",
+                n.rack
+            ),
         )
         .field(f("rack")));
     };
@@ -245,7 +247,9 @@ fn claim(core: &Core, i: usize, n: &RegisterNode) -> Result<Option<NodeSpec>> {
             ),
         );
     }
-    let declared_model = node.model.map(|m| cluster.model_names[m as usize].to_string());
+    let declared_model = node
+        .model
+        .map(|m| cluster.model_names[m as usize].to_string());
     if declared_model != model {
         return conflict(
             "accelerator",
@@ -367,9 +371,7 @@ pub async fn sync(
         let _ = tokio::time::timeout(wait, rx.changed()).await;
     }
     let version = *app.agents.version.borrow();
-    let (nodes, tasks) = app
-        .core()
-        .assignments(&req.nodes, app.cfg.task_grace_s);
+    let (nodes, tasks) = app.core().assignments(&req.nodes, app.cfg.task_grace_s);
     Ok(axum::Json(SyncResponse {
         version,
         lease_ms: app.agents.lease.as_millis() as u64,

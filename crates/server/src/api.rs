@@ -272,6 +272,7 @@ fn from_value<T: DeserializeOwned>(v: Value, prefix: &str) -> Result<T> {
 }
 
 /// A job submission: a job spec, plus what its tasks run (kept for the agents).
+#[derive(Debug)]
 pub struct Submission {
     pub spec: JobSpec,
     pub command: Vec<String>,
@@ -308,9 +309,11 @@ pub fn parse_submission(bytes: &[u8]) -> Result<Submission> {
         None | Some(Value::Null) => BTreeMap::new(),
         Some(e) => from_value::<BTreeMap<String, String>>(e, "env")?,
     };
-    if env.len() > 1024 || env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > 256 * 1024
-    {
-        return Err(ApiError::invalid("env", "too large (at most 1024 variables, 256 KiB)"));
+    if env.len() > 1024 || env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > 256 * 1024 {
+        return Err(ApiError::invalid(
+            "env",
+            "too large (at most 1024 variables, 256 KiB)",
+        ));
     }
     for (k, v) in &env {
         let bad_name = k.is_empty()
@@ -323,7 +326,10 @@ pub fn parse_submission(bytes: &[u8]) -> Result<Submission> {
             ));
         }
         if v.contains('\0') {
-            return Err(ApiError::invalid(format!("env.{k}"), "contains a NUL character"));
+            return Err(ApiError::invalid(
+                format!("env.{k}"),
+                "contains a NUL character",
+            ));
         }
     }
     let workdir = match m.remove("workdir") {
@@ -441,22 +447,22 @@ fn job_detail(app: &App, core: &Core, j: &JobRecord) -> Result<Value> {
         .reader()
         .get(j.submit_seq)
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let (spec, command, env, workdir) =
-        match rec.map(|r| serde_json::from_slice::<Entry>(&r.body)) {
-            Some(Ok(Entry::Submit {
-                spec,
-                command,
-                env,
-                workdir,
-                ..
-            })) => (
-                serde_json::to_value(&spec).unwrap_or(Value::Null),
-                command,
-                env,
-                workdir,
-            ),
-            _ => (Value::Null, Vec::new(), BTreeMap::new(), None),
-        };
+    let (spec, command, env, workdir) = match rec.map(|r| serde_json::from_slice::<Entry>(&r.body))
+    {
+        Some(Ok(Entry::Submit {
+            spec,
+            command,
+            env,
+            workdir,
+            ..
+        })) => (
+            serde_json::to_value(&spec).unwrap_or(Value::Null),
+            command,
+            env,
+            workdir,
+        ),
+        _ => (Value::Null, Vec::new(), BTreeMap::new(), None),
+    };
     let m = v.as_object_mut().expect("a summary is an object");
     m.insert("spec".into(), spec);
     m.insert("command".into(), json!(command));
@@ -1754,10 +1760,34 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("command[0]"));
         let e = parse_submission(br#"{"groups":[{"accelerators":1}]} trailing"#).unwrap_err();
         assert_eq!(e.code, "malformed_json");
-        let (spec, cmd) =
-            parse_submission(br#"{"groups":[{"accelerators":1}],"command":["a","b"]}"#).unwrap();
-        assert_eq!(spec.groups.len(), 1);
-        assert_eq!(cmd, vec!["a", "b"]);
+        let sub =
+            parse_submission(br#"{"groups":[{"accelerators":1}],"command":["a","b"],"env":{"A_1":"x"},"workdir":"/tmp"}"#).unwrap();
+        assert_eq!(sub.spec.groups.len(), 1);
+        assert_eq!(sub.command, vec!["a", "b"]);
+        assert_eq!(sub.env["A_1"], "x");
+        assert_eq!(sub.workdir.as_deref(), Some("/tmp"));
+        for (body, field) in [
+            (
+                r#"{"groups":[{"accelerators":1}],"env":{"1A":"x"}}"#,
+                "env.1A",
+            ),
+            (
+                r#"{"groups":[{"accelerators":1}],"env":{"A-B":"x"}}"#,
+                "env.A-B",
+            ),
+            (r#"{"groups":[{"accelerators":1}],"env":{"A":1}}"#, "env.A"),
+            (
+                r#"{"groups":[{"accelerators":1}],"workdir":"relative"}"#,
+                "workdir",
+            ),
+            (
+                r#"{"groups":[{"accelerators":1}],"command":[""]}"#,
+                "command[0]",
+            ),
+        ] {
+            let e = parse_submission(body.as_bytes()).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{body}");
+        }
     }
 
     #[test]
@@ -1784,8 +1814,8 @@ mod tests {
         /// The job-spec parser takes any bytes without panicking; what it accepts validates.
         #[test]
         fn the_submission_parser_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
-            if let Ok((spec, _)) = parse_submission(&bytes) {
-                prop_assert!(spec.validate().is_ok());
+            if let Ok(sub) = parse_submission(&bytes) {
+                prop_assert!(sub.spec.validate().is_ok());
             }
         }
 

@@ -12,10 +12,17 @@ use crate::error::ApiError;
 /// Who is asking.
 #[derive(Debug, Clone)]
 pub enum Principal {
-    Admin { token: String },
-    Tenant { name: Arc<str>, token: String },
+    Admin {
+        token: String,
+    },
+    Tenant {
+        name: Arc<str>,
+        token: String,
+    },
     /// A node agent: it may call only `/v1/agent/*`.
-    Agent { token: String },
+    Agent {
+        token: String,
+    },
 }
 
 impl Principal {

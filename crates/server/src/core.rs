@@ -884,11 +884,11 @@ impl Core {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::entry::Idempotency;
 
-    pub const CLUSTER: &str = r#"
+    pub(crate) const CLUSTER: &str = r#"
 [[site]]
 name = "pohang"
 region = "gyeongbuk"
@@ -916,7 +916,7 @@ name = "lab"
 tier = "academic"
 "#;
 
-    fn core() -> Core {
+    pub(crate) fn core() -> Core {
         let spec: JobSpec = serde_json::from_value(serde_json::json!({
             "groups": [{"replicas": 1, "accelerators": 8, "models": ["H100"]}]
         }))
@@ -929,6 +929,7 @@ tier = "academic"
         let tok = TokenEntry {
             id: "admin".into(),
             tenant: None,
+            agent: false,
             sha256: "00".repeat(32),
         };
         c.apply(
@@ -967,6 +968,8 @@ tier = "academic"
                 tenant: "lab".into(),
                 spec,
                 command: vec![],
+                env: Default::default(),
+                workdir: None,
                 idempotency: Some(Idempotency {
                     key: format!("k{job}"),
                     request_sha256: "x".into(),

@@ -252,7 +252,10 @@ pub fn schemas() -> Map<String, Value> {
     );
     put(
         "AgentRegistered",
-        obj(json!({"lease_ms": int(), "nodes": arr(node_epoch.clone())}), &["lease_ms", "nodes"]),
+        obj(
+            json!({"lease_ms": int(), "nodes": arr(node_epoch.clone())}),
+            &["lease_ms", "nodes"],
+        ),
     );
     put(
         "AgentSync",
@@ -344,7 +347,8 @@ pub fn document(routes: &[Route]) -> Value {
                 op["description"] = json!("Needs an operator (admin) token.");
             }
             Access::Agent => {
-                op["description"] = json!("Needs a node-agent token (or an admin token); see docs/AGENTS.md.");
+                op["description"] =
+                    json!("Needs a node-agent token (or an admin token); see docs/AGENTS.md.");
             }
         }
         if let Some(req) = rt.request {

@@ -205,7 +205,9 @@ impl Core {
         if !self.epoch_valid(node, epoch) {
             return Err((
                 STALE_EPOCH,
-                format!("node {node:?} is not up under epoch {epoch}: its lease was lost or it registered again"),
+                format!(
+                    "node {node:?} is not up under epoch {epoch}: its lease was lost or it registered again"
+                ),
             ));
         }
         let Some(j) = self.job(job) else {
@@ -369,10 +371,7 @@ impl Core {
         ] {
             env.insert(k.into(), v);
         }
-        let limit_s = self
-            .engine
-            .job(JobId(j.id))
-            .and_then(|e| e.limit_s);
+        let limit_s = self.engine.job(JobId(j.id)).and_then(|e| e.limit_s);
         Assignment {
             node: p.node.to_string(),
             epoch,
@@ -385,5 +384,210 @@ impl Core {
             limit_s,
             grace_s,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::tests::core;
+    use crate::entry::Entry;
+    use gosok_engine::Decision;
+    use gosok_model::JobSpec;
+
+    fn claim(c: &mut Core, seq: u64, nodes: &[&str]) {
+        let claims = nodes
+            .iter()
+            .map(|n| NodeClaim {
+                name: n.to_string(),
+                epoch: c.next_epoch(n),
+                labels: BTreeMap::new(),
+            })
+            .collect();
+        c.apply(
+            seq,
+            1000,
+            &Entry::AgentRegister {
+                agent: "a1".into(),
+                address: "10.0.0.7".into(),
+                nodes: claims,
+                by: "agent".into(),
+            },
+        )
+        .unwrap();
+    }
+
+    fn submit_gang(c: &mut Core, seq: u64, replicas: u64, accel: u64) -> u64 {
+        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+            "groups": [{"replicas": replicas, "accelerators": accel, "models": ["H100"]}],
+            "runtime_limit_s": 600,
+        }))
+        .unwrap();
+        let job = c.next_job_id();
+        c.apply(
+            seq,
+            2000,
+            &Entry::Submit {
+                job,
+                tenant: "lab".into(),
+                spec,
+                command: vec!["python3".into(), "train.py".into()],
+                env: [("SEED".to_string(), "7".to_string())].into(),
+                workdir: Some("/data".into()),
+                idempotency: None,
+                by: "lab".into(),
+            },
+        )
+        .unwrap();
+        job
+    }
+
+    fn lease(nodes: &[(&str, u64)]) -> Vec<NodeEpoch> {
+        nodes
+            .iter()
+            .map(|(n, e)| NodeEpoch {
+                name: n.to_string(),
+                epoch: *e,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_gang_on_claimed_nodes_gets_its_devices_ranks_and_master() {
+        let mut c = core();
+        // The test highway declares its nodes up; the claim takes them down and up again.
+        claim(&mut c, 3, &["ph-r1-n-000", "ph-r1-n-001"]);
+        assert_eq!(c.node_agent("ph-r1-n-000").unwrap().epoch, 1);
+        let job = submit_gang(&mut c, 4, 2, 4);
+        c.apply(5, 3000, &Entry::Tick { now_s: 1001 }).unwrap();
+        let (leases, tasks) = c.assignments(&lease(&[("ph-r1-n-000", 1), ("ph-r1-n-001", 1)]), 10);
+        assert!(leases.iter().all(|l| l.valid));
+        assert_eq!(tasks.len(), 2);
+        let mut ranks: Vec<&str> = tasks.iter().map(|t| t.env["RANK"].as_str()).collect();
+        ranks.sort();
+        assert_eq!(ranks, ["0", "1"]);
+        for t in &tasks {
+            assert_eq!(t.job, job);
+            assert_eq!(t.command, ["python3", "train.py"]);
+            assert_eq!(t.workdir.as_deref(), Some("/data"));
+            assert_eq!(t.env["SEED"], "7");
+            assert_eq!(t.env["WORLD_SIZE"], "2");
+            assert_eq!(t.env["MASTER_ADDR"], "10.0.0.7");
+            assert_eq!(t.env["CUDA_VISIBLE_DEVICES"].split(',').count(), 4);
+            assert_eq!(t.env["GOSOK_JOB_ID"], job.to_string());
+            assert_eq!(t.limit_s, Some(600));
+            // Both replicas fit on one node (best fit), or one on each: local ranks agree.
+            let local: usize = t.env["LOCAL_WORLD_SIZE"].parse().unwrap();
+            assert!(local == 1 || local == 2);
+        }
+        // A report from a stale epoch is refused; the right one ends the task.
+        let t0 = &tasks[0];
+        let stale = c.check_task_report(job, t0.attempt, t0.task, &t0.node, 0);
+        assert_eq!(stale.unwrap_err().0, STALE_EPOCH);
+        for (seq, t) in (6..).zip(&tasks) {
+            c.apply(
+                seq,
+                4000,
+                &Entry::TaskEnded {
+                    job,
+                    attempt: t.attempt,
+                    task: t.task,
+                    node: t.node.clone(),
+                    epoch: t.epoch,
+                    status: 0,
+                    detail: "exited with status 0".into(),
+                    by: "agent".into(),
+                },
+            )
+            .unwrap();
+        }
+        assert_eq!(c.job(job).unwrap().state, JobState::Succeeded);
+        // Its logs stay findable after it ended.
+        assert_eq!(c.job(job).unwrap().last_run.len(), 2);
+        let (_, tasks) = c.assignments(&lease(&[("ph-r1-n-000", 1), ("ph-r1-n-001", 1)]), 10);
+        assert!(tasks.is_empty());
+    }
+
+    #[test]
+    fn a_lost_lease_requeues_and_fences_the_old_epoch() {
+        let mut c = core();
+        claim(&mut c, 3, &["ph-r1-n-000"]);
+        // The other node is not claimed: make it unavailable so the job lands on n-000.
+        c.apply(
+            4,
+            1000,
+            &Entry::NodeState {
+                node: "ph-r1-n-001".into(),
+                state: NodeState::Down,
+                by: "admin".into(),
+            },
+        )
+        .unwrap();
+        let job = submit_gang(&mut c, 5, 1, 8);
+        c.apply(6, 3000, &Entry::Tick { now_s: 1001 }).unwrap();
+        assert_eq!(c.job(job).unwrap().state, JobState::Running);
+        let a = c
+            .apply(
+                7,
+                3000,
+                &Entry::NodeLost {
+                    node: "ph-r1-n-000".into(),
+                    epoch: 1,
+                },
+            )
+            .unwrap();
+        assert!(
+            a.decisions
+                .iter()
+                .any(|d| matches!(d, Decision::Requeue { .. }))
+        );
+        assert_eq!(c.job(job).unwrap().state, JobState::Pending);
+        let (leases, tasks) = c.assignments(&lease(&[("ph-r1-n-000", 1)]), 10);
+        assert!(!leases[0].valid);
+        assert!(tasks.is_empty());
+        // A late report under the dead epoch is refused; losing it twice is refused too.
+        assert_eq!(
+            c.check_task_report(job, 1, 0, "ph-r1-n-000", 1)
+                .unwrap_err()
+                .0,
+            STALE_EPOCH
+        );
+        assert!(
+            c.apply(
+                8,
+                3000,
+                &Entry::NodeLost {
+                    node: "ph-r1-n-000".into(),
+                    epoch: 1
+                }
+            )
+            .is_err()
+        );
+        // Registered again: epoch 2, and the job runs there as attempt 2.
+        claim(&mut c, 9, &["ph-r1-n-000"]);
+        assert_eq!(c.node_agent("ph-r1-n-000").unwrap().epoch, 2);
+        c.apply(10, 4000, &Entry::Tick { now_s: 1002 }).unwrap();
+        let (_, tasks) = c.assignments(&lease(&[("ph-r1-n-000", 2)]), 10);
+        assert_eq!(tasks.len(), 1);
+        assert_eq!(tasks[0].attempt, 2);
+        assert_eq!(tasks[0].epoch, 2);
+    }
+
+    #[test]
+    fn claims_are_refused_for_unknown_nodes_and_wrong_epochs() {
+        let mut c = core();
+        let bad = |name: &str, epoch: u64| Entry::AgentRegister {
+            agent: "a".into(),
+            address: "x".into(),
+            nodes: vec![NodeClaim {
+                name: name.into(),
+                epoch,
+                labels: BTreeMap::new(),
+            }],
+            by: "agent".into(),
+        };
+        assert!(c.apply(3, 1000, &bad("nope", 1)).is_err());
+        assert!(c.apply(3, 1000, &bad("ph-r1-n-000", 5)).is_err());
+        assert!(c.node_agent("ph-r1-n-000").is_none());
     }
 }
