@@ -385,7 +385,10 @@ impl Client {
                 let headers = r
                     .headers_names()
                     .into_iter()
-                    .filter_map(|k| r.header(&k).map(|v| (k.to_ascii_lowercase(), v.to_string())))
+                    .filter_map(|k| {
+                        r.header(&k)
+                            .map(|v| (k.to_ascii_lowercase(), v.to_string()))
+                    })
                     .collect();
                 let mut out = Vec::new();
                 std::io::Read::read_to_end(&mut r.into_reader(), &mut out)?;
@@ -467,7 +470,11 @@ fn logs(cl: &Client, a: &LogsArgs) -> anyhow::Result<()> {
                 if attempt.is_some() {
                     // A new attempt writes new files.
                     offsets = [0, 0];
-                    eprintln!("--- job {} attempt {} ---", a.id, att.as_deref().unwrap_or("?"));
+                    eprintln!(
+                        "--- job {} attempt {} ---",
+                        a.id,
+                        att.as_deref().unwrap_or("?")
+                    );
                     attempt = att;
                     got = 1;
                     break;
