@@ -1,5 +1,6 @@
 //! `gosok`: one binary, one subcommand per job.
 
+mod agent_cmd;
 mod alloc;
 mod bench;
 mod client;
@@ -48,6 +49,9 @@ enum Command {
     /// ulsan) and demo tenants, in one process tree. Ctrl-C stops it; starting it again on the
     /// same data directory resumes.
     Up(up::UpArgs),
+    /// A node agent: registers this machine's node (or --nodes N virtual ones) with the
+    /// controller and runs the tasks placed on it.
+    Agent(agent_cmd::AgentArgs),
     /// Print gosok's version.
     Version,
 }
@@ -121,6 +125,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Client(c) => client::run(c)?,
         Command::Bench(BenchCommand::Server(a)) => server_cmd::bench(a)?,
         Command::Up(a) => up::run(a)?,
+        Command::Agent(a) => agent_cmd::run(a)?,
         Command::Bench(BenchCommand::Engine(a)) => {
             // Counts were range-checked by clap, so they fit in usize on every target.
             let p = bench::EngineBenchParams {
