@@ -3,6 +3,7 @@
 mod agent_cmd;
 mod alloc;
 mod bench;
+mod bench_agents;
 mod client;
 mod server_cmd;
 mod sim;
@@ -64,6 +65,9 @@ enum BenchCommand {
     /// Drive a controller over loopback HTTP: durable submissions per second, GET /v1/queue
     /// with a long queue, restart time with a long event log.
     Server(server_cmd::BenchServerArgs),
+    /// Run trivial tasks on virtual nodes of a real agent: task starts per second,
+    /// submit-to-running latency, and an idle agent's cost per node.
+    Agents(bench_agents::BenchAgentsArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -124,6 +128,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server(c) => server_cmd::run(c)?,
         Command::Client(c) => client::run(c)?,
         Command::Bench(BenchCommand::Server(a)) => server_cmd::bench(a)?,
+        Command::Bench(BenchCommand::Agents(a)) => bench_agents::run(a)?,
         Command::Up(a) => up::run(a)?,
         Command::Agent(a) => agent_cmd::run(a)?,
         Command::Bench(BenchCommand::Engine(a)) => {
