@@ -114,7 +114,10 @@ struct Agent {
     pending: Vec<(Key, TaskReport)>,
     pgids: PgidFile,
     ever_registered: bool,
-    not_before: Option<Instant>,
+    /// After a refused registration: not before this (syncing for the other nodes goes on).
+    register_not_before: Option<Instant>,
+    /// After a failed sync (not a transport error: those are retried in the client).
+    sync_not_before: Option<Instant>,
 }
 
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
@@ -209,7 +212,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         pending: Vec::new(),
         pgids,
         ever_registered: false,
-        not_before: None,
+        register_not_before: None,
+        sync_not_before: None,
     };
     let result = agent.main_loop(&replies);
     gate.closed.store(true, Ordering::SeqCst);
@@ -381,7 +385,7 @@ impl Agent {
                     "cannot register {} nodes: {e}; trying again in 5 s",
                     names.len()
                 );
-                self.not_before = Some(Instant::now() + Duration::from_secs(5));
+                self.register_not_before = Some(Instant::now() + Duration::from_secs(5));
                 return Ok(());
             }
         };
@@ -426,7 +430,7 @@ impl Agent {
             }
             Err(e) => {
                 error!("sync failed: {e}; trying again in 1 s");
-                self.not_before = Some(Instant::now() + Duration::from_secs(1));
+                self.sync_not_before = Some(Instant::now() + Duration::from_secs(1));
                 return Ok(());
             }
         };
@@ -610,8 +614,7 @@ impl Agent {
     }
 
     fn dispatch(&mut self, now: Instant) {
-        if !self.comms_busy && self.not_before.is_none_or(|t| now >= t) {
-            self.not_before = None;
+        if !self.comms_busy {
             let running: HashSet<&str> = self
                 .tasks
                 .iter()
@@ -635,7 +638,9 @@ impl Agent {
                     })
                 })
                 .collect();
-            let req = if !to_register.is_empty() {
+            let may_register = self.register_not_before.is_none_or(|t| now >= t);
+            let may_sync = self.sync_not_before.is_none_or(|t| now >= t);
+            let req = if !to_register.is_empty() && may_register {
                 Some(Request::Register(
                     self.generation,
                     RegisterRequest {
@@ -646,7 +651,7 @@ impl Agent {
                         nodes: to_register,
                     },
                 ))
-            } else if !held.is_empty() {
+            } else if !held.is_empty() && may_sync {
                 Some(Request::Sync(
                     self.generation,
                     SyncRequest {
