@@ -81,3 +81,65 @@ impl PgidFile {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+
+    use super::*;
+    use crate::runner::group_alive;
+
+    #[test]
+    fn a_new_agent_kills_the_groups_its_predecessor_left_in_this_boot_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut leftover = Command::new("sleep")
+            .arg("1000")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = leftover.id() as i32;
+        let (mut f, killed) = PgidFile::open(tmp.path()).unwrap();
+        assert_eq!(killed, 0);
+        f.add(pgid).unwrap();
+        drop(f);
+
+        // Another boot's list names nothing of this one.
+        let path = tmp.path().join("pgids");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replacen(&boot_id(), "another-boot", 1)).unwrap();
+        let (f, killed) = PgidFile::open(tmp.path()).unwrap();
+        assert_eq!(killed, 0);
+        assert!(group_alive(pgid));
+        drop(f);
+
+        std::fs::write(&path, format!("{}\n{pgid}\n", boot_id())).unwrap();
+        let (_f, killed) = PgidFile::open(tmp.path()).unwrap();
+        assert_eq!(killed, 1);
+        let status = leftover.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        // The list starts afresh.
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}\n", boot_id())
+        );
+    }
+
+    #[test]
+    fn the_list_is_compacted_to_the_live_groups() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut f, _) = PgidFile::open(tmp.path()).unwrap();
+        for p in 0..100 {
+            f.add(100_000 + p).unwrap();
+        }
+        f.compact([4242, 4343].into_iter()).unwrap();
+        let text = std::fs::read_to_string(tmp.path().join("pgids")).unwrap();
+        assert_eq!(text, format!("{}\n4242\n4343\n", boot_id()));
+        f.add(4444).unwrap();
+        let text = std::fs::read_to_string(tmp.path().join("pgids")).unwrap();
+        assert!(text.ends_with("4343\n4444\n"));
+    }
+}

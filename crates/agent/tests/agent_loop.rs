@@ -485,3 +485,39 @@ fn a_node_whose_lease_is_lost_is_killed_and_registered_again() {
     agent.finish();
     assert!(!group_alive(p8), "stopping the agent left a task running");
 }
+
+#[test]
+fn one_agent_hosts_a_thousand_virtual_nodes() {
+    let fake = Fake::start(5000);
+    let agent = Running::start(&fake, 1000);
+    eventually("registration", Duration::from_secs(5), || {
+        fake.with(|s| s.registers.len() == 1)
+    });
+    assert_eq!(fake.with(|s| s.registers[0].nodes.len()), 1000);
+    assert_eq!(
+        fake.with(|s| s.registers[0].nodes[999].name.clone()),
+        "t-n-999"
+    );
+    let wants = (0..200)
+        .map(|k| Want {
+            node: format!("t-n-{:03}", k * 5),
+            job: 100 + k,
+            command: "exit 0".into(),
+            limit_s: None,
+        })
+        .collect();
+    let t0 = Instant::now();
+    fake.set_wants(wants);
+    eventually("200 reports", Duration::from_secs(20), || {
+        fake.with(|s| s.reports.len() == 200)
+    });
+    eprintln!(
+        "200 tasks on 1,000 virtual nodes started, ended and reported in {:?}",
+        t0.elapsed()
+    );
+    fake.with(|s| {
+        assert!(s.reports.iter().all(|r| r.exit_code == Some(0)));
+        assert!(s.syncs.last().unwrap().nodes.len() == 1000);
+    });
+    agent.finish();
+}
