@@ -500,7 +500,7 @@ impl Agent {
             if self.tasks.contains_key(&k) {
                 continue;
             }
-            self.start(k, a, now);
+            self.start(k, a);
         }
         let _ = self.pgids.compact(
             self.tasks
@@ -522,7 +522,7 @@ impl Agent {
             .join(a.task.to_string())
     }
 
-    fn start(&mut self, k: Key, a: &Assignment, now: Instant) {
+    fn start(&mut self, k: Key, a: &Assignment) {
         let spec = Spec {
             command: a.command.clone(),
             env: a.env.clone(),
@@ -562,7 +562,6 @@ impl Agent {
                 );
             }
         }
-        let _ = now;
     }
 
     fn ended(&mut self, k: Key, epoch: u64, o: Outcome) {

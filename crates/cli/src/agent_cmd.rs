@@ -87,10 +87,7 @@ fn parse_label(s: &str) -> anyhow::Result<(String, String)> {
 
 fn default_work_dir() -> PathBuf {
     let here = PathBuf::from("gosok-agent-work");
-    let writable = std::env::current_dir()
-        .ok()
-        .and_then(|d| tempfile_probe(&d))
-        .unwrap_or(false);
+    let writable = std::env::current_dir().is_ok_and(|d| writable(&d));
     if writable {
         here
     } else {
@@ -98,11 +95,11 @@ fn default_work_dir() -> PathBuf {
     }
 }
 
-fn tempfile_probe(dir: &std::path::Path) -> Option<bool> {
+fn writable(dir: &std::path::Path) -> bool {
     let p = dir.join(format!(".gosok-agent-probe-{}", std::process::id()));
     let ok = std::fs::write(&p, b"").is_ok();
     let _ = std::fs::remove_file(&p);
-    Some(ok)
+    ok
 }
 
 /// Turns the flags into the agent's configuration, with every flag checked.
