@@ -549,7 +549,11 @@ fn a_frozen_agent_is_fenced_and_the_job_completes_exactly_once_elsewhere() {
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["results"][0]["accepted"], false, "{r}");
     assert_eq!(r["results"][0]["code"], "stale_epoch", "{r}");
+    // While the agent was frozen its task went on (it is in its own process group): the
+    // agent must kill it when it wakes up.
+    assert!(alive(first_pid));
     // Resumed, the agent kills its stale task at once.
+    // SAFETY: a signal to our own child.
     unsafe {
         libc::kill(ph, libc::SIGCONT);
     }
