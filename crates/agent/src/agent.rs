@@ -157,6 +157,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             "killed process groups left by a previous agent"
         );
     }
+    let mut watchdog = match &cfg.watchdog {
+        Some(cmd) => Some(spawn_watchdog(cmd, &work_dir)?),
+        None => None,
+    };
     if cfg.handle_signals {
         install_signal_handlers();
     }
@@ -218,7 +222,39 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let result = agent.main_loop(&replies);
     gate.closed.store(true, Ordering::SeqCst);
     drop(log_server);
+    if let Some((mut child, mut pipe)) = watchdog.take() {
+        // Every task was stopped: tell the watchdog it has nothing to do.
+        use std::io::Write;
+        let _ = pipe.write_all(&[crate::leftovers::WATCHDOG_CLEAN_EXIT]);
+        drop(pipe);
+        let _ = child.wait();
+    }
     result
+}
+
+/// Starts the watchdog in its own process group (a Ctrl-C meant for the agent must not stop
+/// it), holding the write end of its stdin.
+fn spawn_watchdog(
+    cmd: &[std::ffi::OsString],
+    work_dir: &std::path::Path,
+) -> anyhow::Result<(std::process::Child, std::process::ChildStdin)> {
+    use std::os::unix::process::CommandExt;
+    let (program, args) = cmd
+        .split_first()
+        .ok_or_else(|| anyhow::anyhow!("the watchdog command is empty"))?;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .arg(work_dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .context("cannot start the agent's watchdog")?;
+    let pipe = child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("the watchdog has no stdin"))?;
+    Ok((child, pipe))
 }
 
 fn spawn_comms(

@@ -34,6 +34,9 @@ pub struct Config {
     pub handle_signals: bool,
     /// How often running tasks are polled.
     pub tick: Duration,
+    /// A command that runs [`crate::leftovers::watchdog`] for the work directory (appended as
+    /// its last argument): it kills the tasks if the agent dies. None: no watchdog.
+    pub watchdog: Option<Vec<std::ffi::OsString>>,
 }
 
 impl Config {
@@ -49,6 +52,7 @@ impl Config {
             stop: Arc::new(AtomicBool::new(false)),
             handle_signals: false,
             tick: Duration::from_millis(50),
+            watchdog: None,
         }
     }
 }

@@ -17,6 +17,47 @@ fn boot_id() -> String {
         .unwrap_or_default()
 }
 
+/// Kills every process group listed in `WORK/pgids` (this boot's only); returns how many
+/// still had processes.
+pub fn kill_listed(work_dir: &Path) -> usize {
+    let mut killed = 0;
+    if let Ok(text) = std::fs::read_to_string(work_dir.join("pgids")) {
+        let mut lines = text.lines();
+        if lines.next() == Some(boot_id().as_str()) {
+            let pgids: BTreeSet<i32> = lines.filter_map(|l| l.trim().parse().ok()).collect();
+            for pgid in pgids {
+                if pgid > 1 && signal_group(pgid, libc::SIGKILL) {
+                    killed += 1;
+                }
+            }
+        }
+    }
+    killed
+}
+
+/// What the watchdog reads on its stdin when the agent ends cleanly (its tasks are stopped).
+pub const WATCHDOG_CLEAN_EXIT: u8 = b'x';
+
+/// The watchdog's body: a separate process whose stdin is a pipe from the agent. When the pipe
+/// closes without [`WATCHDOG_CLEAN_EXIT`] the agent died (SIGKILL, a crash): the watchdog kills
+/// every task group it listed, so that nothing a task forked outlives its agent (SIGKILL
+/// cannot be caught, and PR_SET_PDEATHSIG reaches only each task's first process).
+pub fn watchdog(work_dir: &Path) -> usize {
+    use std::io::Read;
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = [0u8; 64];
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) if buf[..n].contains(&WATCHDOG_CLEAN_EXIT) => return 0,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    kill_listed(work_dir)
+}
+
 pub struct PgidFile {
     path: PathBuf,
     file: File,
@@ -29,18 +70,7 @@ impl PgidFile {
     /// a fresh list. Returns the file and how many groups still had processes.
     pub fn open(work_dir: &Path) -> anyhow::Result<(PgidFile, usize)> {
         let path = work_dir.join("pgids");
-        let mut killed = 0;
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let mut lines = text.lines();
-            if lines.next() == Some(boot_id().as_str()) {
-                let pgids: BTreeSet<i32> = lines.filter_map(|l| l.trim().parse().ok()).collect();
-                for pgid in pgids {
-                    if pgid > 1 && signal_group(pgid, libc::SIGKILL) {
-                        killed += 1;
-                    }
-                }
-            }
-        }
+        let killed = kill_listed(work_dir);
         let mut f = PgidFile {
             file: File::create(&path)?,
             path,

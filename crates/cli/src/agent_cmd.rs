@@ -172,6 +172,13 @@ pub fn config(a: AgentArgs) -> anyhow::Result<Config> {
     }
     cfg.logs_listen = logs_listen;
     cfg.handle_signals = true;
+    // The watchdog is this binary again: `gosok agent-watchdog WORK_DIR`.
+    cfg.watchdog = Some(vec![
+        std::env::current_exe()
+            .context("cannot find the gosok binary for the agent's watchdog")?
+            .into_os_string(),
+        "agent-watchdog".into(),
+    ]);
     Ok(cfg)
 }
 

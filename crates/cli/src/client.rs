@@ -374,7 +374,7 @@ impl Client {
     }
 
     /// A request whose answer is bytes, not JSON: the body and the response headers.
-    fn raw(&self, method: &str, path: &str) -> anyhow::Result<(Vec<u8>, Vec<(String, String)>)> {
+    fn raw(&self, method: &str, path: &str) -> anyhow::Result<(Vec<u8>, Headers)> {
         let url = format!("{}{path}", self.base);
         let mut req = self.agent.request(method, &url);
         if let Some(t) = &self.token {
@@ -426,6 +426,9 @@ impl Client {
         }
     }
 }
+
+/// Response headers, names in lower case.
+type Headers = Vec<(String, String)>;
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {

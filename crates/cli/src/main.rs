@@ -53,6 +53,9 @@ enum Command {
     /// A node agent: registers this machine's node (or --nodes N virtual ones) with the
     /// controller and runs the tasks placed on it.
     Agent(agent_cmd::AgentArgs),
+    /// Started by `gosok agent` itself: kills the agent's tasks if the agent dies.
+    #[command(hide = true)]
+    AgentWatchdog { work_dir: std::path::PathBuf },
     /// Print gosok's version.
     Version,
 }
@@ -131,6 +134,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Agents(a)) => bench_agents::run(a)?,
         Command::Up(a) => up::run(a)?,
         Command::Agent(a) => agent_cmd::run(a)?,
+        Command::AgentWatchdog { work_dir } => {
+            gosok_agent::leftovers::watchdog(&work_dir);
+        }
         Command::Bench(BenchCommand::Engine(a)) => {
             // Counts were range-checked by clap, so they fit in usize on every target.
             let p = bench::EngineBenchParams {

@@ -89,7 +89,7 @@ fn demo_racks(scale: Scale) -> Vec<DemoRack> {
 fn demo_cluster(scale: Scale) -> anyhow::Result<ClusterSpec> {
     let racks = demo_racks(scale);
     let devices: u64 = racks.iter().map(|r| r.nodes * 8).sum();
-    // Quotas scale with the highway: the anchor is guaranteed a quarter of the Hopper-class
+    // Quotas scale with the highway: the anchor is guaranteed half of the Hopper-class
     // accelerators, the agency an eighth of the NPUs.
     let hopper: u64 = racks
         .iter()
@@ -166,7 +166,7 @@ weight = 1.5
 allowed_jurisdictions = ["KR"]
 quotas = [{{ accelerator = "RNGD", guaranteed = {agency}, borrow_limit = {agency} }}]
 "#,
-        anchor = (hopper / 4).max(8),
+        anchor = (hopper / 2).max(16),
         agency = (npu / 8).max(8),
     ));
     let c = ClusterSpec::from_toml(&t).context("the demo highway")?;

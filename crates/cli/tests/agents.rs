@@ -334,6 +334,24 @@ fn alive(pid: i32) -> bool {
     }
 }
 
+/// Whether any process is left in process group `pgid` (zombies aside).
+fn group_has_processes(pgid: i32) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            return false;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // After the command: state, ppid, pgrp.
+        f.first() != Some(&"Z") && f.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid)
+    })
+}
+
 fn read_pids(path: &Path) -> Vec<i32> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -491,8 +509,12 @@ fn a_killed_agent_s_tasks_are_requeued_and_run_elsewhere() {
     assert!(m.contains("end 2 jn-000"), "{m}");
     assert_eq!(m.matches("end").count(), 1, "{m}");
     assert!(v["events"].to_string().contains("requeued"), "{v}");
-    // The orphaned task of the dead agent did not survive it.
+    // Nothing of the dead agent's task survived it: not its first process (PDEATHSIG), not
+    // the `sleep` it forked (the agent's watchdog kills the task's process group).
     h.wait("the dead agent's task to be gone", || !alive(first_pid));
+    h.wait("the dead agent's task's children to be gone", || {
+        !group_has_processes(first_pid)
+    });
 }
 
 #[test]
