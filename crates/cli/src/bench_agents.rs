@@ -136,13 +136,13 @@ fn spawn_agent(
         .arg(work)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(work.with_extension("log"))?)
         .spawn()
         .context("cannot start the agent")
 }
 
 fn wait_up(api: &Api, prefix: &str, n: u64) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let v = api.call("GET", "/v1/nodes", None)?;
         let up = v["nodes"].as_array().map_or(0, |a| {

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
-use crate::error::{SpecError, check_f64, check_name, check_range};
+use crate::error::{SpecError, check_f64, check_label_key, check_name, check_range};
 use crate::tenant::TenantSpec;
 
 /// Most sites one highway can have; the engine keeps site sets as 64-bit masks.
@@ -208,7 +208,7 @@ impl ClusterSpec {
                 _ => {}
             }
             for k in n.labels.keys() {
-                check_name(&f("labels"), k)?;
+                check_label_key(&f("labels"), k)?;
             }
             let count = n.count.unwrap_or(1);
             check_range(&f("count"), count, 1, MAX_NODES)?;

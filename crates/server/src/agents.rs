@@ -168,15 +168,15 @@ fn check_register(r: &RegisterRequest) -> Result<()> {
                 format!("node {:?} is named twice", n.name),
             ));
         }
-        if n.labels.len() > 64
-            || n.labels
-                .iter()
-                .any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 256)
-        {
+        if n.labels.len() > 64 || n.labels.values().any(|v| v.len() > 256) {
             return Err(ApiError::invalid(
                 f("labels"),
-                "at most 64 labels; keys 1 to 128 bytes, values at most 256",
+                "at most 64 labels, values at most 256 bytes",
             ));
+        }
+        for k in n.labels.keys() {
+            gosok_model::error::check_label_key(&f("labels"), k)
+                .map_err(|e| ApiError::invalid(e.field, e.message))?;
         }
     }
     Ok(())
