@@ -371,14 +371,37 @@ fn a_two_by_four_gang_gets_its_devices_ranks_and_world_size_and_succeeds() {
     let out = h.tmp.path().join("ranks");
     std::fs::create_dir_all(&out).unwrap();
     let script = format!(
-        "echo \"$RANK $WORLD_SIZE $LOCAL_RANK $LOCAL_WORLD_SIZE $CUDA_VISIBLE_DEVICES $MASTER_ADDR $MASTER_PORT $GOSOK_NODE\" > {}/rank-$RANK; echo hello from rank $RANK; echo oops >&2",
+        "echo \"$RANK $WORLD_SIZE $LOCAL_RANK $LOCAL_WORLD_SIZE $CUDA_VISIBLE_DEVICES $MASTER_ADDR $MASTER_PORT $GOSOK_NODE\" > {}/rank-$RANK; echo $GREETING from rank $RANK; echo oops >&2",
         out.display()
     );
-    let id = h.submit(json!({
-        "name": "gang",
-        "groups": [{"replicas": 2, "accelerators": 4, "models": ["H100"]}],
-        "command": sh(&script),
-    }));
+    // Submitted the way a user would: `gosok submit --replicas 2 --accelerators 4 -- CMD…`.
+    let (ok, submitted, err) = h.cli(&[
+        "submit",
+        "--replicas",
+        "2",
+        "--accelerators",
+        "4",
+        "--model",
+        "H100",
+        "--name",
+        "gang",
+        "--env",
+        "GREETING=hello",
+        "--output",
+        "json",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(ok, "{err}");
+    let id = serde_json::from_str::<Value>(&submitted).unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    // `logs --follow` prints the output as it comes and returns when the job has ended.
+    let (ok, followed, err) = h.cli(&["logs", &id.to_string(), "--task", "0", "--follow"]);
+    assert!(ok, "{err}");
+    assert!(followed.contains("hello from rank 0"), "{followed}");
     let job = h.wait_state(id, "succeeded");
     let mut devices = Vec::new();
     let mut masters = Vec::new();
