@@ -4,7 +4,9 @@
 //! Phase 1: `--tasks` one-accelerator jobs running `true`, submitted from several connections
 //! on `--nodes` virtual nodes; reports task starts per second and submit-to-running latency
 //! (from the job's history: the moment the controller placed it and handed it to the agent).
-//! Phase 2: an agent with `--idle-nodes` virtual nodes and nothing to run; reports its CPU
+//! Phase 2: `--latency-samples` jobs submitted one at a time (every 50 ms) while capacity is
+//! free; reports submit-to-running latency.
+//! Phase 3: an agent with `--idle-nodes` virtual nodes and nothing to run; reports its CPU
 //! and memory per node.
 
 use std::process::{Child, Command, Stdio};
@@ -29,7 +31,10 @@ pub struct BenchAgentsArgs {
     /// Client connections submitting in phase 1.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
     connections: u64,
-    /// Virtual nodes of the idle agent in phase 2.
+    /// Jobs submitted one at a time, 50 ms apart, while capacity is free (phase 2).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    latency_samples: u64,
+    /// Virtual nodes of the idle agent in phase 3.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     idle_nodes: u64,
     /// How long the idle agent is watched.
@@ -49,6 +54,10 @@ struct Report {
     task_starts_per_s: f64,
     /// Submissions (all durable) per second.
     submits_per_s: f64,
+    /// Under the phase-1 flood (capacity is not free: queueing included).
+    flood_submit_to_running_p50_ms: u64,
+    flood_submit_to_running_p99_ms: u64,
+    /// Phase 2: one job at a time, capacity free.
     submit_to_running_p50_ms: u64,
     submit_to_running_p99_ms: u64,
     submit_to_running_max_ms: u64,
@@ -220,10 +229,11 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
         .unwrap_or_default()
         .to_string();
     let mut agent = spawn_agent(&base, &agent_token, "bench-r1", a.nodes, &dir.join("work"))?;
-    let r = phase1(&a, &api(&tenant), &admin_api, &api);
+    let r = phase1(&a, &api(&tenant), &admin_api, &api)
+        .and_then(|p1| Ok((p1, phase2(&a, &api(&tenant))?)));
     let _ = agent.kill();
     let _ = agent.wait();
-    let (starts, submits, lat, done_s) = r?;
+    let ((starts, submits, flood, done_s), lat) = r?;
     eprintln!("bench: idle agent with {} virtual nodes", a.idle_nodes);
     let mut idle = spawn_agent(
         &base,
@@ -256,6 +266,8 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
         connections: a.connections,
         task_starts_per_s: starts,
         submits_per_s: submits,
+        flood_submit_to_running_p50_ms: percentile(&flood, 0.5),
+        flood_submit_to_running_p99_ms: percentile(&flood, 0.99),
         submit_to_running_p50_ms: percentile(&lat, 0.5),
         submit_to_running_p99_ms: percentile(&lat, 0.99),
         submit_to_running_max_ms: lat.last().copied().unwrap_or(0),
@@ -278,7 +290,11 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
             report.submits_per_s
         );
         println!(
-            "submit-to-running p50 / p99 / max:              {} / {} / {} ms",
+            "submit-to-running under that flood p50 / p99:   {} / {} ms",
+            report.flood_submit_to_running_p50_ms, report.flood_submit_to_running_p99_ms
+        );
+        println!(
+            "submit-to-running, capacity free, p50/p99/max:  {} / {} / {} ms",
             report.submit_to_running_p50_ms,
             report.submit_to_running_p99_ms,
             report.submit_to_running_max_ms
@@ -300,6 +316,54 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
 }
 
 type Phase1 = (f64, f64, Vec<u64>, f64);
+
+/// When the controller placed job `id` (its `started` event), and when it was submitted.
+fn started(tenant: &Api, id: u64) -> anyhow::Result<(String, u64, Option<u64>)> {
+    let j = tenant.call("GET", &format!("/v1/jobs/{id}"), None)?;
+    let state = j["state"].as_str().unwrap_or_default().to_string();
+    let submitted = j["submitted_at_ms"].as_u64().unwrap_or(0);
+    let at = j["events"].as_array().and_then(|e| {
+        e.iter()
+            .find(|x| x["event"] == "started")
+            .and_then(|x| x["at_ms"].as_u64())
+    });
+    Ok((state, submitted, at))
+}
+
+/// One job at a time while capacity is free: what a user waits before the job runs.
+fn phase2(a: &BenchAgentsArgs, tenant: &Api) -> anyhow::Result<Vec<u64>> {
+    eprintln!(
+        "bench: {} jobs one at a time, capacity free",
+        a.latency_samples
+    );
+    let spec = json!({"groups": [{"accelerators": 1, "models": ["H100"]}], "command": ["true"]});
+    let mut ids = Vec::new();
+    for _ in 0..a.latency_samples {
+        let v = tenant.call("POST", "/v1/jobs", Some(&spec))?;
+        ids.push(v["id"].as_u64().unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut lat = Vec::new();
+    for id in ids {
+        loop {
+            let (state, submitted, at) = started(tenant, id)?;
+            if state == "succeeded" {
+                lat.push(at.unwrap_or(submitted).saturating_sub(submitted));
+                break;
+            }
+            if state != "pending" && state != "running" {
+                bail!("job {id} ended {state}");
+            }
+            if Instant::now() > deadline {
+                bail!("job {id} did not end within 2 minutes");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    lat.sort_unstable();
+    Ok(lat)
+}
 
 fn phase1(
     a: &BenchAgentsArgs,
@@ -363,17 +427,12 @@ fn phase1(
     let mut lat = Vec::with_capacity(ids.len());
     let mut starts = Vec::with_capacity(ids.len());
     let mut failed = 0;
-    for id in &ids {
-        let j = tenant.call("GET", &format!("/v1/jobs/{id}"), None)?;
-        if j["state"] != "succeeded" {
+    for &id in &ids {
+        let (state, submitted, at) = started(tenant, id)?;
+        if state != "succeeded" {
             failed += 1;
         }
-        let submitted = j["submitted_at_ms"].as_u64().unwrap_or(0);
-        if let Some(at) = j["events"].as_array().and_then(|e| {
-            e.iter()
-                .find(|x| x["event"] == "started")
-                .and_then(|x| x["at_ms"].as_u64())
-        }) {
+        if let Some(at) = at {
             lat.push(at.saturating_sub(submitted));
             starts.push(at);
         }
