@@ -295,7 +295,22 @@ fn spawn_agents(dir: &Path, url: &str, token: &str, scale: Scale) -> anyhow::Res
         } else {
             (112, 2_097_152)
         };
-        let child = Command::new(&exe)
+        let mut cmd = Command::new(&exe);
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+            // If `gosok up` dies, its agents stop (SIGTERM: they stop their tasks and exit).
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .arg("agent")
             .args(["--server", url, "--token", token])
             .args(["--site", r.site, "--rack", &r.name])

@@ -687,3 +687,122 @@ fn agent_routes_refuse_tenants_and_agent_tokens_refuse_the_rest() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["nodes"][0]["epoch"], 1, "{v}");
 }
+
+#[test]
+fn gosok_up_runs_a_highway_stops_on_ctrl_c_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let port = free_port();
+    let start = || {
+        Command::new(GOSOK)
+            .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let wait_banner = |child: &mut Child| {
+        let mut out = String::new();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        for l in lines.by_ref() {
+            let l = l.unwrap();
+            out.push_str(&l);
+            out.push('\n');
+            if l.starts_with("Ctrl-C") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        out
+    };
+    let mut up = Up(start());
+    let banner = wait_banner(&mut up.0);
+    let creds: toml::Value =
+        toml::from_str(&std::fs::read_to_string(dir.join("credentials.toml")).unwrap()).unwrap();
+    let url = creds["url"].as_str().unwrap().to_string();
+    assert_eq!(url, format!("http://127.0.0.1:{port}"));
+    let admin = creds["admin_token"].as_str().unwrap().to_string();
+    assert!(banner.contains(&admin), "{banner}");
+    let tenants = creds["tenant_tokens"].as_table().unwrap();
+    assert_eq!(tenants.len(), 4, "{tenants:?}");
+    let startup = tenants["seoul-startup"].as_str().unwrap().to_string();
+    // The demo highway: three Korean sites, and the agents bring every node up.
+    let (_, sites) = http("GET", &format!("{url}/v1/sites"), &admin, None);
+    let names: Vec<&str> = sites["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["pohang", "jeonnam", "ulsan"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, nodes) = http("GET", &format!("{url}/v1/nodes"), &admin, None);
+        let nodes = nodes["nodes"].as_array().unwrap();
+        if !nodes.is_empty() && nodes.iter().all(|n| n["state"] == "up") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nodes never all came up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (s, job) = http(
+        "POST",
+        &format!("{url}/v1/jobs"),
+        &startup,
+        Some(&json!({"groups": [{"accelerators": 8, "models": ["B200"]}],
+                     "command": ["sh", "-c", "echo $CUDA_VISIBLE_DEVICES"]})),
+    );
+    assert_eq!(s, 201, "{job}");
+    let id = job["id"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, j) = http("GET", &format!("{url}/v1/jobs/{id}"), &startup, None);
+        if j["state"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{j}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Ctrl-C: everything stops, the agents too.
+    let status = up.interrupt();
+    assert!(status.success(), "{status}");
+    let dir_text = dir.to_string_lossy().to_string();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&dir_text))
+        .collect();
+    assert!(left.is_empty(), "left running: {left:?}");
+    // Started again on the same directory it resumes: same tokens, the job is still there.
+    let mut up = Up(start());
+    let banner = wait_banner(&mut up.0);
+    assert!(banner.contains("resumed"), "{banner}");
+    let (s, j) = http("GET", &format!("{url}/v1/jobs/{id}"), &startup, None);
+    assert_eq!(s, 200, "{j}");
+    assert_eq!(j["state"], "succeeded");
+    assert!(up.interrupt().success());
+}
+
+/// A `gosok up` process, interrupted (as Ctrl-C does) when the test ends or fails.
+struct Up(Child);
+
+impl Up {
+    fn interrupt(&mut self) -> std::process::ExitStatus {
+        // SAFETY: a signal to our own child.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGINT);
+        }
+        self.0.wait().unwrap()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            self.interrupt();
+        }
+    }
+}
