@@ -58,6 +58,23 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Print the highway's topology and tenants as a TOML cluster file.
     Export(ConnOnly),
+    /// A job's output (stdout, then stderr), read through the controller from the agent
+    /// that ran it; `--follow` keeps printing until the job ends.
+    Logs(LogsArgs),
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    /// The job id.
+    id: u64,
+    /// The task (replica) index.
+    #[arg(long, default_value_t = 0)]
+    task: u32,
+    /// Keep printing new output until the job ends.
+    #[arg(long, short)]
+    follow: bool,
+    #[command(flatten)]
+    c: Conn,
 }
 
 #[derive(Args)]
@@ -92,6 +109,12 @@ pub struct SubmitArgs {
     /// The tenant to submit for (admin tokens only).
     #[arg(long)]
     tenant: Option<String>,
+    /// Environment for the tasks, `NAME=VALUE` (repeat for several).
+    #[arg(long = "env", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Working directory of the tasks (an absolute path on the nodes).
+    #[arg(long)]
+    workdir: Option<String>,
     /// Retrying with the same key and spec returns the same job, never a second one.
     #[arg(long)]
     idempotency_key: Option<String>,
@@ -205,8 +228,14 @@ pub struct TokenArgs {
 
 #[derive(Subcommand)]
 enum TokenAction {
-    /// A new token for the tenant; it is shown once.
-    Create { tenant: String },
+    /// A new token for the tenant (or with `--agent` a node-agent token); shown once.
+    Create {
+        #[arg(required_unless_present = "agent")]
+        tenant: Option<String>,
+        /// A token for node agents: it may call only /v1/agent/*.
+        #[arg(long, conflicts_with = "tenant")]
+        agent: bool,
+    },
     /// Revoke a token by its id.
     Revoke { id: String },
     /// List a tenant's tokens (ids only).
@@ -311,7 +340,14 @@ impl Client {
                 std::io::Read::read_to_string(&mut r.into_reader(), &mut text)?;
                 Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
             }
-            Err(ureq::Error::Status(code, r)) => {
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    /// A failed request as the user wants to read it.
+    fn error(&self, e: ureq::Error) -> anyhow::Error {
+        match e {
+            ureq::Error::Status(code, r) => {
                 let text = r.into_string().unwrap_or_default();
                 let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                 let e = &v["error"];
@@ -328,12 +364,37 @@ impl Client {
                 if code == 401 {
                     s.push_str("\nhint: pass --token, set GOSOK_TOKEN, or put `token = \"...\"` in the client config");
                 }
-                bail!(s)
+                anyhow::anyhow!(s)
             }
-            Err(ureq::Error::Transport(t)) => bail!(
+            ureq::Error::Transport(t) => anyhow::anyhow!(
                 "cannot reach the gosok server at {}: {t}\nhint: is `gosok server run` running there? (--server or GOSOK_SERVER)",
                 self.base
             ),
+        }
+    }
+
+    /// A request whose answer is bytes, not JSON: the body and the response headers.
+    fn raw(&self, method: &str, path: &str) -> anyhow::Result<(Vec<u8>, Headers)> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.agent.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        match req.call() {
+            Ok(r) => {
+                let headers = r
+                    .headers_names()
+                    .into_iter()
+                    .filter_map(|k| {
+                        r.header(&k)
+                            .map(|v| (k.to_ascii_lowercase(), v.to_string()))
+                    })
+                    .collect();
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(&mut r.into_reader(), &mut out)?;
+                Ok((out, headers))
+            }
+            Err(e) => Err(self.error(e)),
         }
     }
 
@@ -362,6 +423,81 @@ impl Client {
         match self.output {
             Output::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
             Output::Table => print!("{}", table(v)),
+        }
+    }
+}
+
+/// Response headers, names in lower case.
+type Headers = Vec<(String, String)>;
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?}: expected NAME=VALUE")),
+    }
+}
+
+/// Prints a task's output from `offsets` on (stdout to stdout, stderr to stderr); with
+/// `follow`, until the job has ended and nothing more comes.
+fn logs(cl: &Client, a: &LogsArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut offsets = [0u64; 2];
+    let mut attempt: Option<String> = None;
+    loop {
+        // Read the state first: output written before the job ended is then fetched below.
+        let ended = if a.follow {
+            let j = cl.get(&format!("/v1/jobs/{}", a.id))?;
+            !matches!(j["state"].as_str(), Some("pending") | Some("running"))
+        } else {
+            true
+        };
+        let mut got = 0;
+        for (i, stream) in ["stdout", "stderr"].into_iter().enumerate() {
+            let path = format!(
+                "/v1/jobs/{}/logs?task={}&stream={stream}&offset={}",
+                a.id, a.task, offsets[i]
+            );
+            let (bytes, headers) = match cl.raw("GET", &path) {
+                Ok(x) => x,
+                // Not started yet: wait for it when following.
+                Err(e) if a.follow && e.to_string().contains("not started") => {
+                    (Vec::new(), Vec::new())
+                }
+                Err(e) => return Err(e),
+            };
+            let att = headers
+                .iter()
+                .find(|(k, _)| k == "x-gosok-attempt")
+                .map(|(_, v)| v.clone());
+            if att.is_some() && att != attempt {
+                if attempt.is_some() {
+                    // A new attempt writes new files.
+                    offsets = [0, 0];
+                    eprintln!(
+                        "--- job {} attempt {} ---",
+                        a.id,
+                        att.as_deref().unwrap_or("?")
+                    );
+                    attempt = att;
+                    got = 1;
+                    break;
+                }
+                attempt = att;
+            }
+            offsets[i] += bytes.len() as u64;
+            got += bytes.len();
+            if i == 0 {
+                std::io::stdout().write_all(&bytes)?;
+                std::io::stdout().flush()?;
+            } else {
+                std::io::stderr().write_all(&bytes)?;
+            }
+        }
+        if !a.follow || (ended && got == 0) {
+            return Ok(());
+        }
+        if got == 0 {
+            std::thread::sleep(Duration::from_millis(500));
         }
     }
 }
@@ -567,6 +703,14 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             }
             if !a.command.is_empty() {
                 spec["command"] = json!(a.command);
+            }
+            if !a.env.is_empty() {
+                let env: serde_json::Map<String, Value> =
+                    a.env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+                spec["env"] = Value::Object(env);
+            }
+            if let Some(w) = &a.workdir {
+                spec["workdir"] = json!(w);
             }
             let path = match &a.tenant {
                 Some(t) => format!("/v1/jobs?tenant={}", enc(t)),
@@ -776,10 +920,28 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Logs(a) => {
+            let cl = Client::new(&a.c)?;
+            logs(&cl, &a)?;
+        }
         Command::Token(a) => {
             let cl = Client::new(&a.c)?;
             match a.action {
-                TokenAction::Create { tenant } => {
+                TokenAction::Create {
+                    tenant: None,
+                    agent: true,
+                } => {
+                    let v = cl.post("/v1/agent-tokens", &json!({}))?;
+                    cl.print(&v, |t| {
+                        format!(
+                            "agent token {} (shown once; keep it safe):\n{}\n",
+                            s(&t["id"]),
+                            s(&t["token"])
+                        )
+                    });
+                }
+                TokenAction::Create { tenant, .. } => {
+                    let tenant = tenant.unwrap_or_default();
                     let v = cl.post(&format!("/v1/tenants/{}/tokens", enc(&tenant)), &json!({}))?;
                     cl.print(&v, |t| {
                         format!(

@@ -1,12 +1,15 @@
 //! `gosok`: one binary, one subcommand per job.
 
+mod agent_cmd;
 mod alloc;
 mod bench;
+mod bench_agents;
 mod client;
 mod server_cmd;
 mod sim;
 mod sim_fgd;
 mod trace;
+mod up;
 
 use std::process::ExitCode;
 
@@ -43,8 +46,16 @@ enum Command {
     Server(server_cmd::ServerCommand),
     #[command(flatten)]
     Client(client::Command),
-    /// Start a local highway: a controller and agents on this machine.
-    Up,
+    /// Start a local highway: a controller, node agents for a demo highway (pohang, jeonnam,
+    /// ulsan) and demo tenants, in one process tree. Ctrl-C stops it; starting it again on the
+    /// same data directory resumes.
+    Up(up::UpArgs),
+    /// A node agent: registers this machine's node (or --nodes N virtual ones) with the
+    /// controller and runs the tasks placed on it.
+    Agent(agent_cmd::AgentArgs),
+    /// Started by `gosok agent` itself: kills the agent's tasks if the agent dies.
+    #[command(hide = true)]
+    AgentWatchdog { work_dir: std::path::PathBuf },
     /// Print gosok's version.
     Version,
 }
@@ -57,6 +68,9 @@ enum BenchCommand {
     /// Drive a controller over loopback HTTP: durable submissions per second, GET /v1/queue
     /// with a long queue, restart time with a long event log.
     Server(server_cmd::BenchServerArgs),
+    /// Run trivial tasks on virtual nodes of a real agent: task starts per second,
+    /// submit-to-running latency, and an idle agent's cost per node.
+    Agents(bench_agents::BenchAgentsArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -117,14 +131,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server(c) => server_cmd::run(c)?,
         Command::Client(c) => client::run(c)?,
         Command::Bench(BenchCommand::Server(a)) => server_cmd::bench(a)?,
-        Command::Up => {
-            println!(
-                "gosok up: the one-command local highway needs the node agents, which are not \
-                 here yet. Today: `gosok server init --data-dir DIR` and `gosok server run \
-                 --data-dir DIR` start the controller, `gosok apply examples/cluster.toml` \
-                 declares a highway, and `gosok sim replay` / `gosok bench engine` drive the \
-                 engine on traces and synthetic highways."
-            );
+        Command::Bench(BenchCommand::Agents(a)) => bench_agents::run(a)?,
+        Command::Up(a) => up::run(a)?,
+        Command::Agent(a) => agent_cmd::run(a)?,
+        Command::AgentWatchdog { work_dir } => {
+            gosok_agent::leftovers::watchdog(&work_dir);
         }
         Command::Bench(BenchCommand::Engine(a)) => {
             // Counts were range-checked by clap, so they fit in usize on every target.

@@ -99,7 +99,7 @@ pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
     }
 }
 
-fn init_logging() {
+pub(crate) fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(tracing::Level::INFO)

@@ -55,6 +55,18 @@ pub fn check_name(field: &str, name: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// A label key: a name, optionally behind one prefix and a slash (`gosok.io/virtual`), so that
+/// tools can keep their labels apart.
+pub fn check_label_key(field: &str, key: &str) -> Result<(), SpecError> {
+    match key.split_once('/') {
+        Some((prefix, name)) => {
+            check_name(field, prefix)?;
+            check_name(field, name)
+        }
+        None => check_name(field, key),
+    }
+}
+
 /// A finite, non-negative number within `max`.
 pub fn check_f64(field: &str, value: f64, min_exclusive: f64, max: f64) -> Result<(), SpecError> {
     if !value.is_finite() {

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
-use crate::error::{SpecError, check_f64, check_name, check_range};
+use crate::error::{SpecError, check_f64, check_label_key, check_name, check_range};
 use crate::tenant::TenantSpec;
 
 /// Most sites one highway can have; the engine keeps site sets as 64-bit masks.
@@ -76,6 +76,13 @@ pub struct NodeSpec {
 
 fn default_base_power_w() -> u64 {
     1500
+}
+
+/// The name of node `k` of a run of `count` nodes named `prefix` (`prefix-000`, ...): the
+/// cluster file and agents with `--nodes N` name virtual nodes alike.
+pub fn run_node_name(prefix: &str, k: u64, count: u64) -> String {
+    let width = (count.max(1) - 1).to_string().len().max(3);
+    format!("{prefix}-{k:0width$}")
 }
 
 /// The cluster file: the whole declared highway.
@@ -201,7 +208,7 @@ impl ClusterSpec {
                 _ => {}
             }
             for k in n.labels.keys() {
-                check_name(&f("labels"), k)?;
+                check_label_key(&f("labels"), k)?;
             }
             let count = n.count.unwrap_or(1);
             check_range(&f("count"), count, 1, MAX_NODES)?;
@@ -211,10 +218,9 @@ impl ClusterSpec {
                     format!("more than {MAX_NODES} nodes in all"),
                 ));
             }
-            let width = (count.max(1) - 1).to_string().len().max(3);
             for k in 0..count {
                 let name = match n.count {
-                    Some(_) => format!("{}-{:0width$}", n.name, k),
+                    Some(_) => run_node_name(&n.name, k, count),
                     None => n.name.clone(),
                 };
                 if !names.insert(name.clone()) {

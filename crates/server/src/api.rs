@@ -37,6 +37,8 @@ pub enum Access {
     /// Any valid token (tenants see their own work only).
     Token,
     Admin,
+    /// A node agent's token (or an admin's).
+    Agent,
 }
 
 /// One served route: what builds the router and what the OpenAPI document says.
@@ -140,8 +142,22 @@ pub fn routes() -> Vec<Route> {
             "The tenant's tokens (ids only)"),
         route!(post "/v1/tokens", create_admin_token, Admin, 201, "NewToken",
             "A new operator (admin) token, shown once (to rotate the first one)"),
+        route!(post "/v1/agent-tokens", create_agent_token, Admin, 201, "NewToken",
+            "A new node-agent token, shown once: it may call only /v1/agent/*"),
         route!(post "/v1/tokens/{id}/revoke", revoke_token, Token, 200, "Token",
             "Revoke a token (admins any, tenants their own)"),
+        route!(get "/v1/jobs/{id}/logs", crate::agents::logs, Token, 200, "Logs",
+            "A task's output, read from the agent of the node it ran on (latest attempt)",
+            query = &[("task", "the task index (default 0)"),
+                      ("stream", "stdout (default) or stderr"),
+                      ("offset", "the first byte to return (default 0)"),
+                      ("limit", "at most this many bytes (default and maximum 1 MiB)")]),
+        route!(post "/v1/agent/register", crate::agents::register, Agent, 200, "AgentRegistered",
+            "A node agent claims its nodes; each gets a new epoch and a lease", req = "AgentRegister"),
+        route!(post "/v1/agent/sync", crate::agents::sync, Agent, 200, "AgentAssignments",
+            "Heartbeat (renews leases) and the whole desired set of tasks (long poll)", req = "AgentSync"),
+        route!(post "/v1/agent/report", crate::agents::report, Agent, 200, "AgentReportResults",
+            "How tasks ended; reports under a stale epoch or attempt are refused", req = "AgentReports"),
         route!(get "/v1/events", audit_log, Admin, 200, "AuditLog", "The audit log: every change, oldest first",
             query = &[("after", "only records after this sequence number"),
                       ("limit", "at most this many (1..=1000, default 100)")]),
@@ -186,11 +202,18 @@ async fn method_not_allowed() -> ApiError {
 
 // ---- request helpers ---------------------------------------------------------------------
 
-fn principal(app: &App, headers: &HeaderMap) -> Result<Principal> {
-    auth::authenticate(&app.core(), headers)
+/// The caller of a tenant or operator route: agent tokens are refused here.
+pub(crate) fn principal(app: &App, headers: &HeaderMap) -> Result<Principal> {
+    let p = auth::authenticate(&app.core(), headers)?;
+    if matches!(p, Principal::Agent { .. }) {
+        return Err(ApiError::forbidden(
+            "an agent token may only call /v1/agent/*",
+        ));
+    }
+    Ok(p)
 }
 
-fn body(b: std::result::Result<Bytes, BytesRejection>) -> Result<Bytes> {
+pub(crate) fn body(b: std::result::Result<Bytes, BytesRejection>) -> Result<Bytes> {
     b.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -248,8 +271,17 @@ fn from_value<T: DeserializeOwned>(v: Value, prefix: &str) -> Result<T> {
     })
 }
 
-/// A job submission: a job spec, plus the command its tasks run (kept for the agents).
-pub fn parse_submission(bytes: &[u8]) -> Result<(JobSpec, Vec<String>)> {
+/// A job submission: a job spec, plus what its tasks run (kept for the agents).
+#[derive(Debug)]
+pub struct Submission {
+    pub spec: JobSpec,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+}
+
+/// A job submission: a job spec, plus `command`, `env` and `workdir` for its tasks.
+pub fn parse_submission(bytes: &[u8]) -> Result<Submission> {
     let v: Value = parse_json(bytes)?;
     let Value::Object(mut m) = v else {
         return Err(ApiError::invalid(
@@ -264,14 +296,67 @@ pub fn parse_submission(bytes: &[u8]) -> Result<(JobSpec, Vec<String>)> {
     if command.len() > 4096 || command.iter().map(String::len).sum::<usize>() > 256 * 1024 {
         return Err(ApiError::invalid("command", "too long"));
     }
+    if let Some(i) = command.iter().position(|a| a.contains('\0')) {
+        return Err(ApiError::invalid(
+            format!("command[{i}]"),
+            "contains a NUL character",
+        ));
+    }
+    if command.first().is_some_and(|c| c.is_empty()) {
+        return Err(ApiError::invalid("command[0]", "the program name is empty"));
+    }
+    let env = match m.remove("env") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(e) => from_value::<BTreeMap<String, String>>(e, "env")?,
+    };
+    if env.len() > 1024 || env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > 256 * 1024 {
+        return Err(ApiError::invalid(
+            "env",
+            "too large (at most 1024 variables, 256 KiB)",
+        ));
+    }
+    for (k, v) in &env {
+        let bad_name = k.is_empty()
+            || k.starts_with(|c: char| c.is_ascii_digit())
+            || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if bad_name {
+            return Err(ApiError::invalid(
+                format!("env.{k}"),
+                "a variable name is letters, digits and '_', not starting with a digit",
+            ));
+        }
+        if v.contains('\0') {
+            return Err(ApiError::invalid(
+                format!("env.{k}"),
+                "contains a NUL character",
+            ));
+        }
+    }
+    let workdir = match m.remove("workdir") {
+        None | Some(Value::Null) => None,
+        Some(w) => Some(from_value::<String>(w, "workdir")?),
+    };
+    if let Some(w) = &workdir
+        && (w.is_empty() || w.len() > 4096 || w.contains('\0') || !w.starts_with('/'))
+    {
+        return Err(ApiError::invalid(
+            "workdir",
+            "must be an absolute path (at most 4096 bytes)",
+        ));
+    }
     let spec: JobSpec = from_value(Value::Object(m), "")?;
     spec.validate()
         .map_err(|e| ApiError::invalid(e.field, e.message))?;
-    Ok((spec, command))
+    Ok(Submission {
+        spec,
+        command,
+        env,
+        workdir,
+    })
 }
 
 /// Query parameters, refusing unknown ones.
-fn query(raw: Option<String>, allowed: &[&str]) -> Result<BTreeMap<String, String>> {
+pub(crate) fn query(raw: Option<String>, allowed: &[&str]) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     let Some(raw) = raw else { return Ok(out) };
     for pair in raw.split('&').filter(|p| !p.is_empty()) {
@@ -362,15 +447,27 @@ fn job_detail(app: &App, core: &Core, j: &JobRecord) -> Result<Value> {
         .reader()
         .get(j.submit_seq)
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let (spec, command) = match rec.map(|r| serde_json::from_slice::<Entry>(&r.body)) {
-        Some(Ok(Entry::Submit { spec, command, .. })) => {
-            (serde_json::to_value(&spec).unwrap_or(Value::Null), command)
-        }
-        _ => (Value::Null, Vec::new()),
+    let (spec, command, env, workdir) = match rec.map(|r| serde_json::from_slice::<Entry>(&r.body))
+    {
+        Some(Ok(Entry::Submit {
+            spec,
+            command,
+            env,
+            workdir,
+            ..
+        })) => (
+            serde_json::to_value(&spec).unwrap_or(Value::Null),
+            command,
+            env,
+            workdir,
+        ),
+        _ => (Value::Null, Vec::new(), BTreeMap::new(), None),
     };
     let m = v.as_object_mut().expect("a summary is an object");
     m.insert("spec".into(), spec);
     m.insert("command".into(), json!(command));
+    m.insert("env".into(), json!(env));
+    m.insert("workdir".into(), json!(workdir));
     m.insert("placement".into(), json!(j.placement));
     let mut events = vec![json!({"at_ms": j.submitted_ms, "event": "submitted"})];
     events.extend(j.history.iter().map(|h| json!(h)));
@@ -450,8 +547,8 @@ async fn submit(
                 "a tenant token submits for its own tenant only",
             ));
         }
-        (Principal::Admin { .. }, Some(t)) => t.clone(),
-        (Principal::Admin { .. }, None) => {
+        (Principal::Admin { .. } | Principal::Agent { .. }, Some(t)) => t.clone(),
+        (Principal::Admin { .. } | Principal::Agent { .. }, None) => {
             return Err(ApiError::invalid(
                 "tenant",
                 "an admin token must say which tenant the job is for (?tenant=NAME)",
@@ -485,7 +582,12 @@ async fn submit(
             Some(k.to_string())
         }
     };
-    let (spec, command) = parse_submission(&b)?;
+    let Submission {
+        spec,
+        command,
+        env,
+        workdir,
+    } = parse_submission(&b)?;
     let request_sha256 = {
         let mut buf = Vec::with_capacity(tenant.len() + 1 + b.len());
         buf.extend_from_slice(tenant.as_bytes());
@@ -526,6 +628,8 @@ async fn submit(
                 tenant: tenant.clone(),
                 spec,
                 command,
+                env,
+                workdir,
                 idempotency: key.map(|key| Idempotency {
                     key,
                     request_sha256,
@@ -594,7 +698,7 @@ async fn list_jobs(
                 "a tenant token sees its own tenant's jobs only",
             ));
         }
-        (Principal::Admin { .. }, t) => t.cloned(),
+        (Principal::Admin { .. } | Principal::Agent { .. }, t) => t.cloned(),
     };
     let core = app.core();
     let mut jobs = Vec::new();
@@ -680,7 +784,7 @@ async fn queue(
     let limit = num(&q, "limit", u64::MAX, 1, u64::MAX)? as usize;
     let tenant: Option<String> = match (&p, q.get("tenant")) {
         (Principal::Tenant { name, .. }, _) => Some(name.to_string()),
-        (Principal::Admin { .. }, t) => t.cloned(),
+        (Principal::Admin { .. } | Principal::Agent { .. }, t) => t.cloned(),
     };
     let core = app.core();
     let out = queue_json(&core, tenant.as_deref(), limit)?;
@@ -1276,7 +1380,11 @@ async fn list_nodes(State(app): State<AppState>, headers: HeaderMap) -> Result<R
     let nodes: Vec<Value> = core
         .node_states()
         .keys()
-        .filter_map(|n| node_view(&core, n))
+        .filter_map(|n| {
+            let mut v = node_view(&core, n)?;
+            v["agent"] = crate::agents::node_fields(&core, &app, n);
+            Some(v)
+        })
         .collect();
     Ok(ok(json!({"nodes": nodes})))
 }
@@ -1491,7 +1599,7 @@ async fn create_token(
         if core.tenant(&name).is_none() {
             return Err(ApiError::not_found(format!("tenant {name:?} is not known")));
         }
-        let (token, entry) = crate::new_token_entry(&core, Some(&name));
+        let (token, entry) = crate::new_token_entry(&core, Some(&name), false);
         let id = entry.id.clone();
         let (seq, _) = app.commit(
             &mut core,
@@ -1507,11 +1615,20 @@ async fn create_token(
 }
 
 async fn create_admin_token(State(app): State<AppState>, headers: HeaderMap) -> Result<Response> {
-    let p = principal(&app, &headers)?;
+    new_operator_token(&app, &headers, false).await
+}
+
+async fn create_agent_token(State(app): State<AppState>, headers: HeaderMap) -> Result<Response> {
+    new_operator_token(&app, &headers, true).await
+}
+
+/// An admin token, or with `agent` a token that may act only as a node agent.
+async fn new_operator_token(app: &App, headers: &HeaderMap, agent: bool) -> Result<Response> {
+    let p = principal(app, headers)?;
     p.require_admin()?;
     let (token, id, seq) = {
         let mut core = app.core();
-        let (token, entry) = crate::new_token_entry(&core, None);
+        let (token, entry) = crate::new_token_entry(&core, None, agent);
         let id = entry.id.clone();
         let (seq, _) = app.commit(
             &mut core,
@@ -1523,7 +1640,9 @@ async fn create_admin_token(State(app): State<AppState>, headers: HeaderMap) -> 
         (token, id, seq)
     };
     app.durable(seq).await?;
-    Ok(created(json!({"id": id, "tenant": null, "token": token})))
+    Ok(created(
+        json!({"id": id, "tenant": null, "agent": agent, "token": token}),
+    ))
 }
 
 async fn list_tokens(
@@ -1641,10 +1760,34 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("command[0]"));
         let e = parse_submission(br#"{"groups":[{"accelerators":1}]} trailing"#).unwrap_err();
         assert_eq!(e.code, "malformed_json");
-        let (spec, cmd) =
-            parse_submission(br#"{"groups":[{"accelerators":1}],"command":["a","b"]}"#).unwrap();
-        assert_eq!(spec.groups.len(), 1);
-        assert_eq!(cmd, vec!["a", "b"]);
+        let sub =
+            parse_submission(br#"{"groups":[{"accelerators":1}],"command":["a","b"],"env":{"A_1":"x"},"workdir":"/tmp"}"#).unwrap();
+        assert_eq!(sub.spec.groups.len(), 1);
+        assert_eq!(sub.command, vec!["a", "b"]);
+        assert_eq!(sub.env["A_1"], "x");
+        assert_eq!(sub.workdir.as_deref(), Some("/tmp"));
+        for (body, field) in [
+            (
+                r#"{"groups":[{"accelerators":1}],"env":{"1A":"x"}}"#,
+                "env.1A",
+            ),
+            (
+                r#"{"groups":[{"accelerators":1}],"env":{"A-B":"x"}}"#,
+                "env.A-B",
+            ),
+            (r#"{"groups":[{"accelerators":1}],"env":{"A":1}}"#, "env.A"),
+            (
+                r#"{"groups":[{"accelerators":1}],"workdir":"relative"}"#,
+                "workdir",
+            ),
+            (
+                r#"{"groups":[{"accelerators":1}],"command":[""]}"#,
+                "command[0]",
+            ),
+        ] {
+            let e = parse_submission(body.as_bytes()).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{body}");
+        }
     }
 
     #[test]
@@ -1671,8 +1814,8 @@ mod tests {
         /// The job-spec parser takes any bytes without panicking; what it accepts validates.
         #[test]
         fn the_submission_parser_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
-            if let Ok((spec, _)) = parse_submission(&bytes) {
-                prop_assert!(spec.validate().is_ok());
+            if let Ok(sub) = parse_submission(&bytes) {
+                prop_assert!(sub.spec.validate().is_ok());
             }
         }
 

@@ -12,14 +12,25 @@ use crate::error::ApiError;
 /// Who is asking.
 #[derive(Debug, Clone)]
 pub enum Principal {
-    Admin { token: String },
-    Tenant { name: Arc<str>, token: String },
+    Admin {
+        token: String,
+    },
+    Tenant {
+        name: Arc<str>,
+        token: String,
+    },
+    /// A node agent: it may call only `/v1/agent/*`.
+    Agent {
+        token: String,
+    },
 }
 
 impl Principal {
     pub fn token_id(&self) -> &str {
         match self {
-            Principal::Admin { token } | Principal::Tenant { token, .. } => token,
+            Principal::Admin { token }
+            | Principal::Tenant { token, .. }
+            | Principal::Agent { token } => token,
         }
     }
     pub fn is_admin(&self) -> bool {
@@ -28,7 +39,7 @@ impl Principal {
     pub fn tenant(&self) -> Option<&Arc<str>> {
         match self {
             Principal::Tenant { name, .. } => Some(name),
-            Principal::Admin { .. } => None,
+            Principal::Admin { .. } | Principal::Agent { .. } => None,
         }
     }
     /// Whether this principal may see and act on a tenant's work.
@@ -36,6 +47,7 @@ impl Principal {
         match self {
             Principal::Admin { .. } => true,
             Principal::Tenant { name, .. } => **name == *tenant,
+            Principal::Agent { .. } => false,
         }
     }
     pub fn require_admin(&self) -> Result<(), ApiError> {
@@ -61,7 +73,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// A new random token and the entry that records its hash.
-pub fn new_token(id: &str, tenant: Option<&str>) -> (String, TokenEntry) {
+pub fn new_token(id: &str, tenant: Option<&str>, agent: bool) -> (String, TokenEntry) {
     let mut raw = [0u8; 32];
     if let Err(e) = getrandom::fill(&mut raw) {
         // Without the operating system's randomness no safe token can be made.
@@ -71,6 +83,7 @@ pub fn new_token(id: &str, tenant: Option<&str>) -> (String, TokenEntry) {
     let entry = TokenEntry {
         id: id.to_string(),
         tenant: tenant.map(str::to_string),
+        agent,
         sha256: hex(&sha256(token.as_bytes())),
     };
     (token, entry)
@@ -97,6 +110,11 @@ pub fn authenticate(core: &Core, headers: &HeaderMap) -> Result<Principal, ApiEr
     let Some(rec) = core.token(&sha256(tok.trim().as_bytes())) else {
         return Err(ApiError::unauthenticated("unknown or revoked token"));
     };
+    if rec.agent {
+        return Ok(Principal::Agent {
+            token: rec.id.clone(),
+        });
+    }
     Ok(match &rec.tenant {
         None => Principal::Admin {
             token: rec.id.clone(),

@@ -27,6 +27,11 @@ pub struct Config {
     pub metrics_require_token: bool,
     /// Most log records written in one transaction (one fsync).
     pub max_commit_batch: usize,
+    /// How long a node agent's nodes stay up without a sync; then they are lost and their
+    /// tasks requeued.
+    pub agent_lease_ms: u64,
+    /// Between SIGTERM and SIGKILL when an agent stops a task (cancel, preemption, limit).
+    pub task_grace_s: u64,
     /// A snapshot of the state is written after this many log records (and at a clean
     /// shutdown), so that a start replays at most about this many; 0: never.
     pub snapshot_every_records: u64,
@@ -45,6 +50,8 @@ impl Default for Config {
             submit_burst: 1000.0,
             metrics_require_token: true,
             max_commit_batch: 8192,
+            agent_lease_ms: 10_000,
+            task_grace_s: 10,
             snapshot_every_records: 100_000,
             engine: EngineConfig::default(),
         }
@@ -82,6 +89,11 @@ impl Config {
             "submit_burst: at least 1"
         );
         anyhow::ensure!(self.max_commit_batch >= 1, "max_commit_batch: at least 1");
+        anyhow::ensure!(
+            (300..=3_600_000).contains(&self.agent_lease_ms),
+            "agent_lease_ms: 300 to 3600000"
+        );
+        anyhow::ensure!(self.task_grace_s <= 3600, "task_grace_s: at most 3600");
         Ok(())
     }
 }

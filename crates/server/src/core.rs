@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::entry::{Entry, TokenEntry};
 
+mod agents;
+pub use agents::{NodeAgent, RunSpec};
 mod snapshot;
 pub use snapshot::CORE_SNAPSHOT_FORMAT;
 
@@ -123,12 +125,18 @@ pub struct JobRecord {
     pub history: Vec<HistoryItem>,
     pub ended_ms: Option<u64>,
     pub reason: Option<String>,
+    /// What its tasks run; None for a job without a command (it runs nothing on agents).
+    pub run: Option<Box<RunSpec>>,
+    /// Where its latest attempt ran, kept after it ended (its logs are there).
+    pub last_run: Vec<TaskPlacement>,
+    pub last_run_attempt: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenRecord {
     pub id: String,
     pub tenant: Option<Arc<str>>,
+    pub agent: bool,
     pub created_ms: u64,
     pub revoked: bool,
 }
@@ -175,6 +183,10 @@ pub struct Core {
     /// The last log record applied.
     seq: u64,
     specs: SpecSource,
+    /// Nodes claimed by agents, by name (never removed: epochs only grow).
+    agents: BTreeMap<String, NodeAgent>,
+    /// Running jobs, for the agents' desired sets.
+    running_jobs: std::collections::BTreeSet<u64>,
 }
 
 pub fn parse_hash(hex: &str) -> Option<[u8; 32]> {
@@ -243,6 +255,8 @@ impl Core {
             initialised: false,
             seq: 0,
             specs,
+            agents: BTreeMap::new(),
+            running_jobs: Default::default(),
         })
     }
 
@@ -394,6 +408,8 @@ impl Core {
                 tenant,
                 spec,
                 command,
+                env,
+                workdir,
                 idempotency,
                 ..
             } => {
@@ -403,7 +419,7 @@ impl Core {
                     *job,
                     tenant.clone(),
                     spec.clone(),
-                    command.clone(),
+                    RunSpec::of(command.clone(), env.clone(), workdir.clone()),
                     idempotency.clone(),
                 );
             }
@@ -535,6 +551,25 @@ impl Core {
                     t.revoked = true;
                 }
             }
+            Entry::AgentRegister {
+                agent,
+                address,
+                nodes,
+                ..
+            } => self.agent_register(at_ms, agent, address, nodes, &mut out)?,
+            Entry::NodeLost { node, epoch } => self.node_lost(at_ms, node, *epoch, &mut out)?,
+            Entry::TaskEnded {
+                job,
+                attempt,
+                task,
+                node,
+                epoch,
+                status,
+                detail,
+                ..
+            } => self.task_ended(
+                at_ms, *job, *attempt, *task, node, *epoch, *status, detail, &mut out,
+            )?,
         }
         self.seq = seq;
         Ok(out)
@@ -549,9 +584,19 @@ impl Core {
                 tenant,
                 spec,
                 command,
+                env,
+                workdir,
                 idempotency,
                 ..
-            } => self.submit(seq, at_ms, job, tenant, spec, command, idempotency),
+            } => self.submit(
+                seq,
+                at_ms,
+                job,
+                tenant,
+                spec,
+                RunSpec::of(command, env, workdir),
+                idempotency,
+            ),
             other => self.apply(seq, at_ms, &other),
         }
     }
@@ -564,7 +609,7 @@ impl Core {
         job: u64,
         tenant: String,
         spec: JobSpec,
-        command: Vec<String>,
+        run: Option<Box<RunSpec>>,
         idempotency: Option<crate::entry::Idempotency>,
     ) -> Result<Applied, Refusal> {
         let mut out = Applied::default();
@@ -582,7 +627,6 @@ impl Core {
         };
         let name = spec.name.as_deref().map(Into::into);
         let accel_milli = spec.total_accelerator_milli();
-        let _ = command;
         let decisions = self
             .engine
             .apply(Event::Submit {
@@ -609,6 +653,9 @@ impl Core {
             history: Vec::new(),
             ended_ms: None,
             reason: None,
+            run,
+            last_run: Vec::new(),
+            last_run_attempt: 0,
         });
         *self.pending_by_tenant.entry(t.clone()).or_default() += 1;
         self.counters.submitted += 1;
@@ -640,6 +687,7 @@ impl Core {
             TokenRecord {
                 id: t.id.clone(),
                 tenant,
+                agent: t.agent,
                 created_ms: at_ms,
                 revoked: false,
             },
@@ -717,7 +765,7 @@ impl Core {
         for id in rerun {
             self.set_state(id, JobState::Pending, at_ms);
             let j = &mut self.jobs[(id - 1) as usize];
-            j.placement.clear();
+            j.keep_last_run();
             j.history.push(HistoryItem {
                 at_ms,
                 event: "requeued",
@@ -751,13 +799,15 @@ impl Core {
         }
         if old == JobState::Running {
             self.running = self.running.saturating_sub(1);
+            self.running_jobs.remove(&id);
         }
         if state == JobState::Running {
             self.running += 1;
+            self.running_jobs.insert(id);
         }
         if state.is_terminal() {
             j.ended_ms = Some(at_ms);
-            j.placement.clear();
+            j.keep_last_run();
         }
     }
 
@@ -798,6 +848,7 @@ impl Core {
                     );
                     j.attempt = *attempt;
                     j.placement = tasks.clone();
+                    j.last_run.clear();
                     Some(JobState::Running)
                 }
                 Decision::Preempt { reason, .. } => {
@@ -805,12 +856,12 @@ impl Core {
                         "preempted",
                         serde_json::to_string(reason).unwrap_or_default(),
                     );
-                    j.placement.clear();
+                    j.keep_last_run();
                     Some(JobState::Pending)
                 }
                 Decision::Requeue { reason, retry, .. } => {
                     push("requeued", format!("{reason} (retry {retry})"));
-                    j.placement.clear();
+                    j.keep_last_run();
                     Some(JobState::Pending)
                 }
                 Decision::Stop { reason, .. } => {
@@ -838,11 +889,11 @@ impl Core {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::entry::Idempotency;
 
-    pub const CLUSTER: &str = r#"
+    pub(crate) const CLUSTER: &str = r#"
 [[site]]
 name = "pohang"
 region = "gyeongbuk"
@@ -870,7 +921,7 @@ name = "lab"
 tier = "academic"
 "#;
 
-    pub(super) fn core() -> Core {
+    pub(crate) fn core() -> Core {
         let spec: JobSpec = serde_json::from_value(serde_json::json!({
             "groups": [{"replicas": 1, "accelerators": 8, "models": ["H100"]}]
         }))
@@ -883,6 +934,7 @@ tier = "academic"
         let tok = TokenEntry {
             id: "admin".into(),
             tenant: None,
+            agent: false,
             sha256: "00".repeat(32),
         };
         c.apply(
@@ -921,6 +973,8 @@ tier = "academic"
                 tenant: "lab".into(),
                 spec,
                 command: vec![],
+                env: Default::default(),
+                workdir: None,
                 idempotency: Some(Idempotency {
                     key: format!("k{job}"),
                     request_sha256: "x".into(),

@@ -2,6 +2,8 @@
 //! apply it again in the same way (job ids, token hashes and clock readings are decided
 //! before an entry is written, never while it is replayed).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use gosok_model::{AcceleratorModel, ClusterSpec, JobSpec, NodeState, TenantSpec};
@@ -25,6 +27,11 @@ pub enum Entry {
         spec: JobSpec,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         command: Vec<String>,
+        /// Environment the job's tasks get on top of the agent's.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workdir: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         idempotency: Option<Idempotency>,
         by: String,
@@ -74,14 +81,51 @@ pub enum Entry {
         id: String,
         by: String,
     },
+    /// An agent claimed nodes: each is up under a new epoch (its fencing token).
+    AgentRegister {
+        agent: String,
+        /// Where the nodes' tasks can be reached (`MASTER_ADDR`).
+        address: String,
+        nodes: Vec<NodeClaim>,
+        by: String,
+    },
+    /// A node's lease expired: it is down, and its epoch is dead.
+    NodeLost {
+        node: String,
+        epoch: u64,
+    },
+    /// An agent reported that a task's process ended.
+    TaskEnded {
+        job: u64,
+        attempt: u32,
+        task: u32,
+        node: String,
+        epoch: u64,
+        /// What the engine sees: the exit code, 128 + a signal, 127 when it could not start.
+        status: i32,
+        detail: String,
+        by: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeClaim {
+    pub name: String,
+    pub epoch: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenEntry {
     pub id: String,
-    /// None: an operator (admin) token.
+    /// None: an operator (admin) token, or an agent token.
     pub tenant: Option<String>,
+    /// An agent token: it may call only `/v1/agent/*`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub agent: bool,
     /// SHA-256 of the token, hex: the token itself is never stored.
     pub sha256: String,
 }
@@ -109,6 +153,9 @@ impl Entry {
             Entry::CatalogAdd { .. } => "catalog_add",
             Entry::TokenCreate { .. } => "token_create",
             Entry::TokenRevoke { .. } => "token_revoke",
+            Entry::AgentRegister { .. } => "agent_register",
+            Entry::NodeLost { .. } => "node_lost",
+            Entry::TaskEnded { .. } => "task_ended",
         }
     }
 }

@@ -10,6 +10,7 @@
 //! the entry's sequence number is durable. A failed write stops the server (fail-stop):
 //! nothing unacknowledged is ever answered as done.
 
+pub mod agents;
 pub mod api;
 pub mod auth;
 pub mod config;
@@ -60,7 +61,7 @@ pub fn init(dir: &Path) -> anyhow::Result<String> {
         );
     }
     store.set_meta("log_format", LOG_FORMAT)?;
-    let (token, entry) = auth::new_token("admin-1", None);
+    let (token, entry) = auth::new_token("admin-1", None, false);
     let e = Entry::Init {
         now_s: unix_ms() / 1000,
         admin_token: entry,
@@ -257,6 +258,7 @@ pub struct App {
     tick: Notify,
     pub started: Instant,
     pub replay: ReplayStats,
+    pub agents: agents::Agents,
     pub snapshots: snapshot::Snapshots,
 }
 
@@ -278,6 +280,15 @@ impl App {
         let body = serde_json::to_vec(&entry).map_err(|e| ApiError::internal(e.to_string()))?;
         let kind = entry.kind();
         let tick = matches!(entry, Entry::Tick { .. });
+        // Entries that change which nodes are live change the agents' desired sets.
+        let assigns = matches!(
+            entry,
+            Entry::AgentRegister { .. }
+                | Entry::NodeLost { .. }
+                | Entry::NodeState { .. }
+                | Entry::Topology { .. }
+                | Entry::CatalogAdd { .. }
+        );
         if matches!(entry, Entry::Topology { .. } | Entry::CatalogAdd { .. }) {
             // A rebuild reads the specs of live jobs back from the log: all must be on disk.
             self.log
@@ -300,6 +311,9 @@ impl App {
         }
         if !tick {
             self.tick.notify_one();
+        }
+        if !applied.decisions.is_empty() || assigns {
+            self.agents.changed();
         }
         Ok((seq, applied))
     }
@@ -426,7 +440,9 @@ pub async fn start(dir: &Path, cfg: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    let agents = agents::Agents::new(&core, Duration::from_millis(cfg.agent_lease_ms));
     let app = Arc::new(App {
+        agents,
         snapshots: snapshot::Snapshots::new(
             snapshot_store,
             cfg.snapshot_every_records,
@@ -480,6 +496,7 @@ async fn tick_loop(app: Arc<App>) {
         let due = last.is_none_or(|t| t.elapsed() >= idle);
         let app2 = app.clone();
         let r = tokio::task::spawn_blocking(move || {
+            agents::expire_leases(&app2);
             let mut core = app2.core();
             if !(core.dirty || (due && core.needs_tick())) {
                 return Ok(false);
@@ -507,10 +524,11 @@ impl From<Refusal> for ApiError {
     }
 }
 
-/// A token for a tenant (or an admin token when `tenant` is None), with its log entry.
-pub fn new_token_entry(core: &Core, tenant: Option<&str>) -> (String, TokenEntry) {
+/// A token for a tenant (or an admin token when `tenant` is None, or an agent token), with
+/// its log entry.
+pub fn new_token_entry(core: &Core, tenant: Option<&str>, agent: bool) -> (String, TokenEntry) {
     let id = format!("tok-{}", core.token_count() + 1);
-    auth::new_token(&id, tenant)
+    auth::new_token(&id, tenant, agent)
 }
 
 /// For benchmarks: appends submissions (and a tick every `per_tick` of them) for tenants
@@ -544,6 +562,8 @@ pub fn fill_log(
                 tenant: tenants[(k as usize) % tenants.len()].clone(),
                 spec: spec.clone(),
                 command: Vec::new(),
+                env: Default::default(),
+                workdir: None,
                 idempotency: None,
                 by: "bench".into(),
             }

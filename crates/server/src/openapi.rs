@@ -69,6 +69,8 @@ pub fn schemas() -> Map<String, Value> {
     });
     let mut submission_props = spec_props.clone();
     submission_props["command"] = arr(s());
+    submission_props["env"] = json!({"type": "object", "additionalProperties": s()});
+    submission_props["workdir"] = s();
     let job = open_obj(json!({
         "id": int(), "tenant": s(), "name": nullable("string"), "state": job_state,
         "accelerators": num(), "submitted_at_ms": int(), "ended_at_ms": nullable("integer"),
@@ -228,8 +230,70 @@ pub fn schemas() -> Map<String, Value> {
     put(
         "NewToken",
         obj(
-            json!({"id": s(), "tenant": s(), "token": s()}),
+            json!({"id": s(), "tenant": nullable("string"), "agent": {"type": "boolean"}, "token": s()}),
             &["id", "tenant", "token"],
+        ),
+    );
+    put(
+        "Logs",
+        json!({"type": "string", "format": "binary", "description": "the bytes of the task's stdout or stderr from `offset`; header X-Gosok-Log-Size gives the file's length"}),
+    );
+    let node_epoch = obj(json!({"name": s(), "epoch": int()}), &["name", "epoch"]);
+    let labels = json!({"type": "object", "additionalProperties": s()});
+    put(
+        "AgentRegister",
+        obj(
+            json!({"agent": s(), "address": s(), "logs_url": s(), "logs_secret": s(),
+                   "nodes": arr(obj(json!({"name": s(), "site": s(), "rack": s(), "cpu_cores": int(),
+                        "mem_mib": int(), "accelerator": s(), "accelerators": int(), "labels": labels}),
+                        &["name", "site", "rack", "cpu_cores", "mem_mib"]))}),
+            &["agent", "address", "logs_url", "logs_secret", "nodes"],
+        ),
+    );
+    put(
+        "AgentRegistered",
+        obj(
+            json!({"lease_ms": int(), "nodes": arr(node_epoch.clone())}),
+            &["lease_ms", "nodes"],
+        ),
+    );
+    put(
+        "AgentSync",
+        obj(
+            json!({"agent": s(), "nodes": arr(node_epoch), "version": int(), "wait_ms": int(),
+                   "logs_url": s(), "logs_secret": s()}),
+            &["agent", "nodes", "logs_url", "logs_secret"],
+        ),
+    );
+    put(
+        "AgentAssignments",
+        obj(
+            json!({"version": int(), "lease_ms": int(),
+                   "nodes": arr(obj(json!({"name": s(), "epoch": int(), "valid": {"type": "boolean"}}), &["name", "epoch", "valid"])),
+                   "tasks": arr(obj(json!({"node": s(), "epoch": int(), "job": int(), "attempt": int(), "task": int(),
+                        "command": arr(s()), "workdir": nullable("string"),
+                        "env": {"type": "object", "additionalProperties": s()},
+                        "limit_s": nullable("integer"), "grace_s": int()}),
+                        &["node", "epoch", "job", "attempt", "task", "command", "env", "grace_s"]))}),
+            &["version", "lease_ms", "nodes", "tasks"],
+        ),
+    );
+    put(
+        "AgentReports",
+        obj(
+            json!({"agent": s(), "reports": arr(obj(json!({"node": s(), "epoch": int(), "job": int(),
+                "attempt": int(), "task": int(), "exit_code": nullable("integer"), "signal": nullable("integer"),
+                "reason": {"type": "string", "enum": ["exited", "limit", "spawn_failed"]}, "message": s()}),
+                &["node", "epoch", "job", "attempt", "task", "reason"]))}),
+            &["agent", "reports"],
+        ),
+    );
+    put(
+        "AgentReportResults",
+        obj(
+            json!({"results": arr(obj(json!({"job": int(), "task": int(), "accepted": {"type": "boolean"},
+                "code": s(), "message": s()}), &["job", "task", "accepted"]))}),
+            &["results"],
         ),
     );
     put("Token", token.clone());
@@ -262,6 +326,8 @@ pub fn document(routes: &[Route]) -> Value {
         }
         let ok_content = if rt.response == "Metrics" {
             json!({"text/plain": {"schema": r(rt.response)}})
+        } else if rt.response == "Logs" {
+            json!({"application/octet-stream": {"schema": r(rt.response)}})
         } else {
             json!({"application/json": {"schema": r(rt.response)}})
         };
@@ -279,6 +345,10 @@ pub fn document(routes: &[Route]) -> Value {
             Access::Token => {}
             Access::Admin => {
                 op["description"] = json!("Needs an operator (admin) token.");
+            }
+            Access::Agent => {
+                op["description"] =
+                    json!("Needs a node-agent token (or an admin token); see docs/AGENTS.md.");
             }
         }
         if let Some(req) = rt.request {

@@ -13,7 +13,7 @@
 //! how such a field is written instead).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -23,7 +23,7 @@ use gosok_engine::{Engine, EngineConfig};
 use gosok_model::{ClusterSpec, NodeState};
 use serde::{Deserialize, Serialize};
 
-use super::{Core, Counters, JobRecord, SpecSource, TokenRecord};
+use super::{Core, Counters, JobRecord, NodeAgent, SpecSource, TokenRecord};
 
 /// Bumped whenever [`Image`] or a type in it changes; a snapshot of another format is
 /// refused (and the controller replays its whole log).
@@ -55,6 +55,8 @@ struct Image<'a> {
     counters: Cow<'a, Counters>,
     initialised: bool,
     seq: u64,
+    agents: Cow<'a, BTreeMap<String, NodeAgent>>,
+    running_jobs: Cow<'a, BTreeSet<u64>>,
 }
 
 impl Core {
@@ -80,6 +82,8 @@ impl Core {
             counters: Cow::Borrowed(&self.counters),
             initialised: self.initialised,
             seq: self.seq,
+            agents: Cow::Borrowed(&self.agents),
+            running_jobs: Cow::Borrowed(&self.running_jobs),
         };
         let mut out = Vec::with_capacity(engine.len() * 2);
         out.extend_from_slice(MAGIC);
@@ -150,6 +154,8 @@ impl Core {
             initialised: image.initialised,
             seq: image.seq,
             specs,
+            agents: image.agents.into_owned(),
+            running_jobs: image.running_jobs.into_owned(),
         })
     }
 }
@@ -171,6 +177,7 @@ static STATIC_NAMES: &[&str] = &[
     "succeeded",
     "failed",
     "cancelled",
+    "task_ended",
     // Decision kinds (`Counters::decisions`).
     "start",
     "preempt",
@@ -269,21 +276,50 @@ mod tests {
     }
 
     /// A bit of everything the log holds, after `core()`'s init and topology (seq 1, 2).
+    /// Some entries are refused (a report from the node the job does not run on): the
+    /// original and the restored core must refuse them alike.
     fn entries() -> Vec<Entry> {
         let submit = |job: u64, accel: u64, key: Option<&str>| Entry::Submit {
             job,
             tenant: if job.is_multiple_of(3) { "team" } else { "lab" }.into(),
             spec: spec(accel),
-            command: vec![],
+            command: if job.is_multiple_of(2) {
+                vec!["python3".into(), "train.py".into()]
+            } else {
+                vec![]
+            },
+            env: [("SEED".to_string(), job.to_string())].into(),
+            workdir: None,
             idempotency: key.map(|k| Idempotency {
                 key: k.into(),
                 request_sha256: "ab".repeat(32),
             }),
             by: "admin".into(),
         };
+        let ended = |node: &str| Entry::TaskEnded {
+            job: 1,
+            attempt: 1,
+            task: 0,
+            node: node.into(),
+            epoch: 1,
+            status: 0,
+            detail: "exited".into(),
+            by: "agent".into(),
+        };
+        let claim = |node: &str| crate::entry::NodeClaim {
+            name: node.into(),
+            epoch: 1,
+            labels: BTreeMap::new(),
+        };
         let mut bigger = gosok_model::ClusterSpec::from_toml(CLUSTER).unwrap();
         bigger.node[0].count = Some(3);
         vec![
+            Entry::AgentRegister {
+                agent: "a1".into(),
+                address: "10.0.0.7".into(),
+                nodes: vec![claim("ph-r1-n-000"), claim("ph-r1-n-001")],
+                by: "agent".into(),
+            },
             Entry::Tenant {
                 spec: TenantSpec {
                     weight: 0.7,
@@ -295,6 +331,7 @@ mod tests {
                 token: TokenEntry {
                     id: "tok-2".into(),
                     tenant: Some("lab".into()),
+                    agent: false,
                     sha256: "11".repeat(32),
                 },
                 by: "admin".into(),
@@ -310,6 +347,13 @@ mod tests {
                 by: "admin".into(),
             },
             Entry::Tick { now_s: 1002 },
+            ended("ph-r1-n-000"),
+            ended("ph-r1-n-001"),
+            Entry::Tick { now_s: 1003 },
+            Entry::NodeLost {
+                node: "ph-r1-n-000".into(),
+                epoch: 1,
+            },
             Entry::NodeState {
                 node: "ph-r1-n-001".into(),
                 state: NodeState::Down,
@@ -362,8 +406,17 @@ mod tests {
                 None => format!("{id} refused: {:?}", c.refused_reason(id)),
             })
             .collect();
+        let leases: Vec<_> = ["ph-r1-n-000", "ph-r1-n-001"]
+            .iter()
+            .map(|n| gosok_model::agent::NodeEpoch {
+                name: n.to_string(),
+                epoch: c.node_agent(n).map_or(0, |a| a.epoch),
+            })
+            .collect();
         format!(
-            "{jobs:#?}\nqueue {:?}\nnext {} now {} seq {} dirty {} tick {}\npending {:?}\ncounters {:?}\ntokens {:?}\nnodes {:?}\ncluster {:?}\nidempotency {:?} {:?}",
+            "{jobs:#?}\nagents {:?}\nassignments {:?}\nqueue {:?}\nnext {} now {} seq {} dirty {} tick {}\npending {:?}\ncounters {:?}\ntokens {:?}\nnodes {:?}\ncluster {:?}\nidempotency {:?} {:?}",
+            c.node_agents(),
+            c.assignments(&leases, 10),
             c.engine().queue(),
             c.next_job_id(),
             c.now_s(),
@@ -390,7 +443,7 @@ mod tests {
             let mut seq = a.seq();
             for e in &entries[..k] {
                 seq += 1;
-                a.apply(seq, seq * 1000, e).unwrap();
+                let _ = a.apply(seq, seq * 1000, e);
             }
             let bytes = a.snapshot().unwrap();
             let mut b = Core::restore(&bytes, a.cfg.clone(), Box::new(|_| Some(spec(8)))).unwrap();
@@ -408,13 +461,18 @@ mod tests {
         }
         // The stream exercised what it should.
         let mut c = core();
-        for (i, e) in entries.iter().enumerate() {
-            c.apply(3 + i as u64, 0, e).unwrap();
-        }
+        let refused = entries
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| c.apply(3 + *i as u64, 0, e).is_err())
+            .count();
+        assert_eq!(refused, 1, "one of the two reports is refused");
         let states: Vec<_> = (1..=6).map(|id| c.job(id).map(|j| j.state)).collect();
         assert!(states.contains(&Some(JobState::Running)), "{states:?}");
         assert!(states.contains(&Some(JobState::Cancelled)), "{states:?}");
+        assert!(states.contains(&Some(JobState::Succeeded)), "{states:?}");
         assert!(states.contains(&None), "a refused job: {states:?}");
+        assert!(c.node_agent("ph-r1-n-000").unwrap().lost);
     }
 
     #[test]
@@ -445,16 +503,17 @@ mod tests {
     fn the_image_of_a_fixed_core_is_stable() {
         let mut c = core();
         // One token and one idempotency key: no hash map order to depend on.
-        c.apply(3, 2000, &entries()[0]).unwrap();
-        for (seq, e) in [(4, &entries()[2]), (5, &entries()[6])] {
-            c.apply(seq, seq * 1000, e).unwrap();
+        let entries = entries();
+        // The agents' claim, a tenant, a submission with a key and a command, a tick.
+        for (seq, i) in [(3, 0), (4, 1), (5, 3), (6, 7)] {
+            c.apply(seq, seq * 1000, &entries[i]).unwrap();
         }
         let bytes = c.snapshot().unwrap();
         let len = u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize;
         let image = &bytes[20 + len..];
         assert_eq!(
             (CORE_SNAPSHOT_FORMAT, image.len(), fnv(image)),
-            (1, 913, 3022413734201873949),
+            (1, 984, 1266653868076029873),
             "the core's snapshot image changed: see this test's comment"
         );
     }

@@ -1,0 +1,175 @@
+//! The process groups an agent started, kept in `WORK/pgids` so that the next agent on the same
+//! work directory can kill what a SIGKILLed predecessor left: PR_SET_PDEATHSIG reaches a
+//! task's first process only, not what it forked.
+
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::runner::signal_group;
+
+/// The file's first line: the boot it was written in. Process group ids of another boot mean
+/// nothing (and may name someone else's processes now).
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Kills every process group listed in `WORK/pgids` (this boot's only); returns how many
+/// still had processes.
+pub fn kill_listed(work_dir: &Path) -> usize {
+    let mut killed = 0;
+    if let Ok(text) = std::fs::read_to_string(work_dir.join("pgids")) {
+        let mut lines = text.lines();
+        if lines.next() == Some(boot_id().as_str()) {
+            let pgids: BTreeSet<i32> = lines.filter_map(|l| l.trim().parse().ok()).collect();
+            for pgid in pgids {
+                if pgid > 1 && signal_group(pgid, libc::SIGKILL) {
+                    killed += 1;
+                }
+            }
+        }
+    }
+    killed
+}
+
+/// What the watchdog reads on its stdin when the agent ends cleanly (its tasks are stopped).
+pub const WATCHDOG_CLEAN_EXIT: u8 = b'x';
+
+/// The watchdog's body: a separate process whose stdin is a pipe from the agent. When the pipe
+/// closes without [`WATCHDOG_CLEAN_EXIT`] the agent died (SIGKILL, a crash): the watchdog kills
+/// every task group it listed, so that nothing a task forked outlives its agent (SIGKILL
+/// cannot be caught, and PR_SET_PDEATHSIG reaches only each task's first process).
+pub fn watchdog(work_dir: &Path) -> usize {
+    use std::io::Read;
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = [0u8; 64];
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) if buf[..n].contains(&WATCHDOG_CLEAN_EXIT) => return 0,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    kill_listed(work_dir)
+}
+
+pub struct PgidFile {
+    path: PathBuf,
+    file: File,
+    /// Lines in the file, to know when to rewrite it.
+    lines: usize,
+}
+
+impl PgidFile {
+    /// Kills the groups listed by a previous agent on `work_dir` (same boot only), then starts
+    /// a fresh list. Returns the file and how many groups still had processes.
+    pub fn open(work_dir: &Path) -> anyhow::Result<(PgidFile, usize)> {
+        let path = work_dir.join("pgids");
+        let killed = kill_listed(work_dir);
+        let mut f = PgidFile {
+            file: File::create(&path)?,
+            path,
+            lines: 0,
+        };
+        f.rewrite(std::iter::empty())?;
+        Ok((f, killed))
+    }
+
+    /// Records a started group before anything else can happen to the agent.
+    pub fn add(&mut self, pgid: i32) -> std::io::Result<()> {
+        writeln!(self.file, "{pgid}")?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    /// Drops ended groups from the file once it has grown well past the live set.
+    pub fn compact(&mut self, live: impl ExactSizeIterator<Item = i32>) -> std::io::Result<()> {
+        if self.lines > 2 * live.len() + 64 {
+            self.rewrite(live)?;
+        }
+        Ok(())
+    }
+
+    fn rewrite(&mut self, live: impl Iterator<Item = i32>) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("tmp");
+        let mut text = boot_id();
+        text.push('\n');
+        let mut n = 0;
+        for p in live {
+            text.push_str(&format!("{p}\n"));
+            n += 1;
+        }
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &self.path)?;
+        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        self.lines = n;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+
+    use super::*;
+    use crate::runner::group_alive;
+
+    #[test]
+    fn a_new_agent_kills_the_groups_its_predecessor_left_in_this_boot_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut leftover = Command::new("sleep")
+            .arg("1000")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = leftover.id() as i32;
+        let (mut f, killed) = PgidFile::open(tmp.path()).unwrap();
+        assert_eq!(killed, 0);
+        f.add(pgid).unwrap();
+        drop(f);
+
+        // Another boot's list names nothing of this one.
+        let path = tmp.path().join("pgids");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replacen(&boot_id(), "another-boot", 1)).unwrap();
+        let (f, killed) = PgidFile::open(tmp.path()).unwrap();
+        assert_eq!(killed, 0);
+        assert!(group_alive(pgid));
+        drop(f);
+
+        std::fs::write(&path, format!("{}\n{pgid}\n", boot_id())).unwrap();
+        let (_f, killed) = PgidFile::open(tmp.path()).unwrap();
+        assert_eq!(killed, 1);
+        let status = leftover.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        // The list starts afresh.
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}\n", boot_id())
+        );
+    }
+
+    #[test]
+    fn the_list_is_compacted_to_the_live_groups() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut f, _) = PgidFile::open(tmp.path()).unwrap();
+        for p in 0..100 {
+            f.add(100_000 + p).unwrap();
+        }
+        f.compact([4242, 4343].into_iter()).unwrap();
+        let text = std::fs::read_to_string(tmp.path().join("pgids")).unwrap();
+        assert_eq!(text, format!("{}\n4242\n4343\n", boot_id()));
+        f.add(4444).unwrap();
+        let text = std::fs::read_to_string(tmp.path().join("pgids")).unwrap();
+        assert!(text.ends_with("4343\n4444\n"));
+    }
+}
