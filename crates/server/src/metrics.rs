@@ -72,6 +72,30 @@ impl Metrics {
             "Latency of a scheduling pass",
             self.pass_latency.clone(),
         );
+        // Nodes by state, and how many of them agents hold (lost: their lease ran out).
+        let nodes = Family::<Labels, Gauge>::default();
+        reg.register(
+            "gosok_nodes",
+            "Nodes per state (up, draining, down) and whether an agent holds them",
+            nodes.clone(),
+        );
+        for (name, state) in core.node_states() {
+            let agent = match core.node_agent(name) {
+                None => "none",
+                Some(a) if a.lost => "lost",
+                Some(_) => "claimed",
+            };
+            let state = serde_json::to_value(state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            nodes
+                .get_or_create(&vec![
+                    ("state".into(), state),
+                    ("agent".into(), agent.into()),
+                ])
+                .inc();
+        }
         let engine = core.engine();
         let c = engine.cluster();
         let mut alloc: BTreeMap<(String, String), f64> = BTreeMap::new();
