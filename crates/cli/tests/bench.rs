@@ -64,10 +64,8 @@ fn a_bad_flag_value_fails_and_names_the_flag() {
 }
 
 #[test]
-fn up_and_version_succeed() {
-    let out = gosok(&["up"]);
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("controller"));
+fn version_succeeds() {
+    // `gosok up` runs until Ctrl-C: tests/agents.rs drives it.
     let out = gosok(&["version"]);
     assert!(out.status.success());
     assert_eq!(

@@ -487,12 +487,10 @@ impl Cluster {
     /// The extra IT draw of adding `add_milli` device-thousandths to node `n`.
     pub fn draw_delta(&self, n: NodeIdx, add_milli: u64) -> u64 {
         let node = &self.nodes[n as usize];
-        let base = if node.tasks.is_empty() {
-            node.base_w
-        } else {
-            0
-        };
-        base + add_milli * node.device_w / 1000
+        let used = node.used_total_milli();
+        // The difference of the node's draw itself: rounding the added share on its own
+        // could come out a watt short of what taking it really adds.
+        node.draw_for(used + add_milli, true) - node.draw_for(used, !node.tasks.is_empty())
     }
 
     /// Whether `delta_w` more IT draw on node `n` keeps its rack and site within their caps.
