@@ -18,7 +18,9 @@ use anyhow::{Context, bail};
 use clap::Args;
 use gosok_server::config::Config;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
+
+use crate::api::Api;
 
 #[derive(Args)]
 pub struct BenchAgentsArgs {
@@ -92,35 +94,6 @@ power_cap_kw = 100000.0
 name = "bench"
 tier = "startup"
 "#;
-
-struct Api {
-    base: String,
-    auth: String,
-    http: ureq::Agent,
-}
-
-impl Api {
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
-        let req = self
-            .http
-            .request(method, &format!("{}{path}", self.base))
-            .set("Authorization", &self.auth);
-        let res = match body {
-            Some(b) => req
-                .set("Content-Type", "application/json")
-                .send_bytes(&serde_json::to_vec(b)?),
-            None => req.call(),
-        };
-        match res {
-            Ok(r) => Ok(serde_json::from_str(&r.into_string()?).unwrap_or(Value::Null)),
-            Err(ureq::Error::Status(c, r)) => bail!(
-                "{method} {path}: {c}: {}",
-                r.into_string().unwrap_or_default()
-            ),
-            Err(e) => bail!("{method} {path}: {e}"),
-        }
-    }
-}
 
 fn spawn_agent(
     base: &str,
@@ -210,13 +183,7 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
         .build()?;
     let running = rt.block_on(gosok_server::start(&dir, cfg))?;
     let base = format!("http://{}", running.addr);
-    let api = |tok: &str| Api {
-        base: base.clone(),
-        auth: format!("Bearer {tok}"),
-        http: ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(60))
-            .build(),
-    };
+    let api = |tok: &str| Api::new(&base, tok);
     let admin_api = api(&admin);
     let cluster: toml::Value = toml::from_str(CLUSTER)?;
     admin_api.call("PUT", "/v1/topology", Some(&serde_json::to_value(cluster)?))?;
@@ -380,7 +347,7 @@ fn phase1(
     let next = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
     let first_ms = gosok_server::unix_ms();
-    let token = tenant.auth.trim_start_matches("Bearer ").to_string();
+    let token = tenant.token().to_string();
     let ids: Vec<u64> = std::thread::scope(|s| -> anyhow::Result<Vec<u64>> {
         let handles: Vec<_> = (0..a.connections)
             .map(|_| {

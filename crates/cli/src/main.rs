@@ -2,6 +2,7 @@
 
 mod agent_cmd;
 mod alloc;
+mod api;
 mod bench;
 mod bench_agents;
 mod client;

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+
+use crate::api::Api;
 use clap::{Args, ValueEnum};
 use gosok_model::ClusterSpec;
 use gosok_server::config::{Config, DataDir};
@@ -174,71 +176,15 @@ quotas = [{{ accelerator = "RNGD", guaranteed = {agency}, borrow_limit = {agency
     Ok(c)
 }
 
-/// A small blocking JSON client for the controller.
-struct Api {
-    base: String,
-    token: String,
-    http: ureq::Agent,
-}
-
-impl Api {
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
-        let req = self
-            .http
-            .request(method, &format!("{}{path}", self.base))
-            .set("Authorization", &format!("Bearer {}", self.token));
-        let res = match body {
-            Some(b) => req
-                .set("Content-Type", "application/json")
-                .send_bytes(&serde_json::to_vec(b)?),
-            None => req.call(),
-        };
-        let json = |r: ureq::Response| -> Value {
-            serde_json::from_str(&r.into_string().unwrap_or_default()).unwrap_or(Value::Null)
-        };
-        match res {
-            Ok(r) => Ok(json(r)),
-            Err(ureq::Error::Status(code, r)) => {
-                let v = json(r);
-                bail!("{method} {path}: {code}: {}", v["error"]["message"])
-            }
-            Err(e) => bail!("{method} {path}: {e}"),
-        }
-    }
-}
-
-fn api(base: &str, token: &str) -> Api {
-    Api {
-        base: base.to_string(),
-        token: token.to_string(),
-        http: ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(30))
-            .build(),
-    }
-}
-
 fn write_credentials(path: &Path, c: &Credentials) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    let mut f = o
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(toml::to_string(c)?.as_bytes())?;
-    f.sync_all()?;
-    Ok(())
+    gosok_server::write_private(path, toml::to_string(c)?.as_bytes())
 }
 
 /// Declares the demo highway and its tenants, and makes the tokens on a first start; on a
 /// later start reads them back from `credentials.toml`.
 fn provision(dir: &Path, url: &str, admin: &str, scale: Scale) -> anyhow::Result<Credentials> {
     let path = dir.join("credentials.toml");
-    let a = api(url, admin);
+    let a = Api::new(url, admin);
     let cluster = demo_cluster(scale)?;
     let changed = a.call(
         "PUT",
@@ -422,7 +368,7 @@ fn demo_workload(creds: &Credentials, stop: &std::sync::atomic::AtomicBool) {
             let Some(tok) = creds.tenant_tokens.get(tenant) else {
                 continue;
             };
-            if let Err(e) = api(&creds.url, tok).call("POST", "/v1/jobs", Some(&spec)) {
+            if let Err(e) = Api::new(&creds.url, tok).call("POST", "/v1/jobs", Some(&spec)) {
                 eprintln!("gosok up: demo workload: {e:#}");
             }
         }

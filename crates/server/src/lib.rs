@@ -72,11 +72,12 @@ pub fn init(dir: &Path) -> anyhow::Result<String> {
         kind: e.kind().into(),
         body: serde_json::to_vec(&e)?,
     }])?;
-    write_secret(&d.admin_token(), &token)?;
+    write_private(&d.admin_token(), format!("{token}\n").as_bytes())?;
     Ok(token)
 }
 
-fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+/// Writes a file only its owner may read (mode 0600), durably: tokens and credentials.
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create(true).truncate(true);
@@ -88,7 +89,7 @@ fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
     let mut f = o
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    writeln!(f, "{secret}")?;
+    f.write_all(bytes)?;
     f.sync_all()?;
     Ok(())
 }
