@@ -1192,7 +1192,7 @@ fn a_structural_topology_change_keeps_every_job_and_survives_restart() {
     }
     s.wait_state(&a, ids[0], "running");
     s.wait_state(&a, ids[1], "running");
-    // A third node: the engine is rebuilt; running jobs are placed again, the third starts.
+    // A third node joins in place: running jobs stay where they are, the third starts.
     let bigger = CLUSTER.replace("count = 2", "count = 3");
     let f = s.dir.join("bigger.toml");
     std::fs::write(&f, &bigger).unwrap();
@@ -1207,15 +1207,26 @@ fn a_structural_topology_change_keeps_every_job_and_survives_restart() {
             "the spec is read back from the log"
         );
     }
-    let (_, j) = s.req("GET", &format!("/v1/jobs/{}", ids[0]), Some(&a), None);
-    assert!(
+    let requeued = |id: u64| {
+        let (_, j) = s.req("GET", &format!("/v1/jobs/{id}"), Some(&a), None);
         j["events"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|e| e["event"] == "requeued"),
-        "{j}"
-    );
+            .any(|e| e["event"] == "requeued")
+    };
+    assert!(!requeued(ids[0]));
+    // Changing the nodes' machines is structural: the engine is rebuilt and running jobs
+    // are placed again.
+    let changed = bigger.replace("cpu_cores = 112", "cpu_cores = 96");
+    let f = s.dir.join("changed.toml");
+    std::fs::write(&f, &changed).unwrap();
+    let (ok, out, err) = s.cli(&s.admin, &["apply", f.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    for id in &ids {
+        s.wait_state(&a, *id, "running");
+    }
+    assert!(requeued(ids[0]));
     let before: Vec<Value> = ids
         .iter()
         .map(|id| s.req("GET", &format!("/v1/jobs/{id}"), Some(&a), None).1)

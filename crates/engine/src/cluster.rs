@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use gosok_model::{Catalog, ClusterSpec, ModelId, NodeState, SpecError};
+use gosok_model::{Catalog, ClusterSpec, ModelId, NodeSpec, NodeState, SpecError};
 
 use crate::ids::{DomainIdx, JobId, NodeIdx, RackIdx, SiteIdx};
 
@@ -230,6 +230,40 @@ pub struct Cluster {
     pub present_models: crate::ids::ModelSet,
 }
 
+/// A node as the cluster first holds it: down, nothing used.
+fn new_node(
+    catalog: &Catalog,
+    name: &str,
+    r: &Rack,
+    rack: RackIdx,
+    spec: &NodeSpec,
+    utilisation: f64,
+) -> Node {
+    let model = spec.accelerator.as_deref().and_then(|m| catalog.id(m));
+    let device_w = model
+        .map(|m| (catalog.get(m).board_power_w as f64 * utilisation).round() as u64)
+        .unwrap_or(0);
+    let devices = spec.accelerators as u16;
+    Node {
+        name: name.into(),
+        site: r.site,
+        rack,
+        domain: r.domain,
+        model,
+        state: NodeState::Down,
+        cpu_total_milli: spec.cpu_cores * 1000,
+        cpu_free_milli: spec.cpu_cores * 1000,
+        mem_total_mib: spec.mem_mib,
+        mem_free_mib: spec.mem_mib,
+        used_milli: vec![0; devices as usize],
+        free_whole: devices,
+        base_w: spec.base_power_w,
+        device_w,
+        draw_w: 0,
+        tasks: Vec::new(),
+    }
+}
+
 fn mw_to_w(mw: f64) -> u64 {
     (mw * 1e6).round() as u64
 }
@@ -290,35 +324,19 @@ impl Cluster {
             states.push(rn.spec.state);
             let idx = nodes.len() as NodeIdx;
             let rack = rn.rack as RackIdx;
-            let model = rn.spec.accelerator.as_deref().and_then(|m| catalog.id(m));
-            let device_w = model
-                .map(|m| (catalog.get(m).board_power_w as f64 * utilisation).round() as u64)
-                .unwrap_or(0);
-            let devices = rn.spec.accelerators as u16;
-            max_devices = max_devices.max(devices);
-            let name: Arc<str> = rn.name.as_str().into();
-            node_by_name.insert(name.clone(), idx);
-            racks[rack as usize].nodes.push(idx);
-            let domain = racks[rack as usize].domain;
-            domains[domain as usize].nodes.push(idx);
-            nodes.push(Node {
-                name,
-                site: rn.site as SiteIdx,
+            let node = new_node(
+                catalog,
+                &rn.name,
+                &racks[rack as usize],
                 rack,
-                domain,
-                model,
-                state: NodeState::Down,
-                cpu_total_milli: rn.spec.cpu_cores * 1000,
-                cpu_free_milli: rn.spec.cpu_cores * 1000,
-                mem_total_mib: rn.spec.mem_mib,
-                mem_free_mib: rn.spec.mem_mib,
-                used_milli: vec![0; devices as usize],
-                free_whole: devices,
-                base_w: rn.spec.base_power_w,
-                device_w,
-                draw_w: 0,
-                tasks: Vec::new(),
-            });
+                &rn.spec,
+                utilisation,
+            );
+            max_devices = max_devices.max(node.devices());
+            node_by_name.insert(node.name.clone(), idx);
+            racks[rack as usize].nodes.push(idx);
+            domains[node.domain as usize].nodes.push(idx);
+            nodes.push(node);
         }
         let n_sites = sites.len().max(1);
         let index = Index {
@@ -373,6 +391,48 @@ impl Cluster {
             c.set_state(i as NodeIdx, state);
         }
         Ok(c)
+    }
+
+    /// Adds a node to `rack` in place: appended, down, then set to the state its spec gives.
+    /// The caller has checked the spec and that the name is new.
+    pub fn add_node(
+        &mut self,
+        catalog: &Catalog,
+        name: &str,
+        rack: RackIdx,
+        spec: &NodeSpec,
+        utilisation: f64,
+    ) -> NodeIdx {
+        let idx = self.nodes.len() as NodeIdx;
+        let node = new_node(
+            catalog,
+            name,
+            &self.racks[rack as usize],
+            rack,
+            spec,
+            utilisation,
+        );
+        let devices = node.devices();
+        if devices > self.max_devices {
+            // Every (site, model) has a bucket per free-device count up to the largest node.
+            for b in &mut self.index.whole {
+                b.resize_with(devices as usize + 1, Bucket::default);
+            }
+            self.max_devices = devices;
+        }
+        if let Some(m) = node.model {
+            let k = node.site as usize * self.index.n_models + m as usize;
+            self.min_base_w[k] = self.min_base_w[k].min(node.base_w);
+            self.present_models = self.present_models.with(m);
+        }
+        self.known_accel_milli += devices as u64 * 1000;
+        self.node_by_name.insert(node.name.clone(), idx);
+        self.racks[rack as usize].nodes.push(idx);
+        self.domains[node.domain as usize].nodes.push(idx);
+        self.nodes.push(node);
+        self.epoch += 1;
+        self.set_state(idx, spec.state);
+        idx
     }
 
     fn unindex(&mut self, n: NodeIdx) {

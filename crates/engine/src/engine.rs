@@ -381,6 +381,7 @@ impl Engine {
                 self.shed(None, Some(r), &mut out);
             }
             Event::UpsertTenant { tenant } => self.upsert_tenant(tenant)?,
+            Event::AddNode { node } => self.add_node(node)?,
         }
         Ok(out)
     }
@@ -958,6 +959,36 @@ impl Engine {
                 out,
             );
         }
+        Ok(())
+    }
+
+    fn add_node(&mut self, node: gosok_model::NodeSpec) -> Result<(), EngineError> {
+        gosok_model::error::check_name("node.name", &node.name)?;
+        if node.count.is_some() {
+            return Err(EngineError::Invalid {
+                field: "node.count".into(),
+                message: "a node added in place is one node: give its final name, no count".into(),
+            });
+        }
+        if self.cluster.node_by_name.contains_key(node.name.as_str()) {
+            return Err(EngineError::Invalid {
+                field: "node.name".into(),
+                message: format!("node {:?} exists", node.name),
+            });
+        }
+        node.validate_machine("node", &self.catalog)?;
+        let &rack = self
+            .cluster
+            .rack_by_name
+            .get(&node.rack)
+            .ok_or_else(|| EngineError::UnknownRack(node.rack.clone()))?;
+        self.cluster.add_node(
+            &self.catalog,
+            &node.name,
+            rack,
+            &node,
+            self.cfg.accelerator_utilisation,
+        );
         Ok(())
     }
 

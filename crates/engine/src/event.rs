@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use gosok_model::{JobSpec, NodeState, TenantSpec};
+use gosok_model::{JobSpec, NodeSpec, NodeState, TenantSpec};
 
 use crate::ids::JobId;
 
@@ -44,6 +44,11 @@ pub enum Event {
     },
     UpsertTenant {
         tenant: TenantSpec,
+    },
+    /// A node joins an existing rack in place (running work is untouched). `node.name` is
+    /// final (`count` must be absent); its `state` applies at once.
+    AddNode {
+        node: NodeSpec,
     },
 }
 

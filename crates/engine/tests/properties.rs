@@ -53,6 +53,11 @@ enum Op {
     },
     Advance(u64),
     Schedule,
+    /// A node joins a rack in place, up at once (16 devices: more than any node so far).
+    AddNode {
+        rack: usize,
+        devices: u64,
+    },
 }
 
 fn job_json() -> impl Strategy<Value = String> {
@@ -100,6 +105,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..3, 0.0f64..0.2).prop_map(|(site, mw)| Op::Budget { site, mw }),
         2 => (1u64..120).prop_map(Op::Advance),
         4 => Just(Op::Schedule),
+        1 => (0usize..8, prop::sample::select(vec![2u64, 8, 16])).prop_map(|(rack, devices)| Op::AddNode { rack, devices }),
     ]
 }
 
@@ -177,6 +183,7 @@ struct Run {
     now: u64,
     submitted: u64,
     over_allowed: bool,
+    added: u64,
 }
 
 impl Run {
@@ -186,6 +193,7 @@ impl Run {
             now: 0,
             submitted: 0,
             over_allowed: false,
+            added: 0,
         }
     }
 
@@ -202,6 +210,21 @@ impl Run {
                 }
             }
             Op::Cancel(j) => Event::Cancel { id: JobId(*j) },
+            Op::AddNode { rack, devices } => {
+                self.added += 1;
+                let r = rack % w.racks.len();
+                let node: gosok_model::NodeSpec = serde_json::from_value(serde_json::json!({
+                    "name": format!("r{r}-x{}", self.added),
+                    "rack": format!("r{r}"),
+                    "cpu_cores": 64,
+                    "mem_mib": 524288,
+                    "accelerator": w.racks[r].3,
+                    "accelerators": devices,
+                    "state": "up",
+                }))
+                .expect("a node spec");
+                Event::AddNode { node }
+            }
             Op::Node { rack, idx, state } => Event::NodeState {
                 node: format!(
                     "r{}-{:03}",
@@ -309,6 +332,7 @@ fn run_split(w: &World, ops: &[Op], seed: u64, at: usize) -> Result<(), TestCase
         now: a.now,
         submitted: a.submitted,
         over_allowed: a.over_allowed,
+        added: a.added,
     };
     for op in &ops[at..] {
         a.step(w, op)?;

@@ -1134,3 +1134,45 @@ fn a_reclaiming_tenant_is_not_turned_away_by_another_tenants_failure_of_the_same
     assert!(h.started(a1), "a reclaims its guarantee: {}", h.why(a1));
     assert_eq!(h.state(b3), JobState::Pending);
 }
+
+#[test]
+fn a_node_that_joins_in_place_takes_work_and_running_jobs_stay() {
+    let mut h = small(1, 1).tenants(&["lab"]).engine();
+    let running = h.submit("lab", r#"{"groups":[{"accelerators":8}]}"#);
+    let waiting = h.submit("lab", r#"{"groups":[{"accelerators":16}]}"#);
+    h.schedule();
+    assert!(h.started(running));
+    // 16 devices on one node: more than any node had, so it could not run anywhere.
+    assert!(h.rejection(waiting).is_some());
+    let big = h.submit(
+        "lab",
+        r#"{"groups":[{"replicas":2,"accelerators":4,"models":["H100"]}]}"#,
+    );
+    h.schedule();
+    assert_eq!(h.state(big), JobState::Pending);
+    let node: gosok_model::NodeSpec = serde_json::from_value(serde_json::json!({
+        "name": "ph-r0-new", "rack": "ph-r0", "cpu_cores": 112, "mem_mib": 2097152,
+        "accelerator": "H100", "accelerators": 16, "state": "up",
+    }))
+    .unwrap();
+    let d = h.apply(Event::AddNode { node: node.clone() });
+    assert!(d.is_empty(), "{d:?}");
+    // The same node twice, or in an unknown rack, is refused.
+    assert!(
+        h.engine
+            .apply(Event::AddNode { node: node.clone() })
+            .is_err()
+    );
+    let mut elsewhere = node.clone();
+    elsewhere.name = "x".into();
+    elsewhere.rack = "nope".into();
+    assert!(h.engine.apply(Event::AddNode { node: elsewhere }).is_err());
+    h.schedule();
+    assert!(h.started(big));
+    assert_eq!(h.nodes_of(big), ["ph-r0-new", "ph-r0-new"]);
+    assert_eq!(h.state(running), JobState::Running);
+    let sixteen = h.submit("lab", r#"{"groups":[{"accelerators":8}]}"#);
+    h.schedule();
+    assert!(h.started(sixteen));
+    h.engine.check_invariants().unwrap();
+}

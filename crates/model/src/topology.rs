@@ -74,6 +74,47 @@ pub struct NodeSpec {
     pub state: NodeState,
 }
 
+impl NodeSpec {
+    /// The checks of one machine (not its name, rack or count), fields named under `prefix`.
+    pub fn validate_machine(&self, prefix: &str, catalog: &Catalog) -> Result<(), SpecError> {
+        let f = |x: &str| format!("{prefix}.{x}");
+        check_range(&f("cpu_cores"), self.cpu_cores, 1, MAX_NODE_CPU_CORES)?;
+        check_range(&f("mem_mib"), self.mem_mib, 1, MAX_NODE_MEM_MIB)?;
+        check_range(
+            &f("accelerators"),
+            self.accelerators,
+            0,
+            MAX_NODE_ACCELERATORS,
+        )?;
+        check_range(&f("base_power_w"), self.base_power_w, 0, 1_000_000)?;
+        match &self.accelerator {
+            Some(m) if catalog.id(m).is_none() => {
+                return Err(SpecError::new(
+                    f("accelerator"),
+                    format!("model {m:?} is not in the accelerator catalog"),
+                ));
+            }
+            Some(_) if self.accelerators == 0 => {
+                return Err(SpecError::new(
+                    f("accelerators"),
+                    "is 0 but an accelerator model is given; give the count",
+                ));
+            }
+            None if self.accelerators > 0 => {
+                return Err(SpecError::new(
+                    f("accelerator"),
+                    "is missing but accelerators > 0; name the model",
+                ));
+            }
+            _ => {}
+        }
+        for k in self.labels.keys() {
+            check_label_key(&f("labels"), k)?;
+        }
+        Ok(())
+    }
+}
+
 fn default_base_power_w() -> u64 {
     1500
 }
@@ -182,34 +223,7 @@ impl ClusterSpec {
                 ));
             };
             let site = sites[self.rack[rack].site.as_str()];
-            check_range(&f("cpu_cores"), n.cpu_cores, 1, MAX_NODE_CPU_CORES)?;
-            check_range(&f("mem_mib"), n.mem_mib, 1, MAX_NODE_MEM_MIB)?;
-            check_range(&f("accelerators"), n.accelerators, 0, MAX_NODE_ACCELERATORS)?;
-            check_range(&f("base_power_w"), n.base_power_w, 0, 1_000_000)?;
-            match &n.accelerator {
-                Some(m) if catalog.id(m).is_none() => {
-                    return Err(SpecError::new(
-                        f("accelerator"),
-                        format!("model {m:?} is not in the accelerator catalog"),
-                    ));
-                }
-                Some(_) if n.accelerators == 0 => {
-                    return Err(SpecError::new(
-                        f("accelerators"),
-                        "is 0 but an accelerator model is given; give the count",
-                    ));
-                }
-                None if n.accelerators > 0 => {
-                    return Err(SpecError::new(
-                        f("accelerator"),
-                        "is missing but accelerators > 0; name the model",
-                    ));
-                }
-                _ => {}
-            }
-            for k in n.labels.keys() {
-                check_label_key(&f("labels"), k)?;
-            }
+            n.validate_machine(&format!("node[{i}]"), catalog)?;
             let count = n.count.unwrap_or(1);
             check_range(&f("count"), count, 1, MAX_NODES)?;
             if out.len() as u64 + count > MAX_NODES {

@@ -531,7 +531,10 @@ impl Core {
                         cluster.tenant.push(t.clone());
                     }
                 }
-                self.rebuild(at_ms, cluster, None, &mut out)?;
+                match self.added_nodes(&cluster) {
+                    Some(added) => self.add_nodes(cluster, added)?,
+                    None => self.rebuild(at_ms, cluster, None, &mut out)?,
+                }
             }
             Entry::CatalogAdd { model, .. } => {
                 let mut catalog = self.catalog.clone();
@@ -705,6 +708,63 @@ impl Core {
         self.now_s = now;
         let at_ms = now.saturating_mul(1000);
         self.decide(at_ms, d, out);
+        Ok(())
+    }
+
+    /// The nodes `new` adds, when adding them is all it changes (sites, racks, tenants and
+    /// every existing node as they are): those join the engine in place, and running work is
+    /// untouched. None: anything else changed, and the engine must be rebuilt.
+    fn added_nodes(&self, new: &ClusterSpec) -> Option<Vec<gosok_model::NodeSpec>> {
+        let old = &self.cluster;
+        if new.site != old.site || new.rack != old.rack || new.tenant != old.tenant {
+            return None;
+        }
+        let old_nodes = old.resolve(&self.catalog).ok()?;
+        let new_nodes = new.resolve(&self.catalog).ok()?;
+        let machine = |n: &gosok_model::ResolvedNode| {
+            let mut s = n.spec.clone();
+            s.name.clear();
+            s.count = None;
+            // The declared state only matters when a node is first added.
+            s.state = NodeState::Down;
+            (n.rack, s)
+        };
+        let by_name: BTreeMap<&str, _> = new_nodes
+            .iter()
+            .map(|n| (n.name.as_str(), machine(n)))
+            .collect();
+        if old_nodes
+            .iter()
+            .any(|n| by_name.get(n.name.as_str()) != Some(&machine(n)))
+        {
+            return None;
+        }
+        let added: Vec<gosok_model::NodeSpec> = new_nodes
+            .into_iter()
+            .filter(|n| !self.node_states.contains_key(&n.name))
+            .map(|n| gosok_model::NodeSpec {
+                name: n.name,
+                count: None,
+                ..n.spec
+            })
+            .collect();
+        (!added.is_empty()).then_some(added)
+    }
+
+    fn add_nodes(
+        &mut self,
+        cluster: ClusterSpec,
+        added: Vec<gosok_model::NodeSpec>,
+    ) -> Result<(), Refusal> {
+        for node in added {
+            let (name, state) = (node.name.clone(), node.state);
+            self.engine
+                .apply(Event::AddNode { node })
+                .map_err(|e| Refusal::invalid("node", e.to_string()))?;
+            self.node_states.insert(name, state);
+        }
+        self.cluster = cluster;
+        self.dirty = true;
         Ok(())
     }
 
@@ -1036,7 +1096,7 @@ tier = "academic"
     }
 
     #[test]
-    fn a_topology_change_requeues_running_work_and_keeps_tenants() {
+    fn added_nodes_join_in_place_and_a_structural_change_requeues() {
         let mut c = core();
         submit(&mut c, 3, 8).unwrap();
         c.apply(4, 3000, &Entry::Tick { now_s: 1001 }).unwrap();
@@ -1053,10 +1113,30 @@ tier = "academic"
             },
         )
         .unwrap();
-        assert_eq!(c.job(1).unwrap().state, JobState::Pending);
+        // Adding a node is done in place: the running job is untouched.
+        assert_eq!(c.job(1).unwrap().state, JobState::Running);
         assert!(c.tenant("lab").is_some());
         assert_eq!(c.node_states().len(), 3);
-        c.apply(6, 5000, &Entry::Tick { now_s: 1002 }).unwrap();
+        assert!(
+            c.engine()
+                .cluster()
+                .node_by_name
+                .contains_key("ph-r1-n-002")
+        );
+        // Changing a node's machine is structural: the engine is rebuilt, the job requeued.
+        let mut cluster = c.cluster().clone();
+        cluster.node[0].cpu_cores = 96;
+        c.apply(
+            6,
+            4500,
+            &Entry::Topology {
+                cluster,
+                by: "admin".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(c.job(1).unwrap().state, JobState::Pending);
+        c.apply(7, 5000, &Entry::Tick { now_s: 1002 }).unwrap();
         assert_eq!(c.job(1).unwrap().state, JobState::Running);
     }
 }
