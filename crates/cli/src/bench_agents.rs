@@ -42,6 +42,10 @@ pub struct BenchAgentsArgs {
     /// How long the idle agent is watched.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
     idle_s: u64,
+    /// Where the agents keep their task files (default: /dev/shm when there is one, else the
+    /// bench's temporary directory).
+    #[arg(long)]
+    agent_dir: Option<std::path::PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -195,7 +199,17 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let mut agent = spawn_agent(&base, &agent_token, "bench-r1", a.nodes, &dir.join("work"))?;
+    // The agents' task files go to memory where there is a tmpfs: on one machine their churn
+    // (three files per task) would otherwise be flushed by the controller's fsyncs, which a
+    // real highway does not share with its agents.
+    let shm = std::path::Path::new("/dev/shm");
+    let work = match &a.agent_dir {
+        Some(d) => d.join(format!("gosok-bench-agents-{}", std::process::id())),
+        None if shm.is_dir() => shm.join(format!("gosok-bench-agents-{}", std::process::id())),
+        None => dir.join("agents"),
+    };
+    std::fs::create_dir_all(&work)?;
+    let mut agent = spawn_agent(&base, &agent_token, "bench-r1", a.nodes, &work.join("work"))?;
     let r = phase1(&a, &api(&tenant), &admin_api, &api)
         .and_then(|p1| Ok((p1, phase2(&a, &api(&tenant))?)));
     let _ = agent.kill();
@@ -207,7 +221,7 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
         &agent_token,
         "idle-r1",
         a.idle_nodes,
-        &dir.join("idle"),
+        &work.join("idle"),
     )?;
     let r = (|| -> anyhow::Result<(f64, u64)> {
         wait_up(&admin_api, "idle-r1", a.idle_nodes)?;
@@ -227,6 +241,7 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
     let (cpu_frac, rss_kib) = r?;
     rt.block_on(running.stop())?;
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&work);
     let report = Report {
         nodes: a.nodes,
         tasks: a.tasks,
