@@ -434,6 +434,7 @@ impl Engine {
             estimate_s: spec.runtime_estimate_s,
             limit_s: spec.runtime_limit_s,
             max_retries: spec.max_retries.unwrap_or(self.cfg.default_max_retries),
+            fail_fast: spec.on_task_failure == gosok_model::OnTaskFailure::FailJob,
             retries: 0,
             shape: 0,
             state: JobState::Pending,
@@ -928,7 +929,7 @@ impl Engine {
         if tk.exit_code.is_some() {
             return Ok(());
         }
-        if exit_code != 0 {
+        if exit_code != 0 && job.fail_fast {
             // A gang fails as a whole when one member fails.
             self.end_running(
                 id,
@@ -949,15 +950,21 @@ impl Engine {
             hold.cpu_milli,
             hold.mem_mib,
         );
-        tk.exit_code = Some(0);
-        if job.tasks.iter().all(|t| t.exit_code == Some(0)) {
-            self.end_running(
-                id,
-                JobState::Succeeded,
-                "all tasks exited 0".into(),
-                false,
-                out,
-            );
+        tk.exit_code = Some(exit_code);
+        if job.tasks.iter().all(|t| t.exit_code.is_some()) {
+            let failed: Vec<String> = job
+                .tasks
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.exit_code != Some(0))
+                .map(|(i, t)| format!("task {i} exited with status {}", t.exit_code.unwrap_or(0)))
+                .collect();
+            let (state, reason) = if failed.is_empty() {
+                (JobState::Succeeded, "all tasks exited 0".to_string())
+            } else {
+                (JobState::Failed, failed.join("; "))
+            };
+            self.end_running(id, state, reason, false, out);
         }
         Ok(())
     }

@@ -70,6 +70,8 @@ pub struct Job {
     pub estimate_s: Option<u64>,
     pub limit_s: Option<u64>,
     pub max_retries: u64,
+    /// A task's failure fails the gang at once (else the others run on).
+    pub fail_fast: bool,
     pub retries: u64,
     pub shape: ShapeId,
     pub state: JobState,

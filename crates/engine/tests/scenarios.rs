@@ -1176,3 +1176,42 @@ fn a_node_that_joins_in_place_takes_work_and_running_jobs_stay() {
     assert!(h.started(sixteen));
     h.engine.check_invariants().unwrap();
 }
+
+#[test]
+fn a_gang_that_continues_after_a_task_fails_ends_when_its_last_task_does() {
+    let mut h = small(1, 2).tenants(&["lab"]).engine();
+    let sweep = h.submit(
+        "lab",
+        r#"{"groups":[{"replicas":2,"accelerators":8}],"on_task_failure":"continue"}"#,
+    );
+    let gang = h.submit("lab", r#"{"groups":[{"replicas":2,"accelerators":4}]}"#);
+    h.schedule();
+    assert!(h.started(sweep));
+    let attempt = h.engine.job(sweep).unwrap().attempt;
+    let d = h.apply(Event::TaskEnded {
+        id: sweep,
+        attempt,
+        task: 0,
+        exit_code: 1,
+    });
+    // The other task runs on; the failed one's node is free at once.
+    assert!(d.is_empty(), "{d:?}");
+    assert_eq!(h.state(sweep), JobState::Running);
+    h.schedule();
+    assert!(h.started(gang));
+    let d = h.apply(Event::TaskEnded {
+        id: sweep,
+        attempt,
+        task: 1,
+        exit_code: 0,
+    });
+    assert!(
+        d.iter().any(
+            |d| matches!(d, Decision::Finish { state: JobState::Failed, reason, .. }
+            if reason.contains("task 0 exited with status 1"))
+        ),
+        "{d:?}"
+    );
+    assert_eq!(h.state(sweep), JobState::Failed);
+    h.engine.check_invariants().unwrap();
+}

@@ -37,8 +37,28 @@ pub struct JobSpec {
     /// How often the job is requeued after losing a node before it fails. Default 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u64>,
+    /// What a task that exits non-zero does to its gang.
+    #[serde(default, skip_serializing_if = "OnTaskFailure::is_default")]
+    pub on_task_failure: OnTaskFailure,
     #[serde(default)]
     pub constraints: Constraints,
+}
+
+/// What a task that exits non-zero does to its gang.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTaskFailure {
+    /// The whole gang is stopped and the job fails at once (what collective training needs).
+    #[default]
+    FailJob,
+    /// The other tasks run on; the job fails when the last one has ended.
+    Continue,
+}
+
+impl OnTaskFailure {
+    fn is_default(&self) -> bool {
+        *self == OnTaskFailure::FailJob
+    }
 }
 
 fn default_true() -> bool {
@@ -154,6 +174,7 @@ impl JobSpec {
             runtime_estimate_s: None,
             runtime_limit_s: None,
             max_retries: None,
+            on_task_failure: OnTaskFailure::FailJob,
             constraints: Constraints::default(),
         }
     }

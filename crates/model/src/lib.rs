@@ -13,7 +13,8 @@ pub mod topology;
 pub use catalog::{AcceleratorModel, Catalog, ModelId};
 pub use error::SpecError;
 pub use job::{
-    Constraints, JobSpec, TaskGroupSpec, TopologyConstraint, TopologyLevel, TopologyMode,
+    Constraints, JobSpec, OnTaskFailure, TaskGroupSpec, TopologyConstraint, TopologyLevel,
+    TopologyMode,
 };
 pub use tenant::{PriorityClass, QuotaSpec, TenantSpec, Tier};
 pub use topology::{ClusterSpec, NodeSpec, NodeState, RackSpec, ResolvedNode, SiteSpec};

@@ -65,6 +65,7 @@ pub fn schemas() -> Map<String, Value> {
         "name": s(), "groups": {"type": "array", "minItems": 1, "maxItems": gosok_model::job::MAX_GROUPS, "items": group},
         "priority": priority, "preemptible": {"type": "boolean"},
         "runtime_estimate_s": int(), "runtime_limit_s": int(), "max_retries": int(),
+        "on_task_failure": {"type": "string", "enum": ["fail_job", "continue"]},
         "constraints": constraints,
     });
     let mut submission_props = spec_props.clone();

@@ -503,6 +503,7 @@ impl WorkloadGen {
             runtime_estimate_s: estimate,
             runtime_limit_s: limit,
             max_retries: None,
+            on_task_failure: Default::default(),
             constraints,
         };
         Some(SyntheticJob {
