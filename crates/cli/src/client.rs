@@ -106,6 +106,9 @@ pub struct SubmitArgs {
     /// Hard runtime limit in seconds.
     #[arg(long)]
     limit_s: Option<u64>,
+    /// What a failed task does to its gang: fail_job (stop the gang, the default) or continue.
+    #[arg(long)]
+    on_task_failure: Option<String>,
     /// The tenant to submit for (admin tokens only).
     #[arg(long)]
     tenant: Option<String>,
@@ -700,6 +703,9 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             }
             if let Some(l) = a.limit_s {
                 spec["runtime_limit_s"] = json!(l);
+            }
+            if let Some(p) = &a.on_task_failure {
+                spec["on_task_failure"] = json!(p);
             }
             if !a.command.is_empty() {
                 spec["command"] = json!(a.command);
