@@ -37,7 +37,7 @@ pub struct Conn {
 pub enum Command {
     /// Submit a job: a TOML or JSON job spec, or flags for the common one-liners
     /// (`gosok submit --accelerators 8 --model H100 -- python train.py`).
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// List jobs, newest first.
     Jobs(JobsArgs),
     /// Show one job: spec, state, placement, events, and why it waits.
