@@ -1338,3 +1338,19 @@ fn a_restart_from_a_snapshot_and_the_records_after_it_keeps_every_job() {
     );
     assert_eq!(all_jobs(&s), before, "jobs differ after a clean restart");
 }
+
+#[test]
+fn a_second_controller_on_the_same_data_directory_is_refused() {
+    let s = Server::new(&[]);
+    let out = Command::new(GOSOK)
+        .args(["server", "run", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&s.dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another gosok controller is serving"), "{err}");
+    // The first one still answers.
+    let (code, _) = s.req("GET", "/healthz", None, None);
+    assert_eq!(code, 200);
+}

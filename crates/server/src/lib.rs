@@ -347,6 +347,8 @@ pub struct Running {
     pub app: Arc<App>,
     stop: Arc<Notify>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Held while serving: see `lock_data_dir`.
+    _lock: std::fs::File,
 }
 
 impl Running {
@@ -410,6 +412,7 @@ pub async fn start(dir: &Path, cfg: Config) -> anyhow::Result<Running> {
             dir.display()
         );
     }
+    let lock = lock_data_dir(dir)?;
     let mut store = SqliteStore::open(&d.db())?;
     let reader = store.reopen()?;
     let snapshot_store = store.reopen()?;
@@ -476,7 +479,32 @@ pub async fn start(dir: &Path, cfg: Config) -> anyhow::Result<Running> {
         app,
         stop,
         task,
+        _lock: lock,
     })
+}
+
+/// One controller per data directory: a second one would append to the same log with its
+/// own idea of the next sequence number. The lock is the operating system's (it goes with
+/// the process, however it ends).
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("gosok.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another gosok controller is serving {} (it holds {})",
+            dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 /// Advances the clock and runs a pass: every `tick_ms` while work waits or runs, and
