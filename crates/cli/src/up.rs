@@ -398,6 +398,16 @@ pub fn run(a: UpArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // Ctrl-C and SIGTERM are caught from here on: the streams keep a signal that arrives
+    // while nothing waits on them (a ctrl_c() made afresh in a loop would miss it).
+    let (mut int, mut term) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _rt = rt.enter();
+        (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        )
+    };
     let running = rt.block_on(gosok_server::start(&a.data_dir, cfg))?;
     let url = format!("http://{}", running.addr);
     let creds = provision(&a.data_dir, &url, &admin, a.scale)?;
@@ -438,12 +448,10 @@ pub fn run(a: UpArgs) -> anyhow::Result<()> {
         std::thread::spawn(move || demo_workload(&creds, &stop))
     });
     rt.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
         let mut check = tokio::time::interval(Duration::from_secs(2));
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
+                _ = int.recv() => break,
                 _ = term.recv() => break,
                 _ = check.tick() => {
                     for c in agents.iter_mut() {

@@ -801,7 +801,17 @@ impl Up {
         unsafe {
             libc::kill(self.0.id() as i32, libc::SIGINT);
         }
-        self.0.wait().unwrap()
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.0.kill();
+                panic!("gosok up did not stop within 30 s of Ctrl-C");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
