@@ -359,7 +359,7 @@ pub async fn sync(
         let core = app.core();
         req.nodes
             .iter()
-            .filter(|n| core.epoch_valid(&n.name, n.epoch))
+            .filter(|n| core.holds(&req.agent, &n.name, n.epoch))
             .map(|n| (n.name.clone(), n.epoch))
             .collect()
     };
@@ -371,7 +371,9 @@ pub async fn sync(
         let _ = tokio::time::timeout(wait, rx.changed()).await;
     }
     let version = *app.agents.version.borrow();
-    let (nodes, tasks) = app.core().assignments(&req.nodes, app.cfg.task_grace_s);
+    let (nodes, tasks) = app
+        .core()
+        .assignments(&req.agent, &req.nodes, app.cfg.task_grace_s);
     Ok(axum::Json(SyncResponse {
         version,
         lease_ms: app.agents.lease.as_millis() as u64,
@@ -408,7 +410,17 @@ pub async fn report(
     {
         let mut core = app.core();
         for r in &req.reports {
-            let refused = core.check_task_report(r.job, r.attempt, r.task, &r.node, r.epoch);
+            let refused = if core.holds(&req.agent, &r.node, r.epoch) {
+                core.check_task_report(r.job, r.attempt, r.task, &r.node, r.epoch)
+            } else {
+                Err((
+                    crate::core::STALE_EPOCH,
+                    format!(
+                        "agent {:?} does not hold node {:?} under epoch {}",
+                        req.agent, r.node, r.epoch
+                    ),
+                ))
+            };
             let result = match refused {
                 Err((code, message)) => ReportResult {
                     job: r.job,

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::entry::{Entry, TokenEntry};
 
 mod agents;
-pub use agents::{NodeAgent, RunSpec};
+pub use agents::{NodeAgent, RunSpec, STALE_EPOCH};
 mod snapshot;
 pub use snapshot::CORE_SNAPSHOT_FORMAT;
 

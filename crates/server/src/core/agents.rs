@@ -275,10 +275,16 @@ impl Core {
         Ok(())
     }
 
-    /// The leases of `nodes` as the agent named them, and the whole desired set of tasks on
-    /// those whose epoch is live.
+    /// Whether `agent` holds `node` under its live `epoch`.
+    pub fn holds(&self, agent: &str, node: &str, epoch: u64) -> bool {
+        self.epoch_valid(node, epoch) && self.agents.get(node).is_some_and(|a| a.agent == agent)
+    }
+
+    /// The leases of `nodes` as `agent` named them, and the whole desired set of tasks on
+    /// those it holds under a live epoch.
     pub fn assignments(
         &self,
+        agent: &str,
         nodes: &[NodeEpoch],
         grace_s: u64,
     ) -> (Vec<NodeLease>, Vec<Assignment>) {
@@ -286,7 +292,7 @@ impl Core {
         let leases = nodes
             .iter()
             .map(|n| {
-                let valid = self.epoch_valid(&n.name, n.epoch);
+                let valid = self.holds(agent, &n.name, n.epoch);
                 if valid {
                     live.insert(n.name.as_str(), n.epoch);
                 }
@@ -460,7 +466,8 @@ mod tests {
         assert_eq!(c.node_agent("ph-r1-n-000").unwrap().epoch, 1);
         let job = submit_gang(&mut c, 4, 2, 4);
         c.apply(5, 3000, &Entry::Tick { now_s: 1001 }).unwrap();
-        let (leases, tasks) = c.assignments(&lease(&[("ph-r1-n-000", 1), ("ph-r1-n-001", 1)]), 10);
+        let (leases, tasks) =
+            c.assignments("a1", &lease(&[("ph-r1-n-000", 1), ("ph-r1-n-001", 1)]), 10);
         assert!(leases.iter().all(|l| l.valid));
         assert_eq!(tasks.len(), 2);
         let mut ranks: Vec<&str> = tasks.iter().map(|t| t.env["RANK"].as_str()).collect();
@@ -504,7 +511,7 @@ mod tests {
         assert_eq!(c.job(job).unwrap().state, JobState::Succeeded);
         // Its logs stay findable after it ended.
         assert_eq!(c.job(job).unwrap().last_run.len(), 2);
-        let (_, tasks) = c.assignments(&lease(&[("ph-r1-n-000", 1), ("ph-r1-n-001", 1)]), 10);
+        let (_, tasks) = c.assignments("a1", &lease(&[("ph-r1-n-000", 1), ("ph-r1-n-001", 1)]), 10);
         assert!(tasks.is_empty());
     }
 
@@ -542,7 +549,7 @@ mod tests {
                 .any(|d| matches!(d, Decision::Requeue { .. }))
         );
         assert_eq!(c.job(job).unwrap().state, JobState::Pending);
-        let (leases, tasks) = c.assignments(&lease(&[("ph-r1-n-000", 1)]), 10);
+        let (leases, tasks) = c.assignments("a1", &lease(&[("ph-r1-n-000", 1)]), 10);
         assert!(!leases[0].valid);
         assert!(tasks.is_empty());
         // A late report under the dead epoch is refused; losing it twice is refused too.
@@ -567,7 +574,7 @@ mod tests {
         claim(&mut c, 9, &["ph-r1-n-000"]);
         assert_eq!(c.node_agent("ph-r1-n-000").unwrap().epoch, 2);
         c.apply(10, 4000, &Entry::Tick { now_s: 1002 }).unwrap();
-        let (_, tasks) = c.assignments(&lease(&[("ph-r1-n-000", 2)]), 10);
+        let (_, tasks) = c.assignments("a1", &lease(&[("ph-r1-n-000", 2)]), 10);
         assert_eq!(tasks.len(), 1);
         assert_eq!(tasks[0].attempt, 2);
         assert_eq!(tasks[0].epoch, 2);

@@ -416,7 +416,7 @@ mod tests {
         format!(
             "{jobs:#?}\nagents {:?}\nassignments {:?}\nqueue {:?}\nnext {} now {} seq {} dirty {} tick {}\npending {:?}\ncounters {:?}\ntokens {:?}\nnodes {:?}\ncluster {:?}\nidempotency {:?} {:?}",
             c.node_agents(),
-            c.assignments(&leases, 10),
+            c.assignments("a1", &leases, 10),
             c.engine().queue(),
             c.next_job_id(),
             c.now_s(),
