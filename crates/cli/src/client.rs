@@ -813,10 +813,20 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                                     s(&n["accelerators"])
                                 ),
                                 s(&n["tasks"]),
+                                // Which agent holds it, and under which epoch.
+                                match n["agent"]["epoch"].as_u64() {
+                                    Some(e) if n["agent"]["lost"] == true => {
+                                        format!("lost (epoch {e})")
+                                    }
+                                    Some(e) => format!("{} (epoch {e})", s(&n["agent"]["agent"])),
+                                    None => "-".into(),
+                                },
                             ]
                         });
                         table(
-                            &["NAME", "SITE", "RACK", "STATE", "MODEL", "ALLOC", "TASKS"],
+                            &[
+                                "NAME", "SITE", "RACK", "STATE", "MODEL", "ALLOC", "TASKS", "AGENT",
+                            ],
                             rows,
                         )
                     });
