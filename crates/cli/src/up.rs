@@ -90,7 +90,6 @@ fn demo_racks(scale: Scale) -> Vec<DemoRack> {
 
 fn demo_cluster(scale: Scale) -> anyhow::Result<ClusterSpec> {
     let racks = demo_racks(scale);
-    let devices: u64 = racks.iter().map(|r| r.nodes * 8).sum();
     // Quotas scale with the highway: the anchor is guaranteed half of the Hopper-class
     // accelerators, the agency an eighth of the NPUs.
     let hopper: u64 = racks
@@ -171,9 +170,7 @@ quotas = [{{ accelerator = "RNGD", guaranteed = {agency}, borrow_limit = {agency
         anchor = (hopper / 2).max(16),
         agency = (npu / 8).max(8),
     ));
-    let c = ClusterSpec::from_toml(&t).context("the demo highway")?;
-    debug_assert!(devices > 0);
-    Ok(c)
+    ClusterSpec::from_toml(&t).context("the demo highway")
 }
 
 fn write_credentials(path: &Path, c: &Credentials) -> anyhow::Result<()> {

@@ -1268,19 +1268,14 @@ async fn update_site(
     Path(name): Path<String>,
     b: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    let p = principal(&app, &headers)?;
-    p.require_admin()?;
-    let u: SiteUpdate = parse_json(&body(b)?)?;
-    let d = commit_all(
-        &app,
-        vec![Entry::SitePowerBudget {
+    update_power(&app, &headers, b, |u: SiteUpdate, by| {
+        Entry::SitePowerBudget {
             site: name,
             power_budget_mw: u.power_budget_mw,
-            by: p.token_id().into(),
-        }],
-    )
-    .await?;
-    Ok(ok(power_result(d)))
+            by,
+        }
+    })
+    .await
 }
 
 async fn update_rack(
@@ -1289,18 +1284,26 @@ async fn update_rack(
     Path(name): Path<String>,
     b: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    let p = principal(&app, &headers)?;
+    update_power(&app, &headers, b, |u: RackUpdate, by| Entry::RackPowerCap {
+        rack: name,
+        power_cap_kw: u.power_cap_kw,
+        by,
+    })
+    .await
+}
+
+/// A site budget or rack cap change (admin): the entry `make` builds from the body, and
+/// what it shed.
+async fn update_power<U: DeserializeOwned>(
+    app: &App,
+    headers: &HeaderMap,
+    b: std::result::Result<Bytes, BytesRejection>,
+    make: impl FnOnce(U, String) -> Entry,
+) -> Result<Response> {
+    let p = principal(app, headers)?;
     p.require_admin()?;
-    let u: RackUpdate = parse_json(&body(b)?)?;
-    let d = commit_all(
-        &app,
-        vec![Entry::RackPowerCap {
-            rack: name,
-            power_cap_kw: u.power_cap_kw,
-            by: p.token_id().into(),
-        }],
-    )
-    .await?;
+    let u: U = parse_json(&body(b)?)?;
+    let d = commit_all(app, vec![make(u, p.token_id().into())]).await?;
     Ok(ok(power_result(d)))
 }
 

@@ -232,34 +232,6 @@ mod tests {
     use crate::entry::Entry;
     use gosok_store::{Record, SqliteStore};
 
-    const CLUSTER: &str = r#"
-[[site]]
-name = "pohang"
-region = "gyeongbuk"
-jurisdiction = "KR"
-power_budget_mw = 20.0
-pue = 1.25
-
-[[rack]]
-name = "ph-r1"
-site = "pohang"
-power_cap_kw = 120.0
-
-[[node]]
-name = "ph-r1-n"
-rack = "ph-r1"
-count = 2
-cpu_cores = 112
-mem_mib = 2097152
-accelerator = "H100"
-accelerators = 8
-state = "up"
-
-[[tenant]]
-name = "lab"
-tier = "academic"
-"#;
-
     /// A store with a topology and 320 records of submissions and ticks, with snapshots every
     /// 50 records as the server takes them.
     fn store(cfg: &Config) -> (tempfile::TempDir, SqliteStore) {
@@ -268,7 +240,7 @@ tier = "academic"
         let db = crate::config::DataDir(dir.path().to_path_buf()).db();
         let mut store = SqliteStore::open(&db).unwrap();
         let topology = Entry::Topology {
-            cluster: gosok_model::ClusterSpec::from_toml(CLUSTER).unwrap(),
+            cluster: gosok_model::ClusterSpec::from_toml(crate::core::tests::CLUSTER).unwrap(),
             by: "admin".into(),
         };
         store
