@@ -497,19 +497,19 @@ fn runtime_limits_exit_codes_and_signals_are_enforced_and_reported() {
     h.wait_state(ok, "succeeded");
 }
 
-#[test]
-fn a_killed_agent_s_tasks_are_requeued_and_run_elsewhere() {
+/// A highway whose agent `ph` runs attempt 1 of a job that sleeps until it is killed (a
+/// later attempt ends at once); each start and end is appended to the returned marks file.
+/// Returns the highway, the marks file, the job and attempt 1's first process (its group).
+fn first_attempt_on_ph() -> (Highway, PathBuf, u64, i32) {
     let mut h = Highway::new();
     h.agent("ph", "pohang", "ph-r1", 1);
     let marks = h.tmp.path().join("marks");
-    // Attempt 1 runs until it is killed; a later attempt finishes quickly.
     let script = format!(
         "echo \"start $GOSOK_ATTEMPT $GOSOK_NODE $$\" >> {m}; if [ $GOSOK_ATTEMPT = 1 ]; then sleep 1000; fi; echo \"end $GOSOK_ATTEMPT $GOSOK_NODE\" >> {m}",
         m = marks.display()
     );
     let id = h.submit(json!({"groups": [{"accelerators": 8}], "max_retries": 3,
                              "command": sh(&script)}));
-    h.wait_state(id, "running");
     h.wait("attempt 1 to start", || {
         std::fs::read_to_string(&marks).is_ok_and(|m| m.contains("start 1 ph-000"))
     });
@@ -520,6 +520,12 @@ fn a_killed_agent_s_tasks_are_requeued_and_run_elsewhere() {
         .unwrap()
         .parse()
         .unwrap();
+    (h, marks, id, first_pid)
+}
+
+#[test]
+fn a_killed_agent_s_tasks_are_requeued_and_run_elsewhere() {
+    let (mut h, marks, id, first_pid) = first_attempt_on_ph();
     h.agent("jn", "jeonnam", "jn-r1", 1);
     let killed_at = Instant::now();
     // SAFETY: SIGKILL to our own child.
@@ -546,25 +552,7 @@ fn a_killed_agent_s_tasks_are_requeued_and_run_elsewhere() {
 
 #[test]
 fn a_frozen_agent_is_fenced_and_the_job_completes_exactly_once_elsewhere() {
-    let mut h = Highway::new();
-    h.agent("ph", "pohang", "ph-r1", 1);
-    let marks = h.tmp.path().join("marks");
-    let script = format!(
-        "echo \"start $GOSOK_ATTEMPT $GOSOK_NODE $$\" >> {m}; if [ $GOSOK_ATTEMPT = 1 ]; then sleep 1000; fi; echo \"end $GOSOK_ATTEMPT $GOSOK_NODE\" >> {m}",
-        m = marks.display()
-    );
-    let id = h.submit(json!({"groups": [{"accelerators": 8}], "max_retries": 3,
-                             "command": sh(&script)}));
-    h.wait("attempt 1 to start", || {
-        std::fs::read_to_string(&marks).is_ok_and(|m| m.contains("start 1 ph-000"))
-    });
-    let first_pid: i32 = std::fs::read_to_string(&marks)
-        .unwrap()
-        .split_whitespace()
-        .nth(3)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (mut h, marks, id, first_pid) = first_attempt_on_ph();
     let (_, nodes) = h.call("GET", "/v1/nodes", &h.tenant, None);
     let old_epoch = nodes["nodes"]
         .as_array()
