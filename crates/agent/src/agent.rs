@@ -6,7 +6,8 @@
 //! epochs never change under an answer) and one for reports (so that an end is reported while
 //! a long poll is held). The workers only carry requests; every decision is taken here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,6 +26,7 @@ use crate::config::{Config, random_hex};
 use crate::leftovers::PgidFile;
 use crate::logs::LogServer;
 use crate::runner::{Outcome, Poll, Running, Spec, StopCause};
+use crate::sandbox::{Isolation, Sandbox};
 
 /// Most reports sent in one call.
 const REPORT_BATCH: usize = 1000;
@@ -113,6 +115,15 @@ struct Agent {
     /// Reports of ended tasks not yet sent.
     pending: Vec<(Key, TaskReport)>,
     pgids: PgidFile,
+    /// None with `--isolation none`.
+    sandbox: Option<Sandbox>,
+    /// Assigned tasks not started yet, in the order they were assigned; `desired` is the
+    /// latest desired set, so that one that left it meanwhile is never started.
+    to_start: VecDeque<Assignment>,
+    queued: HashSet<Key>,
+    desired: HashSet<Key>,
+    /// The watchdog's stdin: the agent tells it each lease deadline.
+    watchdog: Option<(std::process::Child, std::process::ChildStdin)>,
     ever_registered: bool,
     /// After a refused registration: not before this (syncing for the other nodes goes on).
     register_not_before: Option<Instant>,
@@ -157,7 +168,22 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             "killed process groups left by a previous agent"
         );
     }
-    let mut watchdog = match &cfg.watchdog {
+    // The control groups a previous agent left are emptied above; remove them.
+    crate::sandbox::kill_all_listed(&work_dir, true);
+    let sandbox = match cfg.isolation {
+        Isolation::Sandbox => {
+            let s = Sandbox::new(cfg.sandbox.clone(), &work_dir).map_err(|e| {
+                anyhow::anyhow!("the task sandbox cannot be set up: {e}; run the agent as root on a machine with control groups, or start it with --isolation none to run tasks unisolated as its own user")
+            })?;
+            info!(mount_namespaces = s.mount_ns(), "tasks run sandboxed: their tenants' accounts, control groups, private /tmp");
+            Some(s)
+        }
+        Isolation::None => {
+            warn!("--isolation none: tasks run as the agent's own user, without limits, and can see what it sees");
+            None
+        }
+    };
+    let watchdog = match &cfg.watchdog {
         Some(cmd) => Some(spawn_watchdog(cmd, &work_dir)?),
         None => None,
     };
@@ -166,7 +192,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     }
     crate::runner::become_subreaper();
     let logs_secret = random_hex(32);
-    let log_server = LogServer::start(cfg.logs_listen, work_dir.clone(), logs_secret.clone())?;
+    let logs_dir = work_dir.join("logs");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&logs_dir)
+        .with_context(|| format!("cannot create {}", logs_dir.display()))?;
+    let log_server = LogServer::start(cfg.logs_listen, logs_dir, logs_secret.clone())?;
     let logs_url = if log_server.addr.ip().is_unspecified() {
         format!("http://{}:{}", cfg.address, log_server.addr.port())
     } else {
@@ -215,6 +247,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         reports_busy: false,
         pending: Vec::new(),
         pgids,
+        sandbox,
+        to_start: VecDeque::new(),
+        queued: HashSet::new(),
+        desired: HashSet::new(),
+        watchdog,
         ever_registered: false,
         register_not_before: None,
         sync_not_before: None,
@@ -222,7 +259,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let result = agent.main_loop(&replies);
     gate.closed.store(true, Ordering::SeqCst);
     drop(log_server);
-    if let Some((mut child, mut pipe)) = watchdog.take() {
+    if let Some((mut child, mut pipe)) = agent.watchdog.take() {
         // Every task was stopped: tell the watchdog it has nothing to do.
         use std::io::Write;
         let _ = pipe.write_all(&[crate::leftovers::WATCHDOG_CLEAN_EXIT]);
@@ -329,6 +366,7 @@ impl Agent {
             }
             self.poll_tasks(Instant::now());
             self.dispatch(Instant::now());
+            self.start_some(Instant::now() + self.cfg.spawn_budget);
         }
     }
 
@@ -340,6 +378,29 @@ impl Agent {
         self.lease = lease;
         let until = (sent + lease).duration_since(self.gate.base).as_millis() as u64;
         self.gate.lease_until_ms.store(until, Ordering::SeqCst);
+        self.tell_watchdog(Some(sent + lease));
+    }
+
+    /// Tells the watchdog when the lease runs out (None: no lease is held), on the clock it
+    /// reads too (CLOCK_BOOTTIME, which goes on through a suspend): if the agent is frozen
+    /// past it, the watchdog kills the tasks, so that they are dead before the controller
+    /// (lease + margin after it last heard from the agent) gives them to another node.
+    fn tell_watchdog(&mut self, deadline: Option<Instant>) {
+        let Some((_, pipe)) = &mut self.watchdog else {
+            return;
+        };
+        // Read the boot clock first: a pause between the two readings makes the deadline
+        // earlier, never later.
+        let boot_now = crate::leftovers::boottime_ms();
+        let ms = match deadline {
+            Some(d) => boot_now + d.saturating_duration_since(Instant::now()).as_millis() as u64,
+            None => 0,
+        };
+        use std::io::Write;
+        if let Err(e) = pipe.write_all(format!("L{ms}\n").as_bytes()) {
+            error!("the watchdog is gone ({e}): a frozen agent's tasks would no longer be killed at the end of its lease");
+            self.watchdog = None;
+        }
     }
 
     fn fence_if_lease_lost(&mut self, now: Instant) {
@@ -351,6 +412,10 @@ impl Agent {
     /// No sync for a whole lease: the controller may have given every task to another node.
     fn fence(&mut self, now: Instant) {
         self.gate.lease_until_ms.store(0, Ordering::SeqCst);
+        self.tell_watchdog(None);
+        self.to_start.clear();
+        self.queued.clear();
+        self.desired.clear();
         self.generation += 1;
         self.gate
             .generation
@@ -532,11 +597,17 @@ impl Agent {
         for k in forget {
             self.tasks.remove(&k);
         }
-        for (k, a) in wanted {
-            if self.tasks.contains_key(&k) {
-                continue;
-            }
-            self.start(k, a);
+        self.desired = wanted.keys().cloned().collect();
+        let mut new: Vec<&Assignment> = wanted
+            .into_iter()
+            .filter(|(k, _)| !self.tasks.contains_key(k) && !self.queued.contains(k))
+            .map(|(_, a)| a)
+            .collect();
+        // Oldest jobs first, a gang's tasks together.
+        new.sort_by_key(|a| (a.job, a.attempt, a.task));
+        for a in new {
+            self.queued.insert(key_of(a));
+            self.to_start.push_back(a.clone());
         }
         let _ = self.pgids.compact(
             self.tasks
@@ -550,24 +621,63 @@ impl Agent {
         );
     }
 
-    fn task_dir(&self, a: &Assignment) -> PathBuf {
-        self.cfg
+    /// Starts queued tasks until `until`; tasks that left the desired set, or whose node's
+    /// epoch changed, since they were queued are dropped.
+    fn start_some(&mut self, until: Instant) {
+        while let Some(a) = self.to_start.pop_front() {
+            let k = key_of(&a);
+            self.queued.remove(&k);
+            let current = self
+                .by_name
+                .get(&a.node)
+                .is_some_and(|&i| self.nodes[i].epoch == Some(a.epoch));
+            if !current || !self.desired.contains(&k) || self.tasks.contains_key(&k) {
+                continue;
+            }
+            self.start(k, &a);
+            if Instant::now() >= until {
+                break;
+            }
+        }
+    }
+
+    fn spec(&mut self, a: &Assignment) -> Result<Spec, String> {
+        let name = format!("{}-{}-{}", a.job, a.attempt, a.task);
+        let log_dir = self
+            .cfg
             .work_dir
+            .join("logs")
             .join(a.job.to_string())
             .join(a.attempt.to_string())
-            .join(a.task.to_string())
+            .join(a.task.to_string());
+        let workdir = a.workdir.as_ref().map(PathBuf::from);
+        let (sandbox, run_dir, user) = match &mut self.sandbox {
+            Some(s) => {
+                let p = s.prepare(&name, &a.tenant, a.mem_mib, a.cpu_milli, workdir.as_deref())?;
+                let (run_dir, user) = (p.run_dir.clone(), p.user.clone());
+                (Some(p), run_dir, user)
+            }
+            None => (
+                None,
+                self.cfg.work_dir.join("run").join(&name),
+                format!("gosok-{}", a.tenant),
+            ),
+        };
+        Ok(Spec {
+            command: a.command.clone(),
+            env: a.env.clone(),
+            user,
+            workdir,
+            log_dir,
+            run_dir,
+            limit: a.limit_s.map(Duration::from_secs),
+            grace: Duration::from_secs(a.grace_s),
+            sandbox,
+        })
     }
 
     fn start(&mut self, k: Key, a: &Assignment) {
-        let spec = Spec {
-            command: a.command.clone(),
-            env: a.env.clone(),
-            workdir: a.workdir.as_ref().map(PathBuf::from),
-            dir: self.task_dir(a),
-            limit: a.limit_s.map(Duration::from_secs),
-            grace: Duration::from_secs(a.grace_s),
-        };
-        match Running::spawn(&spec) {
+        match self.spec(a).and_then(Running::spawn) {
             Ok(r) => {
                 if let Err(e) = self.pgids.add(r.pgid()) {
                     warn!(
@@ -616,6 +726,7 @@ impl Agent {
     }
 
     fn poll_tasks(&mut self, now: Instant) {
+        crate::runner::reap_children();
         let mut ended = Vec::new();
         for (k, t) in &mut self.tasks {
             if let TaskState::Running(r) = &mut t.state
@@ -694,7 +805,7 @@ impl Agent {
                         nodes: held,
                         version: self.version,
                         // Long enough to spare the controller, short enough to renew well in time.
-                        wait_ms: (self.lease.as_millis() as u64 / 4).max(1),
+                        wait_ms: (self.lease.as_millis() as u64 / 4).clamp(1, 30_000),
                         logs_url: self.logs_url.clone(),
                         logs_secret: self.logs_secret.clone(),
                     },
@@ -753,6 +864,7 @@ impl Agent {
     /// Stops every task with its grace period, then returns.
     fn shutdown(&mut self) -> anyhow::Result<()> {
         self.gate.closed.store(true, Ordering::SeqCst);
+        self.to_start.clear();
         let now = Instant::now();
         let mut n = 0;
         for t in self.tasks.values_mut() {

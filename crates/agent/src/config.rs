@@ -11,6 +11,7 @@ use gosok_model::agent::RegisterNode;
 use gosok_model::topology::run_node_name;
 
 use crate::discovery::Device;
+use crate::sandbox::{Isolation, SandboxConfig};
 
 /// Everything `run` needs; the CLI fills it from flags and the machine.
 #[derive(Debug, Clone)]
@@ -35,8 +36,15 @@ pub struct Config {
     /// How often running tasks are polled.
     pub tick: Duration,
     /// A command that runs [`crate::leftovers::watchdog`] for the work directory (appended as
-    /// its last argument): it kills the tasks if the agent dies. None: no watchdog.
+    /// its last argument): it kills the tasks if the agent dies, or if the agent's lease runs
+    /// out while the agent cannot act (frozen). None: no watchdog.
     pub watchdog: Option<Vec<std::ffi::OsString>>,
+    /// How tasks are isolated; `Sandbox` needs root and control groups.
+    pub isolation: Isolation,
+    pub sandbox: SandboxConfig,
+    /// How long one turn of the main loop may spend starting tasks before it syncs, reports
+    /// and polls again: a flood of starts costs time, never the lease.
+    pub spawn_budget: Duration,
 }
 
 impl Config {
@@ -53,6 +61,9 @@ impl Config {
             handle_signals: false,
             tick: Duration::from_millis(50),
             watchdog: None,
+            isolation: Isolation::None,
+            sandbox: SandboxConfig::default(),
+            spawn_budget: Duration::from_millis(20),
         }
     }
 }

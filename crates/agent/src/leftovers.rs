@@ -17,10 +17,11 @@ fn boot_id() -> String {
         .unwrap_or_default()
 }
 
-/// Kills every process group listed in `WORK/pgids` (this boot's only); returns how many
-/// still had processes.
+/// Kills every task the agent of `work_dir` started: the control groups listed in
+/// `WORK/cgroups` (sandboxed tasks, with everything they forked) and the process groups
+/// listed in `WORK/pgids` (this boot's only); returns how many still had processes.
 pub fn kill_listed(work_dir: &Path) -> usize {
-    let mut killed = 0;
+    let mut killed = crate::sandbox::kill_all_listed(work_dir, false);
     if let Ok(text) = std::fs::read_to_string(work_dir.join("pgids")) {
         let mut lines = text.lines();
         if lines.next() == Some(boot_id().as_str()) {
@@ -38,21 +39,88 @@ pub fn kill_listed(work_dir: &Path) -> usize {
 /// What the watchdog reads on its stdin when the agent ends cleanly (its tasks are stopped).
 pub const WATCHDOG_CLEAN_EXIT: u8 = b'x';
 
-/// The watchdog's body: a separate process whose stdin is a pipe from the agent. When the pipe
-/// closes without [`WATCHDOG_CLEAN_EXIT`] the agent died (SIGKILL, a crash): the watchdog kills
-/// every task group it listed, so that nothing a task forked outlives its agent (SIGKILL
-/// cannot be caught, and PR_SET_PDEATHSIG reaches only each task's first process).
+/// Milliseconds of CLOCK_BOOTTIME: monotonic, the same for every process of the machine, and
+/// counting time spent suspended (a frozen VM's lease runs out while it sleeps).
+pub fn boottime_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out pointer.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts);
+    }
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// The watchdog's body: a separate process whose stdin is a pipe from the agent, on which the
+/// agent writes `L<ms>` each time its lease is renewed (the deadline in [`boottime_ms`]; 0:
+/// no lease held). It kills every task of the agent (a) when the lease deadline passes
+/// without a renewal — the agent is frozen or stuck, and the controller will soon give its
+/// tasks to other nodes — and (b) when the pipe closes without [`WATCHDOG_CLEAN_EXIT`]: the
+/// agent died (SIGKILL, a crash), and PR_SET_PDEATHSIG reaches only each task's first
+/// process. Returns how many groups it killed at the end.
 pub fn watchdog(work_dir: &Path) -> usize {
-    use std::io::Read;
-    let mut stdin = std::io::stdin().lock();
-    let mut buf = [0u8; 64];
+    let mut deadline_ms: u64 = 0;
+    let mut line = Vec::new();
+    let mut buf = [0u8; 256];
     loop {
-        match stdin.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) if buf[..n].contains(&WATCHDOG_CLEAN_EXIT) => return 0,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
+        let now = boottime_ms();
+        if deadline_ms != 0 && now >= deadline_ms {
+            let killed = kill_listed(work_dir);
+            eprintln!(
+                "gosok agent watchdog: the agent did not renew its lease in time; killed {killed} task groups"
+            );
+            deadline_ms = 0;
+        }
+        let timeout = if deadline_ms == 0 {
+            -1
+        } else {
+            (deadline_ms - now).min(i32::MAX as u64) as i32
+        };
+        let mut pfd = libc::pollfd {
+            fd: 0,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, timeout) };
+        if r < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        if r == 0 {
+            continue;
+        }
+        // SAFETY: buf is writable for its length.
+        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n as usize] {
+            match b {
+                WATCHDOG_CLEAN_EXIT => return 0,
+                b'\n' => {
+                    if let Some(ms) = std::str::from_utf8(&line)
+                        .ok()
+                        .and_then(|l| l.strip_prefix('L'))
+                        .and_then(|v| v.parse::<u64>().ok())
+                    {
+                        deadline_ms = ms;
+                    }
+                    line.clear();
+                }
+                _ if line.len() < 64 => line.push(b),
+                _ => {}
+            }
         }
     }
     kill_listed(work_dir)
@@ -72,7 +140,15 @@ impl PgidFile {
         let path = work_dir.join("pgids");
         let killed = kill_listed(work_dir);
         let mut f = PgidFile {
-            file: File::create(&path)?,
+            file: {
+                use std::os::unix::fs::OpenOptionsExt;
+                OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&path)?
+            },
             path,
             lines: 0,
         };
@@ -96,7 +172,6 @@ impl PgidFile {
     }
 
     fn rewrite(&mut self, live: impl Iterator<Item = i32>) -> std::io::Result<()> {
-        let tmp = self.path.with_extension("tmp");
         let mut text = boot_id();
         text.push('\n');
         let mut n = 0;
@@ -104,8 +179,7 @@ impl PgidFile {
             text.push_str(&format!("{p}\n"));
             n += 1;
         }
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &self.path)?;
+        crate::sandbox::write_private(&self.path, text.as_bytes())?;
         self.file = OpenOptions::new().append(true).open(&self.path)?;
         self.lines = n;
         Ok(())

@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod leftovers;
 pub mod logs;
 pub mod runner;
+pub mod sandbox;
 
 pub use agent::run;
 pub use config::{Config, NodeTemplate};

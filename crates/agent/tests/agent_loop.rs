@@ -162,6 +162,9 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
                     env: BTreeMap::from([("GOSOK_JOB_ID".into(), w.job.to_string())]),
                     limit_s: w.limit_s,
                     grace_s: 1,
+                    tenant: "lab".into(),
+                    mem_mib: 0,
+                    cpu_milli: 1000,
                 })
                 .collect();
             let resp = SyncResponse {
@@ -239,8 +242,14 @@ impl Running {
         }
     }
 
+    /// A file of attempt 1 of task 0 of `job`: its logs are where the agent writes them,
+    /// anything else in its scratch directory (which exists while it runs).
     fn task_file(&self, job: u64, name: &str) -> PathBuf {
-        self.work.join(job.to_string()).join("1/0").join(name)
+        if name.ends_with(".log") {
+            self.work.join("logs").join(job.to_string()).join("1/0").join(name)
+        } else {
+            self.work.join("run").join(format!("{job}-1-0")).join(name)
+        }
     }
 
     fn finish(mut self) {

@@ -13,10 +13,13 @@ fn spec(dir: &Path, script: &str) -> Spec {
     Spec {
         command: vec!["sh".into(), "-c".into(), script.into()],
         env: BTreeMap::new(),
+        user: "gosok-lab".into(),
         workdir: None,
-        dir: dir.join("7/1/0"),
+        log_dir: dir.join("7/1/0"),
+        run_dir: dir.join("run/7-1-0"),
         limit: None,
         grace: Duration::from_secs(5),
+        sandbox: None,
     }
 }
 
@@ -51,7 +54,7 @@ fn env_and_workdir_reach_the_process_and_logs_are_written() {
     s.env.insert("GOSOK_JOB_ID".into(), "7".into());
     s.env.insert("RANK".into(), "0".into());
     s.workdir = Some(wd.clone());
-    let mut r = Running::spawn(&s).unwrap();
+    let mut r = Running::spawn(s).unwrap();
     let o = wait(&mut r, Duration::from_secs(5)).unwrap();
     assert_eq!(o.reason, EndReason::Exited);
     assert_eq!((o.exit_code, o.signal), (Some(3), None));
@@ -61,25 +64,38 @@ fn env_and_workdir_reach_the_process_and_logs_are_written() {
         format!("7 0\n{}\n", wd.canonicalize().unwrap().display())
     );
     assert_eq!(read(tmp.path().join("7/1/0/stderr.log")), "oops\n");
-    // The agent's own environment is kept under the task's.
-    let mut s = spec(tmp.path(), "test -n \"$PATH\" && pwd");
-    s.dir = tmp.path().join("7/1/1");
-    let mut r = Running::spawn(&s).unwrap();
+    // Nothing of the agent's own environment reaches the task: only a minimal PATH, HOME,
+    // USER and LOGNAME beside the task's own; the scratch directory is the default working
+    // directory and is removed when the task ends.
+    // SAFETY: tests in this binary read no environment variable concurrently.
+    unsafe { std::env::set_var("GOSOK_AGENT_SECRET_FOR_TEST", "x") };
+    let mut s = spec(tmp.path(), "env | sort; pwd");
+    s.log_dir = tmp.path().join("7/1/1");
+    s.run_dir = tmp.path().join("run/7-1-1");
+    s.env.insert("SEED".into(), "7".into());
+    let mut r = Running::spawn(s).unwrap();
     assert_eq!(
         wait(&mut r, Duration::from_secs(5)).unwrap().exit_code,
         Some(0)
     );
-    let task_dir = tmp.path().join("7/1/1").canonicalize().unwrap();
-    assert_eq!(
-        read(tmp.path().join("7/1/1/stdout.log")),
-        format!("{}\n", task_dir.display())
-    );
+    let run_dir = tmp.path().join("run/7-1-1");
+    let out = read(tmp.path().join("7/1/1/stdout.log"));
+    let vars: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|x| x.0))
+        // What the shell itself sets.
+        .filter(|v| !matches!(*v, "PWD" | "SHLVL" | "OLDPWD" | "_"))
+        .collect();
+    assert_eq!(vars, ["HOME", "LOGNAME", "PATH", "SEED", "USER"], "{out}");
+    assert!(out.contains(&format!("HOME={}\n", run_dir.display())), "{out}");
+    assert!(out.ends_with(&format!("{}\n", run_dir.display())), "{out}");
+    assert!(!run_dir.exists(), "the scratch directory outlived its task");
 }
 
 #[test]
 fn a_terminating_signal_is_reported() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut r = Running::spawn(&spec(tmp.path(), "kill -9 $$")).unwrap();
+    let mut r = Running::spawn(spec(tmp.path(), "kill -9 $$")).unwrap();
     let o = wait(&mut r, Duration::from_secs(5)).unwrap();
     assert_eq!(o.reason, EndReason::Exited);
     assert_eq!((o.exit_code, o.signal), (None, Some(9)));
@@ -91,7 +107,7 @@ fn the_runtime_limit_stops_the_task() {
     let mut s = spec(tmp.path(), "sleep 100");
     s.limit = Some(Duration::from_millis(300));
     let t0 = Instant::now();
-    let mut r = Running::spawn(&s).unwrap();
+    let mut r = Running::spawn(s).unwrap();
     let o = wait(&mut r, Duration::from_secs(5)).unwrap();
     assert_eq!(o.reason, EndReason::Limit);
     assert_eq!(o.signal, Some(libc::SIGTERM));
@@ -110,7 +126,7 @@ fn a_stop_leaves_no_process_of_the_group_behind() {
          trap 'exit 0' TERM; echo ready; while :; do sleep 0.05; done",
     );
     s.grace = Duration::from_millis(400);
-    let mut r = Running::spawn(&s).unwrap();
+    let mut r = Running::spawn(s).unwrap();
     let out = tmp.path().join("7/1/0/stdout.log");
     let until = Instant::now() + Duration::from_secs(5);
     while read(&out).is_empty() {
@@ -139,7 +155,7 @@ fn a_stop_leaves_no_process_of_the_group_behind() {
 #[test]
 fn what_a_task_leaves_behind_when_it_exits_is_killed() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut r = Running::spawn(&spec(tmp.path(), "sleep 1000 & exit 0")).unwrap();
+    let mut r = Running::spawn(spec(tmp.path(), "sleep 1000 & exit 0")).unwrap();
     let o = wait(&mut r, Duration::from_secs(5)).unwrap();
     assert_eq!(o.exit_code, Some(0));
     assert!(
@@ -153,12 +169,14 @@ fn a_command_that_cannot_start_is_a_spawn_failure() {
     let tmp = tempfile::tempdir().unwrap();
     let mut s = spec(tmp.path(), "");
     s.command = vec!["/nonexistent/gosok-no-such-program".into()];
-    let e = Running::spawn(&s).unwrap_err();
+    let e = Running::spawn(s).unwrap_err();
     assert!(e.contains("gosok-no-such-program"), "{e}");
+    let mut s = spec(tmp.path(), "");
     s.command = vec![];
-    assert!(Running::spawn(&s).unwrap_err().contains("empty"));
+    assert!(Running::spawn(s).unwrap_err().contains("empty"));
+    let mut s = spec(tmp.path(), "");
     s.command = vec!["true".into()];
     s.workdir = Some(tmp.path().join("missing"));
-    let e = Running::spawn(&s).unwrap_err();
+    let e = Running::spawn(s).unwrap_err();
     assert!(e.contains("working directory"), "{e}");
 }

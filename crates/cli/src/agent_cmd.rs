@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use gosok_agent::config::{self, Config, NodeTemplate};
 use gosok_agent::discovery::{Discovery, Fake, Nvml};
+use gosok_agent::sandbox::{ISOLATION_LABEL, Isolation, SandboxConfig};
 use gosok_model::Catalog;
 use gosok_model::agent::MAX_AGENT_NODES;
 use gosok_model::error::check_name;
@@ -17,9 +18,29 @@ pub struct AgentArgs {
     /// The controller's URL (http://HOST:PORT); else $GOSOK_SERVER.
     #[arg(long)]
     server: Option<String>,
-    /// An agent token (`gosok token create --agent`); else $GOSOK_TOKEN.
-    #[arg(long)]
-    token: Option<String>,
+    /// A file holding the agent token (`gosok token create --agent`), readable by its owner
+    /// only (mode 0600); else $GOSOK_TOKEN. Never on the command line: every local user can
+    /// read a process's arguments.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// How tasks are isolated: `sandbox` (each task as its tenant's unprivileged account, in
+    /// its own control group and mount namespace; needs root and control groups) or `none`
+    /// (tasks run as the agent's user, unlimited: only for trusted tenants). The agent refuses
+    /// to start when the sandbox cannot be had, unless told `none`.
+    #[arg(long, default_value = "sandbox", value_parser = ["sandbox", "none"])]
+    isolation: String,
+    /// The uids (and gids) of tenants' accounts: FIRST-LAST.
+    #[arg(long, value_name = "FIRST-LAST", default_value = "200000-265535")]
+    uid_range: String,
+    /// The machine-wide tenant → uid map shared by every agent of the machine.
+    #[arg(long, value_name = "PATH", default_value = "/var/lib/gosok/tenant-uids")]
+    uid_map: PathBuf,
+    /// Most processes and threads one task may have (its control group's pids limit).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(16..=4_194_304))]
+    task_pids_max: u64,
+    /// A directory tasks must not see (repeatable; the work directory is always hidden).
+    #[arg(long = "hide", value_name = "PATH")]
+    hide: Vec<PathBuf>,
     /// The site the nodes are in.
     #[arg(long)]
     site: String,
@@ -71,6 +92,38 @@ fn from_env(flag: Option<String>, var: &str, name: &str) -> anyhow::Result<Strin
     }
 }
 
+/// Reads the agent token from a file only its owner can read.
+fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("--token-file {}", path.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "--token-file {}: mode {:o} lets other users read the token; chmod 600 it",
+            path.display(),
+            meta.mode() & 0o777
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--token-file {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() || token.len() > 512 || token.chars().any(char::is_whitespace) {
+        bail!("--token-file {}: expected one token on one line", path.display());
+    }
+    Ok(token.to_string())
+}
+
+/// `FIRST-LAST`, both above 0 (root) and FIRST ≤ LAST.
+fn parse_uid_range(s: &str) -> anyhow::Result<(u32, u32)> {
+    let parsed = s
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)));
+    match parsed {
+        Some((a, b)) if a > 0 && a <= b && b < u32::MAX => Ok((a, b)),
+        _ => bail!("--uid-range {s:?}: expected FIRST-LAST with 0 < FIRST <= LAST < 4294967295, e.g. 200000-265535"),
+    }
+}
+
 fn parse_label(s: &str) -> anyhow::Result<(String, String)> {
     let Some((k, v)) = s.split_once('=') else {
         bail!("--label {s:?}: expected KEY=VALUE");
@@ -108,7 +161,15 @@ pub fn config(a: AgentArgs) -> anyhow::Result<Config> {
     if !server.starts_with("http://") {
         bail!("--server {server:?}: expected http://HOST:PORT (TLS is not supported yet)");
     }
-    let token = from_env(a.token, "GOSOK_TOKEN", "token")?;
+    let token = match &a.token_file {
+        Some(path) => read_token_file(path)?,
+        None => from_env(None, "GOSOK_TOKEN", "token-file")?,
+    };
+    let isolation = match a.isolation.as_str() {
+        "none" => Isolation::None,
+        _ => Isolation::Sandbox,
+    };
+    let (uid_first, uid_last) = parse_uid_range(&a.uid_range)?;
     check_name("--site", &a.site).map_err(|e| anyhow::anyhow!("{e}"))?;
     check_name("--rack", &a.rack).map_err(|e| anyhow::anyhow!("{e}"))?;
     let name = a.name.unwrap_or_else(config::hostname);
@@ -137,10 +198,14 @@ pub fn config(a: AgentArgs) -> anyhow::Result<Config> {
     let mut labels = BTreeMap::new();
     for l in &a.labels {
         let (k, v) = parse_label(l)?;
+        if k == ISOLATION_LABEL {
+            bail!("--label {k:?}: the agent sets this label itself (--isolation)");
+        }
         if labels.insert(k.clone(), v).is_some() {
             bail!("--label {k:?} is given twice");
         }
     }
+    labels.insert(ISOLATION_LABEL.to_string(), isolation.name().to_string());
     let logs_listen: SocketAddr = a.logs_listen.parse().map_err(|_| {
         anyhow::anyhow!(
             "--logs-listen {:?}: expected IP:PORT, e.g. 127.0.0.1:0",
@@ -172,6 +237,14 @@ pub fn config(a: AgentArgs) -> anyhow::Result<Config> {
     }
     cfg.logs_listen = logs_listen;
     cfg.handle_signals = true;
+    cfg.isolation = isolation;
+    cfg.sandbox = SandboxConfig {
+        uid_first,
+        uid_count: uid_last - uid_first + 1,
+        uid_map: a.uid_map,
+        pids_max: a.task_pids_max,
+        hide: a.hide,
+    };
     // The watchdog is this binary again: `gosok agent-watchdog WORK_DIR`.
     cfg.watchdog = Some(vec![
         std::env::current_exe()

@@ -28,6 +28,17 @@ impl Api {
         &self.token
     }
 
+    /// A GET's answer as text (e.g. `/metrics`).
+    pub fn text(&self, path: &str) -> anyhow::Result<String> {
+        let r = self
+            .http
+            .get(&format!("{}{path}", self.base))
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .call()
+            .map_err(|e| anyhow::anyhow!("GET {path}: {e}"))?;
+        Ok(r.into_string()?)
+    }
+
     /// The answer's JSON, or an error naming the request and the server's message.
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
         let req = self

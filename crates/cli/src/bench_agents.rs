@@ -46,6 +46,12 @@ pub struct BenchAgentsArgs {
     /// bench's temporary directory).
     #[arg(long)]
     agent_dir: Option<std::path::PathBuf>,
+    /// How the agents isolate tasks: `sandbox` (the default as root) or `none`.
+    #[arg(long, value_parser = ["sandbox", "none"])]
+    isolation: Option<String>,
+    /// The controller's agent lease in ms (default: the controller's default).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(300..=3_600_000))]
+    lease_ms: Option<u64>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -53,6 +59,8 @@ pub struct BenchAgentsArgs {
 
 #[derive(Serialize)]
 struct Report {
+    isolation: String,
+    lease_ms: u64,
     nodes: u64,
     tasks: u64,
     connections: u64,
@@ -69,6 +77,12 @@ struct Report {
     submit_to_running_max_ms: u64,
     /// First submission to the last task's success.
     all_done_s: f64,
+    /// Phase 1: nodes the controller lost because the agent's lease ran out, times the agent
+    /// fenced itself (killed its tasks for a lost lease), and attempts beyond each job's
+    /// first. All three are 0 when a flood of starts costs time, not leases.
+    lease_expiries: u64,
+    agent_fences: u64,
+    extra_attempts: u64,
     idle_nodes: u64,
     idle_cpu_percent_of_one_core: f64,
     idle_cpu_us_per_node_per_s: f64,
@@ -105,11 +119,20 @@ fn spawn_agent(
     rack: &str,
     nodes: u64,
     work: &std::path::Path,
+    isolation: &str,
 ) -> anyhow::Result<Child> {
     let exe = std::env::current_exe()?;
+    let token_file = work.with_extension("token");
+    gosok_server::write_private(&token_file, token.as_bytes())?;
+    let uid_map = work.with_extension("uids");
     Command::new(exe)
         .arg("agent")
-        .args(["--server", base, "--token", token])
+        .args(["--server", base])
+        .arg("--token-file")
+        .arg(&token_file)
+        .args(["--isolation", isolation])
+        .arg("--uid-map")
+        .arg(&uid_map)
         .args(["--site", "bench", "--rack", rack, "--name", rack])
         .args([
             "--nodes",
@@ -176,12 +199,21 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("gosok-bench-agents-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let admin = gosok_server::init(&dir)?;
+    let defaults = Config::default();
     let cfg = Config {
         listen: "127.0.0.1:0".into(),
         submit_rate_per_s: 1e9,
         submit_burst: 1e9,
-        ..Config::default()
+        agent_lease_ms: a.lease_ms.unwrap_or(defaults.agent_lease_ms),
+        ..defaults
     };
+    let lease_ms = cfg.agent_lease_ms;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let isolation = a
+        .isolation
+        .clone()
+        .unwrap_or_else(|| if root { "sandbox" } else { "none" }.into());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -191,10 +223,13 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
     let admin_api = api(&admin);
     let cluster: toml::Value = toml::from_str(CLUSTER)?;
     admin_api.call("PUT", "/v1/topology", Some(&serde_json::to_value(cluster)?))?;
-    let agent_token = admin_api.call("POST", "/v1/agent-tokens", Some(&json!({})))?["token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    // One token per agent: each acts only for the nodes it holds.
+    let agent_token = || -> anyhow::Result<String> {
+        Ok(admin_api.call("POST", "/v1/agent-tokens", Some(&json!({})))?["token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    };
     let tenant = admin_api.call("POST", "/v1/tenants/bench/tokens", Some(&json!({})))?["token"]
         .as_str()
         .unwrap_or_default()
@@ -209,19 +244,30 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
         None => dir.join("agents"),
     };
     std::fs::create_dir_all(&work)?;
-    let mut agent = spawn_agent(&base, &agent_token, "bench-r1", a.nodes, &work.join("work"))?;
+    eprintln!("bench: agents isolate tasks with --isolation {isolation}, lease {lease_ms} ms");
+    let mut agent = spawn_agent(
+        &base,
+        &agent_token()?,
+        "bench-r1",
+        a.nodes,
+        &work.join("work"),
+        &isolation,
+    )?;
     let r = phase1(&a, &api(&tenant), &admin_api, &api)
         .and_then(|p1| Ok((p1, phase2(&a, &api(&tenant))?)));
     let _ = agent.kill();
     let _ = agent.wait();
-    let ((starts, submits, flood, done_s), lat) = r?;
+    let ((starts, submits, flood, done_s, extra_attempts, lease_expiries), lat) = r?;
+    let agent_fences = std::fs::read_to_string(work.join("work").with_extension("log"))
+        .map_or(0, |t| t.matches("lease lost").count() as u64);
     eprintln!("bench: idle agent with {} virtual nodes", a.idle_nodes);
     let mut idle = spawn_agent(
         &base,
-        &agent_token,
+        &agent_token()?,
         "idle-r1",
         a.idle_nodes,
         &work.join("idle"),
+        &isolation,
     )?;
     let r = (|| -> anyhow::Result<(f64, u64)> {
         wait_up(&admin_api, "idle-r1", a.idle_nodes)?;
@@ -243,6 +289,8 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&work);
     let report = Report {
+        isolation,
+        lease_ms,
         nodes: a.nodes,
         tasks: a.tasks,
         connections: a.connections,
@@ -254,6 +302,9 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
         submit_to_running_p99_ms: percentile(&lat, 0.99),
         submit_to_running_max_ms: lat.last().copied().unwrap_or(0),
         all_done_s: done_s,
+        lease_expiries,
+        agent_fences,
+        extra_attempts,
         idle_nodes: a.idle_nodes,
         idle_cpu_percent_of_one_core: cpu_frac * 100.0,
         idle_cpu_us_per_node_per_s: cpu_frac * 1e6 / a.idle_nodes as f64,
@@ -286,6 +337,14 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
             report.tasks, report.all_done_s
         );
         println!(
+            "lease expiries / agent fences / extra attempts: {} / {} / {}  (isolation {}, lease {} ms)",
+            report.lease_expiries,
+            report.agent_fences,
+            report.extra_attempts,
+            report.isolation,
+            report.lease_ms
+        );
+        println!(
             "idle agent, {} virtual nodes:                 {:.2} % of a core ({:.1} µs per node per s), {:.1} MiB RSS ({:.1} KiB per node)",
             report.idle_nodes,
             report.idle_cpu_percent_of_one_core,
@@ -297,10 +356,12 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-type Phase1 = (f64, f64, Vec<u64>, f64);
+/// (starts/s, submissions/s, flood latencies, all done s, extra attempts, lease expiries).
+type Phase1 = (f64, f64, Vec<u64>, f64, u64, u64);
 
-/// When the controller placed job `id` (its `started` event), and when it was submitted.
-fn started(tenant: &Api, id: u64) -> anyhow::Result<(String, u64, Option<u64>)> {
+/// When the controller placed job `id` (its `started` event), when it was submitted, and its
+/// attempt.
+fn started(tenant: &Api, id: u64) -> anyhow::Result<(String, u64, Option<u64>, u64)> {
     let j = tenant.call("GET", &format!("/v1/jobs/{id}"), None)?;
     let state = j["state"].as_str().unwrap_or_default().to_string();
     let submitted = j["submitted_at_ms"].as_u64().unwrap_or(0);
@@ -309,7 +370,17 @@ fn started(tenant: &Api, id: u64) -> anyhow::Result<(String, u64, Option<u64>)> 
             .find(|x| x["event"] == "started")
             .and_then(|x| x["at_ms"].as_u64())
     });
-    Ok((state, submitted, at))
+    Ok((state, submitted, at, j["attempt"].as_u64().unwrap_or(1)))
+}
+
+/// `gosok_agent_leases_expired_total` from the controller's metrics.
+fn leases_expired(admin: &Api) -> anyhow::Result<u64> {
+    let text = admin.text("/metrics")?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("gosok_agent_leases_expired_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
 }
 
 /// One job at a time while capacity is free: what a user waits before the job runs.
@@ -329,7 +400,7 @@ fn phase2(a: &BenchAgentsArgs, tenant: &Api) -> anyhow::Result<Vec<u64>> {
     let mut lat = Vec::new();
     for id in ids {
         loop {
-            let (state, submitted, at) = started(tenant, id)?;
+            let (state, submitted, at, _) = started(tenant, id)?;
             if state == "succeeded" {
                 lat.push(at.unwrap_or(submitted).saturating_sub(submitted));
                 break;
@@ -409,11 +480,13 @@ fn phase1(
     let mut lat = Vec::with_capacity(ids.len());
     let mut starts = Vec::with_capacity(ids.len());
     let mut failed = 0;
+    let mut extra_attempts = 0;
     for &id in &ids {
-        let (state, submitted, at) = started(tenant, id)?;
+        let (state, submitted, at, attempt) = started(tenant, id)?;
         if state != "succeeded" {
             failed += 1;
         }
+        extra_attempts += attempt.saturating_sub(1);
         if let Some(at) = at {
             lat.push(at.saturating_sub(submitted));
             starts.push(at);
@@ -434,5 +507,7 @@ fn phase1(
         ids.len() as f64 / submitted.as_secs_f64(),
         lat,
         done.as_secs_f64(),
+        extra_attempts,
+        leases_expired(admin)?,
     ))
 }

@@ -813,7 +813,8 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                                     s(&n["accelerators"])
                                 ),
                                 s(&n["tasks"]),
-                                // Which agent holds it, and under which epoch.
+                                n["isolation"].as_str().unwrap_or("-").to_string(),
+                                // Which agent holds it, and under which epoch (operators see it).
                                 match n["agent"]["epoch"].as_u64() {
                                     Some(e) if n["agent"]["lost"] == true => {
                                         format!("lost (epoch {e})")
@@ -825,7 +826,15 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                         });
                         table(
                             &[
-                                "NAME", "SITE", "RACK", "STATE", "MODEL", "ALLOC", "TASKS", "AGENT",
+                                "NAME",
+                                "SITE",
+                                "RACK",
+                                "STATE",
+                                "MODEL",
+                                "ALLOC",
+                                "TASKS",
+                                "ISOLATION",
+                                "AGENT",
                             ],
                             rows,
                         )

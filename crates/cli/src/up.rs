@@ -44,7 +44,9 @@ pub struct UpArgs {
 struct Credentials {
     url: String,
     admin_token: String,
-    agent_token: String,
+    /// One agent token per rack's agent: each acts only for the nodes it holds.
+    #[serde(default)]
+    agent_tokens: BTreeMap<String, String>,
     tenant_tokens: BTreeMap<String, String>,
 }
 
@@ -192,18 +194,27 @@ fn provision(dir: &Path, url: &str, admin: &str, scale: Scale) -> anyhow::Result
     if n > 0 {
         eprintln!("gosok up: declared the demo highway ({n} changes)");
     }
+    let agent_tokens = |c: &mut Credentials| -> anyhow::Result<()> {
+        for r in demo_racks(scale) {
+            if !c.agent_tokens.contains_key(&r.name) {
+                let t = a.call("POST", "/v1/agent-tokens", Some(&json!({})))?["token"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                c.agent_tokens.insert(r.name, t);
+            }
+        }
+        Ok(())
+    };
     if path.exists() {
         let text = std::fs::read_to_string(&path)?;
         let mut c: Credentials =
             toml::from_str(&text).with_context(|| format!("{} is damaged", path.display()))?;
         c.url = url.to_string();
+        agent_tokens(&mut c)?;
         write_credentials(&path, &c)?;
         return Ok(c);
     }
-    let agent_token = a.call("POST", "/v1/agent-tokens", Some(&json!({})))?["token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
     let mut tenant_tokens = BTreeMap::new();
     for t in &cluster.tenant {
         let v = a.call(
@@ -216,22 +227,45 @@ fn provision(dir: &Path, url: &str, admin: &str, scale: Scale) -> anyhow::Result
             v["token"].as_str().unwrap_or_default().to_string(),
         );
     }
-    let c = Credentials {
+    let mut c = Credentials {
         url: url.to_string(),
         admin_token: admin.to_string(),
-        agent_token,
+        agent_tokens: BTreeMap::new(),
         tenant_tokens,
     };
+    agent_tokens(&mut c)?;
     write_credentials(&path, &c)?;
     Ok(c)
 }
 
-fn spawn_agents(dir: &Path, url: &str, token: &str, scale: Scale) -> anyhow::Result<Vec<Child>> {
+/// Whether the agents can sandbox their tasks: they need root (and control groups, which
+/// they check themselves).
+fn sandboxed() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn spawn_agents(
+    dir: &Path,
+    url: &str,
+    tokens: &BTreeMap<String, String>,
+    scale: Scale,
+) -> anyhow::Result<Vec<Child>> {
     let exe = std::env::current_exe().context("cannot find the gosok binary")?;
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs)?;
+    let agents_dir = dir.join("agents");
+    std::fs::create_dir_all(&agents_dir)?;
+    let dir_abs = dir.canonicalize()?;
     let mut out = Vec::new();
     for r in demo_racks(scale) {
+        // The token reaches the agent in a file only root reads: never in its arguments,
+        // which every local user (and every task) can read.
+        let token_file = agents_dir.join(format!("{}.token", r.name));
+        let token = tokens
+            .get(&r.name)
+            .with_context(|| format!("no agent token for rack {}", r.name))?;
+        gosok_server::write_private(&token_file, token.as_bytes())?;
         let log = std::fs::File::create(logs.join(format!("agent-{}.log", r.name)))?;
         let (cpu, mem) = if r.accelerator == "RNGD" {
             (64, 524_288)
@@ -253,9 +287,10 @@ fn spawn_agents(dir: &Path, url: &str, token: &str, scale: Scale) -> anyhow::Res
                 });
             }
         }
-        let child = cmd
-            .arg("agent")
-            .args(["--server", url, "--token", token])
+        cmd.arg("agent")
+            .args(["--server", url])
+            .arg("--token-file")
+            .arg(&token_file)
             .args(["--site", r.site, "--rack", &r.name])
             .args(["--name", &format!("{}-n", r.name)])
             .args(["--nodes", &r.nodes.to_string()])
@@ -267,7 +302,17 @@ fn spawn_agents(dir: &Path, url: &str, token: &str, scale: Scale) -> anyhow::Res
                 &mem.to_string(),
             ])
             .arg("--work-dir")
-            .arg(dir.join("agents").join(&r.name))
+            .arg(agents_dir.join(&r.name));
+        if sandboxed() {
+            // Tasks see nothing of the data directory: store, credentials, other tasks' logs.
+            cmd.arg("--hide")
+                .arg(&dir_abs)
+                .arg("--uid-map")
+                .arg(dir_abs.join("tenant-uids"));
+        } else {
+            cmd.args(["--isolation", "none"]);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -408,7 +453,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<()> {
     let running = rt.block_on(gosok_server::start(&a.data_dir, cfg))?;
     let url = format!("http://{}", running.addr);
     let creds = provision(&a.data_dir, &url, &admin, a.scale)?;
-    let mut agents = spawn_agents(&a.data_dir, &url, &creds.agent_token, a.scale)?;
+    let mut agents = spawn_agents(&a.data_dir, &url, &creds.agent_tokens, a.scale)?;
     let racks = demo_racks(a.scale);
     let nodes: u64 = racks.iter().map(|r| r.nodes).sum();
     println!(
@@ -429,6 +474,11 @@ pub fn run(a: UpArgs) -> anyhow::Result<()> {
         "  credentials:  {}",
         a.data_dir.join("credentials.toml").display()
     );
+    if sandboxed() {
+        println!("  isolation:    sandbox (each task as its tenant's account, in its own control group)");
+    } else {
+        println!("  isolation:    none (not root: tasks run as your user, unisolated; run as root for the sandbox)");
+    }
     println!(
         "  try: GOSOK_SERVER={url} GOSOK_TOKEN=<a tenant token> gosok submit --accelerators 1 -- echo hello"
     );
@@ -439,7 +489,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<()> {
         let creds = Credentials {
             url: creds.url.clone(),
             admin_token: String::new(),
-            agent_token: String::new(),
+            agent_tokens: BTreeMap::new(),
             tenant_tokens: creds.tenant_tokens.clone(),
         };
         std::thread::spawn(move || demo_workload(&creds, &stop))

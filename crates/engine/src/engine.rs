@@ -294,6 +294,10 @@ impl Engine {
     pub fn job(&self, id: JobId) -> Option<&Job> {
         self.jobs.get(&id)
     }
+    /// What one replica of a job's group asks for (accelerators, CPU, memory).
+    pub fn group_req(&self, job: &Job, group: u16) -> Option<&crate::job::GroupReq> {
+        self.shapes.get(job.shape as usize)?.groups.get(group as usize)
+    }
     pub fn jobs(&self) -> impl Iterator<Item = &Job> {
         self.jobs.values()
     }

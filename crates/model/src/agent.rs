@@ -103,6 +103,15 @@ pub struct Assignment {
     pub limit_s: Option<u64>,
     /// Between SIGTERM and SIGKILL.
     pub grace_s: u64,
+    /// The job's tenant: the agent runs the task as this tenant's Unix account.
+    #[serde(default)]
+    pub tenant: String,
+    /// The task's memory (its control group's limit; 0: no limit of its own).
+    #[serde(default)]
+    pub mem_mib: u64,
+    /// The task's CPU in thousandths of a core (its control group's CPU weight).
+    #[serde(default)]
+    pub cpu_milli: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +130,8 @@ pub enum EndReason {
     Limit,
     /// The command could not be started.
     SpawnFailed,
+    /// Killed by the kernel because the task used more memory than its `mem_mib`.
+    OutOfMemory,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -36,6 +36,18 @@ pub struct RackSpec {
     /// Defaults to the rack's own name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_up_domain: Option<String>,
+    /// Whether agents may register nodes in this rack that the topology does not declare
+    /// (they join it as they register). Off: an agent can add no capacity the operator did
+    /// not declare.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_undeclared_nodes: bool,
+    /// The most nodes the rack may hold, declared and joined together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_nodes: Option<u64>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -203,6 +215,9 @@ impl ClusterSpec {
             check_f64(&f("power_cap_kw"), r.power_cap_kw, 0.0, 1_000_000.0)?;
             if let Some(d) = &r.scale_up_domain {
                 check_name(&f("scale_up_domain"), d)?;
+            }
+            if let Some(m) = r.max_nodes {
+                check_range(&f("max_nodes"), m, 1, 1_000_000)?;
             }
             if racks.insert(r.name.as_str(), i).is_some() {
                 return Err(SpecError::new(

@@ -49,6 +49,8 @@ pub struct Agents {
     /// Bumped whenever a desired set may have changed.
     version: watch::Sender<u64>,
     pub lease: Duration,
+    /// Added to the lease before a silent node is lost (`agent_lease_margin_ms`).
+    pub margin: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -57,8 +59,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Agents {
     /// Every node claimed and up gets a fresh lease from now.
-    pub fn new(core: &Core, lease: Duration) -> Agents {
-        let until = Instant::now() + lease;
+    pub fn new(core: &Core, lease: Duration, margin: Duration) -> Agents {
+        let until = Instant::now() + lease + margin;
         let leases = core
             .node_agents()
             .iter()
@@ -70,6 +72,7 @@ impl Agents {
             logs: Mutex::new(HashMap::new()),
             version: watch::Sender::new(1),
             lease,
+            margin,
         }
     }
 
@@ -78,8 +81,10 @@ impl Agents {
         self.version.send_modify(|v| *v += 1);
     }
 
+    /// The controller counts from when it received the call (the agent from when it sent
+    /// it, so the agent's deadline always comes first), plus the margin.
     fn renew(&self, nodes: impl Iterator<Item = (String, u64)>) {
-        let until = Instant::now() + self.lease;
+        let until = Instant::now() + self.lease + self.margin;
         let mut l = lock(&self.leases);
         for (n, e) in nodes {
             l.insert(n, (e, until));
@@ -116,11 +121,17 @@ impl Agents {
     }
 }
 
-/// The caller of an agent route: an agent token (or an admin, for debugging).
-fn agent_principal(app: &App, headers: &HeaderMap) -> Result<Principal> {
+/// The caller of an agent route and the agent identity it acts as: an agent token acts as
+/// the identity it was issued for (its token id), whatever the body says; an admin (for
+/// debugging) as the body's `agent`.
+fn agent_principal(app: &App, headers: &HeaderMap, body_agent: &str) -> Result<(Principal, String)> {
     let p = auth::authenticate(&app.core(), headers)?;
-    match p {
-        Principal::Agent { .. } | Principal::Admin { .. } => Ok(p),
+    match &p {
+        Principal::Agent { token } => {
+            let who = token.clone();
+            Ok((p, who))
+        }
+        Principal::Admin { .. } => Ok((p, body_agent.to_string())),
         Principal::Tenant { .. } => Err(ApiError::forbidden(
             "this route is for node agents (an agent token: POST /v1/agent-tokens)",
         )),
@@ -183,8 +194,16 @@ fn check_register(r: &RegisterRequest) -> Result<()> {
 }
 
 /// Checks a claimed node against its declaration; `Ok(None)` when it is declared and
-/// matches, `Ok(Some(spec))` for an undeclared node to add.
-fn claim(core: &Core, i: usize, n: &RegisterNode) -> Result<Option<NodeSpec>> {
+/// matches, `Ok(Some(spec))` for an undeclared node that its rack lets join. `joining`: the
+/// undeclared nodes of the same call before this one (they count against `max_nodes`).
+fn claim(
+    core: &Core,
+    who: &str,
+    admin: bool,
+    i: usize,
+    n: &RegisterNode,
+    joining: &[NodeSpec],
+) -> Result<Option<NodeSpec>> {
     let f = |x: &str| format!("nodes[{i}].{x}");
     let cluster = core.engine().cluster();
     let Some(&rack) = cluster.rack_by_name.get(&n.rack) else {
@@ -219,7 +238,77 @@ fn claim(core: &Core, i: usize, n: &RegisterNode) -> Result<Option<NodeSpec>> {
         }
         _ => None,
     };
+    // A node another agent holds under a live epoch is not taken from it: only its own
+    // agent (a restart) or an operator may claim it again.
+    if let Some(a) = core.node_agent(&n.name)
+        && a.agent != who
+        && !admin
+        && core.epoch_valid(&n.name, a.epoch)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "held_by_another_agent",
+            format!(
+                "node {:?} is held by another agent under a live lease; it can be claimed once that lease is lost, or by an operator",
+                n.name
+            ),
+        )
+        .field(f("name")));
+    }
     let Some(&idx) = cluster.node_by_name.get(n.name.as_str()) else {
+        let declared = core.cluster();
+        let spec = declared.rack.iter().find(|r| r.name == n.rack);
+        if !spec.is_some_and(|r| r.allow_undeclared_nodes) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "undeclared_node",
+                format!(
+                    "node {:?} is not declared and rack {:?} does not allow undeclared nodes (declare it with gosok apply, or set allow_undeclared_nodes on the rack)",
+                    n.name, n.rack
+                ),
+            )
+            .field(f("name")));
+        }
+        let spec_rack = spec.expect("checked above");
+        let in_rack = cluster
+            .nodes
+            .iter()
+            .filter(|x| x.rack == rack)
+            .count() as u64
+            + joining.iter().filter(|x| x.rack == n.rack).count() as u64;
+        if let Some(max) = spec_rack.max_nodes
+            && in_rack >= max
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "rack_full",
+                format!(
+                    "rack {:?} holds {in_rack} nodes, its declared max_nodes is {max}",
+                    n.rack
+                ),
+            )
+            .field(f("name")));
+        }
+        let base_power_w = 1500;
+        let board_w = model
+            .as_deref()
+            .and_then(|m| core.catalog().id(m))
+            .map_or(0, |id| u64::from(core.catalog().get(id).board_power_w));
+        let peak_w = base_power_w + n.accelerators.saturating_mul(board_w);
+        if peak_w as f64 > spec_rack.power_cap_kw * 1000.0 {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "beyond_rack_capacity",
+                format!(
+                    "node {:?} would draw up to {:.1} kW, more than rack {:?}'s whole power cap of {} kW",
+                    n.name,
+                    peak_w as f64 / 1000.0,
+                    n.rack,
+                    spec_rack.power_cap_kw
+                ),
+            )
+            .field(f("accelerators")));
+        }
         let spec = NodeSpec {
             name: n.name.clone(),
             rack: n.rack.clone(),
@@ -228,7 +317,7 @@ fn claim(core: &Core, i: usize, n: &RegisterNode) -> Result<Option<NodeSpec>> {
             mem_mib: n.mem_mib,
             accelerator: model,
             accelerators: n.accelerators,
-            base_power_w: 1500,
+            base_power_w,
             labels: n.labels.clone(),
             state: NodeState::Down,
         };
@@ -278,14 +367,14 @@ pub async fn register(
     headers: HeaderMap,
     b: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    let p = agent_principal(&app, &headers)?;
     let req: RegisterRequest = parse_json(&body(b)?)?;
+    let (p, who) = agent_principal(&app, &headers, &req.agent)?;
     check_register(&req)?;
     let (seq, nodes) = {
         let mut core = app.core();
         let mut added = Vec::new();
         for (i, n) in req.nodes.iter().enumerate() {
-            if let Some(spec) = claim(&core, i, n)? {
+            if let Some(spec) = claim(&core, &who, p.is_admin(), i, n, &added)? {
                 added.push(spec);
             }
         }
@@ -315,7 +404,7 @@ pub async fn register(
         let (seq, _) = app.commit(
             &mut core,
             Entry::AgentRegister {
-                agent: req.agent.clone(),
+                agent: who.clone(),
                 address: req.address.clone(),
                 nodes: claims,
                 by: p.token_id().into(),
@@ -324,10 +413,9 @@ pub async fn register(
         (seq, nodes)
     };
     app.durable(seq).await?;
-    app.agents
-        .set_logs(&req.agent, &req.logs_url, &req.logs_secret);
+    app.agents.set_logs(&who, &req.logs_url, &req.logs_secret);
     app.agents.renew(nodes.iter().cloned());
-    tracing::info!(agent = %req.agent, nodes = nodes.len(), "agent registered");
+    tracing::info!(agent = %who, process = %req.agent, nodes = nodes.len(), "agent registered");
     Ok(axum::Json(RegisterResponse {
         lease_ms: app.agents.lease.as_millis() as u64,
         nodes: nodes
@@ -343,8 +431,8 @@ pub async fn sync(
     headers: HeaderMap,
     b: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    agent_principal(&app, &headers)?;
     let req: SyncRequest = parse_json(&body(b)?)?;
+    let (_, who) = agent_principal(&app, &headers, &req.agent)?;
     check_text("agent", &req.agent, 128)?;
     check_logs(&req.logs_url, &req.logs_secret)?;
     if req.nodes.len() > MAX_AGENT_NODES {
@@ -353,16 +441,18 @@ pub async fn sync(
             format!("at most {MAX_AGENT_NODES} nodes per call"),
         ));
     }
-    app.agents
-        .set_logs(&req.agent, &req.logs_url, &req.logs_secret);
     let live: Vec<(String, u64)> = {
         let core = app.core();
         req.nodes
             .iter()
-            .filter(|n| core.holds(&req.agent, &n.name, n.epoch))
+            .filter(|n| core.holds(&who, &n.name, n.epoch))
             .map(|n| (n.name.clone(), n.epoch))
             .collect()
     };
+    // Only an agent that holds a node may say where its logs are.
+    if !live.is_empty() {
+        app.agents.set_logs(&who, &req.logs_url, &req.logs_secret);
+    }
     app.agents.renew(live.into_iter());
     // Long poll: hold the answer while nothing changed since the agent's last one.
     let mut rx = app.agents.version.subscribe();
@@ -373,7 +463,7 @@ pub async fn sync(
     let version = *app.agents.version.borrow();
     let (nodes, tasks) = app
         .core()
-        .assignments(&req.agent, &req.nodes, app.cfg.task_grace_s);
+        .assignments(&who, &req.nodes, app.cfg.task_grace_s);
     Ok(axum::Json(SyncResponse {
         version,
         lease_ms: app.agents.lease.as_millis() as u64,
@@ -388,8 +478,8 @@ pub async fn report(
     headers: HeaderMap,
     b: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    let p = agent_principal(&app, &headers)?;
     let req: ReportRequest = parse_json(&body(b)?)?;
+    let (p, who) = agent_principal(&app, &headers, &req.agent)?;
     check_text("agent", &req.agent, 128)?;
     if req.reports.len() > MAX_AGENT_NODES {
         return Err(ApiError::invalid(
@@ -410,14 +500,14 @@ pub async fn report(
     {
         let mut core = app.core();
         for r in &req.reports {
-            let refused = if core.holds(&req.agent, &r.node, r.epoch) {
+            let refused = if core.holds(&who, &r.node, r.epoch) {
                 core.check_task_report(r.job, r.attempt, r.task, &r.node, r.epoch)
             } else {
                 Err((
                     crate::core::STALE_EPOCH,
                     format!(
                         "agent {:?} does not hold node {:?} under epoch {}",
-                        req.agent, r.node, r.epoch
+                        who, r.node, r.epoch
                     ),
                 ))
             };
@@ -484,6 +574,7 @@ fn describe(r: &gosok_model::agent::TaskReport) -> String {
         EndReason::Exited => how,
         EndReason::Limit => format!("stopped at its runtime limit ({how})"),
         EndReason::SpawnFailed => format!("could not be started: {}", r.message),
+        EndReason::OutOfMemory => format!("out of memory: killed at its mem_mib limit ({how})"),
     }
 }
 
@@ -500,6 +591,7 @@ pub fn expire_leases(app: &App) {
             continue;
         }
         tracing::warn!(node = %node, epoch, "lease expired; the node is lost");
+        app.metrics.leases_expired.inc();
         if let Err(e) = app.commit(&mut core, Entry::NodeLost { node, epoch }) {
             tracing::warn!("marking a node lost failed: {}", e.message);
         }
@@ -638,7 +730,18 @@ fn fetch(url: &str, secret: &str) -> std::result::Result<(Vec<u8>, u64), Fetch> 
     }
 }
 
-/// The agent fields of a node, for GET /v1/nodes.
+/// How the node's agent isolates tasks (`sandbox`, `none`), as its registration said; None
+/// while no agent holds it.
+pub fn node_isolation<'a>(core: &'a Core, name: &str) -> Option<&'a str> {
+    let a = core.node_agent(name)?;
+    Some(
+        a.labels
+            .get("gosok.io/isolation")
+            .map_or("none", String::as_str),
+    )
+}
+
+/// The agent fields of a node, for GET /v1/nodes (operators only).
 pub fn node_fields(core: &Core, app: &App, name: &str) -> serde_json::Value {
     let Some(a) = core.node_agent(name) else {
         return json!(null);

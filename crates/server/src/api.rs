@@ -1378,14 +1378,19 @@ fn node_view(core: &Core, name: &str) -> Option<Value> {
 }
 
 async fn list_nodes(State(app): State<AppState>, headers: HeaderMap) -> Result<Response> {
-    principal(&app, &headers)?;
+    let p = principal(&app, &headers)?;
     let core = app.core();
     let nodes: Vec<Value> = core
         .node_states()
         .keys()
         .filter_map(|n| {
             let mut v = node_view(&core, n)?;
-            v["agent"] = crate::agents::node_fields(&core, &app, n);
+            v["isolation"] = json!(crate::agents::node_isolation(&core, n));
+            // Which agent holds a node, and under which epoch, is for operators: a tenant
+            // has no use for it, and it names what an agent's credentials act on.
+            if p.is_admin() {
+                v["agent"] = crate::agents::node_fields(&core, &app, n);
+            }
             Some(v)
         })
         .collect();

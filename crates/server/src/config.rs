@@ -27,9 +27,14 @@ pub struct Config {
     pub metrics_require_token: bool,
     /// Most log records written in one transaction (one fsync).
     pub max_commit_batch: usize,
-    /// How long a node agent's nodes stay up without a sync; then they are lost and their
-    /// tasks requeued.
+    /// How long a node agent's lease lasts without a sync: its tasks run on through a
+    /// controller outage (or restart) this long, and a silent node's tasks are requeued this
+    /// long (plus the margin) after it was last heard from. Slurm's `SlurmdTimeout` is 300 s.
     pub agent_lease_ms: u64,
+    /// How much longer than the lease the controller waits before it requeues a silent
+    /// node's tasks: the agent (or its watchdog, if it is frozen) has killed them by then,
+    /// whatever the delays of scheduling and clocks, so that a task never runs twice.
+    pub agent_lease_margin_ms: u64,
     /// Between SIGTERM and SIGKILL when an agent stops a task (cancel, preemption, limit).
     pub task_grace_s: u64,
     /// A snapshot of the state is written after this many log records (and at a clean
@@ -50,7 +55,8 @@ impl Default for Config {
             submit_burst: 1000.0,
             metrics_require_token: true,
             max_commit_batch: 8192,
-            agent_lease_ms: 10_000,
+            agent_lease_ms: 300_000,
+            agent_lease_margin_ms: 5_000,
             task_grace_s: 10,
             snapshot_every_records: 100_000,
             engine: EngineConfig::default(),
@@ -92,6 +98,10 @@ impl Config {
         anyhow::ensure!(
             (300..=3_600_000).contains(&self.agent_lease_ms),
             "agent_lease_ms: 300 to 3600000"
+        );
+        anyhow::ensure!(
+            (100..=600_000).contains(&self.agent_lease_margin_ms),
+            "agent_lease_margin_ms: 100 to 600000"
         );
         anyhow::ensure!(self.task_grace_s <= 3600, "task_grace_s: at most 3600");
         Ok(())

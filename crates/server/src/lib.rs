@@ -444,7 +444,11 @@ pub async fn start(dir: &Path, cfg: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let agents = agents::Agents::new(&core, Duration::from_millis(cfg.agent_lease_ms));
+    let agents = agents::Agents::new(
+        &core,
+        Duration::from_millis(cfg.agent_lease_ms),
+        Duration::from_millis(cfg.agent_lease_margin_ms),
+    );
     let app = Arc::new(App {
         agents,
         snapshots: snapshot::Snapshots::new(

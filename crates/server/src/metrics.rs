@@ -19,6 +19,8 @@ type Labels = Vec<(String, String)>;
 
 pub struct Metrics {
     pass_latency: Histogram,
+    /// Nodes the controller lost because their agent's lease ran out (since this start).
+    pub leases_expired: Counter,
 }
 
 impl Default for Metrics {
@@ -32,6 +34,7 @@ impl Metrics {
         Metrics {
             // 50 µs .. ~1.6 s
             pass_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            leases_expired: Counter::default(),
         }
     }
 
@@ -42,6 +45,11 @@ impl Metrics {
     /// Renders the current state.
     pub fn render(&self, core: &Core, durable_seq: u64, commit_batches: u64) -> String {
         let mut reg = Registry::default();
+        reg.register(
+            "gosok_agent_leases_expired",
+            "Nodes lost because their agent did not renew its lease in time (since this start)",
+            self.leases_expired.clone(),
+        );
         let queue = Family::<Labels, Gauge>::default();
         reg.register(
             "gosok_queue_depth",

@@ -209,7 +209,8 @@ pub fn schemas() -> Map<String, Value> {
         "Node",
         open_obj(
             json!({"name": s(), "site": s(), "rack": s(), "state": node_state, "model": nullable("string"),
-            "accelerators": int(), "accelerators_allocated": num()}),
+            "accelerators": int(), "accelerators_allocated": num(),
+            "isolation": nullable("string")}),
         ),
     );
     put("NodeList", open_obj(json!({"nodes": arr(r("Node"))})));
@@ -274,7 +275,8 @@ pub fn schemas() -> Map<String, Value> {
                    "tasks": arr(obj(json!({"node": s(), "epoch": int(), "job": int(), "attempt": int(), "task": int(),
                         "command": arr(s()), "workdir": nullable("string"),
                         "env": {"type": "object", "additionalProperties": s()},
-                        "limit_s": nullable("integer"), "grace_s": int()}),
+                        "limit_s": nullable("integer"), "grace_s": int(),
+                        "tenant": s(), "mem_mib": int(), "cpu_milli": int()}),
                         &["node", "epoch", "job", "attempt", "task", "command", "env", "grace_s"]))}),
             &["version", "lease_ms", "nodes", "tasks"],
         ),
@@ -284,7 +286,7 @@ pub fn schemas() -> Map<String, Value> {
         obj(
             json!({"agent": s(), "reports": arr(obj(json!({"node": s(), "epoch": int(), "job": int(),
                 "attempt": int(), "task": int(), "exit_code": nullable("integer"), "signal": nullable("integer"),
-                "reason": {"type": "string", "enum": ["exited", "limit", "spawn_failed"]}, "message": s()}),
+                "reason": {"type": "string", "enum": ["exited", "limit", "spawn_failed", "out_of_memory"]}, "message": s()}),
                 &["node", "epoch", "job", "attempt", "task", "reason"]))}),
             &["agent", "reports"],
         ),

@@ -268,6 +268,8 @@ pub fn highway(p: &HighwayParams, seed: u64) -> ClusterSpec {
                 site: name.clone(),
                 power_cap_kw: (full_w * factor / 1000.0).round().max(1.0),
                 scale_up_domain: Some(domain),
+                allow_undeclared_nodes: false,
+                max_nodes: None,
             });
             spec.node.push(NodeSpec {
                 name: format!("{rack}-n"),

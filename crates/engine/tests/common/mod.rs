@@ -47,6 +47,8 @@ impl Highway {
             site: site.into(),
             power_cap_kw: kw,
             scale_up_domain: domain.map(String::from),
+            allow_undeclared_nodes: false,
+            max_nodes: None,
         });
         self.spec.node.push(NodeSpec {
             name: name.into(),

@@ -377,7 +377,9 @@ impl Core {
         ] {
             env.insert(k.into(), v);
         }
-        let limit_s = self.engine.job(JobId(j.id)).and_then(|e| e.limit_s);
+        let engine_job = self.engine.job(JobId(j.id));
+        let limit_s = engine_job.and_then(|e| e.limit_s);
+        let req = engine_job.and_then(|e| self.engine.group_req(e, p.group));
         Assignment {
             node: p.node.to_string(),
             epoch,
@@ -389,6 +391,9 @@ impl Core {
             env,
             limit_s,
             grace_s,
+            tenant: j.tenant.to_string(),
+            mem_mib: req.map_or(0, |r| r.mem_mib),
+            cpu_milli: req.map_or(0, |r| r.cpu_milli),
         }
     }
 }

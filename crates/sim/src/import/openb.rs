@@ -272,6 +272,8 @@ fn read_nodes(
             // The trace has no power limits: far above what 16 nodes draw.
             power_cap_kw: 1000.0,
             scale_up_domain: None,
+            allow_undeclared_nodes: false,
+            max_nodes: None,
         });
         for n in chunk.iter_mut() {
             n.rack = rack.clone();

@@ -213,6 +213,8 @@ pub fn import_philly(p: &PhillyParams, catalog: &Catalog) -> Result<Imported, Im
                 // Far above what 8 nodes draw: the trace has no power limits to replay.
                 power_cap_kw: 100.0,
                 scale_up_domain: None,
+                allow_undeclared_nodes: false,
+                max_nodes: None,
             });
             cluster.node.push(NodeSpec {
                 name: format!("{rack}-n"),
