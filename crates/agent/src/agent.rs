@@ -175,11 +175,16 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             let s = Sandbox::new(cfg.sandbox.clone(), &work_dir).map_err(|e| {
                 anyhow::anyhow!("the task sandbox cannot be set up: {e}; run the agent as root on a machine with control groups, or start it with --isolation none to run tasks unisolated as its own user")
             })?;
-            info!(mount_namespaces = s.mount_ns(), "tasks run sandboxed: their tenants' accounts, control groups, private /tmp");
+            info!(
+                mount_namespaces = s.mount_ns(),
+                "tasks run sandboxed: their tenants' accounts, control groups, private /tmp"
+            );
             Some(s)
         }
         Isolation::None => {
-            warn!("--isolation none: tasks run as the agent's own user, without limits, and can see what it sees");
+            warn!(
+                "--isolation none: tasks run as the agent's own user, without limits, and can see what it sees"
+            );
             None
         }
     };
@@ -398,7 +403,9 @@ impl Agent {
         };
         use std::io::Write;
         if let Err(e) = pipe.write_all(format!("L{ms}\n").as_bytes()) {
-            error!("the watchdog is gone ({e}): a frozen agent's tasks would no longer be killed at the end of its lease");
+            error!(
+                "the watchdog is gone ({e}): a frozen agent's tasks would no longer be killed at the end of its lease"
+            );
             self.watchdog = None;
         }
     }

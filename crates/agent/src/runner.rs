@@ -238,7 +238,8 @@ impl Running {
         let Some(program) = spec.command.first() else {
             return Err("the command is empty".into());
         };
-        let io = |what: &str, p: &Path, e: std::io::Error| format!("cannot {what} {}: {e}", p.display());
+        let io =
+            |what: &str, p: &Path, e: std::io::Error| format!("cannot {what} {}: {e}", p.display());
         std::fs::create_dir_all(&spec.log_dir).map_err(|e| io("create", &spec.log_dir, e))?;
         let out = log_file(&stdout_path(&spec.log_dir))
             .map_err(|e| io("open", &stdout_path(&spec.log_dir), e))?;
@@ -292,7 +293,8 @@ impl Running {
                 unsafe {
                     cmd.pre_exec(move || {
                         // Without this a SIGKILLed agent would leave its tasks running unfenced.
-                        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0
+                        {
                             return Err(std::io::Error::last_os_error());
                         }
                         // The agent may have died before prctl took effect.
@@ -324,7 +326,10 @@ impl Running {
                 let _ = std::fs::remove_dir_all(&run_dir);
                 return Err(match &workdir {
                     Some(w) if !w.is_dir() || e.raw_os_error() == Some(libc::EACCES) => {
-                        format!("cannot start {program:?}: working directory {}: {e}", w.display())
+                        format!(
+                            "cannot start {program:?}: working directory {}: {e}",
+                            w.display()
+                        )
                     }
                     _ => format!("cannot start {program:?}: {e}"),
                 });
@@ -473,7 +478,10 @@ impl Running {
         if let Some(g) = &self.cgroup
             && !g.remove()
         {
-            tracing::warn!(pid = self.pid, "a task's control group could not be removed");
+            tracing::warn!(
+                pid = self.pid,
+                "a task's control group could not be removed"
+            );
         }
         let _ = std::fs::remove_dir_all(&self.run_dir);
     }

@@ -272,9 +272,10 @@ fn detect(name: &str) -> Result<Hierarchy, String> {
     }
     let mut parents = Vec::new();
     for ctl in [Ctl::Memory, Ctl::Pids, Ctl::Cpu, Ctl::Freezer] {
-        let Some((_, root, point, _)) = mounts.iter().find(|m| {
-            m.0 == "cgroup" && m.3.split(',').any(|o| o == ctl.name())
-        }) else {
+        let Some((_, root, point, _)) = mounts
+            .iter()
+            .find(|m| m.0 == "cgroup" && m.3.split(',').any(|o| o == ctl.name()))
+        else {
             if matches!(ctl, Ctl::Memory | Ctl::Pids) {
                 return Err(format!(
                     "no {} control group controller is mounted (cgroup v2 with memory and pids, or the v1 memory and pids hierarchies, are needed)",
@@ -297,7 +298,11 @@ fn detect(name: &str) -> Result<Hierarchy, String> {
 /// In v2 a group with processes cannot hand controllers to its children ("no internal
 /// processes"): when the agent's own group refuses, the agent moves itself into a leaf first.
 fn v2_parent(mine: &Path, name: &str, cpu: bool) -> Result<PathBuf, String> {
-    let enable = if cpu { "+memory +pids +cpu" } else { "+memory +pids" };
+    let enable = if cpu {
+        "+memory +pids +cpu"
+    } else {
+        "+memory +pids"
+    };
     let control = mine.join("cgroup.subtree_control");
     if write_file(&control, enable).is_err() {
         let leaf = mine.join("gosok-agent-self");
@@ -362,7 +367,10 @@ impl Sandbox {
         if unsafe { libc::geteuid() } != 0 {
             return Err("the agent does not run as root: it cannot run tasks as their tenants' accounts or give them control groups".into());
         }
-        if cfg.uid_count == 0 || cfg.uid_first == 0 || cfg.uid_first.checked_add(cfg.uid_count).is_none() {
+        if cfg.uid_count == 0
+            || cfg.uid_first == 0
+            || cfg.uid_first.checked_add(cfg.uid_count).is_none()
+        {
             return Err(format!(
                 "the uid range {}+{} is empty, starts at root, or overflows",
                 cfg.uid_first, cfg.uid_count
@@ -375,7 +383,10 @@ impl Sandbox {
         let hierarchy = detect(&name)?;
         let parents: Vec<(&str, &Path)> = match &hierarchy {
             Hierarchy::V2 { parent } => vec![("unified", parent.as_path())],
-            Hierarchy::V1 { parents } => parents.iter().map(|(c, p)| (c.name(), p.as_path())).collect(),
+            Hierarchy::V1 { parents } => parents
+                .iter()
+                .map(|(c, p)| (c.name(), p.as_path()))
+                .collect(),
         };
         let mut text = String::new();
         for (c, p) in &parents {
@@ -385,7 +396,9 @@ impl Sandbox {
             .map_err(|e| format!("cannot write {}: {e}", cgroups_file(work_dir).display()))?;
         let mount_ns = mount_ns_works();
         if !mount_ns {
-            tracing::warn!("mount namespaces are not available: tasks share /tmp and could see paths their permissions allow");
+            tracing::warn!(
+                "mount namespaces are not available: tasks share /tmp and could see paths their permissions allow"
+            );
         }
         // Hidden: the agent's work directory and what the operator names; a directory inside
         // another hidden one is covered with it.
@@ -531,7 +544,11 @@ impl Sandbox {
                 Some(h) if self.mount_ns => {
                     let mut chain = Vec::new();
                     let mut p = h.to_path_buf();
-                    for part in run_dir.strip_prefix(h).unwrap_or(Path::new("")).components() {
+                    for part in run_dir
+                        .strip_prefix(h)
+                        .unwrap_or(Path::new(""))
+                        .components()
+                    {
                         p.push(part);
                         chain.push(c_path(&p)?);
                     }
@@ -671,7 +688,14 @@ impl Entry {
                     return Err(err());
                 }
                 let none = std::ptr::null();
-                if libc::mount(c"none".as_ptr(), c"/".as_ptr(), none, libc::MS_REC | libc::MS_PRIVATE, none.cast()) != 0 {
+                if libc::mount(
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    none,
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    none.cast(),
+                ) != 0
+                {
                     return Err(err());
                 }
                 if self.rebind.is_some() {
@@ -690,21 +714,44 @@ impl Entry {
                     }
                 }
                 let nosuid = libc::MS_NOSUID | libc::MS_NODEV;
-                if libc::mount(c"tmpfs".as_ptr(), c"/tmp".as_ptr(), c"tmpfs".as_ptr(), nosuid, c"mode=1777".as_ptr().cast()) != 0 {
+                if libc::mount(
+                    c"tmpfs".as_ptr(),
+                    c"/tmp".as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    nosuid,
+                    c"mode=1777".as_ptr().cast(),
+                ) != 0
+                {
                     return Err(err());
                 }
                 for h in &self.hide {
-                    if libc::mount(c"tmpfs".as_ptr(), h.as_ptr(), c"tmpfs".as_ptr(), nosuid | libc::MS_NOEXEC, c"mode=0755,size=1m".as_ptr().cast()) != 0 {
+                    if libc::mount(
+                        c"tmpfs".as_ptr(),
+                        h.as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        nosuid | libc::MS_NOEXEC,
+                        c"mode=0755,size=1m".as_ptr().cast(),
+                    ) != 0
+                    {
                         return Err(err());
                     }
                 }
                 if let Some(chain) = &self.rebind {
                     for d in chain {
-                        if libc::mkdir(d.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST {
+                        if libc::mkdir(d.as_ptr(), 0o755) != 0
+                            && *libc::__errno_location() != libc::EEXIST
+                        {
                             return Err(err());
                         }
                     }
-                    if libc::mount(c"/proc/self/fd/1021".as_ptr(), self.run_dir.as_ptr(), none, libc::MS_BIND, none.cast()) != 0 {
+                    if libc::mount(
+                        c"/proc/self/fd/1021".as_ptr(),
+                        self.run_dir.as_ptr(),
+                        none,
+                        libc::MS_BIND,
+                        none.cast(),
+                    ) != 0
+                    {
                         return Err(err());
                     }
                     libc::close(STAGE_FD);
@@ -844,8 +891,7 @@ fn kill_group_dir<'a>(v2: bool, dirs: impl Iterator<Item = (Ctl, &'a Path)> + Cl
     } else if let Some((_, freezer)) = dirs.clone().find(|(c, _)| *c == Ctl::Freezer) {
         if write_file(&freezer.join("freezer.state"), "FROZEN").is_ok() {
             let until = Instant::now() + Duration::from_millis(500);
-            while read_file(&freezer.join("freezer.state"))
-                .is_ok_and(|s| s.trim() == "FREEZING")
+            while read_file(&freezer.join("freezer.state")).is_ok_and(|s| s.trim() == "FREEZING")
                 && Instant::now() < until
             {
                 std::thread::sleep(Duration::from_millis(1));
@@ -896,15 +942,18 @@ pub fn kill_all_listed(work_dir: &Path, remove: bool) -> usize {
         };
         for e in rd.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
-                groups.entry(e.file_name()).or_default().push((ctl, e.path()));
+                groups
+                    .entry(e.file_name())
+                    .or_default()
+                    .push((ctl, e.path()));
             }
         }
     }
     let mut killed = 0;
     for dirs in groups.values() {
-        let busy = dirs.iter().any(|(_, d)| {
-            read_file(&d.join("cgroup.procs")).is_ok_and(|t| !t.trim().is_empty())
-        });
+        let busy = dirs
+            .iter()
+            .any(|(_, d)| read_file(&d.join("cgroup.procs")).is_ok_and(|t| !t.trim().is_empty()));
         if busy {
             killed += 1;
             kill_group_dir(v2, dirs.iter().map(|(c, d)| (*c, d.as_path())));

@@ -246,7 +246,11 @@ impl Running {
     /// anything else in its scratch directory (which exists while it runs).
     fn task_file(&self, job: u64, name: &str) -> PathBuf {
         if name.ends_with(".log") {
-            self.work.join("logs").join(job.to_string()).join("1/0").join(name)
+            self.work
+                .join("logs")
+                .join(job.to_string())
+                .join("1/0")
+                .join(name)
         } else {
             self.work.join("run").join(format!("{job}-1-0")).join(name)
         }

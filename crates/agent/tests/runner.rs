@@ -87,7 +87,10 @@ fn env_and_workdir_reach_the_process_and_logs_are_written() {
         .filter(|v| !matches!(*v, "PWD" | "SHLVL" | "OLDPWD" | "_"))
         .collect();
     assert_eq!(vars, ["HOME", "LOGNAME", "PATH", "SEED", "USER"], "{out}");
-    assert!(out.contains(&format!("HOME={}\n", run_dir.display())), "{out}");
+    assert!(
+        out.contains(&format!("HOME={}\n", run_dir.display())),
+        "{out}"
+    );
     assert!(out.ends_with(&format!("{}\n", run_dir.display())), "{out}");
     assert!(!run_dir.exists(), "the scratch directory outlived its task");
 }

@@ -33,7 +33,11 @@ pub struct AgentArgs {
     #[arg(long, value_name = "FIRST-LAST", default_value = "200000-265535")]
     uid_range: String,
     /// The machine-wide tenant → uid map shared by every agent of the machine.
-    #[arg(long, value_name = "PATH", default_value = "/var/lib/gosok/tenant-uids")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/var/lib/gosok/tenant-uids"
+    )]
     uid_map: PathBuf,
     /// Most processes and threads one task may have (its control group's pids limit).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(16..=4_194_304))]
@@ -95,8 +99,8 @@ fn from_env(flag: Option<String>, var: &str, name: &str) -> anyhow::Result<Strin
 /// Reads the agent token from a file only its owner can read.
 fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("--token-file {}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("--token-file {}", path.display()))?;
     if meta.mode() & 0o077 != 0 {
         bail!(
             "--token-file {}: mode {:o} lets other users read the token; chmod 600 it",
@@ -108,7 +112,10 @@ fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
         .with_context(|| format!("--token-file {}", path.display()))?;
     let token = text.trim();
     if token.is_empty() || token.len() > 512 || token.chars().any(char::is_whitespace) {
-        bail!("--token-file {}: expected one token on one line", path.display());
+        bail!(
+            "--token-file {}: expected one token on one line",
+            path.display()
+        );
     }
     Ok(token.to_string())
 }
@@ -120,7 +127,9 @@ fn parse_uid_range(s: &str) -> anyhow::Result<(u32, u32)> {
         .and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)));
     match parsed {
         Some((a, b)) if a > 0 && a <= b && b < u32::MAX => Ok((a, b)),
-        _ => bail!("--uid-range {s:?}: expected FIRST-LAST with 0 < FIRST <= LAST < 4294967295, e.g. 200000-265535"),
+        _ => bail!(
+            "--uid-range {s:?}: expected FIRST-LAST with 0 < FIRST <= LAST < 4294967295, e.g. 200000-265535"
+        ),
     }
 }
 

@@ -225,10 +225,12 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
     admin_api.call("PUT", "/v1/topology", Some(&serde_json::to_value(cluster)?))?;
     // One token per agent: each acts only for the nodes it holds.
     let agent_token = || -> anyhow::Result<String> {
-        Ok(admin_api.call("POST", "/v1/agent-tokens", Some(&json!({})))?["token"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string())
+        Ok(
+            admin_api.call("POST", "/v1/agent-tokens", Some(&json!({})))?["token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
     };
     let tenant = admin_api.call("POST", "/v1/tenants/bench/tokens", Some(&json!({})))?["token"]
         .as_str()

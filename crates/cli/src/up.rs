@@ -475,9 +475,13 @@ pub fn run(a: UpArgs) -> anyhow::Result<()> {
         a.data_dir.join("credentials.toml").display()
     );
     if sandboxed() {
-        println!("  isolation:    sandbox (each task as its tenant's account, in its own control group)");
+        println!(
+            "  isolation:    sandbox (each task as its tenant's account, in its own control group)"
+        );
     } else {
-        println!("  isolation:    none (not root: tasks run as your user, unisolated; run as root for the sandbox)");
+        println!(
+            "  isolation:    none (not root: tasks run as your user, unisolated; run as root for the sandbox)"
+        );
     }
     println!(
         "  try: GOSOK_SERVER={url} GOSOK_TOKEN=<a tenant token> gosok submit --accelerators 1 -- echo hello"

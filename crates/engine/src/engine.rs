@@ -296,7 +296,10 @@ impl Engine {
     }
     /// What one replica of a job's group asks for (accelerators, CPU, memory).
     pub fn group_req(&self, job: &Job, group: u16) -> Option<&crate::job::GroupReq> {
-        self.shapes.get(job.shape as usize)?.groups.get(group as usize)
+        self.shapes
+            .get(job.shape as usize)?
+            .groups
+            .get(group as usize)
     }
     pub fn jobs(&self) -> impl Iterator<Item = &Job> {
         self.jobs.values()

@@ -152,10 +152,13 @@ pub struct TaskReport {
 }
 
 impl TaskReport {
-    /// The status the engine sees: the exit code, 128 + a signal, 127 for a spawn failure.
+    /// The status the engine sees: the exit code, 128 + a signal, 127 for a spawn failure,
+    /// 137 (SIGKILL) when the kernel killed a process of the task for memory, whatever the
+    /// task's first process made of it.
     pub fn status(&self) -> i32 {
         match (self.reason, self.exit_code, self.signal) {
             (EndReason::SpawnFailed, _, _) => 127,
+            (EndReason::OutOfMemory, _, _) => 128 + 9,
             (_, _, Some(s)) => 128 + s,
             (_, Some(c), None) => c,
             (_, None, None) => 255,

@@ -121,20 +121,23 @@ impl Agents {
     }
 }
 
-/// The caller of an agent route and the agent identity it acts as: an agent token acts as
-/// the identity it was issued for (its token id), whatever the body says; an admin (for
-/// debugging) as the body's `agent`.
-fn agent_principal(app: &App, headers: &HeaderMap, body_agent: &str) -> Result<(Principal, String)> {
+/// The caller of an agent route: an agent token (or an admin, for debugging).
+fn agent_principal(app: &App, headers: &HeaderMap) -> Result<Principal> {
     let p = auth::authenticate(&app.core(), headers)?;
-    match &p {
-        Principal::Agent { token } => {
-            let who = token.clone();
-            Ok((p, who))
-        }
-        Principal::Admin { .. } => Ok((p, body_agent.to_string())),
+    match p {
+        Principal::Agent { .. } | Principal::Admin { .. } => Ok(p),
         Principal::Tenant { .. } => Err(ApiError::forbidden(
             "this route is for node agents (an agent token: POST /v1/agent-tokens)",
         )),
+    }
+}
+
+/// The agent identity a caller acts as: an agent token as the identity it was issued for
+/// (its token id), whatever the body says; an admin (for debugging) as the body's `agent`.
+fn identity(p: &Principal, body_agent: &str) -> String {
+    match p {
+        Principal::Agent { token } => token.clone(),
+        _ => body_agent.to_string(),
     }
 }
 
@@ -270,11 +273,7 @@ fn claim(
             .field(f("name")));
         }
         let spec_rack = spec.expect("checked above");
-        let in_rack = cluster
-            .nodes
-            .iter()
-            .filter(|x| x.rack == rack)
-            .count() as u64
+        let in_rack = cluster.nodes.iter().filter(|x| x.rack == rack).count() as u64
             + joining.iter().filter(|x| x.rack == n.rack).count() as u64;
         if let Some(max) = spec_rack.max_nodes
             && in_rack >= max
@@ -367,8 +366,9 @@ pub async fn register(
     headers: HeaderMap,
     b: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
+    let p = agent_principal(&app, &headers)?;
     let req: RegisterRequest = parse_json(&body(b)?)?;
-    let (p, who) = agent_principal(&app, &headers, &req.agent)?;
+    let who = identity(&p, &req.agent);
     check_register(&req)?;
     let (seq, nodes) = {
         let mut core = app.core();
@@ -431,8 +431,9 @@ pub async fn sync(
     headers: HeaderMap,
     b: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
+    let p = agent_principal(&app, &headers)?;
     let req: SyncRequest = parse_json(&body(b)?)?;
-    let (_, who) = agent_principal(&app, &headers, &req.agent)?;
+    let who = identity(&p, &req.agent);
     check_text("agent", &req.agent, 128)?;
     check_logs(&req.logs_url, &req.logs_secret)?;
     if req.nodes.len() > MAX_AGENT_NODES {
@@ -478,8 +479,9 @@ pub async fn report(
     headers: HeaderMap,
     b: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
+    let p = agent_principal(&app, &headers)?;
     let req: ReportRequest = parse_json(&body(b)?)?;
-    let (p, who) = agent_principal(&app, &headers, &req.agent)?;
+    let who = identity(&p, &req.agent);
     check_text("agent", &req.agent, 128)?;
     if req.reports.len() > MAX_AGENT_NODES {
         return Err(ApiError::invalid(
