@@ -684,6 +684,7 @@ impl Agent {
     }
 
     fn start(&mut self, k: Key, a: &Assignment) {
+        let t0 = Instant::now();
         match self.spec(a).and_then(Running::spawn) {
             Ok(r) => {
                 if let Err(e) = self.pgids.add(r.pgid()) {
@@ -692,7 +693,10 @@ impl Agent {
                         r.pgid()
                     );
                 }
-                info!(node = %a.node, job = a.job, attempt = a.attempt, task = a.task, pid = r.pgid(), "started");
+                // spawn_us: the sandbox (account, control group, scratch directory) and the
+                // fork and exec, as `gosok bench agents` reports it.
+                let spawn_us = t0.elapsed().as_micros() as u64;
+                info!(node = %a.node, job = a.job, attempt = a.attempt, task = a.task, pid = r.pgid(), spawn_us, "started");
                 self.tasks.insert(
                     k,
                     Task {

@@ -77,6 +77,10 @@ struct Report {
     submit_to_running_max_ms: u64,
     /// First submission to the last task's success.
     all_done_s: f64,
+    /// What starting one task costs the agent: its sandbox (account, control group, scratch
+    /// directory, mount namespace) and the fork and exec, phase 1 and 2 together.
+    task_start_p50_ms: f64,
+    task_start_p99_ms: f64,
     /// Phase 1: nodes the controller lost because the agent's lease ran out, times the agent
     /// fenced itself (killed its tasks for a lost lease), and attempts beyond each job's
     /// first. All three are 0 when a flood of starts costs time, not leases.
@@ -260,8 +264,15 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
     let _ = agent.kill();
     let _ = agent.wait();
     let ((starts, submits, flood, done_s, extra_attempts, lease_expiries), lat) = r?;
-    let agent_fences = std::fs::read_to_string(work.join("work").with_extension("log"))
-        .map_or(0, |t| t.matches("lease lost").count() as u64);
+    let agent_log = std::fs::read_to_string(work.join("work").with_extension("log")).unwrap_or_default();
+    let agent_fences = agent_log.matches("lease lost").count() as u64;
+    // What one start costs the agent (sandbox, fork, exec), from its own log.
+    let mut spawn_us: Vec<u64> = agent_log
+        .lines()
+        .filter_map(|l| l.split("spawn_us=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+        .collect();
+    spawn_us.sort_unstable();
     eprintln!("bench: idle agent with {} virtual nodes", a.idle_nodes);
     let mut idle = spawn_agent(
         &base,
@@ -304,6 +315,8 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
         submit_to_running_p99_ms: percentile(&lat, 0.99),
         submit_to_running_max_ms: lat.last().copied().unwrap_or(0),
         all_done_s: done_s,
+        task_start_p50_ms: percentile(&spawn_us, 0.5) as f64 / 1000.0,
+        task_start_p99_ms: percentile(&spawn_us, 0.99) as f64 / 1000.0,
         lease_expiries,
         agent_fences,
         extra_attempts,
@@ -337,6 +350,10 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
         println!(
             "{} tasks submitted, run and reported:         {:.1} s",
             report.tasks, report.all_done_s
+        );
+        println!(
+            "task start in the agent (sandbox + fork + exec) p50 / p99: {:.2} / {:.2} ms",
+            report.task_start_p50_ms, report.task_start_p99_ms
         );
         println!(
             "lease expiries / agent fences / extra attempts: {} / {} / {}  (isolation {}, lease {} ms)",
