@@ -102,15 +102,18 @@ jurisdiction = "KR"
 power_budget_mw = 200.0
 pue = 1.2
 
+# The agents' virtual nodes join as they register.
 [[rack]]
 name = "bench-r1"
 site = "bench"
 power_cap_kw = 100000.0
+allow_undeclared_nodes = true
 
 [[rack]]
 name = "idle-r1"
 site = "bench"
 power_cap_kw = 100000.0
+allow_undeclared_nodes = true
 
 [[tenant]]
 name = "bench"

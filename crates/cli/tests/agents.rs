@@ -1088,8 +1088,8 @@ fn an_agent_that_cannot_sandbox_its_tasks_refuses_to_start_unless_told_none() {
 
 #[test]
 fn tasks_run_on_through_a_sixty_second_controller_outage() {
-    // The default lease (300 s): a controller outage shorter than it kills nothing.
-    let mut h = Highway::with_lease(300_000);
+    // The default lease (330 s): a controller outage shorter than it kills nothing.
+    let mut h = Highway::with_lease(330_000);
     h.agent("ph", "pohang", "ph-r1", 1);
     let marks = h.shared("marks");
     let script = format!(

@@ -28,8 +28,10 @@ pub struct Config {
     /// Most log records written in one transaction (one fsync).
     pub max_commit_batch: usize,
     /// How long a node agent's lease lasts without a sync: its tasks run on through a
-    /// controller outage (or restart) this long, and a silent node's tasks are requeued this
-    /// long (plus the margin) after it was last heard from. Slurm's `SlurmdTimeout` is 300 s.
+    /// controller outage (or restart) this long less one sync interval (at most 30 s), and a
+    /// silent node's tasks are requeued this long (plus the margin) after it was last heard
+    /// from. The default tolerates an outage of at least 5 minutes (Slurm's `SlurmdTimeout`
+    /// is 300 s).
     pub agent_lease_ms: u64,
     /// How much longer than the lease the controller waits before it requeues a silent
     /// node's tasks: the agent (or its watchdog, if it is frozen) has killed them by then,
@@ -55,7 +57,7 @@ impl Default for Config {
             submit_burst: 1000.0,
             metrics_require_token: true,
             max_commit_batch: 8192,
-            agent_lease_ms: 300_000,
+            agent_lease_ms: 330_000,
             agent_lease_margin_ms: 5_000,
             task_grace_s: 10,
             snapshot_every_records: 100_000,
