@@ -685,7 +685,11 @@ impl Agent {
 
     fn start(&mut self, k: Key, a: &Assignment) {
         let t0 = Instant::now();
-        match self.spec(a).and_then(Running::spawn) {
+        let mut prepared = t0;
+        match self.spec(a).and_then(|s| {
+            prepared = Instant::now();
+            Running::spawn(s)
+        }) {
             Ok(r) => {
                 if let Err(e) = self.pgids.add(r.pgid()) {
                     warn!(
@@ -696,7 +700,8 @@ impl Agent {
                 // spawn_us: the sandbox (account, control group, scratch directory) and the
                 // fork and exec, as `gosok bench agents` reports it.
                 let spawn_us = t0.elapsed().as_micros() as u64;
-                info!(node = %a.node, job = a.job, attempt = a.attempt, task = a.task, pid = r.pgid(), spawn_us, "started");
+                let sandbox_us = prepared.duration_since(t0).as_micros() as u64;
+                info!(node = %a.node, job = a.job, attempt = a.attempt, task = a.task, pid = r.pgid(), spawn_us, sandbox_us, "started");
                 self.tasks.insert(
                     k,
                     Task {

@@ -81,6 +81,8 @@ struct Report {
     /// directory, mount namespace) and the fork and exec, phase 1 and 2 together.
     task_start_p50_ms: f64,
     task_start_p99_ms: f64,
+    /// Of which making the sandbox (account, control group, scratch directory).
+    sandbox_p50_ms: f64,
     /// Phase 1: nodes the controller lost because the agent's lease ran out, times the agent
     /// fenced itself (killed its tasks for a lost lease), and attempts beyond each job's
     /// first. All three are 0 when a flood of starts costs time, not leases.
@@ -270,12 +272,17 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
     let agent_log = std::fs::read_to_string(work.join("work").with_extension("log")).unwrap_or_default();
     let agent_fences = agent_log.matches("lease lost").count() as u64;
     // What one start costs the agent (sandbox, fork, exec), from its own log.
-    let mut spawn_us: Vec<u64> = agent_log
-        .lines()
-        .filter_map(|l| l.split("spawn_us=").nth(1))
-        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
-        .collect();
-    spawn_us.sort_unstable();
+    let field = |name: &str| {
+        let mut v: Vec<u64> = agent_log
+            .lines()
+            .filter_map(|l| l.split(name).nth(1))
+            .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let spawn_us = field("spawn_us=");
+    let sandbox_us = field("sandbox_us=");
     eprintln!("bench: idle agent with {} virtual nodes", a.idle_nodes);
     let mut idle = spawn_agent(
         &base,
@@ -320,6 +327,7 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
         all_done_s: done_s,
         task_start_p50_ms: percentile(&spawn_us, 0.5) as f64 / 1000.0,
         task_start_p99_ms: percentile(&spawn_us, 0.99) as f64 / 1000.0,
+        sandbox_p50_ms: percentile(&sandbox_us, 0.5) as f64 / 1000.0,
         lease_expiries,
         agent_fences,
         extra_attempts,
@@ -355,8 +363,8 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
             report.tasks, report.all_done_s
         );
         println!(
-            "task start in the agent (sandbox + fork + exec) p50 / p99: {:.2} / {:.2} ms",
-            report.task_start_p50_ms, report.task_start_p99_ms
+            "task start in the agent (sandbox + fork + exec) p50 / p99: {:.2} / {:.2} ms (making the sandbox p50 {:.2} ms)",
+            report.task_start_p50_ms, report.task_start_p99_ms, report.sandbox_p50_ms
         );
         println!(
             "lease expiries / agent fences / extra attempts: {} / {} / {}  (isolation {}, lease {} ms)",
