@@ -888,18 +888,18 @@ fn kill_group_dir<'a>(v2: bool, dirs: impl Iterator<Item = (Ctl, &'a Path)> + Cl
             let _ = write_file(&first.join("cgroup.freeze"), "0");
             return;
         }
-    } else if let Some((_, freezer)) = dirs.clone().find(|(c, _)| *c == Ctl::Freezer) {
-        if write_file(&freezer.join("freezer.state"), "FROZEN").is_ok() {
-            let until = Instant::now() + Duration::from_millis(500);
-            while read_file(&freezer.join("freezer.state")).is_ok_and(|s| s.trim() == "FREEZING")
-                && Instant::now() < until
-            {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            kill_all(&read(freezer));
-            let _ = write_file(&freezer.join("freezer.state"), "THAWED");
-            return;
+    } else if let Some((_, freezer)) = dirs.clone().find(|(c, _)| *c == Ctl::Freezer)
+        && write_file(&freezer.join("freezer.state"), "FROZEN").is_ok()
+    {
+        let until = Instant::now() + Duration::from_millis(500);
+        while read_file(&freezer.join("freezer.state")).is_ok_and(|s| s.trim() == "FREEZING")
+            && Instant::now() < until
+        {
+            std::thread::sleep(Duration::from_millis(1));
         }
+        kill_all(&read(freezer));
+        let _ = write_file(&freezer.join("freezer.state"), "THAWED");
+        return;
     }
     // No freezer: a fork bomb may outrun one pass; the pids limit bounds how many there are.
     for _ in 0..100 {

@@ -269,7 +269,8 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
     let _ = agent.kill();
     let _ = agent.wait();
     let ((starts, submits, flood, done_s, extra_attempts, lease_expiries), lat) = r?;
-    let agent_log = std::fs::read_to_string(work.join("work").with_extension("log")).unwrap_or_default();
+    let agent_log =
+        std::fs::read_to_string(work.join("work").with_extension("log")).unwrap_or_default();
     let agent_fences = agent_log.matches("lease lost").count() as u64;
     // What one start costs the agent (sandbox, fork, exec), from its own log.
     let field = |name: &str| {

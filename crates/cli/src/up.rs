@@ -196,12 +196,12 @@ fn provision(dir: &Path, url: &str, admin: &str, scale: Scale) -> anyhow::Result
     }
     let agent_tokens = |c: &mut Credentials| -> anyhow::Result<()> {
         for r in demo_racks(scale) {
-            if !c.agent_tokens.contains_key(&r.name) {
+            if let std::collections::btree_map::Entry::Vacant(e) = c.agent_tokens.entry(r.name) {
                 let t = a.call("POST", "/v1/agent-tokens", Some(&json!({})))?["token"]
                     .as_str()
                     .unwrap_or_default()
                     .to_string();
-                c.agent_tokens.insert(r.name, t);
+                e.insert(t);
             }
         }
         Ok(())
