@@ -352,7 +352,13 @@ impl Agent {
     fn main_loop(&mut self, replies: &Receiver<Reply>) -> anyhow::Result<()> {
         let mut inbox = Vec::new();
         loop {
-            match replies.recv_timeout(self.cfg.tick) {
+            // With starts queued, turn again at once: the budget, not the tick, paces them.
+            let wait = if self.to_start.is_empty() {
+                self.cfg.tick
+            } else {
+                Duration::ZERO
+            };
+            match replies.recv_timeout(wait) {
                 Ok(r) => {
                     inbox.push(r);
                     inbox.extend(replies.try_iter());
@@ -658,9 +664,17 @@ impl Agent {
             .join(a.attempt.to_string())
             .join(a.task.to_string());
         let workdir = a.workdir.as_ref().map(PathBuf::from);
+        // A task that reserved no memory may still use no more than its node has.
+        let mem_mib = if a.mem_mib > 0 {
+            a.mem_mib
+        } else {
+            self.by_name
+                .get(&a.node)
+                .map_or(0, |&i| self.nodes[i].spec.mem_mib)
+        };
         let (sandbox, run_dir, user) = match &mut self.sandbox {
             Some(s) => {
-                let p = s.prepare(&name, &a.tenant, a.mem_mib, a.cpu_milli, workdir.as_deref())?;
+                let p = s.prepare(&name, &a.tenant, mem_mib, a.cpu_milli, workdir.as_deref())?;
                 let (run_dir, user) = (p.run_dir.clone(), p.user.clone());
                 (Some(p), run_dir, user)
             }
