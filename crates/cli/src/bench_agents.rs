@@ -180,6 +180,9 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
         listen: "127.0.0.1:0".into(),
         submit_rate_per_s: 1e9,
         submit_burst: 1e9,
+        // One tenant submits every task at once; agents and submitters share one address.
+        max_pending_jobs_per_tenant: u64::MAX,
+        max_connections_per_address: Config::default().max_connections,
         ..Config::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -235,6 +235,9 @@ pub fn bench(a: BenchServerArgs) -> anyhow::Result<()> {
         listen: "127.0.0.1:0".into(),
         submit_rate_per_s: 1e9,
         submit_burst: 1e9,
+        // The queue phase keeps queue_pending jobs pending over a few tenants.
+        max_pending_jobs_per_tenant: u64::MAX,
+        max_connections_per_address: Config::default().max_connections,
         ..Config::default()
     };
     cfg.metrics_require_token = false;

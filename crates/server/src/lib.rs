@@ -15,8 +15,10 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod core;
+pub mod disk;
 pub mod entry;
 pub mod error;
+pub mod http;
 pub mod metrics;
 pub mod openapi;
 pub mod snapshot;
@@ -261,6 +263,10 @@ pub struct App {
     pub replay: ReplayStats,
     pub agents: agents::Agents,
     pub snapshots: snapshot::Snapshots,
+    /// The free space of the data directory's file system against the watermark.
+    pub disk: disk::DiskWatch,
+    /// What the HTTP limits did.
+    pub http: Arc<http::Stats>,
 }
 
 impl App {
@@ -440,6 +446,14 @@ pub async fn start(dir: &Path, cfg: Config) -> anyhow::Result<Running> {
             }
         }),
     );
+    let fd_limit = http::raise_fd_limit();
+    if fd_limit > 0 && (cfg.max_connections as u64).saturating_add(256) > fd_limit {
+        tracing::warn!(
+            fd_limit,
+            max_connections = cfg.max_connections,
+            "the open-file limit is close to max_connections: lower max_connections or raise the limit"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -453,6 +467,12 @@ pub async fn start(dir: &Path, cfg: Config) -> anyhow::Result<Running> {
             stats.snapshot_seq,
         ),
         limiter: RateLimiter::new(cfg.submit_rate_per_s, cfg.submit_burst),
+        disk: disk::DiskWatch::new(
+            dir.to_path_buf(),
+            cfg.min_free_disk_mib,
+            cfg.min_free_disk_fraction,
+        ),
+        http: Arc::new(http::Stats::default()),
         metrics: metrics::Metrics::new(),
         cfg,
         core: Mutex::new(core),
@@ -467,10 +487,18 @@ pub async fn start(dir: &Path, cfg: Config) -> anyhow::Result<Running> {
     let router = api::router(app.clone());
     let ticker = tokio::spawn(tick_loop(app.clone()));
     let s = stop.clone();
+    let limits = http::Limits::of(&app.cfg);
+    let stats = app.http.clone();
     let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { s.notified().await })
-            .await?;
+        http::serve(
+            listener,
+            router,
+            limits,
+            stats,
+            async move { s.notified().await },
+            Duration::from_secs(10),
+        )
+        .await?;
         ticker.abort();
         Ok(())
     });
