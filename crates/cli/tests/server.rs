@@ -1406,13 +1406,20 @@ fn a_tenant_cannot_submit_above_its_priority_entitlement() {
     );
     assert_eq!(c, 403);
     // The operator raises it to high: high passes, critical still does not.
-    let (c, v) = s.req(
-        "PATCH",
-        "/v1/tenants/lab-a",
-        Some(&s.admin),
-        Some(r#"{"max_priority":"high"}"#),
+    let (ok, out, err) = s.cli(
+        &s.admin,
+        &[
+            "tenants",
+            "update",
+            "lab-a",
+            "--max-priority",
+            "high",
+            "--output",
+            "json",
+        ],
     );
-    assert_eq!(c, 200, "{v}");
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["max_priority"], "high");
     let (c, v) = s.req("POST", "/v1/jobs", Some(&a), Some(&job("high")));
     assert_eq!(c, 201, "{v}");
