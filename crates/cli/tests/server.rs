@@ -1834,3 +1834,98 @@ fn two_thousand_idle_and_half_sent_connections_do_not_stop_the_controller() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("body_read_timeout_ms"), "{text}");
 }
+
+/// Starts `gosok server run` on `dir`, which must refuse to start; returns what it said.
+fn refused_start(dir: &Path) -> String {
+    let mut child = Command::new(GOSOK)
+        .args(["server", "run", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            assert!(!status.success(), "{err}");
+            return err;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started on a damaged data directory");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Stops the server as an operator would (SIGTERM): it writes a snapshot on the way out.
+fn stop_cleanly(s: &mut Server) {
+    // SAFETY: a signal to our own child process.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_flipped_bit_in_a_snapshot_stops_the_start_with_what_to_do() {
+    let mut s = Server::new(&[]);
+    s.apply_cluster(CLUSTER);
+    let a = s.token("lab-a");
+    for _ in 0..5 {
+        let (c, _) = s.req("POST", "/v1/jobs", Some(&a), Some(JOB8));
+        assert_eq!(c, 201);
+    }
+    stop_cleanly(&mut s);
+    let snapshots = s.dir.join("gosok.snapshots.db");
+    let mut bytes = std::fs::read(&snapshots).unwrap();
+    let at = bytes
+        .windows(8)
+        .position(|w| w == b"gosokCOR")
+        .expect("the shutdown snapshot is in the file");
+    bytes[at + 100] ^= 0x04;
+    std::fs::write(&snapshots, &bytes).unwrap();
+    let err = refused_start(&s.dir);
+    assert!(err.contains("fails its checksum"), "{err}");
+    assert!(err.contains("move the snapshot file aside"), "{err}");
+    // Doing what it says: the whole log is replayed, and every job is there.
+    std::fs::rename(&snapshots, s.dir.join("damaged.snapshots.db")).unwrap();
+    let s = Server::run(&s.dir.clone(), &[], s.admin.clone());
+    let (_, list) = s.req("GET", "/v1/jobs", Some(&a), None);
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 5, "{list}");
+    let (_, h) = s.req("GET", "/healthz", None, None);
+    assert_eq!(h["replay"]["snapshot_seq"], 0, "{h}");
+}
+
+#[test]
+fn a_log_that_lost_its_write_ahead_file_is_refused_not_served() {
+    let mut s = Server::with_config(&[], "snapshot_every_records = 10\n");
+    s.apply_cluster(CLUSTER);
+    let a = s.token("lab-a");
+    for _ in 0..30 {
+        let (c, _) = s.req("POST", "/v1/jobs", Some(&a), Some(JOB8));
+        assert_eq!(c, 201);
+    }
+    // Wait for a periodic snapshot, then crash: the log's tail is only in gosok.db-wal.
+    let snapshots = s.dir.join("gosok.snapshots.db");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read(&snapshots).is_ok_and(|b| b.windows(8).any(|w| w == b"gosokCOR")) {
+        assert!(Instant::now() < deadline, "no snapshot was written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.kill();
+    let wal = s.dir.join("gosok.db-wal");
+    assert!(wal.exists());
+    std::fs::remove_file(&wal).unwrap();
+    let _ = std::fs::remove_file(s.dir.join("gosok.db-shm"));
+    let err = refused_start(&s.dir);
+    assert!(err.contains("the event log ends at record"), "{err}");
+    assert!(err.contains("gosok.db-wal"), "{err}");
+    // Refused every time, not only once.
+    let err = refused_start(&s.dir);
+    assert!(
+        err.contains("latest snapshot covers records up to"),
+        "{err}"
+    );
+}

@@ -188,7 +188,12 @@ pub fn replay(store: &mut dyn Store, cfg: &Config) -> anyhow::Result<(Core, u64,
             ))
         })
     });
-    read?;
+    read.map_err(|e| {
+        anyhow::anyhow!(
+            "{e}. The controller does not start on a damaged log: restore the data directory \
+             from a backup"
+        )
+    })?;
     if !core.initialised() {
         anyhow::bail!("the store is empty: run `gosok server init --data-dir DIR` first");
     }
