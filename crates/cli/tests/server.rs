@@ -1929,3 +1929,100 @@ fn a_log_that_lost_its_write_ahead_file_is_refused_not_served() {
         "{err}"
     );
 }
+
+#[test]
+fn a_log_flood_against_a_hung_agent_does_not_delay_placements() {
+    use std::io::{Read, Write};
+    let s = Server::new(&[]);
+    s.apply_cluster(CLUSTER);
+    let a = s.token("lab-a");
+    let (c, v) = s.req("POST", "/v1/agent-tokens", Some(&s.admin), Some("{}"));
+    assert_eq!(c, 201, "{v}");
+    let agent_token = v["token"].as_str().unwrap().to_string();
+    // An agent whose log server accepts connections and never answers (a hung agent).
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let logs_url = format!("http://{}", hung.local_addr().unwrap());
+    let (c, v) = s.req(
+        "POST",
+        "/v1/agent/register",
+        Some(&agent_token),
+        Some(
+            &json!({"agent": "hung", "address": "127.0.0.1", "logs_url": logs_url, "logs_secret": "x",
+                "nodes": [{"name": "hung-1", "site": "pohang", "rack": "ph-r1", "cpu_cores": 112,
+                           "mem_mib": 2097152, "accelerator": "H100", "accelerators": 8}]})
+            .to_string(),
+        ),
+    );
+    assert_eq!(c, 200, "{v}");
+    let epoch = v["nodes"][0]["epoch"].as_u64().unwrap();
+    for n in ["ph-r1-n-000", "ph-r1-n-001"] {
+        let (c, _) = s.req(
+            "POST",
+            &format!("/v1/nodes/{n}/drain"),
+            Some(&s.admin),
+            None,
+        );
+        assert_eq!(c, 200);
+    }
+    let (c, ja) = s.req("POST", "/v1/jobs", Some(&a), Some(JOB8));
+    assert_eq!(c, 201);
+    let id = ja["id"].as_u64().unwrap();
+    let j = s.wait_state(&a, id, "running");
+    assert_eq!(j["placement"][0]["node"], "hung-1", "{j}");
+    let (c, v) = s.req(
+        "POST",
+        "/v1/agent/sync",
+        Some(&agent_token),
+        Some(
+            &json!({"agent": "hung", "nodes": [{"name": "hung-1", "epoch": epoch}],
+                    "logs_url": logs_url, "logs_secret": "x"})
+            .to_string(),
+        ),
+    );
+    assert_eq!(c, 200, "{v}");
+    // 600 log reads of that job at once, from three addresses.
+    let addr: std::net::SocketAddr = s.base.trim_start_matches("http://").parse().unwrap();
+    let mut flood = Vec::new();
+    for i in 0..600u32 {
+        let from = [127, 0, 0, 2 + (i % 3) as u8];
+        let mut c = connect_from(from, addr).unwrap();
+        c.write_all(
+            format!("GET /v1/jobs/{id}/logs HTTP/1.1\r\nHost: gosok\r\nAuthorization: Bearer {a}\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        flood.push(c);
+    }
+    // Meanwhile a node comes back and a job is placed on it as soon as the next pass runs.
+    let (c, _) = s.req(
+        "POST",
+        "/v1/nodes/ph-r1-n-000/undrain",
+        Some(&s.admin),
+        None,
+    );
+    assert_eq!(c, 200);
+    let t0 = Instant::now();
+    let (c, jb) = s.req("POST", "/v1/jobs", Some(&a), Some(JOB8));
+    assert_eq!(c, 201);
+    let b = jb["id"].as_u64().unwrap();
+    s.wait_state(&a, b, "running");
+    // The hung agent's reads time out after 5 s; the placement must not wait for them
+    // (a generous bound: passes run every 200 ms here).
+    let placed = t0.elapsed();
+    assert!(placed < Duration::from_secs(2), "placed after {placed:?}");
+    let mut busy = 0;
+    for c in &mut flood {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 2048];
+        let n = c.read(&mut buf).unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+        if text.contains("logs_busy") {
+            busy += 1;
+            assert!(text.contains("max_log_fetches_per_agent"), "{text}");
+        }
+    }
+    // At most max_log_fetches_per_agent (4) waited on the agent; the rest were told at once.
+    assert!(busy >= 596, "{busy} of 600 refused at once");
+    drop(hung);
+}

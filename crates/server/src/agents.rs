@@ -575,9 +575,26 @@ pub async fn logs(
         "{}/logs/{job}/{attempt}/{task}/{stream}?offset={offset}&limit={limit}",
         server.url.trim_end_matches('/')
     );
-    let fetched = tokio::task::spawn_blocking(move || fetch(&url, &server.secret))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    // A bounded number of fetches hold blocking threads (the scheduling tick needs one).
+    let slot = app.log_fetches.take(&server.url).map_err(|busy| {
+        let message = match busy {
+            crate::fetches::Busy::Agent(n) => format!(
+                "{n} log reads are already waiting on the agent of node {node} (max_log_fetches_per_agent); retry shortly"
+            ),
+            crate::fetches::Busy::Total(n) => format!(
+                "{n} log reads are already waiting on agents (max_log_fetches); retry shortly"
+            ),
+        };
+        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "logs_busy", message);
+        e.retry_after_s = Some(1);
+        e
+    })?;
+    let fetched = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        fetch(&url, &server.secret)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
     let (bytes, size) = match fetched {
         Ok(x) => x,
         Err(Fetch::NotFound) => (Vec::new(), 0),

@@ -62,6 +62,10 @@ pub struct Config {
     pub body_read_timeout_ms: u64,
     /// A request must be answered within this (503 beyond); more than an agent's long poll.
     pub request_timeout_ms: u64,
+    /// Log reads proxied to agents at once (each may wait up to 5 s on its agent); 503 beyond.
+    pub max_log_fetches: usize,
+    /// The same against one agent.
+    pub max_log_fetches_per_agent: usize,
     pub engine: EngineConfig,
 }
 
@@ -91,6 +95,8 @@ impl Default for Config {
             idle_timeout_ms: 60_000,
             body_read_timeout_ms: 30_000,
             request_timeout_ms: 60_000,
+            max_log_fetches: 32,
+            max_log_fetches_per_agent: 4,
             engine: EngineConfig::default(),
         }
     }
@@ -158,6 +164,14 @@ impl Config {
         ] {
             anyhow::ensure!((100..=3_600_000).contains(&v), "{name}: 100 to 3600000 ms");
         }
+        anyhow::ensure!(
+            (1..=self.max_log_fetches).contains(&self.max_log_fetches_per_agent),
+            "max_log_fetches_per_agent: 1 to max_log_fetches"
+        );
+        anyhow::ensure!(
+            self.max_log_fetches <= 256,
+            "max_log_fetches: at most 256 (each holds a blocking thread)"
+        );
         anyhow::ensure!(
             self.request_timeout_ms > self.agent_lease_ms / 3 + 1000,
             "request_timeout_ms: must exceed an agent's long poll (agent_lease_ms / 3) by a second"

@@ -18,6 +18,7 @@ pub mod core;
 pub mod disk;
 pub mod entry;
 pub mod error;
+pub mod fetches;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
@@ -272,6 +273,8 @@ pub struct App {
     pub disk: disk::DiskWatch,
     /// What the HTTP limits did.
     pub http: Arc<http::Stats>,
+    /// Log reads proxied to agents, in flight.
+    pub log_fetches: Arc<fetches::FetchLimit>,
 }
 
 impl App {
@@ -478,6 +481,7 @@ pub async fn start(dir: &Path, cfg: Config) -> anyhow::Result<Running> {
             cfg.min_free_disk_fraction,
         ),
         http: Arc::new(http::Stats::default()),
+        log_fetches: fetches::FetchLimit::new(cfg.max_log_fetches, cfg.max_log_fetches_per_agent),
         metrics: metrics::Metrics::new(),
         cfg,
         core: Mutex::new(core),
