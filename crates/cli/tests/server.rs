@@ -1884,8 +1884,24 @@ fn a_flipped_bit_in_a_snapshot_stops_the_start_with_what_to_do() {
         .windows(8)
         .position(|w| w == b"gosokCOR")
         .expect("the shutdown snapshot is in the file");
+    let verify = |dir: &Path| {
+        let out = Command::new(GOSOK)
+            .args(["server", "verify", "--data-dir"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = verify(&s.dir);
+    assert!(ok && out.contains("every checksum matches"), "{out}");
     bytes[at + 100] ^= 0x04;
     std::fs::write(&snapshots, &bytes).unwrap();
+    let (ok, out) = verify(&s.dir);
+    assert!(!ok && out.contains("fails its checksum"), "{out}");
     let err = refused_start(&s.dir);
     assert!(err.contains("fails its checksum"), "{err}");
     assert!(err.contains("move the snapshot file aside"), "{err}");
@@ -1907,10 +1923,14 @@ fn a_log_that_lost_its_write_ahead_file_is_refused_not_served() {
         let (c, _) = s.req("POST", "/v1/jobs", Some(&a), Some(JOB8));
         assert_eq!(c, 201);
     }
-    // Wait for a periodic snapshot, then crash: the log's tail is only in gosok.db-wal.
+    // Wait for a periodic snapshot to be committed (in its file, and its rollback journal
+    // emptied), then crash: the log's tail is only in gosok.db-wal.
     let snapshots = s.dir.join("gosok.snapshots.db");
+    let journal = s.dir.join("gosok.snapshots.db-journal");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read(&snapshots).is_ok_and(|b| b.windows(8).any(|w| w == b"gosokCOR")) {
+    while !(std::fs::read(&snapshots).is_ok_and(|b| b.windows(8).any(|w| w == b"gosokCOR"))
+        && std::fs::metadata(&journal).map_or(true, |m| m.len() == 0))
+    {
         assert!(Instant::now() < deadline, "no snapshot was written");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -1919,6 +1939,17 @@ fn a_log_that_lost_its_write_ahead_file_is_refused_not_served() {
     assert!(wal.exists());
     std::fs::remove_file(&wal).unwrap();
     let _ = std::fs::remove_file(s.dir.join("gosok.db-shm"));
+    let out = Command::new(GOSOK)
+        .args(["server", "verify", "--data-dir"])
+        .arg(&s.dir)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && said.contains("ends at record"),
+        "{said}"
+    );
     let err = refused_start(&s.dir);
     assert!(err.contains("the event log ends at record"), "{err}");
     assert!(err.contains("gosok.db-wal"), "{err}");
