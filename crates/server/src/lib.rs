@@ -44,6 +44,35 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The engine's clock: the wall clock is read once, at start (never behind the time the log
+/// last recorded), and from then on time advances by the monotonic clock. A step of the wall
+/// clock while the controller runs, either way, neither jumps the engine forward (killing
+/// jobs at their runtime limits early) nor freezes it; the wall clock only names times
+/// (`at_ms` of records, submission and end times).
+pub struct EngineClock {
+    base_ms: u64,
+    at: Instant,
+}
+
+impl EngineClock {
+    /// Starts at the wall clock `wall_ms`, or at `logged_now_s` if that is later.
+    pub fn new(wall_ms: u64, logged_now_s: u64) -> EngineClock {
+        EngineClock {
+            base_ms: wall_ms.max(logged_now_s.saturating_mul(1000)),
+            at: Instant::now(),
+        }
+    }
+
+    /// Engine time after `elapsed` of monotonic time since the start.
+    pub fn after(&self, elapsed: Duration) -> u64 {
+        (self.base_ms + elapsed.as_millis() as u64) / 1000
+    }
+
+    pub fn now_s(&self) -> u64 {
+        self.after(self.at.elapsed())
+    }
+}
+
 /// Creates the store in `dir` with its first admin token; returns the token (shown once)
 /// and writes it to `dir/admin.token` (mode 0600).
 pub fn init(dir: &Path) -> anyhow::Result<String> {
@@ -319,6 +348,8 @@ pub struct App {
     pub http: Arc<http::Stats>,
     /// Log reads proxied to agents, in flight.
     pub log_fetches: Arc<fetches::FetchLimit>,
+    /// What ticks advance the engine to.
+    pub clock: EngineClock,
 }
 
 impl App {
@@ -511,6 +542,7 @@ pub async fn start(dir: &Path, cfg: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let agents = agents::Agents::new(&core, Duration::from_millis(cfg.agent_lease_ms));
+    let clock = EngineClock::new(unix_ms(), core.now_s());
     let app = Arc::new(App {
         agents,
         snapshots: snapshot::Snapshots::new(
@@ -525,6 +557,7 @@ pub async fn start(dir: &Path, cfg: Config) -> anyhow::Result<Running> {
             cfg.min_free_disk_fraction,
         ),
         http: Arc::new(http::Stats::default()),
+        clock,
         log_fetches: fetches::FetchLimit::new(cfg.max_log_fetches, cfg.max_log_fetches_per_agent),
         metrics: metrics::Metrics::new(),
         cfg,
@@ -611,7 +644,7 @@ async fn tick_loop(app: Arc<App>) {
             if !(core.dirty || (due && core.needs_tick())) {
                 return Ok(false);
             }
-            let now_s = unix_ms() / 1000;
+            let now_s = app2.clock.now_s();
             let r = app2.commit(&mut core, Entry::Tick { now_s }).map(|_| true);
             if app2.snapshots.due(core.seq()) {
                 app2.snapshots.start(&app2, &core);
@@ -705,4 +738,25 @@ pub fn fill_log(
     }
     store.append(&batch)?;
     Ok(last)
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+
+    #[test]
+    fn the_engine_clock_moves_with_monotonic_time_only() {
+        let c = EngineClock::new(10_000_500, 0);
+        assert_eq!(c.after(Duration::ZERO), 10_000);
+        assert_eq!(c.after(Duration::from_millis(499)), 10_000);
+        assert_eq!(c.after(Duration::from_millis(500)), 10_001);
+        assert_eq!(c.after(Duration::from_secs(7200)), 17_200);
+        // A wall clock behind the log (stepped back while the controller was down) does not
+        // take the engine back.
+        let c = EngineClock::new(5_000_000, 9_000);
+        assert_eq!(c.after(Duration::from_secs(1)), 9_001);
+        // Nothing read after the start changes it: the tick reads this clock, not the wall.
+        let now = EngineClock::new(unix_ms(), 0).now_s();
+        assert!(now.abs_diff(unix_ms() / 1000) <= 1);
+    }
 }
