@@ -214,6 +214,9 @@ pub fn run(a: BenchAgentsArgs) -> anyhow::Result<()> {
         submit_rate_per_s: 1e9,
         submit_burst: 1e9,
         agent_lease_ms: a.lease_ms.unwrap_or(defaults.agent_lease_ms),
+        // One tenant submits every task at once; agents and submitters share one address.
+        max_pending_jobs_per_tenant: u64::MAX,
+        max_connections_per_address: defaults.max_connections,
         ..defaults
     };
     let lease_ms = cfg.agent_lease_ms;

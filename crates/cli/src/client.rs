@@ -211,13 +211,26 @@ enum TenantAction {
         #[arg(long)]
         share_cap: Option<f64>,
     },
-    /// Update a tenant's weight or share cap.
+    /// Update a tenant's weight, share cap, priority entitlement or storage limits.
     Update {
         name: String,
         #[arg(long)]
         weight: Option<f64>,
         #[arg(long)]
         share_cap: Option<f64>,
+        /// The highest priority class its tokens may submit at (scavenger, low, normal,
+        /// high, critical).
+        #[arg(long)]
+        max_priority: Option<String>,
+        /// Most jobs it may have pending at once.
+        #[arg(long)]
+        max_pending_jobs: Option<u64>,
+        /// Most bytes of command, env and workdir per job.
+        #[arg(long)]
+        max_job_bytes: Option<u64>,
+        /// Most bytes of command, env and workdir over its pending and running jobs.
+        #[arg(long)]
+        max_stored_bytes: Option<u64>,
     },
 }
 
@@ -917,6 +930,10 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                     name,
                     weight,
                     share_cap,
+                    max_priority,
+                    max_pending_jobs,
+                    max_job_bytes,
+                    max_stored_bytes,
                 }) => {
                     let mut t = json!({});
                     if let Some(w) = weight {
@@ -924,6 +941,18 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                     }
                     if let Some(c) = share_cap {
                         t["share_cap"] = json!(c);
+                    }
+                    if let Some(p) = max_priority {
+                        t["max_priority"] = json!(p);
+                    }
+                    for (k, v) in [
+                        ("max_pending_jobs", max_pending_jobs),
+                        ("max_job_bytes", max_job_bytes),
+                        ("max_stored_bytes", max_stored_bytes),
+                    ] {
+                        if let Some(v) = v {
+                            t[k] = json!(v);
+                        }
                     }
                     let v = cl.patch(&format!("/v1/tenants/{}", enc(&name)), &t)?;
                     cl.print(&v, |t| format!("updated tenant {}\n", s(&t["name"])));

@@ -54,6 +54,11 @@ struct Server {
 
 impl Server {
     fn new(extra: &[&str]) -> Server {
+        Server::with_config(extra, "")
+    }
+
+    /// A new server whose `DATA_DIR/gosok.toml` holds `config`.
+    fn with_config(extra: &[&str], config: &str) -> Server {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");
         let out = Command::new(GOSOK)
@@ -68,6 +73,9 @@ impl Server {
         );
         let admin = String::from_utf8(out.stdout).unwrap().trim().to_string();
         assert!(admin.starts_with("gsk_"));
+        if !config.is_empty() {
+            std::fs::write(dir.join("gosok.toml"), config).unwrap();
+        }
         let mut s = Server::run(&dir, extra, admin);
         s._tmp = Some(tmp);
         s
@@ -1353,4 +1361,699 @@ fn a_second_controller_on_the_same_data_directory_is_refused() {
     // The first one still answers.
     let (code, _) = s.req("GET", "/healthz", None, None);
     assert_eq!(code, 200);
+}
+
+/// A job of `bytes` bytes of command and env (half each), asking for 8 H100s.
+fn big_job(bytes: usize) -> String {
+    let half = bytes / 2;
+    json!({
+        "groups": [{"replicas": 1, "accelerators": 8, "models": ["H100"]}],
+        "command": ["sh", "-c", "x".repeat(half - 4)],
+        "env": {"DATA": "y".repeat(half - 4)},
+    })
+    .to_string()
+}
+
+#[test]
+fn a_tenant_cannot_submit_above_its_priority_entitlement() {
+    let s = Server::new(&[]);
+    s.apply_cluster(CLUSTER);
+    let (a, b) = (s.token("lab-a"), s.token("lab-b"));
+    let job = |p: &str| {
+        format!(
+            r#"{{"priority":"{p}","groups":[{{"replicas":1,"accelerators":8,"models":["H100"]}}]}}"#
+        )
+    };
+    // Up to normal by default.
+    for p in ["scavenger", "low", "normal"] {
+        let (c, v) = s.req("POST", "/v1/jobs", Some(&a), Some(&job(p)));
+        assert_eq!(c, 201, "{p}: {v}");
+    }
+    for p in ["high", "critical"] {
+        let (c, v) = s.req("POST", "/v1/jobs", Some(&a), Some(&job(p)));
+        assert_eq!(c, 403, "{p}: {v}");
+        assert_eq!(v["error"]["code"], "priority_not_allowed");
+        assert_eq!(v["error"]["field"], "priority");
+        let m = v["error"]["message"].as_str().unwrap();
+        assert!(m.contains(p) && m.contains("normal"), "{m}");
+    }
+    // A tenant cannot raise its own entitlement.
+    let (c, _) = s.req(
+        "PATCH",
+        "/v1/tenants/lab-a",
+        Some(&a),
+        Some(r#"{"max_priority":"critical"}"#),
+    );
+    assert_eq!(c, 403);
+    // The operator raises it to high: high passes, critical still does not.
+    let (ok, out, err) = s.cli(
+        &s.admin,
+        &[
+            "tenants",
+            "update",
+            "lab-a",
+            "--max-priority",
+            "high",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["max_priority"], "high");
+    let (c, v) = s.req("POST", "/v1/jobs", Some(&a), Some(&job("high")));
+    assert_eq!(c, 201, "{v}");
+    let (c, v) = s.req("POST", "/v1/jobs", Some(&a), Some(&job("critical")));
+    assert_eq!((c, v["error"]["field"].as_str()), (403, Some("priority")));
+    // A default class above the entitlement is refused, naming it.
+    let (c, v) = s.req(
+        "PATCH",
+        "/v1/tenants/lab-a",
+        Some(&s.admin),
+        Some(r#"{"default_priority":"critical"}"#),
+    );
+    assert_eq!(c, 400, "{v}");
+    assert_eq!(v["error"]["field"], "default_priority");
+    // The other tenant is still held to normal; an operator may submit for it at any class.
+    let (c, _) = s.req("POST", "/v1/jobs", Some(&b), Some(&job("high")));
+    assert_eq!(c, 403);
+    let (c, v) = s.req(
+        "POST",
+        "/v1/jobs?tenant=lab-b",
+        Some(&s.admin),
+        Some(&job("critical")),
+    );
+    assert_eq!(c, 201, "{v}");
+    // The entitlement is kept across a restart (it is in the log).
+    let s = s.restart();
+    let (c, _) = s.req("POST", "/v1/jobs", Some(&a), Some(&job("critical")));
+    assert_eq!(c, 403);
+    let (c, _) = s.req("POST", "/v1/jobs", Some(&a), Some(&job("high")));
+    assert_eq!(c, 201);
+}
+
+#[test]
+fn a_tenant_sees_only_its_own_counts_in_the_queue() {
+    let s = Server::new(&[]);
+    s.apply_cluster(CLUSTER);
+    let (a, b) = (s.token("lab-a"), s.token("lab-b"));
+    // Two 8-GPU nodes for eight 8-GPU jobs: six wait, at least one of each tenant's.
+    for t in [&b, &b, &b, &b, &b, &a, &a, &a] {
+        let (c, _) = s.req("POST", "/v1/jobs", Some(t), Some(JOB8));
+        assert_eq!(c, 201);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let all = loop {
+        let (_, q) = s.req("GET", "/v1/queue", Some(&s.admin), None);
+        if q["total"] == 6 {
+            break q;
+        }
+        assert!(Instant::now() < deadline, "{q}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let rows = |q: &Value, t: &str| {
+        q["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["tenant"] == t)
+            .count()
+    };
+    let (pa, pb) = (rows(&all, "lab-a"), rows(&all, "lab-b"));
+    assert!(pa >= 1 && pb >= 3 && pa + pb == 6, "{all}");
+    for (token, mine, other, n) in [(&a, "lab-a", "lab-b", pa), (&b, "lab-b", "lab-a", pb)] {
+        let (_, q) = s.req("GET", "/v1/queue", Some(token), None);
+        assert_eq!(q["total"], n, "{mine}: {q}");
+        assert_eq!((rows(&q, mine), rows(&q, other)), (n, 0), "{q}");
+    }
+}
+
+#[test]
+fn duplicate_json_keys_are_refused_naming_the_key() {
+    let s = Server::new(&[]);
+    s.apply_cluster(CLUSTER);
+    let a = s.token("lab-a");
+    for (path, token, body, field) in [
+        (
+            "/v1/jobs",
+            &a,
+            r#"{"name":"x","name":"y","groups":[{"accelerators":8,"models":["H100"]}]}"#,
+            "name",
+        ),
+        (
+            "/v1/jobs",
+            &a,
+            r#"{"groups":[{"accelerators":8,"models":["H100"]}],"env":{"A":"1","A":"2"}}"#,
+            "env.A",
+        ),
+        (
+            "/v1/jobs",
+            &a,
+            r#"{"priority":"low","groups":[{"accelerators":8,"accelerators":1}]}"#,
+            "groups[0].accelerators",
+        ),
+    ] {
+        let (c, v) = s.req("POST", path, Some(token), Some(body));
+        assert_eq!(c, 400, "{body}: {v}");
+        assert_eq!(v["error"]["code"], "duplicate_key", "{v}");
+        assert_eq!(v["error"]["field"], field, "{v}");
+    }
+    // An operator's body too: the weight is not silently the last one.
+    let (c, v) = s.req(
+        "PATCH",
+        "/v1/tenants/lab-a",
+        Some(&s.admin),
+        Some(r#"{"weight":1,"weight":100}"#),
+    );
+    assert_eq!(
+        (c, v["error"]["field"].as_str()),
+        (400, Some("weight")),
+        "{v}"
+    );
+    let (_, t) = s.req("GET", "/v1/tenants/lab-a", Some(&s.admin), None);
+    assert_eq!(t["weight"], 1.0);
+}
+
+#[test]
+fn a_tenant_flooding_large_submissions_hits_its_limits_while_another_keeps_working() {
+    // 5 MB per tenant: ten 500 KB submissions fit, the eleventh does not.
+    let s = Server::with_config(&[], "max_stored_bytes_per_tenant = 5000000\n");
+    s.apply_cluster(CLUSTER);
+    let (a, b) = (s.token("lab-a"), s.token("lab-b"));
+    let big = big_job(500_000);
+    let mut codes = Vec::new();
+    let mut refusal = Value::Null;
+    for i in 0..30 {
+        let (c, v) = s.req("POST", "/v1/jobs", Some(&a), Some(&big));
+        codes.push(c);
+        if c != 201 {
+            refusal = v;
+        }
+        // The other tenant keeps submitting meanwhile.
+        if i % 5 == 0 {
+            let (c, v) = s.req("POST", "/v1/jobs", Some(&b), Some(&big_job(2000)));
+            assert_eq!(c, 201, "{v}");
+        }
+    }
+    assert_eq!(codes[..10], [201; 10], "{codes:?}");
+    assert!(codes[10..].iter().all(|&c| c == 413), "{codes:?}");
+    assert_eq!(refusal["error"]["code"], "storage_limit", "{refusal}");
+    let m = refusal["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("max_stored_bytes") && m.contains("5000000"),
+        "{m}"
+    );
+    let (_, t) = s.req("GET", "/v1/tenants/lab-a", Some(&a), None);
+    assert_eq!(t["stored_bytes"], 5_000_000, "{t}");
+    // A cancel gives the room back.
+    let (_, list) = s.req("GET", "/v1/jobs", Some(&a), None);
+    let id = list["jobs"][0]["id"].as_u64().unwrap();
+    let (c, _) = s.req(
+        "POST",
+        &format!("/v1/jobs/{id}/cancel"),
+        Some(&a),
+        Some("{}"),
+    );
+    assert_eq!(c, 200);
+    let (c, v) = s.req("POST", "/v1/jobs", Some(&a), Some(&big));
+    assert_eq!(c, 201, "{v}");
+    // The accounting is rebuilt by a restart (replay of the log).
+    let s = s.restart();
+    let (c, v) = s.req("POST", "/v1/jobs", Some(&a), Some(&big));
+    assert_eq!(
+        (c, &v["error"]["code"]),
+        (413, &json!("storage_limit")),
+        "{v}"
+    );
+    // Per-job bytes and pending jobs, set per tenant by the operator.
+    let (c, v) = s.req(
+        "PATCH",
+        "/v1/tenants/lab-b",
+        Some(&s.admin),
+        Some(r#"{"max_job_bytes":100000,"max_pending_jobs":8}"#),
+    );
+    assert_eq!(c, 200, "{v}");
+    let (c, v) = s.req("POST", "/v1/jobs", Some(&b), Some(&big_job(200_000)));
+    assert_eq!(c, 413, "{v}");
+    assert_eq!(v["error"]["code"], "job_too_large");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_job_bytes")
+    );
+    assert!(v["error"]["field"] == "env" || v["error"]["field"] == "command");
+    // lab-b has 6 jobs pending or running (none of 16 GPUs free: lab-a holds them).
+    let mut codes = Vec::new();
+    let mut refusal = Value::Null;
+    for _ in 0..10 {
+        let (c, v) = s.req("POST", "/v1/jobs", Some(&b), Some(JOB8));
+        codes.push(c);
+        if c != 201 {
+            refusal = v;
+        }
+    }
+    assert!(codes.contains(&429), "{codes:?}");
+    assert_eq!(refusal["error"]["code"], "too_many_pending", "{refusal}");
+    assert!(
+        refusal["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_pending_jobs 8")
+    );
+    let (_, t) = s.req("GET", "/v1/tenants/lab-b", Some(&b), None);
+    assert_eq!(t["pending"], 8, "{t}");
+}
+
+#[test]
+fn below_the_disk_watermark_submissions_get_507_and_the_rest_goes_on() {
+    let s = Server::new(&[]);
+    s.apply_cluster(CLUSTER);
+    let a = s.token("lab-a");
+    let (c, job) = s.req("POST", "/v1/jobs", Some(&a), Some(JOB8));
+    assert_eq!(c, 201);
+    let (_, h) = s.req("GET", "/healthz", None, None);
+    assert_eq!(
+        (&h["status"], &h["disk"]["low"]),
+        (&json!("ok"), &json!(false)),
+        "{h}"
+    );
+    // A watermark above any disk's size: the controller is below it.
+    std::fs::write(
+        s.dir.join("gosok.toml"),
+        "min_free_disk_mib = 1000000000000\n",
+    )
+    .unwrap();
+    let s = s.restart();
+    let (c, v) = s.req("POST", "/v1/jobs", Some(&a), Some(JOB8));
+    assert_eq!(c, 507, "{v}");
+    assert_eq!(v["error"]["code"], "disk_low");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("min_free_disk_mib")
+    );
+    let (_, h) = s.req("GET", "/healthz", None, None);
+    assert_eq!(
+        (&h["status"], &h["disk"]["low"]),
+        (&json!("degraded"), &json!(true)),
+        "{h}"
+    );
+    let (c, m) = s.req("GET", "/metrics", Some(&s.admin), None);
+    assert_eq!(c, 200);
+    let m = m.as_str().unwrap();
+    assert!(m.contains("gosok_disk_low 1"), "{m}");
+    assert!(
+        m.contains("gosok_submissions_refused_disk_low_total 1"),
+        "{m}"
+    );
+    // Reads, cancels and operator changes go on.
+    let id = job["id"].as_u64().unwrap();
+    let j = s.wait_state(&a, id, "running");
+    assert_eq!(j["id"], id);
+    let (c, v) = s.req(
+        "POST",
+        &format!("/v1/jobs/{id}/cancel"),
+        Some(&a),
+        Some("{}"),
+    );
+    assert_eq!(c, 200, "{v}");
+    s.wait_state(&a, id, "cancelled");
+    let (c, _) = s.req(
+        "PATCH",
+        "/v1/tenants/lab-a",
+        Some(&s.admin),
+        Some(r#"{"weight":2}"#),
+    );
+    assert_eq!(c, 200);
+}
+
+/// A TCP connection to `to` from the loopback address `from` (127.0.0.0/8 is all loopback):
+/// an attacker's address, apart from the test's own 127.0.0.1.
+fn connect_from(from: [u8; 4], to: std::net::SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    let std::net::SocketAddr::V4(to) = to else {
+        panic!("the server listens on IPv4")
+    };
+    // SAFETY: plain socket calls on a descriptor this function owns (the TcpStream closes it).
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = std::net::TcpStream::from_raw_fd(fd);
+        let mut a: libc::sockaddr_in = std::mem::zeroed();
+        a.sin_family = libc::AF_INET as libc::sa_family_t;
+        a.sin_addr.s_addr = u32::from_ne_bytes(from);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::bind(fd, &a as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut d = a;
+        d.sin_port = to.port().to_be();
+        d.sin_addr.s_addr = u32::from_ne_bytes(to.ip().octets());
+        if libc::connect(fd, &d as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+/// Whether the server closed `c` before `deadline` (end of file or reset on read).
+fn closed_by(c: &mut std::net::TcpStream, deadline: Instant) -> bool {
+    use std::io::Read;
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        c.set_read_timeout(Some(left)).unwrap();
+        match c.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue, // a response (e.g. 408); the close follows
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn two_thousand_idle_and_half_sent_connections_do_not_stop_the_controller() {
+    use std::io::{Read, Write};
+    let s = Server::with_config(
+        &[],
+        "header_read_timeout_ms = 1500\nidle_timeout_ms = 4000\nbody_read_timeout_ms = 1000\nmax_connections = 1500\nmax_connections_per_address = 300\n",
+    );
+    s.apply_cluster(CLUSTER);
+    let a = s.token("lab-a");
+    let addr: std::net::SocketAddr = s.base.trim_start_matches("http://").parse().unwrap();
+    let t0 = Instant::now();
+    // 1,000 idle connections from one address, 1,000 half-sent requests from another.
+    let mut attack = Vec::new();
+    for i in 0..2000 {
+        let from = if i % 2 == 0 {
+            [127, 0, 0, 2]
+        } else {
+            [127, 0, 0, 3]
+        };
+        let mut c = connect_from(from, addr).unwrap();
+        if i % 2 == 1 {
+            let _ = c.write_all(b"POST /v1/jobs HTTP/1.1\r\nHost: gosok\r\nContent-Type: app");
+        }
+        attack.push(c);
+    }
+    // While they are open, a health check and a tenant's submission are answered at once.
+    let quick = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .build();
+    let h = quick
+        .get(&format!("{}/healthz", s.base))
+        .call()
+        .expect("/healthz answers within 1 s under the attack");
+    assert_eq!(h.status(), 200);
+    let r = quick
+        .post(&format!("{}/v1/jobs", s.base))
+        .set("Authorization", &format!("Bearer {a}"))
+        .set("Content-Type", "application/json")
+        .send_string(JOB8)
+        .expect("a submission is answered within 1 s under the attack");
+    assert_eq!(r.status(), 201);
+    // Every attacking connection is closed: beyond 300 per address at once, the rest once
+    // the header timeout runs out (1.5 s; generous bound here).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let open = attack
+        .iter_mut()
+        .filter_map(|c| (!closed_by(c, deadline)).then_some(()))
+        .count();
+    assert_eq!(open, 0, "connections still open after {:?}", t0.elapsed());
+    let (_, m) = s.req("GET", "/metrics", Some(&s.admin), None);
+    let m = m.as_str().unwrap().to_string();
+    let counter = |limit: &str| -> u64 {
+        let key = format!("gosok_http_connections_closed_by_limit_total{{limit=\"{limit}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    // Which limit closed which connection depends on how fast they were opened; together
+    // they closed every one.
+    let (per_address, header) = (
+        counter("max_connections_per_address"),
+        counter("header_read_timeout"),
+    );
+    assert!(per_address >= 1 && header >= 600, "{m}");
+    assert!(per_address + header >= 2000, "{m}");
+
+    // A kept-alive connection is not closed by the header timeout while idle, only by the
+    // idle timeout.
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: gosok\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = c.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    assert!(!closed_by(
+        &mut c,
+        Instant::now() + Duration::from_millis(2500)
+    ));
+    assert!(closed_by(&mut c, Instant::now() + Duration::from_secs(15)));
+    // A body that stops arriving gets 408 after body_read_timeout_ms.
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(
+        format!(
+            "POST /v1/jobs HTTP/1.1\r\nHost: gosok\r\nAuthorization: Bearer {a}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"groups\""
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let n = c.read(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_read_timeout_ms"), "{text}");
+}
+
+/// Starts `gosok server run` on `dir`, which must refuse to start; returns what it said.
+fn refused_start(dir: &Path) -> String {
+    let mut child = Command::new(GOSOK)
+        .args(["server", "run", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            assert!(!status.success(), "{err}");
+            return err;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started on a damaged data directory");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Stops the server as an operator would (SIGTERM): it writes a snapshot on the way out.
+fn stop_cleanly(s: &mut Server) {
+    // SAFETY: a signal to our own child process.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_flipped_bit_in_a_snapshot_stops_the_start_with_what_to_do() {
+    let mut s = Server::new(&[]);
+    s.apply_cluster(CLUSTER);
+    let a = s.token("lab-a");
+    for _ in 0..5 {
+        let (c, _) = s.req("POST", "/v1/jobs", Some(&a), Some(JOB8));
+        assert_eq!(c, 201);
+    }
+    stop_cleanly(&mut s);
+    let snapshots = s.dir.join("gosok.snapshots.db");
+    let mut bytes = std::fs::read(&snapshots).unwrap();
+    let at = bytes
+        .windows(8)
+        .position(|w| w == b"gosokCOR")
+        .expect("the shutdown snapshot is in the file");
+    let verify = |dir: &Path| {
+        let out = Command::new(GOSOK)
+            .args(["server", "verify", "--data-dir"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = verify(&s.dir);
+    assert!(ok && out.contains("every checksum matches"), "{out}");
+    bytes[at + 100] ^= 0x04;
+    std::fs::write(&snapshots, &bytes).unwrap();
+    let (ok, out) = verify(&s.dir);
+    assert!(!ok && out.contains("fails its checksum"), "{out}");
+    let err = refused_start(&s.dir);
+    assert!(err.contains("fails its checksum"), "{err}");
+    assert!(err.contains("move the snapshot file aside"), "{err}");
+    // Doing what it says: the whole log is replayed, and every job is there.
+    std::fs::rename(&snapshots, s.dir.join("damaged.snapshots.db")).unwrap();
+    let s = Server::run(&s.dir.clone(), &[], s.admin.clone());
+    let (_, list) = s.req("GET", "/v1/jobs", Some(&a), None);
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 5, "{list}");
+    let (_, h) = s.req("GET", "/healthz", None, None);
+    assert_eq!(h["replay"]["snapshot_seq"], 0, "{h}");
+}
+
+#[test]
+fn a_log_that_lost_its_write_ahead_file_is_refused_not_served() {
+    let mut s = Server::with_config(&[], "snapshot_every_records = 10\n");
+    s.apply_cluster(CLUSTER);
+    let a = s.token("lab-a");
+    for _ in 0..30 {
+        let (c, _) = s.req("POST", "/v1/jobs", Some(&a), Some(JOB8));
+        assert_eq!(c, 201);
+    }
+    // Wait for a periodic snapshot to be committed (in its file, and its rollback journal
+    // emptied), then crash: the log's tail is only in gosok.db-wal.
+    let snapshots = s.dir.join("gosok.snapshots.db");
+    let journal = s.dir.join("gosok.snapshots.db-journal");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(std::fs::read(&snapshots).is_ok_and(|b| b.windows(8).any(|w| w == b"gosokCOR"))
+        && std::fs::metadata(&journal).map_or(true, |m| m.len() == 0))
+    {
+        assert!(Instant::now() < deadline, "no snapshot was written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.kill();
+    let wal = s.dir.join("gosok.db-wal");
+    assert!(wal.exists());
+    std::fs::remove_file(&wal).unwrap();
+    let _ = std::fs::remove_file(s.dir.join("gosok.db-shm"));
+    let out = Command::new(GOSOK)
+        .args(["server", "verify", "--data-dir"])
+        .arg(&s.dir)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && said.contains("ends at record"),
+        "{said}"
+    );
+    let err = refused_start(&s.dir);
+    assert!(err.contains("the event log ends at record"), "{err}");
+    assert!(err.contains("gosok.db-wal"), "{err}");
+    // Refused every time, not only once.
+    let err = refused_start(&s.dir);
+    assert!(
+        err.contains("latest snapshot covers records up to"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_log_flood_against_a_hung_agent_does_not_delay_placements() {
+    use std::io::{Read, Write};
+    let s = Server::new(&[]);
+    s.apply_cluster(CLUSTER);
+    let a = s.token("lab-a");
+    let (c, v) = s.req("POST", "/v1/agent-tokens", Some(&s.admin), Some("{}"));
+    assert_eq!(c, 201, "{v}");
+    let agent_token = v["token"].as_str().unwrap().to_string();
+    // An agent whose log server accepts connections and never answers (a hung agent).
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let logs_url = format!("http://{}", hung.local_addr().unwrap());
+    let (c, v) = s.req(
+        "POST",
+        "/v1/agent/register",
+        Some(&agent_token),
+        Some(
+            &json!({"agent": "hung", "address": "127.0.0.1", "logs_url": logs_url, "logs_secret": "x",
+                "nodes": [{"name": "hung-1", "site": "pohang", "rack": "ph-r1", "cpu_cores": 112,
+                           "mem_mib": 2097152, "accelerator": "H100", "accelerators": 8}]})
+            .to_string(),
+        ),
+    );
+    assert_eq!(c, 200, "{v}");
+    let epoch = v["nodes"][0]["epoch"].as_u64().unwrap();
+    for n in ["ph-r1-n-000", "ph-r1-n-001"] {
+        let (c, _) = s.req(
+            "POST",
+            &format!("/v1/nodes/{n}/drain"),
+            Some(&s.admin),
+            None,
+        );
+        assert_eq!(c, 200);
+    }
+    let (c, ja) = s.req("POST", "/v1/jobs", Some(&a), Some(JOB8));
+    assert_eq!(c, 201);
+    let id = ja["id"].as_u64().unwrap();
+    let j = s.wait_state(&a, id, "running");
+    assert_eq!(j["placement"][0]["node"], "hung-1", "{j}");
+    let (c, v) = s.req(
+        "POST",
+        "/v1/agent/sync",
+        Some(&agent_token),
+        Some(
+            &json!({"agent": "hung", "nodes": [{"name": "hung-1", "epoch": epoch}],
+                    "logs_url": logs_url, "logs_secret": "x"})
+            .to_string(),
+        ),
+    );
+    assert_eq!(c, 200, "{v}");
+    // 600 log reads of that job at once, from three addresses.
+    let addr: std::net::SocketAddr = s.base.trim_start_matches("http://").parse().unwrap();
+    let mut flood = Vec::new();
+    for i in 0..600u32 {
+        let from = [127, 0, 0, 2 + (i % 3) as u8];
+        let mut c = connect_from(from, addr).unwrap();
+        c.write_all(
+            format!("GET /v1/jobs/{id}/logs HTTP/1.1\r\nHost: gosok\r\nAuthorization: Bearer {a}\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        flood.push(c);
+    }
+    // Meanwhile a node comes back and a job is placed on it as soon as the next pass runs.
+    let (c, _) = s.req(
+        "POST",
+        "/v1/nodes/ph-r1-n-000/undrain",
+        Some(&s.admin),
+        None,
+    );
+    assert_eq!(c, 200);
+    let t0 = Instant::now();
+    let (c, jb) = s.req("POST", "/v1/jobs", Some(&a), Some(JOB8));
+    assert_eq!(c, 201);
+    let b = jb["id"].as_u64().unwrap();
+    s.wait_state(&a, b, "running");
+    // The hung agent's reads time out after 5 s; the placement must not wait for them
+    // (a generous bound: passes run every 200 ms here).
+    let placed = t0.elapsed();
+    assert!(placed < Duration::from_secs(2), "placed after {placed:?}");
+    let mut busy = 0;
+    for c in &mut flood {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 2048];
+        let n = c.read(&mut buf).unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+        if text.contains("logs_busy") {
+            busy += 1;
+            assert!(text.contains("max_log_fetches_per_agent"), "{text}");
+        }
+    }
+    // At most max_log_fetches_per_agent (4) waited on the agent; the rest were told at once.
+    assert!(busy >= 596, "{busy} of 600 refused at once");
+    drop(hung);
 }

@@ -77,6 +77,20 @@ pub struct TenantSpec {
     pub share_cap: f64,
     #[serde(default)]
     pub default_priority: PriorityClass,
+    /// The highest priority class the tenant's own tokens may submit at. None: `normal`, or
+    /// `default_priority` where the operator set that higher. Only operators change it.
+    #[serde(default)]
+    pub max_priority: Option<PriorityClass>,
+    /// Most jobs the tenant may have pending at once. None: the server's default.
+    #[serde(default)]
+    pub max_pending_jobs: Option<u64>,
+    /// Most bytes of command, env and workdir one job may carry. None: the server's default.
+    #[serde(default)]
+    pub max_job_bytes: Option<u64>,
+    /// Most bytes of command, env and workdir over the tenant's pending and running jobs
+    /// together. None: the server's default.
+    #[serde(default)]
+    pub max_stored_bytes: Option<u64>,
 }
 
 fn default_weight() -> f64 {
@@ -97,7 +111,18 @@ impl TenantSpec {
             allowed_jurisdictions: Vec::new(),
             share_cap: 1.0,
             default_priority: PriorityClass::Normal,
+            max_priority: None,
+            max_pending_jobs: None,
+            max_job_bytes: None,
+            max_stored_bytes: None,
         }
+    }
+
+    /// The highest class the tenant may submit at: `max_priority`, else `normal` (or the
+    /// default class, if an operator set that higher).
+    pub fn priority_entitlement(&self) -> PriorityClass {
+        self.max_priority
+            .unwrap_or(PriorityClass::Normal.max(self.default_priority))
     }
 
     pub fn validate(&self, catalog: &Catalog) -> Result<(), SpecError> {
@@ -130,6 +155,66 @@ impl TenantSpec {
         for (i, j) in self.allowed_jurisdictions.iter().enumerate() {
             check_name(&format!("allowed_jurisdictions[{i}]"), j)?;
         }
+        if let Some(m) = self.max_priority
+            && self.default_priority > m
+        {
+            return Err(SpecError::new(
+                "default_priority",
+                format!(
+                    "{} is above max_priority ({}): raise max_priority or lower the default",
+                    self.default_priority.name(),
+                    m.name()
+                ),
+            ));
+        }
+        if let Some(n) = self.max_pending_jobs {
+            check_range("max_pending_jobs", n, 1, 100_000_000)?;
+        }
+        if let Some(n) = self.max_job_bytes {
+            check_range("max_job_bytes", n, 1024, 1 << 40)?;
+        }
+        if let Some(n) = self.max_stored_bytes {
+            check_range("max_stored_bytes", n, 1024, 1 << 50)?;
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_priority_entitlement_defaults_to_normal_and_bounds_the_default_class() {
+        let cat = Catalog::builtin();
+        let mut t = TenantSpec::new("lab", Tier::Academic);
+        assert_eq!(t.priority_entitlement(), PriorityClass::Normal);
+        // An operator who set a higher default class entitled the tenant to it.
+        t.default_priority = PriorityClass::High;
+        assert_eq!(t.priority_entitlement(), PriorityClass::High);
+        assert!(t.validate(&cat).is_ok());
+        t.max_priority = Some(PriorityClass::Low);
+        let e = t.validate(&cat).unwrap_err();
+        assert_eq!(e.field, "default_priority");
+        t.default_priority = PriorityClass::Scavenger;
+        assert!(t.validate(&cat).is_ok());
+        assert_eq!(t.priority_entitlement(), PriorityClass::Low);
+        t.max_pending_jobs = Some(0);
+        assert_eq!(t.validate(&cat).unwrap_err().field, "max_pending_jobs");
+        t.max_pending_jobs = Some(10);
+        t.max_job_bytes = Some(10);
+        assert_eq!(t.validate(&cat).unwrap_err().field, "max_job_bytes");
+    }
+
+    #[test]
+    fn limits_read_from_toml() {
+        let t: TenantSpec = toml::from_str(
+            "name = \"a\"\ntier = \"anchor\"\nmax_priority = \"critical\"\nmax_pending_jobs = 5\nmax_stored_bytes = 4096\n",
+        )
+        .unwrap();
+        assert_eq!(t.max_priority, Some(PriorityClass::Critical));
+        assert_eq!(t.max_pending_jobs, Some(5));
+        assert_eq!(t.max_stored_bytes, Some(4096));
+        assert_eq!(t.max_job_bytes, None);
     }
 }

@@ -458,7 +458,7 @@ pub async fn sync(
     // Long poll: hold the answer while nothing changed since the agent's last one.
     let mut rx = app.agents.version.subscribe();
     if req.version != 0 && *rx.borrow_and_update() == req.version && req.wait_ms > 0 {
-        let wait = Duration::from_millis(req.wait_ms).min(app.agents.lease / 3);
+        let wait = Duration::from_millis(req.wait_ms.min(app.cfg.max_long_poll_ms()));
         let _ = tokio::time::timeout(wait, rx.changed()).await;
     }
     let version = *app.agents.version.borrow();
@@ -669,9 +669,26 @@ pub async fn logs(
         "{}/logs/{job}/{attempt}/{task}/{stream}?offset={offset}&limit={limit}",
         server.url.trim_end_matches('/')
     );
-    let fetched = tokio::task::spawn_blocking(move || fetch(&url, &server.secret))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    // A bounded number of fetches hold blocking threads (the scheduling tick needs one).
+    let slot = app.log_fetches.take(&server.url).map_err(|busy| {
+        let message = match busy {
+            crate::fetches::Busy::Agent(n) => format!(
+                "{n} log reads are already waiting on the agent of node {node} (max_log_fetches_per_agent); retry shortly"
+            ),
+            crate::fetches::Busy::Total(n) => format!(
+                "{n} log reads are already waiting on agents (max_log_fetches); retry shortly"
+            ),
+        };
+        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "logs_busy", message);
+        e.retry_after_s = Some(1);
+        e
+    })?;
+    let fetched = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        fetch(&url, &server.secret)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
     let (bytes, size) = match fetched {
         Ok(x) => x,
         Err(Fetch::NotFound) => (Vec::new(), 0),

@@ -134,7 +134,7 @@ pub fn routes() -> Vec<Route> {
         route!(post "/v1/tenants", create_tenant, Admin, 201, "Tenant", "Create a tenant", req = "Tenant"),
         route!(get "/v1/tenants/{name}", show_tenant, Token, 200, "Tenant", "One tenant"),
         route!(patch "/v1/tenants/{name}", update_tenant, Admin, 200, "Tenant",
-            "Update a tenant's tier, weight, quotas, jurisdictions, share cap or default priority",
+            "Update a tenant's tier, weight, quotas, jurisdictions, share cap, default priority, priority entitlement or storage limits",
             req = "TenantUpdate"),
         route!(post "/v1/tenants/{name}/tokens", create_token, Admin, 201, "NewToken",
             "A new token for the tenant, shown once"),
@@ -247,8 +247,123 @@ fn json_error(path: String, e: serde_json::Error) -> ApiError {
     }
 }
 
-/// Parses a JSON body, naming the field path of any error.
+/// Walks a JSON document and fails at the first object that repeats a key, leaving the path
+/// to that key in `path` (serde and `serde_json::Value` would silently keep the last one).
+struct NoDuplicates<'a> {
+    path: &'a std::cell::RefCell<Vec<String>>,
+    found: &'a std::cell::Cell<bool>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for NoDuplicates<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicates<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut a: A,
+    ) -> std::result::Result<(), A::Error> {
+        let mut i = 0usize;
+        loop {
+            self.path.borrow_mut().push(format!("[{i}]"));
+            let more = a.next_element_seed(NoDuplicates {
+                path: self.path,
+                found: self.found,
+            })?;
+            self.path.borrow_mut().pop();
+            if more.is_none() {
+                return Ok(());
+            }
+            i += 1;
+        }
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut m: A,
+    ) -> std::result::Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(k) = m.next_key::<String>()? {
+            let dup = seen.contains(&k);
+            self.path.borrow_mut().push(k.clone());
+            if dup {
+                self.found.set(true);
+                return Err(serde::de::Error::custom(format!(
+                    "duplicate key {k:?}: each key may appear once in an object"
+                )));
+            }
+            m.next_value_seed(NoDuplicates {
+                path: self.path,
+                found: self.found,
+            })?;
+            self.path.borrow_mut().pop();
+            seen.insert(k);
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a JSON body in which an object repeats a key, naming the key's path. Other
+/// errors are left to the parser proper, which names them better.
+fn refuse_duplicate_keys(bytes: &[u8]) -> Result<()> {
+    use serde::de::DeserializeSeed;
+    let path = std::cell::RefCell::new(Vec::new());
+    let found = std::cell::Cell::new(false);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let r = NoDuplicates {
+        path: &path,
+        found: &found,
+    }
+    .deserialize(&mut de);
+    match r {
+        Err(e) if found.get() => {
+            let mut field = String::new();
+            for seg in path.borrow().iter() {
+                if !field.is_empty() && !seg.starts_with('[') {
+                    field.push('.');
+                }
+                field.push_str(seg);
+            }
+            let message = e.to_string();
+            let message = message
+                .split(" at line ")
+                .next()
+                .unwrap_or(&message)
+                .to_string();
+            Err(ApiError::new(StatusCode::BAD_REQUEST, "duplicate_key", message).field(field))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Parses a JSON body, naming the field path of any error. A key repeated within an object
+/// is refused (naming it), never resolved by taking one of the values.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    refuse_duplicate_keys(bytes)?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let v = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -492,9 +607,14 @@ fn job_detail(app: &App, core: &Core, j: &JobRecord) -> Result<Value> {
 // ---- handlers: health, metrics, openapi ---------------------------------------------------
 
 async fn healthz(State(app): State<AppState>) -> Response {
+    let (space, low) = app.disk.status();
     let core = app.core();
     ok(json!({
-        "status": "ok",
+        // Degraded: new submissions are refused (507) until disk space is freed.
+        "status": if low { "degraded" } else { "ok" },
+        "disk": {"free_bytes": space.free_bytes, "total_bytes": space.total_bytes,
+                 "watermark_bytes": app.disk.threshold(space.total_bytes), "low": low},
+        "connections": app.http.open.load(std::sync::atomic::Ordering::Relaxed),
         "log_seq": core.seq(),
         "durable_seq": app.durable_seq(),
         "jobs": core.job_count(),
@@ -511,8 +631,13 @@ async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Result<Resp
     }
     let text = {
         let core = app.core();
-        app.metrics
-            .render(&core, app.durable_seq(), app.commit_batches())
+        app.metrics.render(
+            &core,
+            app.durable_seq(),
+            app.commit_batches(),
+            &app.disk,
+            &app.http,
+        )
     };
     Ok((
         [(
@@ -612,6 +737,17 @@ async fn submit(
             let seq = core.job(job).map_or(core.seq(), |j| j.submit_seq);
             (seq, job, None, true)
         } else {
+            if let Err((free, threshold)) = app.disk.check() {
+                return Err(ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "disk_low",
+                    format!(
+                        "the controller's disk has {} MiB free, below its watermark of {} MiB (min_free_disk_mib, min_free_disk_fraction): new submissions are refused until an operator frees space; running work, cancels and reads go on",
+                        free >> 20,
+                        threshold >> 20
+                    ),
+                ));
+            }
             core.check_submit(&tenant, &spec).map_err(|r| {
                 let mut e = ApiError::from_refusal(r);
                 if e.field
@@ -622,6 +758,7 @@ async fn submit(
                 }
                 e
             })?;
+            check_tenant_limits(&app, &core, &p, &tenant, &spec, &command, &env, &workdir)?;
             let job = core.next_job_id();
             let entry = Entry::Submit {
                 job,
@@ -670,6 +807,87 @@ async fn submit(
         HeaderValue::from_str(&format!("/v1/jobs/{job}")).expect("ascii"),
     );
     Ok(r)
+}
+
+/// What a tenant may submit: its priority entitlement (tenant tokens; operators may submit
+/// at any class for a tenant), pending jobs (429), bytes per job and in all (413).
+#[allow(clippy::too_many_arguments)]
+fn check_tenant_limits(
+    app: &App,
+    core: &Core,
+    p: &Principal,
+    tenant: &str,
+    spec: &JobSpec,
+    command: &[String],
+    env: &BTreeMap<String, String>,
+    workdir: &Option<String>,
+) -> Result<()> {
+    let Some(t) = core.tenant(tenant) else {
+        return Ok(()); // check_submit refused it already
+    };
+    if matches!(p, Principal::Tenant { .. }) {
+        let class = spec.priority.unwrap_or(t.default_priority);
+        let max = t.priority_entitlement();
+        if class > max {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "priority_not_allowed",
+                format!(
+                    "tenant {tenant} may submit at priority up to {}; {} is above its entitlement (max_priority, set by an operator)",
+                    max.name(),
+                    class.name()
+                ),
+            )
+            .field("priority"));
+        }
+    }
+    let pending = core.pending_by_tenant().get(tenant).copied().unwrap_or(0);
+    let max_pending = t
+        .max_pending_jobs
+        .unwrap_or(app.cfg.max_pending_jobs_per_tenant);
+    if pending >= max_pending {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_pending",
+            format!(
+                "tenant {tenant} has {pending} jobs pending, its limit (max_pending_jobs {max_pending}); submit again when some have started or ended"
+            ),
+        ));
+    }
+    let command_bytes: usize = command.iter().map(String::len).sum();
+    let env_bytes: usize = env.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let bytes = (command_bytes + env_bytes + workdir.as_ref().map_or(0, String::len)) as u64;
+    let field = if env_bytes > command_bytes {
+        "env"
+    } else {
+        "command"
+    };
+    let max_job = t.max_job_bytes.unwrap_or(app.cfg.max_job_bytes);
+    if bytes > max_job {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "job_too_large",
+            format!(
+                "command, env and workdir take {bytes} bytes; tenant {tenant} may store at most {max_job} per job (max_job_bytes)"
+            ),
+        )
+        .field(field));
+    }
+    let stored = core.stored_bytes(tenant);
+    let max_stored = t
+        .max_stored_bytes
+        .unwrap_or(app.cfg.max_stored_bytes_per_tenant);
+    if stored.saturating_add(bytes) > max_stored {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "storage_limit",
+            format!(
+                "tenant {tenant}'s pending and running jobs hold {stored} bytes of command, env and workdir; {bytes} more would exceed its limit of {max_stored} (max_stored_bytes); submit again when some have ended"
+            ),
+        )
+        .field(field));
+    }
+    Ok(())
 }
 
 async fn list_jobs(
@@ -798,7 +1016,11 @@ pub fn queue_json(core: &Core, tenant: Option<&str>, limit: usize) -> Result<Vec
     let e = core.engine();
     let now = e.now_s();
     let order = e.queue();
-    let total = order.len();
+    // A tenant's view counts only its own jobs.
+    let total = match tenant {
+        None => order.len() as u64,
+        Some(t) => core.pending_by_tenant().get(t).copied().unwrap_or(0),
+    };
     let mut out: Vec<u8> = Vec::with_capacity(order.len().min(limit).min(1 << 20) * 256 + 64);
     let _ = write!(out, "{{\"now_s\":{now},\"total\":{total},\"jobs\":[");
     // A long queue has few distinct reasons and tenants: each is serialised once and copied
@@ -1481,6 +1703,7 @@ fn tenant_view(core: &Core, t: &TenantSpec) -> Value {
     if let Some(m) = v.as_object_mut() {
         let pending = core.pending_by_tenant().get(&*t.name).copied().unwrap_or(0);
         m.insert("pending".into(), json!(pending));
+        m.insert("stored_bytes".into(), json!(core.stored_bytes(&t.name)));
     }
     v
 }
@@ -1544,6 +1767,10 @@ struct TenantUpdate {
     allowed_jurisdictions: Option<Vec<String>>,
     share_cap: Option<f64>,
     default_priority: Option<PriorityClass>,
+    max_priority: Option<PriorityClass>,
+    max_pending_jobs: Option<u64>,
+    max_job_bytes: Option<u64>,
+    max_stored_bytes: Option<u64>,
 }
 
 async fn update_tenant(
@@ -1578,6 +1805,18 @@ async fn update_tenant(
         }
         if let Some(x) = u.default_priority {
             t.default_priority = x;
+        }
+        if let Some(x) = u.max_priority {
+            t.max_priority = Some(x);
+        }
+        if let Some(x) = u.max_pending_jobs {
+            t.max_pending_jobs = Some(x);
+        }
+        if let Some(x) = u.max_job_bytes {
+            t.max_job_bytes = Some(x);
+        }
+        if let Some(x) = u.max_stored_bytes {
+            t.max_stored_bytes = Some(x);
         }
         t.validate(core.catalog())
             .map_err(|e| ApiError::invalid(e.field, e.message))?;
@@ -1796,6 +2035,37 @@ mod tests {
             let e = parse_submission(body.as_bytes()).unwrap_err();
             assert_eq!(e.field.as_deref(), Some(field), "{body}");
         }
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_naming_the_key() {
+        for (body, field) in [
+            (
+                r#"{"name":"a","name":"b","groups":[{"accelerators":1}]}"#,
+                "name",
+            ),
+            (
+                r#"{"groups":[{"accelerators":1}],"env":{"A":"1","B":"2","A":"3"}}"#,
+                "env.A",
+            ),
+            (
+                r#"{"groups":[{"accelerators":1},{"accelerators":1,"replicas":1,"replicas":2}]}"#,
+                "groups[1].replicas",
+            ),
+        ] {
+            let e = parse_submission(body.as_bytes()).unwrap_err();
+            assert_eq!(
+                (e.code, e.field.as_deref()),
+                ("duplicate_key", Some(field)),
+                "{body}"
+            );
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        }
+        // The same key in different objects is fine.
+        parse_submission(br#"{"name":"a","groups":[{"accelerators":1,"name":"g"}]}"#).unwrap();
+        // Malformed JSON is still named as such by the parser proper.
+        let e = parse_json::<Value>(br#"{"a":1,"#).unwrap_err();
+        assert_eq!(e.code, "malformed_json");
     }
 
     #[test]

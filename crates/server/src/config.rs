@@ -42,6 +42,37 @@ pub struct Config {
     /// A snapshot of the state is written after this many log records (and at a clean
     /// shutdown), so that a start replays at most about this many; 0: never.
     pub snapshot_every_records: u64,
+    /// Jobs one tenant may have pending at once, unless its spec says otherwise
+    /// (`max_pending_jobs`); 429 beyond.
+    pub max_pending_jobs_per_tenant: u64,
+    /// Bytes of command, env and workdir one job may carry, unless its tenant's spec says
+    /// otherwise (`max_job_bytes`); 413 beyond.
+    pub max_job_bytes: u64,
+    /// Bytes of command, env and workdir over one tenant's pending and running jobs, unless
+    /// its spec says otherwise (`max_stored_bytes`); 413 beyond.
+    pub max_stored_bytes_per_tenant: u64,
+    /// New submissions are refused (507) while the data directory's file system has less
+    /// free space than this many MiB...
+    pub min_free_disk_mib: u64,
+    /// ...or less than this fraction of its size free. Everything else goes on.
+    pub min_free_disk_fraction: f64,
+    /// Connections served at once; more are closed at once.
+    pub max_connections: usize,
+    /// Connections one client address may hold at once; more are closed at once.
+    pub max_connections_per_address: usize,
+    /// A new connection must send a whole request head within this, and so must the next
+    /// request on a kept-alive connection once its first byte arrives.
+    pub header_read_timeout_ms: u64,
+    /// A kept-alive connection with no request for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// A request body must arrive whole within this (408 beyond).
+    pub body_read_timeout_ms: u64,
+    /// A request must be answered within this (503 beyond); more than an agent's long poll.
+    pub request_timeout_ms: u64,
+    /// Log reads proxied to agents at once (each may wait up to 5 s on its agent); 503 beyond.
+    pub max_log_fetches: usize,
+    /// The same against one agent.
+    pub max_log_fetches_per_agent: usize,
     pub engine: EngineConfig,
 }
 
@@ -61,6 +92,19 @@ impl Default for Config {
             agent_lease_margin_ms: 5_000,
             task_grace_s: 10,
             snapshot_every_records: 100_000,
+            max_pending_jobs_per_tenant: 10_000,
+            max_job_bytes: 512 * 1024,
+            max_stored_bytes_per_tenant: 64 << 20,
+            min_free_disk_mib: 512,
+            min_free_disk_fraction: 0.02,
+            max_connections: 4096,
+            max_connections_per_address: 256,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            body_read_timeout_ms: 30_000,
+            request_timeout_ms: 60_000,
+            max_log_fetches: 32,
+            max_log_fetches_per_agent: 4,
             engine: EngineConfig::default(),
         }
     }
@@ -106,7 +150,53 @@ impl Config {
             "agent_lease_margin_ms: 100 to 600000"
         );
         anyhow::ensure!(self.task_grace_s <= 3600, "task_grace_s: at most 3600");
+        anyhow::ensure!(
+            self.max_pending_jobs_per_tenant >= 1,
+            "max_pending_jobs_per_tenant: at least 1"
+        );
+        anyhow::ensure!(self.max_job_bytes >= 1024, "max_job_bytes: at least 1024");
+        anyhow::ensure!(
+            self.max_stored_bytes_per_tenant >= 1024,
+            "max_stored_bytes_per_tenant: at least 1024"
+        );
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.min_free_disk_fraction),
+            "min_free_disk_fraction: from 0 up to (not including) 1"
+        );
+        anyhow::ensure!(self.max_connections >= 1, "max_connections: at least 1");
+        anyhow::ensure!(
+            (1..=self.max_connections).contains(&self.max_connections_per_address),
+            "max_connections_per_address: 1 to max_connections"
+        );
+        for (name, v) in [
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+        ] {
+            anyhow::ensure!((100..=3_600_000).contains(&v), "{name}: 100 to 3600000 ms");
+        }
+        anyhow::ensure!(
+            (1..=self.max_log_fetches).contains(&self.max_log_fetches_per_agent),
+            "max_log_fetches_per_agent: 1 to max_log_fetches"
+        );
+        anyhow::ensure!(
+            self.max_log_fetches <= 256,
+            "max_log_fetches: at most 256 (each holds a blocking thread)"
+        );
+        anyhow::ensure!(
+            self.request_timeout_ms > self.max_long_poll_ms() + 1000,
+            "request_timeout_ms: must exceed an agent's longest long poll (agent_lease_ms / 3, at most 30000) by a second"
+        );
         Ok(())
+    }
+}
+
+impl Config {
+    /// The longest an agent's sync is held: a third of the lease, so that a healthy agent
+    /// renews three times per lease, and at most 30 s, so that it renews at least that often.
+    pub fn max_long_poll_ms(&self) -> u64 {
+        (self.agent_lease_ms / 3).min(30_000)
     }
 }
 

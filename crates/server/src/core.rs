@@ -173,6 +173,9 @@ pub struct Core {
     token_by_id: BTreeMap<String, [u8; 32]>,
     idempotency: HashMap<(Arc<str>, String), (String, u64)>,
     pending_by_tenant: BTreeMap<Arc<str>, u64>,
+    /// Bytes of command, env and workdir held by each tenant's pending and running jobs
+    /// (recomputed from the jobs at restore).
+    stored_by_tenant: BTreeMap<Arc<str>, u64>,
     tenant_names: BTreeMap<String, Arc<str>>,
     now_s: u64,
     /// Something changed since the last tick (a pass may have work to do).
@@ -247,6 +250,7 @@ impl Core {
             token_by_id: BTreeMap::new(),
             idempotency: HashMap::new(),
             pending_by_tenant: BTreeMap::new(),
+            stored_by_tenant: BTreeMap::new(),
             tenant_names: BTreeMap::new(),
             now_s: 0,
             dirty: false,
@@ -332,6 +336,10 @@ impl Core {
     }
     pub fn pending_by_tenant(&self) -> &BTreeMap<Arc<str>, u64> {
         &self.pending_by_tenant
+    }
+    /// Bytes of command, env and workdir over the tenant's pending and running jobs.
+    pub fn stored_bytes(&self, tenant: &str) -> u64 {
+        self.stored_by_tenant.get(tenant).copied().unwrap_or(0)
     }
     pub fn idempotent(&self, tenant: &str, key: &str) -> Option<&(String, u64)> {
         // Allocation per lookup is fine: submissions with keys are the minority.
@@ -666,6 +674,9 @@ impl Core {
             last_run_attempt: 0,
         });
         *self.pending_by_tenant.entry(t.clone()).or_default() += 1;
+        if let Some(r) = &self.jobs.last().and_then(|j| j.run.as_deref()) {
+            *self.stored_by_tenant.entry(t.clone()).or_default() += r.bytes();
+        }
         self.counters.submitted += 1;
         if let Some(k) = idempotency {
             self.idempotency.insert((t, k.key), (k.request_sha256, job));
@@ -870,9 +881,15 @@ impl Core {
             self.running += 1;
             self.running_jobs.insert(id);
         }
-        if state.is_terminal() {
+        if state.is_terminal() && !old.is_terminal() {
             j.ended_ms = Some(at_ms);
             j.keep_last_run();
+            // An ended job runs nothing more: what it would run is only in the log now.
+            if let Some(r) = j.run.take()
+                && let Some(n) = self.stored_by_tenant.get_mut(&j.tenant)
+            {
+                *n = n.saturating_sub(r.bytes());
+            }
         }
     }
 

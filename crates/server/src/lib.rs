@@ -15,8 +15,11 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod core;
+pub mod disk;
 pub mod entry;
 pub mod error;
+pub mod fetches;
+pub mod http;
 pub mod metrics;
 pub mod openapi;
 pub mod snapshot;
@@ -39,6 +42,35 @@ pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The engine's clock: the wall clock is read once, at start (never behind the time the log
+/// last recorded), and from then on time advances by the monotonic clock. A step of the wall
+/// clock while the controller runs, either way, neither jumps the engine forward (killing
+/// jobs at their runtime limits early) nor freezes it; the wall clock only names times
+/// (`at_ms` of records, submission and end times).
+pub struct EngineClock {
+    base_ms: u64,
+    at: Instant,
+}
+
+impl EngineClock {
+    /// Starts at the wall clock `wall_ms`, or at `logged_now_s` if that is later.
+    pub fn new(wall_ms: u64, logged_now_s: u64) -> EngineClock {
+        EngineClock {
+            base_ms: wall_ms.max(logged_now_s.saturating_mul(1000)),
+            at: Instant::now(),
+        }
+    }
+
+    /// Engine time after `elapsed` of monotonic time since the start.
+    pub fn after(&self, elapsed: Duration) -> u64 {
+        (self.base_ms + elapsed.as_millis() as u64) / 1000
+    }
+
+    pub fn now_s(&self) -> u64 {
+        self.after(self.at.elapsed())
+    }
 }
 
 /// Creates the store in `dir` with its first admin token; returns the token (shown once)
@@ -186,7 +218,12 @@ pub fn replay(store: &mut dyn Store, cfg: &Config) -> anyhow::Result<(Core, u64,
             ))
         })
     });
-    read?;
+    read.map_err(|e| {
+        anyhow::anyhow!(
+            "{e}. The controller does not start on a damaged log: restore the data directory \
+             from a backup"
+        )
+    })?;
     if !core.initialised() {
         anyhow::bail!("the store is empty: run `gosok server init --data-dir DIR` first");
     }
@@ -201,6 +238,50 @@ pub fn replay(store: &mut dyn Store, cfg: &Config) -> anyhow::Result<(Core, u64,
             snapshot_elapsed,
         },
     ))
+}
+
+/// What `verify` found in a healthy data directory.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// Records in the log, every one read and its checksum checked.
+    pub records: u64,
+    /// The latest snapshot's sequence number (0: none), checked and restored.
+    pub snapshot_seq: u64,
+    /// Records the engine refused on replay (should be 0).
+    pub diverged: u64,
+}
+
+/// Checks a data directory offline, as a start would and more: every log record (checksum,
+/// no gap, decodes as an entry), the latest snapshot (checksum, not ahead of the log,
+/// restores), and a replay of the records after it. Writes nothing to the log.
+pub fn verify(dir: &Path, cfg: &Config) -> anyhow::Result<Verified> {
+    let d = DataDir(dir.to_path_buf());
+    anyhow::ensure!(
+        d.db().exists(),
+        "{} has no store (no {})",
+        dir.display(),
+        d.db().display()
+    );
+    let mut store = SqliteStore::open(&d.db())?;
+    let mut records = 0u64;
+    store
+        .scan(0, &mut |r| {
+            serde_json::from_slice::<Entry>(&r.body).map_err(|e| {
+                gosok_store::StoreError::Corrupt(format!(
+                    "record {} is not a log entry: {e}",
+                    r.seq
+                ))
+            })?;
+            records = r.seq;
+            Ok(())
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (_, _, stats) = replay(&mut store, cfg)?;
+    Ok(Verified {
+        records,
+        snapshot_seq: stats.snapshot_seq,
+        diverged: stats.diverged,
+    })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -261,6 +342,14 @@ pub struct App {
     pub replay: ReplayStats,
     pub agents: agents::Agents,
     pub snapshots: snapshot::Snapshots,
+    /// The free space of the data directory's file system against the watermark.
+    pub disk: disk::DiskWatch,
+    /// What the HTTP limits did.
+    pub http: Arc<http::Stats>,
+    /// Log reads proxied to agents, in flight.
+    pub log_fetches: Arc<fetches::FetchLimit>,
+    /// What ticks advance the engine to.
+    pub clock: EngineClock,
 }
 
 impl App {
@@ -440,6 +529,14 @@ pub async fn start(dir: &Path, cfg: Config) -> anyhow::Result<Running> {
             }
         }),
     );
+    let fd_limit = http::raise_fd_limit();
+    if fd_limit > 0 && (cfg.max_connections as u64).saturating_add(256) > fd_limit {
+        tracing::warn!(
+            fd_limit,
+            max_connections = cfg.max_connections,
+            "the open-file limit is close to max_connections: lower max_connections or raise the limit"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -449,6 +546,7 @@ pub async fn start(dir: &Path, cfg: Config) -> anyhow::Result<Running> {
         Duration::from_millis(cfg.agent_lease_ms),
         Duration::from_millis(cfg.agent_lease_margin_ms),
     );
+    let clock = EngineClock::new(unix_ms(), core.now_s());
     let app = Arc::new(App {
         agents,
         snapshots: snapshot::Snapshots::new(
@@ -457,6 +555,14 @@ pub async fn start(dir: &Path, cfg: Config) -> anyhow::Result<Running> {
             stats.snapshot_seq,
         ),
         limiter: RateLimiter::new(cfg.submit_rate_per_s, cfg.submit_burst),
+        disk: disk::DiskWatch::new(
+            dir.to_path_buf(),
+            cfg.min_free_disk_mib,
+            cfg.min_free_disk_fraction,
+        ),
+        http: Arc::new(http::Stats::default()),
+        clock,
+        log_fetches: fetches::FetchLimit::new(cfg.max_log_fetches, cfg.max_log_fetches_per_agent),
         metrics: metrics::Metrics::new(),
         cfg,
         core: Mutex::new(core),
@@ -471,10 +577,18 @@ pub async fn start(dir: &Path, cfg: Config) -> anyhow::Result<Running> {
     let router = api::router(app.clone());
     let ticker = tokio::spawn(tick_loop(app.clone()));
     let s = stop.clone();
+    let limits = http::Limits::of(&app.cfg);
+    let stats = app.http.clone();
     let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { s.notified().await })
-            .await?;
+        http::serve(
+            listener,
+            router,
+            limits,
+            stats,
+            async move { s.notified().await },
+            Duration::from_secs(10),
+        )
+        .await?;
         ticker.abort();
         Ok(())
     });
@@ -534,7 +648,7 @@ async fn tick_loop(app: Arc<App>) {
             if !(core.dirty || (due && core.needs_tick())) {
                 return Ok(false);
             }
-            let now_s = unix_ms() / 1000;
+            let now_s = app2.clock.now_s();
             let r = app2.commit(&mut core, Entry::Tick { now_s }).map(|_| true);
             if app2.snapshots.due(core.seq()) {
                 app2.snapshots.start(&app2, &core);
@@ -628,4 +742,25 @@ pub fn fill_log(
     }
     store.append(&batch)?;
     Ok(last)
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+
+    #[test]
+    fn the_engine_clock_moves_with_monotonic_time_only() {
+        let c = EngineClock::new(10_000_500, 0);
+        assert_eq!(c.after(Duration::ZERO), 10_000);
+        assert_eq!(c.after(Duration::from_millis(499)), 10_000);
+        assert_eq!(c.after(Duration::from_millis(500)), 10_001);
+        assert_eq!(c.after(Duration::from_secs(7200)), 17_200);
+        // A wall clock behind the log (stepped back while the controller was down) does not
+        // take the engine back.
+        let c = EngineClock::new(5_000_000, 9_000);
+        assert_eq!(c.after(Duration::from_secs(1)), 9_001);
+        // Nothing read after the start changes it: the tick reads this clock, not the wall.
+        let now = EngineClock::new(unix_ms(), 0).now_s();
+        assert!(now.abs_diff(unix_ms() / 1000) <= 1);
+    }
 }

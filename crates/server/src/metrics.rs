@@ -3,7 +3,7 @@
 //! site and model, power per site against its budget.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -14,6 +14,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::core::Core;
+use crate::disk::DiskWatch;
 
 type Labels = Vec<(String, String)>;
 
@@ -43,7 +44,14 @@ impl Metrics {
     }
 
     /// Renders the current state.
-    pub fn render(&self, core: &Core, durable_seq: u64, commit_batches: u64) -> String {
+    pub fn render(
+        &self,
+        core: &Core,
+        durable_seq: u64,
+        commit_batches: u64,
+        disk: &DiskWatch,
+        http: &crate::http::Stats,
+    ) -> String {
         let mut reg = Registry::default();
         reg.register(
             "gosok_agent_leases_expired",
@@ -157,6 +165,77 @@ impl Metrics {
             "Log transactions (one fsync each) written",
             batches,
         );
+        let (space, low) = disk.status();
+        let g = |v: u64| {
+            let x = Gauge::<i64>::default();
+            x.set(v.min(i64::MAX as u64) as i64);
+            x
+        };
+        reg.register(
+            "gosok_disk_free_bytes",
+            "Free space on the data directory's file system",
+            g(space.free_bytes),
+        );
+        reg.register(
+            "gosok_disk_watermark_bytes",
+            "Below this much free space new submissions are refused (507)",
+            g(disk.threshold(space.total_bytes)),
+        );
+        reg.register(
+            "gosok_disk_low",
+            "1 while free space is below the watermark",
+            g(low as u64),
+        );
+        let c = |v: &std::sync::atomic::AtomicU64| {
+            let x = Counter::<u64>::default();
+            x.inc_by(v.load(Ordering::Relaxed));
+            x
+        };
+        reg.register(
+            "gosok_submissions_refused_disk_low",
+            "Submissions refused for want of disk space",
+            c(&disk.refused),
+        );
+        reg.register(
+            "gosok_http_connections_open",
+            "Open HTTP connections",
+            g(http.open.load(Ordering::Relaxed)),
+        );
+        reg.register(
+            "gosok_http_connections_accepted",
+            "HTTP connections accepted",
+            c(&http.accepted),
+        );
+        let closed = Family::<Labels, Counter>::default();
+        reg.register(
+            "gosok_http_connections_closed_by_limit",
+            "HTTP connections closed by a limit (max_connections, max_connections_per_address, header_read_timeout, idle_timeout)",
+            closed.clone(),
+        );
+        for (why, v) in [
+            ("max_connections", &http.refused_total),
+            ("max_connections_per_address", &http.refused_per_address),
+            ("header_read_timeout", &http.header_timeouts),
+            ("idle_timeout", &http.idle_closed),
+        ] {
+            closed
+                .get_or_create(&vec![("limit".into(), why.into())])
+                .inc_by(v.load(Ordering::Relaxed));
+        }
+        let timeouts = Family::<Labels, Counter>::default();
+        reg.register(
+            "gosok_http_request_timeouts",
+            "Requests answered 408 (body_read_timeout) or 503 (request_timeout)",
+            timeouts.clone(),
+        );
+        for (why, v) in [
+            ("body_read_timeout", &http.body_timeouts),
+            ("request_timeout", &http.request_timeouts),
+        ] {
+            timeouts
+                .get_or_create(&vec![("limit".into(), why.into())])
+                .inc_by(v.load(Ordering::Relaxed));
+        }
         let mut out = String::new();
         let _ = encode(&mut out, &reg);
         out

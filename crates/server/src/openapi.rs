@@ -39,6 +39,8 @@ pub fn schemas() -> Map<String, Value> {
     let job_state = json!({"type": "string", "enum": ["pending", "running", "succeeded", "failed", "cancelled", "rejected"]});
     let priority =
         json!({"type": "string", "enum": ["scavenger", "low", "normal", "high", "critical"]});
+    let max_priority = json!({"type": ["string", "null"], "enum": ["scavenger", "low", "normal", "high", "critical", null],
+        "description": "the highest class the tenant's tokens may submit at (null: normal, or default_priority if higher); operators only"});
     let tier = json!({"type": "string", "enum": ["anchor", "commercial", "public", "academic", "startup"]});
     let node_state = json!({"type": "string", "enum": ["up", "draining", "down"]});
     let names = arr(s());
@@ -104,7 +106,9 @@ pub fn schemas() -> Map<String, Value> {
     let tenant = obj(
         json!({"name": s(), "tier": tier, "weight": num(), "quotas": arr(quota.clone()),
                "allowed_jurisdictions": arr(s()), "share_cap": num(), "default_priority": priority,
-               "pending": int()}),
+               "max_priority": max_priority, "max_pending_jobs": nullable("integer"),
+               "max_job_bytes": nullable("integer"), "max_stored_bytes": nullable("integer"),
+               "pending": int(), "stored_bytes": int()}),
         &["name", "tier"],
     );
     let model = obj(
@@ -138,7 +142,13 @@ pub fn schemas() -> Map<String, Value> {
     );
     put(
         "Health",
-        open_obj(json!({"status": s(), "log_seq": int(), "durable_seq": int()})),
+        open_obj(
+            json!({"status": {"type": "string", "enum": ["ok", "degraded"],
+                                   "description": "degraded: below the disk watermark, new submissions get 507"},
+                        "log_seq": int(), "durable_seq": int(), "connections": int(),
+                        "disk": open_obj(json!({"free_bytes": int(), "total_bytes": int(),
+                                                "watermark_bytes": int(), "low": {"type": "boolean"}}))}),
+        ),
     );
     put(
         "Metrics",
@@ -224,7 +234,8 @@ pub fn schemas() -> Map<String, Value> {
         "TenantUpdate",
         obj(
             json!({"tier": tier, "weight": num(), "quotas": arr(quota), "allowed_jurisdictions": arr(s()),
-                   "share_cap": num(), "default_priority": priority}),
+                   "share_cap": num(), "default_priority": priority, "max_priority": max_priority,
+                   "max_pending_jobs": int(), "max_job_bytes": int(), "max_stored_bytes": int()}),
             &[],
         ),
     );

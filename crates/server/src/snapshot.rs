@@ -6,8 +6,10 @@
 //! own with a second store handle, after the log is durable up to the snapshot's sequence
 //! number, so that a snapshot never describes a record that a crash could still lose. The
 //! store keeps the latest few. At start the latest one is restored and only the records
-//! after it are replayed; one that cannot be read (another format, another engine
-//! configuration, damage) is reported and the whole log is replayed instead.
+//! after it are replayed; one of another format or engine configuration is reported and the
+//! whole log is replayed instead. A snapshot that fails its checksum, or one that covers
+//! records the log does not have (the log lost its tail), stops the start with a message
+//! that says what was found and what to do.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -179,6 +181,11 @@ pub fn load(
     let snap = match store.latest_snapshot() {
         Ok(Some(s)) => s,
         Ok(None) => return fresh(source),
+        Err(gosok_store::StoreError::Corrupt(e)) => anyhow::bail!(
+            "{e}. The controller does not start on damaged files. The log alone holds the whole \
+             history: to replay all of it, move the snapshot file aside (the next clean stop writes \
+             a new one); or restore the data directory from a backup"
+        ),
         Err(e) => {
             tracing::warn!("cannot read the latest snapshot ({e}); replaying the whole log");
             return fresh(source);
@@ -186,12 +193,18 @@ pub fn load(
     };
     let last = store.last_seq()?;
     if snap.seq > last {
-        tracing::warn!(
-            snapshot = snap.seq,
-            log = last,
-            "the latest snapshot is ahead of the log; replaying the whole log"
+        // Records the snapshot covers are missing from the log: acknowledged changes were
+        // lost, and serving on would hand out their job ids again.
+        anyhow::bail!(
+            "the event log ends at record {last} but the latest snapshot covers records up to {}: \
+             the log lost its last {} records (was gosok.db-wal deleted or truncated, or gosok.db \
+             restored without it?). The controller does not start on a log behind its snapshot: \
+             restore the data directory (gosok.db with its gosok.db-wal) from a backup. Only if \
+             losing those records and reusing their ids is acceptable, move gosok.snapshots.db \
+             aside to serve the log as it is",
+            snap.seq,
+            snap.seq - last
         );
-        return fresh(source);
     }
     match Core::restore(&snap.body, cfg.engine.clone(), source()?) {
         Ok(core) if core.seq() == snap.seq => {
@@ -313,5 +326,19 @@ mod tests {
         let (core, last, stats) = crate::replay(&mut store, &cfg).unwrap();
         assert_eq!((last, stats.snapshot_seq), (320, 0));
         assert_eq!(observed(&core), from_snapshot);
+
+        // A snapshot ahead of the log (the log lost its tail): the start refuses.
+        store
+            .put_snapshot(&Snapshot {
+                seq: 400,
+                at_ms: 0,
+                body: b"gosokCOR".to_vec(),
+            })
+            .unwrap();
+        let e = crate::replay(&mut store, &cfg).err().unwrap().to_string();
+        assert!(
+            e.contains("ends at record 320") && e.contains("up to 400") && e.contains("backup"),
+            "{e}"
+        );
     }
 }

@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS events (
     seq   INTEGER PRIMARY KEY,
     at_ms INTEGER NOT NULL,
     kind  TEXT NOT NULL,
-    body  BLOB NOT NULL
+    body  BLOB NOT NULL,
+    crc   INTEGER
 );
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -30,12 +31,45 @@ const SNAPSHOT_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS snapshots (
     seq   INTEGER PRIMARY KEY,
     at_ms INTEGER NOT NULL,
-    body  BLOB NOT NULL
+    body  BLOB NOT NULL,
+    crc   INTEGER
 );
 ";
 
 /// Snapshots kept, the latest included (older ones are deleted when a new one is stored).
 const KEEP_SNAPSHOTS: i64 = 2;
+
+/// Adds the `crc` column to a table made before checksums (its rows keep NULL: they were
+/// written unchecked, and are read so).
+fn add_crc_column(conn: &Connection, table: &str) -> Result<(), StoreError> {
+    let has: bool = conn
+        .prepare(&format!("PRAGMA table_info({table})"))?
+        .query_map([], |r| r.get::<_, String>(1))?
+        .collect::<Result<Vec<_>, _>>()?
+        .iter()
+        .any(|c| c == "crc");
+    if !has {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN crc INTEGER"))?;
+    }
+    Ok(())
+}
+
+/// CRC-32C of a record: its sequence number, time, kind and body, so that a record moved,
+/// retimed or relabelled fails too.
+pub fn record_crc(r: &Record) -> u32 {
+    let mut c = crc32c::crc32c(&r.seq.to_le_bytes());
+    c = crc32c::crc32c_append(c, &r.at_ms.to_le_bytes());
+    c = crc32c::crc32c_append(c, &(r.kind.len() as u64).to_le_bytes());
+    c = crc32c::crc32c_append(c, r.kind.as_bytes());
+    crc32c::crc32c_append(c, &r.body)
+}
+
+/// CRC-32C of a snapshot: its sequence number, time and body.
+pub fn snapshot_crc(s: &Snapshot) -> u32 {
+    let mut c = crc32c::crc32c(&s.seq.to_le_bytes());
+    c = crc32c::crc32c_append(c, &s.at_ms.to_le_bytes());
+    crc32c::crc32c_append(c, &s.body)
+}
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -61,6 +95,7 @@ impl SqliteStore {
         }
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
         conn.execute_batch(SCHEMA)?;
+        add_crc_column(&conn, "events")?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
             conn,
@@ -93,20 +128,35 @@ impl SqliteStore {
             let _: String = conn.query_row("PRAGMA journal_mode = TRUNCATE", [], |r| r.get(0))?;
             conn.execute_batch("PRAGMA synchronous = FULL;")?;
             conn.execute_batch(SNAPSHOT_SCHEMA)?;
+            add_crc_column(&conn, "snapshots")?;
             self.snapshots = Some(conn);
         }
         Ok(self.snapshots.as_mut().expect("opened above"))
     }
 }
 
-fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
-    Ok(Record {
+/// A record read back from a row of (seq, at_ms, kind, body, crc), its checksum checked.
+fn record(r: &rusqlite::Row<'_>) -> Result<Record, StoreError> {
+    let rec = Record {
         seq: r.get::<_, i64>(0)? as u64,
         at_ms: r.get::<_, i64>(1)? as u64,
         kind: r.get(2)?,
         body: r.get(3)?,
-    })
+    };
+    let stored: Option<i64> = r.get(4)?;
+    if let Some(stored) = stored {
+        let computed = record_crc(&rec);
+        if stored as u32 != computed || stored >> 32 != 0 {
+            return Err(StoreError::Corrupt(format!(
+                "log record {} fails its checksum (stored {stored:08x}, computed {computed:08x}): the log file is damaged",
+                rec.seq
+            )));
+        }
+    }
+    Ok(rec)
 }
+
+const SELECT: &str = "SELECT seq, at_ms, kind, body, crc FROM events";
 
 fn to_i64(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64
@@ -121,13 +171,19 @@ impl Store for SqliteStore {
         let tx = self.conn.transaction()?;
         {
             let mut st = tx.prepare_cached(
-                "INSERT INTO events (seq, at_ms, kind, body) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO events (seq, at_ms, kind, body, crc) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for r in records {
                 if r.seq != last + 1 {
                     return Err(StoreError::OutOfOrder { last, got: r.seq });
                 }
-                st.execute(params![to_i64(r.seq), to_i64(r.at_ms), r.kind, r.body])?;
+                st.execute(params![
+                    to_i64(r.seq),
+                    to_i64(r.at_ms),
+                    r.kind,
+                    r.body,
+                    record_crc(r) as i64
+                ])?;
                 last = r.seq;
             }
         }
@@ -154,12 +210,19 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
-            let mut st = tx.prepare_cached(
-                "SELECT seq, at_ms, kind, body FROM events WHERE seq > ?1 ORDER BY seq",
-            )?;
+            let mut st = tx.prepare_cached(&format!("{SELECT} WHERE seq > ?1 ORDER BY seq"))?;
             let mut rows = st.query(params![to_i64(after)])?;
+            let mut next = after + 1;
             while let Some(row) = rows.next()? {
-                f(record(row)?)?;
+                let r = record(row)?;
+                if r.seq != next {
+                    return Err(StoreError::Corrupt(format!(
+                        "the log has a gap: record {next} is missing (the next one is {})",
+                        r.seq
+                    )));
+                }
+                next += 1;
+                f(r)?;
             }
         }
         tx.commit()?;
@@ -172,9 +235,9 @@ impl Store for SqliteStore {
         limit: usize,
         skip_kinds: &[&str],
     ) -> Result<Vec<Record>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT seq, at_ms, kind, body FROM events WHERE seq > ?1 ORDER BY seq",
-        )?;
+        let mut st = self
+            .conn
+            .prepare_cached(&format!("{SELECT} WHERE seq > ?1 ORDER BY seq"))?;
         let mut rows = st.query(params![to_i64(after)])?;
         let mut out = Vec::new();
         while out.len() < limit
@@ -192,15 +255,24 @@ impl Store for SqliteStore {
     fn get(&mut self, seq: u64) -> Result<Option<Record>, StoreError> {
         let mut st = self
             .conn
-            .prepare_cached("SELECT seq, at_ms, kind, body FROM events WHERE seq = ?1")?;
-        Ok(st.query_row(params![to_i64(seq)], record).optional()?)
+            .prepare_cached(&format!("{SELECT} WHERE seq = ?1"))?;
+        let mut rows = st.query(params![to_i64(seq)])?;
+        match rows.next()? {
+            Some(row) => Ok(Some(record(row)?)),
+            None => Ok(None),
+        }
     }
 
     fn put_snapshot(&mut self, s: &Snapshot) -> Result<(), StoreError> {
         let tx = self.snapshots()?.transaction()?;
         tx.execute(
-            "INSERT OR REPLACE INTO snapshots (seq, at_ms, body) VALUES (?1, ?2, ?3)",
-            params![to_i64(s.seq), to_i64(s.at_ms), s.body],
+            "INSERT OR REPLACE INTO snapshots (seq, at_ms, body, crc) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                to_i64(s.seq),
+                to_i64(s.at_ms),
+                s.body,
+                snapshot_crc(s) as i64
+            ],
         )?;
         tx.execute(
             "DELETE FROM snapshots WHERE seq NOT IN
@@ -212,20 +284,37 @@ impl Store for SqliteStore {
     }
 
     fn latest_snapshot(&mut self) -> Result<Option<Snapshot>, StoreError> {
-        Ok(self
+        let found = self
             .snapshots()?
             .query_row(
-                "SELECT seq, at_ms, body FROM snapshots ORDER BY seq DESC LIMIT 1",
+                "SELECT seq, at_ms, body, crc FROM snapshots ORDER BY seq DESC LIMIT 1",
                 [],
                 |r| {
-                    Ok(Snapshot {
-                        seq: r.get::<_, i64>(0)? as u64,
-                        at_ms: r.get::<_, i64>(1)? as u64,
-                        body: r.get(2)?,
-                    })
+                    Ok((
+                        Snapshot {
+                            seq: r.get::<_, i64>(0)? as u64,
+                            at_ms: r.get::<_, i64>(1)? as u64,
+                            body: r.get(2)?,
+                        },
+                        r.get::<_, Option<i64>>(3)?,
+                    ))
                 },
             )
-            .optional()?)
+            .optional()?;
+        let Some((snap, stored)) = found else {
+            return Ok(None);
+        };
+        if let Some(stored) = stored {
+            let computed = snapshot_crc(&snap);
+            if stored as u32 != computed || stored >> 32 != 0 {
+                return Err(StoreError::Corrupt(format!(
+                    "the snapshot of record {} fails its checksum (stored {stored:08x}, computed {computed:08x}): {} is damaged",
+                    snap.seq,
+                    self.snapshot_path().display()
+                )));
+            }
+        }
+        Ok(Some(snap))
     }
 
     fn meta(&mut self, key: &str) -> Result<Option<String>, StoreError> {
@@ -307,6 +396,89 @@ mod tests {
         assert!(s.append(&[rec(1)]).is_err());
         s.last = None;
         s.append(&[rec(2)]).unwrap();
+    }
+
+    #[test]
+    fn a_flipped_bit_or_a_missing_record_is_detected_on_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("gosok.db")).unwrap();
+        s.append(&(1..=6).map(rec).collect::<Vec<_>>()).unwrap();
+        // One bit of record 4's body flipped ("body 4" -> "bodx 4").
+        s.conn
+            .execute("UPDATE events SET body = X'626f64782034' WHERE seq = 4", [])
+            .unwrap();
+        let scan = |s: &mut SqliteStore, after| {
+            let mut n = 0;
+            s.scan(after, &mut |_| {
+                n += 1;
+                Ok(())
+            })
+            .map(|()| n)
+        };
+        let e = scan(&mut s, 0).unwrap_err().to_string();
+        assert!(e.contains("log record 4 fails its checksum"), "{e}");
+        assert!(s.get(4).is_err() && s.get(3).unwrap() == Some(rec(3)));
+        assert!(s.page(0, 10, &[]).is_err());
+        // A record moved to another sequence number fails too.
+        s.conn
+            .execute("DELETE FROM events WHERE seq = 4", [])
+            .unwrap();
+        let e = scan(&mut s, 0).unwrap_err().to_string();
+        assert!(e.contains("gap: record 4 is missing"), "{e}");
+        assert_eq!(scan(&mut s, 4).unwrap(), 2);
+        s.conn
+            .execute("UPDATE events SET seq = 4 WHERE seq = 5", [])
+            .unwrap();
+        let e = scan(&mut s, 3).unwrap_err().to_string();
+        assert!(e.contains("record 4 fails its checksum"), "{e}");
+        // Rows written before checksums (NULL) are read unchecked.
+        s.conn
+            .execute("UPDATE events SET crc = NULL, seq = 5 WHERE seq = 4", [])
+            .unwrap();
+        s.conn
+            .execute(
+                "INSERT INTO events (seq, at_ms, kind, body) VALUES (4, 0, 'x', X'00')",
+                [],
+            )
+            .unwrap();
+        assert_eq!(scan(&mut s, 0).unwrap(), 6);
+    }
+
+    #[test]
+    fn a_damaged_snapshot_is_detected_and_an_old_store_gains_checksums() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gosok.db");
+        {
+            // A store made before checksums.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE events (seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, kind TEXT NOT NULL, body BLOB NOT NULL);
+                 INSERT INTO events VALUES (1, 1, 'init', X'01');",
+            )
+            .unwrap();
+        }
+        let mut s = SqliteStore::open(&path).unwrap();
+        s.append(&[rec(2)]).unwrap();
+        let mut n = 0;
+        s.scan(0, &mut |_| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 2);
+        let snap = Snapshot {
+            seq: 2,
+            at_ms: 5,
+            body: vec![7; 1000],
+        };
+        s.put_snapshot(&snap).unwrap();
+        assert_eq!(s.latest_snapshot().unwrap(), Some(snap));
+        s.snapshots()
+            .unwrap()
+            .execute("UPDATE snapshots SET body = X'0707' WHERE seq = 2", [])
+            .unwrap();
+        let e = s.latest_snapshot().unwrap_err().to_string();
+        assert!(e.contains("snapshot of record 2 fails its checksum"), "{e}");
     }
 
     #[test]

@@ -19,6 +19,13 @@ pub struct RunSpec {
 }
 
 impl RunSpec {
+    /// What it stores: the bytes of its command, env (names and values) and workdir.
+    pub fn bytes(&self) -> u64 {
+        let command: usize = self.command.iter().map(String::len).sum();
+        let env: usize = self.env.iter().map(|(k, v)| k.len() + v.len()).sum();
+        (command + env + self.workdir.as_ref().map_or(0, String::len)) as u64
+    }
+
     /// None when there is nothing to keep (the common case in benchmarks: no command).
     pub fn of(
         command: Vec<String>,

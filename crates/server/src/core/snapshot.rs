@@ -134,6 +134,14 @@ impl Core {
                 j.tenant = t.clone();
             }
         }
+        let mut stored_by_tenant: BTreeMap<Arc<str>, u64> = BTreeMap::new();
+        for j in &jobs {
+            if let Some(r) = j.run.as_deref()
+                && !j.state.is_terminal()
+            {
+                *stored_by_tenant.entry(j.tenant.clone()).or_default() += r.bytes();
+            }
+        }
         Ok(Core {
             cfg,
             catalog: engine.catalog().clone(),
@@ -146,6 +154,7 @@ impl Core {
             token_by_id: image.token_by_id.into_owned(),
             idempotency: image.idempotency.into_owned(),
             pending_by_tenant: image.pending_by_tenant.into_owned(),
+            stored_by_tenant,
             tenant_names,
             now_s: image.now_s,
             dirty: image.dirty,
