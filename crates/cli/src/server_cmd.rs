@@ -18,6 +18,25 @@ pub enum ServerCommand {
     /// snapshot's checksum and that the log covers it, and a replay. Exits non-zero, saying
     /// what it found, when anything is wrong.
     Verify(VerifyArgs),
+    /// Repair a damaged data directory, only as chosen: without a choice it says what it
+    /// found and which choice would repair it. What it does is written to the audit log.
+    Recover(RecoverArgs),
+}
+
+#[derive(Args)]
+pub struct RecoverArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Drop the log from its first bad or missing record on, and the snapshots that cover
+    /// any of it (the changes in those records are lost).
+    #[arg(long)]
+    truncate_log: bool,
+    /// Drop snapshots that fail their checksum or cover records the log does not have.
+    #[arg(long)]
+    drop_snapshots: bool,
+    /// Configuration file (default: DATA_DIR/gosok.toml when it exists).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -70,6 +89,23 @@ pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
                 a.data_dir.display(),
                 DataDir(a.data_dir.clone()).admin_token().display()
             );
+            Ok(())
+        }
+        ServerCommand::Recover(a) => {
+            let d = DataDir(a.data_dir.clone());
+            let cfg = match &a.config {
+                Some(p) => Config::load(p, true)?,
+                None => Config::load(&d.config(), false)?,
+            };
+            let said = gosok_server::recover(
+                &a.data_dir,
+                &cfg,
+                gosok_server::RecoverChoices {
+                    truncate_log: a.truncate_log,
+                    drop_snapshots: a.drop_snapshots,
+                },
+            )?;
+            println!("{said}");
             Ok(())
         }
         ServerCommand::Verify(a) => {

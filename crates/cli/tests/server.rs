@@ -1904,7 +1904,10 @@ fn a_flipped_bit_in_a_snapshot_stops_the_start_with_what_to_do() {
     assert!(!ok && out.contains("fails its checksum"), "{out}");
     let err = refused_start(&s.dir);
     assert!(err.contains("fails its checksum"), "{err}");
-    assert!(err.contains("move the snapshot file aside"), "{err}");
+    assert!(
+        err.contains("gosok server recover") && err.contains("--drop-snapshots"),
+        "{err}"
+    );
     // Doing what it says: the whole log is replayed, and every job is there.
     std::fs::rename(&snapshots, s.dir.join("damaged.snapshots.db")).unwrap();
     let s = Server::run(&s.dir.clone(), &[], s.admin.clone());
@@ -1959,6 +1962,91 @@ fn a_log_that_lost_its_write_ahead_file_is_refused_not_served() {
         err.contains("latest snapshot covers records up to"),
         "{err}"
     );
+    // Recovery only as chosen: without a choice it names the one that would do.
+    let (ok, out) = recover(&s.dir, &[]);
+    assert!(!ok && out.contains("--drop-snapshots"), "{out}");
+    let (ok, out) = recover(&s.dir, &["--drop-snapshots"]);
+    assert!(ok && out.contains("dropped snapshots"), "{out}");
+    let (ok, out) = recover(&s.dir, &[]);
+    assert!(ok && out.contains("nothing to recover"), "{out}");
+    // The controller serves the log as it is, and the audit log says what was done.
+    let s = Server::run(&s.dir.clone(), &[], s.admin.clone());
+    let (c, ev) = s.req("GET", "/v1/events?limit=1000", Some(&s.admin), None);
+    assert_eq!(c, 200);
+    let last = ev["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["kind"], "recovered", "{last}");
+    assert!(
+        last["entry"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("covers records the log does not have"),
+        "{last}"
+    );
+}
+
+/// Runs `gosok server recover --data-dir DIR ARGS`: whether it succeeded, and what it said.
+fn recover(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(GOSOK)
+        .args(["server", "recover", "--data-dir"])
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn a_damaged_log_record_is_refused_and_recovery_truncates_only_when_chosen() {
+    let mut s = Server::new(&[]);
+    s.apply_cluster(CLUSTER);
+    let a = s.token("lab-a");
+    let job = |name: &str| {
+        format!(
+            r#"{{"name":"{name}","groups":[{{"replicas":1,"accelerators":8,"models":["H100"]}}]}}"#
+        )
+    };
+    for name in ["before-1", "before-2", "damaged-record", "after-1"] {
+        let (c, _) = s.req("POST", "/v1/jobs", Some(&a), Some(&job(name)));
+        assert_eq!(c, 201);
+    }
+    stop_cleanly(&mut s);
+    // One bit of the third submission's record, in the log file itself.
+    let db = s.dir.join("gosok.db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let at = bytes
+        .windows(14)
+        .position(|w| w == b"damaged-record")
+        .expect("the record is in gosok.db after a clean stop");
+    bytes[at] ^= 0x01;
+    std::fs::write(&db, &bytes).unwrap();
+    // Also move the shutdown snapshot aside: the start must then read the damaged record.
+    std::fs::rename(
+        s.dir.join("gosok.snapshots.db"),
+        s.dir.join("old.snapshots.db"),
+    )
+    .unwrap();
+    let err = refused_start(&s.dir);
+    assert!(err.contains("fails its checksum"), "{err}");
+    let (ok, out) = recover(&s.dir, &[]);
+    assert!(!ok && out.contains("--truncate-log"), "{out}");
+    let (ok, out) = recover(&s.dir, &["--truncate-log"]);
+    assert!(ok && out.contains("dropped records"), "{out}");
+    let s = Server::run(&s.dir.clone(), &[], s.admin.clone());
+    let (_, list) = s.req("GET", "/v1/jobs", Some(&a), None);
+    let names: Vec<&str> = list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["before-2", "before-1"], "{list}");
+    let (_, ev) = s.req("GET", "/v1/events?limit=1000", Some(&s.admin), None);
+    let last = ev["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["kind"], "recovered", "{last}");
+    assert!(last["entry"]["dropped_records"].is_array(), "{last}");
 }
 
 #[test]
