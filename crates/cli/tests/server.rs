@@ -2145,3 +2145,73 @@ fn a_log_flood_against_a_hung_agent_does_not_delay_placements() {
     assert!(busy >= 596, "{busy} of 600 refused at once");
     drop(hung);
 }
+
+#[test]
+fn the_api_is_served_over_tls_to_clients_that_trust_its_ca() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let (cert, key, ca) = (
+        fixtures.join("server.pem"),
+        fixtures.join("server.key"),
+        fixtures.join("ca.pem"),
+    );
+    let s = Server::new(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(s.base.starts_with("https://127.0.0.1:"), "{}", s.base);
+    let ca = ca.to_str().unwrap();
+    let f = s.dir.join("cluster.toml");
+    std::fs::write(&f, CLUSTER).unwrap();
+    let (ok, out, err) = s.cli(&s.admin, &["apply", f.to_str().unwrap(), "--ca", ca]);
+    assert!(ok && out.contains("site pohang: added"), "{out}{err}");
+    let (ok, out, err) = s.cli(
+        &s.admin,
+        &["token", "create", "lab-a", "--output", "json", "--ca", ca],
+    );
+    assert!(ok, "{err}");
+    let a = serde_json::from_str::<Value>(&out).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (ok, out, err) = s.cli(
+        &a,
+        &[
+            "submit",
+            "--accelerators",
+            "8",
+            "--model",
+            "H100",
+            "--output",
+            "json",
+            "--ca",
+            ca,
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["state"],
+        "pending"
+    );
+    // A client that does not trust the CA refuses the server...
+    let (ok, _, err) = s.cli(&a, &["jobs"]);
+    assert!(!ok && err.to_lowercase().contains("certificate"), "{err}");
+    // ...and plain HTTP to the TLS port gets no answer.
+    let plain = s.base.replace("https://", "http://");
+    let r = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .get(&format!("{plain}/healthz"))
+        .call();
+    assert!(r.is_err(), "plain HTTP was answered");
+    let (ok, out, _) = s.cli(&a, &["jobs", "--output", "json", "--ca", ca]);
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

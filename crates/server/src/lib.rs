@@ -681,11 +681,16 @@ pub async fn start(dir: &Path, cfg: Config) -> anyhow::Result<Running> {
     let router = api::router(app.clone());
     let ticker = tokio::spawn(tick_loop(app.clone()));
     let s = stop.clone();
+    let tls = match (&app.cfg.tls_cert, &app.cfg.tls_key) {
+        (Some(c), Some(k)) => Some(http::tls_acceptor(c, k)?),
+        _ => None,
+    };
     let limits = http::Limits::of(&app.cfg);
     let stats = app.http.clone();
     let task = tokio::spawn(async move {
         http::serve(
             listener,
+            tls,
             router,
             limits,
             stats,
