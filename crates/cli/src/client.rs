@@ -25,9 +25,13 @@ pub struct Conn {
     /// Bearer token (default: GOSOK_TOKEN or the config file).
     #[arg(long, global = true)]
     token: Option<String>,
-    /// Client config file (TOML with `server` and `token`).
+    /// Client config file (TOML with `server`, `token` and `ca`).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// For an https:// server: the CA certificate (PEM) to trust instead of the usual
+    /// public ones (default: GOSOK_CA or the config file).
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
     /// `json` prints the API's JSON, for scripts.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -282,6 +286,36 @@ struct Client {
 struct ClientFile {
     server: Option<String>,
     token: Option<String>,
+    ca: Option<PathBuf>,
+}
+
+/// A TLS configuration that trusts only the CA certificates in `path` (PEM).
+pub(crate) fn tls_trusting(
+    path: &std::path::Path,
+) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("--ca {}: {e}", path.display()))?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "--ca {}: no certificate in it",
+        path.display()
+    );
+    for c in certs {
+        roots
+            .add(c)
+            .map_err(|e| anyhow::anyhow!("--ca {}: {e}", path.display()))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }
 
 impl Client {
@@ -320,9 +354,15 @@ impl Client {
             .clone()
             .or_else(|| env("GOSOK_TOKEN"))
             .or(file.token);
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(60))
-            .build();
+        let ca =
+            c.ca.clone()
+                .or_else(|| env("GOSOK_CA").map(PathBuf::from))
+                .or(file.ca);
+        let mut agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60));
+        if let Some(ca) = &ca {
+            agent = agent.tls_config(tls_trusting(ca)?);
+        }
+        let agent = agent.build();
         Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             token: token.map(|t| t.trim().to_string()),

@@ -18,6 +18,25 @@ pub enum ServerCommand {
     /// snapshot's checksum and that the log covers it, and a replay. Exits non-zero, saying
     /// what it found, when anything is wrong.
     Verify(VerifyArgs),
+    /// Repair a damaged data directory, only as chosen: without a choice it says what it
+    /// found and which choice would repair it. What it does is written to the audit log.
+    Recover(RecoverArgs),
+}
+
+#[derive(Args)]
+pub struct RecoverArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Drop the log from its first bad or missing record on, and the snapshots that cover
+    /// any of it (the changes in those records are lost).
+    #[arg(long)]
+    truncate_log: bool,
+    /// Drop snapshots that fail their checksum or cover records the log does not have.
+    #[arg(long)]
+    drop_snapshots: bool,
+    /// Configuration file (default: DATA_DIR/gosok.toml when it exists).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -58,6 +77,12 @@ pub struct RunArgs {
     /// Serve GET /metrics without a token.
     #[arg(long)]
     public_metrics: bool,
+    /// Serve HTTPS with this certificate chain (PEM); with --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
@@ -70,6 +95,23 @@ pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
                 a.data_dir.display(),
                 DataDir(a.data_dir.clone()).admin_token().display()
             );
+            Ok(())
+        }
+        ServerCommand::Recover(a) => {
+            let d = DataDir(a.data_dir.clone());
+            let cfg = match &a.config {
+                Some(p) => Config::load(p, true)?,
+                None => Config::load(&d.config(), false)?,
+            };
+            let said = gosok_server::recover(
+                &a.data_dir,
+                &cfg,
+                gosok_server::RecoverChoices {
+                    truncate_log: a.truncate_log,
+                    drop_snapshots: a.drop_snapshots,
+                },
+            )?;
+            println!("{said}");
             Ok(())
         }
         ServerCommand::Verify(a) => {
@@ -121,6 +163,15 @@ pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
             if a.public_metrics {
                 cfg.metrics_require_token = false;
             }
+            if a.tls_cert.is_some() {
+                cfg.tls_cert = a.tls_cert;
+                cfg.tls_key = a.tls_key;
+            }
+            let scheme = if cfg.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             init_logging();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -130,7 +181,7 @@ pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
                 let running = gosok_server::start(&a.data_dir, cfg).await?;
                 let r = running.app.replay;
                 eprintln!(
-                    "gosok server: replayed {} log records in {} ms; listening on http://{}",
+                    "gosok server: replayed {} log records in {} ms; listening on {scheme}://{}",
                     r.records,
                     r.elapsed.as_millis(),
                     running.addr
@@ -171,6 +222,23 @@ pub struct BenchServerArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Serve HTTPS with this certificate (PEM), its key and the CA the clients trust: the
+    /// test fixtures in crates/cli/tests/fixtures/tls do.
+    #[arg(long, requires_all = ["tls_key", "ca"])]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    ca: Option<PathBuf>,
+}
+
+/// A client as the bench's: trusting `ca` when the server speaks HTTPS.
+fn bench_client(tls: &Option<std::sync::Arc<rustls::ClientConfig>>) -> ureq::AgentBuilder {
+    let b = ureq::AgentBuilder::new();
+    match tls {
+        Some(t) => b.tls_config(t.clone()),
+        None => b,
+    }
 }
 
 const BENCH_CLUSTER: &str = r#"
@@ -216,6 +284,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 /// Submits `n` jobs over `conns` connections; returns (seconds, per-request latencies in ms).
 fn submit_load(
     base: &str,
+    tls: &Option<std::sync::Arc<rustls::ClientConfig>>,
     tokens: &[String],
     n: u64,
     conns: u64,
@@ -228,10 +297,9 @@ fn submit_load(
             let next = next.clone();
             let url = format!("{base}/v1/jobs");
             let token = format!("Bearer {}", tokens[c as usize % tokens.len()]);
+            let client = bench_client(tls);
             std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
-                let agent = ureq::AgentBuilder::new()
-                    .max_idle_connections_per_host(1)
-                    .build();
+                let agent = client.max_idle_connections_per_host(1).build();
                 let mut lat = Vec::new();
                 while next.fetch_add(1, Ordering::Relaxed) < n {
                     let t = std::time::Instant::now();
@@ -283,12 +351,19 @@ pub fn bench(a: BenchServerArgs) -> anyhow::Result<()> {
         ..Config::default()
     };
     cfg.metrics_require_token = false;
+    cfg.tls_cert = a.tls_cert.clone();
+    cfg.tls_key = a.tls_key.clone();
+    let tls = match &a.ca {
+        Some(ca) => Some(crate::client::tls_trusting(ca)?),
+        None => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let running = rt.block_on(gosok_server::start(&dir, cfg.clone()))?;
-    let base = format!("http://{}", running.addr);
-    let agent = ureq::AgentBuilder::new().build();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let base = format!("{scheme}://{}", running.addr);
+    let agent = bench_client(&tls).build();
     let auth = format!("Bearer {admin}");
     let mut cluster = BENCH_CLUSTER.to_string();
     let tenants: Vec<String> = (0..a.tenants.max(1))
@@ -321,7 +396,7 @@ pub fn bench(a: BenchServerArgs) -> anyhow::Result<()> {
         a.jobs, a.connections
     );
     let batches0 = running.app.commit_batches();
-    let (secs, mut lat) = submit_load(&base, &tokens, a.jobs, a.connections)?;
+    let (secs, mut lat) = submit_load(&base, &tls, &tokens, a.jobs, a.connections)?;
     let commits = running.app.commit_batches() - batches0;
     let submit_rate = a.jobs as f64 / secs;
     let (lat_p50, lat_p99) = (median(&mut lat), pct(&mut lat, 0.99));
@@ -331,7 +406,7 @@ pub fn bench(a: BenchServerArgs) -> anyhow::Result<()> {
         a.queue_pending
     );
     if more > 0 {
-        submit_load(&base, &tokens, more, a.connections)?;
+        submit_load(&base, &tls, &tokens, more, a.connections)?;
     }
     let mut q_ms = Vec::new();
     let mut q_bytes = 0;
@@ -372,7 +447,7 @@ pub fn bench(a: BenchServerArgs) -> anyhow::Result<()> {
         let running = rt.block_on(gosok_server::start(&dir, cfg.clone()))?;
         // Ready: it answers /healthz.
         agent
-            .get(&format!("http://{}/healthz", running.addr))
+            .get(&format!("{scheme}://{}/healthz", running.addr))
             .call()?;
         restart_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         replay_ms = running.app.replay.elapsed.as_secs_f64() * 1000.0;

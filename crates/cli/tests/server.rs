@@ -1906,7 +1906,10 @@ fn a_flipped_bit_in_a_snapshot_stops_the_start_with_what_to_do() {
     assert!(!ok && out.contains("fails its checksum"), "{out}");
     let err = refused_start(&s.dir);
     assert!(err.contains("fails its checksum"), "{err}");
-    assert!(err.contains("move the snapshot file aside"), "{err}");
+    assert!(
+        err.contains("gosok server recover") && err.contains("--drop-snapshots"),
+        "{err}"
+    );
     // Doing what it says: the whole log is replayed, and every job is there.
     std::fs::rename(&snapshots, s.dir.join("damaged.snapshots.db")).unwrap();
     let s = Server::run(&s.dir.clone(), &[], s.admin.clone());
@@ -1961,6 +1964,91 @@ fn a_log_that_lost_its_write_ahead_file_is_refused_not_served() {
         err.contains("latest snapshot covers records up to"),
         "{err}"
     );
+    // Recovery only as chosen: without a choice it names the one that would do.
+    let (ok, out) = recover(&s.dir, &[]);
+    assert!(!ok && out.contains("--drop-snapshots"), "{out}");
+    let (ok, out) = recover(&s.dir, &["--drop-snapshots"]);
+    assert!(ok && out.contains("dropped snapshots"), "{out}");
+    let (ok, out) = recover(&s.dir, &[]);
+    assert!(ok && out.contains("nothing to recover"), "{out}");
+    // The controller serves the log as it is, and the audit log says what was done.
+    let s = Server::run(&s.dir.clone(), &[], s.admin.clone());
+    let (c, ev) = s.req("GET", "/v1/events?limit=1000", Some(&s.admin), None);
+    assert_eq!(c, 200);
+    let last = ev["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["kind"], "recovered", "{last}");
+    assert!(
+        last["entry"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("covers records the log does not have"),
+        "{last}"
+    );
+}
+
+/// Runs `gosok server recover --data-dir DIR ARGS`: whether it succeeded, and what it said.
+fn recover(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(GOSOK)
+        .args(["server", "recover", "--data-dir"])
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn a_damaged_log_record_is_refused_and_recovery_truncates_only_when_chosen() {
+    let mut s = Server::new(&[]);
+    s.apply_cluster(CLUSTER);
+    let a = s.token("lab-a");
+    let job = |name: &str| {
+        format!(
+            r#"{{"name":"{name}","groups":[{{"replicas":1,"accelerators":8,"models":["H100"]}}]}}"#
+        )
+    };
+    for name in ["before-1", "before-2", "damaged-record", "after-1"] {
+        let (c, _) = s.req("POST", "/v1/jobs", Some(&a), Some(&job(name)));
+        assert_eq!(c, 201);
+    }
+    stop_cleanly(&mut s);
+    // One bit of the third submission's record, in the log file itself.
+    let db = s.dir.join("gosok.db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let at = bytes
+        .windows(14)
+        .position(|w| w == b"damaged-record")
+        .expect("the record is in gosok.db after a clean stop");
+    bytes[at] ^= 0x01;
+    std::fs::write(&db, &bytes).unwrap();
+    // Also move the shutdown snapshot aside: the start must then read the damaged record.
+    std::fs::rename(
+        s.dir.join("gosok.snapshots.db"),
+        s.dir.join("old.snapshots.db"),
+    )
+    .unwrap();
+    let err = refused_start(&s.dir);
+    assert!(err.contains("fails its checksum"), "{err}");
+    let (ok, out) = recover(&s.dir, &[]);
+    assert!(!ok && out.contains("--truncate-log"), "{out}");
+    let (ok, out) = recover(&s.dir, &["--truncate-log"]);
+    assert!(ok && out.contains("dropped records"), "{out}");
+    let s = Server::run(&s.dir.clone(), &[], s.admin.clone());
+    let (_, list) = s.req("GET", "/v1/jobs", Some(&a), None);
+    let names: Vec<&str> = list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["before-2", "before-1"], "{list}");
+    let (_, ev) = s.req("GET", "/v1/events?limit=1000", Some(&s.admin), None);
+    let last = ev["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["kind"], "recovered", "{last}");
+    assert!(last["entry"]["dropped_records"].is_array(), "{last}");
 }
 
 #[test]
@@ -2065,4 +2153,74 @@ fn a_log_flood_against_a_hung_agent_does_not_delay_placements() {
     // At most max_log_fetches_per_agent (4) waited on the agent; the rest were told at once.
     assert!(busy >= 596, "{busy} of 600 refused at once");
     drop(hung);
+}
+
+#[test]
+fn the_api_is_served_over_tls_to_clients_that_trust_its_ca() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let (cert, key, ca) = (
+        fixtures.join("server.pem"),
+        fixtures.join("server.key"),
+        fixtures.join("ca.pem"),
+    );
+    let s = Server::new(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(s.base.starts_with("https://127.0.0.1:"), "{}", s.base);
+    let ca = ca.to_str().unwrap();
+    let f = s.dir.join("cluster.toml");
+    std::fs::write(&f, CLUSTER).unwrap();
+    let (ok, out, err) = s.cli(&s.admin, &["apply", f.to_str().unwrap(), "--ca", ca]);
+    assert!(ok && out.contains("site pohang: added"), "{out}{err}");
+    let (ok, out, err) = s.cli(
+        &s.admin,
+        &["token", "create", "lab-a", "--output", "json", "--ca", ca],
+    );
+    assert!(ok, "{err}");
+    let a = serde_json::from_str::<Value>(&out).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (ok, out, err) = s.cli(
+        &a,
+        &[
+            "submit",
+            "--accelerators",
+            "8",
+            "--model",
+            "H100",
+            "--output",
+            "json",
+            "--ca",
+            ca,
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["state"],
+        "pending"
+    );
+    // A client that does not trust the CA refuses the server...
+    let (ok, _, err) = s.cli(&a, &["jobs"]);
+    assert!(!ok && err.to_lowercase().contains("certificate"), "{err}");
+    // ...and plain HTTP to the TLS port gets no answer.
+    let plain = s.base.replace("https://", "http://");
+    let r = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .get(&format!("{plain}/healthz"))
+        .call();
+    assert!(r.is_err(), "plain HTTP was answered");
+    let (ok, out, _) = s.cli(&a, &["jobs", "--output", "json", "--ca", ca]);
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }

@@ -73,6 +73,9 @@ pub struct Config {
     pub max_log_fetches: usize,
     /// The same against one agent.
     pub max_log_fetches_per_agent: usize,
+    /// Serve HTTPS with this certificate chain (PEM) and key (PEM); both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub engine: EngineConfig,
 }
 
@@ -105,6 +108,8 @@ impl Default for Config {
             request_timeout_ms: 60_000,
             max_log_fetches: 32,
             max_log_fetches_per_agent: 4,
+            tls_cert: None,
+            tls_key: None,
             engine: EngineConfig::default(),
         }
     }
@@ -176,6 +181,10 @@ impl Config {
         ] {
             anyhow::ensure!((100..=3_600_000).contains(&v), "{name}: 100 to 3600000 ms");
         }
+        anyhow::ensure!(
+            self.tls_cert.is_some() == self.tls_key.is_some(),
+            "tls_cert and tls_key: give both (HTTPS) or neither (HTTP)"
+        );
         anyhow::ensure!(
             (1..=self.max_log_fetches).contains(&self.max_log_fetches_per_agent),
             "max_log_fetches_per_agent: 1 to max_log_fetches"

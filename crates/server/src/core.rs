@@ -586,6 +586,8 @@ impl Core {
             } => self.task_ended(
                 at_ms, *job, *attempt, *task, node, *epoch, *status, detail, &mut out,
             )?,
+            // A note for the audit log: the repair itself was made to the store.
+            Entry::Recovered { .. } => {}
         }
         self.seq = seq;
         Ok(out)

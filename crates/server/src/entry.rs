@@ -106,6 +106,18 @@ pub enum Entry {
         detail: String,
         by: String,
     },
+    /// `gosok server recover` repaired the store, as an operator chose: what it dropped.
+    Recovered {
+        /// Records dropped (first, last), if any: their changes are lost.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dropped_records: Option<[u64; 2]>,
+        /// Snapshots dropped (damaged, or ahead of the log), by sequence number.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        dropped_snapshots: Vec<u64>,
+        /// What was found.
+        reason: String,
+        by: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,6 +168,7 @@ impl Entry {
             Entry::AgentRegister { .. } => "agent_register",
             Entry::NodeLost { .. } => "node_lost",
             Entry::TaskEnded { .. } => "task_ended",
+            Entry::Recovered { .. } => "recovered",
         }
     }
 }

@@ -74,6 +74,8 @@ pub struct Stats {
     pub idle_closed: AtomicU64,
     pub body_timeouts: AtomicU64,
     pub request_timeouts: AtomicU64,
+    /// TLS handshakes that failed.
+    pub tls_failures: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -101,6 +103,35 @@ pub fn raise_fd_limit() -> u64 {
         }
         r.rlim_cur as u64
     }
+}
+
+/// The TLS side of serving HTTPS: certificate chain and key from PEM files.
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("tls_cert {}: {e}", cert.display()))?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "tls_cert {}: no certificate in it",
+        cert.display()
+    );
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| anyhow::anyhow!("tls_key {}: {e}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| anyhow::anyhow!("tls_cert and tls_key: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// One connection's activity, shared by its stream, its requests and its watchdog.
@@ -136,13 +167,13 @@ impl Drop for Busy {
     }
 }
 
-/// A TCP stream that notes when bytes of a new request arrive.
-struct Watched {
-    inner: TcpStream,
+/// A stream (TCP, or TLS over it) that notes when bytes of a new request arrive.
+struct Watched<S> {
+    inner: S,
     act: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -160,7 +191,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -273,8 +304,10 @@ impl Drop for Open {
 
 /// Serves `router` on `listener` under `limits` until `stop` resolves; then lets each
 /// connection finish the request it is in (up to `grace`) and returns.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     router: Router,
     limits: Limits,
     stats: Arc<Stats>,
@@ -320,6 +353,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         tasks.spawn(connection(
             stream,
+            tls.clone(),
             router.clone(),
             limits.clone(),
             stats.clone(),
@@ -336,12 +370,40 @@ pub async fn serve(
 
 async fn connection<G: Send + 'static>(
     stream: TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    router: Router,
+    limits: Arc<Limits>,
+    stats: Arc<Stats>,
+    stop: watch::Receiver<bool>,
+    held: G,
+) {
+    let Some(tls) = tls else {
+        return serve_connection(stream, router, limits, stats, stop, held).await;
+    };
+    // The handshake is part of what a client must send within the header-read timeout.
+    match tokio::time::timeout(limits.header_read, tls.accept(stream)).await {
+        Ok(Ok(s)) => serve_connection(s, router, limits, stats, stop, held).await,
+        Ok(Err(e)) => {
+            stats.tls_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("TLS handshake failed: {e}");
+        }
+        Err(_) => {
+            stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn serve_connection<S, G>(
+    stream: S,
     router: Router,
     limits: Arc<Limits>,
     stats: Arc<Stats>,
     mut stop: watch::Receiver<bool>,
     _held: G,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    G: Send + 'static,
+{
     let act = Arc::new(Activity::default());
     act.idle_since_ms.store(now_ms(), Ordering::Relaxed);
     let io = TokioIo::new(Watched {

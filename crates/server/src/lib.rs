@@ -221,7 +221,7 @@ pub fn replay(store: &mut dyn Store, cfg: &Config) -> anyhow::Result<(Core, u64,
     read.map_err(|e| {
         anyhow::anyhow!(
             "{e}. The controller does not start on a damaged log: restore the data directory \
-             from a backup"
+             from a backup, or see `gosok server recover --data-dir DIR` for what can be dropped"
         )
     })?;
     if !core.initialised() {
@@ -282,6 +282,114 @@ pub fn verify(dir: &Path, cfg: &Config) -> anyhow::Result<Verified> {
         snapshot_seq: stats.snapshot_seq,
         diverged: stats.diverged,
     })
+}
+
+/// The repairs an operator may choose in `gosok server recover`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecoverChoices {
+    /// Drop the log from its first bad or missing record on (and the snapshots that cover
+    /// any of it).
+    pub truncate_log: bool,
+    /// Drop snapshots that fail their checksum or cover records the log does not have.
+    pub drop_snapshots: bool,
+}
+
+/// Repairs a damaged data directory as `choices` allow, writing what it did to the log (the
+/// audit log) as a `recovered` entry; refuses, naming the choice needed, when the damage
+/// needs a repair not chosen. Returns what it did. Holds the data directory's lock.
+pub fn recover(dir: &Path, cfg: &Config, choices: RecoverChoices) -> anyhow::Result<String> {
+    let d = DataDir(dir.to_path_buf());
+    anyhow::ensure!(
+        d.db().exists(),
+        "{} has no store (no {})",
+        dir.display(),
+        d.db().display()
+    );
+    let _lock = lock_data_dir(dir)?;
+    let mut store = SqliteStore::open(&d.db())?;
+    let last = store.last_seq()?;
+    let mut reasons = Vec::new();
+    let mut dropped_records = None;
+    let mut dropped_snapshots = Vec::new();
+    if let Some(damage) = store.damage()? {
+        anyhow::ensure!(
+            damage.from > 1,
+            "{}: the log's first record is damaged, so nothing of it can be kept; restore the data directory from a backup",
+            damage.what
+        );
+        anyhow::ensure!(
+            choices.truncate_log,
+            "the log is damaged from record {}: {}. Choose: restore the data directory from a \
+             backup; or `gosok server recover --data-dir {} --truncate-log`, which drops records \
+             {}..={last} (their changes are lost, and job ids they gave may be given again) and \
+             the snapshots that cover any of them",
+            damage.from,
+            damage.what,
+            dir.display(),
+            damage.from,
+        );
+        store.truncate_from(damage.from)?;
+        dropped_records = Some([damage.from, last]);
+        reasons.push(damage.what);
+    }
+    let end = store.last_seq()?;
+    for (seq, ok) in store.snapshot_list()? {
+        if ok && seq <= end {
+            continue;
+        }
+        let covers_dropped = dropped_records.is_some_and(|[from, _]| seq >= from);
+        if !covers_dropped {
+            let what = if ok {
+                format!(
+                    "the snapshot of record {seq} covers records the log does not have (it ends at {end})"
+                )
+            } else {
+                format!("the snapshot of record {seq} fails its checksum")
+            };
+            anyhow::ensure!(
+                choices.drop_snapshots,
+                "{what}. Choose: restore the data directory from a backup; or `gosok server \
+                 recover --data-dir {} --drop-snapshots`, which drops it{}",
+                dir.display(),
+                if ok {
+                    " and serves the log as it is (the records after it are lost, and job ids they gave may be given again)"
+                } else {
+                    " (the log is replayed from an older snapshot or from its start)"
+                }
+            );
+            reasons.push(what);
+        }
+        store.delete_snapshot(seq)?;
+        dropped_snapshots.push(seq);
+    }
+    if reasons.is_empty() {
+        return Ok(format!("{}: nothing to recover", dir.display()));
+    }
+    let entry = Entry::Recovered {
+        dropped_records,
+        dropped_snapshots: dropped_snapshots.clone(),
+        reason: reasons.join("; "),
+        by: "gosok server recover".into(),
+    };
+    let seq = store.last_seq()? + 1;
+    store.append(&[Record {
+        seq,
+        at_ms: unix_ms(),
+        kind: entry.kind().into(),
+        body: serde_json::to_vec(&entry)?,
+    }])?;
+    drop(store);
+    let v = verify(dir, cfg)?;
+    Ok(format!(
+        "{}: {}dropped snapshots {:?}; wrote record {seq} (\"recovered\") to the log; the log now holds {} records and verifies",
+        dir.display(),
+        match dropped_records {
+            Some([a, b]) => format!("dropped records {a}..={b}; "),
+            None => String::new(),
+        },
+        dropped_snapshots,
+        v.records
+    ))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -577,11 +685,16 @@ pub async fn start(dir: &Path, cfg: Config) -> anyhow::Result<Running> {
     let router = api::router(app.clone());
     let ticker = tokio::spawn(tick_loop(app.clone()));
     let s = stop.clone();
+    let tls = match (&app.cfg.tls_cert, &app.cfg.tls_key) {
+        (Some(c), Some(k)) => Some(http::tls_acceptor(c, k)?),
+        _ => None,
+    };
     let limits = http::Limits::of(&app.cfg);
     let stats = app.http.clone();
     let task = tokio::spawn(async move {
         http::serve(
             listener,
+            tls,
             router,
             limits,
             stats,

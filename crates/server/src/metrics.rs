@@ -209,7 +209,7 @@ impl Metrics {
         let closed = Family::<Labels, Counter>::default();
         reg.register(
             "gosok_http_connections_closed_by_limit",
-            "HTTP connections closed by a limit (max_connections, max_connections_per_address, header_read_timeout, idle_timeout)",
+            "HTTP connections closed by a limit (max_connections, max_connections_per_address, header_read_timeout, idle_timeout) or a failed TLS handshake",
             closed.clone(),
         );
         for (why, v) in [
@@ -217,6 +217,7 @@ impl Metrics {
             ("max_connections_per_address", &http.refused_per_address),
             ("header_read_timeout", &http.header_timeouts),
             ("idle_timeout", &http.idle_closed),
+            ("tls_handshake", &http.tls_failures),
         ] {
             closed
                 .get_or_create(&vec![("limit".into(), why.into())])

@@ -183,8 +183,9 @@ pub fn load(
         Ok(None) => return fresh(source),
         Err(gosok_store::StoreError::Corrupt(e)) => anyhow::bail!(
             "{e}. The controller does not start on damaged files. The log alone holds the whole \
-             history: to replay all of it, move the snapshot file aside (the next clean stop writes \
-             a new one); or restore the data directory from a backup"
+             history: `gosok server recover --data-dir DIR --drop-snapshots` drops the damaged \
+             snapshot (the log is then replayed from an older one or from its start), as does \
+             moving the snapshot file aside; or restore the data directory from a backup"
         ),
         Err(e) => {
             tracing::warn!("cannot read the latest snapshot ({e}); replaying the whole log");
@@ -200,8 +201,8 @@ pub fn load(
              the log lost its last {} records (was gosok.db-wal deleted or truncated, or gosok.db \
              restored without it?). The controller does not start on a log behind its snapshot: \
              restore the data directory (gosok.db with its gosok.db-wal) from a backup. Only if \
-             losing those records and reusing their ids is acceptable, move gosok.snapshots.db \
-             aside to serve the log as it is",
+             losing those records and reusing their ids is acceptable, `gosok server recover \
+             --data-dir DIR --drop-snapshots` serves the log as it is",
             snap.seq,
             snap.seq - last
         );

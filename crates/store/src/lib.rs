@@ -13,7 +13,7 @@ mod group;
 mod sqlite;
 
 pub use group::{CommitError, GroupCommit};
-pub use sqlite::SqliteStore;
+pub use sqlite::{Damage, SqliteStore};
 
 /// One entry of the event log.
 #[derive(Debug, Clone, PartialEq, Eq)]

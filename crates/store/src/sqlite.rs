@@ -162,6 +162,78 @@ fn to_i64(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64
 }
 
+/// The first thing wrong with a log: the sequence number from which it cannot be trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The first record missing or failing its checksum; every record from here on is
+    /// suspect.
+    pub from: u64,
+    pub what: String,
+}
+
+/// Recovery: explicit, operator-chosen repairs of a damaged store (`gosok server recover`).
+impl SqliteStore {
+    /// Reads every record and returns the first gap or checksum failure, if any.
+    pub fn damage(&mut self) -> Result<Option<Damage>, StoreError> {
+        let mut st = self.conn.prepare(&format!("{SELECT} ORDER BY seq"))?;
+        let mut rows = st.query([])?;
+        let mut next = 1u64;
+        while let Some(row) = rows.next()? {
+            let seq = row.get::<_, i64>(0)? as u64;
+            if seq != next {
+                return Ok(Some(Damage {
+                    from: next,
+                    what: format!("record {next} is missing (the next one is {seq})"),
+                }));
+            }
+            if let Err(e) = record(row) {
+                return Ok(Some(Damage {
+                    from: seq,
+                    what: e.to_string(),
+                }));
+            }
+            next += 1;
+        }
+        Ok(None)
+    }
+
+    /// Deletes record `from` and every record after it.
+    pub fn truncate_from(&mut self, from: u64) -> Result<u64, StoreError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM events WHERE seq >= ?1", params![to_i64(from)])?;
+        self.last = None;
+        Ok(n as u64)
+    }
+
+    /// Every stored snapshot: its sequence number and whether its checksum holds.
+    pub fn snapshot_list(&mut self) -> Result<Vec<(u64, bool)>, StoreError> {
+        let mut out = Vec::new();
+        let conn = self.snapshots()?;
+        let mut st = conn.prepare("SELECT seq, at_ms, body, crc FROM snapshots ORDER BY seq")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let snap = Snapshot {
+                seq: r.get::<_, i64>(0)? as u64,
+                at_ms: r.get::<_, i64>(1)? as u64,
+                body: r.get(2)?,
+            };
+            let ok = match r.get::<_, Option<i64>>(3)? {
+                None => true,
+                Some(c) => c == snapshot_crc(&snap) as i64,
+            };
+            out.push((snap.seq, ok));
+        }
+        Ok(out)
+    }
+
+    pub fn delete_snapshot(&mut self, seq: u64) -> Result<(), StoreError> {
+        self.snapshots()?
+            .execute("DELETE FROM snapshots WHERE seq = ?1", params![to_i64(seq)])?;
+        Ok(())
+    }
+}
+
 impl Store for SqliteStore {
     fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
         if records.is_empty() {
@@ -442,6 +514,41 @@ mod tests {
             )
             .unwrap();
         assert_eq!(scan(&mut s, 0).unwrap(), 6);
+    }
+
+    #[test]
+    fn recovery_finds_the_first_damage_and_truncates_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("gosok.db")).unwrap();
+        s.append(&(1..=6).map(rec).collect::<Vec<_>>()).unwrap();
+        assert_eq!(s.damage().unwrap(), None);
+        s.conn
+            .execute("UPDATE events SET at_ms = 7 WHERE seq = 5", [])
+            .unwrap();
+        s.conn
+            .execute("DELETE FROM events WHERE seq = 3", [])
+            .unwrap();
+        let d = s.damage().unwrap().unwrap();
+        assert_eq!(d.from, 3, "{d:?}");
+        assert!(d.what.contains("record 3 is missing"), "{d:?}");
+        assert_eq!(s.truncate_from(3).unwrap(), 3);
+        assert_eq!((s.damage().unwrap(), s.last_seq().unwrap()), (None, 2));
+        s.append(&[rec(3)]).unwrap();
+        for seq in [2, 3] {
+            s.put_snapshot(&Snapshot {
+                seq,
+                at_ms: 0,
+                body: vec![1; 10],
+            })
+            .unwrap();
+        }
+        s.snapshots()
+            .unwrap()
+            .execute("UPDATE snapshots SET body = X'00' WHERE seq = 3", [])
+            .unwrap();
+        assert_eq!(s.snapshot_list().unwrap(), vec![(2, true), (3, false)]);
+        s.delete_snapshot(3).unwrap();
+        assert_eq!(s.latest_snapshot().unwrap().unwrap().seq, 2);
     }
 
     #[test]
