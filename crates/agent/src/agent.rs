@@ -217,7 +217,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         lease_until_ms: AtomicU64::new(0),
         generation: AtomicU64::new(0),
     });
-    let client = Client::new(&cfg.server, &cfg.token);
+    let client = Client::new(&cfg.server, &cfg.token, cfg.tls.clone());
     let (reply_tx, replies) = mpsc::channel();
     let comms = spawn_comms(client.clone(), gate.clone(), reply_tx.clone())?;
     let reports = spawn_reports(client, gate.clone(), reply_tx)?;

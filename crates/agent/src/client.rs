@@ -8,6 +8,36 @@ use gosok_model::agent::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// A TLS configuration that trusts only the CA certificates in `path` (PEM): for a controller
+/// whose certificate a private CA signed (`--ca`).
+pub fn tls_trusting(
+    path: &std::path::Path,
+) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("--ca {}: {e}", path.display()))?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "--ca {}: no certificate in it",
+        path.display()
+    );
+    for c in certs {
+        roots
+            .add(c)
+            .map_err(|e| anyhow::anyhow!("--ca {}: {e}", path.display()))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
+}
+
 /// Why a call gave up.
 #[derive(Debug)]
 pub enum CallError {
@@ -72,14 +102,22 @@ enum Attempt<T> {
 }
 
 impl Client {
-    pub fn new(server: &str, token: &str) -> Client {
+    /// `tls`: the CAs to trust for an `https://` controller (None: the public ones).
+    pub fn new(
+        server: &str,
+        token: &str,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> Client {
+        let mut b = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(2))
+            .timeout_write(Duration::from_secs(10));
+        if let Some(t) = tls {
+            b = b.tls_config(t);
+        }
         Client {
             base: server.trim_end_matches('/').to_string(),
             token: token.to_string(),
-            agent: ureq::AgentBuilder::new()
-                .timeout_connect(Duration::from_secs(2))
-                .timeout_write(Duration::from_secs(10))
-                .build(),
+            agent: b.build(),
         }
     }
 

@@ -42,6 +42,8 @@ pub struct Config {
     /// How tasks are isolated; `Sandbox` needs root and control groups.
     pub isolation: Isolation,
     pub sandbox: SandboxConfig,
+    /// The CAs an `https://` controller is checked against (None: the public ones).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// How long one turn of the main loop may spend starting tasks before it syncs, reports
     /// and polls again: a flood of starts costs time, never the lease.
     pub spawn_budget: Duration,
@@ -64,6 +66,7 @@ impl Config {
             isolation: Isolation::None,
             sandbox: SandboxConfig::default(),
             spawn_budget: Duration::from_millis(20),
+            tls: None,
         }
     }
 }

@@ -447,11 +447,14 @@ impl Running {
             })
             .kill_at;
         reaper::reap(Some(self.pid));
-        if now < kill_at && self.alive() {
+        let alive = self.alive();
+        if now < kill_at && alive {
             return Poll::Running;
         }
-        self.signal(libc::SIGKILL);
-        reaper::reap(Some(self.pid));
+        if alive {
+            self.signal(libc::SIGKILL);
+            reaper::reap(Some(self.pid));
+        }
         // SIGKILL takes effect asynchronously; wait for it (bounded, for processes stuck in
         // the kernel) so that none is left to become an unreaped zombie of the agent.
         if self.alive() && now < kill_at + Duration::from_secs(5) {

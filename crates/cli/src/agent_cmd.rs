@@ -15,9 +15,13 @@ use gosok_model::error::check_name;
 
 #[derive(Args)]
 pub struct AgentArgs {
-    /// The controller's URL (http://HOST:PORT); else $GOSOK_SERVER.
+    /// The controller's URL (http://HOST:PORT or https://HOST:PORT); else $GOSOK_SERVER.
     #[arg(long)]
     server: Option<String>,
+    /// The CA certificate(s) (PEM) an https:// controller's certificate must chain to; else
+    /// $GOSOK_CA; default: the public CAs.
+    #[arg(long, value_name = "PATH")]
+    ca: Option<PathBuf>,
     /// A file holding the agent token (`gosok token create --agent`), readable by its owner
     /// only (mode 0600); else $GOSOK_TOKEN. Never on the command line: every local user can
     /// read a process's arguments.
@@ -167,9 +171,16 @@ fn writable(dir: &std::path::Path) -> bool {
 /// Turns the flags into the agent's configuration, with every flag checked.
 pub fn config(a: AgentArgs) -> anyhow::Result<Config> {
     let server = from_env(a.server, "GOSOK_SERVER", "server")?;
-    if !server.starts_with("http://") {
-        bail!("--server {server:?}: expected http://HOST:PORT (TLS is not supported yet)");
+    if !server.starts_with("http://") && !server.starts_with("https://") {
+        bail!("--server {server:?}: expected http://HOST:PORT or https://HOST:PORT");
     }
+    let ca =
+        a.ca.clone()
+            .or_else(|| std::env::var_os("GOSOK_CA").map(PathBuf::from));
+    let tls = match &ca {
+        Some(path) => Some(gosok_agent::client::tls_trusting(path)?),
+        None => None,
+    };
     let token = match &a.token_file {
         Some(path) => read_token_file(path)?,
         None => from_env(None, "GOSOK_TOKEN", "token-file")?,
@@ -247,6 +258,7 @@ pub fn config(a: AgentArgs) -> anyhow::Result<Config> {
     cfg.logs_listen = logs_listen;
     cfg.handle_signals = true;
     cfg.isolation = isolation;
+    cfg.tls = tls;
     cfg.sandbox = SandboxConfig {
         uid_first,
         uid_count: uid_last - uid_first + 1,

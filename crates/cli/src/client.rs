@@ -289,34 +289,7 @@ struct ClientFile {
     ca: Option<PathBuf>,
 }
 
-/// A TLS configuration that trusts only the CA certificates in `path` (PEM).
-pub(crate) fn tls_trusting(
-    path: &std::path::Path,
-) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| anyhow::anyhow!("--ca {}: {e}", path.display()))?;
-    anyhow::ensure!(
-        !certs.is_empty(),
-        "--ca {}: no certificate in it",
-        path.display()
-    );
-    for c in certs {
-        roots
-            .add(c)
-            .map_err(|e| anyhow::anyhow!("--ca {}: {e}", path.display()))?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(std::sync::Arc::new(config))
-}
+pub(crate) use gosok_agent::client::tls_trusting;
 
 impl Client {
     fn new(c: &Conn) -> anyhow::Result<Client> {
