@@ -121,11 +121,13 @@ const STAGE_FD: i32 = 1021;
 #[derive(Debug)]
 pub struct Entry {
     uid: u32,
+    /// Where the task gets a fresh tmpfs of its own (`/tmp`, `/dev/shm`).
+    private: Vec<CString>,
     procs: Vec<CString>,
     mount_ns: bool,
     hide: Vec<CString>,
-    /// With the run directory under a hidden one (or under /tmp, which the task gets a
-    /// private one of): the directories to make again inside the cover, the last the run
+    /// With the run directory under a hidden one (or under /tmp or /dev/shm, which the task
+    /// gets private ones of): the directories to make again inside the cover, the last the run
     /// directory's path, where it is bound back (through a descriptor opened before the
     /// cover, [`STAGE_FD`]).
     rebind: Option<Vec<CString>>,
@@ -140,6 +142,8 @@ pub struct Sandbox {
     hierarchy: Hierarchy,
     mount_ns: bool,
     hide: Vec<PathBuf>,
+    /// `/tmp` and `/dev/shm` (where the machine has it): each task gets fresh ones.
+    private: Vec<PathBuf>,
     run_root: PathBuf,
     uids: std::collections::HashMap<String, u32>,
     next_group: u64,
@@ -427,11 +431,17 @@ impl Sandbox {
                 .create(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
+        let private = ["/tmp", "/dev/shm"]
+            .iter()
+            .filter_map(|p| Path::new(p).canonicalize().ok())
+            .filter(|p| p.is_dir())
+            .collect();
         Ok(Sandbox {
             cfg,
             hierarchy,
             mount_ns,
             hide,
+            private,
             run_root,
             uids: std::collections::HashMap::new(),
             next_group: 0,
@@ -529,16 +539,18 @@ impl Sandbox {
                 .iter()
                 .map(|(_, d)| c_path(&d.join("cgroup.procs")))
                 .collect::<Result<Vec<_>, _>>()?;
-            // Hidden paths under /tmp are gone with the private /tmp.
-            let tmp = Path::new("/tmp");
+            // Hidden paths under /tmp or /dev/shm are gone with the task's private ones.
             let hide = self
                 .hide
                 .iter()
-                .filter(|p| !p.starts_with(tmp))
+                .filter(|p| !self.private.iter().any(|q| p.starts_with(q)))
                 .map(|p| c_path(p))
                 .collect::<Result<Vec<_>, _>>()?;
-            let cover = std::iter::once(tmp)
-                .chain(self.hide.iter().map(PathBuf::as_path))
+            let cover = self
+                .private
+                .iter()
+                .chain(self.hide.iter())
+                .map(PathBuf::as_path)
                 .find(|h| run_dir.starts_with(h));
             let rebind = match cover {
                 Some(h) if self.mount_ns => {
@@ -558,6 +570,11 @@ impl Sandbox {
             };
             Ok(Entry {
                 uid,
+                private: self
+                    .private
+                    .iter()
+                    .map(|p| c_path(p))
+                    .collect::<Result<Vec<_>, _>>()?,
                 procs,
                 mount_ns: self.mount_ns,
                 hide,
@@ -714,15 +731,17 @@ impl Entry {
                     }
                 }
                 let nosuid = libc::MS_NOSUID | libc::MS_NODEV;
-                if libc::mount(
-                    c"tmpfs".as_ptr(),
-                    c"/tmp".as_ptr(),
-                    c"tmpfs".as_ptr(),
-                    nosuid,
-                    c"mode=1777".as_ptr().cast(),
-                ) != 0
-                {
-                    return Err(err());
+                for p in &self.private {
+                    if libc::mount(
+                        c"tmpfs".as_ptr(),
+                        p.as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        nosuid,
+                        c"mode=1777".as_ptr().cast(),
+                    ) != 0
+                    {
+                        return Err(err());
+                    }
                 }
                 for h in &self.hide {
                     if libc::mount(
@@ -1021,6 +1040,7 @@ mod tests {
             hierarchy: Hierarchy::V1 { parents: vec![] },
             mount_ns: false,
             hide: vec![],
+            private: vec![],
             run_root: tmp.path().to_path_buf(),
             uids: Default::default(),
             next_group: 0,

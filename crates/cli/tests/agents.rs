@@ -894,8 +894,11 @@ fn a_tenant_s_job_cannot_read_secrets_or_see_or_signal_another_tenant_s_tasks() 
     let rival = h.tenant_token("rival");
     let pidfile = h.shared("lab-pid");
     let secret = "hf_secret_of_lab_0123456789";
-    let lab = h.submit(json!({"groups": [{"accelerators": 1}], "env": {"HF_TOKEN": secret},
-        "command": sh(&format!("echo $$ > {}; echo lab-private-output; exec sleep 1000", pidfile.display()))}));
+    let lab = h.submit(
+        json!({"groups": [{"accelerators": 1}], "env": {"HF_TOKEN": secret},
+        "command": sh(&format!("echo $HF_TOKEN > /tmp/lab-tmp; echo $HF_TOKEN > /dev/shm/lab-shm; \
+            echo $$ > {}; echo lab-private-output; exec sleep 1000", pidfile.display()))}),
+    );
     h.wait_state(lab, "running");
     h.wait("lab's pid", || !read_pids(&pidfile).is_empty());
     let pid = read_pids(&pidfile)[0];
@@ -907,6 +910,7 @@ fn a_tenant_s_job_cannot_read_secrets_or_see_or_signal_another_tenant_s_tasks() 
          cat ../../../../../data/admin.token; ls -la {work}; ls {work}/logs; \
          cat {work}/logs/{lab}/1/0/stdout.log; cat {work}/pgids; \
          cat /proc/{pid}/environ; kill -9 {pid}; kill -9 -{pid}; \
+         cat /tmp/lab-tmp /dev/shm/lab-shm; \
          cat /proc/1/environ; echo attack-done",
         data = data.display(),
         work = work.display(),
