@@ -8,7 +8,7 @@ use gosok_model::{
 };
 
 use crate::cluster::{Cluster, TaskRef};
-use crate::config::{EngineConfig, QueuePolicy};
+use crate::config::{EngineConfig, Las, QueuePolicy};
 use crate::event::{Decision, EngineError, Event, JobState, PreemptReason, TaskPlacement};
 use crate::explain::{Blocker, WaitReason};
 use crate::ids::{IdHasher, IdMap, JobId, ModelSet, NodeIdx, SiteSet, TenantIdx};
@@ -82,6 +82,7 @@ struct FailedKey {
     allowed: ModelSet,
     priority: PriorityClass,
     reclaimer: Option<TenantIdx>,
+    las_tenant: Option<TenantIdx>,
 }
 
 type FailedShapes = HashMap<FailedKey, WaitReason, std::hash::BuildHasherDefault<IdHasher>>;
@@ -115,14 +116,46 @@ fn request_for<'a>(
     }
 }
 
+/// Bits of a `FairShareLas` place in line below the level: the submit time.
+const LAS_LEVEL_SHIFT: u32 = 48;
+
 /// A pending job's place in its line under `policy`.
 fn order_key(policy: QueuePolicy, job: &Job, default_runtime_s: u64) -> u64 {
     match policy {
+        // The level, then age: one integer keeps the class queues' order.
+        QueuePolicy::FairShareLas(las) => {
+            (las.level(job.attained_milli_s) as u64) << LAS_LEVEL_SHIFT
+                | job.submit_s.min((1 << LAS_LEVEL_SHIFT) - 1)
+        }
         QueuePolicy::FairShare | QueuePolicy::Fifo => job.submit_s,
         QueuePolicy::ShortestFirst => job.estimate_s.or(job.limit_s).unwrap_or(u64::MAX),
         QueuePolicy::ShortestRemainingFirst { .. } => job.remaining_s(0, default_runtime_s),
     }
 }
+
+/// A running job's entries in `Engine::las_ready`: for each level `l` but the last, the time
+/// from which it may be preempted for a job of level `l` of its tenant and class — once its
+/// attained service is past level `l`'s bound and it has run `min_run_s` in this attempt.
+/// None for a job holding no accelerators (its service never grows).
+fn las_ready_keys(las: &Las, job: &Job) -> Vec<LasReady> {
+    let accel = job.accel_milli();
+    if accel == 0 {
+        return Vec::new();
+    }
+    let earliest = job.started_s.saturating_add(las.min_run_s);
+    (0..las.levels.saturating_sub(1))
+        .map(|l| {
+            let bound = las.bound_milli_s(l);
+            let crosses = job
+                .started_s
+                .saturating_add(bound.saturating_sub(job.attained_milli_s).div_ceil(accel));
+            (job.tenant, job.priority, l, crosses.max(earliest), job.id)
+        })
+        .collect()
+}
+
+/// (tenant, priority class, level, from when, job): see `las_ready_keys`.
+type LasReady = (TenantIdx, PriorityClass, u8, u64, JobId);
 
 /// Why a pending job waits, and where it stands.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -171,6 +204,13 @@ pub struct Engine {
     /// Running preemptible jobs by priority class: where preemption looks for victims.
     #[serde(with = "crate::snapshot::sorted_set")]
     preemptible_running: BTreeSet<(PriorityClass, JobId)>,
+    /// Under `FairShareLas`: running preemptible jobs by the time from which a job of a lower
+    /// level of their tenant and class may preempt them (`las_ready_keys`).
+    #[serde(with = "crate::snapshot::sorted_set")]
+    las_ready: BTreeSet<LasReady>,
+    /// Under `FairShareLas`: pending jobs sent down the ladder, by when they are promoted.
+    #[serde(with = "crate::snapshot::sorted_set")]
+    promotions: BTreeSet<(u64, JobId)>,
     stats: PassStats,
 }
 
@@ -232,6 +272,9 @@ impl Engine {
             1.0,
         )?;
         let scorers = build_scorers(&cfg)?;
+        if let QueuePolicy::FairShareLas(las) = cfg.queue_policy {
+            las.validate()?;
+        }
         let c = Cluster::new(&catalog, cluster, cfg.accelerator_utilisation)?;
         let site_jurisdictions = cluster
             .site
@@ -261,6 +304,8 @@ impl Engine {
             profile_dirty: false,
             now_s: 0,
             preemptible_running: BTreeSet::new(),
+            las_ready: BTreeSet::new(),
+            promotions: BTreeSet::new(),
             stats: PassStats::default(),
         };
         for t in &cluster.tenant {
@@ -318,6 +363,49 @@ impl Engine {
 
     fn order_key(&self, job: &Job) -> u64 {
         order_key(self.cfg.queue_policy, job, self.cfg.default_runtime_s)
+    }
+
+    /// The attained-service ladder, when the queue policy has one.
+    fn las(&self) -> Option<Las> {
+        match self.cfg.queue_policy {
+            QueuePolicy::FairShareLas(las) => Some(las),
+            _ => None,
+        }
+    }
+
+    /// Whether tenants are weighed against each other by fair share.
+    fn fair_share(&self) -> bool {
+        matches!(
+            self.cfg.queue_policy,
+            QueuePolicy::FairShare | QueuePolicy::FairShareLas(_)
+        )
+    }
+
+    /// A pending job that was sent down the ladder goes back to its first level, its
+    /// attained service counted from zero again (Tiresias' promotion against starvation).
+    fn promote(&mut self, id: JobId) {
+        let policy = self.cfg.queue_policy;
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        job.promote_at_s = 0;
+        if job.state != JobState::Pending {
+            return;
+        }
+        self.queues.remove(job.tenant, job.class, job.pending());
+        job.attained_milli_s = 0;
+        job.order_s = order_key(policy, job, self.cfg.default_runtime_s);
+        self.queues.push(job.tenant, job.class, job.pending());
+    }
+
+    /// Takes a pending job's promotion off the schedule (it starts or leaves).
+    fn unschedule_promotion(&mut self, id: JobId) {
+        if let Some(job) = self.jobs.get_mut(&id)
+            && job.promote_at_s != 0
+        {
+            self.promotions.remove(&(job.promote_at_s, id));
+            job.promote_at_s = 0;
+        }
     }
 
     fn upsert_tenant(&mut self, spec: TenantSpec) -> Result<(), SpecError> {
@@ -405,6 +493,13 @@ impl Engine {
             t.decay(dt, self.cfg.fair_share_half_life_s);
         }
         self.now_s = now_s;
+        while let Some(&(at, id)) = self.promotions.first() {
+            if at > now_s {
+                break;
+            }
+            self.promotions.pop_first();
+            self.promote(id);
+        }
         while let Some(&(deadline, id)) = self.limits.first() {
             if deadline >= now_s {
                 break;
@@ -453,6 +548,8 @@ impl Engine {
             order_s: 0,
             run_s: 0,
             overhead_s: 0,
+            attained_milli_s: 0,
+            promote_at_s: 0,
         };
         let admitted = self.admit(tenant, &spec).and_then(|(t, shape)| {
             job.tenant = t;
@@ -754,6 +851,8 @@ impl Engine {
 
     fn start(&mut self, id: JobId, placed: Vec<Placed>, out: &mut Vec<Decision>) {
         let now = self.now_s;
+        self.unschedule_promotion(id);
+        let las = self.las();
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
@@ -801,6 +900,9 @@ impl Engine {
         }
         if job.preemptible {
             self.preemptible_running.insert((job.priority, id));
+            if let Some(las) = las {
+                self.las_ready.extend(las_ready_keys(&las, job));
+            }
         }
         if self.reservation.job == Some(id) {
             self.reservation = Reservation::default();
@@ -816,22 +918,44 @@ impl Engine {
     /// Takes a running job off its nodes, leaving it in `state`.
     fn unrun(&mut self, id: JobId, state: JobState) {
         self.charge(id, true);
+        let now = self.now_s;
+        let las = self.las();
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
         if let Some(l) = job.limit_s {
             self.limits.remove(&(job.started_s.saturating_add(l), id));
         }
-        if job.preemptible && job.state == JobState::Running {
+        let was_running = job.state == JobState::Running;
+        if job.preemptible && was_running {
             self.preemptible_running.remove(&(job.priority, id));
+            if let Some(las) = las {
+                for k in las_ready_keys(&las, job) {
+                    self.las_ready.remove(&k);
+                }
+            }
+        }
+        if was_running {
+            job.attained_milli_s = job.attained_now_milli_s(now);
         }
         job.tasks.clear();
-        job.run_s += self.now_s.saturating_sub(job.started_s);
+        job.run_s += now.saturating_sub(job.started_s);
         job.state = state;
         if state == JobState::Pending {
             let order_s = order_key(self.cfg.queue_policy, job, self.cfg.default_runtime_s);
             job.order_s = order_s;
             self.queues.push(job.tenant, job.class, job.pending());
+            // Down the ladder: promoted back to its first level after waiting a multiple
+            // of the time it has run.
+            if let Some(las) = las
+                && las.level(job.attained_milli_s) > 0
+            {
+                let at = now
+                    .saturating_add(job.run_s.saturating_mul(las.promote_after_runs as u64))
+                    .max(1);
+                job.promote_at_s = at;
+                self.promotions.insert((at, id));
+            }
         }
     }
 
@@ -861,7 +985,12 @@ impl Engine {
 
     fn preempt(&mut self, id: JobId, reason: PreemptReason, out: &mut Vec<Decision>) {
         let attempt = self.jobs.get(&id).map_or(0, |j| j.attempt);
-        if let QueuePolicy::ShortestRemainingFirst { overhead_s } = self.cfg.queue_policy
+        let overhead = match self.cfg.queue_policy {
+            QueuePolicy::ShortestRemainingFirst { overhead_s } => Some(overhead_s),
+            QueuePolicy::FairShareLas(las) => Some(las.overhead_s),
+            _ => None,
+        };
+        if let Some(overhead_s) = overhead
             && let Some(j) = self.jobs.get_mut(&id)
         {
             // Checkpoint and restart cost, by job size (1, up to 8, more accelerators).
@@ -887,6 +1016,10 @@ impl Engine {
     }
 
     fn cancel(&mut self, id: JobId, out: &mut Vec<Decision>) -> Result<(), EngineError> {
+        let job = self.jobs.get(&id).ok_or(EngineError::UnknownJob(id))?;
+        if job.state == JobState::Pending {
+            self.unschedule_promotion(id);
+        }
         let job = self.jobs.get_mut(&id).ok_or(EngineError::UnknownJob(id))?;
         match job.state {
             JobState::Pending => {
@@ -1148,9 +1281,10 @@ impl Engine {
     fn head(&self, t: TenantIdx, sub: SubHead, cap: [u64; 3]) -> Head {
         // Only fair share weighs tenants against each other; the classic policies order
         // by their key alone.
-        let fair_bits = match self.cfg.queue_policy {
-            QueuePolicy::FairShare => self.tenants[t as usize].fair_key(cap).to_bits(),
-            _ => 0,
+        let fair_bits = if self.fair_share() {
+            self.tenants[t as usize].fair_key(cap).to_bits()
+        } else {
+            0
         };
         Head {
             fair_bits,
@@ -1289,12 +1423,15 @@ impl Engine {
         } else {
             self.reclaim_models(id).map(|_| job.tenant)
         };
+        // Attained-service preemption takes only the tenant's own jobs.
+        let las_tenant = self.las_victim_ready(id).then_some(job.tenant);
         let cache_key = FailedKey {
             shape: sid,
             bound,
             allowed,
             priority,
             reclaimer,
+            las_tenant,
         };
         self.stats.considered += 1;
         if let Some(&r) = failed.get(&cache_key) {
@@ -1471,7 +1608,28 @@ impl Engine {
             .preemptible_running
             .first()
             .is_some_and(|&(p, _)| p < job.priority);
-        lower || self.reclaim_models(id).is_some() || self.shorter_than_some_running(id)
+        lower
+            || self.reclaim_models(id).is_some()
+            || self.shorter_than_some_running(id)
+            || self.las_victim_ready(id)
+    }
+
+    /// Under `FairShareLas`: whether a running preemptible job of the same tenant and class
+    /// is on a higher level than this pending job and has run its minimum time.
+    fn las_victim_ready(&self, id: JobId) -> bool {
+        let Some(las) = self.las() else {
+            return false;
+        };
+        let job = &self.jobs[&id];
+        let level = las.level(job.attained_milli_s);
+        if level + 1 >= las.levels {
+            return false;
+        }
+        let (t, p) = (job.tenant, job.priority);
+        self.las_ready
+            .range((t, p, level, 0, JobId(0))..=(t, p, level, self.now_s, JobId(u64::MAX)))
+            .next()
+            .is_some()
     }
 
     /// SRTF: whether some running job of the same class or lower has more time left.
@@ -1555,6 +1713,8 @@ impl Engine {
             QueuePolicy::ShortestRemainingFirst { .. }
         );
         let mine = self.jobs[&id].remaining_s(now, self.cfg.default_runtime_s);
+        let las = self.las();
+        let my_level = las.map_or(0, |l| l.level(self.jobs[&id].attained_milli_s));
         let mut victims: Vec<(PreemptReason, (PriorityClass, u64, JobId))> = cands
             .into_iter()
             .filter_map(|v| {
@@ -1573,6 +1733,20 @@ impl Engine {
                     return (left > mine).then_some((
                         PreemptReason::ShorterRemaining { by: id },
                         (vj.priority, u64::MAX - left, v),
+                    ));
+                }
+                if let Some(las) = las
+                    && vj.priority == priority
+                    && vj.tenant == tenant
+                {
+                    // LAS: the tenant's own jobs on a higher level that ran their minimum,
+                    // the most attained service first.
+                    let attained = vj.attained_now_milli_s(now);
+                    let ready = las.level(attained) > my_level
+                        && now.saturating_sub(vj.started_s) >= las.min_run_s;
+                    return ready.then_some((
+                        PreemptReason::LeastAttained { by: id },
+                        (vj.priority, u64::MAX - attained, v),
                     ));
                 }
                 let rm = reclaim?;
@@ -1821,13 +1995,13 @@ impl Engine {
     /// Every pending job's sort key in `queue` order.
     fn queue_keys(&self) -> impl Iterator<Item = QueueOrder> + '_ {
         let cap = self.capacity();
-        let fair: Vec<u64> = match self.cfg.queue_policy {
-            QueuePolicy::FairShare => self
-                .tenants
+        let fair: Vec<u64> = if self.fair_share() {
+            self.tenants
                 .iter()
                 .map(|t| t.fair_key(cap).to_bits())
-                .collect(),
-            _ => vec![0; self.tenants.len()],
+                .collect()
+        } else {
+            vec![0; self.tenants.len()]
         };
         self.queues.iter().map(move |(t, c, order_s, id)| {
             (
@@ -1972,6 +2146,33 @@ impl Engine {
         }
         if pending != self.queues.len() || self.queues.iter().count() != pending {
             return Err("pending count disagrees with the queues".into());
+        }
+        // The ladder's schedules name exactly the jobs they are about.
+        for &(at, id) in &self.promotions {
+            if self
+                .jobs
+                .get(&id)
+                .is_none_or(|j| j.state != JobState::Pending || j.promote_at_s != at)
+            {
+                return Err(format!("job {id} is scheduled for a stale promotion"));
+            }
+        }
+        let scheduled = self.jobs.values().filter(|j| j.promote_at_s != 0).count();
+        if scheduled != self.promotions.len() {
+            return Err("promotion schedule disagrees with the jobs".into());
+        }
+        if let Some(las) = self.las() {
+            let want: BTreeSet<LasReady> = self
+                .jobs
+                .values()
+                .filter(|j| j.preemptible && j.state == JobState::Running)
+                .flat_map(|j| las_ready_keys(&las, j))
+                .collect();
+            if want != self.las_ready {
+                return Err("the attained-service index disagrees with the running jobs".into());
+            }
+        } else if !self.las_ready.is_empty() || !self.promotions.is_empty() {
+            return Err("attained-service state kept without the ladder".into());
         }
         let mut rack_w = vec![0u64; c.racks.len()];
         let mut site_w = vec![0u64; c.sites.len()];
