@@ -87,6 +87,10 @@ pub struct Las {
     /// Checkpoint overhead added to a preempted job's remaining estimate, for jobs of up to 1,
     /// 8, or more accelerators (as `ShortestRemainingFirst`).
     pub overhead_s: [u64; 3],
+    /// After a search among higher-level jobs found no room for a job, it is not searched
+    /// again for this long (as Kubernetes backs off unschedulable pods): each pass would
+    /// mostly find the same.
+    pub retry_s: u64,
 }
 
 impl Default for Las {
@@ -98,6 +102,7 @@ impl Default for Las {
             min_run_s: 600,
             promote_after_runs: 2,
             overhead_s: [7, 30, 60],
+            retry_s: 60,
         }
     }
 }

@@ -550,6 +550,7 @@ impl Engine {
             overhead_s: 0,
             attained_milli_s: 0,
             promote_at_s: 0,
+            las_retry_at_s: 0,
         };
         let admitted = self.admit(tenant, &spec).and_then(|(t, shape)| {
             job.tenant = t;
@@ -1424,7 +1425,8 @@ impl Engine {
             self.reclaim_models(id).map(|_| job.tenant)
         };
         // Attained-service preemption takes only the tenant's own jobs.
-        let las_tenant = self.las_victim_ready(id).then_some(job.tenant);
+        let las_ready = self.las_victim_ready(id);
+        let las_tenant = las_ready.then_some(job.tenant);
         let cache_key = FailedKey {
             shape: sid,
             bound,
@@ -1444,13 +1446,22 @@ impl Engine {
                 WaitReason::Queued
             }
             Err(blocker) => {
-                if *preemption_budget > 0 && self.could_preempt(id) {
+                let other = *preemption_budget > 0 && self.could_preempt(id);
+                if *preemption_budget > 0 && (other || las_ready) {
                     *preemption_budget -= 1;
                     self.stats.preemption_searches += 1;
                     // The victims' room goes to this job, so what failed before still
                     // fails: the failed-shape cache stays.
                     if self.try_preempt(id, out) {
                         return WaitReason::Queued;
+                    }
+                    if !other && let Some(las) = self.las() {
+                        // No room among the tenant's jobs of higher levels: not searched
+                        // again for a while (each pass would find the same).
+                        let retry = self.now_s.saturating_add(las.retry_s);
+                        if let Some(j) = self.jobs.get_mut(&id) {
+                            j.las_retry_at_s = retry;
+                        }
                     }
                 }
                 let fit = self.static_fit_of(sid);
@@ -1608,21 +1619,19 @@ impl Engine {
             .preemptible_running
             .first()
             .is_some_and(|&(p, _)| p < job.priority);
-        lower
-            || self.reclaim_models(id).is_some()
-            || self.shorter_than_some_running(id)
-            || self.las_victim_ready(id)
+        lower || self.reclaim_models(id).is_some() || self.shorter_than_some_running(id)
     }
 
     /// Under `FairShareLas`: whether a running preemptible job of the same tenant and class
-    /// is on a higher level than this pending job and has run its minimum time.
+    /// is on a higher level than this pending job and has run its minimum time (and the
+    /// job's last search that found no room is `retry_s` ago).
     fn las_victim_ready(&self, id: JobId) -> bool {
         let Some(las) = self.las() else {
             return false;
         };
         let job = &self.jobs[&id];
         let level = las.level(job.attained_milli_s);
-        if level + 1 >= las.levels {
+        if level + 1 >= las.levels || job.las_retry_at_s > self.now_s {
             return false;
         }
         let (t, p) = (job.tenant, job.priority);
@@ -1689,24 +1698,6 @@ impl Engine {
         } else {
             priority
         };
-        // Lowest classes first; once enough victims are found, a class boundary ends the
-        // search (victims of higher classes would sort after all of them).
-        let mut cands: Vec<JobId> = Vec::new();
-        let mut class = None;
-        for &(p, v) in self.preemptible_running.range(..=(upto, JobId(u64::MAX))) {
-            if class != Some(p) && cands.len() >= 2 * MAX_VICTIMS {
-                break;
-            }
-            class = Some(p);
-            let usable = self.jobs[&v].tasks.iter().any(|t| {
-                let n = &self.cluster.nodes[t.hold.node as usize];
-                shape.sites.contains(n.site)
-                    && (models.is_empty() || n.model.is_some_and(|m| models.contains(m)))
-            });
-            if usable {
-                cands.push(v);
-            }
-        }
         let now = self.now_s;
         let srtf = matches!(
             self.cfg.queue_policy,
@@ -1715,6 +1706,41 @@ impl Engine {
         let mine = self.jobs[&id].remaining_s(now, self.cfg.default_runtime_s);
         let las = self.las();
         let my_level = las.map_or(0, |l| l.level(self.jobs[&id].attained_milli_s));
+        // Jobs of its own class are victims only when reclaiming or under SRTF; under LAS
+        // the tenant's own ready jobs come from their index below.
+        let own_class = reclaim.is_some() || srtf;
+        let usable = |v: JobId| {
+            self.jobs[&v].tasks.iter().any(|t| {
+                let n = &self.cluster.nodes[t.hold.node as usize];
+                shape.sites.contains(n.site)
+                    && (models.is_empty() || n.model.is_some_and(|m| models.contains(m)))
+            })
+        };
+        // Lowest classes first; once enough victims are found, a class boundary ends the
+        // search (victims of higher classes would sort after all of them).
+        let mut cands: Vec<JobId> = Vec::new();
+        let mut class = None;
+        for &(p, v) in self.preemptible_running.range(..=(upto, JobId(u64::MAX))) {
+            if class != Some(p) && cands.len() >= 2 * MAX_VICTIMS || !own_class && p >= priority
+            {
+                break;
+            }
+            class = Some(p);
+            if usable(v) {
+                cands.push(v);
+            }
+        }
+        if las.is_some() && !own_class && my_level + 1 < las.map_or(0, |l| l.levels) {
+            let r = (tenant, priority, my_level, 0, JobId(0))
+                ..=(tenant, priority, my_level, now, JobId(u64::MAX));
+            cands.extend(
+                self.las_ready
+                    .range(r)
+                    .map(|k| k.4)
+                    .filter(|&v| usable(v))
+                    .take(2 * MAX_VICTIMS),
+            );
+        }
         let mut victims: Vec<(PreemptReason, (PriorityClass, u64, JobId))> = cands
             .into_iter()
             .filter_map(|v| {

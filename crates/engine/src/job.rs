@@ -94,6 +94,9 @@ pub struct Job {
     /// When a pending job that was sent down the ladder is promoted to its first level
     /// (0: not scheduled).
     pub promote_at_s: u64,
+    /// Not searched for attained-service victims before this time (its last search found no
+    /// room).
+    pub las_retry_at_s: u64,
 }
 
 impl Job {
