@@ -81,8 +81,12 @@ pub struct Las {
     /// A preemptible job is preempted for a job of a lower level of its own tenant and class
     /// only after it has run this long in its current attempt.
     pub min_run_s: u64,
+    /// An attempt is also safe for this many times the job's run time before it: the
+    /// protected run doubles (for 1) with every preemption, so a job of run time D is
+    /// preempted for this order at most about log2(D / min_run_s) times.
+    pub protect_runs: u32,
     /// A job sent back to a higher level waits at most this many times its total run time
-    /// before it is promoted to the first level (its ladder restarts from zero).
+    /// before it is promoted to the first level (its ladder restarts from zero); 0: never.
     pub promote_after_runs: u32,
     /// Checkpoint overhead added to a preempted job's remaining estimate, for jobs of up to 1,
     /// 8, or more accelerators (as `ShortestRemainingFirst`).
@@ -100,6 +104,7 @@ impl Default for Las {
             level_ratio: 4,
             levels: 6,
             min_run_s: 600,
+            protect_runs: 1,
             promote_after_runs: 2,
             overhead_s: [7, 30, 60],
             retry_s: 60,
@@ -120,6 +125,13 @@ impl Las {
             bound = bound.saturating_mul(self.level_ratio);
         }
         level
+    }
+
+    /// How long an attempt of a job that ran `run_s` before it is safe from preemption for
+    /// this order.
+    pub fn protected_s(&self, run_s: u64) -> u64 {
+        self.min_run_s
+            .max(run_s.saturating_mul(self.protect_runs as u64))
     }
 
     /// The attained service (thousandth-accelerator-seconds) at which level `level` ends.

@@ -142,7 +142,7 @@ fn las_ready_keys(las: &Las, job: &Job) -> Vec<LasReady> {
     if accel == 0 {
         return Vec::new();
     }
-    let earliest = job.started_s.saturating_add(las.min_run_s);
+    let earliest = job.started_s.saturating_add(las.protected_s(job.run_s));
     (0..las.levels.saturating_sub(1))
         .map(|l| {
             let bound = las.bound_milli_s(l);
@@ -949,6 +949,7 @@ impl Engine {
             // Down the ladder: promoted back to its first level after waiting a multiple
             // of the time it has run.
             if let Some(las) = las
+                && las.promote_after_runs > 0
                 && las.level(job.attained_milli_s) > 0
             {
                 let at = now
@@ -1769,7 +1770,7 @@ impl Engine {
                     // the most attained service first.
                     let attained = vj.attained_now_milli_s(now);
                     let ready = las.level(attained) > my_level
-                        && now.saturating_sub(vj.started_s) >= las.min_run_s;
+                        && now.saturating_sub(vj.started_s) >= las.protected_s(vj.run_s);
                     return ready.then_some((
                         PreemptReason::LeastAttained { by: id },
                         (vj.priority, u64::MAX - attained, v),
