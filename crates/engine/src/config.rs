@@ -186,3 +186,101 @@ impl Default for EngineConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ladder_is_geometric_and_its_last_level_open() {
+        let las = Las {
+            first_level_accel_s: 10,
+            level_ratio: 4,
+            levels: 3,
+            ..Las::default()
+        };
+        // Bounds at 10, 40 accelerator-seconds; the third level holds the rest.
+        assert_eq!(las.level(0), 0);
+        assert_eq!(las.level(9_999), 0);
+        assert_eq!(las.level(10_000), 1);
+        assert_eq!(las.level(39_999), 1);
+        assert_eq!(las.level(40_000), 2);
+        assert_eq!(las.level(u64::MAX), 2);
+        assert_eq!(
+            (las.bound_milli_s(0), las.bound_milli_s(1)),
+            (10_000, 40_000)
+        );
+        let one = Las { levels: 1, ..las };
+        assert_eq!(one.level(u64::MAX), 0);
+    }
+
+    #[test]
+    fn protection_grows_with_the_run_time_before() {
+        let las = Las::default();
+        assert_eq!(las.protected_s(0), las.min_run_s);
+        assert_eq!(las.protected_s(5000), 5000);
+        let off = Las {
+            protect_runs: 0,
+            ..las
+        };
+        assert_eq!(off.protected_s(5000), off.min_run_s);
+    }
+
+    #[test]
+    fn bad_ladders_are_refused_with_the_field_named() {
+        for (las, field) in [
+            (
+                Las {
+                    levels: 0,
+                    ..Las::default()
+                },
+                "queue_policy.levels",
+            ),
+            (
+                Las {
+                    levels: 9,
+                    ..Las::default()
+                },
+                "queue_policy.levels",
+            ),
+            (
+                Las {
+                    level_ratio: 1,
+                    ..Las::default()
+                },
+                "queue_policy.level_ratio",
+            ),
+            (
+                Las {
+                    first_level_accel_s: 0,
+                    ..Las::default()
+                },
+                "queue_policy.first_level_accel_s",
+            ),
+        ] {
+            assert_eq!(las.validate().unwrap_err().field, field);
+        }
+        assert!(Las::default().validate().is_ok());
+    }
+
+    #[test]
+    fn policies_are_named_in_config_files() {
+        let p: QueuePolicy =
+            serde_json::from_str(r#"{"kind":"fair_share_las","min_run_s":300}"#).unwrap();
+        assert_eq!(
+            p,
+            QueuePolicy::FairShareLas(Las {
+                min_run_s: 300,
+                ..Las::default()
+            })
+        );
+        let p: QueuePolicy = serde_json::from_str(r#"{"kind":"fair_share"}"#).unwrap();
+        assert_eq!(p, QueuePolicy::FairShare);
+        assert_eq!(EngineConfig::default().queue_policy, QueuePolicy::default());
+        assert!(matches!(
+            QueuePolicy::default(),
+            QueuePolicy::FairShareLas(_)
+        ));
+        assert!(serde_json::from_str::<QueuePolicy>(r#"{"kind":"fair_share_las","x":1}"#).is_err());
+    }
+}

@@ -1722,8 +1722,7 @@ impl Engine {
         let mut cands: Vec<JobId> = Vec::new();
         let mut class = None;
         for &(p, v) in self.preemptible_running.range(..=(upto, JobId(u64::MAX))) {
-            if class != Some(p) && cands.len() >= 2 * MAX_VICTIMS || !own_class && p >= priority
-            {
+            if class != Some(p) && cands.len() >= 2 * MAX_VICTIMS || !own_class && p >= priority {
                 break;
             }
             class = Some(p);
