@@ -107,7 +107,7 @@ impl Default for Las {
             protect_runs: 1,
             promote_after_runs: 2,
             overhead_s: [7, 30, 60],
-            retry_s: 60,
+            retry_s: 300,
         }
     }
 }

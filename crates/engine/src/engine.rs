@@ -137,21 +137,18 @@ fn order_key(policy: QueuePolicy, job: &Job, default_runtime_s: u64) -> u64 {
 /// from which it may be preempted for a job of level `l` of its tenant and class — once its
 /// attained service is past level `l`'s bound and it has run `min_run_s` in this attempt.
 /// None for a job holding no accelerators (its service never grows).
-fn las_ready_keys(las: &Las, job: &Job) -> Vec<LasReady> {
+fn las_ready_keys(las: &Las, job: &Job) -> impl Iterator<Item = LasReady> {
     let accel = job.accel_milli();
-    if accel == 0 {
-        return Vec::new();
-    }
     let earliest = job.started_s.saturating_add(las.protected_s(job.run_s));
-    (0..las.levels.saturating_sub(1))
-        .map(|l| {
-            let bound = las.bound_milli_s(l);
-            let crosses = job
-                .started_s
-                .saturating_add(bound.saturating_sub(job.attained_milli_s).div_ceil(accel));
-            (job.tenant, job.priority, l, crosses.max(earliest), job.id)
-        })
-        .collect()
+    let levels = if accel == 0 { 0 } else { las.levels - 1 };
+    let (tenant, priority, id) = (job.tenant, job.priority, job.id);
+    let (started_s, attained) = (job.started_s, job.attained_milli_s);
+    let las = *las;
+    (0..levels).map(move |l| {
+        let bound = las.bound_milli_s(l);
+        let crosses = started_s.saturating_add(bound.saturating_sub(attained).div_ceil(accel));
+        (tenant, priority, l, crosses.max(earliest), id)
+    })
 }
 
 /// (tenant, priority class, level, from when, job): see `las_ready_keys`.
@@ -1841,7 +1838,11 @@ impl Engine {
         bound: bool,
     ) -> Option<Vec<usize>> {
         let shape = &self.shapes[self.jobs[&id].shape as usize];
+        let need: u64 = shape.groups.iter().map(|g| g.accel.milli()).sum();
         let mut by_node: BTreeMap<NodeIdx, Vec<usize>> = BTreeMap::new();
+        // What the victims hold on each node: a node where even all of it with what is free
+        // is too little is not tried.
+        let mut held: BTreeMap<NodeIdx, u64> = BTreeMap::new();
         for (i, (_, (_, _, v))) in victims.iter().enumerate() {
             for t in self.jobs[v].tasks.iter().filter(|t| t.exit_code.is_none()) {
                 if shape
@@ -1852,6 +1853,8 @@ impl Engine {
                     if list.last() != Some(&i) {
                         list.push(i);
                     }
+                    *held.entry(t.hold.node).or_default() +=
+                        t.hold.devices.len() as u64 * t.hold.milli as u64;
                 }
             }
         }
@@ -1864,6 +1867,9 @@ impl Engine {
         nodes.truncate(MAX_PREEMPTION_NODES);
         let mut best: Option<(u64, Vec<usize>)> = None;
         for (_, n) in nodes {
+            if self.cluster.nodes[n as usize].free_milli() + held[&n] < need {
+                continue;
+            }
             let mut freed = Vec::new();
             let mut cost = 0u64;
             for &i in &by_node[&n] {
