@@ -1422,8 +1422,9 @@ impl Engine {
         } else {
             self.reclaim_models(id).map(|_| job.tenant)
         };
-        // Attained-service preemption takes only the tenant's own jobs.
-        let las_ready = self.las_victim_ready(id);
+        // Attained-service preemption takes only the tenant's own jobs; once the pass's
+        // preemption budget is spent, jobs of one shape fail alike across tenants again.
+        let las_ready = *preemption_budget > 0 && self.las_victim_ready(id);
         let las_tenant = las_ready.then_some(job.tenant);
         let cache_key = FailedKey {
             shape: sid,
