@@ -133,26 +133,27 @@ fn order_key(policy: QueuePolicy, job: &Job, default_runtime_s: u64) -> u64 {
     }
 }
 
-/// A running job's entries in `Engine::las_ready`: for each level `l` but the last, the time
-/// from which it may be preempted for a job of level `l` of its tenant and class — once its
-/// attained service is past level `l`'s bound and it has run `min_run_s` in this attempt.
-/// None for a job holding no accelerators (its service never grows).
-fn las_ready_keys(las: &Las, job: &Job) -> impl Iterator<Item = LasReady> {
+/// A running job's entry in `Engine::las_ready`: the time from which a first-level job of its
+/// tenant and class may preempt it — once its attained service is past the first level's
+/// bound and its attempt is past its protected time. A job of a higher level may preempt it
+/// from then on too, once its level is higher still. None for a job holding no accelerators
+/// (its service never grows) or a ladder of one level.
+fn las_ready_key(las: &Las, job: &Job) -> Option<LasReady> {
     let accel = job.accel_milli();
+    if accel == 0 || las.levels < 2 {
+        return None;
+    }
     let earliest = job.started_s.saturating_add(las.protected_s(job.run_s));
-    let levels = if accel == 0 { 0 } else { las.levels - 1 };
-    let (tenant, priority, id) = (job.tenant, job.priority, job.id);
-    let (started_s, attained) = (job.started_s, job.attained_milli_s);
-    let las = *las;
-    (0..levels).map(move |l| {
-        let bound = las.bound_milli_s(l);
-        let crosses = started_s.saturating_add(bound.saturating_sub(attained).div_ceil(accel));
-        (tenant, priority, l, crosses.max(earliest), id)
-    })
+    let crosses = job.started_s.saturating_add(
+        las.bound_milli_s(0)
+            .saturating_sub(job.attained_milli_s)
+            .div_ceil(accel),
+    );
+    Some((job.tenant, job.priority, crosses.max(earliest), job.id))
 }
 
-/// (tenant, priority class, level, from when, job): see `las_ready_keys`.
-type LasReady = (TenantIdx, PriorityClass, u8, u64, JobId);
+/// (tenant, priority class, from when, job): see `las_ready_key`.
+type LasReady = (TenantIdx, PriorityClass, u64, JobId);
 
 /// Why a pending job waits, and where it stands.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -202,7 +203,7 @@ pub struct Engine {
     #[serde(with = "crate::snapshot::sorted_set")]
     preemptible_running: BTreeSet<(PriorityClass, JobId)>,
     /// Under `FairShareLas`: running preemptible jobs by the time from which a job of a lower
-    /// level of their tenant and class may preempt them (`las_ready_keys`).
+    /// level of their tenant and class may preempt them (`las_ready_key`).
     #[serde(with = "crate::snapshot::sorted_set")]
     las_ready: BTreeSet<LasReady>,
     /// Under `FairShareLas`: pending jobs sent down the ladder, by when they are promoted.
@@ -899,7 +900,7 @@ impl Engine {
         if job.preemptible {
             self.preemptible_running.insert((job.priority, id));
             if let Some(las) = las {
-                self.las_ready.extend(las_ready_keys(&las, job));
+                self.las_ready.extend(las_ready_key(&las, job));
             }
         }
         if self.reservation.job == Some(id) {
@@ -928,7 +929,7 @@ impl Engine {
         if job.preemptible && was_running {
             self.preemptible_running.remove(&(job.priority, id));
             if let Some(las) = las {
-                for k in las_ready_keys(&las, job) {
+                if let Some(k) = las_ready_key(&las, job) {
                     self.las_ready.remove(&k);
                 }
             }
@@ -1633,11 +1634,28 @@ impl Engine {
         if level + 1 >= las.levels || job.las_retry_at_s > self.now_s {
             return false;
         }
-        let (t, p) = (job.tenant, job.priority);
-        self.las_ready
-            .range((t, p, level, 0, JobId(0))..=(t, p, level, self.now_s, JobId(u64::MAX)))
+        self.las_victims(job.tenant, job.priority, level)
             .next()
             .is_some()
+    }
+
+    /// Under `FairShareLas`: the running jobs a job of tenant `t`, class `p` and level
+    /// `level` may preempt now (higher level, past their protected time), from the index.
+    fn las_victims(
+        &self,
+        t: TenantIdx,
+        p: PriorityClass,
+        level: u8,
+    ) -> impl Iterator<Item = JobId> + '_ {
+        let now = self.now_s;
+        let las = self.las();
+        self.las_ready
+            .range((t, p, 0, JobId(0))..=(t, p, now, JobId(u64::MAX)))
+            .map(|k| k.3)
+            .filter(move |v| {
+                level == 0
+                    || las.is_some_and(|l| l.level(self.jobs[v].attained_now_milli_s(now)) > level)
+            })
     }
 
     /// SRTF: whether some running job of the same class or lower has more time left.
@@ -1729,12 +1747,8 @@ impl Engine {
             }
         }
         if las.is_some() && !own_class && my_level + 1 < las.map_or(0, |l| l.levels) {
-            let r = (tenant, priority, my_level, 0, JobId(0))
-                ..=(tenant, priority, my_level, now, JobId(u64::MAX));
             cands.extend(
-                self.las_ready
-                    .range(r)
-                    .map(|k| k.4)
+                self.las_victims(tenant, priority, my_level)
                     .filter(|&v| usable(v))
                     .take(2 * MAX_VICTIMS),
             );
@@ -2199,7 +2213,7 @@ impl Engine {
                 .jobs
                 .values()
                 .filter(|j| j.preemptible && j.state == JobState::Running)
-                .flat_map(|j| las_ready_keys(&las, j))
+                .filter_map(|j| las_ready_key(&las, j))
                 .collect();
             if want != self.las_ready {
                 return Err("the attained-service index disagrees with the running jobs".into());
