@@ -206,9 +206,14 @@ pub struct Engine {
     /// level of their tenant and class may preempt them (`las_ready_key`).
     #[serde(with = "crate::snapshot::sorted_set")]
     las_ready: BTreeSet<LasReady>,
-    /// Under `FairShareLas`: pending jobs sent down the ladder, by when they are promoted.
+    /// Under `FairShareLas`: pending jobs sent down the ladder, by when they are promoted,
+    /// with the attempt that sent them down (an entry of an earlier attempt is stale: the job
+    /// ran again since).
     #[serde(with = "crate::snapshot::sorted_set")]
-    promotions: BTreeSet<(u64, JobId)>,
+    promotions: BTreeSet<(u64, JobId, u32)>,
+    /// Under `FairShareLas`: pending jobs whose search for victims found no room, and when
+    /// they may be searched again (`Las::retry_s`).
+    las_retry: BTreeMap<JobId, u64>,
     stats: PassStats,
 }
 
@@ -304,6 +309,7 @@ impl Engine {
             preemptible_running: BTreeSet::new(),
             las_ready: BTreeSet::new(),
             promotions: BTreeSet::new(),
+            las_retry: BTreeMap::new(),
             stats: PassStats::default(),
         };
         for t in &cluster.tenant {
@@ -380,30 +386,20 @@ impl Engine {
     }
 
     /// A pending job that was sent down the ladder goes back to its first level, its
-    /// attained service counted from zero again (Tiresias' promotion against starvation).
-    fn promote(&mut self, id: JobId) {
+    /// attained service counted from zero again (Tiresias' promotion against starvation) —
+    /// unless it has started again since (`attempt` is the attempt that sent it down).
+    fn promote(&mut self, id: JobId, attempt: u32) {
         let policy = self.cfg.queue_policy;
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
-        job.promote_at_s = 0;
-        if job.state != JobState::Pending {
+        if job.state != JobState::Pending || job.attempt != attempt {
             return;
         }
         self.queues.remove(job.tenant, job.class, job.pending());
         job.attained_milli_s = 0;
         job.order_s = order_key(policy, job, self.cfg.default_runtime_s);
         self.queues.push(job.tenant, job.class, job.pending());
-    }
-
-    /// Takes a pending job's promotion off the schedule (it starts or leaves).
-    fn unschedule_promotion(&mut self, id: JobId) {
-        if let Some(job) = self.jobs.get_mut(&id)
-            && job.promote_at_s != 0
-        {
-            self.promotions.remove(&(job.promote_at_s, id));
-            job.promote_at_s = 0;
-        }
     }
 
     fn upsert_tenant(&mut self, spec: TenantSpec) -> Result<(), SpecError> {
@@ -491,12 +487,12 @@ impl Engine {
             t.decay(dt, self.cfg.fair_share_half_life_s);
         }
         self.now_s = now_s;
-        while let Some(&(at, id)) = self.promotions.first() {
+        while let Some(&(at, id, attempt)) = self.promotions.first() {
             if at > now_s {
                 break;
             }
             self.promotions.pop_first();
-            self.promote(id);
+            self.promote(id, attempt);
         }
         while let Some(&(deadline, id)) = self.limits.first() {
             if deadline >= now_s {
@@ -547,8 +543,6 @@ impl Engine {
             run_s: 0,
             overhead_s: 0,
             attained_milli_s: 0,
-            promote_at_s: 0,
-            las_retry_at_s: 0,
         };
         let admitted = self.admit(tenant, &spec).and_then(|(t, shape)| {
             job.tenant = t;
@@ -850,7 +844,7 @@ impl Engine {
 
     fn start(&mut self, id: JobId, placed: Vec<Placed>, out: &mut Vec<Decision>) {
         let now = self.now_s;
-        self.unschedule_promotion(id);
+        self.las_retry.remove(&id);
         let las = self.las();
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
@@ -953,8 +947,7 @@ impl Engine {
                 let at = now
                     .saturating_add(job.run_s.saturating_mul(las.promote_after_runs as u64))
                     .max(1);
-                job.promote_at_s = at;
-                self.promotions.insert((at, id));
+                self.promotions.insert((at, id, job.attempt));
             }
         }
     }
@@ -1018,7 +1011,7 @@ impl Engine {
     fn cancel(&mut self, id: JobId, out: &mut Vec<Decision>) -> Result<(), EngineError> {
         let job = self.jobs.get(&id).ok_or(EngineError::UnknownJob(id))?;
         if job.state == JobState::Pending {
-            self.unschedule_promotion(id);
+            self.las_retry.remove(&id);
         }
         let job = self.jobs.get_mut(&id).ok_or(EngineError::UnknownJob(id))?;
         match job.state {
@@ -1459,9 +1452,7 @@ impl Engine {
                         // No room among the tenant's jobs of higher levels: not searched
                         // again for a while (each pass would find the same).
                         let retry = self.now_s.saturating_add(las.retry_s);
-                        if let Some(j) = self.jobs.get_mut(&id) {
-                            j.las_retry_at_s = retry;
-                        }
+                        self.las_retry.insert(id, retry);
                     }
                 }
                 let fit = self.static_fit_of(sid);
@@ -1631,7 +1622,7 @@ impl Engine {
         };
         let job = &self.jobs[&id];
         let level = las.level(job.attained_milli_s);
-        if level + 1 >= las.levels || job.las_retry_at_s > self.now_s {
+        if level + 1 >= las.levels || self.las_retry.get(&id).is_some_and(|&r| r > self.now_s) {
             return false;
         }
         self.las_victims(job.tenant, job.priority, level)
@@ -2194,19 +2185,18 @@ impl Engine {
         if pending != self.queues.len() || self.queues.iter().count() != pending {
             return Err("pending count disagrees with the queues".into());
         }
-        // The ladder's schedules name exactly the jobs they are about.
-        for &(at, id) in &self.promotions {
-            if self
-                .jobs
-                .get(&id)
-                .is_none_or(|j| j.state != JobState::Pending || j.promote_at_s != at)
-            {
-                return Err(format!("job {id} is scheduled for a stale promotion"));
-            }
-        }
-        let scheduled = self.jobs.values().filter(|j| j.promote_at_s != 0).count();
-        if scheduled != self.promotions.len() {
-            return Err("promotion schedule disagrees with the jobs".into());
+        // Every pending job down the ladder is scheduled for promotion.
+        let scheduled: BTreeSet<(JobId, u32)> =
+            self.promotions.iter().map(|&(_, id, a)| (id, a)).collect();
+        if let Some(las) = self.las()
+            && las.promote_after_runs > 0
+            && let Some(j) = self.jobs.values().find(|j| {
+                j.state == JobState::Pending
+                    && las.level(j.attained_milli_s) > 0
+                    && !scheduled.contains(&(j.id, j.attempt))
+            })
+        {
+            return Err(format!("job {} is down the ladder with no promotion", j.id));
         }
         if let Some(las) = self.las() {
             let want: BTreeSet<LasReady> = self
@@ -2218,7 +2208,10 @@ impl Engine {
             if want != self.las_ready {
                 return Err("the attained-service index disagrees with the running jobs".into());
             }
-        } else if !self.las_ready.is_empty() || !self.promotions.is_empty() {
+        } else if !self.las_ready.is_empty()
+            || !self.promotions.is_empty()
+            || !self.las_retry.is_empty()
+        {
             return Err("attained-service state kept without the ladder".into());
         }
         let mut rack_w = vec![0u64; c.racks.len()];

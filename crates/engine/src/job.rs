@@ -91,12 +91,6 @@ pub struct Job {
     /// Thousandth-accelerator-seconds run in earlier attempts since the job was last
     /// promoted: its place on the attained-service ladder (`config::Las`).
     pub attained_milli_s: u64,
-    /// When a pending job that was sent down the ladder is promoted to its first level
-    /// (0: not scheduled).
-    pub promote_at_s: u64,
-    /// Not searched for attained-service victims before this time (its last search found no
-    /// room).
-    pub las_retry_at_s: u64,
 }
 
 impl Job {
