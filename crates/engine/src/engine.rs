@@ -922,10 +922,8 @@ impl Engine {
         let was_running = job.state == JobState::Running;
         if job.preemptible && was_running {
             self.preemptible_running.remove(&(job.priority, id));
-            if let Some(las) = las {
-                if let Some(k) = las_ready_key(&las, job) {
-                    self.las_ready.remove(&k);
-                }
+            if let Some(k) = las.and_then(|las| las_ready_key(&las, job)) {
+                self.las_ready.remove(&k);
             }
         }
         if was_running {
