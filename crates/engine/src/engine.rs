@@ -353,6 +353,10 @@ impl Engine {
     pub fn jobs(&self) -> impl Iterator<Item = &Job> {
         self.jobs.values()
     }
+    /// Every tenant, in the order they were declared.
+    pub fn tenants(&self) -> &[Tenant] {
+        &self.tenants
+    }
     pub fn tenant(&self, name: &str) -> Option<&Tenant> {
         self.tenant_by_name
             .get(name)
