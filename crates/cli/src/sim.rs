@@ -52,7 +52,8 @@ pub struct ReplayArgs {
     /// Workload file (JSON Lines, see examples/workload.jsonl).
     #[arg(long)]
     workload: PathBuf,
-    /// fifo, sjf, srtf, gosok, a comma-separated list of them (run in parallel), or all.
+    /// fifo, sjf, srtf, gosok, gosok-age (gosok with the age order within a tenant), a
+    /// comma-separated list of them (run in parallel), or all.
     #[arg(long, default_value = "gosok")]
     policy: String,
     /// consolidate (Helios), gosok (the engine's default mix), an engine scorer (bestfit,
@@ -368,7 +369,7 @@ fn run_philly(a: PhillyCompareArgs) -> anyhow::Result<()> {
         "history" => Estimates::History,
         other => bail!("--gosok-estimates: {other:?}; use given or history"),
     };
-    for o in opts.iter_mut().filter(|o| o.policy == Policy::Gosok) {
+    for o in opts.iter_mut().filter(|o| o.policy.is_gosok()) {
         o.estimates = gosok_estimates;
     }
     let started = Instant::now();

@@ -8,7 +8,7 @@ use gosok_model::{
 };
 
 use crate::cluster::{Cluster, TaskRef};
-use crate::config::{EngineConfig, QueuePolicy};
+use crate::config::{EngineConfig, Las, QueuePolicy};
 use crate::event::{Decision, EngineError, Event, JobState, PreemptReason, TaskPlacement};
 use crate::explain::{Blocker, WaitReason};
 use crate::ids::{IdHasher, IdMap, JobId, ModelSet, NodeIdx, SiteSet, TenantIdx};
@@ -82,6 +82,7 @@ struct FailedKey {
     allowed: ModelSet,
     priority: PriorityClass,
     reclaimer: Option<TenantIdx>,
+    las_tenant: Option<TenantIdx>,
 }
 
 type FailedShapes = HashMap<FailedKey, WaitReason, std::hash::BuildHasherDefault<IdHasher>>;
@@ -115,14 +116,44 @@ fn request_for<'a>(
     }
 }
 
+/// Bits of a `FairShareLas` place in line below the level: the submit time.
+const LAS_LEVEL_SHIFT: u32 = 48;
+
 /// A pending job's place in its line under `policy`.
 fn order_key(policy: QueuePolicy, job: &Job, default_runtime_s: u64) -> u64 {
     match policy {
+        // The level, then age: one integer keeps the class queues' order.
+        QueuePolicy::FairShareLas(las) => {
+            (las.level(job.attained_milli_s) as u64) << LAS_LEVEL_SHIFT
+                | job.submit_s.min((1 << LAS_LEVEL_SHIFT) - 1)
+        }
         QueuePolicy::FairShare | QueuePolicy::Fifo => job.submit_s,
         QueuePolicy::ShortestFirst => job.estimate_s.or(job.limit_s).unwrap_or(u64::MAX),
         QueuePolicy::ShortestRemainingFirst { .. } => job.remaining_s(0, default_runtime_s),
     }
 }
+
+/// A running job's entry in `Engine::las_ready`: the time from which a first-level job of its
+/// tenant and class may preempt it — once its attained service is past the first level's
+/// bound and its attempt is past its protected time. A job of a higher level may preempt it
+/// from then on too, once its level is higher still. None for a job holding no accelerators
+/// (its service never grows) or a ladder of one level.
+fn las_ready_key(las: &Las, job: &Job) -> Option<LasReady> {
+    let accel = job.accel_milli();
+    if accel == 0 || las.levels < 2 {
+        return None;
+    }
+    let earliest = job.started_s.saturating_add(las.protected_s(job.run_s));
+    let crosses = job.started_s.saturating_add(
+        las.bound_milli_s(0)
+            .saturating_sub(job.attained_milli_s)
+            .div_ceil(accel),
+    );
+    Some((job.tenant, job.priority, crosses.max(earliest), job.id))
+}
+
+/// (tenant, priority class, from when, job): see `las_ready_key`.
+type LasReady = (TenantIdx, PriorityClass, u64, JobId);
 
 /// Why a pending job waits, and where it stands.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -171,6 +202,18 @@ pub struct Engine {
     /// Running preemptible jobs by priority class: where preemption looks for victims.
     #[serde(with = "crate::snapshot::sorted_set")]
     preemptible_running: BTreeSet<(PriorityClass, JobId)>,
+    /// Under `FairShareLas`: running preemptible jobs by the time from which a job of a lower
+    /// level of their tenant and class may preempt them (`las_ready_key`).
+    #[serde(with = "crate::snapshot::sorted_set")]
+    las_ready: BTreeSet<LasReady>,
+    /// Under `FairShareLas`: pending jobs sent down the ladder, by when they are promoted,
+    /// with the attempt that sent them down (an entry of an earlier attempt is stale: the job
+    /// ran again since).
+    #[serde(with = "crate::snapshot::sorted_set")]
+    promotions: BTreeSet<(u64, JobId, u32)>,
+    /// Under `FairShareLas`: pending jobs whose search for victims found no room, and when
+    /// they may be searched again (`Las::retry_s`).
+    las_retry: BTreeMap<JobId, u64>,
     stats: PassStats,
 }
 
@@ -232,6 +275,9 @@ impl Engine {
             1.0,
         )?;
         let scorers = build_scorers(&cfg)?;
+        if let QueuePolicy::FairShareLas(las) = cfg.queue_policy {
+            las.validate()?;
+        }
         let c = Cluster::new(&catalog, cluster, cfg.accelerator_utilisation)?;
         let site_jurisdictions = cluster
             .site
@@ -261,6 +307,9 @@ impl Engine {
             profile_dirty: false,
             now_s: 0,
             preemptible_running: BTreeSet::new(),
+            las_ready: BTreeSet::new(),
+            promotions: BTreeSet::new(),
+            las_retry: BTreeMap::new(),
             stats: PassStats::default(),
         };
         for t in &cluster.tenant {
@@ -304,6 +353,10 @@ impl Engine {
     pub fn jobs(&self) -> impl Iterator<Item = &Job> {
         self.jobs.values()
     }
+    /// Every tenant, in the order they were declared.
+    pub fn tenants(&self) -> &[Tenant] {
+        &self.tenants
+    }
     pub fn tenant(&self, name: &str) -> Option<&Tenant> {
         self.tenant_by_name
             .get(name)
@@ -318,6 +371,39 @@ impl Engine {
 
     fn order_key(&self, job: &Job) -> u64 {
         order_key(self.cfg.queue_policy, job, self.cfg.default_runtime_s)
+    }
+
+    /// The attained-service ladder, when the queue policy has one.
+    fn las(&self) -> Option<Las> {
+        match self.cfg.queue_policy {
+            QueuePolicy::FairShareLas(las) => Some(las),
+            _ => None,
+        }
+    }
+
+    /// Whether tenants are weighed against each other by fair share.
+    fn fair_share(&self) -> bool {
+        matches!(
+            self.cfg.queue_policy,
+            QueuePolicy::FairShare | QueuePolicy::FairShareLas(_)
+        )
+    }
+
+    /// A pending job that was sent down the ladder goes back to its first level, its
+    /// attained service counted from zero again (Tiresias' promotion against starvation) —
+    /// unless it has started again since (`attempt` is the attempt that sent it down).
+    fn promote(&mut self, id: JobId, attempt: u32) {
+        let policy = self.cfg.queue_policy;
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if job.state != JobState::Pending || job.attempt != attempt {
+            return;
+        }
+        self.queues.remove(job.tenant, job.class, job.pending());
+        job.attained_milli_s = 0;
+        job.order_s = order_key(policy, job, self.cfg.default_runtime_s);
+        self.queues.push(job.tenant, job.class, job.pending());
     }
 
     fn upsert_tenant(&mut self, spec: TenantSpec) -> Result<(), SpecError> {
@@ -405,6 +491,13 @@ impl Engine {
             t.decay(dt, self.cfg.fair_share_half_life_s);
         }
         self.now_s = now_s;
+        while let Some(&(at, id, attempt)) = self.promotions.first() {
+            if at > now_s {
+                break;
+            }
+            self.promotions.pop_first();
+            self.promote(id, attempt);
+        }
         while let Some(&(deadline, id)) = self.limits.first() {
             if deadline >= now_s {
                 break;
@@ -453,6 +546,7 @@ impl Engine {
             order_s: 0,
             run_s: 0,
             overhead_s: 0,
+            attained_milli_s: 0,
         };
         let admitted = self.admit(tenant, &spec).and_then(|(t, shape)| {
             job.tenant = t;
@@ -754,6 +848,8 @@ impl Engine {
 
     fn start(&mut self, id: JobId, placed: Vec<Placed>, out: &mut Vec<Decision>) {
         let now = self.now_s;
+        self.las_retry.remove(&id);
+        let las = self.las();
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
@@ -801,6 +897,9 @@ impl Engine {
         }
         if job.preemptible {
             self.preemptible_running.insert((job.priority, id));
+            if let Some(las) = las {
+                self.las_ready.extend(las_ready_key(&las, job));
+            }
         }
         if self.reservation.job == Some(id) {
             self.reservation = Reservation::default();
@@ -816,22 +915,42 @@ impl Engine {
     /// Takes a running job off its nodes, leaving it in `state`.
     fn unrun(&mut self, id: JobId, state: JobState) {
         self.charge(id, true);
+        let now = self.now_s;
+        let las = self.las();
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
         if let Some(l) = job.limit_s {
             self.limits.remove(&(job.started_s.saturating_add(l), id));
         }
-        if job.preemptible && job.state == JobState::Running {
+        let was_running = job.state == JobState::Running;
+        if job.preemptible && was_running {
             self.preemptible_running.remove(&(job.priority, id));
+            if let Some(k) = las.and_then(|las| las_ready_key(&las, job)) {
+                self.las_ready.remove(&k);
+            }
+        }
+        if was_running {
+            job.attained_milli_s = job.attained_now_milli_s(now);
         }
         job.tasks.clear();
-        job.run_s += self.now_s.saturating_sub(job.started_s);
+        job.run_s += now.saturating_sub(job.started_s);
         job.state = state;
         if state == JobState::Pending {
             let order_s = order_key(self.cfg.queue_policy, job, self.cfg.default_runtime_s);
             job.order_s = order_s;
             self.queues.push(job.tenant, job.class, job.pending());
+            // Down the ladder: promoted back to its first level after waiting a multiple
+            // of the time it has run.
+            if let Some(las) = las
+                && las.promote_after_runs > 0
+                && las.level(job.attained_milli_s) > 0
+            {
+                let at = now
+                    .saturating_add(job.run_s.saturating_mul(las.promote_after_runs as u64))
+                    .max(1);
+                self.promotions.insert((at, id, job.attempt));
+            }
         }
     }
 
@@ -861,7 +980,12 @@ impl Engine {
 
     fn preempt(&mut self, id: JobId, reason: PreemptReason, out: &mut Vec<Decision>) {
         let attempt = self.jobs.get(&id).map_or(0, |j| j.attempt);
-        if let QueuePolicy::ShortestRemainingFirst { overhead_s } = self.cfg.queue_policy
+        let overhead = match self.cfg.queue_policy {
+            QueuePolicy::ShortestRemainingFirst { overhead_s } => Some(overhead_s),
+            QueuePolicy::FairShareLas(las) => Some(las.overhead_s),
+            _ => None,
+        };
+        if let Some(overhead_s) = overhead
             && let Some(j) = self.jobs.get_mut(&id)
         {
             // Checkpoint and restart cost, by job size (1, up to 8, more accelerators).
@@ -887,6 +1011,10 @@ impl Engine {
     }
 
     fn cancel(&mut self, id: JobId, out: &mut Vec<Decision>) -> Result<(), EngineError> {
+        let job = self.jobs.get(&id).ok_or(EngineError::UnknownJob(id))?;
+        if job.state == JobState::Pending {
+            self.las_retry.remove(&id);
+        }
         let job = self.jobs.get_mut(&id).ok_or(EngineError::UnknownJob(id))?;
         match job.state {
             JobState::Pending => {
@@ -1148,9 +1276,10 @@ impl Engine {
     fn head(&self, t: TenantIdx, sub: SubHead, cap: [u64; 3]) -> Head {
         // Only fair share weighs tenants against each other; the classic policies order
         // by their key alone.
-        let fair_bits = match self.cfg.queue_policy {
-            QueuePolicy::FairShare => self.tenants[t as usize].fair_key(cap).to_bits(),
-            _ => 0,
+        let fair_bits = if self.fair_share() {
+            self.tenants[t as usize].fair_key(cap).to_bits()
+        } else {
+            0
         };
         Head {
             fair_bits,
@@ -1289,12 +1418,17 @@ impl Engine {
         } else {
             self.reclaim_models(id).map(|_| job.tenant)
         };
+        // Attained-service preemption takes only the tenant's own jobs; once the pass's
+        // preemption budget is spent, jobs of one shape fail alike across tenants again.
+        let las_ready = *preemption_budget > 0 && self.las_victim_ready(id);
+        let las_tenant = las_ready.then_some(job.tenant);
         let cache_key = FailedKey {
             shape: sid,
             bound,
             allowed,
             priority,
             reclaimer,
+            las_tenant,
         };
         self.stats.considered += 1;
         if let Some(&r) = failed.get(&cache_key) {
@@ -1307,13 +1441,20 @@ impl Engine {
                 WaitReason::Queued
             }
             Err(blocker) => {
-                if *preemption_budget > 0 && self.could_preempt(id) {
+                let other = *preemption_budget > 0 && self.could_preempt(id);
+                if *preemption_budget > 0 && (other || las_ready) {
                     *preemption_budget -= 1;
                     self.stats.preemption_searches += 1;
                     // The victims' room goes to this job, so what failed before still
                     // fails: the failed-shape cache stays.
                     if self.try_preempt(id, out) {
                         return WaitReason::Queued;
+                    }
+                    if !other && let Some(las) = self.las() {
+                        // No room among the tenant's jobs of higher levels: not searched
+                        // again for a while (each pass would find the same).
+                        let retry = self.now_s.saturating_add(las.retry_s);
+                        self.las_retry.insert(id, retry);
                     }
                 }
                 let fit = self.static_fit_of(sid);
@@ -1474,6 +1615,42 @@ impl Engine {
         lower || self.reclaim_models(id).is_some() || self.shorter_than_some_running(id)
     }
 
+    /// Under `FairShareLas`: whether a running preemptible job of the same tenant and class
+    /// is on a higher level than this pending job and has run its minimum time (and the
+    /// job's last search that found no room is `retry_s` ago).
+    fn las_victim_ready(&self, id: JobId) -> bool {
+        let Some(las) = self.las() else {
+            return false;
+        };
+        let job = &self.jobs[&id];
+        let level = las.level(job.attained_milli_s);
+        if level + 1 >= las.levels || self.las_retry.get(&id).is_some_and(|&r| r > self.now_s) {
+            return false;
+        }
+        self.las_victims(job.tenant, job.priority, level)
+            .next()
+            .is_some()
+    }
+
+    /// Under `FairShareLas`: the running jobs a job of tenant `t`, class `p` and level
+    /// `level` may preempt now (higher level, past their protected time), from the index.
+    fn las_victims(
+        &self,
+        t: TenantIdx,
+        p: PriorityClass,
+        level: u8,
+    ) -> impl Iterator<Item = JobId> + '_ {
+        let now = self.now_s;
+        let las = self.las();
+        self.las_ready
+            .range((t, p, 0, JobId(0))..=(t, p, now, JobId(u64::MAX)))
+            .map(|k| k.3)
+            .filter(move |v| {
+                level == 0
+                    || las.is_some_and(|l| l.level(self.jobs[v].attained_now_milli_s(now)) > level)
+            })
+    }
+
     /// SRTF: whether some running job of the same class or lower has more time left.
     fn shorter_than_some_running(&self, id: JobId) -> bool {
         if !matches!(
@@ -1531,30 +1708,44 @@ impl Engine {
         } else {
             priority
         };
-        // Lowest classes first; once enough victims are found, a class boundary ends the
-        // search (victims of higher classes would sort after all of them).
-        let mut cands: Vec<JobId> = Vec::new();
-        let mut class = None;
-        for &(p, v) in self.preemptible_running.range(..=(upto, JobId(u64::MAX))) {
-            if class != Some(p) && cands.len() >= 2 * MAX_VICTIMS {
-                break;
-            }
-            class = Some(p);
-            let usable = self.jobs[&v].tasks.iter().any(|t| {
-                let n = &self.cluster.nodes[t.hold.node as usize];
-                shape.sites.contains(n.site)
-                    && (models.is_empty() || n.model.is_some_and(|m| models.contains(m)))
-            });
-            if usable {
-                cands.push(v);
-            }
-        }
         let now = self.now_s;
         let srtf = matches!(
             self.cfg.queue_policy,
             QueuePolicy::ShortestRemainingFirst { .. }
         );
         let mine = self.jobs[&id].remaining_s(now, self.cfg.default_runtime_s);
+        let las = self.las();
+        let my_level = las.map_or(0, |l| l.level(self.jobs[&id].attained_milli_s));
+        // Jobs of its own class are victims only when reclaiming or under SRTF; under LAS
+        // the tenant's own ready jobs come from their index below.
+        let own_class = reclaim.is_some() || srtf;
+        let usable = |v: JobId| {
+            self.jobs[&v].tasks.iter().any(|t| {
+                let n = &self.cluster.nodes[t.hold.node as usize];
+                shape.sites.contains(n.site)
+                    && (models.is_empty() || n.model.is_some_and(|m| models.contains(m)))
+            })
+        };
+        // Lowest classes first; once enough victims are found, a class boundary ends the
+        // search (victims of higher classes would sort after all of them).
+        let mut cands: Vec<JobId> = Vec::new();
+        let mut class = None;
+        for &(p, v) in self.preemptible_running.range(..=(upto, JobId(u64::MAX))) {
+            if class != Some(p) && cands.len() >= 2 * MAX_VICTIMS || !own_class && p >= priority {
+                break;
+            }
+            class = Some(p);
+            if usable(v) {
+                cands.push(v);
+            }
+        }
+        if las.is_some() && !own_class && my_level + 1 < las.map_or(0, |l| l.levels) {
+            cands.extend(
+                self.las_victims(tenant, priority, my_level)
+                    .filter(|&v| usable(v))
+                    .take(2 * MAX_VICTIMS),
+            );
+        }
         let mut victims: Vec<(PreemptReason, (PriorityClass, u64, JobId))> = cands
             .into_iter()
             .filter_map(|v| {
@@ -1573,6 +1764,20 @@ impl Engine {
                     return (left > mine).then_some((
                         PreemptReason::ShorterRemaining { by: id },
                         (vj.priority, u64::MAX - left, v),
+                    ));
+                }
+                if let Some(las) = las
+                    && vj.priority == priority
+                    && vj.tenant == tenant
+                {
+                    // LAS: the tenant's own jobs on a higher level that ran their minimum,
+                    // the most attained service first.
+                    let attained = vj.attained_now_milli_s(now);
+                    let ready = las.level(attained) > my_level
+                        && now.saturating_sub(vj.started_s) >= las.protected_s(vj.run_s);
+                    return ready.then_some((
+                        PreemptReason::LeastAttained { by: id },
+                        (vj.priority, u64::MAX - attained, v),
                     ));
                 }
                 let rm = reclaim?;
@@ -1641,7 +1846,11 @@ impl Engine {
         bound: bool,
     ) -> Option<Vec<usize>> {
         let shape = &self.shapes[self.jobs[&id].shape as usize];
+        let need: u64 = shape.groups.iter().map(|g| g.accel.milli()).sum();
         let mut by_node: BTreeMap<NodeIdx, Vec<usize>> = BTreeMap::new();
+        // What the victims hold on each node: a node where even all of it with what is free
+        // is too little is not tried.
+        let mut held: BTreeMap<NodeIdx, u64> = BTreeMap::new();
         for (i, (_, (_, _, v))) in victims.iter().enumerate() {
             for t in self.jobs[v].tasks.iter().filter(|t| t.exit_code.is_none()) {
                 if shape
@@ -1652,6 +1861,8 @@ impl Engine {
                     if list.last() != Some(&i) {
                         list.push(i);
                     }
+                    *held.entry(t.hold.node).or_default() +=
+                        t.hold.devices.len() as u64 * t.hold.milli as u64;
                 }
             }
         }
@@ -1664,6 +1875,9 @@ impl Engine {
         nodes.truncate(MAX_PREEMPTION_NODES);
         let mut best: Option<(u64, Vec<usize>)> = None;
         for (_, n) in nodes {
+            if self.cluster.nodes[n as usize].free_milli() + held[&n] < need {
+                continue;
+            }
             let mut freed = Vec::new();
             let mut cost = 0u64;
             for &i in &by_node[&n] {
@@ -1821,13 +2035,13 @@ impl Engine {
     /// Every pending job's sort key in `queue` order.
     fn queue_keys(&self) -> impl Iterator<Item = QueueOrder> + '_ {
         let cap = self.capacity();
-        let fair: Vec<u64> = match self.cfg.queue_policy {
-            QueuePolicy::FairShare => self
-                .tenants
+        let fair: Vec<u64> = if self.fair_share() {
+            self.tenants
                 .iter()
                 .map(|t| t.fair_key(cap).to_bits())
-                .collect(),
-            _ => vec![0; self.tenants.len()],
+                .collect()
+        } else {
+            vec![0; self.tenants.len()]
         };
         self.queues.iter().map(move |(t, c, order_s, id)| {
             (
@@ -1972,6 +2186,35 @@ impl Engine {
         }
         if pending != self.queues.len() || self.queues.iter().count() != pending {
             return Err("pending count disagrees with the queues".into());
+        }
+        // Every pending job down the ladder is scheduled for promotion.
+        let scheduled: BTreeSet<(JobId, u32)> =
+            self.promotions.iter().map(|&(_, id, a)| (id, a)).collect();
+        if let Some(las) = self.las()
+            && las.promote_after_runs > 0
+            && let Some(j) = self.jobs.values().find(|j| {
+                j.state == JobState::Pending
+                    && las.level(j.attained_milli_s) > 0
+                    && !scheduled.contains(&(j.id, j.attempt))
+            })
+        {
+            return Err(format!("job {} is down the ladder with no promotion", j.id));
+        }
+        if let Some(las) = self.las() {
+            let want: BTreeSet<LasReady> = self
+                .jobs
+                .values()
+                .filter(|j| j.preemptible && j.state == JobState::Running)
+                .filter_map(|j| las_ready_key(&las, j))
+                .collect();
+            if want != self.las_ready {
+                return Err("the attained-service index disagrees with the running jobs".into());
+            }
+        } else if !self.las_ready.is_empty()
+            || !self.promotions.is_empty()
+            || !self.las_retry.is_empty()
+        {
+            return Err("attained-service state kept without the ladder".into());
         }
         let mut rack_w = vec![0u64; c.racks.len()];
         let mut site_w = vec![0u64; c.sites.len()];

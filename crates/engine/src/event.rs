@@ -89,6 +89,9 @@ pub enum PreemptReason {
     Priority { by: JobId },
     /// SRTF: a job with less time left needed the room.
     ShorterRemaining { by: JobId },
+    /// Least attained service: a job of its tenant and class on a lower level of the ladder
+    /// needed the room (it had run its minimum time).
+    LeastAttained { by: JobId },
     /// Its tenant was borrowing; the owner of the guarantee took it back.
     Reclaim { by: JobId },
     /// Its site's power budget was lowered below the draw.

@@ -86,8 +86,11 @@ pub struct Job {
     pub order_s: u64,
     /// Run time of earlier attempts (preempted or requeued).
     pub run_s: u64,
-    /// Checkpoint overhead added by SRTF preemptions.
+    /// Checkpoint overhead added by SRTF and LAS preemptions.
     pub overhead_s: u64,
+    /// Thousandth-accelerator-seconds run in earlier attempts since the job was last
+    /// promoted: its place on the attained-service ladder (`config::Las`).
+    pub attained_milli_s: u64,
 }
 
 impl Job {
@@ -131,6 +134,17 @@ impl Job {
                 0
             };
         total.saturating_sub(ran)
+    }
+
+    /// Attained service now, this attempt included (thousandth-accelerator-seconds).
+    pub fn attained_now_milli_s(&self, now_s: u64) -> u64 {
+        let current = if self.state == JobState::Running {
+            self.accel_milli()
+                .saturating_mul(now_s.saturating_sub(self.started_s))
+        } else {
+            0
+        };
+        self.attained_milli_s.saturating_add(current)
     }
 
     pub fn accel_milli(&self) -> u64 {

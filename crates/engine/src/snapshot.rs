@@ -27,7 +27,7 @@ use crate::explain::{Blocker, WaitReason};
 /// retyped): an engine refuses a snapshot of another format, and the controller then replays
 /// its whole log instead. The `a_snapshot_of_a_fixed_engine_is_stable` test fails when the
 /// encoding changes, as a reminder.
-pub const SNAPSHOT_FORMAT: u32 = 3;
+pub const SNAPSHOT_FORMAT: u32 = 4;
 
 const MAGIC: &[u8; 8] = b"gosokENG";
 
@@ -109,6 +109,7 @@ pub(crate) struct ConfigDef {
 #[derive(Serialize, Deserialize)]
 #[serde(remote = "QueuePolicy")]
 enum QueuePolicyDef {
+    FairShareLas(crate::config::Las),
     FairShare,
     Fifo,
     ShortestFirst,

@@ -115,8 +115,26 @@ fn config(seed: u64) -> EngineConfig {
         seed,
         ..EngineConfig::default()
     };
-    match seed % 4 {
+    match seed % 6 {
         0 => base,
+        4 => EngineConfig {
+            // A short ladder, so that the property runs climb and preempt it.
+            queue_policy: QueuePolicy::FairShareLas(gosok_engine::config::Las {
+                first_level_accel_s: 30,
+                level_ratio: 2,
+                levels: 4,
+                min_run_s: 20,
+                promote_after_runs: 1,
+                retry_s: 10,
+                ..Default::default()
+            }),
+            max_preemption_attempts_per_pass: 50,
+            ..base
+        },
+        5 => EngineConfig {
+            queue_policy: QueuePolicy::FairShare,
+            ..base
+        },
         1 => EngineConfig {
             queue_policy: QueuePolicy::Fifo,
             head_of_line_blocking: true,
@@ -128,13 +146,14 @@ fn config(seed: u64) -> EngineConfig {
             backfill: false,
             ..base
         },
-        _ => EngineConfig {
+        3 => EngineConfig {
             queue_policy: QueuePolicy::ShortestRemainingFirst {
                 overhead_s: [7, 30, 60],
             },
             max_preemption_attempts_per_pass: 50,
             ..base
         },
+        _ => unreachable!(),
     }
 }
 

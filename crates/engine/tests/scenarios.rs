@@ -1215,3 +1215,115 @@ fn a_gang_that_continues_after_a_task_fails_ends_when_its_last_task_does() {
     assert_eq!(h.state(sweep), JobState::Failed);
     h.engine.check_invariants().unwrap();
 }
+
+const EIGHT: &str = r#"{"groups":[{"accelerators":8}],"preemptible":true}"#;
+
+#[test]
+fn las_a_new_job_preempts_its_tenants_job_with_more_attained_service_after_its_minimum_run() {
+    // The default ladder: the first level ends at 3,600 accelerator-seconds; 600 s minimum.
+    let mut h = small(1, 1).tenants(&["vc"]).engine();
+    let long = h.submit("vc", EIGHT);
+    h.schedule();
+    assert!(h.started(long));
+    // 2,400 accelerator-seconds: still on the first level, as the newcomer is.
+    h.at(300);
+    let new1 = h.submit("vc", EIGHT);
+    h.schedule();
+    // 4,000: on the second level, but it has run only 500 s.
+    h.at(500);
+    h.schedule();
+    assert!(h.preemptions().is_empty() && !h.started(new1));
+    h.at(600);
+    h.schedule();
+    assert!(h.started(new1));
+    assert_eq!(
+        h.preemptions(),
+        vec![(long, format!("LeastAttained {{ by: JobId({}) }}", new1.0))]
+    );
+    // It pays the checkpoint overhead of an 8-accelerator job, as under SRTF.
+    assert_eq!(h.engine.job(long).unwrap().overhead_s, 30);
+    // A younger job on the first level goes before it...
+    h.at(700);
+    let new2 = h.submit("vc", EIGHT);
+    assert_eq!(h.engine.queue(), vec![new2, long]);
+    // ...until it has waited twice the 600 s it ran: then it is promoted, and being older it
+    // goes first, and takes the node back from new1 (on the second level by then).
+    h.at(1799);
+    assert_eq!(h.engine.queue(), vec![new2, long]);
+    h.at(1800);
+    assert_eq!(h.engine.queue(), vec![long, new2]);
+    h.schedule();
+    assert!(h.started(long));
+    assert_eq!(
+        h.preemptions().last().unwrap(),
+        &(new1, format!("LeastAttained {{ by: JobId({}) }}", long.0))
+    );
+    h.engine.check_invariants().unwrap();
+}
+
+#[test]
+fn las_preempts_only_its_own_tenants_preemptible_jobs() {
+    let mut h = small(1, 1).tenants(&["a", "b"]).engine();
+    let a = h.submit("a", EIGHT);
+    h.schedule();
+    h.at(5000);
+    let b = h.submit("b", EIGHT);
+    h.schedule();
+    assert!(
+        h.started(a) && !h.started(b),
+        "another tenant's job was taken"
+    );
+    let mut h = small(1, 1).tenants(&["a"]).engine();
+    let fixed = h.submit(
+        "a",
+        r#"{"groups":[{"accelerators":8}],"preemptible":false}"#,
+    );
+    h.schedule();
+    h.at(5000);
+    let next = h.submit("a", EIGHT);
+    h.schedule();
+    assert!(h.started(fixed) && !h.started(next));
+    assert!(h.preemptions().is_empty());
+}
+
+#[test]
+fn las_protects_an_attempt_for_as_long_as_the_job_ran_before() {
+    let mut h = small(1, 1).tenants(&["vc"]).engine();
+    let x = h.submit("vc", EIGHT);
+    h.schedule();
+    h.at(5000);
+    let y = h.submit("vc", EIGHT);
+    h.schedule();
+    assert!(h.started(y) && !h.started(x));
+    h.at(5100);
+    h.finish(y, 0);
+    h.schedule();
+    assert!(h.started(x));
+    // x ran 5,000 s before this attempt: safe until 5,100 + 5,000.
+    h.at(5200);
+    let z = h.submit("vc", EIGHT);
+    h.schedule();
+    h.at(10_099);
+    h.schedule();
+    assert!(!h.started(z));
+    h.at(10_100);
+    h.schedule();
+    assert!(h.started(z));
+    assert_eq!(h.preemptions().len(), 2);
+}
+
+#[test]
+fn the_age_order_never_preempts_for_order() {
+    let cfg = EngineConfig {
+        queue_policy: gosok_engine::QueuePolicy::FairShare,
+        ..EngineConfig::default()
+    };
+    let mut h = small(1, 1).tenants(&["vc"]).engine_with(cfg);
+    let long = h.submit("vc", EIGHT);
+    h.schedule();
+    h.at(50_000);
+    let short = h.submit("vc", EIGHT);
+    h.schedule();
+    assert!(h.started(long) && !h.started(short));
+    assert!(h.preemptions().is_empty());
+}

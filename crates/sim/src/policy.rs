@@ -21,13 +21,23 @@ pub enum Policy {
     Sjf,
     /// Shortest remaining true duration first (oracle), preemptive with checkpoint overhead.
     Srtf,
-    /// gosok's default: fair share, reservations and backfill, with the jobs' own estimates
-    /// only (never the true duration).
+    /// gosok's default: fair share across tenants, least attained service within a tenant
+    /// (preemptive), reservations and backfill, with the jobs' own estimates only (never the
+    /// true duration).
     Gosok,
+    /// gosok with the age order within a tenant (`QueuePolicy::FairShare`, the default before
+    /// the attained-service ladder), for comparison.
+    GosokAge,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 4] = [Policy::Fifo, Policy::Sjf, Policy::Srtf, Policy::Gosok];
+    pub const ALL: [Policy; 5] = [
+        Policy::Fifo,
+        Policy::Sjf,
+        Policy::Srtf,
+        Policy::Gosok,
+        Policy::GosokAge,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -35,6 +45,7 @@ impl Policy {
             Policy::Sjf => "sjf",
             Policy::Srtf => "srtf",
             Policy::Gosok => "gosok",
+            Policy::GosokAge => "gosok-age",
         }
     }
 
@@ -42,7 +53,9 @@ impl Policy {
         Policy::ALL
             .into_iter()
             .find(|p| p.name() == s)
-            .ok_or_else(|| format!("no policy named {s:?}; known: fifo, sjf, srtf, gosok"))
+            .ok_or_else(|| {
+                format!("no policy named {s:?}; known: fifo, sjf, srtf, gosok, gosok-age")
+            })
     }
 
     /// `fifo,sjf` or `all`; duplicates are dropped, order kept.
@@ -66,6 +79,11 @@ impl Policy {
     /// Whether the simulator hands the engine the true duration as the runtime estimate.
     pub fn oracle(self) -> bool {
         matches!(self, Policy::Sjf | Policy::Srtf)
+    }
+
+    /// gosok's own policies (its placement mix, the jobs' own estimates).
+    pub fn is_gosok(self) -> bool {
+        matches!(self, Policy::Gosok | Policy::GosokAge)
     }
 }
 
@@ -176,9 +194,10 @@ impl Placement {
     /// The placement a policy uses unless told otherwise: the classic policies are compared
     /// with Helios' consolidate, gosok uses its own mix.
     pub fn default_for(policy: Policy) -> Placement {
-        let name = match policy {
-            Policy::Gosok => "gosok",
-            _ => "consolidate",
+        let name = if policy.is_gosok() {
+            "gosok"
+        } else {
+            "consolidate"
         };
         // Both names are built in.
         Placement::parse(name).unwrap_or(Placement {
@@ -216,6 +235,7 @@ pub fn engine_config(policy: Policy, placement: &Placement, seed: u64) -> Engine
             c.backfill = false;
         }
         Policy::Gosok => {}
+        Policy::GosokAge => c.queue_policy = QueuePolicy::FairShare,
     }
     c
 }
@@ -240,7 +260,11 @@ mod tests {
             Policy::parse_list("fifo, srtf,fifo").unwrap(),
             [Policy::Fifo, Policy::Srtf]
         );
-        assert_eq!(Policy::parse_list("all").unwrap().len(), 4);
+        assert_eq!(Policy::parse_list("all").unwrap().len(), 5);
+        assert_eq!(
+            Policy::parse_list("gosok,gosok-age").unwrap(),
+            [Policy::Gosok, Policy::GosokAge]
+        );
         assert!(Policy::parse_list("lifo").unwrap_err().contains("lifo"));
         assert!(Policy::parse_list(" , ").is_err());
     }
@@ -289,6 +313,14 @@ mod tests {
                 ..EngineConfig::default()
             }
         );
+        assert!(matches!(g.queue_policy, QueuePolicy::FairShareLas(_)));
+        let a = engine_config(
+            Policy::GosokAge,
+            &Placement::default_for(Policy::GosokAge),
+            7,
+        );
+        assert_eq!(a.queue_policy, QueuePolicy::FairShare);
+        assert_eq!(a.scorers, g.scorers);
         assert_eq!(checkpoint_overhead_s(1000), 7);
         assert_eq!(checkpoint_overhead_s(8000), 30);
         assert_eq!(checkpoint_overhead_s(16000), 60);

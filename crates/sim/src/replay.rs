@@ -18,7 +18,7 @@ use gosok_model::job::MAX_RUNTIME_S;
 use gosok_model::{Catalog, ClusterSpec, SpecError};
 
 use crate::policy::{Estimates, Placement, Policy, checkpoint_overhead_s, engine_config};
-use crate::report::{EngineWork, Report, SiteReport, TenantReport, percentile};
+use crate::report::{EngineWork, Fairness, Report, SiteReport, TenantReport, percentile};
 use crate::workload::WorkloadJob;
 
 #[derive(Debug, thiserror::Error)]
@@ -290,6 +290,10 @@ pub fn replay(
     let mut site_energy_j = vec![0f64; n_sites];
     let mut site_peak_w = vec![0u64; n_sites];
     let mut site_alloc_milli_s = vec![0f64; n_sites];
+    let weights: Vec<f64> = (0..tenant_names.len())
+        .map(|i| engine.tenants().get(i).map_or(0.0, |t| t.weight))
+        .collect();
+    let mut fair = FairShareAccount::new(weights);
     let mut series = Series::new(t0, jobs, opts.series_points);
     let mut iterations = 0u64;
     let tick = opts.tick_s.max(1);
@@ -307,6 +311,7 @@ pub fn replay(
         rejected: &mut rejected,
         rt_by_name: &rt_by_name,
         history: History::default(),
+        active: vec![0; tenant_names.len()],
     };
     let estimates = opts.estimates.resolve(opts.policy);
 
@@ -338,6 +343,8 @@ pub fn replay(
                 site_peak_w[s] = site_peak_w[s].max(w);
                 site_alloc_milli_s[s] += (site_total_milli[s] - site.free_milli) as f64 * dt;
             }
+            let held: Vec<u64> = engine.tenants().iter().map(|t| t.alloc[0]).collect();
+            fair.add(last_t - t0, t - t0, &held, &ctx.active);
         }
         series.advance(t, &engine, *ctx.running, total_milli);
         last_t = t;
@@ -406,6 +413,7 @@ pub fn replay(
                 _ => {}
             }
             ctx.sim[j as usize].state = St::Pending;
+            ctx.active[ctx.outcomes[j as usize].tenant as usize] += 1;
             ctx.sim[j as usize].pending_since_s = t;
             let ds = engine
                 .apply(Event::Submit {
@@ -468,6 +476,7 @@ pub fn replay(
             passes,
             work,
             rejected: &rejected,
+            fair: &fair,
         },
     );
     Ok(RunResult {
@@ -490,6 +499,8 @@ struct Ctx<'a> {
     rejected: &'a mut BTreeMap<String, u64>,
     rt_by_name: &'a HashMap<String, f64>,
     history: History,
+    /// Jobs pending or running, per tenant (`JobOutcome::tenant`).
+    active: Vec<u32>,
 }
 
 impl Ctx<'_> {
@@ -564,6 +575,8 @@ impl Ctx<'_> {
                 Decision::Stop { .. } | Decision::Shed { .. } => {}
                 Decision::Finish { job, state, .. } => {
                     let j = job.0 as usize;
+                    let t = self.outcomes[j].tenant as usize;
+                    self.active[t] = self.active[t].saturating_sub(1);
                     let s = &mut self.sim[j];
                     if s.state == St::Running {
                         *self.running -= 1;
@@ -586,6 +599,8 @@ impl Ctx<'_> {
                 }
                 Decision::Reject { job, reason } => {
                     let j = job.0 as usize;
+                    let t = self.outcomes[j].tenant as usize;
+                    self.active[t] = self.active[t].saturating_sub(1);
                     self.sim[j].state = St::Done;
                     self.outcomes[j].outcome = Outcome::Rejected;
                     *self.done += 1;
@@ -666,6 +681,127 @@ impl Series {
     }
 }
 
+/// Length of the periods fair share is reported over.
+pub const FAIRNESS_PERIOD_S: u64 = 86_400;
+
+/// Accelerator-time each tenant received, and what fair share entitled it to, per day.
+///
+/// At every moment the accelerators allocated to all tenants are divided among the tenants
+/// that have work (jobs pending or running) in proportion to their weights: that is a
+/// tenant's entitlement. A tenant that asks for less than its entitlement receives less, so
+/// received ÷ entitled compares like with like only for tenants that are backlogged.
+struct FairShareAccount {
+    weights: Vec<f64>,
+    /// Per day, per tenant: thousandth-accelerator-seconds received and entitled.
+    received: Vec<Vec<f64>>,
+    entitled: Vec<Vec<f64>>,
+}
+
+impl FairShareAccount {
+    fn new(weights: Vec<f64>) -> FairShareAccount {
+        FairShareAccount {
+            weights,
+            received: Vec::new(),
+            entitled: Vec::new(),
+        }
+    }
+
+    /// `held[i]`: what tenant i held over [from_s, to_s) (seconds since the first arrival).
+    fn add(&mut self, from_s: u64, to_s: u64, held: &[u64], active: &[u32]) {
+        let used: u64 = held.iter().sum();
+        let active_weight: f64 = self
+            .weights
+            .iter()
+            .zip(active)
+            .filter(|(_, a)| **a > 0)
+            .map(|(w, _)| w)
+            .sum();
+        let n = self.weights.len();
+        let mut at = from_s;
+        while at < to_s {
+            let day = (at / FAIRNESS_PERIOD_S) as usize;
+            let end = ((day as u64 + 1) * FAIRNESS_PERIOD_S).min(to_s);
+            let dt = (end - at) as f64;
+            while self.received.len() <= day {
+                self.received.push(vec![0.0; n]);
+                self.entitled.push(vec![0.0; n]);
+            }
+            for (i, (&a, &w)) in active.iter().zip(&self.weights).enumerate() {
+                self.received[day][i] += held.get(i).copied().unwrap_or(0) as f64 * dt;
+                if a > 0 && active_weight > 0.0 {
+                    self.entitled[day][i] += used as f64 * dt * w / active_weight;
+                }
+            }
+            at = end;
+        }
+    }
+
+    /// Per tenant: share received and entitled over the run, and per day.
+    fn shares(&self, i: usize) -> TenantShares {
+        let total = |v: &[Vec<f64>]| v.iter().map(|d| d.iter().sum::<f64>()).sum::<f64>();
+        let mine = |v: &[Vec<f64>]| v.iter().map(|d| d[i]).sum::<f64>();
+        let frac = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        TenantShares {
+            share: frac(mine(&self.received), total(&self.received)),
+            entitled_share: frac(mine(&self.entitled), total(&self.entitled)),
+            daily_share: self
+                .received
+                .iter()
+                .map(|d| frac(d[i], d.iter().sum()))
+                .collect(),
+            daily_entitled_share: self
+                .entitled
+                .iter()
+                .map(|d| frac(d[i], d.iter().sum()))
+                .collect(),
+        }
+    }
+
+    /// Jain's fairness index of received ÷ entitled over the tenants entitled to anything
+    /// (1: each received exactly its entitlement; 1/n: one received everything).
+    fn jain(received: &[f64], entitled: &[f64]) -> f64 {
+        let x: Vec<f64> = received
+            .iter()
+            .zip(entitled)
+            .filter(|(_, e)| **e > 0.0)
+            .map(|(r, e)| r / e)
+            .collect();
+        let sum: f64 = x.iter().sum();
+        let sq: f64 = x.iter().map(|v| v * v).sum();
+        if sq > 0.0 {
+            sum * sum / (x.len() as f64 * sq)
+        } else {
+            1.0
+        }
+    }
+
+    fn fairness(&self) -> Fairness {
+        let n = self.weights.len();
+        let sum = |v: &[Vec<f64>]| {
+            (0..n)
+                .map(|i| v.iter().map(|d| d[i]).sum())
+                .collect::<Vec<f64>>()
+        };
+        Fairness {
+            period_s: FAIRNESS_PERIOD_S,
+            jain_index: FairShareAccount::jain(&sum(&self.received), &sum(&self.entitled)),
+            daily_jain_index: self
+                .received
+                .iter()
+                .zip(&self.entitled)
+                .map(|(r, e)| FairShareAccount::jain(r, e))
+                .collect(),
+        }
+    }
+}
+
+struct TenantShares {
+    share: f64,
+    entitled_share: f64,
+    daily_share: Vec<f64>,
+    daily_entitled_share: Vec<f64>,
+}
+
 struct Totals<'a> {
     span_s: u64,
     end_s: u64,
@@ -678,6 +814,7 @@ struct Totals<'a> {
     passes: u64,
     work: EngineWork,
     rejected: &'a BTreeMap<String, u64>,
+    fair: &'a FairShareAccount,
 }
 
 fn mean(v: &[u64]) -> f64 {
@@ -725,7 +862,9 @@ fn summarize(
     let tenants: Vec<TenantReport> = tenant_names
         .iter()
         .zip(by_tenant)
-        .map(|(name, mine)| {
+        .enumerate()
+        .map(|(i, (name, mine))| {
+            let shares = t.fair.shares(i);
             let mut jct: Vec<u64> = mine.iter().filter_map(|o| o.jct_s()).collect();
             jct.sort_unstable();
             let queue: Vec<u64> = mine
@@ -742,6 +881,11 @@ fn summarize(
                 p99_jct_s: percentile(&jct, 99.0),
                 avg_queue_s: mean(&queue),
                 preemptions: mine.iter().map(|o| o.preemptions as u64).sum(),
+                weight: t.fair.weights[i],
+                share: shares.share,
+                entitled_share: shares.entitled_share,
+                daily_share: shares.daily_share,
+                daily_entitled_share: shares.daily_entitled_share,
             }
         })
         .filter(|r| r.jobs > 0)
@@ -794,6 +938,7 @@ fn summarize(
         longest_wait_8plus_accelerators_s: longest_wait_8,
         energy_kwh: sites.iter().map(|s| s.energy_kwh).sum(),
         tenants,
+        fairness: t.fair.fairness(),
         sites,
         rejected_by_reason: t.rejected.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         scheduling_passes: t.passes,

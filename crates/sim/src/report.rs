@@ -44,6 +44,9 @@ pub struct Report {
     /// Facility energy (IT × PUE) of all sites.
     pub energy_kwh: f64,
     pub tenants: Vec<TenantReport>,
+    /// How evenly accelerator-time went by weight (`tenants[].share` against
+    /// `tenants[].entitled_share`).
+    pub fairness: Fairness,
     pub sites: Vec<SiteReport>,
     /// Rejections at submit, by the constraint named.
     pub rejected_by_reason: Vec<(String, u64)>,
@@ -77,6 +80,25 @@ pub struct TenantReport {
     pub p99_jct_s: u64,
     pub avg_queue_s: f64,
     pub preemptions: u64,
+    pub weight: f64,
+    /// Of the accelerator-time all tenants received over the run, this tenant's part.
+    pub share: f64,
+    /// What fair share entitled it to: at every moment, the allocated accelerators divided
+    /// among the tenants with jobs pending or running, by weight.
+    pub entitled_share: f64,
+    /// The same per day (`fairness.period_s`) from the first arrival.
+    pub daily_share: Vec<f64>,
+    pub daily_entitled_share: Vec<f64>,
+}
+
+/// Jain's index of received ÷ entitled accelerator-time over the tenants entitled to any:
+/// 1 when each received its entitlement, 1/n when one received everything. Meaningful for
+/// tenants that are backlogged (one that asks for less than its entitlement receives less).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fairness {
+    pub period_s: u64,
+    pub jain_index: f64,
+    pub daily_jain_index: Vec<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
