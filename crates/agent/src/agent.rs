@@ -165,11 +165,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     if leftover > 0 {
         info!(
             groups = leftover,
-            "killed process groups left by a previous agent"
+            "killed what a previous agent left (control groups and process groups)"
         );
     }
-    // The control groups a previous agent left are emptied above; remove them.
-    crate::sandbox::kill_all_listed(&work_dir, true);
     let sandbox = match cfg.isolation {
         Isolation::Sandbox => {
             let s = Sandbox::new(cfg.sandbox.clone(), &work_dir).map_err(|e| {

@@ -19,9 +19,10 @@ fn boot_id() -> String {
 
 /// Kills every task the agent of `work_dir` started: the control groups listed in
 /// `WORK/cgroups` (sandboxed tasks, with everything they forked) and the process groups
-/// listed in `WORK/pgids` (this boot's only); returns how many still had processes.
-pub fn kill_listed(work_dir: &Path) -> usize {
-    let mut killed = crate::sandbox::kill_all_listed(work_dir, false);
+/// listed in `WORK/pgids` (this boot's only); returns how many still had processes. With
+/// `remove`, the emptied control groups are removed too (an agent starting up).
+pub fn kill_listed(work_dir: &Path, remove: bool) -> usize {
+    let mut killed = crate::sandbox::kill_all_listed(work_dir, remove);
     if let Ok(text) = std::fs::read_to_string(work_dir.join("pgids")) {
         let mut lines = text.lines();
         if lines.next() == Some(boot_id().as_str()) {
@@ -67,7 +68,7 @@ pub fn watchdog(work_dir: &Path) -> usize {
     loop {
         let now = boottime_ms();
         if deadline_ms != 0 && now >= deadline_ms {
-            let killed = kill_listed(work_dir);
+            let killed = kill_listed(work_dir, false);
             eprintln!(
                 "gosok agent watchdog: the agent did not renew its lease in time; killed {killed} task groups"
             );
@@ -123,7 +124,7 @@ pub fn watchdog(work_dir: &Path) -> usize {
             }
         }
     }
-    kill_listed(work_dir)
+    kill_listed(work_dir, false)
 }
 
 pub struct PgidFile {
@@ -134,11 +135,11 @@ pub struct PgidFile {
 }
 
 impl PgidFile {
-    /// Kills the groups listed by a previous agent on `work_dir` (same boot only), then starts
-    /// a fresh list. Returns the file and how many groups still had processes.
+    /// Kills (and removes the control groups of) what a previous agent on `work_dir` left
+    /// (process groups of this boot only), then starts a fresh list. Returns the file and how many groups still had processes.
     pub fn open(work_dir: &Path) -> anyhow::Result<(PgidFile, usize)> {
         let path = work_dir.join("pgids");
-        let killed = kill_listed(work_dir);
+        let killed = kill_listed(work_dir, true);
         let mut f = PgidFile {
             file: {
                 use std::os::unix::fs::OpenOptionsExt;

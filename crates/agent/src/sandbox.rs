@@ -630,7 +630,13 @@ impl Sandbox {
                     }
                     Ok(())
                 })();
-                r.map(|()| g).map_err(|e: String| e)
+                match r {
+                    Ok(()) => Ok(g),
+                    Err(e) => {
+                        g.remove();
+                        Err(e)
+                    }
+                }
             }
             Hierarchy::V1 { parents } => {
                 let mut g = TaskCgroup {

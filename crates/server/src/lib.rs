@@ -251,18 +251,23 @@ pub struct Verified {
     pub diverged: u64,
 }
 
+/// The store file of a data directory that must already have one (verify, recover).
+fn existing_db(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let db = DataDir(dir.to_path_buf()).db();
+    anyhow::ensure!(
+        db.exists(),
+        "{} has no store (no {})",
+        dir.display(),
+        db.display()
+    );
+    Ok(db)
+}
+
 /// Checks a data directory offline, as a start would and more: every log record (checksum,
 /// no gap, decodes as an entry), the latest snapshot (checksum, not ahead of the log,
 /// restores), and a replay of the records after it. Writes nothing to the log.
 pub fn verify(dir: &Path, cfg: &Config) -> anyhow::Result<Verified> {
-    let d = DataDir(dir.to_path_buf());
-    anyhow::ensure!(
-        d.db().exists(),
-        "{} has no store (no {})",
-        dir.display(),
-        d.db().display()
-    );
-    let mut store = SqliteStore::open(&d.db())?;
+    let mut store = SqliteStore::open(&existing_db(dir)?)?;
     let mut records = 0u64;
     store
         .scan(0, &mut |r| {
@@ -298,15 +303,9 @@ pub struct RecoverChoices {
 /// audit log) as a `recovered` entry; refuses, naming the choice needed, when the damage
 /// needs a repair not chosen. Returns what it did. Holds the data directory's lock.
 pub fn recover(dir: &Path, cfg: &Config, choices: RecoverChoices) -> anyhow::Result<String> {
-    let d = DataDir(dir.to_path_buf());
-    anyhow::ensure!(
-        d.db().exists(),
-        "{} has no store (no {})",
-        dir.display(),
-        d.db().display()
-    );
+    let db = existing_db(dir)?;
     let _lock = lock_data_dir(dir)?;
-    let mut store = SqliteStore::open(&d.db())?;
+    let mut store = SqliteStore::open(&db)?;
     let last = store.last_seq()?;
     let mut reasons = Vec::new();
     let mut dropped_records = None;
