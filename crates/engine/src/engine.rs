@@ -383,6 +383,11 @@ impl Engine {
         &self.reservation
     }
 
+    /// If the holder's reserved start moved later than first planned: from when, and why.
+    pub fn reservation_slip(&self) -> Option<crate::hold::Slip> {
+        self.hold.slip
+    }
+
     /// No job holds the reservation any more.
     fn drop_reservation(&mut self) {
         self.reservation = Reservation::default();
@@ -1669,20 +1674,34 @@ impl Engine {
             return Some(self.reservation_reason);
         }
         let shape = &self.shapes[self.jobs[&id].shape as usize];
-        let input = PlanInput {
+        // Should a new plan of the same holder start later, why: computed before it replaces
+        // the old one.
+        let replan = (r.job == Some(id)).then(|| self.slip_cause());
+        let mut input = PlanInput {
             cluster: &self.cluster,
             now_s: self.now_s,
             grace_s: self.cfg.overrun_grace_s,
             seed: self.cfg.seed,
+            by_limits: replan.is_some() && self.hold.slip.is_some(),
         };
         self.stats.reservation_plans += 1;
-        // Should a new plan of the same holder start later, why: computed before it replaces
-        // the old one.
-        let replan = (r.job == Some(id)).then(|| self.slip_cause());
         let Some(mut plan) = reservation::plan(&input, id, shape, allowed) else {
             self.drop_reservation();
             return None;
         };
+        // Estimates proved wrong for this holder: from now on it is planned by the limits of
+        // what runs, a bound that holds, so that its start moves later at most once more
+        // (and then only past a limit). Planned by estimates again, jobs admitted into the
+        // slack of each new plan could move it later without end.
+        if replan.is_some() && !input.by_limits && plan.start_s > self.hold.start_s {
+            input.by_limits = true;
+            self.stats.reservation_plans += 1;
+            let Some(p) = reservation::plan(&input, id, shape, allowed) else {
+                self.drop_reservation();
+                return None;
+            };
+            plan = p;
+        }
         let reason = if plan.start_s <= self.now_s {
             plan.start_s = self.now_s;
             WaitReason::Resources { blocker }

@@ -106,7 +106,11 @@ impl Hold {
 
     /// At the end of a pass: the tenants that had blocked jobs and do not hold the
     /// reservation.
-    pub fn set_waiting(&mut self, blocked: impl Iterator<Item = TenantIdx>, holder: Option<TenantIdx>) {
+    pub fn set_waiting(
+        &mut self,
+        blocked: impl Iterator<Item = TenantIdx>,
+        holder: Option<TenantIdx>,
+    ) {
         self.waiting = blocked.filter(|&t| Some(t) != holder).collect();
     }
 }
