@@ -1717,7 +1717,11 @@ impl Engine {
         plan.job = Some(id);
         match replan {
             Some(cause) => self.hold.replanned(plan.start_s, cause),
-            None => self.hold.granted(self.jobs[&id].tenant, plan.start_s),
+            None => {
+                let t = self.jobs[&id].tenant;
+                self.hold
+                    .granted(t, self.tenants[t as usize].weight, plan.start_s)
+            }
         }
         self.reservation = plan;
         self.reservation_planned_s = self.now_s;
