@@ -98,7 +98,8 @@ pub struct GrowSlot {
 /// One replay of the search.
 #[derive(Debug, Clone, Serialize)]
 pub struct Point {
-    pub added_servers: u64,
+    /// Servers added (negative: taken away) against today's cluster.
+    pub added_servers: i64,
     pub accelerators: u64,
     /// The target's statistic, seconds (`None`: jobs never started, infinite).
     pub target_wait_s: Option<f64>,
@@ -282,44 +283,94 @@ pub fn grow_slots(
     Ok(slots)
 }
 
-/// How `added` servers are shared among the slots: in proportion to what each has today, a
-/// server at a time to the slot furthest below its share, within each site's power budget
-/// (slots of one site share it).
-pub fn share_out(slots: &[GrowSlot], added: u64) -> Vec<u64> {
-    let site_left_w: BTreeMap<&str, u64> = slots
-        .iter()
-        .map(|s| (s.site.as_str(), s.site_free_w))
-        .collect();
-    let mut site_left_w = site_left_w;
-    let mut counts = vec![0u64; slots.len()];
-    for _ in 0..added {
-        let mut best: Option<(usize, f64)> = None;
-        for (k, s) in slots.iter().enumerate() {
-            if counts[k] >= s.max_added || site_left_w[s.site.as_str()] < s.server_max_w {
-                continue;
+/// How a change of `delta` servers is shared among the slots. Growth goes a server at a time
+/// to the slot furthest below its proportional share (what each has today), within each
+/// site's power budget (slots of one site share it); shrinking takes a server at a time from
+/// the slot that keeps the largest fraction, and leaves every slot at least one server.
+pub fn share_out(slots: &[GrowSlot], delta: i64) -> Vec<i64> {
+    let mut counts = vec![0i64; slots.len()];
+    let now = |k: usize| slots[k].servers_now.max(1) as f64;
+    if delta >= 0 {
+        let mut site_left_w: BTreeMap<&str, u64> = slots
+            .iter()
+            .map(|s| (s.site.as_str(), s.site_free_w))
+            .collect();
+        for _ in 0..delta {
+            let mut best: Option<(usize, f64)> = None;
+            for (k, s) in slots.iter().enumerate() {
+                if counts[k] as u64 >= s.max_added || site_left_w[s.site.as_str()] < s.server_max_w
+                {
+                    continue;
+                }
+                let fill = (counts[k] + 1) as f64 / now(k);
+                if best.is_none_or(|(_, f)| fill < f) {
+                    best = Some((k, fill));
+                }
             }
-            let fill = (counts[k] + 1) as f64 / s.servers_now.max(1) as f64;
-            if best.is_none_or(|(_, f)| fill < f) {
-                best = Some((k, fill));
+            let Some((k, _)) = best else {
+                break;
+            };
+            counts[k] += 1;
+            if let Some(left) = site_left_w.get_mut(slots[k].site.as_str()) {
+                *left -= slots[k].server_max_w;
             }
         }
-        let Some((k, _)) = best else {
-            break;
-        };
-        counts[k] += 1;
-        let left = site_left_w
-            .get_mut(slots[k].site.as_str())
-            .unwrap_or_else(|| unreachable!());
-        *left -= slots[k].server_max_w;
+    } else {
+        for _ in 0..delta.unsigned_abs() {
+            let mut best: Option<(usize, f64)> = None;
+            for (k, s) in slots.iter().enumerate() {
+                let left = s.servers_now as i64 + counts[k];
+                if left <= 1 {
+                    continue;
+                }
+                let keep = (left - 1) as f64 / now(k);
+                if best.is_none_or(|(_, f)| keep > f) {
+                    best = Some((k, keep));
+                }
+            }
+            let Some((k, _)) = best else {
+                break;
+            };
+            counts[k] -= 1;
+        }
     }
     counts
 }
 
-/// The cluster with `counts[k]` servers added to slot k.
-pub fn grown_cluster(cluster: &ClusterSpec, slots: &[GrowSlot], counts: &[u64]) -> ClusterSpec {
+/// The cluster with `counts[k]` servers added to (or, negative, taken from) slot k. Servers
+/// are taken from the slot's last node entries first; new ones go into new racks shaped like
+/// the template's.
+pub fn grown_cluster(cluster: &ClusterSpec, slots: &[GrowSlot], counts: &[i64]) -> ClusterSpec {
     let mut c = cluster.clone();
+    let site_of_rack: BTreeMap<String, String> = cluster
+        .rack
+        .iter()
+        .map(|r| (r.name.clone(), r.site.clone()))
+        .collect();
     for (s, &n) in slots.iter().zip(counts) {
-        let mut left = n;
+        if n < 0 {
+            let mut take = n.unsigned_abs();
+            for node in c.node.iter_mut().rev() {
+                if take == 0 {
+                    break;
+                }
+                let here = site_of_rack
+                    .get(&node.rack)
+                    .is_some_and(|site| *site == s.site)
+                    && node.accelerators == s.template.accelerators
+                    && node.accelerator == s.template.accelerator;
+                if !here {
+                    continue;
+                }
+                let have = node_count(node);
+                let cut = take.min(have);
+                node.count = Some(have - cut);
+                take -= cut;
+            }
+            c.node.retain(|n| n.count != Some(0));
+            continue;
+        }
+        let mut left = n as u64;
         let mut r = 0;
         while left > 0 {
             let here = left.min(s.servers_per_rack);
@@ -351,9 +402,9 @@ fn evaluate(
     catalog: &Catalog,
     inputs: &CapacityInputs,
     counted: &[bool],
-    added: u64,
+    delta: i64,
 ) -> Result<Point, PlanError> {
-    let counts = share_out(slots, added);
+    let counts = share_out(slots, delta);
     let c = grown_cluster(cluster, slots, &counts);
     let mut opts = ReplayOptions::new(inputs.policy);
     opts.seed = inputs.seed;
@@ -406,13 +457,13 @@ fn evaluate_all(
     catalog: &Catalog,
     inputs: &CapacityInputs,
     counted: &[bool],
-    adds: &[u64],
-    done: &mut BTreeMap<u64, Point>,
+    adds: &[i64],
+    done: &mut BTreeMap<i64, Point>,
 ) -> Result<(), PlanError> {
-    let todo: Vec<u64> = adds
+    let todo: Vec<i64> = adds
         .iter()
         .copied()
-        .collect::<BTreeSet<u64>>()
+        .collect::<BTreeSet<i64>>()
         .into_iter()
         .filter(|a| !done.contains_key(a))
         .collect();
@@ -508,20 +559,13 @@ pub fn plan_capacity(
             "the workload has no job of a tenant of this tier",
         ));
     }
-    let max_total = share_out(&slots, u64::MAX / 4).iter().sum::<u64>();
+    let max_total: i64 = share_out(&slots, i64::MAX / 4).iter().sum();
+    let min_total: i64 = share_out(&slots, -(i64::MAX / 4)).iter().sum();
     let servers_now: u64 = slots.iter().map(|s| s.servers_now).sum();
-    let threads = inputs.threads.max(1) as u64;
-    let mut done: BTreeMap<u64, Point> = BTreeMap::new();
+    let threads = inputs.threads.max(1);
+    let mut done: BTreeMap<i64, Point> = BTreeMap::new();
     let mut notes = Vec::new();
-    let step = (servers_now / 10).max(1);
-
-    // Round one: today's capacity and the first doublings.
-    let mut probes = vec![0u64];
-    let mut next = step;
-    while (probes.len() as u64) < threads && next <= max_total {
-        probes.push(next);
-        next *= 2;
-    }
+    let step = (servers_now as i64 / 10).max(1);
     let args = (
         cluster,
         slots.as_slice(),
@@ -530,100 +574,119 @@ pub fn plan_capacity(
         inputs,
         counted.as_slice(),
     );
-    evaluate_all(
-        args.0, args.1, args.2, args.3, args.4, args.5, &probes, &mut done,
-    )?;
-    let met_at = |done: &BTreeMap<u64, Point>| done.iter().find(|(_, p)| p.met).map(|(a, _)| *a);
-    // Double until met or out of room.
-    while met_at(&done).is_none() {
-        let largest = *done.keys().last().unwrap_or(&0);
-        if largest >= max_total {
-            let p = &done[&largest];
-            return Err(PlanError::usage(
-                "--target",
-                format!(
-                    "{} cannot be met: with {} servers added ({} accelerators, the most the power budgets and --max-growth allow: {}) the statistic is {}",
-                    inputs.target.text,
-                    largest,
-                    p.accelerators,
-                    slots
-                        .iter()
-                        .map(|s| format!(
-                            "{}/{} +{} ({})",
-                            s.site, s.model, s.max_added, s.limited_by
-                        ))
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                    p.target_wait_s
-                        .map_or("infinite (jobs never start)".to_string(), |w| format!(
-                            "{w:.0} s"
-                        ))
-                ),
-            ));
-        }
-        let mut batch = Vec::new();
-        let mut k = (largest.max(step)) * 2;
-        while (batch.len() as u64) < threads {
-            let v = k.min(max_total);
-            batch.push(v);
-            if v == max_total {
+    let run = |batch: &[i64], done: &mut BTreeMap<i64, Point>| {
+        evaluate_all(args.0, args.1, args.2, args.3, args.4, args.5, batch, done)
+    };
+    // The answer so far: the smallest capacity that meets the target with no miss above it.
+    let answer_of = |done: &BTreeMap<i64, Point>| -> Option<i64> {
+        let top_miss = done.iter().filter(|(_, p)| !p.met).map(|(a, _)| *a).last();
+        done.iter()
+            .find(|(a, p)| p.met && top_miss.is_none_or(|m| **a > m))
+            .map(|(a, _)| *a)
+    };
+    // Doublings away from today's capacity, `threads` at a time, in direction `sign`.
+    let doublings = |from: i64, sign: i64| -> Vec<i64> {
+        let mut v = Vec::new();
+        let mut k = from.abs().max(step / 2).max(1) * 2;
+        while v.len() < threads {
+            let x = (sign * k).clamp(min_total, max_total);
+            v.push(x);
+            if x == min_total || x == max_total {
                 break;
             }
             k *= 2;
         }
-        evaluate_all(
-            args.0, args.1, args.2, args.3, args.4, args.5, &batch, &mut done,
-        )?;
+        v
+    };
+
+    // Round one: today's capacity, and the first growth steps beside it.
+    let mut first = vec![0];
+    first.extend(
+        doublings(step / 2, 1)
+            .into_iter()
+            .take(threads.saturating_sub(1)),
+    );
+    run(&first, &mut done)?;
+    if done[&0].met {
+        // Shrink until the target is missed (or one server per site and model is left).
+        while done.iter().all(|(_, p)| p.met) {
+            let lowest = *done.keys().next().unwrap_or(&0);
+            if lowest <= min_total {
+                notes.push(
+                    "even the smallest capacity the search may leave (one server per site and model) meets the target"
+                        .into(),
+                );
+                break;
+            }
+            run(&doublings(lowest, -1), &mut done)?;
+        }
+    } else {
+        // Grow until met or out of room.
+        while answer_of(&done).is_none() {
+            let largest = *done.keys().last().unwrap_or(&0);
+            if largest >= max_total {
+                let p = &done[&largest];
+                return Err(PlanError::usage(
+                    "--target",
+                    format!(
+                        "{} cannot be met: with {} servers added ({} accelerators, the most the power budgets and --max-growth allow: {}) the statistic is {}",
+                        inputs.target.text,
+                        largest,
+                        p.accelerators,
+                        slots
+                            .iter()
+                            .map(|s| format!(
+                                "{}/{} +{} ({})",
+                                s.site, s.model, s.max_added, s.limited_by
+                            ))
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                        p.target_wait_s
+                            .map_or("infinite (jobs never start)".to_string(), |w| format!(
+                                "{w:.0} s"
+                            ))
+                    ),
+                ));
+            }
+            run(&doublings(largest, 1), &mut done)?;
+        }
     }
-    // Narrow: the largest miss below the smallest meet.
-    let resolution = (servers_now / 100).max(1);
-    loop {
-        let hi = met_at(&done).unwrap_or(0);
-        let lo = done
-            .iter()
-            .filter(|(a, p)| **a < hi && !p.met)
-            .map(|(a, _)| *a)
-            .last();
-        let Some(lo) = lo else {
+    // Narrow the interval between the largest miss and the answer.
+    let resolution = (servers_now as i64 / 100).max(1);
+    while let Some(hi) = answer_of(&done) {
+        let Some(lo) = done.iter().filter(|(_, p)| !p.met).map(|(a, _)| *a).last() else {
             break;
         };
         if hi - lo <= resolution {
             break;
         }
         let gap = hi - lo;
-        let batch: Vec<u64> = (1..=threads)
-            .map(|k| lo + gap * k / (threads + 1))
-            .filter(|a| *a > lo && *a < hi)
+        let t = threads as i64;
+        let batch: Vec<i64> = (1..=t)
+            .map(|k| lo + gap * k / (t + 1))
+            .filter(|a| *a > lo && *a < hi && !done.contains_key(a))
             .collect();
         if batch.is_empty() {
             break;
         }
-        evaluate_all(
-            args.0, args.1, args.2, args.3, args.4, args.5, &batch, &mut done,
-        )?;
+        run(&batch, &mut done)?;
     }
-    let answer_add = met_at(&done).unwrap_or(0);
-    // More capacity should never hurt; where a replay says otherwise, say so.
-    let misses_above = done
+    let answer_add = answer_of(&done).unwrap_or(0);
+    let misses_below = done
         .iter()
-        .filter(|(a, p)| **a > answer_add && !p.met)
+        .filter(|(a, p)| **a < answer_add && p.met)
         .count();
-    if misses_above > 0 {
+    if misses_below > 0 {
         notes.push(format!(
-            "{misses_above} larger capacities missed the target again: waits are not monotone in capacity here (scheduling anomalies); the answer is the smallest capacity replayed that meets it"
+            "{misses_below} smaller capacities also met the target although a larger one missed it: waits are not monotone in capacity here (scheduling anomalies); the answer is the smallest capacity above every miss"
         ));
-    }
-    if answer_add == 0 {
-        notes.push(
-            "today's capacity already meets the target (the search does not shrink it)".into(),
-        );
     }
     let answer = done[&answer_add].clone();
     let curve: Vec<Point> = done.values().cloned().collect();
     let refs: Vec<&Point> = curve.iter().collect();
     let counts = share_out(&slots, answer_add);
     let answer_cluster = grown_cluster(cluster, &slots, &counts);
-    let accelerators_now = curve.first().map_or(0, |p| p.accelerators);
+    let accelerators_now = done[&0].accelerators;
     Ok(CapacityPlan {
         target: inputs.target.clone(),
         tier: inputs.tier,
@@ -700,18 +763,18 @@ pub fn table(plan: &CapacityPlan) -> String {
         ));
     }
     s.push_str(&format!(
-        "answer: {} accelerators (+{} servers; today {}): {} = {}\n",
+        "answer: {} accelerators ({} servers; today {}): {} = {}\n",
         plan.answer.accelerators,
-        plan.answer.added_servers,
+        crate::chart::signed(plan.answer.added_servers),
         plan.accelerators_now,
         plan.target.text,
         h(plan.answer.target_wait_s)
     ));
     if let Some(k) = &plan.knee {
         s.push_str(&format!(
-            "knee: {} accelerators (+{} servers), statistic {}\n",
+            "knee: {} accelerators ({} servers), statistic {}\n",
             k.accelerators,
-            k.added_servers,
+            crate::chart::signed(k.added_servers),
             h(k.target_wait_s)
         ));
     }

@@ -34,6 +34,15 @@ pub fn curve_svg(path: &Path, plan: &CapacityPlan) -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
+/// +12 / −3 / 0, thousands grouped.
+pub fn signed(v: i64) -> String {
+    match v.signum() {
+        1 => format!("+{}", group(v as u64)),
+        -1 => format!("−{}", group(v.unsigned_abs())),
+        _ => "0".into(),
+    }
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -49,7 +58,7 @@ pub fn report_html(plan: &CapacityPlan, svg: &str, command: &str) -> String {
         rows.push_str(&format!(
             "<tr{}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} %</td><td>{}</td></tr>\n",
             if p.added_servers == plan.answer.added_servers { " class=\"answer\"" } else { "" },
-            group(p.added_servers),
+            signed(p.added_servers),
             group(p.accelerators),
             h(p.target_wait_s),
             if p.met { "yes" } else { "no" },
@@ -73,9 +82,9 @@ pub fn report_html(plan: &CapacityPlan, svg: &str, command: &str) -> String {
     }
     let knee = plan.knee.as_ref().map_or("none found".to_string(), |k| {
         format!(
-            "{} accelerators (+{} servers): {}",
+            "{} accelerators ({} servers): {}",
             group(k.accelerators),
-            group(k.added_servers),
+            signed(k.added_servers),
             h(k.target_wait_s)
         )
     });
@@ -95,7 +104,7 @@ tr.answer{{background:#e8f4e8;font-weight:bold}}code{{background:#f3f3f3;padding
 <p><code>{command}</code></p>
 <p>{jobs} jobs replayed through the engine (policy {policy}) at {replays} capacities in {wall:.1} s.</p>
 <h2>Answer</h2>
-<p><strong>{ans_acc} accelerators</strong> (+{ans_add} servers; today {now}): {target} = {ans_val}.</p>
+<p><strong>{ans_acc} accelerators</strong> ({ans_add} servers; today {now}): {target} = {ans_val}.</p>
 <p>Knee (where adding servers stops paying): {knee}.</p>
 <h2>Where it grows</h2><ul>{grow}</ul>
 <h2>Curve</h2>
@@ -112,7 +121,7 @@ tr.answer{{background:#e8f4e8;font-weight:bold}}code{{background:#f3f3f3;padding
         replays = plan.replays,
         wall = plan.wall_s,
         ans_acc = group(plan.answer.accelerators),
-        ans_add = group(plan.answer.added_servers),
+        ans_add = signed(plan.answer.added_servers),
         now = group(plan.accelerators_now),
         ans_val = h(plan.answer.target_wait_s),
         target_stat = "statistic",
