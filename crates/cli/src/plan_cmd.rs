@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
-use gosok_model::Catalog;
+use gosok_model::{Catalog, ClusterSpec};
 use gosok_plan::PlanError;
 use gosok_plan::capacity::{self, CapacityInputs, Grow};
 use gosok_plan::demand::{self, DemandInputs, TierDemand};
@@ -28,6 +28,10 @@ pub enum PlanCommand {
     /// workload (any `gosok trace import` output) and generates demand for tiers of tenants
     /// with their growth; writes a workload and a cluster file the twin replays.
     Demand(DemandArgs),
+    /// How much demand a cluster sustains: scales a demand model (as `plan demand` makes it)
+    /// and replays it until a wait target is missed; with --growth-per-year, how many years of
+    /// growth that is.
+    Headroom(HeadroomArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -94,7 +98,8 @@ pub struct SiteArgs {
 
 #[derive(Args)]
 pub struct CapacityArgs {
-    /// Cluster file (TOML) of today's capacity.
+    /// Cluster file (TOML) of today's capacity; `demo` or `demo-large` for the highway
+    /// `gosok up` runs.
     #[arg(long)]
     cluster: PathBuf,
     /// Workload file (JSON Lines) of the demand.
@@ -135,8 +140,8 @@ pub struct DemandArgs {
     /// The workload to fit (JSON Lines; e.g. the output of `gosok trace import philly`).
     #[arg(long)]
     fit: PathBuf,
-    /// The cluster the demand will run on; the generated cluster.toml is this one with the
-    /// demand's tenants.
+    /// The cluster the demand will run on (a file, `demo` or `demo-large`); the generated
+    /// cluster.toml is this one with the demand's tenants.
     #[arg(long)]
     cluster: PathBuf,
     /// A tier of tenants: TIER=TENANTS[,share=F][,growth=G] (repeatable), e.g.
@@ -159,11 +164,48 @@ pub struct DemandArgs {
     output: Output,
 }
 
+#[derive(Args)]
+pub struct HeadroomArgs {
+    /// The cluster (a file, `demo` or `demo-large`).
+    #[arg(long)]
+    cluster: PathBuf,
+    /// The workload the demand model is fitted to.
+    #[arg(long)]
+    fit: PathBuf,
+    /// Tiers of tenants, as for `plan demand` (repeatable).
+    #[arg(long, required = true)]
+    tier: Vec<String>,
+    /// pNN-wait<=DURATION or avg-wait<=DURATION.
+    #[arg(long)]
+    target: String,
+    /// Only jobs of tenants of this tier count towards the target.
+    #[arg(long)]
+    target_tier: Option<String>,
+    /// Horizon in days (default: the fitted trace's span).
+    #[arg(long, allow_negative_numbers = true)]
+    days: Option<f64>,
+    /// The largest multiple of the fitted demand tried.
+    #[arg(long, default_value_t = 64.0, allow_negative_numbers = true)]
+    max_scale: f64,
+    /// Yearly demand growth, to express the headroom in years (0.5 = +50 % a year).
+    #[arg(long, allow_negative_numbers = true)]
+    growth_per_year: Option<f64>,
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long, default_value = "gosok")]
+    policy: String,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
 pub fn run(c: PlanCommand) -> anyhow::Result<()> {
     match c {
         PlanCommand::Site(a) => site_cmd(a),
         PlanCommand::Capacity(a) => capacity_cmd(a),
         PlanCommand::Demand(a) => demand_cmd(a),
+        PlanCommand::Headroom(a) => headroom_cmd(a),
     }
 }
 
@@ -212,12 +254,33 @@ fn site_cmd(a: SiteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A cluster file, or `demo` / `demo-large`: the highway `gosok up` runs (small or large).
+fn load_cluster(arg: &std::path::Path, catalog: &Catalog) -> anyhow::Result<ClusterSpec> {
+    let scale = match arg.to_str() {
+        Some("demo") => Some(crate::up::Scale::Small),
+        Some("demo-large") => Some(crate::up::Scale::Large),
+        _ => None,
+    };
+    match scale {
+        Some(s) => {
+            // `gosok up` declares its nodes down until their agents register; a plan assumes
+            // every server it counts is up.
+            let mut c = crate::up::demo_cluster(s)?;
+            for n in &mut c.node {
+                n.state = gosok_model::NodeState::Up;
+            }
+            Ok(c)
+        }
+        None => read_cluster(arg, catalog).map_err(|e| usage("--cluster", e.to_string())),
+    }
+}
+
 fn read_inputs(
     cluster: &std::path::Path,
     workload: &std::path::Path,
     catalog: &Catalog,
-) -> anyhow::Result<(gosok_model::ClusterSpec, Vec<gosok_sim::WorkloadJob>)> {
-    let c = read_cluster(cluster, catalog).map_err(|e| usage("--cluster", e.to_string()))?;
+) -> anyhow::Result<(ClusterSpec, Vec<gosok_sim::WorkloadJob>)> {
+    let c = load_cluster(cluster, catalog)?;
     let w = read_workload(workload, catalog, BadRows::Fail)
         .map_err(|e| usage("--workload", e.to_string()))?;
     w.check_tenants(workload, &c)
@@ -225,29 +288,76 @@ fn read_inputs(
     Ok((c, w.jobs))
 }
 
+fn tier_arg(flag: &str, t: &Option<String>) -> anyhow::Result<Option<gosok_model::Tier>> {
+    match t {
+        Some(t) => Ok(Some(demand::parse_tier(t).ok_or_else(|| {
+            usage(
+                flag,
+                format!("unknown tier {t:?} (anchor, commercial, public, academic, startup)"),
+            )
+        })?)),
+        None => Ok(None),
+    }
+}
+
+fn threads_arg(t: Option<usize>) -> anyhow::Result<usize> {
+    match t {
+        Some(0) => Err(usage("--threads", "must be at least 1")),
+        Some(t) => Ok(t),
+        None => Ok(std::thread::available_parallelism().map_or(2, |n| n.get())),
+    }
+}
+
+fn headroom_cmd(a: HeadroomArgs) -> anyhow::Result<()> {
+    let catalog = Catalog::builtin();
+    let measure = gosok_plan::measure::Measure {
+        target: Target::parse(&a.target)?,
+        tier: tier_arg("--target-tier", &a.target_tier)?,
+        policy: Policy::parse(&a.policy).map_err(|e| usage("--policy", e))?,
+        seed: a.seed,
+    };
+    let tiers = a
+        .tier
+        .iter()
+        .map(|t| TierDemand::parse(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let threads = threads_arg(a.threads)?;
+    let cluster = load_cluster(&a.cluster, &catalog)?;
+    let w = read_workload(&a.fit, &catalog, BadRows::Fail)
+        .map_err(|e| usage("--fit", e.to_string()))?;
+    let fitted = demand::fit(&w.jobs)?;
+    let days = a.days.unwrap_or(fitted.span_days.ceil());
+    let inputs = gosok_plan::headroom::HeadroomInputs {
+        demand: DemandInputs {
+            tiers,
+            scale: 1.0,
+            days,
+            seed: a.seed,
+        },
+        measure,
+        threads,
+        max_scale: a.max_scale,
+        growth_per_year: a.growth_per_year,
+    };
+    let h = gosok_plan::headroom::plan_headroom(&cluster, &fitted, &catalog, &inputs)?;
+    match a.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&h)?),
+        Output::Table => print!("{}", gosok_plan::headroom::table(&h)),
+    }
+    Ok(())
+}
+
 fn capacity_cmd(a: CapacityArgs) -> anyhow::Result<()> {
     let catalog = Catalog::builtin();
     let target = Target::parse(&a.target)?;
-    let tier = match &a.tier {
-        Some(t) => Some(demand::parse_tier(t).ok_or_else(|| {
-            usage(
-                "--tier",
-                format!("unknown tier {t:?} (anchor, commercial, public, academic, startup)"),
-            )
-        })?),
-        None => None,
-    };
+    let tier = tier_arg("--tier", &a.tier)?;
     let grow = a
         .grow
         .iter()
         .map(|g| Grow::parse(g))
         .collect::<Result<Vec<_>, _>>()?;
     let policy = Policy::parse(&a.policy).map_err(|e| usage("--policy", e))?;
-    let threads = match a.threads {
-        Some(0) => return Err(usage("--threads", "must be at least 1")),
-        Some(t) => t,
-        None => std::thread::available_parallelism().map_or(2, |n| n.get()),
-    };
+    let threads = threads_arg(a.threads)?;
     let (cluster, jobs) = read_inputs(&a.cluster, &a.workload, &catalog)?;
     let inputs = CapacityInputs {
         target,
@@ -295,8 +405,7 @@ fn demand_cmd(a: DemandArgs) -> anyhow::Result<()> {
         .iter()
         .map(|t| TierDemand::parse(t))
         .collect::<Result<Vec<_>, _>>()?;
-    let cluster =
-        read_cluster(&a.cluster, &catalog).map_err(|e| usage("--cluster", e.to_string()))?;
+    let cluster = load_cluster(&a.cluster, &catalog)?;
     let w = read_workload(&a.fit, &catalog, BadRows::Fail)
         .map_err(|e| usage("--fit", e.to_string()))?;
     let fitted = demand::fit(&w.jobs)?;

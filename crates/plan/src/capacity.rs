@@ -14,14 +14,16 @@
 //! round replays several capacities at once, one per thread; a capacity is never replayed
 //! twice.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use gosok_model::{Catalog, ClusterSpec, NodeSpec, RackSpec, Tier};
-use gosok_sim::{Policy, ReplayOptions, WorkloadJob, replay};
+use gosok_sim::{Policy, WorkloadJob};
 
 use crate::PlanError;
+use crate::measure::{Measure, Measured, parallel};
+use crate::search::{Bounds, smallest_good};
 use crate::target::Target;
 
 /// Where capacity may grow.
@@ -100,16 +102,8 @@ pub struct GrowSlot {
 pub struct Point {
     /// Servers added (negative: taken away) against today's cluster.
     pub added_servers: i64,
-    pub accelerators: u64,
-    /// The target's statistic, seconds (`None`: jobs never started, infinite).
-    pub target_wait_s: Option<f64>,
-    pub met: bool,
-    pub avg_wait_s: f64,
-    pub p95_wait_s: Option<f64>,
-    pub jobs_never_started: u64,
-    pub utilization: f64,
-    pub energy_kwh: f64,
-    pub replay_wall_s: f64,
+    #[serde(flatten)]
+    pub run: Measured,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -395,122 +389,27 @@ pub fn grown_cluster(cluster: &ClusterSpec, slots: &[GrowSlot], counts: &[i64]) 
     c
 }
 
-fn evaluate(
-    cluster: &ClusterSpec,
-    slots: &[GrowSlot],
-    jobs: &[WorkloadJob],
-    catalog: &Catalog,
-    inputs: &CapacityInputs,
-    counted: &[bool],
-    delta: i64,
-) -> Result<Point, PlanError> {
-    let counts = share_out(slots, delta);
-    let c = grown_cluster(cluster, slots, &counts);
-    let mut opts = ReplayOptions::new(inputs.policy);
-    opts.seed = inputs.seed;
-    opts.series_points = 50;
-    let started = std::time::Instant::now();
-    let r =
-        replay(&c, jobs, catalog, &opts, &|_, _| {}).map_err(|e| PlanError::Sim(e.to_string()))?;
-    let wall = started.elapsed().as_secs_f64();
-    let mut waits = Vec::new();
-    let mut all = Vec::new();
-    for o in &r.outcomes {
-        let w = o.first_start_s.map(|s| s.saturating_sub(o.submit_s));
-        all.push(w);
-        if counted.get(o.tenant as usize).copied().unwrap_or(false) {
-            waits.push(w);
-        }
-    }
-    let value = inputs.target.measure(&waits);
-    let started_waits: Vec<u64> = all.iter().flatten().copied().collect();
-    let p95 = Target {
-        statistic: crate::target::Statistic::Percentile(95.0),
-        limit_s: 0,
-        text: String::new(),
-    }
-    .measure(&all);
-    Ok(Point {
-        added_servers: counts.iter().sum(),
-        accelerators: r.report.accelerators.round() as u64,
-        target_wait_s: value,
-        met: inputs.target.met(value),
-        avg_wait_s: if started_waits.is_empty() {
-            0.0
-        } else {
-            started_waits.iter().sum::<u64>() as f64 / started_waits.len() as f64
-        },
-        p95_wait_s: p95,
-        jobs_never_started: all.iter().filter(|w| w.is_none()).count() as u64,
-        utilization: r.report.utilization,
-        energy_kwh: r.report.energy_kwh,
-        replay_wall_s: wall,
-    })
-}
-
-/// Replays each of `adds` (one thread each, at most `threads` at once) and keeps the points.
-#[allow(clippy::too_many_arguments)]
-fn evaluate_all(
-    cluster: &ClusterSpec,
-    slots: &[GrowSlot],
-    jobs: &[WorkloadJob],
-    catalog: &Catalog,
-    inputs: &CapacityInputs,
-    counted: &[bool],
-    adds: &[i64],
-    done: &mut BTreeMap<i64, Point>,
-) -> Result<(), PlanError> {
-    let todo: Vec<i64> = adds
+/// The Kneedle point of a decreasing curve: the point farthest below the chord from the
+/// first to the last point (`None` for fewer than three finite points).
+pub fn knee_index(points: &[(f64, Option<f64>)]) -> Option<usize> {
+    let pts: Vec<(usize, f64, f64)> = points
         .iter()
-        .copied()
-        .collect::<BTreeSet<i64>>()
-        .into_iter()
-        .filter(|a| !done.contains_key(a))
-        .collect();
-    for chunk in todo.chunks(inputs.threads.max(1)) {
-        let results: Vec<Result<Point, PlanError>> = std::thread::scope(|s| {
-            let hs: Vec<_> = chunk
-                .iter()
-                .map(|&a| {
-                    s.spawn(move || evaluate(cluster, slots, jobs, catalog, inputs, counted, a))
-                })
-                .collect();
-            hs.into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(PlanError::Sim("a replay thread panicked".into())))
-                })
-                .collect()
-        });
-        for (a, r) in chunk.iter().zip(results) {
-            done.insert(*a, r?);
-        }
-    }
-    Ok(())
-}
-
-/// The Kneedle point of a decreasing curve: farthest below the chord from first to last.
-fn knee(points: &[&Point]) -> Option<Point> {
-    let pts: Vec<(f64, f64, &Point)> = points
-        .iter()
-        .filter_map(|p| p.target_wait_s.map(|w| (p.accelerators as f64, w, *p)))
+        .enumerate()
+        .filter_map(|(k, (x, y))| y.map(|y| (k, *x, y)))
         .collect();
     if pts.len() < 3 {
         return None;
     }
-    let (x0, y0, _) = pts[0];
-    let (x1, y1, _) = pts[pts.len() - 1];
+    let (_, x0, y0) = pts[0];
+    let (_, x1, y1) = pts[pts.len() - 1];
     if x1 <= x0 || y0 <= y1 {
         return None;
     }
     pts.iter()
-        .map(|&(x, y, p)| {
-            let chord = y0 + (y1 - y0) * (x - x0) / (x1 - x0);
-            ((chord - y) / (y0 - y1), p)
-        })
+        .map(|&(k, x, y)| (y0 + (y1 - y0) * (x - x0) / (x1 - x0) - y, k))
         .filter(|(gap, _)| *gap > 0.0)
         .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, p)| p.clone())
+        .map(|(_, k)| k)
 }
 
 /// Finds the smallest capacity that meets the target.
@@ -531,29 +430,20 @@ pub fn plan_capacity(
         return Err(PlanError::usage("--workload", "the workload has no jobs"));
     }
     let slots = grow_slots(cluster, catalog, &inputs.grow, inputs.max_growth)?;
-    // Which tenants count: the replay names tenants in the cluster's order first.
-    let counted: Vec<bool> = cluster
-        .tenant
-        .iter()
-        .map(|t| inputs.tier.is_none_or(|tier| t.tier == tier))
-        .collect();
-    if !counted.iter().any(|c| *c) {
+    let measure = Measure {
+        target: inputs.target.clone(),
+        tier: inputs.tier,
+        policy: inputs.policy,
+        seed: inputs.seed,
+    };
+    let counted = measure.counted(cluster);
+    if counted.is_empty() {
         return Err(PlanError::usage(
             "--tier",
             "no tenant of the cluster has this tier",
         ));
     }
-    let counted_jobs = jobs
-        .iter()
-        .filter(|j| {
-            cluster
-                .tenant
-                .iter()
-                .position(|t| t.name == j.tenant)
-                .is_some_and(|k| counted[k])
-        })
-        .count();
-    if counted_jobs == 0 {
+    if !jobs.iter().any(|j| counted.contains(&j.tenant)) {
         return Err(PlanError::usage(
             "--tier",
             "the workload has no job of a tenant of this tier",
@@ -562,123 +452,63 @@ pub fn plan_capacity(
     let max_total: i64 = share_out(&slots, i64::MAX / 4).iter().sum();
     let min_total: i64 = share_out(&slots, -(i64::MAX / 4)).iter().sum();
     let servers_now: u64 = slots.iter().map(|s| s.servers_now).sum();
-    let threads = inputs.threads.max(1);
-    let mut done: BTreeMap<i64, Point> = BTreeMap::new();
+    let bounds = Bounds {
+        start: 0,
+        step: (servers_now as i64 / 10).max(1),
+        min: min_total,
+        max: max_total,
+        resolution: (servers_now as i64 / 100).max(1),
+        threads: inputs.threads,
+        lean: 1,
+    };
+    let eval = |xs: &[i64]| -> Result<Vec<Point>, PlanError> {
+        parallel(xs, inputs.threads, &|&delta| {
+            let counts = share_out(&slots, delta);
+            let c = grown_cluster(cluster, &slots, &counts);
+            Ok(Point {
+                added_servers: counts.iter().sum(),
+                run: measure.run(&c, jobs, catalog)?,
+            })
+        })
+    };
+    let found = smallest_good(&bounds, &eval, &|p: &Point| p.run.met)?;
+    let done = found.done;
     let mut notes = Vec::new();
-    let step = (servers_now as i64 / 10).max(1);
-    let args = (
-        cluster,
-        slots.as_slice(),
-        jobs,
-        catalog,
-        inputs,
-        counted.as_slice(),
-    );
-    let run = |batch: &[i64], done: &mut BTreeMap<i64, Point>| {
-        evaluate_all(args.0, args.1, args.2, args.3, args.4, args.5, batch, done)
+    let Some(answer_add) = found.answer else {
+        let p = &done[&max_total];
+        return Err(PlanError::usage(
+            "--target",
+            format!(
+                "{} cannot be met: with {} servers added ({} accelerators, the most the power budgets and --max-growth allow: {}) the statistic is {}",
+                inputs.target.text,
+                max_total,
+                p.run.accelerators,
+                slots
+                    .iter()
+                    .map(|s| format!("{}/{} +{} ({})", s.site, s.model, s.max_added, s.limited_by))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                p.run
+                    .target_wait_s
+                    .map_or("infinite (jobs never start)".to_string(), |w| format!(
+                        "{w:.0} s"
+                    ))
+            ),
+        ));
     };
-    // The answer so far: the smallest capacity that meets the target with no miss above it.
-    let answer_of = |done: &BTreeMap<i64, Point>| -> Option<i64> {
-        let top_miss = done.iter().filter(|(_, p)| !p.met).map(|(a, _)| *a).last();
-        done.iter()
-            .find(|(a, p)| p.met && top_miss.is_none_or(|m| **a > m))
-            .map(|(a, _)| *a)
-    };
-    // Doublings away from today's capacity, `threads` at a time, in direction `sign`.
-    let doublings = |from: i64, sign: i64| -> Vec<i64> {
-        let mut v = Vec::new();
-        let mut k = from.abs().max(step / 2).max(1) * 2;
-        while v.len() < threads {
-            let x = (sign * k).clamp(min_total, max_total);
-            v.push(x);
-            if x == min_total || x == max_total {
-                break;
-            }
-            k *= 2;
-        }
-        v
-    };
-
-    // Round one: today's capacity, and the first growth steps beside it.
-    let mut first = vec![0];
-    first.extend(
-        doublings(step / 2, 1)
-            .into_iter()
-            .take(threads.saturating_sub(1)),
-    );
-    run(&first, &mut done)?;
-    if done[&0].met {
-        // Shrink until the target is missed (or one server per site and model is left).
-        while done.iter().all(|(_, p)| p.met) {
-            let lowest = *done.keys().next().unwrap_or(&0);
-            if lowest <= min_total {
-                notes.push(
-                    "even the smallest capacity the search may leave (one server per site and model) meets the target"
-                        .into(),
-                );
-                break;
-            }
-            run(&doublings(lowest, -1), &mut done)?;
-        }
-    } else {
-        // Grow until met or out of room.
-        while answer_of(&done).is_none() {
-            let largest = *done.keys().last().unwrap_or(&0);
-            if largest >= max_total {
-                let p = &done[&largest];
-                return Err(PlanError::usage(
-                    "--target",
-                    format!(
-                        "{} cannot be met: with {} servers added ({} accelerators, the most the power budgets and --max-growth allow: {}) the statistic is {}",
-                        inputs.target.text,
-                        largest,
-                        p.accelerators,
-                        slots
-                            .iter()
-                            .map(|s| format!(
-                                "{}/{} +{} ({})",
-                                s.site, s.model, s.max_added, s.limited_by
-                            ))
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                        p.target_wait_s
-                            .map_or("infinite (jobs never start)".to_string(), |w| format!(
-                                "{w:.0} s"
-                            ))
-                    ),
-                ));
-            }
-            run(&doublings(largest, 1), &mut done)?;
-        }
+    if found.good_at_min {
+        notes.push(
+            "even the smallest capacity the search may leave (one server per site and model) meets the target"
+                .into(),
+        );
     }
-    // Narrow the interval between the largest miss and the answer.
-    let resolution = (servers_now as i64 / 100).max(1);
-    while let Some(hi) = answer_of(&done) {
-        let Some(lo) = done.iter().filter(|(_, p)| !p.met).map(|(a, _)| *a).last() else {
-            break;
-        };
-        if hi - lo <= resolution {
-            break;
-        }
-        let gap = hi - lo;
-        let t = threads as i64;
-        let batch: Vec<i64> = (1..=t)
-            .map(|k| lo + gap * k / (t + 1))
-            .filter(|a| *a > lo && *a < hi && !done.contains_key(a))
-            .collect();
-        if batch.is_empty() {
-            break;
-        }
-        run(&batch, &mut done)?;
-    }
-    let answer_add = answer_of(&done).unwrap_or(0);
-    let misses_below = done
+    let good_below = done
         .iter()
-        .filter(|(a, p)| **a < answer_add && p.met)
+        .filter(|(a, p)| **a < answer_add && p.run.met)
         .count();
-    if misses_below > 0 {
+    if good_below > 0 {
         notes.push(format!(
-            "{misses_below} smaller capacities also met the target although a larger one missed it: waits are not monotone in capacity here (scheduling anomalies); the answer is the smallest capacity above every miss"
+            "{good_below} smaller capacities also met the target although a larger one missed it: waits are not monotone in capacity here (scheduling anomalies); the answer is the smallest capacity above every miss"
         ));
     }
     let answer = done[&answer_add].clone();
@@ -686,7 +516,7 @@ pub fn plan_capacity(
     let refs: Vec<&Point> = curve.iter().collect();
     let counts = share_out(&slots, answer_add);
     let answer_cluster = grown_cluster(cluster, &slots, &counts);
-    let accelerators_now = done[&0].accelerators;
+    let accelerators_now = done[&0].run.accelerators;
     Ok(CapacityPlan {
         target: inputs.target.clone(),
         tier: inputs.tier,
@@ -694,7 +524,13 @@ pub fn plan_capacity(
         jobs: jobs.len() as u64,
         accelerators_now,
         grow: slots,
-        knee: knee(&refs),
+        knee: knee_index(
+            &refs
+                .iter()
+                .map(|p| (p.run.accelerators as f64, p.run.target_wait_s))
+                .collect::<Vec<_>>(),
+        )
+        .map(|k| refs[k].clone()),
         replays: curve.len() as u64,
         curve,
         answer,
@@ -714,14 +550,14 @@ pub fn curve_csv(plan: &CapacityPlan) -> String {
         s.push_str(&format!(
             "{},{},{},{},{:.0},{},{},{:.4},{:.1}\n",
             p.added_servers,
-            p.accelerators,
-            opt(p.target_wait_s),
-            p.met,
-            p.avg_wait_s,
-            opt(p.p95_wait_s),
-            p.jobs_never_started,
-            p.utilization,
-            p.energy_kwh
+            p.run.accelerators,
+            opt(p.run.target_wait_s),
+            p.run.met,
+            p.run.avg_wait_s,
+            opt(p.run.p95_wait_s),
+            p.run.jobs_never_started,
+            p.run.utilization,
+            p.run.energy_kwh
         ));
     }
     s
@@ -753,29 +589,29 @@ pub fn table(plan: &CapacityPlan) -> String {
         s.push_str(&format!(
             "{:>8} {:>13} {:>12} {:>5} {:>12} {:>12} {:>8} {:>5.1}%\n",
             p.added_servers,
-            p.accelerators,
-            h(p.target_wait_s),
-            if p.met { "yes" } else { "no" },
-            gosok_sim::report::human_s(p.avg_wait_s),
-            h(p.p95_wait_s),
-            p.jobs_never_started,
-            p.utilization * 100.0
+            p.run.accelerators,
+            h(p.run.target_wait_s),
+            if p.run.met { "yes" } else { "no" },
+            gosok_sim::report::human_s(p.run.avg_wait_s),
+            h(p.run.p95_wait_s),
+            p.run.jobs_never_started,
+            p.run.utilization * 100.0
         ));
     }
     s.push_str(&format!(
         "answer: {} accelerators ({} servers; today {}): {} = {}\n",
-        plan.answer.accelerators,
+        plan.answer.run.accelerators,
         crate::chart::signed(plan.answer.added_servers),
         plan.accelerators_now,
         plan.target.text,
-        h(plan.answer.target_wait_s)
+        h(plan.answer.run.target_wait_s)
     ));
     if let Some(k) = &plan.knee {
         s.push_str(&format!(
             "knee: {} accelerators ({} servers), statistic {}\n",
-            k.accelerators,
+            k.run.accelerators,
             crate::chart::signed(k.added_servers),
-            h(k.target_wait_s)
+            h(k.run.target_wait_s)
         ));
     }
     s.push_str(&format!(

@@ -11,10 +11,24 @@ pub fn curve_svg(path: &Path, plan: &CapacityPlan) -> Result<(), String> {
     let pts: Vec<(f64, f64)> = plan
         .curve
         .iter()
-        .filter_map(|p| p.target_wait_s.map(|w| (p.accelerators as f64, w / 3600.0)))
+        .filter_map(|p| {
+            p.run
+                .target_wait_s
+                .map(|w| (p.run.accelerators as f64, w / 3600.0))
+        })
         .collect();
-    let x_max = plan.curve.iter().map(|p| p.accelerators).max().unwrap_or(1) as f64;
-    let x_min = plan.curve.iter().map(|p| p.accelerators).min().unwrap_or(0) as f64;
+    let x_max = plan
+        .curve
+        .iter()
+        .map(|p| p.run.accelerators)
+        .max()
+        .unwrap_or(1) as f64;
+    let x_min = plan
+        .curve
+        .iter()
+        .map(|p| p.run.accelerators)
+        .min()
+        .unwrap_or(0) as f64;
     let limit_h = plan.target.limit_s as f64 / 3600.0;
     let lines = vec![
         (format!("{} (h)", plan.target.text), pts),
@@ -59,13 +73,13 @@ pub fn report_html(plan: &CapacityPlan, svg: &str, command: &str) -> String {
             "<tr{}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} %</td><td>{}</td></tr>\n",
             if p.added_servers == plan.answer.added_servers { " class=\"answer\"" } else { "" },
             signed(p.added_servers),
-            group(p.accelerators),
-            h(p.target_wait_s),
-            if p.met { "yes" } else { "no" },
-            gosok_sim::report::human_s(p.avg_wait_s),
-            p.jobs_never_started,
-            p.utilization * 100.0,
-            group(p.energy_kwh.round() as u64),
+            group(p.run.accelerators),
+            h(p.run.target_wait_s),
+            if p.run.met { "yes" } else { "no" },
+            gosok_sim::report::human_s(p.run.avg_wait_s),
+            p.run.jobs_never_started,
+            p.run.utilization * 100.0,
+            group(p.run.energy_kwh.round() as u64),
         ));
     }
     let mut grow = String::new();
@@ -83,9 +97,9 @@ pub fn report_html(plan: &CapacityPlan, svg: &str, command: &str) -> String {
     let knee = plan.knee.as_ref().map_or("none found".to_string(), |k| {
         format!(
             "{} accelerators ({} servers): {}",
-            group(k.accelerators),
+            group(k.run.accelerators),
             signed(k.added_servers),
-            h(k.target_wait_s)
+            h(k.run.target_wait_s)
         )
     });
     let notes: String = plan
@@ -120,10 +134,10 @@ tr.answer{{background:#e8f4e8;font-weight:bold}}code{{background:#f3f3f3;padding
         policy = esc(&plan.policy),
         replays = plan.replays,
         wall = plan.wall_s,
-        ans_acc = group(plan.answer.accelerators),
+        ans_acc = group(plan.answer.run.accelerators),
         ans_add = signed(plan.answer.added_servers),
         now = group(plan.accelerators_now),
-        ans_val = h(plan.answer.target_wait_s),
+        ans_val = h(plan.answer.run.target_wait_s),
         target_stat = "statistic",
     )
 }

@@ -5,7 +5,10 @@
 pub mod capacity;
 pub mod chart;
 pub mod demand;
+pub mod headroom;
+pub mod measure;
 pub mod params;
+pub mod search;
 pub mod site;
 pub mod target;
 
