@@ -68,7 +68,7 @@ pub fn plan_headroom(
     let started = std::time::Instant::now();
     let (demand_inputs, measure, threads) = (&inputs.demand, &inputs.measure, inputs.threads);
     let (max_scale, growth_per_year) = (inputs.max_scale, inputs.growth_per_year);
-    if !(max_scale.is_finite() && max_scale >= 0.01 && max_scale <= 10_000.0) {
+    if !(0.01..=10_000.0).contains(&max_scale) {
         return Err(PlanError::usage(
             "--max-scale",
             format!("{max_scale} is not in [0.01, 10000]"),

@@ -30,6 +30,9 @@ pub struct Bounds {
     pub lean: i64,
 }
 
+/// Evaluates a batch of xs, returning one point per x in order.
+pub type Eval<'a, P, E> = &'a dyn Fn(&[i64]) -> Result<Vec<P>, E>;
+
 fn answer_of<P>(done: &BTreeMap<i64, P>, good: &dyn Fn(&P) -> bool) -> Option<i64> {
     let top_bad = done
         .iter()
@@ -44,7 +47,7 @@ fn answer_of<P>(done: &BTreeMap<i64, P>, good: &dyn Fn(&P) -> bool) -> Option<i6
 /// Runs the search; `eval` evaluates a batch (in parallel as it likes) and returns the points.
 pub fn smallest_good<P, E>(
     b: &Bounds,
-    eval: &dyn Fn(&[i64]) -> Result<Vec<P>, E>,
+    eval: Eval<'_, P, E>,
     good: &dyn Fn(&P) -> bool,
 ) -> Result<Search<P>, E> {
     let threads = b.threads.max(1);
@@ -162,7 +165,7 @@ mod tests {
             max: 5000,
             resolution: 1,
             threads,
-            lean: if threads % 2 == 0 { 1 } else { -1 },
+            lean: if threads.is_multiple_of(2) { 1 } else { -1 },
         }
     }
 

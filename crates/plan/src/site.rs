@@ -158,7 +158,7 @@ pub fn plan_site(
             check(
                 "--average-utilisation",
                 a,
-                a >= 0.0 && a <= 1.0,
+                (0.0..=1.0).contains(&a),
                 "a fraction in [0, 1]",
             )?;
             put("average_utilisation", a, flag("--average-utilisation"))
@@ -540,7 +540,7 @@ pub fn group(v: u64) -> String {
     let d = v.to_string();
     let mut out = String::new();
     for (k, c) in d.chars().enumerate() {
-        if k > 0 && (d.len() - k) % 3 == 0 {
+        if k > 0 && (d.len() - k).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -604,7 +604,8 @@ mod tests {
     fn bad_input_names_the_flag() {
         let catalog = Catalog::builtin();
         let params = Parameters::builtin();
-        let cases: Vec<(Box<dyn Fn(&mut SiteInputs)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut SiteInputs)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|i| i.power_mw = -1.0), "--power-mw"),
             (Box::new(|i| i.pue = 0.9), "--pue"),
             (Box::new(|i| i.model = "H1000".into()), "--model"),
