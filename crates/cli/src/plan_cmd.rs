@@ -105,8 +105,8 @@ pub struct CapacityArgs {
     /// Workload file (JSON Lines) of the demand.
     #[arg(long)]
     workload: PathBuf,
-    /// pNN-wait<=DURATION or avg-wait<=DURATION (e.g. "p95-wait<=1h"); a wait is submission
-    /// to first start.
+    /// pNN-wait<=DURATION or avg-wait<=DURATION (e.g. "p95-wait<=1h"); a wait is
+    /// all the time a job was pending, across preemptions.
     #[arg(long)]
     target: String,
     /// Only jobs of tenants of this tier count towards the target.

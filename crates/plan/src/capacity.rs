@@ -490,7 +490,7 @@ pub fn plan_capacity(
                     .join("; "),
                 p.run
                     .target_wait_s
-                    .map_or("infinite (jobs never start)".to_string(), |w| format!(
+                    .map_or("infinite (jobs never finish)".to_string(), |w| format!(
                         "{w:.0} s"
                     ))
             ),
@@ -543,7 +543,7 @@ pub fn plan_capacity(
 /// The curve as CSV.
 pub fn curve_csv(plan: &CapacityPlan) -> String {
     let mut s = String::from(
-        "added_servers,accelerators,target_wait_s,met,avg_wait_s,p95_wait_s,jobs_never_started,utilization,energy_kwh\n",
+        "added_servers,accelerators,target_wait_s,met,avg_wait_s,p95_wait_s,jobs_never_finished,utilization,energy_kwh\n",
     );
     let opt = |v: Option<f64>| v.map_or("inf".to_string(), |v| format!("{v:.0}"));
     for p in &plan.curve {
@@ -555,7 +555,7 @@ pub fn curve_csv(plan: &CapacityPlan) -> String {
             p.run.met,
             p.run.avg_wait_s,
             opt(p.run.p95_wait_s),
-            p.run.jobs_never_started,
+            p.run.jobs_never_finished,
             p.run.utilization,
             p.run.energy_kwh
         ));
@@ -582,19 +582,26 @@ pub fn table(plan: &CapacityPlan) -> String {
         ));
     }
     s.push_str(&format!(
-        "{:>8} {:>13} {:>12} {:>5} {:>12} {:>12} {:>8} {:>6}\n",
-        "+servers", "accelerators", "target stat", "met", "avg wait", "p95 wait", "unstart", "util"
+        "{:>8} {:>13} {:>12} {:>5} {:>12} {:>12} {:>10} {:>6}\n",
+        "+servers",
+        "accelerators",
+        "target stat",
+        "met",
+        "avg wait",
+        "p95 wait",
+        "unfinished",
+        "util"
     ));
     for p in &plan.curve {
         s.push_str(&format!(
-            "{:>8} {:>13} {:>12} {:>5} {:>12} {:>12} {:>8} {:>5.1}%\n",
+            "{:>8} {:>13} {:>12} {:>5} {:>12} {:>12} {:>10} {:>5.1}%\n",
             p.added_servers,
             p.run.accelerators,
             h(p.run.target_wait_s),
             if p.run.met { "yes" } else { "no" },
             gosok_sim::report::human_s(p.run.avg_wait_s),
             h(p.run.p95_wait_s),
-            p.run.jobs_never_started,
+            p.run.jobs_never_finished,
             p.run.utilization * 100.0
         ));
     }

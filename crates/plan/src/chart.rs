@@ -6,7 +6,7 @@ use crate::capacity::CapacityPlan;
 use crate::site::group;
 
 /// Wait (hours) against accelerators, with the target as a flat line. Capacities where some
-/// jobs never started are left out of the line (their wait is infinite).
+/// jobs never finished are left out of the line (their wait is infinite).
 pub fn curve_svg(path: &Path, plan: &CapacityPlan) -> Result<(), String> {
     let pts: Vec<(f64, f64)> = plan
         .curve
@@ -77,7 +77,7 @@ pub fn report_html(plan: &CapacityPlan, svg: &str, command: &str) -> String {
             h(p.run.target_wait_s),
             if p.run.met { "yes" } else { "no" },
             gosok_sim::report::human_s(p.run.avg_wait_s),
-            p.run.jobs_never_started,
+            p.run.jobs_never_finished,
             p.run.utilization * 100.0,
             group(p.run.energy_kwh.round() as u64),
         ));
@@ -123,7 +123,7 @@ tr.answer{{background:#e8f4e8;font-weight:bold}}code{{background:#f3f3f3;padding
 <h2>Where it grows</h2><ul>{grow}</ul>
 <h2>Curve</h2>
 <figure>{svg}</figure>
-<table><tr><th>+servers</th><th>accelerators</th><th>{target_stat}</th><th>met</th><th>avg wait</th><th>never started</th><th>utilisation</th><th>energy (kWh)</th></tr>
+<table><tr><th>+servers</th><th>accelerators</th><th>{target_stat}</th><th>met</th><th>avg wait</th><th>never finished</th><th>utilisation</th><th>energy (kWh)</th></tr>
 {rows}</table>
 <ul>{notes}</ul>
 </body></html>

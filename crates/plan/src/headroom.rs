@@ -82,9 +82,11 @@ pub fn plan_headroom(
             format!("{g} is not a positive growth rate"),
         ));
     }
-    // Demand beyond what the cluster can serve at all cannot be sustained: the queue grows for
-    // the whole horizon. So the search never goes past 2 × the scale whose offered
-    // accelerator-hours equal the cluster's (it would only replay ever-longer queues).
+    // Demand beyond what the cluster can serve at all cannot be sustained: past the scale
+    // whose offered accelerator-hours equal the cluster's, the backlog grows without bound,
+    // whatever a finite replay's statistic says (a preemptive order keeps serving short jobs
+    // first, so a percentile over all jobs can stay low while the long ones wait for weeks).
+    // So the search stops at that scale.
     let accelerators: f64 = cluster
         .node
         .iter()
@@ -93,12 +95,11 @@ pub fn plan_headroom(
         .sum();
     let saturation = accelerators * 24.0 / fitted.accelerator_hours_per_day.max(1e-9);
     let mut notes = Vec::new();
-    let limit = if 2.0 * saturation < max_scale {
+    let limit = if saturation < max_scale {
         notes.push(format!(
-            "searched up to {:.2} × (2 × the {saturation:.2} × at which the demand's accelerator-hours equal the cluster's {accelerators:.0} accelerators)",
-            2.0 * saturation
+            "searched up to {saturation:.2} ×, where the demand's accelerator-hours equal what the cluster's {accelerators:.0} accelerators can serve; beyond it the backlog grows without bound"
         ));
-        2.0 * saturation
+        saturation
     } else {
         max_scale
     };
@@ -106,7 +107,7 @@ pub fn plan_headroom(
     let max_x = -1;
     let min_x = -((limit * PERCENT).round() as i64).max(1);
     let bounds = Bounds {
-        start: -100i64.clamp(min_x, max_x),
+        start: (-100i64).clamp(min_x, max_x),
         step: 50,
         min: min_x,
         max: max_x,
@@ -145,7 +146,7 @@ pub fn plan_headroom(
     };
     if found.good_at_min {
         notes.push(format!(
-            "the target is met even at the largest scale searched ({limit:.2}): the headroom is at least that"
+            "the target is met even at the largest scale searched ({limit:.2} ×): there the cluster's capacity, not the wait target, is the limit"
         ));
     }
     let answer = found.done[&x].clone();
@@ -183,19 +184,19 @@ pub fn table(h: &Headroom) -> String {
         h.target.text, h.fitted_jobs_per_day, h.fitted_accelerator_hours_per_day, h.days, h.seed
     );
     s.push_str(&format!(
-        "{:>7} {:>9} {:>14} {:>12} {:>5} {:>12} {:>8} {:>6}\n",
-        "scale", "jobs", "accel-h/day", "target stat", "met", "avg wait", "unstart", "util"
+        "{:>7} {:>9} {:>14} {:>12} {:>5} {:>12} {:>10} {:>6}\n",
+        "scale", "jobs", "accel-h/day", "target stat", "met", "avg wait", "unfinished", "util"
     ));
     for p in &h.curve {
         s.push_str(&format!(
-            "{:>7.2} {:>9} {:>14.0} {:>12} {:>5} {:>12} {:>8} {:>5.1}%\n",
+            "{:>7.2} {:>9} {:>14.0} {:>12} {:>5} {:>12} {:>10} {:>5.1}%\n",
             p.scale,
             p.jobs,
             p.accelerator_hours_per_day,
             w(p.run.target_wait_s),
             if p.run.met { "yes" } else { "no" },
             gosok_sim::report::human_s(p.run.avg_wait_s),
-            p.run.jobs_never_started,
+            p.run.jobs_never_finished,
             p.run.utilization * 100.0
         ));
     }

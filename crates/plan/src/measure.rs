@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use gosok_model::{Catalog, ClusterSpec, Tier};
+use gosok_sim::replay::Outcome;
 use gosok_sim::{Policy, ReplayOptions, WorkloadJob, replay};
 
 use crate::PlanError;
@@ -14,14 +15,14 @@ use crate::target::{Statistic, Target};
 #[derive(Debug, Clone, Serialize)]
 pub struct Measured {
     pub accelerators: u64,
-    /// The target's statistic over the counted jobs, seconds (`None`: some never started and
+    /// The target's statistic over the counted jobs, seconds (`None`: some never finished and
     /// the statistic is infinite).
     pub target_wait_s: Option<f64>,
     pub met: bool,
     /// Over all jobs that started.
     pub avg_wait_s: f64,
     pub p95_wait_s: Option<f64>,
-    pub jobs_never_started: u64,
+    pub jobs_never_finished: u64,
     pub utilization: f64,
     pub energy_kwh: f64,
     pub replay_wall_s: f64,
@@ -48,7 +49,7 @@ impl Measure {
             .collect()
     }
 
-    /// Replays `jobs` on `cluster` and measures the waits (submission to first start).
+    /// Replays `jobs` on `cluster` and measures the waits (all the time each job was pending).
     pub fn run(
         &self,
         cluster: &ClusterSpec,
@@ -66,7 +67,12 @@ impl Measure {
         let mut waits = Vec::new();
         let mut all = Vec::with_capacity(r.outcomes.len());
         for o in &r.outcomes {
-            let w = o.first_start_s.map(|s| s.saturating_sub(o.submit_s));
+            // A job's wait is all the time it spent pending, across preemptions: under a
+            // preemptive order the first start alone would hide the waits after it.
+            let w = match o.outcome {
+                Outcome::Succeeded | Outcome::Failed => Some(o.queue_s),
+                Outcome::Rejected | Outcome::Unfinished => None,
+            };
             all.push(w);
             let name = r.tenant_names.get(o.tenant as usize);
             if name.is_some_and(|n| counted.contains(n)) {
@@ -91,7 +97,7 @@ impl Measure {
                 started_waits.iter().sum::<u64>() as f64 / started_waits.len() as f64
             },
             p95_wait_s: p95,
-            jobs_never_started: all.iter().filter(|w| w.is_none()).count() as u64,
+            jobs_never_finished: all.iter().filter(|w| w.is_none()).count() as u64,
             utilization: r.report.utilization,
             energy_kwh: r.report.energy_kwh,
             replay_wall_s: wall,

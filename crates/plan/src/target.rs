@@ -1,8 +1,9 @@
 //! Planning targets: `p95-wait<=1h`, `avg-wait<=30m`, `p99-wait<=2h30m`.
 //!
-//! A job's wait is the time from its submission to its first start. A job that never starts
-//! in the replay (still pending at the end, or rejected) has waited forever: a percentile is
-//! met only if fewer such jobs exist than the percentile leaves out, an average never.
+//! A job's wait is all the time it spent pending, from submission to its end, across
+//! preemptions. A job that never finishes in the replay (rejected, or still waiting when
+//! nothing more can happen) has waited forever: a percentile is met only if fewer such jobs
+//! exist than the percentile leaves out, an average never.
 
 use serde::Serialize;
 
@@ -97,7 +98,7 @@ impl Target {
         })
     }
 
-    /// The statistic over `waits` (`None` = never started); `None` when it is infinite.
+    /// The statistic over `waits` (`None` = never finished); `None` when it is infinite.
     pub fn measure(&self, waits: &[Option<u64>]) -> Option<f64> {
         if waits.is_empty() {
             return Some(0.0);
