@@ -90,19 +90,6 @@ type FailedShapes = HashMap<FailedKey, WaitReason, std::hash::BuildHasherDefault
 
 /// A job that could not start for want of capacity: its tenant's candidate for the
 /// reservation in this pass.
-/// A further reservation and when it was planned.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct Further {
-    res: Reservation,
-    planned_s: u64,
-    epoch: u64,
-}
-
-/// At most this many reservations are held at once, the turn-taking one included: each is
-/// one plan (a walk over the candidate nodes' running tasks) when made or refreshed, so the
-/// work per pass stays bounded however many tenants have blocked work.
-const MAX_RESERVATIONS: usize = 16;
-
 #[derive(Clone, Copy)]
 struct Blocked {
     tenant: TenantIdx,
@@ -219,10 +206,6 @@ pub struct Engine {
     reservation_reason: WaitReason,
     /// What keeps the reservation a promise: whose turn it is, and why its start moved.
     hold: Hold,
-    /// Further reservations, for other tenants' blocked heads on nodes disjoint from the
-    /// turn-taking one's (`docs/SCHEDULING.md`, "Reservations for more than one job").
-    #[serde(default)]
-    further: Vec<Further>,
     #[serde(skip)]
     scorers: Scorers,
     demand_counts: BTreeMap<(u8, u16), f64>,
@@ -332,7 +315,6 @@ impl Engine {
             reservation_epoch: u64::MAX,
             reservation_reason: WaitReason::Queued,
             hold: Hold::default(),
-            further: Vec::new(),
             scorers,
             demand_counts: BTreeMap::new(),
             profile: Profile::default(),
@@ -948,7 +930,6 @@ impl Engine {
             self.reservation = Reservation::default();
             self.hold.released();
         }
-        self.further.retain(|f| f.res.job != Some(id));
         self.stats.started += 1;
         out.push(Decision::Start {
             job: id,
@@ -1068,7 +1049,6 @@ impl Engine {
                 if self.reservation.job == Some(id) {
                     self.drop_reservation();
                 }
-                self.further.retain(|f| f.res.job != Some(id));
                 out.push(Decision::Finish {
                     job: id,
                     state: JobState::Cancelled,
@@ -1353,13 +1333,6 @@ impl Engine {
         {
             self.drop_reservation();
         }
-        let jobs = &self.jobs;
-        self.further.retain(|f| {
-            f.res
-                .job
-                .and_then(|h| jobs.get(&h))
-                .is_some_and(|j| j.state == JobState::Pending)
-        });
         let tenants = self.tenants.len() as TenantIdx;
         let mut subs: Vec<BinaryHeap<SubHead>> = (0..tenants)
             .map(|t| self.queues.heads(t).collect())
@@ -1383,23 +1356,6 @@ impl Engine {
                 &mut blocked,
                 &mut out,
             );
-        }
-        let further: Vec<JobId> = self.further.iter().filter_map(|f| f.res.job).collect();
-        for h in further {
-            self.consider(
-                h,
-                &mut failed,
-                &mut preemption_budget,
-                &mut blocked,
-                &mut out,
-            );
-            if self
-                .jobs
-                .get(&h)
-                .is_some_and(|j| j.state == JobState::Pending)
-            {
-                self.refresh_further(h);
-            }
         }
         while let Some(head) = heap.pop() {
             let t = head.tenant;
@@ -1488,9 +1444,6 @@ impl Engine {
                     self.queues.set_wait(job.tenant, job.class, reason);
                 }
             }
-        }
-        if self.fair_share() && self.cfg.backfill {
-            self.add_further(&blocked);
         }
         let holder = self
             .reservation
@@ -1628,7 +1581,6 @@ impl Engine {
                 }
                 let takes_over = self.reservation.job.is_none()
                     && first
-                    && !self.holds_further(id)
                     && (!self.fair_share() || self.hold.due(tenant));
                 if fit.up && self.cfg.backfill && (holder || takes_over) {
                     if let Some(r) = self.reserve(id, allowed, blocker) {
@@ -1681,12 +1633,7 @@ impl Engine {
     /// Whether the job must leave the reservation's capacity alone: it is not the holder and
     /// would still run when the reservation begins.
     fn bound_by_reservation(&self, id: JobId) -> bool {
-        std::iter::once(&self.reservation)
-            .chain(self.further.iter().map(|f| &f.res))
-            .any(|res| self.bound_by(id, res))
-    }
-
-    fn bound_by(&self, id: JobId, res: &Reservation) -> bool {
+        let res = &self.reservation;
         let Some(holder) = res.job else {
             return false;
         };
@@ -1695,135 +1642,6 @@ impl Engine {
             .runtime_bound_s()
             .is_some_and(|b| self.now_s.saturating_add(b) <= res.start_s);
         holder != id && !fits_before && !self.outranks(id, holder)
-    }
-
-    fn holds_further(&self, id: JobId) -> bool {
-        self.further.iter().any(|f| f.res.job == Some(id))
-    }
-
-    /// What a bound job must leave alone: every reservation's capacity (a job bound by one is
-    /// kept off all of them: simpler, and on the side of the promise).
-    fn held_view(&self) -> std::borrow::Cow<'_, Reservation> {
-        if self.further.is_empty() {
-            return std::borrow::Cow::Borrowed(&self.reservation);
-        }
-        let mut all = self.reservation.clone();
-        for f in &self.further {
-            all.slack.extend(f.res.slack.iter().map(|(&n, &s)| (n, s)));
-        }
-        std::borrow::Cow::Owned(all)
-    }
-
-    /// Plans a reservation for `id` on its own, without touching the turn-taking one.
-    fn plan_for(&mut self, id: JobId, allowed: ModelSet) -> Option<Reservation> {
-        let shape = &self.shapes[self.jobs[&id].shape as usize];
-        let input = PlanInput {
-            cluster: &self.cluster,
-            now_s: self.now_s,
-            grace_s: self.cfg.overrun_grace_s,
-            seed: self.cfg.seed,
-            by_limits: false,
-        };
-        self.stats.reservation_plans += 1;
-        let mut plan = reservation::plan(&input, id, shape, allowed)?;
-        // One waiting for power (or for what the profile does not see) is left to the
-        // turn-taking reservation, which holds power.
-        if plan.start_s <= self.now_s {
-            return None;
-        }
-        plan.rack_w.clear();
-        plan.site_w.clear();
-        plan.job = Some(id);
-        Some(plan)
-    }
-
-    /// Whether `plan`'s nodes are free of every other reservation's.
-    fn disjoint(&self, plan: &Reservation) -> bool {
-        let id = plan.job;
-        std::iter::once(&self.reservation)
-            .chain(self.further.iter().map(|f| &f.res))
-            .filter(|r| r.job.is_some() && r.job != id)
-            .all(|r| plan.slack.keys().all(|n| !r.slack.contains_key(n)))
-    }
-
-    /// Further reservations for the pass's blocked heads of tenants that hold none, up to
-    /// `MAX_RESERVATIONS` in all; a plan that would share nodes with one held is not made.
-    fn add_further(&mut self, blocked: &[Blocked]) {
-        for b in blocked {
-            if 1 + self.further.len() >= MAX_RESERVATIONS {
-                break;
-            }
-            let tenant_holds = |r: &Reservation| {
-                r.job
-                    .and_then(|h| self.jobs.get(&h))
-                    .is_some_and(|j| j.tenant == b.tenant)
-            };
-            if tenant_holds(&self.reservation) || self.further.iter().any(|f| tenant_holds(&f.res))
-            {
-                continue;
-            }
-            let Some(plan) = self.plan_for(b.job, b.allowed) else {
-                continue;
-            };
-            if !self.disjoint(&plan) {
-                continue;
-            }
-            let reason = WaitReason::Reserved {
-                start_s: plan.start_s,
-            };
-            self.further.push(Further {
-                res: plan,
-                planned_s: self.now_s,
-                epoch: self.cluster.epoch,
-            });
-            let job = &self.jobs[&b.job];
-            self.queues.set_wait(job.tenant, job.class, reason);
-        }
-    }
-
-    /// Replans a further reservation whose plan is stale (as the turn-taking one's is);
-    /// drops it if it cannot be planned or would share nodes with another.
-    fn refresh_further(&mut self, id: JobId) {
-        let Some(i) = self.further.iter().position(|f| f.res.job == Some(id)) else {
-            return;
-        };
-        let f = &self.further[i];
-        if f.epoch == self.cluster.epoch
-            && self.now_s < f.planned_s + RESERVATION_REFRESH_S
-            && self.now_s < f.res.start_s
-        {
-            let job = &self.jobs[&id];
-            let reason = WaitReason::Reserved {
-                start_s: f.res.start_s,
-            };
-            self.queues.set_wait(job.tenant, job.class, reason);
-            return;
-        }
-        let Ok(allowed) = self.tenant_limits(id) else {
-            self.further.remove(i);
-            return;
-        };
-        let old = self.further.remove(i);
-        if let Some(mut plan) = self.plan_for(id, allowed)
-            && self.disjoint(&plan)
-        {
-            // A new plan never moves the start earlier than a job could use.
-            plan.start_s = plan.start_s.max(self.now_s);
-            let _ = old;
-            let job = &self.jobs[&id];
-            let reason = WaitReason::Reserved {
-                start_s: plan.start_s,
-            };
-            self.queues.set_wait(job.tenant, job.class, reason);
-            self.further.insert(
-                i,
-                Further {
-                    res: plan,
-                    planned_s: self.now_s,
-                    epoch: self.cluster.epoch,
-                },
-            );
-        }
     }
 
     /// Whether `id` may use the reservation's capacity although the holder waits for it: a
@@ -2227,8 +2045,7 @@ impl Engine {
                 let job = &self.jobs[&id];
                 let placer = new_placer(&self.scorers, &self.profile, &self.cfg);
                 let request = request_for(job, &self.shapes, &self.tenants, bound);
-                let held = self.held_view();
-                if placer.fits_on(&self.cluster, &request, Some(&held), n) {
+                if placer.fits_on(&self.cluster, &request, Some(&self.reservation), n) {
                     if best.as_ref().is_none_or(|b| cost < b.0) {
                         best = Some((cost, freed.clone()));
                     }
@@ -2336,13 +2153,7 @@ impl Engine {
         let job = &self.jobs[&id];
         let placer = new_placer(&self.scorers, &self.profile, &self.cfg);
         let request = request_for(job, &self.shapes, &self.tenants, bound);
-        let held = if bound && !self.further.is_empty() {
-            Some(self.held_view().into_owned())
-        } else {
-            None
-        };
-        let view = held.as_ref().unwrap_or(&self.reservation);
-        let result = placer.place(&mut self.cluster, &request, Some(view));
+        let result = placer.place(&mut self.cluster, &request, Some(&self.reservation));
         self.stats.placements += 1;
         self.stats.nodes_visited += placer.visited.get();
         result
@@ -2357,14 +2168,7 @@ impl Engine {
         out: &mut Vec<Decision>,
     ) {
         for (n, used) in slack_used {
-            let slack = match self.reservation.slack.get_mut(&n) {
-                Some(s) => Some(s),
-                None => self
-                    .further
-                    .iter_mut()
-                    .find_map(|f| f.res.slack.get_mut(&n)),
-            };
-            if let Some(s) = slack {
+            if let Some(s) = self.reservation.slack.get_mut(&n) {
                 s.accel_milli -= used.accel_milli;
                 s.cpu_milli -= used.cpu_milli;
                 s.mem_mib -= used.mem_mib;
@@ -2418,9 +2222,7 @@ impl Engine {
             return None;
         }
         Some(match self.queues.wait(job.tenant, job.class) {
-            WaitReason::Reserved { .. }
-                if self.reservation.job != Some(id) && !self.holds_further(id) =>
-            {
+            WaitReason::Reserved { .. } if self.reservation.job != Some(id) => {
                 WaitReason::Resources {
                     blocker: Blocker::Reservation,
                 }
