@@ -531,6 +531,7 @@ pub async fn report(
                         epoch: r.epoch,
                         status: r.status(),
                         detail,
+                        limit: r.reason == gosok_model::agent::EndReason::Limit,
                         by: p.token_id().into(),
                     };
                     match app.commit(&mut core, entry) {
