@@ -18,7 +18,10 @@ fn a_held_job_waits_while_later_jobs_start_and_runs_once_released() {
     assert!(h.apply(Event::Hold { id: first }).is_empty());
     assert_eq!(h.state(first), JobState::Held);
     h.schedule();
-    assert!(h.started(second), "the held job must not block the one behind it");
+    assert!(
+        h.started(second),
+        "the held job must not block the one behind it"
+    );
     assert_eq!(h.state(first), JobState::Held);
     h.engine.check_invariants().unwrap();
     h.apply(Event::Release { id: first });
@@ -58,13 +61,22 @@ fn a_requeued_job_runs_again_as_a_new_attempt_and_old_reports_are_refused() {
         task: 0,
         exit_code: 0,
     });
-    assert!(stale.is_err(), "a report of the first attempt must be refused");
+    assert!(
+        stale.is_err(),
+        "a report of the first attempt must be refused"
+    );
     // A cancelled held job ends cancelled.
     let k = h.submit("lab", r#"{"groups":[{"accelerators":8}]}"#);
     h.apply(Event::Hold { id: k });
     let d = h.apply(Event::Cancel { id: k });
     assert!(
-        matches!(&d[..], [Decision::Finish { state: JobState::Cancelled, .. }]),
+        matches!(
+            &d[..],
+            [Decision::Finish {
+                state: JobState::Cancelled,
+                ..
+            }]
+        ),
         "{d:?}"
     );
     assert!(

@@ -652,7 +652,10 @@ pub async fn logs(
         let Some(t) = placement.iter().find(|t| t.task == task) else {
             return Err(ApiError::invalid(
                 "task",
-                format!("job {job} has tasks 0..{}", placement.len()),
+                match placement.len() {
+                    1 => format!("job {job} has one task: --task 0"),
+                    n => format!("job {job} has tasks 0 to {} (--task N)", n - 1),
+                },
             ));
         };
         let node = t.node.to_string();

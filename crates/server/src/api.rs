@@ -814,6 +814,8 @@ async fn submit(
                     ),
                 ));
             }
+            let mut spec = spec;
+            core.canonical_models(&mut spec);
             core.check_submit(&tenant, &spec).map_err(|r| {
                 let mut e = ApiError::from_refusal(r);
                 if e.field
@@ -1126,7 +1128,8 @@ async fn job_control(
     let seq = {
         let mut core = app.core();
         visible_job(&core, &p, id)?;
-        app.commit(&mut core, entry(id, p.token_id().to_string()))?.0
+        app.commit(&mut core, entry(id, p.token_id().to_string()))?
+            .0
     };
     app.durable(seq).await?;
     let core = app.core();

@@ -371,6 +371,20 @@ impl Core {
 
     // ---- checks made before an entry is written -----------------------------------------
 
+    /// Writes model names as the catalog does (`h100` → `H100`): names are matched without
+    /// regard to case, and the log keeps the catalog's spelling.
+    pub fn canonical_models(&self, spec: &mut JobSpec) {
+        for g in &mut spec.groups {
+            for m in &mut g.models {
+                if let Some(c) = self.catalog.canonical(m)
+                    && c != m
+                {
+                    *m = c.to_string();
+                }
+            }
+        }
+    }
+
     /// What can be checked of a submission without changing anything; the engine's own
     /// admission (fit, quota, share cap) follows when it is applied.
     pub fn check_submit(&self, tenant: &str, spec: &JobSpec) -> Result<(), Refusal> {
@@ -384,10 +398,14 @@ impl Core {
         for (i, g) in spec.groups.iter().enumerate() {
             for (j, m) in g.models.iter().enumerate() {
                 if self.catalog.matching(m).is_empty() {
+                    let hint = match self.catalog.suggest(m) {
+                        Some(s) => format!("did you mean {s:?}? "),
+                        None => String::new(),
+                    };
                     return Err(Refusal::invalid(
                         format!("groups[{i}].models[{j}]"),
                         format!(
-                            "{m:?} is neither a model nor a class in the accelerator catalog (GET /v1/catalog lists them)"
+                            "{m:?} is neither a model nor a class in the accelerator catalog ({hint}`gosok catalog` or GET /v1/catalog lists them)"
                         ),
                     ));
                 }
@@ -684,7 +702,11 @@ impl Core {
         for k in 0..n {
             let id = job + k as u64;
             // The last task takes the spec itself: a plain submission copies nothing.
-            let spec = if k + 1 == n { spec.take() } else { spec.clone() };
+            let spec = if k + 1 == n {
+                spec.take()
+            } else {
+                spec.clone()
+            };
             let d = self
                 .engine
                 .apply(Event::Submit {
@@ -713,16 +735,7 @@ impl Core {
                     Some(r)
                 }
             };
-            self.push_job(
-                seq,
-                at_ms,
-                id,
-                &t,
-                name.clone(),
-                accel_milli,
-                refused,
-                run,
-            );
+            self.push_job(seq, at_ms, id, &t, name.clone(), accel_milli, refused, run);
         }
         self.counters.submitted += 1;
         if let Some(k) = idempotency {

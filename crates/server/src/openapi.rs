@@ -76,7 +76,8 @@ pub fn schemas() -> Map<String, Value> {
     submission_props["workdir"] = s();
     submission_props["array"] = json!({"type": "string", "description": "a job array: \"0-99%8\" (indices, at most 8 eligible at once); each task gets GOSOK_ARRAY_TASK_ID"});
     submission_props["dependency"] = json!({"type": "string", "description": "afterok:ID[:ID], afterany:ID, afternotok:ID, singleton; comma-separated, all must hold"});
-    submission_props["hold"] = json!({"type": "boolean", "description": "submit held: not started until released"});
+    submission_props["hold"] =
+        json!({"type": "boolean", "description": "submit held: not started until released"});
     let job = open_obj(json!({
         "id": int(), "tenant": s(), "name": nullable("string"), "state": job_state,
         "accelerators": num(), "submitted_at_ms": int(), "ended_at_ms": nullable("integer"),

@@ -271,7 +271,11 @@ impl Core {
         if limit {
             // Stopped by its agent at its runtime limit: the job timed out, it did not fail.
             for d in &mut decisions {
-                if let Decision::Finish { job: j, state, reason } = d
+                if let Decision::Finish {
+                    job: j,
+                    state,
+                    reason,
+                } = d
                     && j.0 == job
                     && *state == JobState::Failed
                 {

@@ -56,18 +56,17 @@ pub struct ArraySpec {
 impl ArraySpec {
     pub fn parse(text: &str) -> Result<ArraySpec, String> {
         let text = text.trim();
-        let (list, max) = match text.split_once('%') {
-            Some((l, m)) => {
-                let m: u32 = m
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|&m| m > 0)
-                    .ok_or_else(|| format!("{m:?} after '%' is not a positive whole number"))?;
-                (l, Some(m))
-            }
-            None => (text, None),
-        };
+        let (list, max) =
+            match text.split_once('%') {
+                Some((l, m)) => {
+                    let m: u32 =
+                        m.trim().parse().ok().filter(|&m| m > 0).ok_or_else(|| {
+                            format!("{m:?} after '%' is not a positive whole number")
+                        })?;
+                    (l, Some(m))
+                }
+                None => (text, None),
+            };
         let mut set = BTreeSet::new();
         for part in list.split(',') {
             let part = part.trim();
@@ -175,7 +174,9 @@ impl Dependency {
                 })
                 .collect::<Result<Vec<u64>, String>>()?;
             if ids.is_empty() && kind != "singleton" {
-                return Err(format!("{part:?} names no job (expected {kind}:ID[:ID...])"));
+                return Err(format!(
+                    "{part:?} names no job (expected {kind}:ID[:ID...])"
+                ));
             }
             out.push(match kind.as_str() {
                 "afterok" => Dependency::AfterOk(ids),
@@ -539,9 +540,8 @@ impl Core {
     fn array_active(&self, first: u64, last: u64) -> u64 {
         (first..=last)
             .filter(|&id| {
-                self.job(id).is_some_and(|j| {
-                    !j.state.is_terminal() && !self.gates.waiting.contains(&id)
-                })
+                self.job(id)
+                    .is_some_and(|j| !j.state.is_terminal() && !self.gates.waiting.contains(&id))
             })
             .count() as u64
     }
@@ -708,12 +708,18 @@ mod tests {
         c.apply(8, 8000, &Entry::Tick { now_s: 1010 }).unwrap();
         assert_eq!(
             states(&c),
-            ["running", "pending", "pending", "running", "running", "pending", "pending", "held"]
+            [
+                "running", "pending", "pending", "running", "running", "pending", "pending", "held"
+            ]
         );
         let task = |c: &Core, id: u64| c.job(id).unwrap().run.as_ref().unwrap().env.clone();
         assert_eq!(task(&c, 6)["GOSOK_ARRAY_TASK_ID"], "2");
         assert_eq!(task(&c, 6)["GOSOK_ARRAY_JOB_ID"], "4");
-        assert!(c.gate_text(2).unwrap().contains("afterok:1"), "{:?}", c.gate_text(2));
+        assert!(
+            c.gate_text(2).unwrap().contains("afterok:1"),
+            "{:?}",
+            c.gate_text(2)
+        );
         assert!(c.gate_text(6).unwrap().contains("2 task(s) at once"));
 
         // Restored from a snapshot, the gates are the same, and so is what opens them.
@@ -727,29 +733,77 @@ mod tests {
         let mut r = Core::restore(&bytes, EngineConfig::default(), Box::new(spec)).unwrap();
         for c in [&mut c, &mut r] {
             // Job 1 is cancelled: afterok:1 can never be met, afternotok:1 is.
-            c.apply(9, 9000, &Entry::Cancel { job: 1, by: "admin".into() })
-                .unwrap();
+            c.apply(
+                9,
+                9000,
+                &Entry::Cancel {
+                    job: 1,
+                    by: "admin".into(),
+                },
+            )
+            .unwrap();
             // One array task ends: the next one becomes eligible.
-            c.apply(10, 9000, &Entry::Cancel { job: 4, by: "admin".into() })
-                .unwrap();
+            c.apply(
+                10,
+                9000,
+                &Entry::Cancel {
+                    job: 4,
+                    by: "admin".into(),
+                },
+            )
+            .unwrap();
             c.apply(11, 10000, &Entry::Tick { now_s: 1011 }).unwrap();
             c.apply(12, 11000, &Entry::Tick { now_s: 1012 }).unwrap();
             assert_eq!(
                 states(c),
-                ["cancelled", "cancelled", "running", "cancelled", "running", "running", "pending", "held"]
+                [
+                    "cancelled",
+                    "cancelled",
+                    "running",
+                    "cancelled",
+                    "running",
+                    "running",
+                    "pending",
+                    "held"
+                ]
             );
             let reason = c.job(2).unwrap().reason.clone().unwrap();
-            assert!(reason.contains("never satisfied") && reason.contains("cancelled"), "{reason}");
-            c.apply(13, 12000, &Entry::Release { job: 8, by: "admin".into() })
-                .unwrap();
+            assert!(
+                reason.contains("never satisfied") && reason.contains("cancelled"),
+                "{reason}"
+            );
+            c.apply(
+                13,
+                12000,
+                &Entry::Release {
+                    job: 8,
+                    by: "admin".into(),
+                },
+            )
+            .unwrap();
             c.apply(14, 13000, &Entry::Tick { now_s: 1013 }).unwrap();
             assert_eq!(crate::core::job_state_name(c.job(8).unwrap()), "running");
             // Held again after a requeue: back to pending, not eligible.
-            c.apply(15, 14000, &Entry::Requeue { job: 8, hold: true, by: "admin".into() })
-                .unwrap();
+            c.apply(
+                15,
+                14000,
+                &Entry::Requeue {
+                    job: 8,
+                    hold: true,
+                    by: "admin".into(),
+                },
+            )
+            .unwrap();
             assert_eq!(crate::core::job_state_name(c.job(8).unwrap()), "held");
             let e = c
-                .apply(16, 14000, &Entry::Hold { job: 1, by: "admin".into() })
+                .apply(
+                    16,
+                    14000,
+                    &Entry::Hold {
+                        job: 1,
+                        by: "admin".into(),
+                    },
+                )
                 .unwrap_err();
             assert!(e.message.contains("only a pending job"), "{}", e.message);
             c.engine().check_invariants().unwrap();
@@ -767,8 +821,15 @@ mod tests {
         submit(&mut c, 4, 1, Some("train"), single.clone());
         c.apply(5, 5000, &Entry::Tick { now_s: 1010 }).unwrap();
         assert_eq!(states(&c), ["running", "pending"]);
-        c.apply(6, 6000, &Entry::Cancel { job: 1, by: "admin".into() })
-            .unwrap();
+        c.apply(
+            6,
+            6000,
+            &Entry::Cancel {
+                job: 1,
+                by: "admin".into(),
+            },
+        )
+        .unwrap();
         c.apply(7, 7000, &Entry::Tick { now_s: 1011 }).unwrap();
         c.apply(8, 8000, &Entry::Tick { now_s: 1012 }).unwrap();
         assert_eq!(states(&c), ["cancelled", "running"]);
@@ -790,7 +851,11 @@ mod tests {
         let a = ArraySpec::parse("1,3,5-9:2").unwrap();
         assert_eq!(a.indices, [1, 3, 5, 7, 9]);
         assert!(ArraySpec::parse("5-1").unwrap_err().contains("ends before"));
-        assert!(ArraySpec::parse("0-20000").unwrap_err().contains("more than"));
+        assert!(
+            ArraySpec::parse("0-20000")
+                .unwrap_err()
+                .contains("more than")
+        );
         assert!(ArraySpec::parse("0-3%0").is_err());
         let d = Dependency::parse_list("afterok:3:4,afterany:5,singleton").unwrap();
         assert_eq!(
