@@ -1463,6 +1463,11 @@ fn submit(a: &SubmitArgs) -> anyhow::Result<()> {
             m.insert(k.clone(), v.clone());
         }
     }
+    if spec.get("command").is_none() {
+        eprintln!(
+            "warning: the job has no command: node agents have nothing to run (give one after `--`, or `command` in the spec)"
+        );
+    }
     let path = match &a.tenant {
         Some(t) => format!("/v1/jobs?tenant={}", enc(t)),
         None => "/v1/jobs".into(),
