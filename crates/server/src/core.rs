@@ -985,8 +985,10 @@ impl Core {
             self.running_jobs.insert(id);
         }
         if state.is_terminal() && !old.is_terminal() {
-            // A job that ended may open the gates of jobs that depend on it.
+            // A job that ended may open the gates of jobs that depend on it; its own gate
+            // is closed for good.
             self.gates.dirty = true;
+            self.gates.waiting.remove(&id);
             j.ended_ms = Some(at_ms);
             j.keep_last_run();
             // An ended job runs nothing more: what it would run is only in the log now.

@@ -806,6 +806,18 @@ mod tests {
                 )
                 .unwrap_err();
             assert!(e.message.contains("only a pending job"), "{}", e.message);
+            // A held job cancelled: its gate is closed for good.
+            c.apply(
+                17,
+                15000,
+                &Entry::Cancel {
+                    job: 8,
+                    by: "admin".into(),
+                },
+            )
+            .unwrap();
+            assert_eq!(crate::core::job_state_name(c.job(8).unwrap()), "cancelled");
+            assert!(!c.gates.waiting.contains(&8));
             c.engine().check_invariants().unwrap();
         }
     }
