@@ -107,7 +107,7 @@ fn split_flags(rest: &str) -> Result<Vec<(String, Option<String>)>, String> {
     Ok(out)
 }
 
-fn need<'a>(v: Option<&'a str>) -> Result<&'a str, String> {
+fn need(v: Option<&str>) -> Result<&str, String> {
     v.filter(|v| !v.is_empty())
         .ok_or_else(|| "needs a value".to_string())
 }
@@ -190,12 +190,20 @@ fn accel_count(v: &str) -> Result<f64, String> {
     let n: f64 = v
         .parse()
         .map_err(|_| format!("{v:?} is not a number of accelerators"))?;
-    if !(n > 0.0) || (n >= 1.0 && n.fract() != 0.0) || n > 4096.0 {
-        return Err(format!(
-            "{v:?}: whole accelerators, or a fraction of one below 1 (0.5)"
-        ));
+    check_accelerators(n)
+}
+
+/// Whole accelerators, or a fraction of one shareable device below 1.
+pub fn check_accelerators(n: f64) -> Result<f64, String> {
+    let fraction = n > 0.0 && n < 1.0;
+    let whole = n >= 1.0 && n.fract() == 0.0 && n <= 4096.0;
+    if fraction || whole {
+        Ok(n)
+    } else {
+        Err(format!(
+            "{n}: whole accelerators, or a fraction of one shareable device below 1 (0.5)"
+        ))
     }
-    Ok(n)
 }
 
 /// Slurm's time formats: `M`, `M:S`, `H:M:S`, `D-H`, `D-H:M`, `D-H:M:S`; also `90s`,

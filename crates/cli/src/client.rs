@@ -927,7 +927,7 @@ enum JobFile {
     Script {
         /// The script's absolute path (run as the command).
         path: PathBuf,
-        directives: crate::batch_script::Directives,
+        directives: Box<crate::batch_script::Directives>,
     },
 }
 
@@ -959,7 +959,10 @@ fn read_job_file(arg: &str) -> anyhow::Result<JobFile> {
         _ if arg != "-" && crate::batch_script::is_script(&text) => {
             let directives = crate::batch_script::parse(&name, &text)?;
             let path = std::path::absolute(arg).with_context(|| format!("cannot resolve {arg}"))?;
-            return Ok(JobFile::Script { path, directives });
+            return Ok(JobFile::Script {
+                path,
+                directives: Box::new(directives),
+            });
         }
         // Standard input or another extension: JSON if it looks like it, else YAML.
         _ if text.trim_start().starts_with('{') => json_spec(&name, &text)?,
@@ -1400,11 +1403,8 @@ fn submit(a: &SubmitArgs) -> anyhow::Result<()> {
             g["replicas"] = json!(r);
         }
         if let Some(n) = a.accelerators {
-            if !(n > 0.0) || (n >= 1.0 && n.fract() != 0.0) {
-                bail!(
-                    "--accelerators {n}: whole accelerators, or a fraction of one shareable device below 1 (0.5)"
-                );
-            }
+            crate::batch_script::check_accelerators(n)
+                .map_err(|e| anyhow::anyhow!("--accelerators {e}"))?;
             set_accelerators(g, n);
         }
         if !a.models.is_empty() {

@@ -849,7 +849,7 @@ async fn submit(
                     key,
                     request_sha256,
                 }),
-                control: control,
+                control: (!control.is_default()).then(|| Box::new(control)),
                 by: p.token_id().to_string(),
             };
             let (seq, applied) = app.commit(&mut core, entry)?;

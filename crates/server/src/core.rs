@@ -472,7 +472,7 @@ impl Core {
                     spec.clone(),
                     RunSpec::of(command.clone(), env.clone(), workdir.clone()),
                     idempotency.clone(),
-                    control,
+                    control.as_deref().unwrap_or(&JobControl::default()),
                 );
             }
             Entry::Hold { job, by } => self.hold_job(at_ms, *job, by)?,
@@ -661,7 +661,7 @@ impl Core {
                 spec,
                 RunSpec::of(command, env, workdir),
                 idempotency,
-                &control,
+                control.as_deref().unwrap_or(&JobControl::default()),
             ),
             other => self.apply(seq, at_ms, &other),
         }
@@ -1074,6 +1074,18 @@ impl Core {
     }
 }
 
+/// A preemption in words: "preempted by job 25 (priority)".
+fn preempt_words(r: &gosok_engine::PreemptReason) -> String {
+    use gosok_engine::PreemptReason as P;
+    match r {
+        P::Priority { by } => format!("preempted by job {by} (priority)"),
+        P::ShorterRemaining { by } => format!("preempted by job {by} (shorter remaining time)"),
+        P::LeastAttained { by } => format!("preempted by job {by} (least attained service)"),
+        P::Reclaim { by } => format!("preempted by job {by} (its tenant reclaimed its guarantee)"),
+        P::Curtailment { site } => format!("preempted: site {site}'s power budget was lowered"),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -1165,7 +1177,7 @@ tier = "academic"
                     key: format!("k{job}"),
                     request_sha256: "x".into(),
                 }),
-                control: Default::default(),
+                control: None,
                 by: "admin".into(),
             },
         )
@@ -1265,17 +1277,5 @@ tier = "academic"
         assert_eq!(c.job(1).unwrap().state, JobState::Pending);
         c.apply(7, 5000, &Entry::Tick { now_s: 1002 }).unwrap();
         assert_eq!(c.job(1).unwrap().state, JobState::Running);
-    }
-}
-
-/// A preemption in words: "preempted by job 25 (priority)".
-fn preempt_words(r: &gosok_engine::PreemptReason) -> String {
-    use gosok_engine::PreemptReason as P;
-    match r {
-        P::Priority { by } => format!("preempted by job {by} (priority)"),
-        P::ShorterRemaining { by } => format!("preempted by job {by} (shorter remaining time)"),
-        P::LeastAttained { by } => format!("preempted by job {by} (least attained service)"),
-        P::Reclaim { by } => format!("preempted by job {by} (its tenant reclaimed its guarantee)"),
-        P::Curtailment { site } => format!("preempted: site {site}'s power budget was lowered"),
     }
 }

@@ -37,8 +37,8 @@ pub enum Entry {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         idempotency: Option<Idempotency>,
         /// An array, dependencies, a hold (`core/dependencies.rs`).
-        #[serde(default, skip_serializing_if = "JobControl::is_default")]
-        control: JobControl,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        control: Option<Box<JobControl>>,
         by: String,
     },
     Cancel {

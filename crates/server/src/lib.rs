@@ -824,7 +824,7 @@ pub fn fill_log(
                 env: Default::default(),
                 workdir: None,
                 idempotency: None,
-                control: Default::default(),
+                control: None,
                 by: "bench".into(),
             }
         };

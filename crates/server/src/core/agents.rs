@@ -470,7 +470,7 @@ mod tests {
                 env: [("SEED".to_string(), "7".to_string())].into(),
                 workdir: Some("/data".into()),
                 idempotency: None,
-                control: Default::default(),
+                control: None,
                 by: "lab".into(),
             },
         )

@@ -670,7 +670,7 @@ mod tests {
                 env: Default::default(),
                 workdir: None,
                 idempotency: None,
-                control,
+                control: Some(Box::new(control)),
                 by: "admin".into(),
             },
         )

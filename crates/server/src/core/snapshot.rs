@@ -306,7 +306,7 @@ mod tests {
                 key: k.into(),
                 request_sha256: "ab".repeat(32),
             }),
-            control: Default::default(),
+            control: None,
             by: "admin".into(),
         };
         let ended = |node: &str| Entry::TaskEnded {
