@@ -348,6 +348,16 @@ fn dependencies_and_holds_survive_a_controller_restart() {
         "true",
     ]);
     let held = up.submit(&["--hold", "--accelerators", "1", "--", "true"]);
+    let array = up.submit(&[
+        "--array",
+        "0-2%1",
+        "--accelerators",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "sleep 2",
+    ]);
     up.wait_state(a, "running");
     let v = up.job(b);
     assert_eq!(v["state"], "pending");
@@ -385,6 +395,18 @@ fn dependencies_and_holds_survive_a_controller_restart() {
             .unwrap()
     };
     assert!(started(b) >= ended(a) && started(c) >= ended(b));
+    // The array's cap holds across the restart: one task at a time, all three run.
+    up.wait("the array to finish", 90, || {
+        let states: Vec<Value> = (array..array + 3)
+            .map(|id| up.job(id)["state"].clone())
+            .collect();
+        let running = states.iter().filter(|s| *s == "running").count();
+        assert!(
+            running <= 1,
+            "more than one task of a %1 array running: {states:?}"
+        );
+        states.iter().all(|s| s == "succeeded")
+    });
     // Still held after the restart, until released.
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(up.job(held)["state"], "held");
