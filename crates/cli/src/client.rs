@@ -85,8 +85,8 @@ pub struct Conn {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Submit a job: a TOML or JSON job spec, or flags for the common one-liners
-    /// (`gosok submit --accelerators 8 --model H100 -- python train.py`).
+    /// Submit a job: a batch script with #SBATCH/#GOSOK directives, a JSON, TOML or YAML
+    /// spec, or flags (`gosok submit --accelerators 8 --model H100 -- python train.py`).
     Submit(Box<SubmitArgs>),
     /// List jobs, newest first.
     Jobs(JobsArgs),
