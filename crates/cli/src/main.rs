@@ -8,6 +8,7 @@ mod bench;
 mod bench_agents;
 mod client;
 mod human;
+mod plan_cmd;
 mod server_cmd;
 mod sim;
 mod sim_fgd;
@@ -44,6 +45,9 @@ enum Command {
     /// Import traces (Alibaba openb, Philly, any CSV) and generate synthetic workloads.
     #[command(subcommand)]
     Trace(trace::TraceCommand),
+    /// Capacity planning: what a power budget holds, the capacity a demand needs, demand models.
+    #[command(subcommand)]
+    Plan(plan_cmd::PlanCommand),
     /// The controller: `gosok server init`, `gosok server run`.
     #[command(subcommand)]
     Server(server_cmd::ServerCommand),
@@ -141,7 +145,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // Bad input to a planning command is a usage error, as clap's own are.
+            match e.downcast_ref::<gosok_plan::PlanError>() {
+                Some(p) if p.is_usage() => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -150,6 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Sim(c) => sim::run(c)?,
         Command::Trace(c) => trace::run(c)?,
+        Command::Plan(c) => plan_cmd::run(c)?,
         Command::Version => println!("gosok {}", env!("CARGO_PKG_VERSION")),
         Command::Server(c) => server_cmd::run(c)?,
         Command::Client(c) => client::run(c)?,

@@ -90,7 +90,7 @@ fn demo_racks(scale: Scale) -> Vec<DemoRack> {
     out
 }
 
-fn demo_cluster(scale: Scale) -> anyhow::Result<ClusterSpec> {
+pub(crate) fn demo_cluster(scale: Scale) -> anyhow::Result<ClusterSpec> {
     let racks = demo_racks(scale);
     // Quotas scale with the highway: the anchor is guaranteed half of the Hopper-class
     // accelerators, the agency an eighth of the NPUs.
