@@ -20,6 +20,8 @@ use crate::reservation::{self, PlanInput};
 use crate::scorers::{Profile, Scorer, scorer_by_name};
 use crate::tenants::Tenant;
 
+mod control;
+
 /// One tenant's next job in the pass-wide merge. Ordered so that the heap's top is the job
 /// to consider next: higher priority class, then lower fair-share key, then older.
 #[derive(PartialEq, Eq)]
@@ -459,6 +461,9 @@ impl Engine {
             Event::AdvanceTime { now_s } => self.advance(now_s, &mut out)?,
             Event::Submit { id, tenant, spec } => self.submit(id, &tenant, spec, &mut out)?,
             Event::Cancel { id } => self.cancel(id, &mut out)?,
+            Event::Hold { id } => self.hold(id)?,
+            Event::Release { id } => self.release(id)?,
+            Event::Requeue { id, reason } => self.requeue_running(id, reason, &mut out)?,
             Event::NodeState { node, state } => {
                 let &n = self
                     .cluster
@@ -529,7 +534,7 @@ impl Engine {
             }
             self.end_running(
                 id,
-                JobState::Failed,
+                JobState::TimedOut,
                 "runtime limit exceeded".into(),
                 true,
                 out,
@@ -1057,6 +1062,15 @@ impl Engine {
             }
             JobState::Running => {
                 self.end_running(id, JobState::Cancelled, "cancelled".into(), true, out)
+            }
+            JobState::Held => {
+                // Not queued while held: nothing else to undo.
+                job.state = JobState::Cancelled;
+                out.push(Decision::Finish {
+                    job: id,
+                    state: JobState::Cancelled,
+                    reason: "cancelled".into(),
+                });
             }
             _ => {}
         }
