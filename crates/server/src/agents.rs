@@ -531,6 +531,7 @@ pub async fn report(
                         epoch: r.epoch,
                         status: r.status(),
                         detail,
+                        energy_mj: r.energy_mj,
                         by: p.token_id().into(),
                     };
                     match app.commit(&mut core, entry) {

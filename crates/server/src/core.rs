@@ -18,6 +18,8 @@ use crate::entry::{Entry, TokenEntry};
 
 mod agents;
 pub use agents::{NodeAgent, RunSpec, STALE_EPOCH};
+mod meter;
+pub use meter::{AttemptEnd, Meter, UsageRow};
 mod snapshot;
 pub use snapshot::CORE_SNAPSHOT_FORMAT;
 
@@ -190,6 +192,8 @@ pub struct Core {
     agents: BTreeMap<String, NodeAgent>,
     /// Running jobs, for the agents' desired sets.
     running_jobs: std::collections::BTreeSet<u64>,
+    /// Metered usage of every task attempt (`core/meter.rs`).
+    meter: Meter,
 }
 
 pub fn parse_hash(hex: &str) -> Option<[u8; 32]> {
@@ -261,6 +265,7 @@ impl Core {
             specs,
             agents: BTreeMap::new(),
             running_jobs: Default::default(),
+            meter: Meter::default(),
         })
     }
 
@@ -282,6 +287,9 @@ impl Core {
     }
     pub fn node_states(&self) -> &BTreeMap<String, NodeState> {
         &self.node_states
+    }
+    pub fn meter(&self) -> &Meter {
+        &self.meter
     }
     pub fn now_s(&self) -> u64 {
         self.now_s
@@ -582,9 +590,11 @@ impl Core {
                 epoch,
                 status,
                 detail,
+                energy_mj,
                 ..
             } => self.task_ended(
-                at_ms, *job, *attempt, *task, node, *epoch, *status, detail, &mut out,
+                at_ms, *job, *attempt, *task, node, *epoch, *status, detail, *energy_mj,
+                &mut out,
             )?,
             // A note for the audit log: the repair itself was made to the store.
             Entry::Recovered { .. } => {}
@@ -878,6 +888,15 @@ impl Core {
         if old == JobState::Running {
             self.running = self.running.saturating_sub(1);
             self.running_jobs.remove(&id);
+            // `decide` closed it already with how it ended; a rebuild lands here.
+            let end = match state {
+                JobState::Succeeded => AttemptEnd::Succeeded,
+                JobState::Failed => AttemptEnd::Failed,
+                JobState::Cancelled => AttemptEnd::Cancelled,
+                JobState::Pending => AttemptEnd::Requeued,
+                _ => AttemptEnd::Stopped,
+            };
+            self.meter.close(id, self.engine.now_s(), end);
         }
         if state == JobState::Running {
             self.running += 1;
@@ -933,9 +952,13 @@ impl Core {
                     j.attempt = *attempt;
                     j.placement = tasks.clone();
                     j.last_run.clear();
+                    self.meter
+                        .open(&self.engine, id, &j.tenant, *attempt, tasks);
                     Some(JobState::Running)
                 }
                 Decision::Preempt { reason, .. } => {
+                    self.meter
+                        .close(id, self.engine.now_s(), AttemptEnd::Preempted);
                     push(
                         "preempted",
                         serde_json::to_string(reason).unwrap_or_default(),
@@ -944,6 +967,8 @@ impl Core {
                     Some(JobState::Pending)
                 }
                 Decision::Requeue { reason, retry, .. } => {
+                    self.meter
+                        .close(id, self.engine.now_s(), AttemptEnd::Requeued);
                     push("requeued", format!("{reason} (retry {retry})"));
                     j.keep_last_run();
                     Some(JobState::Pending)
@@ -1164,3 +1189,6 @@ tier = "academic"
         assert_eq!(c.job(1).unwrap().state, JobState::Running);
     }
 }
+
+#[cfg(test)]
+mod meter_tests;

@@ -104,6 +104,10 @@ pub enum Entry {
         /// What the engine sees: the exit code, 128 + a signal, 127 when it could not start.
         status: i32,
         detail: String,
+        /// Accelerator energy the agent measured over the task (NVML's total-energy
+        /// counter), millijoules; absent: not measured.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        energy_mj: Option<u64>,
         by: String,
     },
     /// `gosok server recover` repaired the store, as an operator chose: what it dropped.

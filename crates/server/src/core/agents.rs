@@ -254,6 +254,7 @@ impl Core {
         epoch: u64,
         status: i32,
         detail: &str,
+        energy_mj: Option<u64>,
         out: &mut Applied,
     ) -> Result<(), Refusal> {
         self.check_task_report(job, attempt, task, node, epoch)
@@ -277,6 +278,9 @@ impl Core {
                 detail: format!("task {task} on {node}: {detail}"),
             });
         }
+        // The engine gave the task's hold back now (or ends the whole job in `decide`).
+        self.meter
+            .task_ended(job, attempt, task, self.engine.now_s(), energy_mj);
         self.dirty = true;
         self.decide(at_ms, decisions, out);
         Ok(())
@@ -515,6 +519,7 @@ mod tests {
                     epoch: t.epoch,
                     status: 0,
                     detail: "exited with status 0".into(),
+                    energy_mj: None,
                     by: "agent".into(),
                 },
             )

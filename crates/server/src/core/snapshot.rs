@@ -23,11 +23,11 @@ use gosok_engine::{Engine, EngineConfig};
 use gosok_model::{ClusterSpec, NodeState};
 use serde::{Deserialize, Serialize};
 
-use super::{Core, Counters, JobRecord, NodeAgent, SpecSource, TokenRecord};
+use super::{Core, Counters, JobRecord, Meter, NodeAgent, SpecSource, TokenRecord};
 
 /// Bumped whenever [`Image`] or a type in it changes; a snapshot of another format is
 /// refused (and the controller replays its whole log).
-pub const CORE_SNAPSHOT_FORMAT: u32 = 1;
+pub const CORE_SNAPSHOT_FORMAT: u32 = 2;
 
 const MAGIC: &[u8; 8] = b"gosokCOR";
 
@@ -57,6 +57,7 @@ struct Image<'a> {
     seq: u64,
     agents: Cow<'a, BTreeMap<String, NodeAgent>>,
     running_jobs: Cow<'a, BTreeSet<u64>>,
+    meter: Cow<'a, Meter>,
 }
 
 impl Core {
@@ -84,6 +85,7 @@ impl Core {
             seq: self.seq,
             agents: Cow::Borrowed(&self.agents),
             running_jobs: Cow::Borrowed(&self.running_jobs),
+            meter: Cow::Borrowed(&self.meter),
         };
         let mut out = Vec::with_capacity(engine.len() * 2);
         out.extend_from_slice(MAGIC);
@@ -134,6 +136,8 @@ impl Core {
                 j.tenant = t.clone();
             }
         }
+        let mut meter = image.meter.into_owned();
+        meter.reindex();
         let mut stored_by_tenant: BTreeMap<Arc<str>, u64> = BTreeMap::new();
         for j in &jobs {
             if let Some(r) = j.run.as_deref()
@@ -165,6 +169,7 @@ impl Core {
             specs,
             agents: image.agents.into_owned(),
             running_jobs: image.running_jobs.into_owned(),
+            meter,
         })
     }
 }
@@ -313,6 +318,7 @@ mod tests {
             epoch: 1,
             status: 0,
             detail: "exited".into(),
+            energy_mj: None,
             by: "agent".into(),
         };
         let claim = |node: &str| crate::entry::NodeClaim {
@@ -423,7 +429,7 @@ mod tests {
             })
             .collect();
         format!(
-            "{jobs:#?}\nagents {:?}\nassignments {:?}\nqueue {:?}\nnext {} now {} seq {} dirty {} tick {}\npending {:?}\ncounters {:?}\ntokens {:?}\nnodes {:?}\ncluster {:?}\nidempotency {:?} {:?}",
+            "{jobs:#?}\nagents {:?}\nassignments {:?}\nqueue {:?}\nnext {} now {} seq {} dirty {} tick {}\npending {:?}\ncounters {:?}\ntokens {:?}\nnodes {:?}\ncluster {:?}\nidempotency {:?} {:?}\nmeter {:?} {:?}",
             c.node_agents(),
             c.assignments("a1", &leases, 10),
             c.engine().queue(),
@@ -441,6 +447,8 @@ mod tests {
             c.cluster(),
             c.idempotent("lab", "a"),
             c.idempotent("lab", "b"),
+            c.meter().rows(),
+            c.meter().open_rows(c.now_s()),
         )
     }
 
@@ -522,7 +530,7 @@ mod tests {
         let image = &bytes[20 + len..];
         assert_eq!(
             (CORE_SNAPSHOT_FORMAT, image.len(), fnv(image)),
-            (1, 984, 1266653868076029873),
+            (2, 1029, 560823245894620442),
             "the core's snapshot image changed: see this test's comment"
         );
     }
