@@ -18,6 +18,10 @@ use crate::entry::{Entry, TokenEntry};
 
 mod agents;
 pub use agents::{NodeAgent, RunSpec, STALE_EPOCH};
+mod accounts;
+pub use accounts::{
+    AccountChange, Accounts, Allocation, Draw, OnExhaustion, Policy, Price, Programme,
+};
 mod meter;
 pub use meter::{AttemptEnd, Meter, UsageRow};
 mod snapshot;
@@ -59,6 +63,10 @@ impl Refusal {
             field: field.map(str::to_string),
             message: message.into(),
         }
+    }
+    pub fn field(mut self, field: &str) -> Refusal {
+        self.field = Some(field.to_string());
+        self
     }
     pub fn spec(prefix: &str, e: SpecError) -> Refusal {
         let field = match (prefix, e.field.as_str()) {
@@ -194,6 +202,8 @@ pub struct Core {
     running_jobs: std::collections::BTreeSet<u64>,
     /// Metered usage of every task attempt (`core/meter.rs`).
     meter: Meter,
+    /// Programmes, allocations, prices and draw-down (`core/accounts.rs`).
+    accounts: Accounts,
 }
 
 pub fn parse_hash(hex: &str) -> Option<[u8; 32]> {
@@ -266,6 +276,7 @@ impl Core {
             agents: BTreeMap::new(),
             running_jobs: Default::default(),
             meter: Meter::default(),
+            accounts: Accounts::default(),
         })
     }
 
@@ -290,6 +301,64 @@ impl Core {
     }
     pub fn meter(&self) -> &Meter {
         &self.meter
+    }
+    pub fn accounts(&self) -> &Accounts {
+        &self.accounts
+    }
+    pub fn engine_config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Checks an accounting change before it is written.
+    pub fn check_account(&self, change: &AccountChange) -> Result<(), Refusal> {
+        let tenants = |t: &str| self.tenant(t).is_some();
+        let sites = |s: &str| self.cluster.site.iter().any(|x| x.name == s);
+        self.accounts
+            .check(change, &self.catalog, &tenants, &sites, self.now_s)
+    }
+
+    /// Admission against the tenant's balance: a job of a tenant holding allocations needs
+    /// its accelerators × runtime bound left (after what live jobs reserved), unless it runs
+    /// as scavenger work the tenant's policy allows. The refusal says the numbers.
+    pub fn check_balance(&self, tenant: &str, spec: &JobSpec) -> Result<(), String> {
+        let Some(t) = self.tenant(tenant) else {
+            return Ok(());
+        };
+        let class = spec.priority.unwrap_or(t.default_priority);
+        let Some((left, reserved)) =
+            self.accounts
+                .available_for(&self.catalog, tenant, spec, class, self.now_s)
+        else {
+            return Ok(());
+        };
+        let need = Accounts::need_milli_s(spec, self.cfg.default_runtime_s);
+        let available = left.saturating_sub(reserved);
+        if need <= available {
+            return Ok(());
+        }
+        let h = |m: u64| m as f64 / 3_600_000.0;
+        let scavenger = if self.accounts.policy(tenant).allow_scavenger {
+            "; it may still run as preemptible scavenger work (priority scavenger) on idle capacity"
+        } else {
+            ""
+        };
+        Err(format!(
+            "tenant {tenant:?} has {:.3} accelerator-hours left in allocations that cover this job ({:.3} remaining, {:.3} reserved by its pending and running jobs); this job needs {:.3} ({} accelerators × {} s runtime bound){scavenger}",
+            h(available),
+            h(left),
+            h(reserved),
+            h(need),
+            spec.total_accelerator_milli() as f64 / 1000.0,
+            spec.runtime_limit_s
+                .or(spec.runtime_estimate_s)
+                .unwrap_or(self.cfg.default_runtime_s),
+        ))
+    }
+
+    /// Tenants whose balance running work has used up, not yet recorded.
+    pub fn newly_exhausted(&self) -> Vec<(String, OnExhaustion, Vec<u64>)> {
+        self.accounts
+            .newly_exhausted(&self.meter, &self.catalog, self.engine.now_s())
     }
     pub fn now_s(&self) -> u64 {
         self.now_s
@@ -593,12 +662,13 @@ impl Core {
                 energy_mj,
                 ..
             } => self.task_ended(
-                at_ms, *job, *attempt, *task, node, *epoch, *status, detail, *energy_mj,
-                &mut out,
+                at_ms, *job, *attempt, *task, node, *epoch, *status, detail, *energy_mj, &mut out,
             )?,
             // A note for the audit log: the repair itself was made to the store.
             Entry::Recovered { .. } => {}
+            Entry::Account { change, .. } => self.account(at_ms, change, &mut out)?,
         }
+        self.accounts.settle(&self.meter, &self.catalog);
         self.seq = seq;
         Ok(out)
     }
@@ -655,6 +725,12 @@ impl Core {
         };
         let name = spec.name.as_deref().map(Into::into);
         let accel_milli = spec.total_accelerator_milli();
+        let need_milli_s = Accounts::need_milli_s(&spec, self.cfg.default_runtime_s);
+        let class = spec.priority.unwrap_or_else(|| {
+            self.tenant(&tenant)
+                .map(|t| t.default_priority)
+                .unwrap_or_default()
+        });
         let decisions = self
             .engine
             .apply(Event::Submit {
@@ -691,12 +767,53 @@ impl Core {
         }
         self.counters.submitted += 1;
         if let Some(k) = idempotency {
-            self.idempotency.insert((t, k.key), (k.request_sha256, job));
+            self.idempotency
+                .insert((t.clone(), k.key), (k.request_sha256, job));
         }
         self.dirty = true;
         self.decide(at_ms, decisions, &mut out);
+        if !refused {
+            self.accounts.admitted(job, &t, need_milli_s, class);
+        }
+        self.accounts.settle(&self.meter, &self.catalog);
         self.seq = seq;
         Ok(out)
+    }
+
+    fn account(
+        &mut self,
+        at_ms: u64,
+        change: &AccountChange,
+        out: &mut Applied,
+    ) -> Result<(), Refusal> {
+        self.check_account(change)?;
+        if let AccountChange::Exhausted {
+            action: OnExhaustion::Preempt,
+            jobs,
+            ..
+        } = change
+        {
+            for &job in jobs {
+                if self.job(job).is_none_or(|j| j.state != JobState::Running) {
+                    continue;
+                }
+                let decisions = self
+                    .engine
+                    .apply(Event::Cancel { id: JobId(job) })
+                    .map_err(|e| Refusal::invalid("jobs", e.to_string()))?;
+                if let Some(j) = self.jobs.get_mut((job - 1) as usize) {
+                    j.history.push(HistoryItem {
+                        at_ms,
+                        event: "stopped",
+                        detail: "its tenant's allocations ran out (on_exhaustion = preempt)".into(),
+                    });
+                }
+                self.dirty = true;
+                self.decide(at_ms, decisions, out);
+            }
+        }
+        self.accounts.apply(change, self.engine.now_s());
+        Ok(())
     }
 
     fn add_token(&mut self, t: &TokenEntry, at_ms: u64) -> Result<(), Refusal> {
@@ -903,6 +1020,7 @@ impl Core {
             self.running_jobs.insert(id);
         }
         if state.is_terminal() && !old.is_terminal() {
+            self.accounts.ended(id);
             j.ended_ms = Some(at_ms);
             j.keep_last_run();
             // An ended job runs nothing more: what it would run is only in the log now.

@@ -110,6 +110,11 @@ pub enum Entry {
         energy_mj: Option<u64>,
         by: String,
     },
+    /// Programmes, allocations, accounting policies and prices (`core/accounts.rs`).
+    Account {
+        change: crate::core::AccountChange,
+        by: String,
+    },
     /// `gosok server recover` repaired the store, as an operator chose: what it dropped.
     Recovered {
         /// Records dropped (first, last), if any: their changes are lost.
@@ -173,6 +178,7 @@ impl Entry {
             Entry::NodeLost { .. } => "node_lost",
             Entry::TaskEnded { .. } => "task_ended",
             Entry::Recovered { .. } => "recovered",
+            Entry::Account { .. } => "account",
         }
     }
 }

@@ -295,6 +295,17 @@ impl Meter {
         closed + open
     }
 
+    /// Running attempts' accelerator use so far: (job, tenant, model, thousandth-seconds)
+    /// per task.
+    pub fn open_accrual(&self, now_s: u64) -> impl Iterator<Item = (u64, u32, u32, u64)> + '_ {
+        self.open.iter().flat_map(move |(&job, a)| {
+            a.tasks.iter().map(move |t| {
+                let end = t.ended_s.unwrap_or(now_s).max(a.start_s);
+                (job, a.tenant, t.model, t.accel_milli * (end - a.start_s))
+            })
+        })
+    }
+
     /// Accelerators (thousandths) each tenant's running attempts hold now.
     pub fn held_milli_by_tenant(&self) -> BTreeMap<&str, u64> {
         let mut out: BTreeMap<&str, u64> = BTreeMap::new();

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
 
+use super::accounts::AccountChange;
 use super::*;
 use crate::entry::{NodeClaim, TokenEntry};
 
@@ -182,6 +183,31 @@ impl Run {
             nodes,
             by: "agent".into(),
         });
+        // "lab" holds two small allocations: one for H100 expiring first, one for any model.
+        for (name, to_s) in [("early", 1_020_000), ("late", 1_100_000)] {
+            r.apply(Entry::Account {
+                change: AccountChange::Programme {
+                    name: name.into(),
+                    tier: None,
+                    from_s: 1_000_000,
+                    to_s,
+                    price_krw_per_accelerator_hour: None,
+                },
+                by: "admin".into(),
+            });
+        }
+        for (programme, model) in [("late", None), ("early", Some("H100".to_string()))] {
+            r.apply(Entry::Account {
+                change: AccountChange::Grant {
+                    tenant: "lab".into(),
+                    programme: programme.into(),
+                    accelerator_milli_s: 2 * 3_600_000,
+                    model,
+                    class: None,
+                },
+                by: "admin".into(),
+            });
+        }
         r
     }
 
@@ -316,8 +342,8 @@ impl Run {
             }
             Op::Restart => {
                 let bytes = self.core.snapshot().unwrap();
-                let restored = Core::restore(&bytes, EngineConfig::default(), source(&self.specs))
-                    .unwrap();
+                let restored =
+                    Core::restore(&bytes, EngineConfig::default(), source(&self.specs)).unwrap();
                 assert_eq!(restored.meter().rows(), self.core.meter().rows());
                 self.core = restored;
             }
@@ -346,6 +372,28 @@ proptest! {
             replayed.apply(*seq, *at_ms, e).unwrap();
         }
         prop_assert_eq!(all_rows(&replayed), all_rows(&run.core));
+        prop_assert_eq!(replayed.accounts().allocations(), run.core.accounts().allocations());
+        prop_assert_eq!(replayed.accounts().draws(), run.core.accounts().draws());
+        // Every closed row of the tenant with allocations is drawn in full (covered or
+        // not), no allocation is drawn past what it granted, and the H100 allocation that
+        // expires first is drawn first.
+        let acc = run.core.accounts();
+        let m = run.core.meter();
+        let lab_closed: u64 = m.rows().iter().filter(|r| m.name(r.tenant) == "lab").map(|r| r.accel_milli_s).sum();
+        let drawn: u64 = acc.draws().iter().map(|d| d.milli_s).sum();
+        prop_assert_eq!(drawn, lab_closed);
+        for a in acc.allocations() {
+            prop_assert!(a.drawn_milli_s <= a.granted_milli_s);
+            let by_draws: u64 = acc.draws().iter().filter(|d| d.allocation == Some(a.id)).map(|d| d.milli_s).sum();
+            prop_assert_eq!(by_draws, a.drawn_milli_s);
+        }
+        for d in acc.draws() {
+            let r = &m.rows()[d.row as usize];
+            if d.allocation == Some(1) {
+                // "late" (any model) is drawn for H100 only once "early" is used up or over.
+                prop_assert!(m.name(r.model) != "H100" || acc.allocations()[1].remaining_milli_s() == 0 || r.end_s >= 1_020_000);
+            }
+        }
         // Per-tenant sums add up to the total, and every row is a real interval.
         let rows = all_rows(&run.core);
         let total: u128 = rows.iter().map(|r| r.accel_milli_s as u128).sum();

