@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 pub enum Output {
     Table,
     Json,
+    /// Comma-separated values (usage and statements; other commands print their table).
+    Csv,
 }
 
 #[derive(Args, Clone)]
@@ -275,11 +277,11 @@ pub struct ApplyArgs {
 
 // ---- the HTTP client ---------------------------------------------------------------------
 
-struct Client {
+pub(crate) struct Client {
     base: String,
     token: Option<String>,
     agent: ureq::Agent,
-    output: Output,
+    pub(crate) output: Output,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -292,7 +294,7 @@ struct ClientFile {
 pub(crate) use gosok_agent::client::tls_trusting;
 
 impl Client {
-    fn new(c: &Conn) -> anyhow::Result<Client> {
+    pub(crate) fn new(c: &Conn) -> anyhow::Result<Client> {
         let path = c
             .config
             .clone()
@@ -344,7 +346,7 @@ impl Client {
         })
     }
 
-    fn call(
+    pub(crate) fn call(
         &self,
         method: &str,
         path: &str,
@@ -427,10 +429,10 @@ impl Client {
         }
     }
 
-    fn get(&self, path: &str) -> anyhow::Result<Value> {
+    pub(crate) fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call("GET", path, None, &[])
     }
-    fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+    pub(crate) fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         self.call(
             "POST",
             path,
@@ -448,10 +450,10 @@ impl Client {
     }
 
     /// Prints `v` as JSON, or `table(v)` for people.
-    fn print(&self, v: &Value, table: impl FnOnce(&Value) -> String) {
+    pub(crate) fn print(&self, v: &Value, table: impl FnOnce(&Value) -> String) {
         match self.output {
             Output::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
-            Output::Table => print!("{}", table(v)),
+            Output::Table | Output::Csv => print!("{}", table(v)),
         }
     }
 }
@@ -531,7 +533,7 @@ fn logs(cl: &Client, a: &LogsArgs) -> anyhow::Result<()> {
     }
 }
 
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
@@ -544,7 +546,7 @@ fn enc(s: &str) -> String {
 }
 
 /// Columns, left-aligned, two spaces apart.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -579,7 +581,7 @@ fn rows_of(v: &Value, key: &str, row: impl Fn(&Value) -> Vec<String>) -> Vec<Vec
         .unwrap_or_default()
 }
 
-fn s(v: &Value) -> String {
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -1072,7 +1074,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             let v = cl.get("/v1/topology")?;
             match a.c.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
-                Output::Table => {
+                Output::Table | Output::Csv => {
                     let spec: gosok_model::ClusterSpec = serde_json::from_value(v)
                         .context("the server's topology is not a cluster file")?;
                     print!("{}", spec.to_toml());

@@ -343,7 +343,7 @@ impl Core {
             ""
         };
         Err(format!(
-            "tenant {tenant:?} has {:.3} accelerator-hours left in allocations that cover this job ({:.3} remaining, {:.3} reserved by its pending and running jobs); this job needs {:.3} ({} accelerators × {} s runtime bound){scavenger}",
+            "tenant {tenant:?} has {:.3} accelerator-hours left in allocations that cover this job ({:.3} remaining, {:.3} reserved by its pending and running jobs); this job needs {:.3} ({} accelerators × ({} s runtime bound + 1 s)){scavenger}",
             h(available),
             h(left),
             h(reserved),

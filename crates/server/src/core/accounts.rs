@@ -488,13 +488,15 @@ impl Accounts {
     }
 
     /// Thousandth-accelerator-seconds a job may run for: its accelerators × its runtime
-    /// limit, else its estimate, else the engine's default runtime.
+    /// limit (else its estimate, else the engine's default runtime) and one second more,
+    /// because the engine stops a job at the first whole second past its limit.
     pub fn need_milli_s(spec: &JobSpec, default_runtime_s: u64) -> u64 {
         let bound = spec
             .runtime_limit_s
             .or(spec.runtime_estimate_s)
             .unwrap_or(default_runtime_s);
-        spec.total_accelerator_milli().saturating_mul(bound)
+        spec.total_accelerator_milli()
+            .saturating_mul(bound.saturating_add(1))
     }
 
     /// Whether the job runs without drawing: scavenger work of a tenant whose policy allows it.
