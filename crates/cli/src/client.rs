@@ -982,9 +982,26 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                                 s(&t["weight"]),
                                 s(&t["share_cap"]),
                                 s(&t["pending"]),
+                                s(&t["running_accelerators"]),
+                                s(&t["share"]),
+                                crate::usage_cmd::quota_use(&t["quota_use"]),
+                                s(&t["balance_accelerator_hours"]),
                             ]
                         });
-                        table(&["NAME", "TIER", "WEIGHT", "SHARE CAP", "PENDING"], rows)
+                        table(
+                            &[
+                                "NAME",
+                                "TIER",
+                                "WEIGHT",
+                                "SHARE CAP",
+                                "PENDING",
+                                "RUNNING ACCEL",
+                                "SHARE",
+                                "QUOTA USE",
+                                "BALANCE (ACCEL-H)",
+                            ],
+                            rows,
+                        )
                     });
                 }
             }

@@ -22,6 +22,55 @@ pub enum Command {
     Allocations(AllocationsArgs),
     /// Prices (KRW per accelerator-hour and per kWh), every version; `set` adds one.
     Prices(PricesArgs),
+    /// Operators' reports over a window: `share` (each tenant's peak and average share of
+    /// the highway against its cap: anti-monopoly evidence) and `fairness`.
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    #[command(subcommand)]
+    kind: ReportKind,
+    /// Window start: YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ, UTC (default: 30 days before --to).
+    #[arg(long, global = true)]
+    from: Option<String>,
+    /// Window end (default: now).
+    #[arg(long, global = true)]
+    to: Option<String>,
+    #[command(flatten)]
+    c: Conn,
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum ReportKind {
+    /// Peak and average share of the highway by accelerator value, against each cap.
+    Share,
+    /// Share received against entitlement, Jain's index, preemptions suffered and caused.
+    Fairness,
+}
+
+/// Quota use as `accelerator used/guaranteed+borrow` per quota.
+pub fn quota_use(v: &Value) -> String {
+    let parts: Vec<String> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|q| {
+                    format!(
+                        "{} {}/{}",
+                        s(&q["accelerator"]),
+                        s(&q["used"]),
+                        s(&q["limit"])
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 #[derive(Args)]
@@ -187,6 +236,69 @@ fn cell(cl: &Client, v: &Value) -> String {
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
+        Command::Report(a) => {
+            let cl = Client::new(&a.c)?;
+            let mut q = Vec::new();
+            for (k, v) in [("from", &a.from), ("to", &a.to)] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={}", enc(v)));
+                }
+            }
+            let (path, header): (&str, &[&str]) = match a.kind {
+                ReportKind::Share => (
+                    "share",
+                    &[
+                        "tenant",
+                        "share_cap",
+                        "peak_share",
+                        "peak_at",
+                        "average_share",
+                        "seconds_over_cap",
+                        "accelerator_value_hours",
+                        "within_cap",
+                    ],
+                ),
+                ReportKind::Fairness => (
+                    "fairness",
+                    &[
+                        "tenant",
+                        "accelerator_hours",
+                        "share_received",
+                        "entitlement",
+                        "preemptions_suffered",
+                        "work_lost_accelerator_hours",
+                        "preemptions_caused",
+                        "work_caused_lost_accelerator_hours",
+                    ],
+                ),
+            };
+            let v = cl.get(&format!("/v1/reports/{path}?{}", q.join("&")))?;
+            let rows: Vec<Vec<String>> = v["tenants"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|r| header.iter().map(|h| cell(&cl, &r[*h])).collect())
+                        .collect()
+                })
+                .unwrap_or_default();
+            emit(&cl, &v, header, rows);
+            if cl.output == Output::Table {
+                match a.kind {
+                    ReportKind::Share => println!(
+                        "window {} to {}; highway accelerator value {}",
+                        s(&v["from"]),
+                        s(&v["to"]),
+                        s(&v["highway_accelerator_value"])
+                    ),
+                    ReportKind::Fairness => println!(
+                        "window {} to {}; Jain's index {}",
+                        s(&v["from"]),
+                        s(&v["to"]),
+                        s(&v["jain_index"])
+                    ),
+                }
+            }
+        }
         Command::Usage(a) => {
             let cl = Client::new(&a.c)?;
             let mut q = Vec::new();

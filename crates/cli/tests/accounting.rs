@@ -247,6 +247,11 @@ fn num(v: &Value) -> f64 {
 #[test]
 fn metered_usage_equals_what_the_engine_held_across_sigkill_and_restart() {
     let mut c = Ctl::new();
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 5;
     let job = |accel: Value, limit: u64, prio: &str| json!({"groups": [accel], "runtime_limit_s": limit, "priority": prio});
     let whole = |replicas: u64, n: u64| json!({"replicas": replicas, "accelerators": n, "models": ["H100"]});
     let frac = |m: u64| json!({"replicas": 1, "accelerator_milli": m, "models": ["H100"]});
@@ -266,6 +271,9 @@ fn metered_usage_equals_what_the_engine_held_across_sigkill_and_restart() {
     c.wait_until("the first jobs to start", 20, || {
         c.state(ids[0]) == "running"
     });
+    // Usage runs on the engine's clock, which the tick after a change moves: the gang's
+    // submission comes after that clock has run past the first start.
+    std::thread::sleep(Duration::from_millis(1500));
     // A high-priority gang over the whole highway preempts what runs.
     let (s, v) = c.submit("lab-b", job(whole(2, 8), 2, "high"));
     assert_eq!(s, 201, "{v}");
@@ -330,6 +338,91 @@ fn metered_usage_equals_what_the_engine_held_across_sigkill_and_restart() {
     assert_eq!(own["rows"][0]["tenant"], "lab-a");
     let (s, _) = c.req("GET", "/v1/usage?tenant=lab-b", &tok, None);
     assert_eq!(s, 403);
+    // Fairness: the gang (lab-b) caused the preemptions; lab-a suffered at least one.
+    let (s, f) = c.req(
+        "GET",
+        "/v1/reports/fairness?from=2000-01-01",
+        &c.admin,
+        None,
+    );
+    assert_eq!(s, 200, "{f}");
+    let t = |v: &Value, name: &str| {
+        v["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["tenant"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert!(num(&t(&f, "lab-a")["preemptions_suffered"]) >= 1.0, "{f}");
+    assert!(
+        num(&t(&f, "lab-a")["work_lost_accelerator_hours"]) > 0.0,
+        "{f}"
+    );
+    assert!(num(&t(&f, "lab-b")["preemptions_caused"]) >= 1.0, "{f}");
+    let jain = num(&f["jain_index"]);
+    assert!(jain > 0.0 && jain <= 1.0, "{f}");
+    // Anti-monopoly evidence: lab-b's gang held the whole highway (its cap is 1.0).
+    let (s, sh) = c.req(
+        "GET",
+        &format!("/v1/reports/share?from={since}"),
+        &c.admin,
+        None,
+    );
+    assert_eq!(s, 200, "{sh}");
+    assert_eq!(num(&t(&sh, "lab-b")["peak_share"]), 1.0, "{sh}");
+    assert_eq!(t(&sh, "lab-b")["within_cap"], true);
+    let avg = num(&t(&sh, "lab-a")["average_share"]);
+    assert!(
+        avg > 0.0 && avg < num(&t(&sh, "lab-a")["peak_share"]),
+        "{sh}"
+    );
+    assert_eq!(c.req("GET", "/v1/reports/share", &tok, None).0, 403);
+    // The CLI shows the same, and tenants gain their accounting columns.
+    let (ok, out, err) = c.cli(
+        &c.admin,
+        &["report", "share", "--from", "2000-01-01", "--output", "csv"],
+    );
+    assert!(ok, "{err}");
+    assert!(out.starts_with("tenant,share_cap,peak_share"), "{out}");
+    let (ok, out, err) = c.cli(&c.admin, &["tenants"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("RUNNING ACCEL") && out.contains("BALANCE"),
+        "{out}"
+    );
+    let (ok, out, err) = c.cli(
+        &c.admin,
+        &[
+            "usage",
+            "--from",
+            "2000-01-01",
+            "--group-by",
+            "tenant",
+            "--output",
+            "csv",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.starts_with("tenant,accelerator_hours,"), "{out}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    // Metrics: per-tenant usage counters add up to the total.
+    let metrics = ureq::get(&format!("{}/metrics", c.base))
+        .set("Authorization", &format!("Bearer {}", c.admin))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("gosok_tenant_accelerator_seconds_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(
+        (counted - total).abs() < 1e-3,
+        "{counted} vs {total}\n{metrics}"
+    );
     // Conservation: what the server metered equals what its engine held, integrated from
     // its own log replayed record by record.
     c.kill();
@@ -492,9 +585,7 @@ fn programmes_grants_admission_and_exhaustion() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| {
-            e["kind"] == "account" && e["entry"]["change"]["exhausted"].is_object()
-        })
+        .filter(|e| e["kind"] == "account" && e["entry"]["change"]["exhausted"].is_object())
         .collect();
     assert_eq!(exhausted.len(), 1, "{log}");
     assert_eq!(

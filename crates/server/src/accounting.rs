@@ -412,6 +412,22 @@ pub fn schemas(m: &mut serde_json::Map<String, Value>) {
             "rows": arr(open_obj(row)), "totals": open_obj(sums)})),
     );
     put(
+        "ShareReport",
+        open_obj(
+            json!({"from": s(), "to": s(), "highway_accelerator_value": num(),
+            "tenants": arr(open_obj(json!({"tenant": s(), "share_cap": num(), "peak_share": num(),
+                "peak_at": s(), "average_share": num(), "seconds_over_cap": int(),
+                "accelerator_value_hours": num(), "within_cap": {"type": "boolean"}})))}),
+        ),
+    );
+    put(
+        "FairnessReport",
+        open_obj(json!({"from": s(), "to": s(), "jain_index": num(),
+            "tenants": arr(open_obj(json!({"tenant": s(), "accelerator_hours": num(), "share_received": num(),
+                "entitlement": num(), "preemptions_suffered": int(), "work_lost_accelerator_hours": num(),
+                "preemptions_caused": int(), "work_caused_lost_accelerator_hours": num()})))})),
+    );
+    put(
         "Statement",
         open_obj(json!({"tenant": s(), "month": s(), "from": s(), "to": s(),
             "lines": arr(open_obj(json!({"job": int(), "attempt": int(), "model": s(), "site": s(),

@@ -167,6 +167,12 @@ pub fn routes() -> Vec<Route> {
         route!(get "/v1/tenants/{name}/statement", crate::usage::statement_route, Token, 200, "Statement",
             "A tenant's statement for a month: attempts that ended in it, cost, each allocation's draw-down and balance",
             query = &[("month", "YYYY-MM")]),
+        route!(get "/v1/reports/share", crate::usage::share_route, Admin, 200, "ShareReport",
+            "Anti-monopoly evidence: each tenant's peak and average share of the highway by accelerator value, against its cap",
+            query = &[("from", "window start (default: 30 days before `to`)"), ("to", "window end (default: now)")]),
+        route!(get "/v1/reports/fairness", crate::usage::fairness_route, Admin, 200, "FairnessReport",
+            "Share received against entitlement, Jain's index, preemptions suffered and caused with the work lost",
+            query = &[("from", "window start (default: 30 days before `to`)"), ("to", "window end (default: now)")]),
         route!(put "/v1/tenants/{name}/accounting", crate::accounting::set_policy, Admin, 200, "AccountingPolicy",
             "A tenant's accounting policy: scavenger work without an allocation, what running out does (finish or preempt)",
             req = "AccountingPolicy"),
@@ -1735,6 +1741,9 @@ fn tenant_view(core: &Core, t: &TenantSpec) -> Value {
         let pending = core.pending_by_tenant().get(&*t.name).copied().unwrap_or(0);
         m.insert("pending".into(), json!(pending));
         m.insert("stored_bytes".into(), json!(core.stored_bytes(&t.name)));
+        if let Value::Object(extra) = crate::usage::tenant_accounting(core, &t.name) {
+            m.extend(extra);
+        }
     }
     v
 }

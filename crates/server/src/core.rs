@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gosok_engine::{Decision, Engine, EngineConfig, Event, JobId, JobState, TaskPlacement};
+use gosok_engine::{
+    Decision, Engine, EngineConfig, Event, JobId, JobState, PreemptReason, TaskPlacement,
+};
 use gosok_model::{Catalog, ClusterSpec, JobSpec, NodeState, SpecError, TenantSpec};
 use serde::{Deserialize, Serialize};
 
@@ -1075,8 +1077,15 @@ impl Core {
                     Some(JobState::Running)
                 }
                 Decision::Preempt { reason, .. } => {
+                    let by = match reason {
+                        PreemptReason::Priority { by }
+                        | PreemptReason::ShorterRemaining { by }
+                        | PreemptReason::LeastAttained { by }
+                        | PreemptReason::Reclaim { by } => by.0,
+                        PreemptReason::Curtailment { .. } => 0,
+                    };
                     self.meter
-                        .close(id, self.engine.now_s(), AttemptEnd::Preempted);
+                        .close_by(id, self.engine.now_s(), AttemptEnd::Preempted, by);
                     push(
                         "preempted",
                         serde_json::to_string(reason).unwrap_or_default(),

@@ -108,7 +108,9 @@ pub fn schemas() -> Map<String, Value> {
                "allowed_jurisdictions": arr(s()), "share_cap": num(), "default_priority": priority,
                "max_priority": max_priority, "max_pending_jobs": nullable("integer"),
                "max_job_bytes": nullable("integer"), "max_stored_bytes": nullable("integer"),
-               "pending": int(), "stored_bytes": int()}),
+               "pending": int(), "stored_bytes": int(), "running_accelerators": num(), "share": num(),
+               "quota_use": arr(open_obj(json!({"accelerator": s(), "used": num(), "guaranteed": int(), "limit": int()}))),
+               "balance_accelerator_hours": nullable("number")}),
         &["name", "tier"],
     );
     let model = obj(

@@ -70,6 +70,8 @@ pub struct UsageRow {
     /// (some task of the attempt had no reading).
     pub measured_energy_mj: Option<u64>,
     pub end: AttemptEnd,
+    /// For a preempted attempt: the job it made room for (0: none).
+    pub preempted_by: u64,
 }
 
 /// One task of a running attempt, as fixed at its start.
@@ -105,6 +107,10 @@ pub struct Meter {
     name_ix: HashMap<Arc<str>, u32>,
     open: BTreeMap<u64, OpenAttempt>,
     rows: Vec<UsageRow>,
+    /// Closed rows' accelerator thousandth-seconds and estimated energy (mJ) per name index
+    /// (tenants'), for the metrics endpoint; rebuilt from the rows at restore.
+    #[serde(skip)]
+    totals: Vec<[u64; 2]>,
 }
 
 impl Meter {
@@ -116,6 +122,29 @@ impl Meter {
             .enumerate()
             .map(|(i, n)| (n.clone(), i as u32))
             .collect();
+        self.totals = Vec::new();
+        for i in 0..self.rows.len() {
+            let r = self.rows[i].clone();
+            self.count(&r);
+        }
+    }
+
+    fn count(&mut self, r: &UsageRow) {
+        let i = r.tenant as usize;
+        if self.totals.len() <= i {
+            self.totals.resize(i + 1, [0, 0]);
+        }
+        self.totals[i][0] += r.accel_milli_s;
+        self.totals[i][1] += r.est_energy_mj;
+    }
+
+    /// Closed attempts' accelerator thousandth-seconds and estimated energy (mJ) per tenant.
+    pub fn totals_by_tenant(&self) -> impl Iterator<Item = (&str, [u64; 2])> {
+        self.totals
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t[0] > 0 || t[1] > 0)
+            .map(|(i, t)| (self.name(i as u32), *t))
     }
 
     fn intern(&mut self, name: &str) -> u32 {
@@ -223,6 +252,11 @@ impl Meter {
 
     /// The job's running attempt ended at `now_s`: every task still holding ends with it.
     pub fn close(&mut self, job: u64, now_s: u64, end: AttemptEnd) {
+        self.close_by(job, now_s, end, 0);
+    }
+
+    /// As [`Meter::close`], for an attempt preempted to make room for job `by`.
+    pub fn close_by(&mut self, job: u64, now_s: u64, end: AttemptEnd, by: u64) {
         let Some(a) = self.open.remove(&job) else {
             return;
         };
@@ -245,6 +279,7 @@ impl Meter {
                 est_energy_mj: 0,
                 measured_energy_mj: measured_all.then_some(0),
                 end,
+                preempted_by: by,
             });
             row.end_s = row.end_s.max(end_s);
             row.accel_milli_s += t.accel_milli * dt;
@@ -255,7 +290,10 @@ impl Meter {
                 *m += e;
             }
         }
-        self.rows.extend(parts.into_values());
+        for r in parts.into_values() {
+            self.count(&r);
+            self.rows.push(r);
+        }
     }
 
     /// Running attempts' usage so far, as rows ending at `now_s` (not stored).
