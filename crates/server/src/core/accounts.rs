@@ -241,7 +241,7 @@ impl Accounts {
         now_s: u64,
     ) -> Result<(), Refusal> {
         let finite = |field: &str, v: f64| {
-            if v.is_finite() && v >= 0.0 && v <= 1e12 {
+            if v.is_finite() && (0.0..=1e12).contains(&v) {
                 Ok(())
             } else {
                 Err(Refusal::invalid(

@@ -199,10 +199,10 @@ impl Meter {
             // where the node has them, else CPU.
             let base_share_mw = if node.devices() > 0 {
                 node.base_w * accel_milli * 1000 / (node.devices() as u64 * 1000)
-            } else if node.cpu_total_milli > 0 {
-                node.base_w * cpu_milli * 1000 / node.cpu_total_milli
             } else {
-                0
+                (node.base_w * cpu_milli * 1000)
+                    .checked_div(node.cpu_total_milli)
+                    .unwrap_or(0)
             };
             let model = self.intern(t.model.as_deref().unwrap_or(""));
             let site_ix = self.intern(&site.name);
