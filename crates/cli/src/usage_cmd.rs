@@ -222,7 +222,7 @@ fn emit(cl: &Client, v: &Value, header: &[&str], rows: Vec<Vec<String>>) {
     match cl.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
         Output::Csv => print!("{}", csv(header, rows)),
-        Output::Table => print!("{}", table(header, rows)),
+        Output::Table | Output::Wide => print!("{}", table(header, rows)),
     }
 }
 
@@ -282,7 +282,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 })
                 .unwrap_or_default();
             emit(&cl, &v, header, rows);
-            if cl.output == Output::Table {
+            if matches!(cl.output, Output::Table | Output::Wide) {
                 match a.kind {
                     ReportKind::Share => println!(
                         "window {} to {}; highway accelerator value {}",
@@ -337,7 +337,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                         .collect()
                 })
                 .unwrap_or_default();
-            if cl.output == Output::Table {
+            if matches!(cl.output, Output::Table | Output::Wide) {
                 let mut total: Vec<String> = keys.iter().map(|_| String::new()).collect();
                 if let Some(first) = total.first_mut() {
                     *first = "total".into();

@@ -10,6 +10,7 @@ pub mod config;
 pub mod engine;
 pub mod event;
 pub mod explain;
+pub mod hold;
 pub mod ids;
 pub mod job;
 pub mod placement;

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use gosok_model::{AcceleratorModel, ClusterSpec, JobSpec, NodeState, TenantSpec};
 
+pub use crate::core::JobControl;
+
 /// The log format; bumped when an entry changes incompatibly.
 pub const LOG_FORMAT: &str = "2";
 
@@ -34,10 +36,29 @@ pub enum Entry {
         workdir: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         idempotency: Option<Idempotency>,
+        /// An array, dependencies, a hold (`core/dependencies.rs`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        control: Option<Box<JobControl>>,
         by: String,
     },
     Cancel {
         job: u64,
+        by: String,
+    },
+    /// A user held a pending job: not eligible until released.
+    Hold {
+        job: u64,
+        by: String,
+    },
+    Release {
+        job: u64,
+        by: String,
+    },
+    /// A user put a running job back in the queue (held there with `hold`).
+    Requeue {
+        job: u64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hold: bool,
         by: String,
     },
     /// The clock moved to `now_s` and a scheduling pass ran.
@@ -108,6 +129,9 @@ pub enum Entry {
         /// counter), millijoules; absent: not measured.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         energy_mj: Option<u64>,
+        /// The agent stopped it at its runtime limit: the job ends timed out.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        limit: bool,
         by: String,
     },
     /// Programmes, allocations, accounting policies and prices (`core/accounts.rs`).
@@ -165,6 +189,9 @@ impl Entry {
             Entry::Init { .. } => "init",
             Entry::Submit { .. } => "submit",
             Entry::Cancel { .. } => "cancel",
+            Entry::Hold { .. } => "hold",
+            Entry::Release { .. } => "release",
+            Entry::Requeue { .. } => "requeue",
             Entry::Tick { .. } => "tick",
             Entry::NodeState { .. } => "node_state",
             Entry::SitePowerBudget { .. } => "site_power_budget",

@@ -916,6 +916,7 @@ mod tests {
                     env: Default::default(),
                     workdir: None,
                     idempotency: None,
+                    control: Default::default(),
                     by: "admin".into(),
                 },
             );

@@ -269,6 +269,7 @@ impl Run {
                     env: Default::default(),
                     workdir: None,
                     idempotency: None,
+                    control: Default::default(),
                     by: "admin".into(),
                 });
             }
@@ -302,6 +303,7 @@ impl Run {
                     status: fail as i32,
                     detail: String::new(),
                     energy_mj: Some(1000 * p.task as u64),
+                    limit: false,
                     by: "agent".into(),
                 };
                 self.apply(e);

@@ -27,7 +27,7 @@ use super::{Accounts, Core, Counters, JobRecord, Meter, NodeAgent, SpecSource, T
 
 /// Bumped whenever [`Image`] or a type in it changes; a snapshot of another format is
 /// refused (and the controller replays its whole log).
-pub const CORE_SNAPSHOT_FORMAT: u32 = 2;
+pub const CORE_SNAPSHOT_FORMAT: u32 = 3;
 
 const MAGIC: &[u8; 8] = b"gosokCOR";
 
@@ -59,6 +59,7 @@ struct Image<'a> {
     running_jobs: Cow<'a, BTreeSet<u64>>,
     meter: Cow<'a, Meter>,
     accounts: Cow<'a, Accounts>,
+    gates: Cow<'a, super::dependencies::Gates>,
 }
 
 impl Core {
@@ -88,6 +89,7 @@ impl Core {
             running_jobs: Cow::Borrowed(&self.running_jobs),
             meter: Cow::Borrowed(&self.meter),
             accounts: Cow::Borrowed(&self.accounts),
+            gates: Cow::Borrowed(&self.gates),
         };
         let mut out = Vec::with_capacity(engine.len() * 2);
         out.extend_from_slice(MAGIC);
@@ -173,6 +175,7 @@ impl Core {
             running_jobs: image.running_jobs.into_owned(),
             meter,
             accounts: image.accounts.into_owned(),
+            gates: image.gates.into_owned(),
         })
     }
 }
@@ -311,6 +314,7 @@ mod tests {
                 key: k.into(),
                 request_sha256: "ab".repeat(32),
             }),
+            control: None,
             by: "admin".into(),
         };
         let ended = |node: &str| Entry::TaskEnded {
@@ -322,6 +326,7 @@ mod tests {
             status: 0,
             detail: "exited".into(),
             energy_mj: None,
+            limit: false,
             by: "agent".into(),
         };
         let claim = |node: &str| crate::entry::NodeClaim {
@@ -533,7 +538,7 @@ mod tests {
         let image = &bytes[20 + len..];
         assert_eq!(
             (CORE_SNAPSHOT_FORMAT, image.len(), fnv(image)),
-            (2, 1039, 14016453397671835754),
+            (3, 1043, 1883410626447376658),
             "the core's snapshot image changed: see this test's comment"
         );
     }
