@@ -749,6 +749,7 @@ impl Agent {
             signal: o.signal,
             reason: o.reason,
             message: o.message,
+            energy_mj: None,
         };
         self.pending.push((k, report));
     }

@@ -20,6 +20,8 @@ pub enum Output {
     /// The table with more columns.
     Wide,
     Json,
+    /// Comma-separated values (usage and statements; other commands print their table).
+    Csv,
 }
 
 /// Flags every client command takes; given before the subcommand (`gosok --config X jobs`)
@@ -384,11 +386,11 @@ pub struct ApplyArgs {
 
 // ---- the HTTP client ---------------------------------------------------------------------
 
-struct Client {
+pub(crate) struct Client {
     base: String,
     token: Option<String>,
     agent: ureq::Agent,
-    output: Output,
+    pub(crate) output: Output,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -417,7 +419,7 @@ struct Profile {
 pub(crate) use gosok_agent::client::tls_trusting;
 
 impl Client {
-    fn new(c: &Conn) -> anyhow::Result<Client> {
+    pub(crate) fn new(c: &Conn) -> anyhow::Result<Client> {
         let path = c
             .config
             .clone()
@@ -503,7 +505,7 @@ impl Client {
         })
     }
 
-    fn call(
+    pub(crate) fn call(
         &self,
         method: &str,
         path: &str,
@@ -586,10 +588,10 @@ impl Client {
         }
     }
 
-    fn get(&self, path: &str) -> anyhow::Result<Value> {
+    pub(crate) fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call("GET", path, None, &[])
     }
-    fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+    pub(crate) fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         self.call(
             "POST",
             path,
@@ -607,10 +609,10 @@ impl Client {
     }
 
     /// Prints `v` as JSON, or `table(v)` for people.
-    fn print(&self, v: &Value, table: impl FnOnce(&Value) -> String) {
+    pub(crate) fn print(&self, v: &Value, table: impl FnOnce(&Value) -> String) {
         match self.output {
             Output::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
-            Output::Table | Output::Wide => print!("{}", table(v)),
+            Output::Table | Output::Wide | Output::Csv => print!("{}", table(v)),
         }
     }
 
@@ -705,7 +707,7 @@ fn logs(cl: &Client, a: &LogsArgs) -> anyhow::Result<()> {
     }
 }
 
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
@@ -718,7 +720,7 @@ fn enc(s: &str) -> String {
 }
 
 /// Columns, left-aligned, two spaces apart.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -753,7 +755,7 @@ fn rows_of(v: &Value, key: &str, row: impl Fn(&Value) -> Vec<String>) -> Vec<Vec
         .unwrap_or_default()
 }
 
-fn s(v: &Value) -> String {
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -1242,9 +1244,26 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                                 s(&t["weight"]),
                                 s(&t["share_cap"]),
                                 s(&t["pending"]),
+                                s(&t["running_accelerators"]),
+                                s(&t["share"]),
+                                crate::usage_cmd::quota_use(&t["quota_use"]),
+                                s(&t["balance_accelerator_hours"]),
                             ]
                         });
-                        table(&["NAME", "TIER", "WEIGHT", "SHARE CAP", "PENDING"], rows)
+                        table(
+                            &[
+                                "NAME",
+                                "TIER",
+                                "WEIGHT",
+                                "SHARE CAP",
+                                "PENDING",
+                                "RUNNING ACCEL",
+                                "SHARE",
+                                "QUOTA USE",
+                                "BALANCE (ACCEL-H)",
+                            ],
+                            rows,
+                        )
                     });
                 }
             }
@@ -1334,7 +1353,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             let v = cl.get("/v1/topology")?;
             match a.c.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
-                Output::Table | Output::Wide => {
+                Output::Table | Output::Wide | Output::Csv => {
                     let spec: gosok_model::ClusterSpec = serde_json::from_value(v)
                         .context("the server's topology is not a cluster file")?;
                     print!("{}", spec.to_toml());

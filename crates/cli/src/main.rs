@@ -14,6 +14,7 @@ mod sim;
 mod sim_fgd;
 mod trace;
 mod up;
+mod usage_cmd;
 
 use std::process::ExitCode;
 
@@ -53,6 +54,8 @@ enum Command {
     Server(server_cmd::ServerCommand),
     #[command(flatten)]
     Client(client::Command),
+    #[command(flatten)]
+    Accounting(usage_cmd::Command),
     /// Start a local highway: a controller, node agents for a demo highway (pohang, jeonnam,
     /// ulsan) and demo tenants, in one process tree. Ctrl-C stops it; starting it again on the
     /// same data directory resumes.
@@ -162,6 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Version => println!("gosok {}", env!("CARGO_PKG_VERSION")),
         Command::Server(c) => server_cmd::run(c)?,
         Command::Client(c) => client::run(c)?,
+        Command::Accounting(c) => usage_cmd::run(c)?,
         Command::Bench(BenchCommand::Server(a)) => server_cmd::bench(a)?,
         Command::Bench(BenchCommand::Agents(a)) => bench_agents::run(a)?,
         Command::Up(a) => up::run(a)?,

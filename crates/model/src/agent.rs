@@ -149,6 +149,11 @@ pub struct TaskReport {
     pub reason: EndReason,
     #[serde(default)]
     pub message: String,
+    /// Energy the task's accelerators used, from NVML's total-energy counter read at its
+    /// start and end (millijoules); absent where the agent has no NVML or the task shares
+    /// its devices: "not measured".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_mj: Option<u64>,
 }
 
 impl TaskReport {

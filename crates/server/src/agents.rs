@@ -531,6 +531,7 @@ pub async fn report(
                         epoch: r.epoch,
                         status: r.status(),
                         detail,
+                        energy_mj: r.energy_mj,
                         limit: r.reason == gosok_model::agent::EndReason::Limit,
                         by: p.token_id().into(),
                     };

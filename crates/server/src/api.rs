@@ -164,6 +164,35 @@ pub fn routes() -> Vec<Route> {
             "Heartbeat (renews leases) and the whole desired set of tasks (long poll)", req = "AgentSync"),
         route!(post "/v1/agent/report", crate::agents::report, Agent, 200, "AgentReportResults",
             "How tasks ended; reports under a stale epoch or attempt are refused", req = "AgentReports"),
+        route!(get "/v1/usage", crate::usage::usage, Token, 200, "Usage",
+            "Metered usage (accelerator-seconds, HBM, CPU, memory, energy, cost) grouped as asked; tenants see their own",
+            query = &[("tenant", "only this tenant (admin tokens; a tenant token sees its own)"),
+                      ("from", "window start, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (default: 30 days before `to`)"),
+                      ("to", "window end (default: now)"),
+                      ("group_by", "comma-separated: tenant, model, site, job, programme, day (default tenant,model,site)")]),
+        route!(get "/v1/tenants/{name}/statement", crate::usage::statement_route, Token, 200, "Statement",
+            "A tenant's statement for a month: attempts that ended in it, cost, each allocation's draw-down and balance",
+            query = &[("month", "YYYY-MM")]),
+        route!(get "/v1/reports/share", crate::usage::share_route, Admin, 200, "ShareReport",
+            "Anti-monopoly evidence: each tenant's peak and average share of the highway by accelerator value, against its cap",
+            query = &[("from", "window start (default: 30 days before `to`)"), ("to", "window end (default: now)")]),
+        route!(get "/v1/reports/fairness", crate::usage::fairness_route, Admin, 200, "FairnessReport",
+            "Share received against entitlement, Jain's index, preemptions suffered and caused with the work lost",
+            query = &[("from", "window start (default: 30 days before `to`)"), ("to", "window end (default: now)")]),
+        route!(put "/v1/tenants/{name}/accounting", crate::accounting::set_policy, Admin, 200, "AccountingPolicy",
+            "A tenant's accounting policy: scavenger work without an allocation, what running out does (finish or preempt)",
+            req = "AccountingPolicy"),
+        route!(get "/v1/programmes", crate::accounting::list_programmes, Token, 200, "ProgrammeList", "Programmes"),
+        route!(post "/v1/programmes", crate::accounting::create_programme, Admin, 201, "Programme",
+            "Create a programme (a period and a tier accelerator time is granted from)", req = "Programme"),
+        route!(get "/v1/allocations", crate::accounting::list_allocations, Token, 200, "AllocationList",
+            "Allocations with their balances (a tenant token sees its own)",
+            query = &[("tenant", "only this tenant's (admin tokens)")]),
+        route!(post "/v1/allocations", crate::accounting::grant, Admin, 201, "Allocation",
+            "Grant a tenant accelerator-hours from a programme, for any model or one model or class", req = "Grant"),
+        route!(get "/v1/prices", crate::accounting::list_prices, Token, 200, "PriceList", "Prices, every version"),
+        route!(post "/v1/prices", crate::accounting::set_price, Admin, 201, "Price",
+            "Set a price (KRW per accelerator-hour and per kWh, by model, site and tier) from a time on", req = "Price"),
         route!(get "/v1/events", audit_log, Admin, 200, "AuditLog", "The audit log: every change, oldest first",
             query = &[("after", "only records after this sequence number"),
                       ("limit", "at most this many (1..=1000, default 100)")]),
@@ -837,6 +866,15 @@ async fn submit(
                 (&command, &env, &workdir),
                 control.jobs(),
             )?;
+            core.check_balance(&tenant, &spec, control.jobs())
+                .map_err(|m| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "insufficient_allocation",
+                        m,
+                    )
+                    .field("allocation")
+                })?;
             let job = core.next_job_id();
             let entry = Entry::Submit {
                 job,
@@ -1849,6 +1887,9 @@ fn tenant_view(core: &Core, t: &TenantSpec) -> Value {
         let pending = core.pending_by_tenant().get(&*t.name).copied().unwrap_or(0);
         m.insert("pending".into(), json!(pending));
         m.insert("stored_bytes".into(), json!(core.stored_bytes(&t.name)));
+        if let Value::Object(extra) = crate::usage::tenant_accounting(core, &t.name) {
+            m.extend(extra);
+        }
     }
     v
 }

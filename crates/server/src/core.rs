@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gosok_engine::{Decision, Engine, EngineConfig, Event, JobId, JobState, TaskPlacement};
+use gosok_engine::{
+    Decision, Engine, EngineConfig, Event, JobId, JobState, PreemptReason, TaskPlacement,
+};
 use gosok_model::{Catalog, ClusterSpec, JobSpec, NodeState, SpecError, TenantSpec};
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +20,12 @@ use crate::entry::{Entry, TokenEntry};
 
 mod agents;
 pub use agents::{NodeAgent, RunSpec, STALE_EPOCH};
+mod accounts;
+pub use accounts::{
+    AccountChange, Accounts, Allocation, Draw, OnExhaustion, Policy, Price, Programme,
+};
+mod meter;
+pub use meter::{AttemptEnd, Meter, UsageRow};
 pub mod dependencies;
 pub use dependencies::JobControl;
 mod snapshot;
@@ -59,6 +67,10 @@ impl Refusal {
             field: field.map(str::to_string),
             message: message.into(),
         }
+    }
+    pub fn field(mut self, field: &str) -> Refusal {
+        self.field = Some(field.to_string());
+        self
     }
     pub fn spec(prefix: &str, e: SpecError) -> Refusal {
         let field = match (prefix, e.field.as_str()) {
@@ -206,6 +218,10 @@ pub struct Core {
     agents: BTreeMap<String, NodeAgent>,
     /// Running jobs, for the agents' desired sets.
     running_jobs: std::collections::BTreeSet<u64>,
+    /// Metered usage of every task attempt (`core/meter.rs`).
+    meter: Meter,
+    /// Programmes, allocations, prices and draw-down (`core/accounts.rs`).
+    accounts: Accounts,
     /// Held jobs, dependencies and job arrays.
     gates: dependencies::Gates,
 }
@@ -279,6 +295,8 @@ impl Core {
             specs,
             agents: BTreeMap::new(),
             running_jobs: Default::default(),
+            meter: Meter::default(),
+            accounts: Accounts::default(),
             gates: Default::default(),
         })
     }
@@ -301,6 +319,68 @@ impl Core {
     }
     pub fn node_states(&self) -> &BTreeMap<String, NodeState> {
         &self.node_states
+    }
+    pub fn meter(&self) -> &Meter {
+        &self.meter
+    }
+    pub fn accounts(&self) -> &Accounts {
+        &self.accounts
+    }
+    pub fn engine_config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Checks an accounting change before it is written.
+    pub fn check_account(&self, change: &AccountChange) -> Result<(), Refusal> {
+        let tenants = |t: &str| self.tenant(t).is_some();
+        let sites = |s: &str| self.cluster.site.iter().any(|x| x.name == s);
+        self.accounts
+            .check(change, &self.catalog, &tenants, &sites, self.now_s)
+    }
+
+    /// Admission against the tenant's balance: a job of a tenant holding allocations needs
+    /// its accelerators × runtime bound left (after what live jobs reserved), unless it runs
+    /// as scavenger work the tenant's policy allows. The refusal says the numbers.
+    /// `copies`: the jobs the submission makes (an array makes one per index).
+    pub fn check_balance(&self, tenant: &str, spec: &JobSpec, copies: u64) -> Result<(), String> {
+        let Some(t) = self.tenant(tenant) else {
+            return Ok(());
+        };
+        let class = spec.priority.unwrap_or(t.default_priority);
+        let Some((left, reserved)) =
+            self.accounts
+                .available_for(&self.catalog, tenant, spec, class, self.now_s)
+        else {
+            return Ok(());
+        };
+        let need = Accounts::need_milli_s(spec, self.cfg.default_runtime_s).saturating_mul(copies);
+        let available = left.saturating_sub(reserved);
+        if need <= available {
+            return Ok(());
+        }
+        let h = |m: u64| m as f64 / 3_600_000.0;
+        let scavenger = if self.accounts.policy(tenant).allow_scavenger {
+            "; it may still run as preemptible scavenger work (priority scavenger) on idle capacity"
+        } else {
+            ""
+        };
+        Err(format!(
+            "tenant {tenant:?} has {:.3} accelerator-hours left in allocations that cover this job ({:.3} remaining, {:.3} reserved by its pending and running jobs); this submission needs {:.3} ({copies} job(s) × {} accelerators × ({} s runtime bound + 1 s)){scavenger}",
+            h(available),
+            h(left),
+            h(reserved),
+            h(need),
+            spec.total_accelerator_milli() as f64 / 1000.0,
+            spec.runtime_limit_s
+                .or(spec.runtime_estimate_s)
+                .unwrap_or(self.cfg.default_runtime_s),
+        ))
+    }
+
+    /// Tenants whose balance running work has used up, not yet recorded.
+    pub fn newly_exhausted(&self) -> Vec<(String, OnExhaustion, Vec<u64>)> {
+        self.accounts
+            .newly_exhausted(&self.meter, &self.catalog, self.engine.now_s())
     }
     pub fn now_s(&self) -> u64 {
         self.now_s
@@ -627,14 +707,18 @@ impl Core {
                 epoch,
                 status,
                 detail,
+                energy_mj,
                 limit,
                 ..
             } => self.task_ended(
-                at_ms, *job, *attempt, *task, node, *epoch, *status, detail, *limit, &mut out,
+                at_ms, *job, *attempt, *task, node, *epoch, *status, detail, *energy_mj, *limit,
+                &mut out,
             )?,
             // A note for the audit log: the repair itself was made to the store.
             Entry::Recovered { .. } => {}
+            Entry::Account { change, .. } => self.account(at_ms, change, &mut out)?,
         }
+        self.accounts.settle(&self.meter, &self.catalog);
         self.seq = seq;
         Ok(out)
     }
@@ -696,6 +780,13 @@ impl Core {
         };
         let name: Option<Box<str>> = spec.name.as_deref().map(Into::into);
         let accel_milli = spec.total_accelerator_milli();
+        let need_milli_s = Accounts::need_milli_s(&spec, self.cfg.default_runtime_s);
+        let class = spec.priority.unwrap_or_else(|| {
+            self.tenant(&tenant)
+                .map(|t| t.default_priority)
+                .unwrap_or_default()
+        });
+        let mut admitted = Vec::new();
         let n = indices.len().max(1);
         let mut decisions = Vec::new();
         let mut spec = Some(spec);
@@ -736,10 +827,14 @@ impl Core {
                 }
             };
             self.push_job(seq, at_ms, id, &t, name.clone(), accel_milli, refused, run);
+            if !refused {
+                admitted.push(id);
+            }
         }
         self.counters.submitted += 1;
         if let Some(k) = idempotency {
-            self.idempotency.insert((t, k.key), (k.request_sha256, job));
+            self.idempotency
+                .insert((t.clone(), k.key), (k.request_sha256, job));
         }
         if !control.is_default() {
             let d = self.gate_new_jobs(job, control)?;
@@ -747,6 +842,10 @@ impl Core {
         }
         self.dirty = true;
         self.decide(at_ms, decisions, &mut out);
+        for id in admitted {
+            self.accounts.admitted(id, &t, need_milli_s, class);
+        }
+        self.accounts.settle(&self.meter, &self.catalog);
         self.seq = seq;
         Ok(out)
     }
@@ -787,6 +886,42 @@ impl Core {
         if let Some(r) = &self.jobs.last().and_then(|j| j.run.as_deref()) {
             *self.stored_by_tenant.entry(t.clone()).or_default() += r.bytes();
         }
+    }
+
+    fn account(
+        &mut self,
+        at_ms: u64,
+        change: &AccountChange,
+        out: &mut Applied,
+    ) -> Result<(), Refusal> {
+        self.check_account(change)?;
+        if let AccountChange::Exhausted {
+            action: OnExhaustion::Preempt,
+            jobs,
+            ..
+        } = change
+        {
+            for &job in jobs {
+                if self.job(job).is_none_or(|j| j.state != JobState::Running) {
+                    continue;
+                }
+                let decisions = self
+                    .engine
+                    .apply(Event::Cancel { id: JobId(job) })
+                    .map_err(|e| Refusal::invalid("jobs", e.to_string()))?;
+                if let Some(j) = self.jobs.get_mut((job - 1) as usize) {
+                    j.history.push(HistoryItem {
+                        at_ms,
+                        event: "stopped",
+                        detail: "its tenant's allocations ran out (on_exhaustion = preempt)".into(),
+                    });
+                }
+                self.dirty = true;
+                self.decide(at_ms, decisions, out);
+            }
+        }
+        self.accounts.apply(change, self.engine.now_s());
+        Ok(())
     }
 
     fn add_token(&mut self, t: &TokenEntry, at_ms: u64) -> Result<(), Refusal> {
@@ -979,12 +1114,22 @@ impl Core {
         if old == JobState::Running {
             self.running = self.running.saturating_sub(1);
             self.running_jobs.remove(&id);
+            // `decide` closed it already with how it ended; a rebuild lands here.
+            let end = match state {
+                JobState::Succeeded => AttemptEnd::Succeeded,
+                JobState::Failed => AttemptEnd::Failed,
+                JobState::Cancelled => AttemptEnd::Cancelled,
+                JobState::Pending => AttemptEnd::Requeued,
+                _ => AttemptEnd::Stopped,
+            };
+            self.meter.close(id, self.engine.now_s(), end);
         }
         if state == JobState::Running {
             self.running += 1;
             self.running_jobs.insert(id);
         }
         if state.is_terminal() && !old.is_terminal() {
+            self.accounts.ended(id);
             // A job that ended may open the gates of jobs that depend on it; its own gate
             // is closed for good.
             self.gates.dirty = true;
@@ -1038,14 +1183,27 @@ impl Core {
                     j.attempt = *attempt;
                     j.placement = tasks.clone();
                     j.last_run.clear();
+                    self.meter
+                        .open(&self.engine, id, &j.tenant, *attempt, tasks);
                     Some(JobState::Running)
                 }
                 Decision::Preempt { reason, .. } => {
+                    let by = match reason {
+                        PreemptReason::Priority { by }
+                        | PreemptReason::ShorterRemaining { by }
+                        | PreemptReason::LeastAttained { by }
+                        | PreemptReason::Reclaim { by } => by.0,
+                        PreemptReason::Curtailment { .. } => 0,
+                    };
+                    self.meter
+                        .close_by(id, self.engine.now_s(), AttemptEnd::Preempted, by);
                     push("preempted", preempt_words(reason));
                     j.keep_last_run();
                     Some(JobState::Pending)
                 }
                 Decision::Requeue { reason, retry, .. } => {
+                    self.meter
+                        .close(id, self.engine.now_s(), AttemptEnd::Requeued);
                     push("requeued", format!("{reason} (retry {retry})"));
                     j.keep_last_run();
                     Some(JobState::Pending)
@@ -1279,3 +1437,6 @@ tier = "academic"
         assert_eq!(c.job(1).unwrap().state, JobState::Running);
     }
 }
+
+#[cfg(test)]
+mod meter_tests;

@@ -125,9 +125,18 @@ pub enum Entry {
         /// What the engine sees: the exit code, 128 + a signal, 127 when it could not start.
         status: i32,
         detail: String,
+        /// Accelerator energy the agent measured over the task (NVML's total-energy
+        /// counter), millijoules; absent: not measured.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        energy_mj: Option<u64>,
         /// The agent stopped it at its runtime limit: the job ends timed out.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         limit: bool,
+        by: String,
+    },
+    /// Programmes, allocations, accounting policies and prices (`core/accounts.rs`).
+    Account {
+        change: crate::core::AccountChange,
         by: String,
     },
     /// `gosok server recover` repaired the store, as an operator chose: what it dropped.
@@ -196,6 +205,7 @@ impl Entry {
             Entry::NodeLost { .. } => "node_lost",
             Entry::TaskEnded { .. } => "task_ended",
             Entry::Recovered { .. } => "recovered",
+            Entry::Account { .. } => "account",
         }
     }
 }

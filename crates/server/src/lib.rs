@@ -10,11 +10,13 @@
 //! the entry's sequence number is durable. A failed write stops the server (fail-stop):
 //! nothing unacknowledged is ever answered as done.
 
+pub mod accounting;
 pub mod agents;
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod core;
+pub mod dates;
 pub mod disk;
 pub mod entry;
 pub mod error;
@@ -23,6 +25,7 @@ pub mod http;
 pub mod metrics;
 pub mod openapi;
 pub mod snapshot;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -762,6 +765,18 @@ async fn tick_loop(app: Arc<App>) {
             }
             let now_s = app2.clock.now_s();
             let r = app2.commit(&mut core, Entry::Tick { now_s }).map(|_| true);
+            // A tenant whose allocations ran out while its work ran: the action, on record.
+            for (tenant, action, jobs) in core.newly_exhausted() {
+                let change = crate::core::AccountChange::Exhausted {
+                    tenant,
+                    action,
+                    jobs,
+                };
+                let by = "controller".to_string();
+                if let Err(e) = app2.commit(&mut core, Entry::Account { change, by }) {
+                    tracing::warn!("recording an exhausted allocation failed: {}", e.message);
+                }
+            }
             if app2.snapshots.due(core.seq()) {
                 app2.snapshots.start(&app2, &core);
             }

@@ -237,6 +237,7 @@ impl Metrics {
                 .get_or_create(&vec![("limit".into(), why.into())])
                 .inc_by(v.load(Ordering::Relaxed));
         }
+        crate::usage::register_metrics(&mut reg, core);
         let mut out = String::new();
         let _ = encode(&mut out, &reg);
         out

@@ -5,32 +5,32 @@ use serde_json::{Map, Value, json};
 
 use crate::api::{Access, Route};
 
-fn obj(props: Value, required: &[&str]) -> Value {
+pub(crate) fn obj(props: Value, required: &[&str]) -> Value {
     json!({"type": "object", "additionalProperties": false, "properties": props, "required": required})
 }
 
-fn open_obj(props: Value) -> Value {
+pub(crate) fn open_obj(props: Value) -> Value {
     json!({"type": "object", "properties": props})
 }
 
-fn arr(items: Value) -> Value {
+pub(crate) fn arr(items: Value) -> Value {
     json!({"type": "array", "items": items})
 }
 
-fn r(name: &str) -> Value {
+pub(crate) fn r(name: &str) -> Value {
     json!({"$ref": format!("#/components/schemas/{name}")})
 }
 
-fn int() -> Value {
+pub(crate) fn int() -> Value {
     json!({"type": "integer", "minimum": 0})
 }
-fn num() -> Value {
+pub(crate) fn num() -> Value {
     json!({"type": "number"})
 }
-fn s() -> Value {
+pub(crate) fn s() -> Value {
     json!({"type": "string"})
 }
-fn nullable(t: &str) -> Value {
+pub(crate) fn nullable(t: &str) -> Value {
     json!({"type": [t, "null"]})
 }
 
@@ -113,7 +113,9 @@ pub fn schemas() -> Map<String, Value> {
                "allowed_jurisdictions": arr(s()), "share_cap": num(), "default_priority": priority,
                "max_priority": max_priority, "max_pending_jobs": nullable("integer"),
                "max_job_bytes": nullable("integer"), "max_stored_bytes": nullable("integer"),
-               "pending": int(), "stored_bytes": int()}),
+               "pending": int(), "stored_bytes": int(), "running_accelerators": num(), "share": num(),
+               "quota_use": arr(open_obj(json!({"accelerator": s(), "used": num(), "guaranteed": int(), "limit": int()}))),
+               "balance_accelerator_hours": nullable("number")}),
         &["name", "tier"],
     );
     let model = obj(
@@ -303,7 +305,8 @@ pub fn schemas() -> Map<String, Value> {
         obj(
             json!({"agent": s(), "reports": arr(obj(json!({"node": s(), "epoch": int(), "job": int(),
                 "attempt": int(), "task": int(), "exit_code": nullable("integer"), "signal": nullable("integer"),
-                "reason": {"type": "string", "enum": ["exited", "limit", "spawn_failed", "out_of_memory"]}, "message": s()}),
+                "reason": {"type": "string", "enum": ["exited", "limit", "spawn_failed", "out_of_memory"]}, "message": s(),
+                "energy_mj": {"type": "integer", "minimum": 0, "description": "accelerator energy over the task (NVML), millijoules; absent: not measured"}}),
                 &["node", "epoch", "job", "attempt", "task", "reason"]))}),
             &["agent", "reports"],
         ),
@@ -325,6 +328,7 @@ pub fn schemas() -> Map<String, Value> {
             "next_after": nullable("integer")}),
         ),
     );
+    crate::accounting::schemas(&mut m);
     m
 }
 

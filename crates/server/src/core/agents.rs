@@ -254,6 +254,7 @@ impl Core {
         epoch: u64,
         status: i32,
         detail: &str,
+        energy_mj: Option<u64>,
         limit: bool,
         out: &mut Applied,
     ) -> Result<(), Refusal> {
@@ -294,6 +295,9 @@ impl Core {
                 detail: format!("task {task} on {node}: {detail}"),
             });
         }
+        // The engine gave the task's hold back now (or ends the whole job in `decide`).
+        self.meter
+            .task_ended(job, attempt, task, self.engine.now_s(), energy_mj);
         self.dirty = true;
         self.decide(at_ms, decisions, out);
         Ok(())
@@ -533,6 +537,7 @@ mod tests {
                     epoch: t.epoch,
                     status: 0,
                     detail: "exited with status 0".into(),
+                    energy_mj: None,
                     limit: false,
                     by: "agent".into(),
                 },

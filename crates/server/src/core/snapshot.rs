@@ -23,11 +23,11 @@ use gosok_engine::{Engine, EngineConfig};
 use gosok_model::{ClusterSpec, NodeState};
 use serde::{Deserialize, Serialize};
 
-use super::{Core, Counters, JobRecord, NodeAgent, SpecSource, TokenRecord};
+use super::{Accounts, Core, Counters, JobRecord, Meter, NodeAgent, SpecSource, TokenRecord};
 
 /// Bumped whenever [`Image`] or a type in it changes; a snapshot of another format is
 /// refused (and the controller replays its whole log).
-pub const CORE_SNAPSHOT_FORMAT: u32 = 2;
+pub const CORE_SNAPSHOT_FORMAT: u32 = 3;
 
 const MAGIC: &[u8; 8] = b"gosokCOR";
 
@@ -57,6 +57,8 @@ struct Image<'a> {
     seq: u64,
     agents: Cow<'a, BTreeMap<String, NodeAgent>>,
     running_jobs: Cow<'a, BTreeSet<u64>>,
+    meter: Cow<'a, Meter>,
+    accounts: Cow<'a, Accounts>,
     gates: Cow<'a, super::dependencies::Gates>,
 }
 
@@ -85,6 +87,8 @@ impl Core {
             seq: self.seq,
             agents: Cow::Borrowed(&self.agents),
             running_jobs: Cow::Borrowed(&self.running_jobs),
+            meter: Cow::Borrowed(&self.meter),
+            accounts: Cow::Borrowed(&self.accounts),
             gates: Cow::Borrowed(&self.gates),
         };
         let mut out = Vec::with_capacity(engine.len() * 2);
@@ -136,6 +140,8 @@ impl Core {
                 j.tenant = t.clone();
             }
         }
+        let mut meter = image.meter.into_owned();
+        meter.reindex();
         let mut stored_by_tenant: BTreeMap<Arc<str>, u64> = BTreeMap::new();
         for j in &jobs {
             if let Some(r) = j.run.as_deref()
@@ -167,6 +173,8 @@ impl Core {
             specs,
             agents: image.agents.into_owned(),
             running_jobs: image.running_jobs.into_owned(),
+            meter,
+            accounts: image.accounts.into_owned(),
             gates: image.gates.into_owned(),
         })
     }
@@ -317,6 +325,7 @@ mod tests {
             epoch: 1,
             status: 0,
             detail: "exited".into(),
+            energy_mj: None,
             limit: false,
             by: "agent".into(),
         };
@@ -428,7 +437,7 @@ mod tests {
             })
             .collect();
         format!(
-            "{jobs:#?}\nagents {:?}\nassignments {:?}\nqueue {:?}\nnext {} now {} seq {} dirty {} tick {}\npending {:?}\ncounters {:?}\ntokens {:?}\nnodes {:?}\ncluster {:?}\nidempotency {:?} {:?}",
+            "{jobs:#?}\nagents {:?}\nassignments {:?}\nqueue {:?}\nnext {} now {} seq {} dirty {} tick {}\npending {:?}\ncounters {:?}\ntokens {:?}\nnodes {:?}\ncluster {:?}\nidempotency {:?} {:?}\nmeter {:?} {:?}",
             c.node_agents(),
             c.assignments("a1", &leases, 10),
             c.engine().queue(),
@@ -446,6 +455,8 @@ mod tests {
             c.cluster(),
             c.idempotent("lab", "a"),
             c.idempotent("lab", "b"),
+            c.meter().rows(),
+            c.meter().open_rows(c.now_s()),
         )
     }
 
@@ -527,7 +538,7 @@ mod tests {
         let image = &bytes[20 + len..];
         assert_eq!(
             (CORE_SNAPSHOT_FORMAT, image.len(), fnv(image)),
-            (2, 988, 12192535569258135375),
+            (3, 1043, 1883410626447376658),
             "the core's snapshot image changed: see this test's comment"
         );
     }
