@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod constraints;
 pub mod engine;
 pub mod event;
 pub mod explain;
