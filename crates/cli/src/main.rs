@@ -5,6 +5,7 @@ mod alloc;
 mod api;
 mod bench;
 mod bench_agents;
+mod bench_quality;
 mod client;
 mod server_cmd;
 mod sim;
@@ -109,6 +110,14 @@ struct EngineArgs {
     /// Seed of the synthetic highway and workload; recorded in the report.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Placement scorers of the speed measurements: default (expected waste) or mixed (the
+    /// weighted bestfit + fgd + consolidate + power mix of earlier versions).
+    #[arg(long, default_value = "default")]
+    scorers: String,
+    /// Nodes of the placement-quality highway (unallocated accelerators at full load); 0
+    /// skips the measurement.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    quality_nodes: u64,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
 }
@@ -150,6 +159,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 rounds: a.rounds as usize,
                 site_power_budget_mw: a.site_power_budget_mw,
                 seed: a.seed,
+                scorers: a.scorers.clone(),
+                quality_nodes: a.quality_nodes as usize,
             };
             let heap = bench::HeapProbe {
                 live_bytes: alloc::live_bytes,

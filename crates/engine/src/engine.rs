@@ -244,6 +244,7 @@ pub struct Engine {
     #[serde(skip)]
     scorers: Scorers,
     demand_counts: BTreeMap<(u8, u16), f64>,
+    demand_totals: crate::waste::DemandTotals,
     profile: Profile,
     profile_dirty: bool,
     now_s: u64,
@@ -353,6 +354,7 @@ impl Engine {
             reservation_reason: WaitReason::Queued,
             scorers,
             demand_counts: BTreeMap::new(),
+            demand_totals: Default::default(),
             profile: Profile::default(),
             profile_dirty: false,
             now_s: 0,
@@ -624,6 +626,7 @@ impl Engine {
             }
             Ok(sid) => {
                 for g in self.shapes[sid as usize].groups.iter() {
+                    self.demand_totals.add(g);
                     let key = match g.accel {
                         AccelReq::None => continue,
                         AccelReq::Whole(k) => (0, k),
@@ -1310,6 +1313,8 @@ impl Engine {
             &node,
             self.cfg.accelerator_utilisation,
         );
+        // Model pressure is relative to the capacity of each model.
+        self.profile_dirty = true;
         Ok(())
     }
 
@@ -1423,7 +1428,9 @@ impl Engine {
             for v in self.demand_counts.values_mut() {
                 *v /= 2.0;
             }
+            self.demand_totals.halve();
         }
+        self.demand_totals.fill(&self.cluster, &mut self.profile);
         let mut d: Vec<((u8, u16), f64)> =
             self.demand_counts.iter().map(|(k, v)| (*k, *v)).collect();
         d.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));

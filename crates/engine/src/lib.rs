@@ -19,6 +19,7 @@ pub mod reservation;
 pub mod scorers;
 pub mod snapshot;
 pub mod tenants;
+pub mod waste;
 
 pub use config::{EngineConfig, QueuePolicy};
 pub use engine::{Engine, Explanation, PassStats};

@@ -359,11 +359,12 @@ impl<'a> Placer<'a> {
         }
         'groups: for g in order {
             let group = &shape.groups[g];
-            let models: Vec<Option<ModelId>> = if group.accel == AccelReq::None {
+            let mut models: Vec<Option<ModelId>> = if group.accel == AccelReq::None {
                 vec![None]
             } else {
                 group.models.iter().map(Some).collect()
             };
+            self.order_models(&mut models);
             for model in models {
                 if let Some(m) = model {
                     let already = at.model_use.iter().find(|u| u.0 == m).map_or(0, |u| u.1);
@@ -452,6 +453,26 @@ impl<'a> Placer<'a> {
         true
     }
 
+    /// With expected waste among the scorers, the models a group accepts are tried least
+    /// pressed first (the model restricted work needs least, `waste::DemandTotals::fill`),
+    /// else in catalog order: all replicas of a group share one model, so the first model
+    /// that fits takes the group, and the scorers only choose among its nodes.
+    fn order_models(&self, models: &mut [Option<ModelId>]) {
+        let pressure = &self.profile.pressure;
+        if models.len() < 2
+            || !pressure.iter().any(|&p| p > 0.0)
+            || !self.scorers.iter().any(|(s, _)| s.name() == "waste")
+        {
+            return;
+        }
+        let of = |m: &Option<ModelId>| {
+            m.and_then(|m| pressure.get(m as usize))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        models.sort_by(|a, b| of(a).total_cmp(&of(b)));
+    }
+
     /// Where candidates for `group` on `model` come from in `scope`, best fit first.
     fn walk(
         &self,
@@ -532,7 +553,7 @@ impl<'a> Placer<'a> {
     ) -> Option<(NodeIdx, Vec<u8>)> {
         let limit = self.score_candidates.max(1);
         let mut best: Option<(f64, u64, NodeIdx)> = None;
-        let mut feasible: Vec<NodeIdx> = Vec::with_capacity(limit);
+        let mut feasible: Vec<NodeIdx> = Vec::with_capacity(limit.min(64));
         let mut consider = |n: NodeIdx, at: &mut Attempt, feasible: &mut Vec<NodeIdx>| {
             self.visited.set(self.visited.get() + 1);
             match self.check(cluster, at, n, group, model) {
@@ -543,6 +564,8 @@ impl<'a> Placer<'a> {
                         node: n,
                         model,
                         req: group.accel,
+                        cpu_milli: group.cpu_milli,
+                        mem_mib: group.mem_mib,
                         placed: &at.placed_nodes,
                         profile: self.profile,
                         delta_w,

@@ -13,6 +13,12 @@ use crate::job::AccelReq;
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Profile {
     pub demands: Vec<(AccelReq, f64)>,
+    /// CPU thousandths and memory MiB that accelerator replicas ask per thousandth of an
+    /// accelerator (`waste`'s `ρ`).
+    pub cpu_per_milli: f64,
+    pub mem_per_milli: f64,
+    /// Per model: the share of its capacity that model-restricted demand wants (`waste`'s `π`).
+    pub pressure: Vec<f64>,
 }
 
 pub struct ScoreInput<'a> {
@@ -20,6 +26,9 @@ pub struct ScoreInput<'a> {
     pub node: NodeIdx,
     pub model: Option<ModelId>,
     pub req: AccelReq,
+    /// CPU and memory of the replica.
+    pub cpu_milli: u64,
+    pub mem_mib: u64,
     /// Nodes earlier replicas of the same gang were placed on.
     pub placed: &'a [NodeIdx],
     pub profile: &'a Profile,
@@ -37,11 +46,12 @@ pub fn scorer_by_name(name: &str) -> Option<Box<dyn Scorer>> {
         "fgd" => Box::new(Fragmentation),
         "consolidate" => Box::new(Consolidate),
         "power" => Box::new(PowerHeadroom),
+        "waste" => Box::new(crate::waste::ExpectedWaste),
         _ => return None,
     })
 }
 
-pub const SCORER_NAMES: &[&str] = &["bestfit", "fgd", "consolidate", "power"];
+pub const SCORER_NAMES: &[&str] = &["waste", "bestfit", "fgd", "consolidate", "power"];
 
 /// Prefers the node left with the least free accelerator capacity (and, for CPU-only work, the
 /// least free CPU): keeps whole nodes free for big gangs.
@@ -64,7 +74,7 @@ impl Scorer for BestFit {
 
 /// Free thousandths on `used` that a task demanding `d` could not use (FGD's fragment
 /// measure for one node and one task size).
-fn fragment(used: &[u16], d: AccelReq) -> u64 {
+pub(crate) fn fragment(used: &[u16], d: AccelReq) -> u64 {
     let free = |u: u16| (1000 - u) as u64;
     match d {
         AccelReq::None => 0,
@@ -85,7 +95,7 @@ fn fragment(used: &[u16], d: AccelReq) -> u64 {
 }
 
 /// Applies what `placement::pick_devices` would take to a copy of a node's devices.
-fn take_devices(used: &mut [u16], req: AccelReq) {
+pub(crate) fn take_devices(used: &mut [u16], req: AccelReq) {
     match req {
         AccelReq::None => {}
         AccelReq::Whole(k) => {
@@ -105,7 +115,7 @@ fn take_devices(used: &mut [u16], req: AccelReq) {
     }
 }
 
-fn expected_fragment(used: &[u16], p: &Profile) -> f64 {
+pub(crate) fn expected_fragment(used: &[u16], p: &Profile) -> f64 {
     p.demands
         .iter()
         .map(|&(d, w)| w * fragment(used, d) as f64)
