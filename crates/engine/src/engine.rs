@@ -823,23 +823,14 @@ impl Engine {
             if best >= g.replicas as u64 {
                 continue;
             }
-            // Name the constraint whose absence would let it fit.
+            // Name the constraint whose absence would let it fit (taints before the selector:
+            // a selector that matches only tainted nodes is kept out by the taints).
             let what = self.describe_group(g);
             let message = if !fits(Checks::NONE) {
                 let place =
                     level.map_or("on the highway".to_string(), |l| l.describe().to_string());
                 format!(
                     "topology: {what} can never run: the allowed sites have room for {best} such replicas {place}"
-                )
-            } else if !r.node_labels.is_empty() && fits(Checks::WITHOUT_LABELS) {
-                let labels: Vec<String> = r
-                    .node_labels
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect();
-                format!(
-                    "constraints.node_labels: {what} can never run: the nodes of the allowed sites with the labels {} have room for {best}",
-                    labels.join(", ")
                 )
             } else if fits(Checks::WITHOUT_TAINTS) {
                 let tolerated: Vec<String> = r.tolerations.iter().map(|t| t.to_string()).collect();
@@ -850,6 +841,16 @@ impl Engine {
                     } else {
                         tolerated.join(", ")
                     }
+                )
+            } else if !r.node_labels.is_empty() && fits(Checks::WITHOUT_LABELS) {
+                let labels: Vec<String> = r
+                    .node_labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                format!(
+                    "constraints.node_labels: {what} can never run: the nodes of the allowed sites with the labels {} have room for {best}",
+                    labels.join(", ")
                 )
             } else if r.max_per_node.is_some() && fits(Checks::WITHOUT_PER_NODE) {
                 format!(

@@ -70,7 +70,10 @@ fn the_example_inference_service_spreads_over_inference_nodes() {
         .unwrap();
     match &engine.schedule()[..] {
         [Decision::Start { tasks, .. }] => {
-            assert!(tasks.iter().all(|t| !t.node.starts_with("ph-r001")), "{tasks:?}");
+            assert!(
+                tasks.iter().all(|t| !t.node.starts_with("ph-r001")),
+                "{tasks:?}"
+            );
         }
         d => panic!("expected one start, got {d:?}"),
     }
