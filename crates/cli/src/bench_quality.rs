@@ -40,8 +40,11 @@ pub struct Quality {
     pub runs: Vec<QualityRun>,
 }
 
+/// A placement to measure: its name, scorers and candidate bound (0: none).
+type Configuration = (&'static str, Vec<(String, f64)>, usize);
+
 /// The configurations compared: the default and its candidate bound, then the old mix.
-fn configurations() -> Vec<(&'static str, Vec<(String, f64)>, usize)> {
+fn configurations() -> Vec<Configuration> {
     let default = gosok_engine::config::default_scorers();
     let bound = EngineConfig::default().score_candidates;
     vec![

@@ -54,7 +54,7 @@ enum Command {
     Up(up::UpArgs),
     /// A node agent: registers this machine's node (or --nodes N virtual ones) with the
     /// controller and runs the tasks placed on it.
-    Agent(agent_cmd::AgentArgs),
+    Agent(Box<agent_cmd::AgentArgs>),
     /// Started by `gosok agent` itself: kills the agent's tasks if the agent dies.
     #[command(hide = true)]
     AgentWatchdog { work_dir: std::path::PathBuf },
@@ -73,6 +73,12 @@ enum BenchCommand {
     /// Run trivial tasks on virtual nodes of a real agent: task starts per second,
     /// submit-to-running latency, and an idle agent's cost per node.
     Agents(bench_agents::BenchAgentsArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scorers {
+    Default,
+    Mixed,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -112,8 +118,8 @@ struct EngineArgs {
     seed: u64,
     /// Placement scorers of the speed measurements: default (expected waste) or mixed (the
     /// weighted bestfit + fgd + consolidate + power mix of earlier versions).
-    #[arg(long, default_value = "default")]
-    scorers: String,
+    #[arg(long, value_enum, default_value_t = Scorers::Default)]
+    scorers: Scorers,
     /// Nodes of the placement-quality highway (unallocated accelerators at full load); 0
     /// skips the measurement.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=100_000))]
@@ -143,7 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Server(a)) => server_cmd::bench(a)?,
         Command::Bench(BenchCommand::Agents(a)) => bench_agents::run(a)?,
         Command::Up(a) => up::run(a)?,
-        Command::Agent(a) => agent_cmd::run(a)?,
+        Command::Agent(a) => agent_cmd::run(*a)?,
         Command::AgentWatchdog { work_dir } => {
             gosok_agent::leftovers::watchdog(&work_dir);
         }
@@ -159,7 +165,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 rounds: a.rounds as usize,
                 site_power_budget_mw: a.site_power_budget_mw,
                 seed: a.seed,
-                scorers: a.scorers.clone(),
+                scorers: match a.scorers {
+                    Scorers::Default => "default",
+                    Scorers::Mixed => "mixed",
+                }
+                .into(),
                 quality_nodes: a.quality_nodes as usize,
             };
             let heap = bench::HeapProbe {

@@ -185,28 +185,25 @@ pub fn count_admits(
         }
     }
     if let Some((level, max)) = rules.spread {
-        let before = match level {
-            TopologyLevel::Site => {
-                running
-                    .and_then(|u| u.site.get(&node.site))
-                    .copied()
-                    .unwrap_or(0)
-                    + placed
-                        .iter()
-                        .filter(|&&p| cluster.nodes[p as usize].site == node.site)
-                        .count() as u32
-            }
-            _ => {
-                running
-                    .and_then(|u| u.rack.get(&node.rack))
-                    .copied()
-                    .unwrap_or(0)
-                    + placed
-                        .iter()
-                        .filter(|&&p| cluster.nodes[p as usize].rack == node.rack)
-                        .count() as u32
+        // The rack (or site) of a node, as a number.
+        let unit = |m: NodeIdx| {
+            let x = &cluster.nodes[m as usize];
+            if level == TopologyLevel::Site {
+                x.site as u64
+            } else {
+                x.rack as u64
             }
         };
+        let mine = unit(n);
+        let running = running.map_or(0, |u| {
+            let count = if level == TopologyLevel::Site {
+                u.site.get(&node.site)
+            } else {
+                u.rack.get(&node.rack)
+            };
+            count.copied().unwrap_or(0)
+        });
+        let before = running + placed.iter().filter(|&&p| unit(p) == mine).count() as u32;
         if before >= max {
             return Err(Blocker::Spread);
         }

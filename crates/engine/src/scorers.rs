@@ -95,7 +95,7 @@ pub(crate) fn fragment(used: &[u16], d: AccelReq) -> u64 {
 }
 
 /// Applies what `placement::pick_devices` would take to a copy of a node's devices.
-pub(crate) fn take_devices(used: &mut [u16], req: AccelReq) {
+fn take_devices(used: &mut [u16], req: AccelReq) {
     match req {
         AccelReq::None => {}
         AccelReq::Whole(k) => {
@@ -113,6 +113,22 @@ pub(crate) fn take_devices(used: &mut [u16], req: AccelReq) {
             }
         }
     }
+}
+
+/// `f` of a node's devices as they would be after a replica of `req` took its share (on the
+/// stack for common node sizes: this runs for every candidate node).
+pub(crate) fn after_taking<R>(used: &[u16], req: AccelReq, f: impl FnOnce(&[u16]) -> R) -> R {
+    let mut stack = [0u16; 16];
+    let mut heap = Vec::new();
+    let after: &mut [u16] = if used.len() <= stack.len() {
+        &mut stack[..used.len()]
+    } else {
+        heap.resize(used.len(), 0);
+        &mut heap
+    };
+    after.copy_from_slice(used);
+    take_devices(after, req);
+    f(after)
 }
 
 pub(crate) fn expected_fragment(used: &[u16], p: &Profile) -> f64 {
@@ -136,18 +152,9 @@ impl Scorer for Fragmentation {
             return 0.5;
         }
         let before = expected_fragment(&n.used_milli, i.profile);
-        // The node as it would be after the placement, on the stack for common node sizes.
-        let mut stack = [0u16; 16];
-        let mut heap = Vec::new();
-        let after_used: &mut [u16] = if n.used_milli.len() <= stack.len() {
-            &mut stack[..n.used_milli.len()]
-        } else {
-            heap.resize(n.used_milli.len(), 0);
-            &mut heap
-        };
-        after_used.copy_from_slice(&n.used_milli);
-        take_devices(after_used, i.req);
-        let after = expected_fragment(after_used, i.profile);
+        let after = after_taking(&n.used_milli, i.req, |after| {
+            expected_fragment(after, i.profile)
+        });
         let total = (n.used_milli.len() * 1000) as f64;
         // Δ ranges over [-total, total]; map "fragmentation fell most" to 1.
         0.5 - (after - before) / (2.0 * total)

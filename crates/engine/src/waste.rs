@@ -15,7 +15,10 @@
 //!    the share of model `m`'s capacity the restricted demand will want once as much has
 //!    arrived as the highway holds, taking `g` thousandths of `m` displaces `g × min(1, π_m)`.
 //!
-//! The score is `before − after − displaced`: all three terms are amounts of accelerator
+//! Where power binds, waking an idle node also costs the accelerators its base draw could
+//! have powered (`wake_cost`).
+//!
+//! The score is `before − after − displaced`: all the terms are amounts of accelerator
 //! expected to go unused, so they need no weights; nothing is fitted — `ρ` and `π` come from
 //! the jobs submitted and the nodes declared. CPU-only replicas are scored too: taking CPU
 //! from an accelerator node strands its accelerators, so they go to CPU nodes first.
@@ -27,7 +30,7 @@ use gosok_model::ModelId;
 use crate::cluster::{Cluster, Node};
 use crate::ids::ModelSet;
 use crate::job::{AccelReq, GroupReq};
-use crate::scorers::{Profile, ScoreInput, Scorer, expected_fragment, take_devices};
+use crate::scorers::{Profile, ScoreInput, Scorer, after_taking, expected_fragment};
 
 /// What the workload submitted so far asks for, beyond the demand sizes: the inputs of `ρ`
 /// and `π`. Halved with the demand counts when they grow large, which keeps the ratios.
@@ -128,24 +131,34 @@ impl ExpectedWaste {
     pub fn waste_added(node: &Node, i: &ScoreInput) -> f64 {
         let p = i.profile;
         let before = waste(&node.used_milli, node.cpu_free_milli, node.mem_free_mib, p);
-        let mut stack = [0u16; 16];
-        let mut heap = Vec::new();
-        let after_used: &mut [u16] = if node.used_milli.len() <= stack.len() {
-            &mut stack[..node.used_milli.len()]
-        } else {
-            heap.resize(node.used_milli.len(), 0);
-            &mut heap
-        };
-        after_used.copy_from_slice(&node.used_milli);
-        take_devices(after_used, i.req);
-        let after = waste(
-            after_used,
-            node.cpu_free_milli.saturating_sub(i.cpu_milli),
-            node.mem_free_mib.saturating_sub(i.mem_mib),
-            p,
-        );
-        after - before + displaced(node.model, i.req, p)
+        let after = after_taking(&node.used_milli, i.req, |after| {
+            waste(
+                after,
+                node.cpu_free_milli.saturating_sub(i.cpu_milli),
+                node.mem_free_mib.saturating_sub(i.mem_mib),
+                p,
+            )
+        });
+        after - before + displaced(node.model, i.req, p) + wake_cost(i.cluster, node)
     }
+}
+
+/// Waking an idle node spends its base draw. Where power binds (the rack or site cannot
+/// power all of its free accelerators), every watt is accelerator capacity: the base draw
+/// is worth `base_w / device_w` accelerators that can no longer run.
+fn wake_cost(cluster: &Cluster, node: &Node) -> f64 {
+    if !node.tasks.is_empty() || node.device_w == 0 {
+        return 0.0;
+    }
+    let rack = &cluster.racks[node.rack as usize];
+    let site = &cluster.sites[node.site as usize];
+    let want = |free_milli: u64| free_milli * node.device_w / 1000;
+    let rack_room = rack.cap_w.saturating_sub(rack.it_w);
+    let site_room = (site.budget_w * 1000 / site.pue_milli.max(1)).saturating_sub(site.it_w);
+    if rack_room >= want(rack.free_milli) && site_room >= want(site.free_milli) {
+        return 0.0;
+    }
+    node.base_w as f64 * 1000.0 / node.device_w as f64
 }
 
 fn displaced(model: Option<ModelId>, req: AccelReq, p: &Profile) -> f64 {

@@ -431,7 +431,7 @@ impl Core {
                     at_ms,
                     *job,
                     tenant.clone(),
-                    spec.clone(),
+                    (**spec).clone(),
                     RunSpec::of(command.clone(), env.clone(), workdir.clone()),
                     idempotency.clone(),
                 );
@@ -611,7 +611,7 @@ impl Core {
                 at_ms,
                 job,
                 tenant,
-                spec,
+                *spec,
                 RunSpec::of(command, env, workdir),
                 idempotency,
             ),
@@ -1055,7 +1055,7 @@ tier = "academic"
             &Entry::Submit {
                 job,
                 tenant: "lab".into(),
-                spec,
+                spec: Box::new(spec),
                 command: vec![],
                 env: Default::default(),
                 workdir: None,
