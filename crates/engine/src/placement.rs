@@ -359,12 +359,11 @@ impl<'a> Placer<'a> {
         }
         'groups: for g in order {
             let group = &shape.groups[g];
-            let mut models: Vec<Option<ModelId>> = if group.accel == AccelReq::None {
+            let models: Vec<Option<ModelId>> = if group.accel == AccelReq::None {
                 vec![None]
             } else {
                 group.models.iter().map(Some).collect()
             };
-            self.order_models(&mut models);
             for model in models {
                 if let Some(m) = model {
                     let already = at.model_use.iter().find(|u| u.0 == m).map_or(0, |u| u.1);
@@ -451,26 +450,6 @@ impl<'a> Placer<'a> {
             return false;
         }
         true
-    }
-
-    /// With expected waste among the scorers, the models a group accepts are tried least
-    /// pressed first (the model restricted work needs least, `waste::DemandTotals::fill`),
-    /// else in catalog order: all replicas of a group share one model, so the first model
-    /// that fits takes the group, and the scorers only choose among its nodes.
-    fn order_models(&self, models: &mut [Option<ModelId>]) {
-        let pressure = &self.profile.pressure;
-        if models.len() < 2
-            || !pressure.iter().any(|&p| p > 0.0)
-            || !self.scorers.iter().any(|(s, _)| s.name() == "waste")
-        {
-            return;
-        }
-        let of = |m: &Option<ModelId>| {
-            m.and_then(|m| pressure.get(m as usize))
-                .copied()
-                .unwrap_or(0.0)
-        };
-        models.sort_by(|a, b| of(a).total_cmp(&of(b)));
     }
 
     /// Where candidates for `group` on `model` come from in `scope`, best fit first.

@@ -10,7 +10,7 @@
 //!    `ρ` the CPU (memory) the workload's accelerator replicas ask per thousandth of an
 //!    accelerator, a node with `idle` free thousandths and `cpu` free CPU strands about
 //!    `max(0, idle − cpu / ρ)` of them.
-//! 3. **Model displacement**: replicas restricted to some accelerator models can only use
+//! 3. **Model displacement** (among the nodes of the model a group is tried on): replicas restricted to some accelerator models can only use
 //!    those; a replica that could run anywhere but takes one leaves less for them. With `π_m`
 //!    the share of model `m`'s capacity the restricted demand will want once as much has
 //!    arrived as the highway holds, taking `g` thousandths of `m` displaces `g × min(1, π_m)`.

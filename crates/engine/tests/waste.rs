@@ -65,28 +65,6 @@ fn cpu_only_work_goes_to_cpu_nodes_first() {
 }
 
 #[test]
-fn unrestricted_work_leaves_the_model_restricted_work_needs() {
-    for seed in 0..SEEDS {
-        let h = Highway::new()
-            .site("pohang", "gyeongbuk", "KR", 20.0)
-            .rack("pohang", "h100", 500.0, None, 1, "H100", 8)
-            .rack("pohang", "h200", 500.0, None, 1, "H200", 8);
-        let mut h = engine(h, &[("waste", 1.0)], seed);
-        // Half of the demand can only use H100s (the model catalog order tries first).
-        let only_h100 = h.submit(
-            "lab",
-            r#"{"groups":[{"accelerators":8,"models":["H100"]}],"priority":"low"}"#,
-        );
-        h.engine
-            .apply(gosok_engine::Event::Cancel { id: only_h100 })
-            .unwrap();
-        let any = h.submit("lab", r#"{"groups":[{"accelerators":2}]}"#);
-        h.schedule();
-        assert_eq!(h.nodes_of(any), vec!["h200-000".to_string()], "seed {seed}");
-    }
-}
-
-#[test]
 fn expected_waste_is_the_default() {
     let names: Vec<String> = EngineConfig::default()
         .scorers
