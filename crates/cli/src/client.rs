@@ -2,7 +2,10 @@
 //!
 //! Server and token come from `--server`/`--token`, else `GOSOK_SERVER`/`GOSOK_TOKEN`, else
 //! the client config file (`--config`, `GOSOK_CONFIG`, or `~/.config/gosok/client.toml` with
-//! `server = "..."` and `token = "..."`), else `http://127.0.0.1:8080`.
+//! `server = "..."` and `token = "..."`), else `http://127.0.0.1:8080`. The credentials file
+//! `gosok up` writes is a client config as it is: `url` and `admin_token` are read as
+//! `server` and `token`, and `--as TENANT` picks a token of `[tenant_tokens]` (or of a
+//! `[profile.NAME]` table with its own `server` and `token`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,7 +17,45 @@ use serde_json::{Value, json};
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
+    /// The table with more columns.
+    Wide,
     Json,
+}
+
+/// Flags every client command takes; given before the subcommand (`gosok --config X jobs`)
+/// they are moved after it, where the parser reads them.
+const GLOBAL_FLAGS: &[&str] = &[
+    "--server", "--token", "--config", "--ca", "--output", "-o", "--as",
+];
+
+/// `gosok --config X --as t jobs --state running` → `gosok jobs --config X --as t --state
+/// running`: the client flags are defined on each client command (the server's own commands
+/// have a `--config` of another meaning), so ones written before the subcommand are moved.
+pub fn move_global_flags(args: &mut Vec<std::ffi::OsString>) {
+    let mut moved = Vec::new();
+    let i = 1;
+    while i < args.len() {
+        let a = args[i].to_string_lossy().into_owned();
+        let name = a.split('=').next().unwrap_or_default();
+        if !GLOBAL_FLAGS.contains(&name) {
+            break;
+        }
+        moved.push(args.remove(i));
+        if !a.contains('=') && i < args.len() {
+            moved.push(args.remove(i));
+        }
+    }
+    if !moved.is_empty() && i < args.len() {
+        // After the subcommand's name.
+        for (k, m) in moved.into_iter().enumerate() {
+            args.insert(i + 1 + k, m);
+        }
+    } else {
+        // Nothing follows: leave them for the parser to complain about.
+        for (k, m) in moved.into_iter().enumerate() {
+            args.insert(i + k, m);
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -25,29 +66,43 @@ pub struct Conn {
     /// Bearer token (default: GOSOK_TOKEN or the config file).
     #[arg(long, global = true)]
     token: Option<String>,
-    /// Client config file (TOML with `server`, `token` and `ca`).
+    /// Client config file (TOML with `server`, `token` and `ca`; `gosok up`'s
+    /// credentials.toml is one).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// Act as this tenant: its token from the config's `[tenant_tokens]`, or the
+    /// `[profile.NAME]` table (default: GOSOK_AS).
+    #[arg(long = "as", global = true, value_name = "NAME")]
+    as_profile: Option<String>,
     /// For an https:// server: the CA certificate (PEM) to trust instead of the usual
     /// public ones (default: GOSOK_CA or the config file).
     #[arg(long, global = true)]
     ca: Option<PathBuf>,
-    /// `json` prints the API's JSON, for scripts.
+    /// `json` prints the API's JSON, for scripts; `wide` is the table with more columns.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
 }
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Submit a job: a TOML or JSON job spec, or flags for the common one-liners
-    /// (`gosok submit --accelerators 8 --model H100 -- python train.py`).
+    /// Submit a job: a batch script with #SBATCH/#GOSOK directives, a JSON, TOML or YAML
+    /// spec, or flags (`gosok submit --accelerators 8 --model H100 -- python train.py`).
     Submit(Box<SubmitArgs>),
     /// List jobs, newest first.
     Jobs(JobsArgs),
     /// Show one job: spec, state, placement, events, and why it waits.
     Show(IdArgs),
-    /// Cancel a job.
-    Cancel(IdArgs),
+    /// Cancel jobs: by id (several at once), or every job of yours matching --state,
+    /// --name (and --tenant for operators).
+    Cancel(CancelArgs),
+    /// Hold pending jobs: they are not started until released.
+    Hold(IdsArgs),
+    /// Release held jobs.
+    Release(IdsArgs),
+    /// Stop running jobs and queue them again (`--hold` keeps them held).
+    Requeue(RequeueArgs),
+    /// The accelerator catalog: models with HBM, board power and relative throughput.
+    Catalog(ConnOnly),
     /// Pending jobs in the order the engine will consider them, with reasons.
     Queue(QueueArgs),
     /// Nodes, their state and use; `drain` / `undrain` a node.
@@ -89,16 +144,19 @@ pub struct ConnOnly {
 
 #[derive(Args)]
 pub struct SubmitArgs {
-    /// A job spec file (.toml or .json); without it the flags describe the job.
-    file: Option<PathBuf>,
-    /// Whole accelerators per replica.
+    /// A job spec (.json, .toml, .yaml; `-` reads standard input) or a batch script with
+    /// `#GOSOK`/`#SBATCH` directives (run as the job's command); without it the flags
+    /// describe the job.
+    file: Option<String>,
+    /// Accelerators per replica: whole ones, or a fraction of one shareable device (0.5).
     #[arg(long)]
-    accelerators: Option<u64>,
+    accelerators: Option<f64>,
     /// Acceptable accelerator model or class (repeat for several).
     #[arg(long = "model")]
     models: Vec<String>,
-    #[arg(long, default_value_t = 1)]
-    replicas: u64,
+    /// Replicas (tasks) of the gang, each on its node with its accelerators.
+    #[arg(long)]
+    replicas: Option<u64>,
     #[arg(long)]
     name: Option<String>,
     /// Priority class: scavenger, low, normal, high, critical.
@@ -119,9 +177,21 @@ pub struct SubmitArgs {
     /// Environment for the tasks, `NAME=VALUE` (repeat for several).
     #[arg(long = "env", value_parser = parse_env)]
     env: Vec<(String, String)>,
-    /// Working directory of the tasks (an absolute path on the nodes).
+    /// Working directory of the tasks (a relative one is resolved here; default: this
+    /// directory when the controller is on this host, as `gosok up`'s agents are).
     #[arg(long)]
     workdir: Option<String>,
+    /// A job array: `0-99%8` is 100 tasks, at most 8 at once; each gets
+    /// GOSOK_ARRAY_TASK_ID.
+    #[arg(long)]
+    array: Option<String>,
+    /// Start only after other jobs: afterok:ID[:ID], afterany:ID, afternotok:ID,
+    /// singleton (comma-separated, all must hold).
+    #[arg(long)]
+    dependency: Option<String>,
+    /// Submit held: not started until `gosok release`.
+    #[arg(long)]
+    hold: bool,
     /// Retrying with the same key and spec returns the same job, never a second one.
     #[arg(long)]
     idempotency_key: Option<String>,
@@ -140,6 +210,9 @@ pub struct JobsArgs {
     /// Only this tenant's jobs (admin tokens only).
     #[arg(long)]
     tenant: Option<String>,
+    /// Only jobs of this name.
+    #[arg(long)]
+    name: Option<String>,
     #[arg(long, default_value_t = 50)]
     limit: u64,
     #[arg(long)]
@@ -151,6 +224,42 @@ pub struct JobsArgs {
 #[derive(Args)]
 pub struct IdArgs {
     id: u64,
+    #[command(flatten)]
+    c: Conn,
+}
+
+#[derive(Args)]
+pub struct IdsArgs {
+    #[arg(required = true)]
+    ids: Vec<u64>,
+    #[command(flatten)]
+    c: Conn,
+}
+
+#[derive(Args)]
+pub struct RequeueArgs {
+    #[arg(required = true)]
+    ids: Vec<u64>,
+    /// Keep them held in the queue until `gosok release`.
+    #[arg(long)]
+    hold: bool,
+    #[command(flatten)]
+    c: Conn,
+}
+
+#[derive(Args)]
+pub struct CancelArgs {
+    /// Job ids; or none, with filters.
+    ids: Vec<u64>,
+    /// Cancel every job in this state (pending, held, running).
+    #[arg(long)]
+    state: Option<String>,
+    /// Cancel every job of this name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Only this tenant's jobs (admin tokens only).
+    #[arg(long)]
+    tenant: Option<String>,
     #[command(flatten)]
     c: Conn,
 }
@@ -284,6 +393,22 @@ struct Client {
 
 #[derive(serde::Deserialize, Default)]
 struct ClientFile {
+    #[serde(alias = "url")]
+    server: Option<String>,
+    #[serde(alias = "admin_token")]
+    token: Option<String>,
+    ca: Option<PathBuf>,
+    /// Tenant tokens by tenant (`gosok up` writes them), for `--as TENANT`.
+    #[serde(default)]
+    tenant_tokens: std::collections::BTreeMap<String, String>,
+    /// Named profiles, for `--as NAME`.
+    #[serde(default)]
+    profile: std::collections::BTreeMap<String, Profile>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Profile {
     server: Option<String>,
     token: Option<String>,
     ca: Option<PathBuf>,
@@ -311,6 +436,40 @@ impl Client {
             _ => ClientFile::default(),
         };
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let mut file = file;
+        if let Some(name) = c.as_profile.clone().or_else(|| env("GOSOK_AS")) {
+            let where_ = path
+                .as_ref()
+                .map_or("the client config".to_string(), |p| p.display().to_string());
+            if let Some(p) = file.profile.remove(&name) {
+                file.server = p.server.or(file.server);
+                file.token = p.token;
+                file.ca = p.ca.or(file.ca);
+            } else if let Some(t) = file.tenant_tokens.remove(&name) {
+                file.token = Some(t);
+            } else {
+                let known: Vec<&String> = file
+                    .profile
+                    .keys()
+                    .chain(file.tenant_tokens.keys())
+                    .collect();
+                bail!(
+                    "--as {name}: {where_} has no [profile.{name}] and no tenant_tokens.{name}{}",
+                    if known.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " (it has: {})",
+                            known
+                                .iter()
+                                .map(|k| k.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }
+                );
+            }
+        }
         let base = c
             .server
             .clone()
@@ -451,8 +610,23 @@ impl Client {
     fn print(&self, v: &Value, table: impl FnOnce(&Value) -> String) {
         match self.output {
             Output::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
-            Output::Table => print!("{}", table(v)),
+            Output::Table | Output::Wide => print!("{}", table(v)),
         }
+    }
+
+    /// Whether the server is on this host: then its agents are too, when `gosok up`
+    /// runs them, and this directory is a sensible working directory for tasks.
+    fn is_local(&self) -> bool {
+        let host = self
+            .base
+            .split("://")
+            .nth(1)
+            .unwrap_or_default()
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1")
     }
 }
 
@@ -604,25 +778,46 @@ fn ago(ms: &Value) -> String {
     }
 }
 
-fn jobs_table(v: &Value) -> String {
+fn jobs_table(v: &Value, wide: bool) -> String {
     let rows = rows_of(v, "jobs", |j| {
-        vec![
+        let mut row = vec![
             s(&j["id"]),
             s(&j["tenant"]),
             s(&j["name"]),
-            s(&j["state"]),
+            state_word(&j["state"]),
             s(&j["accelerators"]),
             ago(&j["submitted_at_ms"]),
-        ]
+        ];
+        if wide {
+            row.push(
+                match (j["ended_at_ms"].as_u64(), j["submitted_at_ms"].as_u64()) {
+                    (Some(e), _) => crate::human::local_time(e / 1000),
+                    _ => "-".into(),
+                },
+            );
+            row.push(s(&j["attempt"]));
+            row.push(match j["array_job_id"].as_u64() {
+                Some(a) => format!("{a}_{}", s(&j["array_task_id"])),
+                None => "-".into(),
+            });
+            row.push(s(&j["dependency"]));
+        }
+        row
     });
-    let mut out = table(
-        &["ID", "TENANT", "NAME", "STATE", "ACCEL", "SUBMITTED"],
-        rows,
-    );
+    let mut header = vec!["ID", "TENANT", "NAME", "STATE", "ACCEL", "SUBMITTED"];
+    if wide {
+        header.extend(["ENDED", "ATTEMPT", "ARRAY", "DEPENDENCY"]);
+    }
+    let mut out = table(&header, rows);
     if let Some(c) = v["next_cursor"].as_str() {
         out.push_str(&format!("(more: --cursor {c})\n"));
     }
     out
+}
+
+/// A state as a word: `timed_out` → `timed out`.
+fn state_word(v: &Value) -> String {
+    s(v).replace('_', " ")
 }
 
 fn job_text(j: &Value) -> String {
@@ -630,18 +825,46 @@ fn job_text(j: &Value) -> String {
     out.push_str(&format!(
         "job {}  {}  tenant {}  {}\n",
         s(&j["id"]),
-        s(&j["state"]),
+        state_word(&j["state"]),
         s(&j["tenant"]),
         j["name"].as_str().unwrap_or("")
     ));
     out.push_str(&format!("accelerators: {}\n", s(&j["accelerators"])));
+    if let Some(a) = j["array_job_id"].as_u64() {
+        out.push_str(&format!(
+            "array: task {} of array {a} (GOSOK_ARRAY_TASK_ID={})\n",
+            s(&j["array_task_id"]),
+            s(&j["array_task_id"])
+        ));
+    }
+    if let Some(d) = j["dependency"].as_str() {
+        out.push_str(&format!("dependency: {d}\n"));
+    }
+    if let Some(t) = j["submitted_at_ms"].as_u64() {
+        out.push_str(&format!("submitted: {}\n", crate::human::when(t)));
+    }
+    if let Some(t) = j["ended_at_ms"].as_u64() {
+        let ran = j["submitted_at_ms"]
+            .as_u64()
+            .map(|s| {
+                format!(
+                    ", {} after submission",
+                    crate::human::duration((t - s.min(t)) / 1000)
+                )
+            })
+            .unwrap_or_default();
+        out.push_str(&format!("ended: {}{ran}\n", crate::human::when(t)));
+    }
     if let Some(w) = j.get("wait") {
         out.push_str(&format!("waiting: {}\n", s(&w["text"])));
         if let Some(p) = w["position"].as_u64() {
             out.push_str(&format!("queue position: {p}\n"));
         }
         if let Some(e) = w["estimated_start_s"].as_u64() {
-            out.push_str(&format!("estimated start: unix time {e}\n"));
+            out.push_str(&format!(
+                "estimated start: {}\n",
+                crate::human::when(e.saturating_mul(1000))
+            ));
         }
     }
     if let Some(r) = j["reason"].as_str() {
@@ -664,16 +887,33 @@ fn job_text(j: &Value) -> String {
         }
     }
     if let Some(c) = j["command"].as_array().filter(|c| !c.is_empty()) {
-        let c: Vec<String> = c.iter().map(s).collect();
+        // A batch script's text is shown by its size, not line by line.
+        let c: Vec<String> = c
+            .iter()
+            .map(|a| match a.as_str() {
+                Some(t) if t.contains('\n') => format!("<script of {} lines>", t.lines().count()),
+                _ => s(a),
+            })
+            .collect();
         out.push_str(&format!("command: {}\n", c.join(" ")));
+    }
+    match j["workdir"].as_str() {
+        Some(w) => out.push_str(&format!("workdir: {w}\n")),
+        None if j.get("workdir").is_some() => {
+            out.push_str("workdir: the agent's own directory for the task\n")
+        }
+        None => {}
     }
     if let Some(ev) = j["events"].as_array() {
         out.push_str("events:\n");
         for e in ev {
             out.push_str(&format!(
-                "  {:>10}  {} {}\n",
+                "  {}  {:>8}  {} {}\n",
+                e["at_ms"]
+                    .as_u64()
+                    .map_or("-".into(), |t| crate::human::local_time(t / 1000)),
                 ago(&e["at_ms"]),
-                s(&e["event"]),
+                state_word(&e["event"]),
                 e["detail"].as_str().unwrap_or("")
             ));
         }
@@ -681,88 +921,75 @@ fn job_text(j: &Value) -> String {
     out
 }
 
-/// Reads a job spec file (TOML or JSON) into the JSON the API takes.
-pub fn read_spec(path: &std::path::Path) -> anyhow::Result<Value> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let is_toml = path.extension().is_some_and(|e| e == "toml");
-    if is_toml {
-        let v: toml::Value =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        Ok(serde_json::to_value(v)?)
+/// What `gosok submit FILE` read: a job spec, or a batch script and its directives.
+enum JobFile {
+    Spec(Value),
+    Script {
+        /// The script's absolute path (run as the command).
+        path: PathBuf,
+        directives: Box<crate::batch_script::Directives>,
+    },
+}
+
+/// Reads a job spec (JSON, TOML or YAML, by extension; `-` is standard input, JSON or YAML)
+/// or a batch script into what the API takes.
+fn read_job_file(arg: &str) -> anyhow::Result<JobFile> {
+    let (name, text) = if arg == "-" {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+            .context("cannot read the job spec from standard input")?;
+        ("<stdin>".to_string(), t)
     } else {
-        serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))
+        let t = std::fs::read_to_string(arg).with_context(|| format!("cannot read {arg}"))?;
+        (arg.to_string(), t)
+    };
+    let ext = std::path::Path::new(arg)
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let spec = match ext.as_str() {
+        "toml" => {
+            let v: toml::Value =
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            serde_json::to_value(v)?
+        }
+        "yaml" | "yml" => yaml(&name, &text)?,
+        "json" => json_spec(&name, &text)?,
+        _ if arg != "-" && crate::batch_script::is_script(&text) => {
+            let directives = crate::batch_script::parse(&name, &text)?;
+            let path = std::path::absolute(arg).with_context(|| format!("cannot resolve {arg}"))?;
+            return Ok(JobFile::Script {
+                path,
+                directives: Box::new(directives),
+            });
+        }
+        // Standard input or another extension: JSON if it looks like it, else YAML.
+        _ if text.trim_start().starts_with('{') => json_spec(&name, &text)?,
+        _ => yaml(&name, &text)?,
+    };
+    Ok(JobFile::Spec(spec))
+}
+
+fn json_spec(name: &str, text: &str) -> anyhow::Result<Value> {
+    serde_json::from_str(text)
+        .map_err(|e| anyhow::anyhow!("{name}:{}:{}: {e}", e.line(), e.column()))
+}
+
+fn yaml(name: &str, text: &str) -> anyhow::Result<Value> {
+    let v: Value = serde_yaml::from_str(text).map_err(|e| match e.location() {
+        Some(l) => anyhow::anyhow!("{name}:{}:{}: {e}", l.line(), l.column()),
+        None => anyhow::anyhow!("{name}: {e}"),
+    })?;
+    if !v.is_object() {
+        bail!("{name}: a job spec is a mapping (groups, name, command, ...)");
     }
+    Ok(v)
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Submit(a) => {
-            let cl = Client::new(&a.c)?;
-            let mut spec = match &a.file {
-                Some(f) => {
-                    if a.accelerators.is_some() || !a.models.is_empty() {
-                        bail!("give either a spec file or --accelerators/--model, not both");
-                    }
-                    read_spec(f)?
-                }
-                None => {
-                    let mut g = json!({"replicas": a.replicas});
-                    if let Some(n) = a.accelerators {
-                        g["accelerators"] = json!(n);
-                    }
-                    if !a.models.is_empty() {
-                        g["models"] = json!(a.models);
-                    }
-                    json!({"groups": [g]})
-                }
-            };
-            if let Some(n) = &a.name {
-                spec["name"] = json!(n);
-            }
-            if let Some(p) = &a.priority {
-                spec["priority"] = json!(p);
-            }
-            if let Some(e) = a.estimate_s {
-                spec["runtime_estimate_s"] = json!(e);
-            }
-            if let Some(l) = a.limit_s {
-                spec["runtime_limit_s"] = json!(l);
-            }
-            if let Some(p) = &a.on_task_failure {
-                spec["on_task_failure"] = json!(p);
-            }
-            if !a.command.is_empty() {
-                spec["command"] = json!(a.command);
-            }
-            if !a.env.is_empty() {
-                let env: serde_json::Map<String, Value> =
-                    a.env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-                spec["env"] = Value::Object(env);
-            }
-            if let Some(w) = &a.workdir {
-                spec["workdir"] = json!(w);
-            }
-            let path = match &a.tenant {
-                Some(t) => format!("/v1/jobs?tenant={}", enc(t)),
-                None => "/v1/jobs".into(),
-            };
-            let key = a.idempotency_key.clone();
-            let headers: Vec<(&str, &str)> = key
-                .as_deref()
-                .map(|k| vec![("Idempotency-Key", k)])
-                .unwrap_or_default();
-            let v = cl.call(
-                "POST",
-                &path,
-                Some(("application/json", serde_json::to_vec(&spec)?)),
-                &headers,
-            )?;
-            cl.print(&v, |j| {
-                format!("submitted job {} ({})\n", s(&j["id"]), s(&j["state"]))
-            });
-        }
+        Command::Submit(a) => submit(&a)?,
         Command::Jobs(a) => {
             let cl = Client::new(&a.c)?;
             let mut q = vec![format!("limit={}", a.limit)];
@@ -772,11 +999,15 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             if let Some(x) = &a.tenant {
                 q.push(format!("tenant={}", enc(x)));
             }
+            if let Some(x) = &a.name {
+                q.push(format!("name={}", enc(x)));
+            }
             if let Some(x) = &a.cursor {
                 q.push(format!("cursor={}", enc(x)));
             }
             let v = cl.get(&format!("/v1/jobs?{}", q.join("&")))?;
-            cl.print(&v, jobs_table);
+            let wide = a.c.output == Output::Wide;
+            cl.print(&v, |v| jobs_table(v, wide));
         }
         Command::Show(a) => {
             let cl = Client::new(&a.c)?;
@@ -785,8 +1016,39 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Cancel(a) => {
             let cl = Client::new(&a.c)?;
-            let v = cl.post(&format!("/v1/jobs/{}/cancel", a.id), &json!({}))?;
-            cl.print(&v, |j| format!("job {}: {}\n", s(&j["id"]), s(&j["state"])));
+            let ids = if a.ids.is_empty() {
+                if a.state.is_none() && a.name.is_none() {
+                    bail!(
+                        "give job ids (gosok cancel 3 4), or choose jobs with --state and --name"
+                    );
+                }
+                matching_jobs(
+                    &cl,
+                    a.state.as_deref(),
+                    a.name.as_deref(),
+                    a.tenant.as_deref(),
+                )?
+            } else {
+                if a.state.is_some() || a.name.is_some() || a.tenant.is_some() {
+                    bail!("give either job ids or --state/--name/--tenant, not both");
+                }
+                a.ids.clone()
+            };
+            each_job(&cl, &ids, "cancel", &json!({}))?;
+        }
+        Command::Hold(a) => each_job(&Client::new(&a.c)?, &a.ids, "hold", &json!({}))?,
+        Command::Release(a) => each_job(&Client::new(&a.c)?, &a.ids, "release", &json!({}))?,
+        Command::Requeue(a) => each_job(
+            &Client::new(&a.c)?,
+            &a.ids,
+            "requeue",
+            &json!({"hold": a.hold}),
+        )?,
+        Command::Catalog(a) => {
+            let cl = Client::new(&a.c)?;
+            let v = cl.get("/v1/catalog")?;
+            let wide = a.c.output == Output::Wide;
+            cl.print(&v, |v| catalog_table(v, wide));
         }
         Command::Queue(a) => {
             let cl = Client::new(&a.c)?;
@@ -1072,7 +1334,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             let v = cl.get("/v1/topology")?;
             match a.c.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
-                Output::Table => {
+                Output::Table | Output::Wide => {
                     let spec: gosok_model::ClusterSpec = serde_json::from_value(v)
                         .context("the server's topology is not a cluster file")?;
                     print!("{}", spec.to_toml());
@@ -1081,4 +1343,352 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `gosok submit`: a spec file, a batch script, or flags.
+fn submit(a: &SubmitArgs) -> anyhow::Result<()> {
+    use crate::batch_script::set_accelerators;
+    let cl = Client::new(&a.c)?;
+    let file = a.file.as_deref().map(read_job_file).transpose()?;
+    let mut control = json!({});
+    let mut spec = match file {
+        Some(JobFile::Spec(v)) => {
+            if a.accelerators.is_some() || !a.models.is_empty() || a.replicas.is_some() {
+                bail!("give either a spec file or --accelerators/--model/--replicas, not both");
+            }
+            v
+        }
+        Some(JobFile::Script {
+            path,
+            directives: d,
+        }) => {
+            let shown = a.file.as_deref().unwrap_or_default();
+            for (line, what) in &d.ignored {
+                eprintln!("{shown}:{line}: ignored {what}");
+            }
+            let mut spec = json!({"groups": [d.group()]});
+            for (k, v) in [
+                ("name", d.name.as_ref().map(|v| json!(v))),
+                ("priority", d.priority.as_ref().map(|v| json!(v))),
+                ("runtime_limit_s", d.limit_s.map(|v| json!(v))),
+                ("runtime_estimate_s", d.estimate_s.map(|v| json!(v))),
+                ("workdir", d.workdir.as_ref().map(|w| json!(resolve_dir(w)))),
+            ] {
+                if let Some(v) = v {
+                    spec[k] = v;
+                }
+            }
+            for (k, v) in [("array", &d.array), ("dependency", &d.dependency)] {
+                if let Some(v) = v {
+                    control[k] = json!(v);
+                }
+            }
+            if d.hold {
+                control["hold"] = json!(true);
+            }
+            if !d.env.is_empty() {
+                spec["env"] =
+                    Value::Object(d.env.iter().map(|(k, v)| (k.clone(), json!(v))).collect());
+            }
+            spec["command"] = json!(script_command(&path, &a.command)?);
+            spec
+        }
+        None => json!({"groups": [{"replicas": 1}]}),
+    };
+    if let Some(g) = spec["groups"]
+        .get_mut(0)
+        .filter(|_| a.file.is_none() || spec_is_script(a))
+    {
+        if let Some(r) = a.replicas {
+            g["replicas"] = json!(r);
+        }
+        if let Some(n) = a.accelerators {
+            crate::batch_script::check_accelerators(n)
+                .map_err(|e| anyhow::anyhow!("--accelerators {e}"))?;
+            set_accelerators(g, n);
+        }
+        if !a.models.is_empty() {
+            g["models"] = json!(a.models);
+        }
+    }
+    if let Some(n) = &a.name {
+        spec["name"] = json!(n);
+    }
+    if let Some(p) = &a.priority {
+        spec["priority"] = json!(p);
+    }
+    if let Some(e) = a.estimate_s {
+        spec["runtime_estimate_s"] = json!(e);
+    }
+    if let Some(l) = a.limit_s {
+        spec["runtime_limit_s"] = json!(l);
+    }
+    if let Some(p) = &a.on_task_failure {
+        spec["on_task_failure"] = json!(p);
+    }
+    if !a.command.is_empty() && !spec_is_script(a) {
+        spec["command"] = json!(a.command);
+    }
+    if !a.env.is_empty() {
+        let env = spec
+            .as_object_mut()
+            .context("a job spec is an object")?
+            .entry("env")
+            .or_insert_with(|| json!({}));
+        for (k, v) in &a.env {
+            env[k] = json!(v);
+        }
+    }
+    if let Some(w) = &a.workdir {
+        spec["workdir"] = json!(resolve_dir(w));
+    } else if spec.get("workdir").is_none()
+        && spec.get("command").is_some()
+        && cl.is_local()
+        && let Ok(here) = std::env::current_dir()
+    {
+        // The agents of a controller on this host (`gosok up`) share this file system:
+        // run where the user is, as Slurm does.
+        spec["workdir"] = json!(here.display().to_string());
+    }
+    for (k, v) in [("array", &a.array), ("dependency", &a.dependency)] {
+        if let Some(v) = v {
+            control[k] = json!(v);
+        }
+    }
+    if a.hold {
+        control["hold"] = json!(true);
+    }
+    if let (Some(m), Some(c)) = (spec.as_object_mut(), control.as_object()) {
+        for (k, v) in c {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    if spec.get("command").is_none() {
+        eprintln!(
+            "warning: the job has no command: node agents have nothing to run (give one after `--`, or `command` in the spec)"
+        );
+    }
+    let path = match &a.tenant {
+        Some(t) => format!("/v1/jobs?tenant={}", enc(t)),
+        None => "/v1/jobs".into(),
+    };
+    let key = a.idempotency_key.clone();
+    let headers: Vec<(&str, &str)> = key
+        .as_deref()
+        .map(|k| vec![("Idempotency-Key", k)])
+        .unwrap_or_default();
+    let v = cl.call(
+        "POST",
+        &path,
+        Some(("application/json", serde_json::to_vec(&spec)?)),
+        &headers,
+    )?;
+    let array = spec["array"].as_str().map(str::to_string);
+    cl.print(&v, |j| match &array {
+        Some(a) => format!(
+            "submitted job array {} ({a}): jobs {} on, one per index ({})\n",
+            s(&j["id"]),
+            s(&j["id"]),
+            state_word(&j["state"])
+        ),
+        None => format!(
+            "submitted job {} ({})\n",
+            s(&j["id"]),
+            state_word(&j["state"])
+        ),
+    });
+    Ok(())
+}
+
+fn spec_is_script(a: &SubmitArgs) -> bool {
+    a.file.as_deref().is_some_and(|f| {
+        f != "-"
+            && !matches!(
+                std::path::Path::new(f)
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .map(str::to_ascii_lowercase)
+                    .as_deref(),
+                Some("json" | "toml" | "yaml" | "yml")
+            )
+            && std::fs::read_to_string(f).is_ok_and(|t| crate::batch_script::is_script(&t))
+    })
+}
+
+/// A relative directory resolved against this one; an absolute one as it is.
+fn resolve_dir(w: &str) -> String {
+    match std::path::absolute(w) {
+        Ok(p) => {
+            // `.` and `..` read as the user means them.
+            let mut out = PathBuf::new();
+            for c in p.components() {
+                match c {
+                    std::path::Component::ParentDir => {
+                        out.pop();
+                    }
+                    std::path::Component::CurDir => {}
+                    c => out.push(c),
+                }
+            }
+            out.display().to_string()
+        }
+        Err(_) => w.to_string(),
+    }
+}
+
+/// What runs a batch script: a shell script's text itself (as `sh -c TEXT SCRIPT ARGS`), so
+/// that later edits of the file do not change a submitted job, as with Slurm; another
+/// interpreter (`#!/usr/bin/env python3`) gets the script's path.
+fn script_command(path: &std::path::Path, args: &[String]) -> anyhow::Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let shebang: Vec<String> = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("#!"))
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_else(|| vec!["/bin/sh".to_string()]);
+    let interp = shebang.last().map(String::as_str).unwrap_or("sh");
+    let base = interp.rsplit('/').next().unwrap_or(interp);
+    let shell = matches!(base, "sh" | "bash" | "dash" | "zsh" | "ksh");
+    let mut cmd = shebang.clone();
+    if shell {
+        cmd.push("-c".into());
+        cmd.push(text);
+        cmd.push(path.display().to_string());
+    } else {
+        cmd.push(path.display().to_string());
+    }
+    cmd.extend(args.iter().cloned());
+    Ok(cmd)
+}
+
+/// Ids of the caller's jobs that have not ended, matching the filters (every page).
+fn matching_jobs(
+    cl: &Client,
+    state: Option<&str>,
+    name: Option<&str>,
+    tenant: Option<&str>,
+) -> anyhow::Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = vec!["limit=1000".to_string()];
+        if let Some(x) = state {
+            q.push(format!("state={}", enc(x)));
+        }
+        if let Some(x) = name {
+            q.push(format!("name={}", enc(x)));
+        }
+        if let Some(x) = tenant {
+            q.push(format!("tenant={}", enc(x)));
+        }
+        if let Some(c) = &cursor {
+            q.push(format!("cursor={}", enc(c)));
+        }
+        let v = cl.get(&format!("/v1/jobs?{}", q.join("&")))?;
+        for j in v["jobs"].as_array().into_iter().flatten() {
+            if matches!(j["state"].as_str(), Some("pending" | "held" | "running"))
+                && let Some(id) = j["id"].as_u64()
+            {
+                ids.push(id);
+            }
+        }
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// POSTs `/v1/jobs/ID/ACTION` for each id; says what became of each, and fails (after
+/// trying them all) if any was refused.
+fn each_job(cl: &Client, ids: &[u64], action: &str, body: &Value) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    let mut failed = 0;
+    for &id in ids {
+        match cl.post(&format!("/v1/jobs/{id}/{action}"), body) {
+            Ok(j) => {
+                if cl.output != Output::Json {
+                    println!("job {id}: {}", state_word(&j["state"]));
+                }
+                results.push(j);
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("job {id}: {e:#}");
+                results.push(json!({"id": id, "error": format!("{e:#}")}));
+            }
+        }
+    }
+    if ids.is_empty() && cl.output != Output::Json {
+        println!("no jobs matched");
+    }
+    if cl.output == Output::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"jobs": results}))?
+        );
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} of {} job(s) could not be {}",
+            ids.len(),
+            past(action)
+        );
+    }
+    Ok(())
+}
+
+fn past(action: &str) -> &'static str {
+    match action {
+        "cancel" => "cancelled",
+        "hold" => "held",
+        "release" => "released",
+        _ => "requeued",
+    }
+}
+
+fn catalog_table(v: &Value, wide: bool) -> String {
+    let rows = rows_of(v, "models", |m| {
+        let mut row = vec![
+            s(&m["name"]),
+            s(&m["vendor"]),
+            s(&m["class"]),
+            format!("{} GiB", s(&m["hbm_gib"])),
+            format!("{} W", s(&m["board_power_w"])),
+            format!("{:.2}", m["relative_throughput"].as_f64().unwrap_or(0.0)),
+            if m["shareable"] == true { "yes" } else { "no" }.into(),
+        ];
+        if wide {
+            let aliases: Vec<String> = m["aliases"]
+                .as_array()
+                .map(|a| a.iter().map(s).collect())
+                .unwrap_or_default();
+            row.push(if aliases.is_empty() {
+                "-".into()
+            } else {
+                aliases.join(",")
+            });
+            row.push(s(&m["source"]));
+        }
+        row
+    });
+    let mut header = vec![
+        "NAME",
+        "VENDOR",
+        "CLASS",
+        "HBM",
+        "POWER",
+        "THROUGHPUT",
+        "SHAREABLE",
+    ];
+    if wide {
+        header.extend(["ALIASES", "SOURCE"]);
+    }
+    let mut out = table(&header, rows);
+    out.push_str("(model names match in any case; THROUGHPUT is relative to H100 = 1.00; a shareable device takes --accelerators 0.5)\n");
+    out
 }

@@ -3,10 +3,13 @@
 mod agent_cmd;
 mod alloc;
 mod api;
+mod batch_script;
 mod bench;
 mod bench_agents;
 mod bench_quality;
 mod client;
+mod human;
+mod plan_cmd;
 mod server_cmd;
 mod sim;
 mod sim_fgd;
@@ -43,6 +46,9 @@ enum Command {
     /// Import traces (Alibaba openb, Philly, any CSV) and generate synthetic workloads.
     #[command(subcommand)]
     Trace(trace::TraceCommand),
+    /// Capacity planning: what a power budget holds, the capacity a demand needs, demand models.
+    #[command(subcommand)]
+    Plan(plan_cmd::PlanCommand),
     /// The controller: `gosok server init`, `gosok server run`.
     #[command(subcommand)]
     Server(server_cmd::ServerCommand),
@@ -55,9 +61,6 @@ enum Command {
     /// A node agent: registers this machine's node (or --nodes N virtual ones) with the
     /// controller and runs the tasks placed on it.
     Agent(Box<agent_cmd::AgentArgs>),
-    /// Started by `gosok agent` itself: kills the agent's tasks if the agent dies.
-    #[command(hide = true)]
-    AgentWatchdog { work_dir: std::path::PathBuf },
     /// Print gosok's version.
     Version,
 }
@@ -128,13 +131,40 @@ struct EngineArgs {
     format: Format,
 }
 
+/// Started by `gosok agent` itself (`gosok agent-watchdog WORK_DIR`): kills the agent's
+/// tasks if the agent dies. Dispatched before the parser so that typo suggestions never
+/// offer it.
+const WATCHDOG: &str = "agent-watchdog";
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.len() == 3 && args[1] == WATCHDOG {
+        gosok_agent::leftovers::watchdog(std::path::Path::new(&args[2]));
+        return ExitCode::SUCCESS;
+    }
+    client::move_global_flags(&mut args);
+    let cli = Cli::parse_from(args);
+    if !matches!(
+        cli.command,
+        Command::Up(_) | Command::Agent(_) | Command::Server(_) | Command::Bench(_)
+    ) {
+        // A command whose output goes to `head` ends quietly when the reader goes away, as
+        // Unix tools do (Rust ignores SIGPIPE, and the next print would panic). Long-running
+        // servers keep ignoring it: a peer that hangs up must not kill them.
+        // SAFETY: setting a signal's disposition to its default has no preconditions.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // Bad input to a planning command is a usage error, as clap's own are.
+            match e.downcast_ref::<gosok_plan::PlanError>() {
+                Some(p) if p.is_usage() => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -143,6 +173,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Sim(c) => sim::run(c)?,
         Command::Trace(c) => trace::run(c)?,
+        Command::Plan(c) => plan_cmd::run(c)?,
         Command::Version => println!("gosok {}", env!("CARGO_PKG_VERSION")),
         Command::Server(c) => server_cmd::run(c)?,
         Command::Client(c) => client::run(c)?,
@@ -150,9 +181,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Agents(a)) => bench_agents::run(a)?,
         Command::Up(a) => up::run(a)?,
         Command::Agent(a) => agent_cmd::run(*a)?,
-        Command::AgentWatchdog { work_dir } => {
-            gosok_agent::leftovers::watchdog(&work_dir);
-        }
         Command::Bench(BenchCommand::Engine(a)) => {
             // Counts were range-checked by clap, so they fit in usize on every target.
             let p = bench::EngineBenchParams {

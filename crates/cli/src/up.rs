@@ -90,7 +90,7 @@ fn demo_racks(scale: Scale) -> Vec<DemoRack> {
     out
 }
 
-fn demo_cluster(scale: Scale) -> anyhow::Result<ClusterSpec> {
+pub(crate) fn demo_cluster(scale: Scale) -> anyhow::Result<ClusterSpec> {
     let racks = demo_racks(scale);
     // Quotas scale with the highway: the anchor is guaranteed half of the Hopper-class
     // accelerators, the agency an eighth of the NPUs.
@@ -176,7 +176,12 @@ quotas = [{{ accelerator = "RNGD", guaranteed = {agency}, borrow_limit = {agency
 }
 
 fn write_credentials(path: &Path, c: &Credentials) -> anyhow::Result<()> {
-    gosok_server::write_private(path, toml::to_string(c)?.as_bytes())
+    let text = format!(
+        "# gosok up's credentials, and a client config as it is:\n#   gosok --config {} --as seoul-startup jobs\n# (url and admin_token read as server and token; --as TENANT picks a tenant token)\n{}",
+        path.display(),
+        toml::to_string(c)?
+    );
+    gosok_server::write_private(path, text.as_bytes())
 }
 
 /// Declares the demo highway and its tenants, and makes the tokens on a first start; on a
@@ -424,6 +429,13 @@ fn demo_workload(creds: &Credentials, stop: &std::sync::atomic::AtomicBool) {
 }
 
 pub fn run(a: UpArgs) -> anyhow::Result<()> {
+    // The port first: a start that cannot listen must not create a store or a token.
+    std::net::TcpListener::bind(&a.listen).with_context(|| {
+        format!(
+            "cannot listen on {} (another gosok up or server there? --listen ADDR picks another); nothing was created",
+            a.listen
+        )
+    })?;
     let d = DataDir(a.data_dir.clone());
     let first = !d.db().exists();
     if first {
@@ -483,8 +495,13 @@ pub fn run(a: UpArgs) -> anyhow::Result<()> {
             "  isolation:    none (not root: tasks run as your user, unisolated; run as root for the sandbox)"
         );
     }
+    let creds_path = std::path::absolute(a.data_dir.join("credentials.toml"))?;
     println!(
-        "  try: GOSOK_SERVER={url} GOSOK_TOKEN=<a tenant token> gosok submit --accelerators 1 -- echo hello"
+        "  try:          export GOSOK_CONFIG={}   (a client config as it is)",
+        creds_path.display()
+    );
+    println!(
+        "                gosok --as seoul-startup submit --accelerators 1 -- echo hello; gosok --as seoul-startup jobs"
     );
     println!("Ctrl-C stops everything; `gosok up` again on the same data directory resumes.");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

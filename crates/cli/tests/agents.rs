@@ -545,7 +545,7 @@ fn runtime_limits_exit_codes_and_signals_are_enforced_and_reported() {
                                   "command": ["/nonexistent/program"]}));
     let ok = h.submit(json!({"groups": [{"accelerators": 1}], "command": ["true"]}));
     let t0 = Instant::now();
-    let v = h.wait_state(limited, "failed");
+    let v = h.wait_state(limited, "timed_out");
     let took = t0.elapsed();
     assert!(took >= Duration::from_millis(1500), "{took:?}");
     assert!(took < Duration::from_secs(15), "{took:?}");

@@ -78,6 +78,15 @@ impl NodeTask {
             .find(|&e| e > now_s)
             .unwrap_or(now_s.saturating_add(grace_s))
     }
+
+    /// When it ends at the latest: its runtime limit if it has one still ahead, else as
+    /// planned.
+    pub fn limit_end_s(&self, now_s: u64, grace_s: u64) -> u64 {
+        match self.ends_s[1] {
+            e if e > now_s => e,
+            _ => self.planned_end_s(now_s, grace_s),
+        }
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

@@ -13,6 +13,7 @@ use crate::config::{EngineConfig, Las, QueuePolicy};
 use crate::constraints::{self, GroupUse, GroupUses, NodeRules};
 use crate::event::{Decision, EngineError, Event, JobState, PreemptReason, TaskPlacement};
 use crate::explain::{Blocker, WaitReason};
+use crate::hold::{Hold, SlipCause};
 use crate::ids::{IdHasher, IdMap, JobId, ModelSet, NodeIdx, SiteSet, TenantIdx};
 use crate::job::{AccelReq, GroupReq, Job, Shape, ShapeId, Task};
 use crate::placement::{self, Placed, Placer, Request, Reservation, Slack};
@@ -57,6 +58,7 @@ impl Checks {
         ..Checks::ALL
     };
 }
+mod control;
 
 /// One tenant's next job in the pass-wide merge. Ordered so that the heap's top is the job
 /// to consider next: higher priority class, then lower fair-share key, then older.
@@ -125,6 +127,16 @@ struct FailedKey {
 }
 
 type FailedShapes = HashMap<FailedKey, WaitReason, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// A job that could not start for want of capacity: its tenant's candidate for the
+/// reservation in this pass.
+#[derive(Clone, Copy)]
+struct Blocked {
+    tenant: TenantIdx,
+    job: JobId,
+    allowed: ModelSet,
+    blocker: Blocker,
+}
 
 fn new_placer<'a>(
     scorers: &'a [(Box<dyn Scorer>, f64)],
@@ -241,6 +253,8 @@ pub struct Engine {
     reservation_epoch: u64,
     #[serde(with = "crate::snapshot::WaitReasonDef")]
     reservation_reason: WaitReason,
+    /// What keeps the reservation a promise: whose turn it is, and why its start moved.
+    hold: Hold,
     #[serde(skip)]
     scorers: Scorers,
     demand_counts: BTreeMap<(u8, u16), f64>,
@@ -352,6 +366,7 @@ impl Engine {
             reservation_planned_s: 0,
             reservation_epoch: u64::MAX,
             reservation_reason: WaitReason::Queued,
+            hold: Hold::default(),
             scorers,
             demand_counts: BTreeMap::new(),
             demand_totals: Default::default(),
@@ -422,6 +437,17 @@ impl Engine {
         &self.reservation
     }
 
+    /// If the holder's reserved start moved later than first planned: from when, and why.
+    pub fn reservation_slip(&self) -> Option<crate::hold::Slip> {
+        self.hold.slip
+    }
+
+    /// No job holds the reservation any more.
+    fn drop_reservation(&mut self) {
+        self.reservation = Reservation::default();
+        self.hold.released();
+    }
+
     fn order_key(&self, job: &Job) -> u64 {
         order_key(self.cfg.queue_policy, job, self.cfg.default_runtime_s)
     }
@@ -487,6 +513,9 @@ impl Engine {
             Event::AdvanceTime { now_s } => self.advance(now_s, &mut out)?,
             Event::Submit { id, tenant, spec } => self.submit(id, &tenant, spec, &mut out)?,
             Event::Cancel { id } => self.cancel(id, &mut out)?,
+            Event::Hold { id } => self.hold(id)?,
+            Event::Release { id } => self.release(id)?,
+            Event::Requeue { id, reason } => self.requeue_running(id, reason, &mut out)?,
             Event::NodeState { node, state } => {
                 let &n = self
                     .cluster
@@ -557,7 +586,7 @@ impl Engine {
             }
             self.end_running(
                 id,
-                JobState::Failed,
+                JobState::TimedOut,
                 "runtime limit exceeded".into(),
                 true,
                 out,
@@ -1074,6 +1103,7 @@ impl Engine {
         }
         if self.reservation.job == Some(id) {
             self.reservation = Reservation::default();
+            self.hold.released();
         }
         self.stats.started += 1;
         out.push(Decision::Start {
@@ -1192,7 +1222,7 @@ impl Engine {
                 self.queues.remove(job.tenant, job.class, job.pending());
                 job.state = JobState::Cancelled;
                 if self.reservation.job == Some(id) {
-                    self.reservation = Reservation::default();
+                    self.drop_reservation();
                 }
                 out.push(Decision::Finish {
                     job: id,
@@ -1202,6 +1232,15 @@ impl Engine {
             }
             JobState::Running => {
                 self.end_running(id, JobState::Cancelled, "cancelled".into(), true, out)
+            }
+            JobState::Held => {
+                // Not queued while held: nothing else to undo.
+                job.state = JobState::Cancelled;
+                out.push(Decision::Finish {
+                    job: id,
+                    state: JobState::Cancelled,
+                    reason: "cancelled".into(),
+                });
             }
             _ => {}
         }
@@ -1492,7 +1531,7 @@ impl Engine {
                 .get(&h)
                 .is_none_or(|j| j.state != JobState::Pending)
         {
-            self.reservation = Reservation::default();
+            self.drop_reservation();
         }
         let tenants = self.tenants.len() as TenantIdx;
         let mut subs: Vec<BinaryHeap<SubHead>> = (0..tenants)
@@ -1504,19 +1543,44 @@ impl Engine {
         // Shapes that failed this pass, by whether they were held off reserved capacity.
         let mut failed = FailedShapes::default();
         let mut preemption_budget = self.cfg.max_preemption_attempts_per_pass;
-        // The first job in line that could not start: it gets the reservation if the one
-        // holding it started during the pass.
-        let mut first_blocked = None;
+        // Per tenant, the first job in line that could not start for want of capacity: one
+        // of them gets the reservation if none is held at the end of the pass.
+        let mut blocked = Vec::new();
+        // The holder goes first: its capacity is kept for it, and it may no longer be the
+        // head of its class (a promoted job can come before it in line).
+        if let Some(h) = self.reservation.job {
+            self.consider(
+                h,
+                &mut failed,
+                &mut preemption_budget,
+                &mut blocked,
+                &mut out,
+            );
+        }
         while let Some(head) = heap.pop() {
             let t = head.tenant;
             let Some(sub) = subs[t as usize].pop() else {
                 continue;
             };
+            if self
+                .jobs
+                .get(&sub.job)
+                .is_none_or(|j| j.state != JobState::Pending)
+            {
+                // The holder, started above.
+                if let Some(next) = self.queues.head(t, sub.class) {
+                    subs[t as usize].push(next);
+                }
+                if let Some(&next) = subs[t as usize].peek() {
+                    heap.push(self.head(t, next, cap));
+                }
+                continue;
+            }
             let reason = self.consider(
                 sub.job,
                 &mut failed,
                 &mut preemption_budget,
-                &mut first_blocked,
+                &mut blocked,
                 &mut out,
             );
             if self
@@ -1524,6 +1588,7 @@ impl Engine {
                 .get(&sub.job)
                 .is_some_and(|j| j.state == JobState::Pending)
             {
+                self.note_blocked(sub.job, reason, &mut blocked);
                 // The rest of the class waits behind its head until the next pass, except
                 // jobs short enough to end before the reservation begins: they backfill.
                 self.queues.set_wait(t, sub.class, reason);
@@ -1542,7 +1607,7 @@ impl Engine {
                         j,
                         &mut failed,
                         &mut preemption_budget,
-                        &mut first_blocked,
+                        &mut blocked,
                         &mut out,
                     );
                     if self
@@ -1560,19 +1625,64 @@ impl Engine {
                 heap.push(self.head(t, next, cap));
             }
         }
-        if self.reservation.job.is_none()
-            && self.cfg.backfill
-            && let Some((id, allowed, blocker)) = first_blocked
-            && self
-                .jobs
-                .get(&id)
+        blocked.retain(|b: &Blocked| {
+            self.jobs
+                .get(&b.job)
                 .is_some_and(|j| j.state == JobState::Pending)
-            && let Some(reason) = self.reserve(id, allowed, blocker)
-        {
-            let job = &self.jobs[&id];
-            self.queues.set_wait(job.tenant, job.class, reason);
+        });
+        if self.reservation.job.is_none() && self.cfg.backfill {
+            let tenants: Vec<TenantIdx> = blocked.iter().map(|b| b.tenant).collect();
+            let pick = if self.fair_share() {
+                self.hold.pick(&tenants)
+            } else {
+                (!blocked.is_empty()).then_some(0)
+            };
+            if let Some(i) = pick {
+                let b = blocked[i];
+                if let Some(reason) = self.reserve(b.job, b.allowed, b.blocker) {
+                    let job = &self.jobs[&b.job];
+                    self.queues.set_wait(job.tenant, job.class, reason);
+                }
+            }
         }
+        let holder = self
+            .reservation
+            .job
+            .and_then(|h| self.jobs.get(&h))
+            .map(|j| j.tenant);
+        self.hold
+            .set_waiting(blocked.iter().map(|b| b.tenant), holder);
         out
+    }
+
+    /// Records a job that stayed pending for want of capacity as its tenant's candidate for
+    /// the reservation, unless the tenant has one already this pass (a job answered from the
+    /// failed-shape cache is recorded here; one that searched, in `consider`).
+    fn note_blocked(&self, id: JobId, reason: WaitReason, blocked: &mut Vec<Blocked>) {
+        if !matches!(reason, WaitReason::Resources { .. }) {
+            return;
+        }
+        let job = &self.jobs[&id];
+        let tenant = job.tenant;
+        if self.reservation.job == Some(id)
+            || blocked.iter().any(|b| b.tenant == tenant)
+            || !self.fair_share() && !blocked.is_empty()
+        {
+            return;
+        }
+        let Ok(allowed) = self.tenant_limits(id) else {
+            return;
+        };
+        let blocker = match reason {
+            WaitReason::Resources { blocker } => blocker,
+            _ => Blocker::Accelerators,
+        };
+        blocked.push(Blocked {
+            tenant,
+            job: id,
+            allowed,
+            blocker,
+        });
     }
 
     fn consider(
@@ -1580,7 +1690,7 @@ impl Engine {
         id: JobId,
         failed: &mut FailedShapes,
         preemption_budget: &mut usize,
-        first_blocked: &mut Option<(JobId, ModelSet, Blocker)>,
+        blocked: &mut Vec<Blocked>,
         out: &mut Vec<Decision>,
     ) -> WaitReason {
         let job = &self.jobs[&id];
@@ -1591,7 +1701,7 @@ impl Engine {
                 // A holder that its own tenant's limits stop must not keep others off its
                 // nodes.
                 if self.reservation.job == Some(id) {
-                    self.reservation = Reservation::default();
+                    self.drop_reservation();
                 }
                 return reason;
             }
@@ -1650,21 +1760,28 @@ impl Engine {
                 } else {
                     WaitReason::Resources { blocker }
                 };
-                // The first job in line that cannot start holds the reservation; a later
-                // one takes it over only with a strictly higher priority class.
-                let holder_priority = self
-                    .reservation
-                    .job
-                    .and_then(|h| self.jobs.get(&h))
-                    .map(|j| j.priority);
-                let first = fit.up && first_blocked.is_none();
+                // A free reservation goes to the first job in line that cannot start — of
+                // the tenant whose turn it is, under fair share (`hold.rs`). Once held, it
+                // is not taken over: a later job waits for it to start, whatever its class.
+                let tenant = self.jobs[&id].tenant;
+                let first = fit.up
+                    && !holder
+                    && if self.fair_share() {
+                        !blocked.iter().any(|b| b.tenant == tenant)
+                    } else {
+                        blocked.is_empty()
+                    };
                 if first {
-                    *first_blocked = Some((id, allowed, blocker));
+                    blocked.push(Blocked {
+                        tenant,
+                        job: id,
+                        allowed,
+                        blocker,
+                    });
                 }
-                let takes_over = match holder_priority {
-                    None => first,
-                    Some(p) => !holder && priority > p,
-                };
+                let takes_over = self.reservation.job.is_none()
+                    && first
+                    && (!self.fair_share() || self.hold.due(tenant));
                 if fit.up && self.cfg.backfill && (holder || takes_over) {
                     if let Some(r) = self.reserve(id, allowed, blocker) {
                         reason = r;
@@ -1727,23 +1844,20 @@ impl Engine {
         holder != id && !fits_before && !self.outranks(id, holder)
     }
 
-    /// Whether `id` comes before the reservation's holder whatever the line says: a strictly
-    /// higher priority class, or a job within its tenant's guarantee against a holder whose
-    /// tenant is borrowing.
+    /// Whether `id` may use the reservation's capacity although the holder waits for it: a
+    /// job within its tenant's guarantee against a holder whose tenant is borrowing (the
+    /// guarantee is a promise made first). A higher priority class does not outrank a held
+    /// reservation: it waits for the holder to start (`docs/SCHEDULING.md`).
     fn outranks(&self, id: JobId, holder: JobId) -> bool {
         let (job, Some(h)) = (&self.jobs[&id], self.jobs.get(&holder)) else {
             return true;
         };
-        if job.priority != h.priority {
-            return job.priority > h.priority;
-        }
         let ht = &self.tenants[h.tenant as usize];
         let borrowing =
             ht.quotas.is_empty() || ht.quotas.iter().any(|q| q.used_milli > q.guaranteed_milli);
         h.tenant != job.tenant && borrowing && self.reclaim_models(id).is_some()
     }
 
-    /// Plans (or keeps) the reservation for `id`; returns its start.
     /// Plans (or keeps) the reservation for `id`, which waits for `blocker`; returns the
     /// reason it waits with, or None if it cannot be planned (nodes down).
     ///
@@ -1760,18 +1874,35 @@ impl Engine {
             return Some(self.reservation_reason);
         }
         let shape = &self.shapes[self.jobs[&id].shape as usize];
-        let input = PlanInput {
+        // Should a new plan of the same holder start later, why: computed before it replaces
+        // the old one.
+        let replan = (r.job == Some(id)).then(|| self.slip_cause());
+        let mut input = PlanInput {
             cluster: &self.cluster,
             now_s: self.now_s,
             grace_s: self.cfg.overrun_grace_s,
             seed: self.cfg.seed,
             group_use: group_use_of(&self.group_uses, self.jobs[&id].tenant, shape),
+            by_limits: replan.is_some() && self.hold.slip.is_some(),
         };
         self.stats.reservation_plans += 1;
         let Some(mut plan) = reservation::plan(&input, id, shape, allowed) else {
-            self.reservation = Reservation::default();
+            self.drop_reservation();
             return None;
         };
+        // Estimates proved wrong for this holder: from now on it is planned by the limits of
+        // what runs, a bound that holds, so that its start moves later at most once more
+        // (and then only past a limit). Planned by estimates again, jobs admitted into the
+        // slack of each new plan could move it later without end.
+        if replan.is_some() && !input.by_limits && plan.start_s > self.hold.start_s {
+            input.by_limits = true;
+            self.stats.reservation_plans += 1;
+            let Some(p) = reservation::plan(&input, id, shape, allowed) else {
+                self.drop_reservation();
+                return None;
+            };
+            plan = p;
+        }
         let reason = if plan.start_s <= self.now_s {
             plan.start_s = self.now_s;
             WaitReason::Resources { blocker }
@@ -1785,11 +1916,44 @@ impl Engine {
             }
         };
         plan.job = Some(id);
+        match replan {
+            Some(cause) => self.hold.replanned(plan.start_s, cause),
+            None => {
+                let t = self.jobs[&id].tenant;
+                self.hold
+                    .granted(t, self.tenants[t as usize].weight, plan.start_s)
+            }
+        }
         self.reservation = plan;
         self.reservation_planned_s = self.now_s;
         self.reservation_epoch = self.cluster.epoch;
         self.reservation_reason = reason;
         Some(reason)
+    }
+
+    /// Why the holder's start would move later on a new plan: a job on the reserved nodes
+    /// still runs past the end the last plan gave it, else the nodes changed.
+    fn slip_cause(&self) -> SlipCause {
+        let planned = self.reservation_planned_s;
+        let grace = self.cfg.overrun_grace_s;
+        let mut nodes: Vec<NodeIdx> = self.reservation.slack.keys().copied().collect();
+        nodes.sort_unstable();
+        for n in nodes {
+            let node = &self.cluster.nodes[n as usize];
+            if let Some(t) = node
+                .tasks
+                .iter()
+                .filter(|t| t.planned_end_s(planned, grace) <= self.now_s)
+                .min_by_key(|t| t.job)
+            {
+                return SlipCause::Overran { job: t.job };
+            }
+        }
+        if self.reservation_epoch != self.cluster.epoch {
+            SlipCause::NodesChanged
+        } else {
+            SlipCause::Unexplained
+        }
     }
 
     // ---- preemption --------------------------------------------------------------------
@@ -1908,6 +2072,7 @@ impl Engine {
         // the tenant's own ready jobs come from their index below.
         let own_class = reclaim.is_some() || srtf;
         let rules = shape.rules.as_deref();
+        let fair = self.fair_share();
         let usable = |v: JobId| {
             self.jobs[&v].tasks.iter().any(|t| {
                 let n = &self.cluster.nodes[t.hold.node as usize];
@@ -1946,7 +2111,10 @@ impl Engine {
                 }
                 let cost = (now - vj.started_s + 1).saturating_mul(vj.accel_milli() + 1);
                 let key = (vj.priority, cost, v);
-                if vj.priority < priority {
+                // Under fair share a higher class preempts only its own tenant's jobs; another
+                // tenant's capacity is taken back only by reclaim, for a job within its
+                // guarantee (below).
+                if vj.priority < priority && (vj.tenant == tenant || !fair) {
                     return Some((PreemptReason::Priority { by: id }, key));
                 }
                 if srtf && vj.priority == priority {
@@ -2278,7 +2446,13 @@ impl Engine {
                 _ => None,
             };
             let needs = self.describe_needs(id).unwrap_or_default();
-            (pos, format!("{needs}; {}", wait.describe(self.now_s)), est)
+            let mut text = format!("{needs}; {}", wait.describe(self.now_s));
+            if let (WaitReason::Reserved { start_s }, Some(slip)) = (wait, self.hold.slip)
+                && self.reservation.job == Some(id)
+            {
+                text.push_str(&format!(" ({})", slip.describe(start_s)));
+            }
+            (pos, text, est)
         } else {
             (None, format!("{:?}", job.state).to_lowercase(), None)
         };

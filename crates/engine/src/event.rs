@@ -50,6 +50,21 @@ pub enum Event {
     AddNode {
         node: NodeSpec,
     },
+    /// A pending job stops being eligible (its owner held it, or the controller waits on
+    /// its dependencies); it keeps its admission and its place in the engine.
+    Hold {
+        id: JobId,
+    },
+    /// A held job is eligible again: back in its queue, in line by its order key.
+    Release {
+        id: JobId,
+    },
+    /// Stop a running job and put it back in the queue (a user's requeue), as a failed node
+    /// would; a later start is a new attempt.
+    Requeue {
+        id: JobId,
+        reason: String,
+    },
 }
 
 /// Where one task of a started job runs.
@@ -74,11 +89,15 @@ pub enum JobState {
     Failed,
     Cancelled,
     Rejected,
+    /// Admitted but not eligible until released (`Event::Hold`).
+    Held,
+    /// Ended at its runtime limit.
+    TimedOut,
 }
 
 impl JobState {
     pub fn is_terminal(self) -> bool {
-        !matches!(self, JobState::Pending | JobState::Running)
+        !matches!(self, JobState::Pending | JobState::Running | JobState::Held)
     }
 }
 
@@ -166,6 +185,12 @@ pub enum EngineError {
     UnknownTask { job: JobId, task: u32 },
     #[error("job {0} is not running")]
     NotRunning(JobId),
+    #[error("job {job} is {state}: {message}")]
+    WrongState {
+        job: JobId,
+        state: &'static str,
+        message: &'static str,
+    },
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
 }

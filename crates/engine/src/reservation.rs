@@ -65,6 +65,9 @@ pub struct PlanInput<'a> {
     pub seed: u64,
     /// Where the running replicas of the job's group are (`constraints.group`).
     pub group_use: Option<&'a GroupUse>,
+    /// Plan running tasks to end at their runtime limits, not their estimates: a bound
+    /// that holds, once estimates have proved wrong for this reservation.
+    pub by_limits: bool,
 }
 
 /// The earliest start for `shape` and the slack left on the nodes it would use, or None if it
@@ -324,7 +327,11 @@ fn timeline_into(input: &PlanInput, n: NodeIdx, tl: &mut Timeline) {
     );
     tl.releases.clear();
     tl.releases.extend(node.tasks.iter().map(|t| Release {
-        at_s: t.planned_end_s(input.now_s, input.grace_s),
+        at_s: if input.by_limits {
+            t.limit_end_s(input.now_s, input.grace_s)
+        } else {
+            t.planned_end_s(input.now_s, input.grace_s)
+        },
         whole: t.whole as u64,
         cpu_milli: t.cpu_milli,
         mem_mib: t.mem_mib,

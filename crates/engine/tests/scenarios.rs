@@ -683,14 +683,14 @@ fn a_job_past_its_runtime_limit_is_stopped() {
             [
                 Decision::Stop { .. },
                 Decision::Finish {
-                    state: JobState::Failed,
+                    state: JobState::TimedOut,
                     ..
                 }
             ]
         ),
         "{d:?}"
     );
-    assert_eq!(h.state(j), JobState::Failed);
+    assert_eq!(h.state(j), JobState::TimedOut);
 }
 
 #[test]
@@ -1007,7 +1007,7 @@ fn extreme_times_and_bad_references_are_errors_not_panics() {
     h.schedule();
     h.at(u64::MAX - 1);
     h.schedule();
-    assert_eq!(h.state(j), JobState::Failed, "it outran its limit");
+    assert_eq!(h.state(j), JobState::TimedOut, "it outran its limit");
     assert!(h.engine.apply(Event::AdvanceTime { now_s: 5 }).is_err());
     assert!(h.engine.apply(Event::Cancel { id: JobId(999) }).is_err());
     assert!(

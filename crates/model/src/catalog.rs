@@ -144,6 +144,37 @@ impl Catalog {
         self.models.is_empty()
     }
 
+    /// The catalog's own spelling of a model name, alias or class written in another case
+    /// (`h100` → `H100`); None when nothing matches, whatever the case.
+    pub fn canonical(&self, key: &str) -> Option<&str> {
+        self.names()
+            .find(|n| *n == key)
+            .or_else(|| self.names().find(|n| n.eq_ignore_ascii_case(key)))
+    }
+
+    /// The known name, alias or class closest to `key`, when one is close (a typo).
+    pub fn suggest(&self, key: &str) -> Option<&str> {
+        let key_l = key.to_ascii_lowercase();
+        self.names()
+            .map(|n| (edit_distance(&key_l, &n.to_ascii_lowercase()), n))
+            .filter(|&(d, n)| d <= 2.max(n.len() / 3))
+            .min_by_key(|&(d, _)| d)
+            .map(|(_, n)| n)
+    }
+
+    /// Every name, alias and class, each once.
+    fn names(&self) -> impl Iterator<Item = &str> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.models
+            .iter()
+            .flat_map(|m| {
+                std::iter::once(m.name.as_str())
+                    .chain(m.aliases.iter().map(String::as_str))
+                    .chain(std::iter::once(m.class.as_str()))
+            })
+            .filter(move |n| seen.insert(*n))
+    }
+
     /// Models whose name, alias or class is `key`.
     pub fn matching(&self, key: &str) -> Vec<ModelId> {
         if let Some(id) = self.id(key) {
@@ -155,9 +186,37 @@ impl Catalog {
     }
 }
 
+/// Levenshtein distance in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_found_in_any_case_and_typos_get_a_suggestion() {
+        let c = Catalog::builtin();
+        assert_eq!(c.canonical("h100"), Some("H100"));
+        assert_eq!(c.canonical("H100"), Some("H100"));
+        assert_eq!(c.canonical("rngd"), Some("RNGD"));
+        assert_eq!(c.canonical("nope"), None);
+        assert_eq!(c.suggest("H1000"), Some("H100"));
+        assert_eq!(c.suggest("b20"), Some("B200"));
+        assert_eq!(c.suggest("completely-unrelated"), None);
+    }
 
     #[test]
     fn builtin_catalog_has_the_required_models_with_sources() {

@@ -542,6 +542,7 @@ pub async fn report(
                         epoch: r.epoch,
                         status: r.status(),
                         detail,
+                        limit: r.reason == gosok_model::agent::EndReason::Limit,
                         by: p.token_id().into(),
                     };
                     match app.commit(&mut core, entry) {
@@ -662,7 +663,10 @@ pub async fn logs(
         let Some(t) = placement.iter().find(|t| t.task == task) else {
             return Err(ApiError::invalid(
                 "task",
-                format!("job {job} has tasks 0..{}", placement.len()),
+                match placement.len() {
+                    1 => format!("job {job} has one task: --task 0"),
+                    n => format!("job {job} has tasks 0 to {} (--task N)", n - 1),
+                },
             ));
         };
         let node = t.node.to_string();

@@ -23,7 +23,7 @@ use gosok_model::{
 
 use crate::App;
 use crate::auth::{self, Principal};
-use crate::core::{Core, JobRecord, RefusalKind, parse_state, state_name};
+use crate::core::{Core, JobControl, JobRecord, RefusalKind, job_state_name, parse_state};
 use crate::entry::{Entry, Idempotency};
 use crate::error::{ApiError, split_reason};
 
@@ -97,13 +97,19 @@ pub fn routes() -> Vec<Route> {
             query = &[("tenant", "the tenant to submit for (admin tokens only)")],
             headers = &[("Idempotency-Key", "the same key and body return the same job, never a second one")]),
         route!(get "/v1/jobs", list_jobs, Token, 200, "JobList", "List jobs, newest first",
-            query = &[("state", "pending, running, succeeded, failed, cancelled or rejected"),
+            query = &[("state", "pending, held, running, succeeded, failed, timed_out, cancelled or rejected"),
                       ("tenant", "only this tenant's jobs (admin tokens only)"),
+                      ("name", "only jobs of this name"),
                       ("limit", "at most this many (1..=1000, default 100)"),
                       ("cursor", "the next_cursor of the previous page")]),
         route!(get "/v1/jobs/{id}", show_job, Token, 200, "Job",
             "A job: spec, state, placement, events and, while pending, why it waits"),
         route!(post "/v1/jobs/{id}/cancel", cancel_job, Token, 200, "Job", "Cancel a job"),
+        route!(post "/v1/jobs/{id}/hold", hold_job, Token, 200, "Job",
+            "Hold a pending job: it is not started until released"),
+        route!(post "/v1/jobs/{id}/release", release_job, Token, 200, "Job", "Release a held job"),
+        route!(post "/v1/jobs/{id}/requeue", requeue_job, Token, 200, "Job",
+            "Stop a running job and queue it again (held with {\"hold\": true})", req = "Requeue"),
         route!(get "/v1/queue", queue, Token, 200, "Queue",
             "Pending jobs in engine order, with reasons and estimated starts",
             query = &[("limit", "at most this many (default: all)"),
@@ -393,9 +399,12 @@ pub struct Submission {
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub workdir: Option<String>,
+    /// An array, dependencies, a hold.
+    pub control: JobControl,
 }
 
-/// A job submission: a job spec, plus `command`, `env` and `workdir` for its tasks.
+/// A job submission: a job spec, plus `command`, `env` and `workdir` for its tasks, and
+/// `array`, `dependency` and `hold` (job control, `core/dependencies.rs`).
 pub fn parse_submission(bytes: &[u8]) -> Result<Submission> {
     let v: Value = parse_json(bytes)?;
     let Value::Object(mut m) = v else {
@@ -459,6 +468,7 @@ pub fn parse_submission(bytes: &[u8]) -> Result<Submission> {
             "must be an absolute path (at most 4096 bytes)",
         ));
     }
+    let control = parse_control(&mut m)?;
     let spec: JobSpec = from_value(Value::Object(m), "")?;
     spec.validate()
         .map_err(|e| ApiError::invalid(e.field, e.message))?;
@@ -467,7 +477,46 @@ pub fn parse_submission(bytes: &[u8]) -> Result<Submission> {
         command,
         env,
         workdir,
+        control,
     })
+}
+
+/// `array` ("0-99%8"), `dependency` ("afterok:3:4,singleton") and `hold` (true) of a
+/// submission, written as Slurm users write them.
+fn parse_control(m: &mut serde_json::Map<String, Value>) -> Result<JobControl> {
+    use crate::core::dependencies::{ArraySpec, Dependency};
+    let mut c = JobControl::default();
+    match m.remove("array") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(a)) => {
+            c.array = Some(ArraySpec::parse(&a).map_err(|e| ApiError::invalid("array", e))?)
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "array",
+                "must be a string such as \"0-99%8\"",
+            ));
+        }
+    }
+    match m.remove("dependency") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(d)) => {
+            c.dependency =
+                Dependency::parse_list(&d).map_err(|e| ApiError::invalid("dependency", e))?
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "dependency",
+                "must be a string such as \"afterok:3:4\"",
+            ));
+        }
+    }
+    match m.remove("hold") {
+        None | Some(Value::Null) => {}
+        Some(Value::Bool(h)) => c.hold = h,
+        Some(_) => return Err(ApiError::invalid("hold", "must be true or false")),
+    }
+    Ok(c)
 }
 
 /// Query parameters, refusing unknown ones.
@@ -542,16 +591,26 @@ fn ok(v: Value) -> Response {
 // ---- views -------------------------------------------------------------------------------
 
 fn job_summary(j: &JobRecord) -> Value {
-    json!({
+    let mut v = json!({
         "id": j.id,
         "tenant": &*j.tenant,
         "name": j.name.as_deref(),
-        "state": state_name(j.state),
+        "state": job_state_name(j),
         "accelerators": j.accel_milli as f64 / 1000.0,
         "submitted_at_ms": j.submitted_ms,
         "ended_at_ms": j.ended_ms,
         "attempt": j.attempt,
-    })
+    });
+    if let Some(g) = j.gate.as_deref() {
+        if let Some(t) = g.array {
+            v["array_job_id"] = json!(t.array);
+            v["array_task_id"] = json!(t.index);
+        }
+        if !g.dependency.is_empty() {
+            v["dependency"] = json!(crate::core::dependencies::dependency_text(&g.dependency));
+        }
+    }
+    v
 }
 
 fn job_detail(app: &App, core: &Core, j: &JobRecord) -> Result<Value> {
@@ -588,7 +647,13 @@ fn job_detail(app: &App, core: &Core, j: &JobRecord) -> Result<Value> {
     events.extend(j.history.iter().map(|h| json!(h)));
     m.insert("events".into(), Value::Array(events));
     m.insert("reason".into(), json!(j.reason));
-    if j.state == JobState::Pending
+    if let Some(text) = core.gate_text(j.id) {
+        m.insert(
+            "wait".into(),
+            json!({"position": null, "reason": {"kind": "gate"}, "text": text,
+                   "estimated_start_s": null}),
+        );
+    } else if j.state == JobState::Pending
         && let Some(e) = core.engine().explain(JobId(j.id))
     {
         m.insert(
@@ -712,6 +777,7 @@ async fn submit(
         command,
         env,
         workdir,
+        control,
     } = parse_submission(&b)?;
     let request_sha256 = {
         let mut buf = Vec::with_capacity(tenant.len() + 1 + b.len());
@@ -748,6 +814,8 @@ async fn submit(
                     ),
                 ));
             }
+            let mut spec = spec;
+            core.canonical_models(&mut spec);
             core.check_submit(&tenant, &spec).map_err(|r| {
                 let mut e = ApiError::from_refusal(r);
                 if e.field
@@ -758,7 +826,17 @@ async fn submit(
                 }
                 e
             })?;
-            check_tenant_limits(&app, &core, &p, &tenant, &spec, &command, &env, &workdir)?;
+            core.check_control(&tenant, spec.name.as_deref(), &control)
+                .map_err(ApiError::from_refusal)?;
+            check_tenant_limits(
+                &app,
+                &core,
+                &p,
+                &tenant,
+                &spec,
+                (&command, &env, &workdir),
+                control.jobs(),
+            )?;
             let job = core.next_job_id();
             let entry = Entry::Submit {
                 job,
@@ -771,6 +849,7 @@ async fn submit(
                     key,
                     request_sha256,
                 }),
+                control: (!control.is_default()).then(|| Box::new(control)),
                 by: p.token_id().to_string(),
             };
             let (seq, applied) = app.commit(&mut core, entry)?;
@@ -818,9 +897,8 @@ fn check_tenant_limits(
     p: &Principal,
     tenant: &str,
     spec: &JobSpec,
-    command: &[String],
-    env: &BTreeMap<String, String>,
-    workdir: &Option<String>,
+    (command, env, workdir): (&[String], &BTreeMap<String, String>, &Option<String>),
+    jobs: u64,
 ) -> Result<()> {
     let Some(t) = core.tenant(tenant) else {
         return Ok(()); // check_submit refused it already
@@ -845,7 +923,7 @@ fn check_tenant_limits(
     let max_pending = t
         .max_pending_jobs
         .unwrap_or(app.cfg.max_pending_jobs_per_tenant);
-    if pending >= max_pending {
+    if pending + jobs > max_pending {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_pending",
@@ -896,18 +974,19 @@ async fn list_jobs(
     RawQuery(raw): RawQuery,
 ) -> Result<Response> {
     let p = principal(&app, &headers)?;
-    let q = query(raw, &["state", "tenant", "limit", "cursor"])?;
+    let q = query(raw, &["state", "tenant", "name", "limit", "cursor"])?;
     let limit = num(&q, "limit", 100, 1, 1000)? as usize;
     let cursor = num(&q, "cursor", u64::MAX, 1, u64::MAX)?;
     let state = match q.get("state") {
         None => None,
-        Some(s) => Some(parse_state(s).ok_or_else(|| {
+        Some(s) => Some(parse_state(s).map(|_| s.as_str()).ok_or_else(|| {
             ApiError::invalid(
                 "state",
-                format!("{s:?}: use pending, running, succeeded, failed, cancelled or rejected"),
+                format!("{s:?}: use pending, held, running, succeeded, failed, timed_out, cancelled or rejected"),
             )
         })?),
     };
+    let name = q.get("name");
     let tenant: Option<String> = match (&p, q.get("tenant")) {
         (Principal::Tenant { name, .. }, None) => Some(name.to_string()),
         (Principal::Tenant { name, .. }, Some(t)) if **name == **t => Some(t.clone()),
@@ -922,7 +1001,9 @@ async fn list_jobs(
     let mut jobs = Vec::new();
     let mut next = None;
     for j in core.jobs_before(cursor) {
-        if tenant.as_deref().is_some_and(|t| *j.tenant != *t) || state.is_some_and(|s| j.state != s)
+        if tenant.as_deref().is_some_and(|t| *j.tenant != *t)
+            || state.is_some_and(|s| job_state_name(j) != s)
+            || name.is_some_and(|n| j.name.as_deref() != Some(n.as_str()))
         {
             continue;
         }
@@ -985,6 +1066,70 @@ async fn cancel_job(
             },
         )?
         .0
+    };
+    app.durable(seq).await?;
+    let core = app.core();
+    let j = visible_job(&core, &p, id)?;
+    Ok(ok(job_summary(j)))
+}
+
+async fn hold_job(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    job_control(app, headers, id, |job, by| Entry::Hold { job, by }).await
+}
+
+async fn release_job(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    job_control(app, headers, id, |job, by| Entry::Release { job, by }).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RequeueBody {
+    #[serde(default)]
+    hold: bool,
+}
+
+async fn requeue_job(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    b: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let b = body(b)?;
+    let r: RequeueBody = if b.iter().all(u8::is_ascii_whitespace) {
+        RequeueBody::default()
+    } else {
+        from_value(parse_json(&b)?, "")?
+    };
+    job_control(app, headers, id, move |job, by| Entry::Requeue {
+        job,
+        hold: r.hold,
+        by,
+    })
+    .await
+}
+
+/// Hold, release, requeue: a job the caller may see, one log entry, the job as it is after.
+async fn job_control(
+    app: AppState,
+    headers: HeaderMap,
+    id: String,
+    entry: impl FnOnce(u64, String) -> Entry,
+) -> Result<Response> {
+    let p = principal(&app, &headers)?;
+    let id = job_id(&id)?;
+    let seq = {
+        let mut core = app.core();
+        visible_job(&core, &p, id)?;
+        app.commit(&mut core, entry(id, p.token_id().to_string()))?
+            .0
     };
     app.durable(seq).await?;
     let core = app.core();

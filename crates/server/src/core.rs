@@ -18,6 +18,8 @@ use crate::entry::{Entry, TokenEntry};
 
 mod agents;
 pub use agents::{NodeAgent, RunSpec, STALE_EPOCH};
+pub mod dependencies;
+pub use dependencies::JobControl;
 mod snapshot;
 pub use snapshot::CORE_SNAPSHOT_FORMAT;
 
@@ -77,6 +79,16 @@ pub fn state_name(s: JobState) -> &'static str {
         JobState::Failed => "failed",
         JobState::Cancelled => "cancelled",
         JobState::Rejected => "rejected",
+        JobState::Held => "held",
+        JobState::TimedOut => "timed_out",
+    }
+}
+
+/// The state a user sees: a pending job its owner held is `held`.
+pub fn job_state_name(j: &JobRecord) -> &'static str {
+    match j.gate.as_deref() {
+        Some(g) if g.waiting && g.user_hold && j.state == JobState::Pending => "held",
+        _ => state_name(j.state),
     }
 }
 
@@ -88,6 +100,8 @@ pub fn parse_state(s: &str) -> Option<JobState> {
         "failed" => JobState::Failed,
         "cancelled" => JobState::Cancelled,
         "rejected" => JobState::Rejected,
+        "timed_out" => JobState::TimedOut,
+        "held" => JobState::Held,
         _ => return None,
     })
 }
@@ -130,6 +144,8 @@ pub struct JobRecord {
     /// Where its latest attempt ran, kept after it ended (its logs are there).
     pub last_run: Vec<TaskPlacement>,
     pub last_run_attempt: u32,
+    /// Its hold, dependencies and array task, if it has any (`core/dependencies.rs`).
+    pub gate: Option<Box<dependencies::Gate>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -190,6 +206,8 @@ pub struct Core {
     agents: BTreeMap<String, NodeAgent>,
     /// Running jobs, for the agents' desired sets.
     running_jobs: std::collections::BTreeSet<u64>,
+    /// Held jobs, dependencies and job arrays.
+    gates: dependencies::Gates,
 }
 
 pub fn parse_hash(hex: &str) -> Option<[u8; 32]> {
@@ -261,6 +279,7 @@ impl Core {
             specs,
             agents: BTreeMap::new(),
             running_jobs: Default::default(),
+            gates: Default::default(),
         })
     }
 
@@ -352,6 +371,20 @@ impl Core {
 
     // ---- checks made before an entry is written -----------------------------------------
 
+    /// Writes model names as the catalog does (`h100` → `H100`): names are matched without
+    /// regard to case, and the log keeps the catalog's spelling.
+    pub fn canonical_models(&self, spec: &mut JobSpec) {
+        for g in &mut spec.groups {
+            for m in &mut g.models {
+                if let Some(c) = self.catalog.canonical(m)
+                    && c != m
+                {
+                    *m = c.to_string();
+                }
+            }
+        }
+    }
+
     /// What can be checked of a submission without changing anything; the engine's own
     /// admission (fit, quota, share cap) follows when it is applied.
     pub fn check_submit(&self, tenant: &str, spec: &JobSpec) -> Result<(), Refusal> {
@@ -365,10 +398,14 @@ impl Core {
         for (i, g) in spec.groups.iter().enumerate() {
             for (j, m) in g.models.iter().enumerate() {
                 if self.catalog.matching(m).is_empty() {
+                    let hint = match self.catalog.suggest(m) {
+                        Some(s) => format!("did you mean {s:?}? "),
+                        None => String::new(),
+                    };
                     return Err(Refusal::invalid(
                         format!("groups[{i}].models[{j}]"),
                         format!(
-                            "{m:?} is neither a model nor a class in the accelerator catalog (GET /v1/catalog lists them)"
+                            "{m:?} is neither a model nor a class in the accelerator catalog ({hint}`gosok catalog` or GET /v1/catalog lists them)"
                         ),
                     ));
                 }
@@ -424,6 +461,7 @@ impl Core {
                 env,
                 workdir,
                 idempotency,
+                control,
                 ..
             } => {
                 return self.submit(
@@ -434,7 +472,13 @@ impl Core {
                     (**spec).clone(),
                     RunSpec::of(command.clone(), env.clone(), workdir.clone()),
                     idempotency.clone(),
+                    control.as_deref().unwrap_or(&JobControl::default()),
                 );
+            }
+            Entry::Hold { job, by } => self.hold_job(at_ms, *job, by)?,
+            Entry::Release { job, by } => self.release_job(at_ms, *job, by, &mut out)?,
+            Entry::Requeue { job, hold, by } => {
+                self.requeue_job(at_ms, *job, *hold, by, &mut out)?
             }
             Entry::Cancel { job, .. } => {
                 let Some(rec) = self.job(*job) else {
@@ -456,6 +500,7 @@ impl Core {
             Entry::Tick { now_s } => {
                 let now = (*now_s).max(self.now_s);
                 self.advance(now, &mut out)?;
+                self.open_gates(at_ms, &mut out);
                 let t = Instant::now();
                 let decisions = self.engine.schedule();
                 out.pass = Some(t.elapsed());
@@ -582,9 +627,10 @@ impl Core {
                 epoch,
                 status,
                 detail,
+                limit,
                 ..
             } => self.task_ended(
-                at_ms, *job, *attempt, *task, node, *epoch, *status, detail, &mut out,
+                at_ms, *job, *attempt, *task, node, *epoch, *status, detail, *limit, &mut out,
             )?,
             // A note for the audit log: the repair itself was made to the store.
             Entry::Recovered { .. } => {}
@@ -605,6 +651,7 @@ impl Core {
                 env,
                 workdir,
                 idempotency,
+                control,
                 ..
             } => self.submit(
                 seq,
@@ -614,6 +661,7 @@ impl Core {
                 *spec,
                 RunSpec::of(command, env, workdir),
                 idempotency,
+                control.as_deref().unwrap_or(&JobControl::default()),
             ),
             other => self.apply(seq, at_ms, &other),
         }
@@ -629,8 +677,11 @@ impl Core {
         spec: JobSpec,
         run: Option<Box<RunSpec>>,
         idempotency: Option<crate::entry::Idempotency>,
+        control: &JobControl,
     ) -> Result<Applied, Refusal> {
         let mut out = Applied::default();
+        // An array is one submission of many jobs: ids `job..job + n`, one per index.
+        let indices: &[u32] = control.array.as_ref().map_or(&[], |a| a.indices());
         if job != self.next_job_id() {
             return Err(Refusal::conflict(
                 Some("job"),
@@ -643,19 +694,75 @@ impl Core {
                 format!("tenant {tenant:?} is not known"),
             ));
         };
-        let name = spec.name.as_deref().map(Into::into);
+        let name: Option<Box<str>> = spec.name.as_deref().map(Into::into);
         let accel_milli = spec.total_accelerator_milli();
-        let decisions = self
-            .engine
-            .apply(Event::Submit {
-                id: JobId(job),
-                tenant,
-                spec,
-            })
-            .map_err(|e| Refusal::invalid("job", e.to_string()))?;
-        let refused = decisions
-            .iter()
-            .any(|d| matches!(d, Decision::Reject { job: j, .. } if j.0 == job));
+        let n = indices.len().max(1);
+        let mut decisions = Vec::new();
+        let mut spec = Some(spec);
+        for k in 0..n {
+            let id = job + k as u64;
+            // The last task takes the spec itself: a plain submission copies nothing.
+            let spec = if k + 1 == n {
+                spec.take()
+            } else {
+                spec.clone()
+            };
+            let d = self
+                .engine
+                .apply(Event::Submit {
+                    id: JobId(id),
+                    tenant: tenant.clone(),
+                    spec: spec.expect("taken only by the last task"),
+                })
+                .map_err(|e| Refusal::invalid("job", e.to_string()))?;
+            let refused = d
+                .iter()
+                .any(|d| matches!(d, Decision::Reject { job: j, .. } if j.0 == id));
+            decisions.extend(d);
+            let run = match indices.get(k) {
+                None => run.clone(),
+                Some(&index) => {
+                    let mut r = run.clone().unwrap_or_else(|| {
+                        Box::new(RunSpec {
+                            command: Vec::new(),
+                            env: BTreeMap::new(),
+                            workdir: None,
+                        })
+                    });
+                    r.env
+                        .insert("GOSOK_ARRAY_TASK_ID".into(), index.to_string());
+                    r.env.insert("GOSOK_ARRAY_JOB_ID".into(), job.to_string());
+                    Some(r)
+                }
+            };
+            self.push_job(seq, at_ms, id, &t, name.clone(), accel_milli, refused, run);
+        }
+        self.counters.submitted += 1;
+        if let Some(k) = idempotency {
+            self.idempotency.insert((t, k.key), (k.request_sha256, job));
+        }
+        if !control.is_default() {
+            let d = self.gate_new_jobs(job, control)?;
+            decisions.extend(d);
+        }
+        self.dirty = true;
+        self.decide(at_ms, decisions, &mut out);
+        self.seq = seq;
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push_job(
+        &mut self,
+        seq: u64,
+        at_ms: u64,
+        job: u64,
+        t: &Arc<str>,
+        name: Option<Box<str>>,
+        accel_milli: u64,
+        refused: bool,
+        run: Option<Box<RunSpec>>,
+    ) {
         self.jobs.push(JobRecord {
             id: job,
             tenant: t.clone(),
@@ -674,19 +781,12 @@ impl Core {
             run,
             last_run: Vec::new(),
             last_run_attempt: 0,
+            gate: None,
         });
         *self.pending_by_tenant.entry(t.clone()).or_default() += 1;
         if let Some(r) = &self.jobs.last().and_then(|j| j.run.as_deref()) {
             *self.stored_by_tenant.entry(t.clone()).or_default() += r.bytes();
         }
-        self.counters.submitted += 1;
-        if let Some(k) = idempotency {
-            self.idempotency.insert((t, k.key), (k.request_sha256, job));
-        }
-        self.dirty = true;
-        self.decide(at_ms, decisions, &mut out);
-        self.seq = seq;
-        Ok(out)
     }
 
     fn add_token(&mut self, t: &TokenEntry, at_ms: u64) -> Result<(), Refusal> {
@@ -850,6 +950,7 @@ impl Core {
                 detail: "the topology changed; the job is placed again".into(),
             });
         }
+        self.hold_waiting_again();
         self.dirty = true;
         self.decide(at_ms, decisions, out);
         Ok(())
@@ -884,6 +985,10 @@ impl Core {
             self.running_jobs.insert(id);
         }
         if state.is_terminal() && !old.is_terminal() {
+            // A job that ended may open the gates of jobs that depend on it; its own gate
+            // is closed for good.
+            self.gates.dirty = true;
+            self.gates.waiting.remove(&id);
             j.ended_ms = Some(at_ms);
             j.keep_last_run();
             // An ended job runs nothing more: what it would run is only in the log now.
@@ -936,10 +1041,7 @@ impl Core {
                     Some(JobState::Running)
                 }
                 Decision::Preempt { reason, .. } => {
-                    push(
-                        "preempted",
-                        serde_json::to_string(reason).unwrap_or_default(),
-                    );
+                    push("preempted", preempt_words(reason));
                     j.keep_last_run();
                     Some(JobState::Pending)
                 }
@@ -969,6 +1071,18 @@ impl Core {
             }
         }
         out.decisions.extend(decisions);
+    }
+}
+
+/// A preemption in words: "preempted by job 25 (priority)".
+fn preempt_words(r: &gosok_engine::PreemptReason) -> String {
+    use gosok_engine::PreemptReason as P;
+    match r {
+        P::Priority { by } => format!("preempted by job {by} (priority)"),
+        P::ShorterRemaining { by } => format!("preempted by job {by} (shorter remaining time)"),
+        P::LeastAttained { by } => format!("preempted by job {by} (least attained service)"),
+        P::Reclaim { by } => format!("preempted by job {by} (its tenant reclaimed its guarantee)"),
+        P::Curtailment { site } => format!("preempted: site {site}'s power budget was lowered"),
     }
 }
 
@@ -1063,6 +1177,7 @@ tier = "academic"
                     key: format!("k{job}"),
                     request_sha256: "x".into(),
                 }),
+                control: None,
                 by: "admin".into(),
             },
         )

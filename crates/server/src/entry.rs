@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use gosok_model::{AcceleratorModel, ClusterSpec, JobSpec, NodeState, TenantSpec};
 
+pub use crate::core::JobControl;
+
 /// The log format; bumped when an entry changes incompatibly.
 pub const LOG_FORMAT: &str = "2";
 
@@ -35,10 +37,29 @@ pub enum Entry {
         workdir: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         idempotency: Option<Idempotency>,
+        /// An array, dependencies, a hold (`core/dependencies.rs`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        control: Option<Box<JobControl>>,
         by: String,
     },
     Cancel {
         job: u64,
+        by: String,
+    },
+    /// A user held a pending job: not eligible until released.
+    Hold {
+        job: u64,
+        by: String,
+    },
+    Release {
+        job: u64,
+        by: String,
+    },
+    /// A user put a running job back in the queue (held there with `hold`).
+    Requeue {
+        job: u64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hold: bool,
         by: String,
     },
     /// The clock moved to `now_s` and a scheduling pass ran.
@@ -105,6 +126,9 @@ pub enum Entry {
         /// What the engine sees: the exit code, 128 + a signal, 127 when it could not start.
         status: i32,
         detail: String,
+        /// The agent stopped it at its runtime limit: the job ends timed out.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        limit: bool,
         by: String,
     },
     /// `gosok server recover` repaired the store, as an operator chose: what it dropped.
@@ -157,6 +181,9 @@ impl Entry {
             Entry::Init { .. } => "init",
             Entry::Submit { .. } => "submit",
             Entry::Cancel { .. } => "cancel",
+            Entry::Hold { .. } => "hold",
+            Entry::Release { .. } => "release",
+            Entry::Requeue { .. } => "requeue",
             Entry::Tick { .. } => "tick",
             Entry::NodeState { .. } => "node_state",
             Entry::SitePowerBudget { .. } => "site_power_budget",

@@ -824,6 +824,7 @@ pub fn fill_log(
                 env: Default::default(),
                 workdir: None,
                 idempotency: None,
+                control: None,
                 by: "bench".into(),
             }
         };

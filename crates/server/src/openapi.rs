@@ -36,7 +36,7 @@ fn nullable(t: &str) -> Value {
 
 /// The schemas, by name. Field names and bounds follow gosok_model's types.
 pub fn schemas() -> Map<String, Value> {
-    let job_state = json!({"type": "string", "enum": ["pending", "running", "succeeded", "failed", "cancelled", "rejected"]});
+    let job_state = json!({"type": "string", "enum": ["pending", "held", "running", "succeeded", "failed", "timed_out", "cancelled", "rejected"]});
     let priority =
         json!({"type": "string", "enum": ["scavenger", "low", "normal", "high", "critical"]});
     let max_priority = json!({"type": ["string", "null"], "enum": ["scavenger", "low", "normal", "high", "critical", null],
@@ -74,10 +74,15 @@ pub fn schemas() -> Map<String, Value> {
     submission_props["command"] = arr(s());
     submission_props["env"] = json!({"type": "object", "additionalProperties": s()});
     submission_props["workdir"] = s();
+    submission_props["array"] = json!({"type": "string", "description": "a job array: \"0-99%8\" (indices, at most 8 eligible at once); each task gets GOSOK_ARRAY_TASK_ID"});
+    submission_props["dependency"] = json!({"type": "string", "description": "afterok:ID[:ID], afterany:ID, afternotok:ID, singleton; comma-separated, all must hold"});
+    submission_props["hold"] =
+        json!({"type": "boolean", "description": "submit held: not started until released"});
     let job = open_obj(json!({
         "id": int(), "tenant": s(), "name": nullable("string"), "state": job_state,
         "accelerators": num(), "submitted_at_ms": int(), "ended_at_ms": nullable("integer"),
         "attempt": int(), "spec": obj(spec_props, &["groups"]), "command": arr(s()),
+        "array_job_id": int(), "array_task_id": int(), "dependency": s(),
         "placement": arr(open_obj(json!({"task": int(), "group": int(), "node": s(),
             "model": nullable("string"), "devices": arr(int()), "milli": int()}))),
         "events": arr(open_obj(json!({"at_ms": int(), "event": s(), "detail": s()}))),
@@ -157,6 +162,7 @@ pub fn schemas() -> Map<String, Value> {
     put("OpenApi", json!({"type": "object"}));
     put("JobSubmission", obj(submission_props, &["groups"]));
     put("Job", job.clone());
+    put("Requeue", obj(json!({"hold": {"type": "boolean"}}), &[]));
     put(
         "JobList",
         obj(

@@ -22,6 +22,7 @@ fn colour(policy: &str) -> RGBColor {
         "sjf" => RGBColor(31, 119, 180),
         "srtf" => RGBColor(44, 160, 44),
         "gosok" => RGBColor(0, 0, 0),
+        "target" => RGBColor(127, 127, 127),
         _ => RGBColor(214, 39, 40),
     }
 }
@@ -44,7 +45,8 @@ fn cdf_points(sorted: &[u64]) -> Vec<(f64, f64)> {
     pts
 }
 
-fn line_chart(
+/// A line chart of named series (`log_x`: a logarithmic x axis), written as SVG.
+pub fn line_chart(
     path: &Path,
     title: &str,
     x_desc: &str,

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use gosok_engine::{Event, JobId, JobState, TaskPlacement};
+use gosok_engine::{Decision, Event, JobId, JobState, TaskPlacement};
 use gosok_model::NodeState;
 use gosok_model::agent::{Assignment, NodeEpoch, NodeLease};
 
@@ -254,11 +254,12 @@ impl Core {
         epoch: u64,
         status: i32,
         detail: &str,
+        limit: bool,
         out: &mut Applied,
     ) -> Result<(), Refusal> {
         self.check_task_report(job, attempt, task, node, epoch)
             .map_err(|(_, m)| Refusal::conflict(Some("epoch"), m))?;
-        let decisions = self
+        let mut decisions = self
             .engine
             .apply(Event::TaskEnded {
                 id: JobId(job),
@@ -267,6 +268,22 @@ impl Core {
                 exit_code: status,
             })
             .map_err(|e| Refusal::conflict(Some("task"), e.to_string()))?;
+        if limit {
+            // Stopped by its agent at its runtime limit: the job timed out, it did not fail.
+            for d in &mut decisions {
+                if let Decision::Finish {
+                    job: j,
+                    state,
+                    reason,
+                } = d
+                    && j.0 == job
+                    && *state == JobState::Failed
+                {
+                    *state = JobState::TimedOut;
+                    *reason = format!("runtime limit reached ({reason})");
+                }
+            }
+        }
         if let Some(j) = job
             .checked_sub(1)
             .and_then(|i| self.jobs.get_mut(i as usize))
@@ -453,6 +470,7 @@ mod tests {
                 env: [("SEED".to_string(), "7".to_string())].into(),
                 workdir: Some("/data".into()),
                 idempotency: None,
+                control: None,
                 by: "lab".into(),
             },
         )
@@ -515,6 +533,7 @@ mod tests {
                     epoch: t.epoch,
                     status: 0,
                     detail: "exited with status 0".into(),
+                    limit: false,
                     by: "agent".into(),
                 },
             )

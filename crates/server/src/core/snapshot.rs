@@ -27,7 +27,7 @@ use super::{Core, Counters, JobRecord, NodeAgent, SpecSource, TokenRecord};
 
 /// Bumped whenever [`Image`] or a type in it changes; a snapshot of another format is
 /// refused (and the controller replays its whole log).
-pub const CORE_SNAPSHOT_FORMAT: u32 = 1;
+pub const CORE_SNAPSHOT_FORMAT: u32 = 2;
 
 const MAGIC: &[u8; 8] = b"gosokCOR";
 
@@ -57,6 +57,7 @@ struct Image<'a> {
     seq: u64,
     agents: Cow<'a, BTreeMap<String, NodeAgent>>,
     running_jobs: Cow<'a, BTreeSet<u64>>,
+    gates: Cow<'a, super::dependencies::Gates>,
 }
 
 impl Core {
@@ -84,6 +85,7 @@ impl Core {
             seq: self.seq,
             agents: Cow::Borrowed(&self.agents),
             running_jobs: Cow::Borrowed(&self.running_jobs),
+            gates: Cow::Borrowed(&self.gates),
         };
         let mut out = Vec::with_capacity(engine.len() * 2);
         out.extend_from_slice(MAGIC);
@@ -165,6 +167,7 @@ impl Core {
             specs,
             agents: image.agents.into_owned(),
             running_jobs: image.running_jobs.into_owned(),
+            gates: image.gates.into_owned(),
         })
     }
 }
@@ -303,6 +306,7 @@ mod tests {
                 key: k.into(),
                 request_sha256: "ab".repeat(32),
             }),
+            control: None,
             by: "admin".into(),
         };
         let ended = |node: &str| Entry::TaskEnded {
@@ -313,6 +317,7 @@ mod tests {
             epoch: 1,
             status: 0,
             detail: "exited".into(),
+            limit: false,
             by: "agent".into(),
         };
         let claim = |node: &str| crate::entry::NodeClaim {
@@ -522,7 +527,7 @@ mod tests {
         let image = &bytes[20 + len..];
         assert_eq!(
             (CORE_SNAPSHOT_FORMAT, image.len(), fnv(image)),
-            (1, 984, 1266653868076029873),
+            (2, 988, 12192535569258135375),
             "the core's snapshot image changed: see this test's comment"
         );
     }
