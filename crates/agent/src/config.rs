@@ -85,6 +85,8 @@ pub struct NodeTemplate {
     /// Each node's accelerators (virtual nodes all get the same).
     pub devices: Vec<Device>,
     pub labels: BTreeMap<String, String>,
+    /// `key` or `key=value` (see `NodeSpec::taints`).
+    pub taints: Vec<String>,
 }
 
 /// The label virtual nodes carry.
@@ -107,6 +109,7 @@ impl NodeTemplate {
                 accelerator: accelerator.clone(),
                 accelerators: self.devices.len() as u64,
                 labels,
+                taints: self.taints.clone(),
             }
         };
         match self.count {
@@ -213,6 +216,7 @@ mod tests {
                 },
             ],
             labels: BTreeMap::from([("team".into(), "a".into())]),
+            taints: Vec::new(),
         };
         let nodes = t.expand();
         let names: Vec<_> = nodes.iter().map(|n| n.name.as_str()).collect();

@@ -229,6 +229,7 @@ impl Running {
                 model: "H100".into(),
             }],
             labels: BTreeMap::new(),
+            taints: Vec::new(),
         };
         let mut cfg = Config::new(&fake.url(), "token", template.expand(), work.clone());
         cfg.tick = Duration::from_millis(20);

@@ -81,6 +81,11 @@ pub struct AgentArgs {
     /// A node label KEY=VALUE (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// A node taint KEY or KEY=VALUE (repeatable): only jobs that tolerate it are placed on
+    /// the node. Applies to nodes the cluster file does not declare (a declared node keeps
+    /// the taints of its declaration).
+    #[arg(long = "taint", value_name = "KEY[=VALUE]")]
+    taints: Vec<String>,
     /// Tasks' directories and logs. Default: ./gosok-agent-work, or $TMPDIR/gosok-agent-work
     /// when the current directory is not writable.
     #[arg(long)]
@@ -226,6 +231,9 @@ pub fn config(a: AgentArgs) -> anyhow::Result<Config> {
         }
     }
     labels.insert(ISOLATION_LABEL.to_string(), isolation.name().to_string());
+    for t in &a.taints {
+        gosok_model::Taint::parse("--taint", t).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     let logs_listen: SocketAddr = a.logs_listen.parse().map_err(|_| {
         anyhow::anyhow!(
             "--logs-listen {:?}: expected IP:PORT, e.g. 127.0.0.1:0",
@@ -241,6 +249,7 @@ pub fn config(a: AgentArgs) -> anyhow::Result<Config> {
         mem_mib,
         devices,
         labels,
+        taints: a.taints.clone(),
     }
     .expand();
     let mut cfg = Config::new(

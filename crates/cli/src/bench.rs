@@ -47,6 +47,11 @@ pub struct EngineBenchParams {
     pub rounds: usize,
     pub site_power_budget_mw: f64,
     pub seed: u64,
+    /// Placement scorers of the speed measurements: `default` (expected waste) or `mixed`
+    /// (the weighted mix that was the default before).
+    pub scorers: String,
+    /// Nodes of the placement-quality highway (0: no quality measurement).
+    pub quality_nodes: usize,
 }
 
 /// Reads the process's heap counters (the binary's counting allocator).
@@ -156,6 +161,8 @@ pub struct EngineBenchReport {
     pub steady: Steady,
     pub memory: Memory,
     pub targets: Targets,
+    /// Unallocated accelerators at full load (`bench_quality`).
+    pub quality: Option<crate::bench_quality::Quality>,
 }
 
 impl EngineBenchParams {
@@ -173,6 +180,15 @@ impl EngineBenchParams {
     pub fn validate(&self) -> Result<()> {
         if let Err(e) = self.highway_params().validate() {
             bail!("--{}: {}", e.field.replace('_', "-"), e.message);
+        }
+        if !matches!(self.scorers.as_str(), "default" | "mixed") {
+            bail!(
+                "--scorers: is {:?}; it must be default or mixed",
+                self.scorers
+            );
+        }
+        if self.quality_nodes > 100_000 {
+            bail!("--quality-nodes: is {}; at most 100000", self.quality_nodes);
         }
         for (flag, value, max) in [
             ("pending", self.pending, 10_000_000),
@@ -218,6 +234,21 @@ pub fn run_engine_bench(
         p.pending, p.passes
     ));
     let (steady, memory, pending, running_jobs) = steady_state(&cluster, p, heap)?;
+
+    let quality = if p.quality_nodes > 0 {
+        progress(&format!(
+            "placement quality: {} nodes filled to their capacity, three placements",
+            p.quality_nodes
+        ));
+        Some(crate::bench_quality::placement_quality(
+            p.sites.min(p.quality_nodes),
+            p.quality_nodes,
+            p.accelerators_per_node,
+            p.seed,
+        )?)
+    } else {
+        None
+    };
 
     let rate = |t: &Throughput| {
         if t.engine_ms > 0.0 {
@@ -269,12 +300,18 @@ pub fn run_engine_bench(
         gang16,
         steady,
         memory,
+        quality,
     })
 }
 
-fn new_engine(cluster: &ClusterSpec, seed: u64) -> Result<Engine> {
+fn new_engine(cluster: &ClusterSpec, p: &EngineBenchParams) -> Result<Engine> {
     let cfg = EngineConfig {
-        seed,
+        seed: p.seed,
+        scorers: if p.scorers == "mixed" {
+            gosok_engine::config::mixed_scorers()
+        } else {
+            gosok_engine::config::default_scorers()
+        },
         ..EngineConfig::default()
     };
     Engine::new(Catalog::builtin(), cluster, cfg)
@@ -354,7 +391,7 @@ fn throughput(
 ) -> Result<Throughput> {
     let mut rounds = Vec::new();
     for _ in 0..p.rounds {
-        let mut engine = new_engine(cluster, p.seed)?;
+        let mut engine = new_engine(cluster, p)?;
         for (i, (tenant, spec)) in batch.iter().enumerate() {
             let ev = Event::Submit {
                 id: JobId(i as u64 + 1),
@@ -472,7 +509,7 @@ fn steady_state(
     p: &EngineBenchParams,
     heap: &HeapProbe,
 ) -> Result<(Steady, Memory, usize, usize)> {
-    let mut engine = new_engine(cluster, p.seed)?;
+    let mut engine = new_engine(cluster, p)?;
     let mut stream = WorkloadGen::new(&WorkloadParams::default(), cluster, p.seed.wrapping_add(2));
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed.wrapping_add(3));
     let mut running = Running::default();
@@ -745,6 +782,31 @@ pub fn table(r: &EngineBenchReport) -> String {
         m.allocations_per_pending_job,
         m.submit_us
     );
+    if let Some(q) = &r.quality {
+        let _ = writeln!(
+            s,
+            "\nplacement quality: {} nodes, {} accelerators, arrival only until the arrived demand equals the highway",
+            thousands(q.nodes as f64),
+            thousands(q.accelerators as f64)
+        );
+        for run in &q.runs {
+            let bound = if run.score_candidates == 0 {
+                "all feasible nodes".to_string()
+            } else {
+                format!("{} candidates", run.score_candidates)
+            };
+            let _ = writeln!(
+                s,
+                "  {:<8} {:<20} {:>6.2} % unallocated  ({} jobs arrived, {} running; {:.0} ms)",
+                run.scorers,
+                bound,
+                run.unallocated_pct,
+                thousands(run.jobs_arrived as f64),
+                thousands(run.jobs_running as f64),
+                run.engine_ms
+            );
+        }
+    }
     s
 }
 
@@ -763,6 +825,8 @@ mod tests {
             rounds: 1,
             site_power_budget_mw: 20.0,
             seed: 9,
+            scorers: "default".into(),
+            quality_nodes: 0,
         }
     }
 
@@ -785,6 +849,13 @@ mod tests {
 
     #[test]
     fn bad_parameters_name_their_flag() {
+        let e = EngineBenchParams {
+            scorers: "best".into(),
+            ..params()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().starts_with("--scorers:"), "{e}");
         let e = EngineBenchParams {
             nodes: 0,
             ..params()

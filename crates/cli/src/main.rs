@@ -6,6 +6,7 @@ mod api;
 mod batch_script;
 mod bench;
 mod bench_agents;
+mod bench_quality;
 mod client;
 mod human;
 mod plan_cmd;
@@ -62,7 +63,7 @@ enum Command {
     Up(up::UpArgs),
     /// A node agent: registers this machine's node (or --nodes N virtual ones) with the
     /// controller and runs the tasks placed on it.
-    Agent(agent_cmd::AgentArgs),
+    Agent(Box<agent_cmd::AgentArgs>),
     /// Print gosok's version.
     Version,
 }
@@ -78,6 +79,12 @@ enum BenchCommand {
     /// Run trivial tasks on virtual nodes of a real agent: task starts per second,
     /// submit-to-running latency, and an idle agent's cost per node.
     Agents(bench_agents::BenchAgentsArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scorers {
+    Default,
+    Mixed,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -115,6 +122,14 @@ struct EngineArgs {
     /// Seed of the synthetic highway and workload; recorded in the report.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Placement scorers of the speed measurements: default (expected waste) or mixed (the
+    /// weighted bestfit + fgd + consolidate + power mix of earlier versions).
+    #[arg(long, value_enum, default_value_t = Scorers::Default)]
+    scorers: Scorers,
+    /// Nodes of the placement-quality highway (unallocated accelerators at full load); 0
+    /// skips the measurement.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    quality_nodes: u64,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
 }
@@ -169,7 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Server(a)) => server_cmd::bench(a)?,
         Command::Bench(BenchCommand::Agents(a)) => bench_agents::run(a)?,
         Command::Up(a) => up::run(a)?,
-        Command::Agent(a) => agent_cmd::run(a)?,
+        Command::Agent(a) => agent_cmd::run(*a)?,
         Command::Bench(BenchCommand::Engine(a)) => {
             // Counts were range-checked by clap, so they fit in usize on every target.
             let p = bench::EngineBenchParams {
@@ -182,6 +197,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 rounds: a.rounds as usize,
                 site_power_budget_mw: a.site_power_budget_mw,
                 seed: a.seed,
+                scorers: match a.scorers {
+                    Scorers::Default => "default",
+                    Scorers::Mixed => "mixed",
+                }
+                .into(),
+                quality_nodes: a.quality_nodes as usize,
             };
             let heap = bench::HeapProbe {
                 live_bytes: alloc::live_bytes,

@@ -2294,3 +2294,64 @@ fn the_api_is_served_over_tls_to_clients_that_trust_its_ca() {
     let _ = agent.wait();
     assert_eq!(state, "succeeded");
 }
+
+#[test]
+fn labels_and_taints_of_the_cluster_file_steer_placement_over_the_api() {
+    let s = Server::new(&[]);
+    let cluster = format!(
+        "{CLUSTER}\n{}",
+        r#"
+[[node]]
+name = "ph-r1-inf"
+rack = "ph-r1"
+cpu_cores = 64
+mem_mib = 524288
+accelerator = "H100"
+accelerators = 8
+state = "up"
+labels = { pool = "inference" }
+taints = ["dedicated=inference"]
+"#
+    );
+    s.apply_cluster(&cluster);
+    let a = s.token("lab-a");
+    // Selecting the inference node without tolerating its taint can never run: 422 naming it.
+    let (code, v) = s.req(
+        "POST",
+        "/v1/jobs",
+        Some(&a),
+        Some(
+            r#"{"groups":[{"accelerators":8}],"constraints":{"node_labels":{"pool":"inference"}}}"#,
+        ),
+    );
+    assert_eq!(code, 422, "{v}");
+    assert_eq!(v["error"]["field"], "taints", "{v}");
+    let (code, v) = s.req(
+        "POST",
+        "/v1/jobs",
+        Some(&a),
+        Some(r#"{"groups":[{"accelerators":8}],"constraints":{"node_labels":{"pool":"inference"},"tolerations":["dedicated=inference"]}}"#),
+    );
+    assert_eq!(code, 201, "{v}");
+    let j = s.wait_state(&a, v["id"].as_u64().unwrap(), "running");
+    assert_eq!(j["placement"][0]["node"], "ph-r1-inf", "{j}");
+    // Three whole-node jobs without tolerations: two run on the untainted nodes, the third
+    // waits, and its explanation names the taints (the tainted node is free, not for it).
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (code, v) = s.req("POST", "/v1/jobs", Some(&a), Some(JOB8));
+        assert_eq!(code, 201, "{v}");
+        ids.push(v["id"].as_u64().unwrap());
+    }
+    for &id in &ids[..2] {
+        let j = s.wait_state(&a, id, "running");
+        assert_ne!(j["placement"][0]["node"], "ph-r1-inf", "{j}");
+    }
+    let (_, v) = s.req("GET", &format!("/v1/jobs/{}", ids[2]), Some(&a), None);
+    assert_eq!(v["state"], "pending", "{v}");
+    // The export carries labels and taints back in the cluster-file format.
+    let (ok, out, err) = s.cli(&s.admin, &["export"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("taints = [\"dedicated=inference\"]"), "{out}");
+    assert!(out.contains("pool = \"inference\""), "{out}");
+}

@@ -109,6 +109,10 @@ pub struct Node {
     pub device_w: u64,
     pub draw_w: u64,
     pub tasks: Vec<NodeTask>,
+    /// What node selectors match (`constraints.node_labels`).
+    pub labels: BTreeMap<String, String>,
+    /// Only replicas that tolerate each of these are placed here.
+    pub taints: Vec<gosok_model::Taint>,
 }
 
 impl Node {
@@ -270,6 +274,13 @@ fn new_node(
         device_w,
         draw_w: 0,
         tasks: Vec::new(),
+        labels: spec.labels.clone(),
+        // The spec was validated; a taint that does not parse cannot be here.
+        taints: spec
+            .taints
+            .iter()
+            .filter_map(|t| gosok_model::Taint::parse("taints", t).ok())
+            .collect(),
     }
 }
 

@@ -163,18 +163,33 @@ impl Las {
     }
 }
 
+/// Expected waste places every replica (`waste.rs`); a gang's later replicas also prefer its
+/// earlier ones' scale-up domain, rack and site, and racks with power headroom break ties.
+pub fn default_scorers() -> Vec<(String, f64)> {
+    vec![
+        ("waste".into(), 1.0),
+        ("consolidate".into(), 2.0),
+        ("power".into(), 0.25),
+    ]
+}
+
+/// The weighted mix that was the default before expected waste (kept for comparison).
+pub fn mixed_scorers() -> Vec<(String, f64)> {
+    vec![
+        ("bestfit".into(), 1.0),
+        ("fgd".into(), 1.0),
+        ("consolidate".into(), 2.0),
+        ("power".into(), 0.25),
+    ]
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             seed: 0,
             accelerator_utilisation: 0.9,
             fair_share_half_life_s: 7 * 24 * 3600,
-            scorers: vec![
-                ("bestfit".into(), 1.0),
-                ("fgd".into(), 1.0),
-                ("consolidate".into(), 2.0),
-                ("power".into(), 0.25),
-            ],
+            scorers: default_scorers(),
             score_candidates: 16,
             default_runtime_s: 24 * 3600,
             overrun_grace_s: 600,

@@ -5,10 +5,12 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use gosok_model::{
     Catalog, ClusterSpec, JobSpec, ModelId, NodeState, PriorityClass, SpecError, TenantSpec,
+    TopologyLevel,
 };
 
 use crate::cluster::{Cluster, TaskRef};
 use crate::config::{EngineConfig, Las, QueuePolicy};
+use crate::constraints::{self, GroupUse, GroupUses, NodeRules};
 use crate::event::{Decision, EngineError, Event, JobState, PreemptReason, TaskPlacement};
 use crate::explain::{Blocker, WaitReason};
 use crate::hold::{Hold, SlipCause};
@@ -20,6 +22,42 @@ use crate::reservation::{self, PlanInput};
 use crate::scorers::{Profile, Scorer, scorer_by_name};
 use crate::tenants::Tenant;
 
+/// Which node constraints admission applies when it asks whether a group could ever fit;
+/// leaving one out tells whether it is the one that makes the group impossible.
+#[derive(Clone, Copy)]
+struct Checks {
+    labels: bool,
+    taints: bool,
+    per_node: bool,
+    spread: bool,
+}
+
+impl Checks {
+    const ALL: Checks = Checks {
+        labels: true,
+        taints: true,
+        per_node: true,
+        spread: true,
+    };
+    const NONE: Checks = Checks {
+        labels: false,
+        taints: false,
+        per_node: false,
+        spread: false,
+    };
+    const WITHOUT_LABELS: Checks = Checks {
+        labels: false,
+        ..Checks::ALL
+    };
+    const WITHOUT_TAINTS: Checks = Checks {
+        taints: false,
+        ..Checks::ALL
+    };
+    const WITHOUT_PER_NODE: Checks = Checks {
+        per_node: false,
+        ..Checks::ALL
+    };
+}
 mod control;
 
 /// One tenant's next job in the pass-wide merge. Ordered so that the heap's top is the job
@@ -118,15 +156,24 @@ fn request_for<'a>(
     job: &Job,
     shapes: &'a [Shape],
     tenants: &'a [Tenant],
+    uses: &'a GroupUses,
     bound: bool,
 ) -> Request<'a> {
+    let shape = &shapes[job.shape as usize];
     Request {
         job: job.id,
-        shape: &shapes[job.shape as usize],
+        shape,
         tenant: &tenants[job.tenant as usize],
         preemptible: job.preemptible,
         bound_by_reservation: bound,
+        group_use: group_use_of(uses, job.tenant, shape),
     }
+}
+
+/// Where the running replicas of the group of a job of `tenant` and `shape` are.
+fn group_use_of<'a>(uses: &'a GroupUses, tenant: TenantIdx, shape: &Shape) -> Option<&'a GroupUse> {
+    let group = shape.rules.as_ref()?.group.as_ref()?;
+    uses.get(&(tenant, group.clone()))
 }
 
 /// Bits of a `FairShareLas` place in line below the level: the submit time.
@@ -211,6 +258,7 @@ pub struct Engine {
     #[serde(skip)]
     scorers: Scorers,
     demand_counts: BTreeMap<(u8, u16), f64>,
+    demand_totals: crate::waste::DemandTotals,
     profile: Profile,
     profile_dirty: bool,
     now_s: u64,
@@ -229,6 +277,8 @@ pub struct Engine {
     /// Under `FairShareLas`: pending jobs whose search for victims found no room, and when
     /// they may be searched again (`Las::retry_s`).
     las_retry: BTreeMap<JobId, u64>,
+    /// Running replicas of jobs with a `constraints.group`, per tenant and group.
+    group_uses: GroupUses,
     stats: PassStats,
 }
 
@@ -319,6 +369,7 @@ impl Engine {
             hold: Hold::default(),
             scorers,
             demand_counts: BTreeMap::new(),
+            demand_totals: Default::default(),
             profile: Profile::default(),
             profile_dirty: false,
             now_s: 0,
@@ -326,6 +377,7 @@ impl Engine {
             las_ready: BTreeSet::new(),
             promotions: BTreeSet::new(),
             las_retry: BTreeMap::new(),
+            group_uses: GroupUses::new(),
             stats: PassStats::default(),
         };
         for t in &cluster.tenant {
@@ -603,6 +655,7 @@ impl Engine {
             }
             Ok(sid) => {
                 for g in self.shapes[sid as usize].groups.iter() {
+                    self.demand_totals.add(g);
                     let key = match g.accel {
                         AccelReq::None => continue,
                         AccelReq::Whole(k) => (0, k),
@@ -736,12 +789,14 @@ impl Engine {
                 cap as f64 / 1000.0
             ));
         }
+        let rules = NodeRules::of(c).map_err(|e| e.to_string())?;
         Ok((
             t,
             Shape {
                 groups: groups.into_boxed_slice(),
                 sites: SiteSet(sites),
                 topology: c.topology,
+                rules: rules.map(Box::new),
             },
         ))
     }
@@ -779,37 +834,117 @@ impl Engine {
     }
 
     fn fits_nodes(&self, shape: &Shape, up_only: bool) -> Result<(), String> {
+        let level = shape
+            .topology
+            .filter(|t| t.mode == gosok_model::TopologyMode::Required)
+            .map(|t| t.level);
+        let no_rules = NodeRules {
+            node_labels: Vec::new(),
+            tolerations: Vec::new(),
+            max_per_node: None,
+            spread: None,
+            group: None,
+        };
+        let r = shape.rules.as_deref().unwrap_or(&no_rules);
+        for g in shape.groups.iter() {
+            let best = self.room_for(shape, g, up_only, Checks::ALL);
+            let fits = |c: Checks| self.room_for(shape, g, up_only, c) >= g.replicas as u64;
+            if best >= g.replicas as u64 {
+                continue;
+            }
+            // Name the constraint whose absence would let it fit (taints before the selector:
+            // a selector that matches only tainted nodes is kept out by the taints).
+            let what = self.describe_group(g);
+            let message = if !fits(Checks::NONE) {
+                let place =
+                    level.map_or("on the highway".to_string(), |l| l.describe().to_string());
+                format!(
+                    "topology: {what} can never run: the allowed sites have room for {best} such replicas {place}"
+                )
+            } else if fits(Checks::WITHOUT_TAINTS) {
+                let tolerated: Vec<String> = r.tolerations.iter().map(|t| t.to_string()).collect();
+                format!(
+                    "taints: {what} can never run: the nodes that could host it carry taints it does not tolerate (constraints.tolerations: {})",
+                    if tolerated.is_empty() {
+                        "none".to_string()
+                    } else {
+                        tolerated.join(", ")
+                    }
+                )
+            } else if !r.node_labels.is_empty() && fits(Checks::WITHOUT_LABELS) {
+                let labels: Vec<String> = r
+                    .node_labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                format!(
+                    "constraints.node_labels: {what} can never run: the nodes of the allowed sites with the labels {} have room for {best}",
+                    labels.join(", ")
+                )
+            } else if r.max_per_node.is_some() && fits(Checks::WITHOUT_PER_NODE) {
+                format!(
+                    "constraints.max_replicas_per_node: {what} can never run: with at most {} per node the allowed nodes have room for {best}",
+                    r.max_per_node.unwrap_or(0)
+                )
+            } else {
+                let (l, m) = r.spread.unwrap_or((TopologyLevel::Rack, 0));
+                format!(
+                    "constraints.spread: {what} can never run: with at most {m} per {} the allowed nodes have room for {best}",
+                    if l == TopologyLevel::Site {
+                        "site"
+                    } else {
+                        "rack"
+                    }
+                )
+            };
+            return Err(message);
+        }
+        Ok(())
+    }
+
+    /// Replicas of `g` the best topology unit could hold on empty nodes, applying the
+    /// node constraints `checks` names.
+    fn room_for(&self, shape: &Shape, g: &GroupReq, up_only: bool, checks: Checks) -> u64 {
         let cluster = &self.cluster;
         let level = shape
             .topology
             .filter(|t| t.mode == gosok_model::TopologyMode::Required)
             .map(|t| t.level);
-        for g in shape.groups.iter() {
-            let models: Vec<Option<ModelId>> = if g.accel == AccelReq::None {
-                vec![None]
-            } else {
-                g.models.iter().map(Some).collect()
+        let rules = shape.rules.as_deref();
+        let models: Vec<Option<ModelId>> = if g.accel == AccelReq::None {
+            vec![None]
+        } else {
+            g.models.iter().map(Some).collect()
+        };
+        let wants_accel = g.accel != AccelReq::None;
+        let mut best = 0u64;
+        for m in models {
+            let nodes = (0..cluster.nodes.len() as NodeIdx).filter(|&n| {
+                let node = &cluster.nodes[n as usize];
+                shape.sites.contains(node.site) && (!up_only || node.state == NodeState::Up)
+            });
+            let per_node = |n: NodeIdx| {
+                let node = &cluster.nodes[n as usize];
+                if checks.labels && !constraints::labels_match(node, rules)
+                    || checks.taints && !constraints::taints_tolerated(node, rules, wants_accel)
+                {
+                    return 0;
+                }
+                let h = placement::hostable_when_empty(cluster, n, g, m);
+                match rules
+                    .and_then(|r| r.max_per_node)
+                    .filter(|_| checks.per_node)
+                {
+                    Some(max) => h.min(max as u64),
+                    None => h,
+                }
             };
-            let mut best = 0u64;
-            for m in models {
-                let nodes = (0..cluster.nodes.len() as NodeIdx).filter(|&n| {
-                    let node = &cluster.nodes[n as usize];
-                    shape.sites.contains(node.site) && (!up_only || node.state == NodeState::Up)
-                });
-                best = best.max(placement::largest_unit(cluster, nodes, level, |n| {
-                    placement::hostable_when_empty(cluster, n, g, m)
-                }));
-            }
-            if best < g.replicas as u64 {
-                let place =
-                    level.map_or("on the highway".to_string(), |l| l.describe().to_string());
-                return Err(format!(
-                    "topology: {} can never run: the allowed sites have room for {best} such replicas {place}",
-                    self.describe_group(g)
-                ));
-            }
+            let spread = rules.and_then(|r| r.spread).filter(|_| checks.spread);
+            best = best.max(placement::largest_unit(
+                cluster, nodes, level, spread, per_node,
+            ));
         }
-        Ok(())
+        best
     }
 
     fn describe_group(&self, g: &GroupReq) -> String {
@@ -847,12 +982,45 @@ impl Engine {
                 s.push_str(" (preferred)");
             }
         }
+        if let Some(r) = shape.rules.as_deref() {
+            s.push_str(&constraints::describe(r));
+        }
         Some(s)
     }
 
     // ---- running jobs ------------------------------------------------------------------
 
+    /// The tenant and group whose replicas a job's count with (`constraints.group`).
+    fn group_key(&self, id: JobId) -> Option<(TenantIdx, String)> {
+        let job = self.jobs.get(&id)?;
+        let group = self.shapes[job.shape as usize]
+            .rules
+            .as_ref()?
+            .group
+            .clone()?;
+        Some((job.tenant, group))
+    }
+
+    /// Counts a job's live tasks into (or, with `remove`, out of) its group's use.
+    fn count_group(&mut self, id: JobId, remove: bool) {
+        let Some(key) = self.group_key(id) else {
+            return;
+        };
+        let uses = self.group_uses.entry(key.clone()).or_default();
+        for t in self.jobs[&id]
+            .tasks
+            .iter()
+            .filter(|t| t.exit_code.is_none())
+        {
+            uses.count(&self.cluster, t.hold.node, remove);
+        }
+        if uses.is_empty() {
+            self.group_uses.remove(&key);
+        }
+    }
+
     fn charge(&mut self, job: JobId, give_back: bool) {
+        self.count_group(job, give_back);
         let Some(j) = self.jobs.get(&job) else { return };
         let t = j.tenant as usize;
         for (i, task) in j.tasks.iter().enumerate() {
@@ -925,6 +1093,8 @@ impl Engine {
         if let Some(l) = job.limit_s {
             self.limits.insert((now.saturating_add(l), id));
         }
+        self.count_group(id, false);
+        let job = &self.jobs[&id];
         if job.preemptible {
             self.preemptible_running.insert((job.priority, id));
             if let Some(las) = las {
@@ -1119,6 +1289,18 @@ impl Engine {
         let hold = tk.hold.clone();
         let model = tk.model;
         self.cluster.give(&hold, TaskRef { job: id, task });
+        if let Some(group) = self.shapes[job.shape as usize]
+            .rules
+            .as_ref()
+            .and_then(|r| r.group.clone())
+        {
+            let key = (job.tenant, group);
+            let uses = self.group_uses.entry(key.clone()).or_default();
+            uses.count(&self.cluster, hold.node, true);
+            if uses.is_empty() {
+                self.group_uses.remove(&key);
+            }
+        }
         self.tenants[t].refund(
             model,
             hold.devices.len() as u64 * hold.milli as u64,
@@ -1171,6 +1353,8 @@ impl Engine {
             &node,
             self.cfg.accelerator_utilisation,
         );
+        // Model pressure is relative to the capacity of each model.
+        self.profile_dirty = true;
         Ok(())
     }
 
@@ -1284,7 +1468,9 @@ impl Engine {
             for v in self.demand_counts.values_mut() {
                 *v /= 2.0;
             }
+            self.demand_totals.halve();
         }
+        self.demand_totals.fill(&self.cluster, &mut self.profile);
         let mut d: Vec<((u8, u16), f64)> =
             self.demand_counts.iter().map(|(k, v)| (*k, *v)).collect();
         d.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -1696,6 +1882,7 @@ impl Engine {
             now_s: self.now_s,
             grace_s: self.cfg.overrun_grace_s,
             seed: self.cfg.seed,
+            group_use: group_use_of(&self.group_uses, self.jobs[&id].tenant, shape),
             by_limits: replan.is_some() && self.hold.slip.is_some(),
         };
         self.stats.reservation_plans += 1;
@@ -1884,12 +2071,15 @@ impl Engine {
         // Jobs of its own class are victims only when reclaiming or under SRTF; under LAS
         // the tenant's own ready jobs come from their index below.
         let own_class = reclaim.is_some() || srtf;
+        let rules = shape.rules.as_deref();
         let fair = self.fair_share();
         let usable = |v: JobId| {
             self.jobs[&v].tasks.iter().any(|t| {
                 let n = &self.cluster.nodes[t.hold.node as usize];
                 shape.sites.contains(n.site)
                     && (models.is_empty() || n.model.is_some_and(|m| models.contains(m)))
+                    && constraints::labels_match(n, rules)
+                    && constraints::taints_tolerated(n, rules, !models.is_empty())
             })
         };
         // Lowest classes first; once enough victims are found, a class boundary ends the
@@ -2058,7 +2248,8 @@ impl Engine {
                 cost = cost.saturating_add(victims[i].1.1);
                 let job = &self.jobs[&id];
                 let placer = new_placer(&self.scorers, &self.profile, &self.cfg);
-                let request = request_for(job, &self.shapes, &self.tenants, bound);
+                let request =
+                    request_for(job, &self.shapes, &self.tenants, &self.group_uses, bound);
                 if placer.fits_on(&self.cluster, &request, Some(&self.reservation), n) {
                     if best.as_ref().is_none_or(|b| cost < b.0) {
                         best = Some((cost, freed.clone()));
@@ -2166,7 +2357,7 @@ impl Engine {
     ) -> Result<(Vec<Placed>, IdMap<NodeIdx, Slack>), Blocker> {
         let job = &self.jobs[&id];
         let placer = new_placer(&self.scorers, &self.profile, &self.cfg);
-        let request = request_for(job, &self.shapes, &self.tenants, bound);
+        let request = request_for(job, &self.shapes, &self.tenants, &self.group_uses, bound);
         let result = placer.place(&mut self.cluster, &request, Some(&self.reservation));
         self.stats.placements += 1;
         self.stats.nodes_visited += placer.visited.get();
@@ -2468,6 +2659,99 @@ impl Engine {
         for (s, site) in c.sites.iter().enumerate() {
             if site.it_w != site_w[s] {
                 return Err(format!("site {}: draw miscounted", site.name));
+            }
+        }
+        self.check_constraints()
+    }
+
+    /// No live task sits on a node its job's selector or tolerations exclude; no node, rack
+    /// or site holds more of a job's replicas than its caps allow, nor more of a group's
+    /// than the largest cap of the group's jobs there; the group counts are what runs.
+    fn check_constraints(&self) -> Result<(), String> {
+        let c = &self.cluster;
+        let mut groups = GroupUses::new();
+        // Per (tenant, group): the largest per-node and per-unit cap of its jobs on each
+        // node, rack or site (the last job placed there had a cap at least the count).
+        type Caps = BTreeMap<(TenantIdx, String), BTreeMap<(u8, u64), u32>>;
+        let mut caps: Caps = BTreeMap::new();
+        for j in self.jobs.values().filter(|j| j.state == JobState::Running) {
+            let shape = &self.shapes[j.shape as usize];
+            let rules = shape.rules.as_deref();
+            let mut own = GroupUse::default();
+            for t in j.tasks.iter().filter(|t| t.exit_code.is_none()) {
+                let node = &c.nodes[t.hold.node as usize];
+                let wants_accel = shape.groups[t.group as usize].accel != AccelReq::None;
+                if let Err(b) = constraints::node_admits(node, rules, wants_accel) {
+                    return Err(format!(
+                        "job {} runs a task on node {} against its constraints ({b:?})",
+                        j.id, node.name
+                    ));
+                }
+                own.count(c, t.hold.node, false);
+            }
+            let Some(r) = rules else { continue };
+            let spread_of = |u: &GroupUse| match r.spread {
+                Some((TopologyLevel::Site, _)) => {
+                    u.site.iter().map(|(&k, &v)| (k as u64, v)).collect()
+                }
+                Some(_) => u.rack.iter().map(|(&k, &v)| (k as u64, v)).collect(),
+                None => Vec::new(),
+            };
+            if let Some(max) = r.max_per_node
+                && own.node.values().any(|&v| v > max)
+            {
+                return Err(format!("job {} exceeds max_replicas_per_node", j.id));
+            }
+            if let Some((_, max)) = r.spread
+                && spread_of(&own).iter().any(|&(_, v)| v > max)
+            {
+                return Err(format!("job {} exceeds its spread cap", j.id));
+            }
+            if let Some(g) = &r.group {
+                let key = (j.tenant, g.clone());
+                let total = groups.entry(key.clone()).or_default();
+                let cap = caps.entry(key).or_default();
+                let mut raise = |k: (u8, u64), m: Option<u32>| {
+                    let e = cap.entry(k).or_default();
+                    *e = (*e).max(m.unwrap_or(u32::MAX));
+                };
+                let (rack_cap, site_cap) = match r.spread {
+                    Some((TopologyLevel::Site, m)) => (None, Some(m)),
+                    Some((_, m)) => (Some(m), None),
+                    None => (None, None),
+                };
+                for (&n, &v) in &own.node {
+                    for _ in 0..v {
+                        total.count(c, n, false);
+                    }
+                    let node = &c.nodes[n as usize];
+                    raise((0, n as u64), r.max_per_node);
+                    raise((1, node.rack as u64), rack_cap);
+                    raise((2, node.site as u64), site_cap);
+                }
+            }
+        }
+        if groups != self.group_uses {
+            return Err("the running replicas of groups are miscounted".into());
+        }
+        // The last job of a group placed in a unit saw fewer than its cap there, and the
+        // jobs there now were all placed before it or are it: the count is within the
+        // largest cap of the group's jobs in the unit.
+        for (key, total) in &groups {
+            let cap = &caps[key];
+            let over = |kind: u8, counts: Vec<(u64, u32)>| {
+                counts
+                    .into_iter()
+                    .any(|(u, v)| v > cap.get(&(kind, u)).copied().unwrap_or(u32::MAX))
+            };
+            let node: Vec<(u64, u32)> = total.node.iter().map(|(&k, &v)| (k as u64, v)).collect();
+            let rack: Vec<(u64, u32)> = total.rack.iter().map(|(&k, &v)| (k as u64, v)).collect();
+            let site: Vec<(u64, u32)> = total.site.iter().map(|(&k, &v)| (k as u64, v)).collect();
+            if over(0, node) || over(1, rack) || over(2, site) {
+                return Err(format!(
+                    "group {:?} exceeds its anti-affinity or spread caps",
+                    key.1
+                ));
             }
         }
         Ok(())

@@ -36,6 +36,14 @@ pub enum Blocker {
     Reservation,
     /// Enough is free, but not together as the topology constraint requires.
     Topology,
+    /// The free nodes lack the labels `constraints.node_labels` asks for.
+    NodeLabels,
+    /// The free nodes carry taints the job does not tolerate.
+    Taints,
+    /// The free nodes already hold `constraints.max_replicas_per_node` of its replicas.
+    AntiAffinity,
+    /// The free racks or sites already hold `constraints.spread.max_replicas` of them.
+    Spread,
 }
 
 impl Blocker {
@@ -49,6 +57,18 @@ impl Blocker {
             Blocker::Reservation => "free capacity is reserved for an earlier job",
             Blocker::Topology => {
                 "free capacity is not together as the topology constraint requires"
+            }
+            Blocker::NodeLabels => {
+                "constraints.node_labels: no node with free capacity has the labels asked for"
+            }
+            Blocker::Taints => {
+                "node taints: the nodes with free capacity carry taints the job does not tolerate (constraints.tolerations)"
+            }
+            Blocker::AntiAffinity => {
+                "constraints.max_replicas_per_node: the nodes with free capacity already hold as many of its replicas as allowed"
+            }
+            Blocker::Spread => {
+                "constraints.spread: the racks or sites with free capacity already hold as many of its replicas as allowed"
             }
         }
     }

@@ -47,6 +47,8 @@ pub struct Shape {
     pub groups: Box<[GroupReq]>,
     pub sites: SiteSet,
     pub topology: Option<TopologyConstraint>,
+    /// Node selectors, tolerations, anti-affinity and spread (None: none of them).
+    pub rules: Option<Box<crate::constraints::NodeRules>>,
 }
 
 pub type ShapeId = u32;

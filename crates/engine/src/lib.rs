@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod constraints;
 pub mod engine;
 pub mod event;
 pub mod explain;
@@ -19,6 +20,7 @@ pub mod reservation;
 pub mod scorers;
 pub mod snapshot;
 pub mod tenants;
+pub mod waste;
 
 pub use config::{EngineConfig, QueuePolicy};
 pub use engine::{Engine, Explanation, PassStats};

@@ -52,6 +52,8 @@ pub struct Request<'a> {
     pub preemptible: bool,
     /// Must leave the reservation's capacity alone (it would still run when it begins).
     pub bound_by_reservation: bool,
+    /// Where the running replicas of the job's group are (`constraints.group`).
+    pub group_use: Option<&'a crate::constraints::GroupUse>,
 }
 
 #[derive(Debug, Clone)]
@@ -73,14 +75,14 @@ pub struct Placer<'a> {
 
 /// Why replicas did not fit, counted over the nodes looked at.
 #[derive(Default)]
-struct Misses([u32; 7]);
+struct Misses([u32; 11]);
 
 impl Misses {
     fn add(&mut self, b: Blocker) {
         self.0[b as usize] += 1;
     }
     fn worst(&self) -> Option<Blocker> {
-        const ALL: [Blocker; 7] = [
+        const ALL: [Blocker; 11] = [
             Blocker::Accelerators,
             Blocker::Cpu,
             Blocker::Memory,
@@ -88,6 +90,10 @@ impl Misses {
             Blocker::SitePower,
             Blocker::Reservation,
             Blocker::Topology,
+            Blocker::NodeLabels,
+            Blocker::Taints,
+            Blocker::AntiAffinity,
+            Blocker::Spread,
         ];
         let (i, &n) = self
             .0
@@ -526,7 +532,7 @@ impl<'a> Placer<'a> {
     ) -> Option<(NodeIdx, Vec<u8>)> {
         let limit = self.score_candidates.max(1);
         let mut best: Option<(f64, u64, NodeIdx)> = None;
-        let mut feasible: Vec<NodeIdx> = Vec::with_capacity(limit);
+        let mut feasible: Vec<NodeIdx> = Vec::with_capacity(limit.min(64));
         let mut consider = |n: NodeIdx, at: &mut Attempt, feasible: &mut Vec<NodeIdx>| {
             self.visited.set(self.visited.get() + 1);
             match self.check(cluster, at, n, group, model) {
@@ -537,6 +543,8 @@ impl<'a> Placer<'a> {
                         node: n,
                         model,
                         req: group.accel,
+                        cpu_milli: group.cpu_milli,
+                        mem_mib: group.mem_mib,
                         placed: &at.placed_nodes,
                         profile: self.profile,
                         delta_w,
@@ -596,6 +604,11 @@ impl<'a> Placer<'a> {
         }
         if node.mem_free_mib < group.mem_mib {
             return Err(Blocker::Memory);
+        }
+        let rules = at.req.shape.rules.as_deref();
+        crate::constraints::node_admits(node, rules, group.accel != AccelReq::None)?;
+        if let Some(r) = rules.filter(|r| r.counts_replicas()) {
+            crate::constraints::count_admits(cluster, n, r, at.req.group_use, &at.placed_nodes)?;
         }
         if let Some(res) = at.reservation
             && let Some(slack) = res.slack.get(&n)
@@ -822,19 +835,33 @@ pub fn hostable_when_empty(
     h.min(1_000_000)
 }
 
-/// Sums `per_node` by topology unit and returns the largest sum (or the total).
+/// Sums `per_node` by topology unit and returns the largest sum (or the total). With
+/// `spread`, each rack's (or site's) part counts at most its cap.
 pub fn largest_unit(
     cluster: &Cluster,
     nodes: impl Iterator<Item = NodeIdx>,
     level: Option<TopologyLevel>,
+    spread: Option<(TopologyLevel, u32)>,
     per_node: impl Fn(NodeIdx) -> u64,
 ) -> u64 {
-    let mut sums: BTreeMap<u64, u64> = BTreeMap::new();
+    // (topology unit, spread unit) -> replicas
+    let mut sums: BTreeMap<(u64, u64), u64> = BTreeMap::new();
     for n in nodes {
         let v = per_node(n);
         if v > 0 {
-            *sums.entry(unit_of(cluster, n, level)).or_default() += v;
+            let node = &cluster.nodes[n as usize];
+            let part = match spread {
+                None => 0,
+                Some((TopologyLevel::Site, _)) => node.site as u64,
+                Some(_) => node.rack as u64,
+            };
+            *sums.entry((unit_of(cluster, n, level), part)).or_default() += v;
         }
     }
-    sums.values().copied().max().unwrap_or(0)
+    let cap = spread.map_or(u64::MAX, |s| s.1 as u64);
+    let mut units: BTreeMap<u64, u64> = BTreeMap::new();
+    for ((unit, _), v) in sums {
+        *units.entry(unit).or_default() += v.min(cap);
+    }
+    units.values().copied().max().unwrap_or(0)
 }

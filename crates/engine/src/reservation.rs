@@ -8,6 +8,7 @@
 use gosok_model::{ModelId, NodeState};
 
 use crate::cluster::Cluster;
+use crate::constraints::{self, GroupUse};
 use crate::ids::{IdMap, JobId, ModelSet, NodeIdx, mix64};
 use crate::job::{AccelReq, Shape};
 use crate::placement::{Reservation, Slack, unit_of};
@@ -62,6 +63,8 @@ pub struct PlanInput<'a> {
     pub now_s: u64,
     pub grace_s: u64,
     pub seed: u64,
+    /// Where the running replicas of the job's group are (`constraints.group`).
+    pub group_use: Option<&'a GroupUse>,
     /// Plan running tasks to end at their runtime limits, not their estimates: a bound
     /// that holds, once estimates have proved wrong for this reservation.
     pub by_limits: bool,
@@ -78,6 +81,10 @@ pub fn plan(
     let cluster = input.cluster;
     let level = shape.topology.map(|t| t.level);
     let mut taken: IdMap<NodeIdx, (u64, u64, u64)> = IdMap::default();
+    let rules = shape.rules.as_deref();
+    // Replicas of this job per node and per spread unit so far (anti-affinity, spread).
+    let mut replicas_on: IdMap<NodeIdx, u64> = IdMap::default();
+    let mut replicas_in: std::collections::BTreeMap<u64, u64> = Default::default();
     let mut start_s = input.now_s;
     let mut unit_fixed: Option<u64> = None;
     let mut order: Vec<usize> = (0..shape.groups.len()).collect();
@@ -100,9 +107,26 @@ pub fn plan(
             let mut slots: Vec<(u64, u64, NodeIdx, u64)> = Vec::new();
             for n in candidates(input, shape, model) {
                 let unit = unit_of(cluster, n, level);
-                if unit_fixed.is_some_and(|u| u != unit) {
+                if unit_fixed.is_some_and(|u| u != unit)
+                    || constraints::node_admits(
+                        &cluster.nodes[n as usize],
+                        rules,
+                        group.accel != AccelReq::None,
+                    )
+                    .is_err()
+                {
                     continue;
                 }
+                // Replicas still allowed on this node by `max_replicas_per_node`.
+                let per_node_cap = rules.and_then(|r| r.max_per_node).map_or(u64::MAX, |m| {
+                    let running = input
+                        .group_use
+                        .and_then(|u| u.node.get(&n))
+                        .copied()
+                        .unwrap_or(0);
+                    (m as u64)
+                        .saturating_sub(running as u64 + replicas_on.get(&n).copied().unwrap_or(0))
+                });
                 timeline_into(input, n, &mut tl);
                 let t0 = taken.get(&n).copied().unwrap_or_default();
                 let tie = mix64(input.seed, n as u64);
@@ -125,7 +149,8 @@ pub fn plan(
                         free.2.saturating_sub(t0.2),
                     );
                     let h = hostable(avail, group.accel, group.cpu_milli, group.mem_mib)
-                        .min(group.replicas as u64);
+                        .min(group.replicas as u64)
+                        .min(per_node_cap);
                     for _ in had..h {
                         slots.push((t, tie, n, unit));
                     }
@@ -136,6 +161,30 @@ pub fn plan(
                 }
             }
             let need = group.replicas as usize;
+            if let Some((_, cap)) = rules.and_then(|r| r.spread) {
+                // Earliest slots first, at most `cap` replicas per rack (or site) in all.
+                slots.sort_unstable();
+                let mut used = replicas_in.clone();
+                slots.retain(|s| {
+                    let part = constraints::spread_unit(cluster, s.2, rules);
+                    let running = input.group_use.map_or(0, |u| {
+                        let node = &cluster.nodes[s.2 as usize];
+                        match rules.and_then(|r| r.spread) {
+                            Some((gosok_model::TopologyLevel::Site, _)) => {
+                                u.site.get(&node.site).copied().unwrap_or(0)
+                            }
+                            _ => u.rack.get(&node.rack).copied().unwrap_or(0),
+                        }
+                    }) as u64;
+                    let c = used.entry(part).or_default();
+                    if running + *c < cap as u64 {
+                        *c += 1;
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
             if level.is_none() && slots.len() > need {
                 // Only the `need` earliest matter: select, then sort just those.
                 slots.select_nth_unstable(need - 1);
@@ -179,6 +228,10 @@ pub fn plan(
         }
         start_s = start_s.max(t);
         for (_, n) in chosen {
+            *replicas_on.entry(n).or_default() += 1;
+            *replicas_in
+                .entry(constraints::spread_unit(cluster, n, rules))
+                .or_default() += 1;
             let e = taken.entry(n).or_default();
             e.0 += match group.accel {
                 AccelReq::Whole(k) => k as u64,

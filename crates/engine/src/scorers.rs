@@ -13,6 +13,12 @@ use crate::job::AccelReq;
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Profile {
     pub demands: Vec<(AccelReq, f64)>,
+    /// CPU thousandths and memory MiB that accelerator replicas ask per thousandth of an
+    /// accelerator (`waste`'s `ρ`).
+    pub cpu_per_milli: f64,
+    pub mem_per_milli: f64,
+    /// Per model: the share of its capacity that model-restricted demand wants (`waste`'s `π`).
+    pub pressure: Vec<f64>,
 }
 
 pub struct ScoreInput<'a> {
@@ -20,6 +26,9 @@ pub struct ScoreInput<'a> {
     pub node: NodeIdx,
     pub model: Option<ModelId>,
     pub req: AccelReq,
+    /// CPU and memory of the replica.
+    pub cpu_milli: u64,
+    pub mem_mib: u64,
     /// Nodes earlier replicas of the same gang were placed on.
     pub placed: &'a [NodeIdx],
     pub profile: &'a Profile,
@@ -37,11 +46,12 @@ pub fn scorer_by_name(name: &str) -> Option<Box<dyn Scorer>> {
         "fgd" => Box::new(Fragmentation),
         "consolidate" => Box::new(Consolidate),
         "power" => Box::new(PowerHeadroom),
+        "waste" => Box::new(crate::waste::ExpectedWaste),
         _ => return None,
     })
 }
 
-pub const SCORER_NAMES: &[&str] = &["bestfit", "fgd", "consolidate", "power"];
+pub const SCORER_NAMES: &[&str] = &["waste", "bestfit", "fgd", "consolidate", "power"];
 
 /// Prefers the node left with the least free accelerator capacity (and, for CPU-only work, the
 /// least free CPU): keeps whole nodes free for big gangs.
@@ -64,7 +74,7 @@ impl Scorer for BestFit {
 
 /// Free thousandths on `used` that a task demanding `d` could not use (FGD's fragment
 /// measure for one node and one task size).
-fn fragment(used: &[u16], d: AccelReq) -> u64 {
+pub(crate) fn fragment(used: &[u16], d: AccelReq) -> u64 {
     let free = |u: u16| (1000 - u) as u64;
     match d {
         AccelReq::None => 0,
@@ -105,7 +115,23 @@ fn take_devices(used: &mut [u16], req: AccelReq) {
     }
 }
 
-fn expected_fragment(used: &[u16], p: &Profile) -> f64 {
+/// `f` of a node's devices as they would be after a replica of `req` took its share (on the
+/// stack for common node sizes: this runs for every candidate node).
+pub(crate) fn after_taking<R>(used: &[u16], req: AccelReq, f: impl FnOnce(&[u16]) -> R) -> R {
+    let mut stack = [0u16; 16];
+    let mut heap = Vec::new();
+    let after: &mut [u16] = if used.len() <= stack.len() {
+        &mut stack[..used.len()]
+    } else {
+        heap.resize(used.len(), 0);
+        &mut heap
+    };
+    after.copy_from_slice(used);
+    take_devices(after, req);
+    f(after)
+}
+
+pub(crate) fn expected_fragment(used: &[u16], p: &Profile) -> f64 {
     p.demands
         .iter()
         .map(|&(d, w)| w * fragment(used, d) as f64)
@@ -126,18 +152,9 @@ impl Scorer for Fragmentation {
             return 0.5;
         }
         let before = expected_fragment(&n.used_milli, i.profile);
-        // The node as it would be after the placement, on the stack for common node sizes.
-        let mut stack = [0u16; 16];
-        let mut heap = Vec::new();
-        let after_used: &mut [u16] = if n.used_milli.len() <= stack.len() {
-            &mut stack[..n.used_milli.len()]
-        } else {
-            heap.resize(n.used_milli.len(), 0);
-            &mut heap
-        };
-        after_used.copy_from_slice(&n.used_milli);
-        take_devices(after_used, i.req);
-        let after = expected_fragment(after_used, i.profile);
+        let after = after_taking(&n.used_milli, i.req, |after| {
+            expected_fragment(after, i.profile)
+        });
         let total = (n.used_milli.len() * 1000) as f64;
         // Δ ranges over [-total, total]; map "fragmentation fell most" to 1.
         0.5 - (after - before) / (2.0 * total)

@@ -79,6 +79,12 @@ fn job_json() -> impl Strategy<Value = String> {
         r#","constraints":{"topology":{"level":"scale_up_domain","mode":"preferred"}}"#,
         r#","constraints":{"jurisdictions":["KR"]}"#,
         r#","constraints":{"topology":{"level":"node"}}"#,
+        // Node constraints (the racks are labelled and tainted in `build`).
+        r#","constraints":{"node_labels":{"pool":"a"}}"#,
+        r#","constraints":{"tolerations":["dedicated"],"max_replicas_per_node":1}"#,
+        r#","constraints":{"spread":{"level":"rack","max_replicas":1},"group":"svc"}"#,
+        r#","constraints":{"max_replicas_per_node":2,"group":"svc","tolerations":["gosok.io/accelerators"]}"#,
+        r#","constraints":{"spread":{"level":"site","max_replicas":2},"node_labels":{"pool":"b"}}"#,
     ]);
     let prio = prop::sample::select(vec!["low", "normal", "high", "scavenger"]);
     (1u64..5, accel, models, topo, prio, any::<bool>(), prop::option::of(10u64..500), prop::option::of(50u64..1000)).prop_map(
@@ -174,6 +180,19 @@ fn build(w: &World, seed: u64) -> common::Harness {
             model,
             *devices,
         );
+    }
+    // Labels and taints, so that node constraints bind: pools a and b alternate; every
+    // third rack keeps CPU-only work off (`gosok.io/accelerators`), every fourth is
+    // dedicated.
+    for (r, node) in h.spec.node.iter_mut().enumerate() {
+        let pool = if r % 2 == 0 { "a" } else { "b" };
+        node.labels.insert("pool".into(), pool.into());
+        if r % 3 == 2 {
+            node.taints.push(gosok_model::ACCELERATOR_TAINT.into());
+        }
+        if r % 4 == 3 {
+            node.taints.push("dedicated=x".into());
+        }
     }
     h = h
         .tenant(TenantSpec {

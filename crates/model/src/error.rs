@@ -67,6 +67,32 @@ pub fn check_label_key(field: &str, key: &str) -> Result<(), SpecError> {
     }
 }
 
+/// A label value (or taint value): printable ASCII without spaces, `=` or `,`, at most 256
+/// bytes, so that `key=value` reads back unambiguously.
+pub fn check_label_value(field: &str, value: &str) -> Result<(), SpecError> {
+    if value.len() > 256 {
+        return Err(SpecError::new(
+            field,
+            format!(
+                "value is {} bytes long; at most 256 are allowed",
+                value.len()
+            ),
+        ));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || matches!(c, '=' | ','))
+    {
+        return Err(SpecError::new(
+            field,
+            format!(
+                "value {value:?} contains {c:?}; use printable characters other than '=' and ','"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A finite, non-negative number within `max`.
 pub fn check_f64(field: &str, value: f64, min_exclusive: f64, max: f64) -> Result<(), SpecError> {
     if !value.is_finite() {

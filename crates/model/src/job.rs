@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{SpecError, check_name, check_range};
+use std::collections::BTreeMap;
+
+use crate::error::{SpecError, check_label_key, check_label_value, check_name, check_range};
 use crate::tenant::PriorityClass;
 
 /// Bounds that keep every count far from overflow; beyond them a number is a typo.
@@ -124,6 +126,83 @@ pub struct Constraints {
     pub jurisdictions: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology: Option<TopologyConstraint>,
+    /// Node selector: every label here must be on the node with this value (Kubernetes'
+    /// `nodeSelector`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_labels: BTreeMap<String, String>,
+    /// Node taints this job tolerates: `key` (any value) or `key=value`. A tainted node takes
+    /// only replicas that tolerate each of its taints; replicas that ask for accelerators
+    /// tolerate `gosok.io/accelerators` by themselves (`ACCELERATOR_TAINT`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<String>,
+    /// Anti-affinity: at most this many replicas of the job (of its `group`, with one) on
+    /// one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas_per_node: Option<u64>,
+    /// Spread: at most `max_replicas` replicas of the job (of its `group`, with one) in one
+    /// rack or site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<SpreadConstraint>,
+    /// A name shared by jobs of one tenant whose replicas `max_replicas_per_node` and
+    /// `spread` count together (the replicas of one service submitted as several jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// The taint key that replicas asking for accelerators tolerate without saying so: tainting
+/// accelerator nodes with it keeps CPU-only work off them (as Kubernetes' extended-resource
+/// toleration does for GPU nodes).
+pub const ACCELERATOR_TAINT: &str = "gosok.io/accelerators";
+
+/// Most labels a selector, and most tolerations a job, may list.
+pub const MAX_SELECTOR_ENTRIES: usize = 32;
+
+/// At most `max_replicas` replicas in one unit at `level` (rack or site).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpreadConstraint {
+    pub level: TopologyLevel,
+    pub max_replicas: u64,
+}
+
+/// A node taint or a job's toleration: `key` or `key=value`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Taint {
+    pub key: String,
+    pub value: Option<String>,
+}
+
+impl Taint {
+    /// Parses `key` or `key=value`, naming `field` when it is not one.
+    pub fn parse(field: &str, text: &str) -> Result<Taint, SpecError> {
+        let (key, value) = match text.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (text, None),
+        };
+        check_label_key(field, key)?;
+        if let Some(v) = value {
+            check_label_value(field, v)?;
+        }
+        Ok(Taint {
+            key: key.to_string(),
+            value: value.map(str::to_string),
+        })
+    }
+
+    /// Whether this toleration tolerates `taint`: same key, and same value unless the
+    /// toleration gives none.
+    pub fn tolerates(&self, taint: &Taint) -> bool {
+        self.key == taint.key && (self.value.is_none() || self.value == taint.value)
+    }
+}
+
+impl std::fmt::Display for Taint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.value {
+            Some(v) => write!(f, "{}={v}", self.key),
+            None => write!(f, "{}", self.key),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -266,6 +345,52 @@ impl JobSpec {
             }
             for (j, v) in values.iter().enumerate() {
                 check_name(&format!("{field}[{j}]"), v)?;
+            }
+        }
+        if c.node_labels.len() > MAX_SELECTOR_ENTRIES {
+            return Err(SpecError::new(
+                "constraints.node_labels",
+                format!("at most {MAX_SELECTOR_ENTRIES} labels"),
+            ));
+        }
+        for (k, v) in &c.node_labels {
+            let field = format!("constraints.node_labels.{k}");
+            check_label_key(&field, k)?;
+            check_label_value(&field, v)?;
+        }
+        if c.tolerations.len() > MAX_SELECTOR_ENTRIES {
+            return Err(SpecError::new(
+                "constraints.tolerations",
+                format!("at most {MAX_SELECTOR_ENTRIES} tolerations"),
+            ));
+        }
+        for (j, t) in c.tolerations.iter().enumerate() {
+            Taint::parse(&format!("constraints.tolerations[{j}]"), t)?;
+        }
+        if let Some(m) = c.max_replicas_per_node {
+            check_range("constraints.max_replicas_per_node", m, 1, MAX_REPLICAS)?;
+        }
+        if let Some(s) = &c.spread {
+            if !matches!(s.level, TopologyLevel::Rack | TopologyLevel::Site) {
+                return Err(SpecError::new(
+                    "constraints.spread.level",
+                    "spread over \"rack\" or \"site\" (for nodes, use max_replicas_per_node)",
+                ));
+            }
+            check_range(
+                "constraints.spread.max_replicas",
+                s.max_replicas,
+                1,
+                MAX_REPLICAS,
+            )?;
+        }
+        if let Some(g) = &c.group {
+            check_name("constraints.group", g)?;
+            if c.max_replicas_per_node.is_none() && c.spread.is_none() {
+                return Err(SpecError::new(
+                    "constraints.group",
+                    "is given without max_replicas_per_node or spread, which are what it counts for",
+                ));
             }
         }
         Ok(())

@@ -13,8 +13,8 @@ pub mod topology;
 pub use catalog::{AcceleratorModel, Catalog, ModelId};
 pub use error::SpecError;
 pub use job::{
-    Constraints, JobSpec, OnTaskFailure, TaskGroupSpec, TopologyConstraint, TopologyLevel,
-    TopologyMode,
+    ACCELERATOR_TAINT, Constraints, JobSpec, OnTaskFailure, SpreadConstraint, Taint, TaskGroupSpec,
+    TopologyConstraint, TopologyLevel, TopologyMode,
 };
 pub use tenant::{PriorityClass, QuotaSpec, TenantSpec, Tier};
 pub use topology::{ClusterSpec, NodeSpec, NodeState, RackSpec, ResolvedNode, SiteSpec};

@@ -82,6 +82,10 @@ pub struct NodeSpec {
     pub base_power_w: u64,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// `key` or `key=value`: only replicas that tolerate every taint are placed here
+    /// (`ACCELERATOR_TAINT` keeps CPU-only work off accelerator nodes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<String>,
     #[serde(default)]
     pub state: NodeState,
 }
@@ -122,6 +126,15 @@ impl NodeSpec {
         }
         for k in self.labels.keys() {
             check_label_key(&f("labels"), k)?;
+        }
+        if self.taints.len() > crate::job::MAX_SELECTOR_ENTRIES {
+            return Err(SpecError::new(
+                f("taints"),
+                format!("at most {} taints", crate::job::MAX_SELECTOR_ENTRIES),
+            ));
+        }
+        for (j, t) in self.taints.iter().enumerate() {
+            crate::job::Taint::parse(&format!("{prefix}.taints[{j}]"), t)?;
         }
         Ok(())
     }

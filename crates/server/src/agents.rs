@@ -192,6 +192,16 @@ fn check_register(r: &RegisterRequest) -> Result<()> {
             gosok_model::error::check_label_key(&f("labels"), k)
                 .map_err(|e| ApiError::invalid(e.field, e.message))?;
         }
+        if n.taints.len() > gosok_model::job::MAX_SELECTOR_ENTRIES {
+            return Err(ApiError::invalid(
+                f("taints"),
+                format!("at most {} taints", gosok_model::job::MAX_SELECTOR_ENTRIES),
+            ));
+        }
+        for (j, t) in n.taints.iter().enumerate() {
+            gosok_model::Taint::parse(&f(&format!("taints[{j}]")), t)
+                .map_err(|e| ApiError::invalid(e.field, e.message))?;
+        }
     }
     Ok(())
 }
@@ -318,6 +328,7 @@ fn claim(
             accelerators: n.accelerators,
             base_power_w,
             labels: n.labels.clone(),
+            taints: n.taints.clone(),
             state: NodeState::Down,
         };
         return Ok(Some(spec));

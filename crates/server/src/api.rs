@@ -879,7 +879,7 @@ async fn submit(
             let entry = Entry::Submit {
                 job,
                 tenant: tenant.clone(),
-                spec,
+                spec: Box::new(spec),
                 command,
                 env,
                 workdir,

@@ -26,7 +26,8 @@ pub enum Entry {
     Submit {
         job: u64,
         tenant: String,
-        spec: JobSpec,
+        // Boxed: a spec is several times larger than any other entry.
+        spec: Box<JobSpec>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         command: Vec<String>,
         /// Environment the job's tasks get on top of the agent's.

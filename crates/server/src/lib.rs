@@ -144,7 +144,7 @@ pub fn replay(store: &mut dyn Store, cfg: &Config) -> anyhow::Result<(Core, u64,
         Ok(Box::new(move |seq| {
             let r = specs.get(seq).ok()??;
             match serde_json::from_slice::<Entry>(&r.body) {
-                Ok(Entry::Submit { spec, .. }) => Some(spec),
+                Ok(Entry::Submit { spec, .. }) => Some(*spec),
                 _ => None,
             }
         }))
@@ -834,7 +834,7 @@ pub fn fill_log(
             Entry::Submit {
                 job: core.next_job_id(),
                 tenant: tenants[(k as usize) % tenants.len()].clone(),
-                spec: spec.clone(),
+                spec: Box::new(spec.clone()),
                 command: Vec::new(),
                 env: Default::default(),
                 workdir: None,

@@ -281,6 +281,7 @@ pub fn highway(p: &HighwayParams, seed: u64) -> ClusterSpec {
                 accelerators: apn,
                 base_power_w: base_w * scale,
                 labels: Default::default(),
+                taints: Vec::new(),
                 state: NodeState::Up,
             });
         }

@@ -60,6 +60,7 @@ impl Highway {
             accelerators: devices,
             base_power_w: 1000,
             labels: Default::default(),
+            taints: Vec::new(),
             state: NodeState::Up,
         });
         self

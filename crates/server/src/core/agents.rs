@@ -469,7 +469,7 @@ mod tests {
             &Entry::Submit {
                 job,
                 tenant: "lab".into(),
-                spec,
+                spec: Box::new(spec),
                 command: vec!["python3".into(), "train.py".into()],
                 env: [("SEED".to_string(), "7".to_string())].into(),
                 workdir: Some("/data".into()),

@@ -302,7 +302,7 @@ mod tests {
         let submit = |job: u64, accel: u64, key: Option<&str>| Entry::Submit {
             job,
             tenant: if job.is_multiple_of(3) { "team" } else { "lab" }.into(),
-            spec: spec(accel),
+            spec: Box::new(spec(accel)),
             command: if job.is_multiple_of(2) {
                 vec!["python3".into(), "train.py".into()]
             } else {

@@ -245,6 +245,7 @@ fn read_nodes(
                 accelerators: gpus,
                 base_power_w: 1000,
                 labels: Default::default(),
+                taints: Vec::new(),
                 state: NodeState::Up,
             })
         })();

@@ -226,6 +226,7 @@ pub fn import_philly(p: &PhillyParams, catalog: &Catalog) -> Result<Imported, Im
                 accelerators: GPUS_PER_NODE,
                 base_power_w: 1000,
                 labels: Default::default(),
+                taints: Vec::new(),
                 state: NodeState::Up,
             });
         }
