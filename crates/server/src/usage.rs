@@ -911,7 +911,7 @@ mod tests {
                 Entry::Submit {
                     job: j + 1,
                     tenant: format!("t{}", j % tenants),
-                    spec: spec.clone(),
+                    spec: Box::new(spec.clone()),
                     command: vec![],
                     env: Default::default(),
                     workdir: None,

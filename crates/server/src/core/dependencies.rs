@@ -665,7 +665,7 @@ mod tests {
             &Entry::Submit {
                 job,
                 tenant: "lab".into(),
-                spec,
+                spec: Box::new(spec),
                 command: vec!["true".into()],
                 env: Default::default(),
                 workdir: None,

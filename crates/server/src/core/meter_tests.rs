@@ -218,7 +218,7 @@ impl Run {
         let at_ms = self.core.now_s() * 1000;
         let (t0, held) = (self.core.engine().now_s(), held_milli(&self.core));
         if let Entry::Submit { spec, .. } = &e {
-            self.specs.lock().unwrap().insert(seq, spec.clone());
+            self.specs.lock().unwrap().insert(seq, JobSpec::clone(spec));
         }
         if self.core.apply(seq, at_ms, &e).is_ok() {
             let t1 = self.core.engine().now_s();
@@ -264,7 +264,7 @@ impl Run {
                 self.apply(Entry::Submit {
                     job,
                     tenant: if team { "team" } else { "lab" }.into(),
-                    spec,
+                    spec: Box::new(spec),
                     command: vec![],
                     env: Default::default(),
                     workdir: None,

@@ -415,7 +415,7 @@ mod tests {
         Box::new(move |seq| {
             let i = usize::try_from(seq.checked_sub(first_seq)?).ok()?;
             match entries.get(i)? {
-                Entry::Submit { spec, .. } => Some(spec.clone()),
+                Entry::Submit { spec, .. } => Some(JobSpec::clone(spec)),
                 _ => None,
             }
         })
