@@ -407,6 +407,20 @@ mod tests {
         ]
     }
 
+    /// Reads a job's submission back from the log, as the controller's spec source does:
+    /// the record at `seq` of `entries` applied from `first_seq` on. The original and the
+    /// restored core must read the same specs, or a topology change (which submits the jobs
+    /// again from the log) gives them different jobs.
+    fn log_specs(first_seq: u64, entries: Vec<Entry>) -> SpecSource {
+        Box::new(move |seq| {
+            let i = usize::try_from(seq.checked_sub(first_seq)?).ok()?;
+            match entries.get(i)? {
+                Entry::Submit { spec, .. } => Some(JobSpec::clone(spec)),
+                _ => None,
+            }
+        })
+    }
+
     /// What users and operators can see of a core.
     fn observed(c: &Core) -> String {
         let jobs: Vec<_> = (1..c.next_job_id())
@@ -466,12 +480,15 @@ mod tests {
         for k in 0..=entries.len() {
             let mut a = core();
             let mut seq = a.seq();
+            let first_seq = seq + 1;
+            a.specs = log_specs(first_seq, entries.clone());
             for e in &entries[..k] {
                 seq += 1;
                 let _ = a.apply(seq, seq * 1000, e);
             }
             let bytes = a.snapshot().unwrap();
-            let mut b = Core::restore(&bytes, a.cfg.clone(), Box::new(|_| Some(spec(8)))).unwrap();
+            let specs = log_specs(first_seq, entries.clone());
+            let mut b = Core::restore(&bytes, a.cfg.clone(), specs).unwrap();
             assert_eq!(observed(&a), observed(&b), "right after restoring at {k}");
             for e in &entries[k..] {
                 seq += 1;
@@ -486,6 +503,7 @@ mod tests {
         }
         // The stream exercised what it should.
         let mut c = core();
+        c.specs = log_specs(c.seq() + 1, entries.clone());
         let refused = entries
             .iter()
             .enumerate()
