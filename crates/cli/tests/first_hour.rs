@@ -507,7 +507,8 @@ fn a_job_at_its_time_limit_ends_timed_out_and_output_is_in_words() {
     let out = up.ok(&["jobs", "--state", "timed_out"]);
     assert!(out.contains("timed out"), "{out}");
     // A preemption in words: low-priority preemptible work on every B200, then an operator
-    // submits a high-priority job for another tenant.
+    // submits a high-priority job for the same tenant (under fair share a higher class takes
+    // only its own tenant's capacity).
     let spec = up.write(
         "low.yaml",
         "priority: low\npreemptible: true\ngroups:\n  - replicas: 1\n    accelerators: 8\n    models: [b200]\ncommand: [sleep, '300']\n",
@@ -526,7 +527,7 @@ fn a_job_at_its_time_limit_ends_timed_out_and_output_is_in_words() {
             "--output",
             "json",
             "--tenant",
-            "hyundai-ai",
+            "seoul-startup",
             "--priority",
             "high",
             "--accelerators",
