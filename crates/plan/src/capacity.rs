@@ -188,13 +188,7 @@ pub fn grow_slots(
                     ),
                 ));
             }
-            let Some(id) = catalog.id(&g.model).or_else(|| {
-                catalog
-                    .models()
-                    .iter()
-                    .position(|m| m.name.eq_ignore_ascii_case(&g.model))
-                    .map(|k| k as u16)
-            }) else {
+            let Some(id) = crate::site::model_id(catalog, &g.model) else {
                 return Err(PlanError::usage(
                     "--grow",
                     format!("model {:?} is not in the accelerator catalog", g.model),

@@ -29,11 +29,6 @@ impl PlanError {
         }
     }
 
-    /// An input file's problem, named by the flag that gave the file.
-    pub fn input(flag: &str, problem: impl Into<String>) -> PlanError {
-        PlanError::usage(flag, problem)
-    }
-
     pub fn is_usage(&self) -> bool {
         matches!(self, PlanError::Usage { .. })
     }

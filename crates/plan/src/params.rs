@@ -101,7 +101,7 @@ impl Parameters {
     /// per model.
     pub fn from_toml(text: &str) -> Result<Parameters, PlanError> {
         let p: Parameters =
-            toml::from_str(text).map_err(|e| PlanError::input("--parameters", e.to_string()))?;
+            toml::from_str(text).map_err(|e| PlanError::usage("--parameters", e.to_string()))?;
         p.check()?;
         Ok(p)
     }
@@ -111,7 +111,7 @@ impl Parameters {
             if v.is_finite() && v > 0.0 {
                 Ok(())
             } else {
-                Err(PlanError::input(
+                Err(PlanError::usage(
                     "--parameters",
                     format!("{field} must be a positive number, not {v}"),
                 ))
@@ -121,7 +121,7 @@ impl Parameters {
             if v.is_finite() && v > 0.0 && v <= 1.0 {
                 Ok(())
             } else {
-                Err(PlanError::input(
+                Err(PlanError::usage(
                     "--parameters",
                     format!("{field} must be in (0, 1], not {v}"),
                 ))
@@ -140,7 +140,7 @@ impl Parameters {
         let mut seen = std::collections::BTreeSet::new();
         for s in &self.server {
             if !seen.insert(("server", s.model.to_ascii_lowercase())) {
-                return Err(PlanError::input(
+                return Err(PlanError::usage(
                     "--parameters",
                     format!("two [[server]] entries for model {:?}", s.model),
                 ));
@@ -156,7 +156,7 @@ impl Parameters {
         }
         for h in &self.hbm {
             if !seen.insert(("hbm", h.model.to_ascii_lowercase())) {
-                return Err(PlanError::input(
+                return Err(PlanError::usage(
                     "--parameters",
                     format!("two [[hbm]] entries for model {:?}", h.model),
                 ));

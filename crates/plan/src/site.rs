@@ -103,6 +103,11 @@ pub fn gross_dies_per_wafer(d_mm: f64, area_mm2: f64) -> u64 {
     g.max(0.0).floor() as u64
 }
 
+/// A model by name or alias, in any case (the catalog's own matching).
+pub fn model_id(catalog: &Catalog, name: &str) -> Option<gosok_model::ModelId> {
+    catalog.canonical(name).and_then(|n| catalog.id(n))
+}
+
 /// Plans one site.
 pub fn plan_site(
     inputs: &SiteInputs,
@@ -123,18 +128,15 @@ pub fn plan_site(
         i.utilisation > 0.0 && i.utilisation <= 1.0,
         "a fraction in (0, 1]",
     )?;
-    let Some(model_id) = catalog.id(&i.model).or_else(|| {
-        catalog
-            .models()
-            .iter()
-            .position(|m| m.name.eq_ignore_ascii_case(&i.model))
-            .map(|k| k as u16)
-    }) else {
+    let Some(model_id) = model_id(catalog, &i.model) else {
         let names: Vec<&str> = catalog.models().iter().map(|m| m.name.as_str()).collect();
+        let hint = catalog
+            .suggest(&i.model)
+            .map_or(String::new(), |s| format!("did you mean {s:?}? "));
         return Err(PlanError::usage(
             "--model",
             format!(
-                "{:?} is not in the accelerator catalog (models: {})",
+                "{:?} is not in the accelerator catalog ({hint}models: {})",
                 i.model,
                 names.join(", ")
             ),
