@@ -360,13 +360,15 @@ fn capacity_cmd(a: CapacityArgs) -> anyhow::Result<()> {
     let threads = threads_arg(a.threads)?;
     let (cluster, jobs) = read_inputs(&a.cluster, &a.workload, &catalog)?;
     let inputs = CapacityInputs {
-        target,
-        tier,
+        measure: gosok_plan::measure::Measure {
+            target,
+            tier,
+            policy,
+            seed: a.seed,
+        },
         grow,
         max_growth: a.max_growth,
         threads,
-        policy,
-        seed: a.seed,
     };
     let plan = capacity::plan_capacity(&cluster, &jobs, &catalog, &inputs)?;
     if let Some(dir) = &a.out {

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use gosok_model::{Catalog, ClusterSpec, NodeSpec, RackSpec, Tier};
-use gosok_sim::{Policy, WorkloadJob};
+use gosok_sim::WorkloadJob;
 
 use crate::PlanError;
 use crate::measure::{Measure, Measured, parallel};
@@ -61,17 +61,14 @@ impl Grow {
 
 #[derive(Debug, Clone)]
 pub struct CapacityInputs {
-    pub target: Target,
-    /// Only these tenants' jobs count towards the target (all when `None`).
-    pub tier: Option<Tier>,
+    /// The target, the tier it counts, the policy and seed of every replay.
+    pub measure: Measure,
     /// Empty: every (site, model) the cluster has.
     pub grow: Vec<Grow>,
     /// At most this many times the servers a (site, model) has today are added.
     pub max_growth: f64,
     /// Replays run at once.
     pub threads: usize,
-    pub policy: Policy,
-    pub seed: u64,
 }
 
 /// One (site, model) that grows: what it copies and how far it can go.
@@ -424,12 +421,7 @@ pub fn plan_capacity(
         return Err(PlanError::usage("--workload", "the workload has no jobs"));
     }
     let slots = grow_slots(cluster, catalog, &inputs.grow, inputs.max_growth)?;
-    let measure = Measure {
-        target: inputs.target.clone(),
-        tier: inputs.tier,
-        policy: inputs.policy,
-        seed: inputs.seed,
-    };
+    let measure = &inputs.measure;
     let counted = measure.counted(cluster);
     if counted.is_empty() {
         return Err(PlanError::usage(
@@ -474,7 +466,7 @@ pub fn plan_capacity(
             "--target",
             format!(
                 "{} cannot be met: with {} servers added ({} accelerators, the most the power budgets and --max-growth allow: {}) the statistic is {}",
-                inputs.target.text,
+                measure.target.text,
                 max_total,
                 p.run.accelerators,
                 slots
@@ -512,9 +504,9 @@ pub fn plan_capacity(
     let answer_cluster = grown_cluster(cluster, &slots, &counts);
     let accelerators_now = done[&0].run.accelerators;
     Ok(CapacityPlan {
-        target: inputs.target.clone(),
-        tier: inputs.tier,
-        policy: inputs.policy.name().to_string(),
+        target: measure.target.clone(),
+        tier: measure.tier,
+        policy: measure.policy.name().to_string(),
         jobs: jobs.len() as u64,
         accelerators_now,
         grow: slots,
