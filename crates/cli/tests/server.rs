@@ -422,6 +422,16 @@ fn tenants_see_and_touch_only_their_own_jobs() {
         Some("{}"),
     );
     assert_eq!(code, 403);
+    // Nor hold, release or requeue it.
+    for verb in ["hold", "release", "requeue"] {
+        let (code, e) = s.req(
+            "POST",
+            &format!("/v1/jobs/{id}/{verb}"),
+            Some(&b),
+            Some("{}"),
+        );
+        assert_eq!(code, 403, "{verb}: {e}");
+    }
     let (_, list) = s.req("GET", "/v1/jobs", Some(&b), None);
     assert!(list["jobs"].as_array().unwrap().is_empty(), "{list}");
     let (code, _) = s.req("GET", "/v1/jobs?tenant=lab-a", Some(&b), None);
