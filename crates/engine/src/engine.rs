@@ -13,6 +13,7 @@ use crate::config::{EngineConfig, Las, QueuePolicy};
 use crate::constraints::{self, GroupUse, GroupUses, NodeRules};
 use crate::event::{Decision, EngineError, Event, JobState, PreemptReason, TaskPlacement};
 use crate::explain::{Blocker, WaitReason};
+use crate::gittins::SizeHistory;
 use crate::hold::{Hold, SlipCause};
 use crate::ids::{IdHasher, IdMap, JobId, ModelSet, NodeIdx, SiteSet, TenantIdx};
 use crate::job::{AccelReq, GroupReq, Job, Shape, ShapeId, Task};
@@ -179,13 +180,12 @@ fn group_use_of<'a>(uses: &'a GroupUses, tenant: TenantIdx, shape: &Shape) -> Op
 /// Bits of a `FairShareLas` place in line below the level: the submit time.
 const LAS_LEVEL_SHIFT: u32 = 48;
 
-/// A pending job's place in its line under `policy`.
-fn order_key(policy: QueuePolicy, job: &Job, default_runtime_s: u64) -> u64 {
+/// A pending job's place in its line under `policy` (`level`: its level on the ladder).
+fn order_key(policy: QueuePolicy, job: &Job, default_runtime_s: u64, level: u8) -> u64 {
     match policy {
         // The level, then age: one integer keeps the class queues' order.
-        QueuePolicy::FairShareLas(las) => {
-            (las.level(job.attained_milli_s) as u64) << LAS_LEVEL_SHIFT
-                | job.submit_s.min((1 << LAS_LEVEL_SHIFT) - 1)
+        QueuePolicy::FairShareLas(_) => {
+            (level as u64) << LAS_LEVEL_SHIFT | job.submit_s.min((1 << LAS_LEVEL_SHIFT) - 1)
         }
         QueuePolicy::FairShare | QueuePolicy::Fifo => job.submit_s,
         QueuePolicy::ShortestFirst => job.estimate_s.or(job.limit_s).unwrap_or(u64::MAX),
@@ -196,20 +196,34 @@ fn order_key(policy: QueuePolicy, job: &Job, default_runtime_s: u64) -> u64 {
 /// A running job's entry in `Engine::las_ready`: the time from which a first-level job of its
 /// tenant and class may preempt it — once its attained service is past the first level's
 /// bound and its attempt is past its protected time. A job of a higher level may preempt it
-/// from then on too, once its level is higher still. None for a job holding no accelerators
-/// (its service never grows) or a ladder of one level.
+/// from then on too, once its level is higher still. With learned sizes a job's level may
+/// rise and fall as it runs, so the entry counts from the end of its protected time only.
+/// None for a job holding no accelerators (its service never grows) or a ladder of one level.
 fn las_ready_key(las: &Las, job: &Job) -> Option<LasReady> {
     let accel = job.accel_milli();
     if accel == 0 || las.levels < 2 {
         return None;
     }
     let earliest = job.started_s.saturating_add(las.protected_s(job.run_s));
+    if las.learned_sizes {
+        return Some((job.tenant, job.priority, earliest, job.id));
+    }
     let crosses = job.started_s.saturating_add(
         las.bound_milli_s(0)
             .saturating_sub(job.attained_milli_s)
             .div_ceil(accel),
     );
     Some((job.tenant, job.priority, crosses.max(earliest), job.id))
+}
+
+/// Whether a pending job is scheduled for promotion: it ran (with learned sizes), or its
+/// attained service put it past the first level.
+fn down_the_ladder(las: &Las, job: &Job) -> bool {
+    if las.learned_sizes {
+        job.attained_milli_s > 0
+    } else {
+        las.level(job.attained_milli_s) > 0
+    }
 }
 
 /// (tenant, priority class, from when, job): see `las_ready_key`.
@@ -277,11 +291,18 @@ pub struct Engine {
     /// Under `FairShareLas`: pending jobs whose search for victims found no room, and when
     /// they may be searched again (`Las::retry_s`).
     las_retry: BTreeMap<JobId, u64>,
+    /// Under `FairShareLas` with learned sizes: the sizes of the jobs that ended, by tenant
+    /// and accelerators (thousandths) per job, and by tenant (`gittins.rs`).
+    sizes: BTreeMap<(TenantIdx, u64), SizeHistory>,
+    tenant_sizes: BTreeMap<TenantIdx, SizeHistory>,
     /// Running replicas of jobs with a `constraints.group`, per tenant and group.
     group_uses: GroupUses,
     stats: PassStats,
 }
 
+/// Most entries of the attained-service index one look for a victim reads, with learned
+/// sizes (where an entry does not tell the job's level).
+const LAS_VICTIM_PROBE: usize = 64;
 /// Most running jobs one preemption search considers as victims.
 const MAX_VICTIMS: usize = 256;
 /// Most nodes a one-replica preemption looks at.
@@ -377,6 +398,8 @@ impl Engine {
             las_ready: BTreeSet::new(),
             promotions: BTreeSet::new(),
             las_retry: BTreeMap::new(),
+            sizes: BTreeMap::new(),
+            tenant_sizes: BTreeMap::new(),
             group_uses: GroupUses::new(),
             stats: PassStats::default(),
         };
@@ -449,7 +472,78 @@ impl Engine {
     }
 
     fn order_key(&self, job: &Job) -> u64 {
-        order_key(self.cfg.queue_policy, job, self.cfg.default_runtime_s)
+        let level = self.las().map_or(0, |las| self.level_of(&las, job));
+        order_key(
+            self.cfg.queue_policy,
+            job,
+            self.cfg.default_runtime_s,
+            level,
+        )
+    }
+
+    /// Accelerators (thousandths) a job holds when it runs: the unit of its service.
+    fn job_accel_milli(&self, job: &Job) -> u64 {
+        self.shapes[job.shape as usize]
+            .groups
+            .iter()
+            .map(|g| g.accel_milli_total())
+            .sum()
+    }
+
+    /// A job's level on the ladder now. With learned sizes and enough of them, the level a
+    /// job of attained service 1 / G would have, G being its Gittins index over the sizes of
+    /// its tenant's jobs of as many accelerators (else all its tenant's jobs), capped by its
+    /// runtime limit; else, or once it has outrun every job it is compared with, by its
+    /// attained service. A promoted job (attained service counted from zero again, below
+    /// what it ran) climbs the ladder from its first level by attained service.
+    fn level_of(&self, las: &Las, job: &Job) -> u8 {
+        let now = self.now_s;
+        let attained = job.attained_now_milli_s(now);
+        if !las.learned_sizes {
+            return las.level(attained);
+        }
+        let accel = self.job_accel_milli(job);
+        let ran_s = job.run_s
+            + if job.state == JobState::Running {
+                now.saturating_sub(job.started_s)
+            } else {
+                0
+            };
+        let age_milli_s = accel.saturating_mul(ran_s);
+        if accel == 0 || attained < age_milli_s {
+            return las.level(attained);
+        }
+        let enough = |h: &&SizeHistory| h.samples() >= las.min_samples;
+        let history = self
+            .sizes
+            .get(&(job.tenant, accel))
+            .filter(enough)
+            .or_else(|| self.tenant_sizes.get(&job.tenant).filter(enough));
+        let accel_f = accel as f64 / 1000.0;
+        let cap = job.limit_s.map(|l| accel_f * l as f64);
+        match history.and_then(|h| h.index(age_milli_s as f64 / 1000.0, cap)) {
+            // As many thousandth-accelerator-seconds as 1 / G accelerator-seconds.
+            Some(g) => las.level((1000.0 / g).min(u64::MAX as f64) as u64),
+            None => las.level(attained),
+        }
+    }
+
+    /// A job that ran ended: its size joins its tenant's histories.
+    fn learn_size(&mut self, id: JobId) {
+        if !self.las().is_some_and(|l| l.learned_sizes) {
+            return;
+        }
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
+        let accel = self.job_accel_milli(job);
+        if accel == 0 || job.run_s == 0 {
+            return;
+        }
+        let accel_s = accel.saturating_mul(job.run_s) / 1000;
+        let t = job.tenant;
+        self.sizes.entry((t, accel)).or_default().record(accel_s);
+        self.tenant_sizes.entry(t).or_default().record(accel_s);
     }
 
     /// The attained-service ladder, when the queue policy has one.
@@ -472,7 +566,6 @@ impl Engine {
     /// attained service counted from zero again (Tiresias' promotion against starvation) —
     /// unless it has started again since (`attempt` is the attempt that sent it down).
     fn promote(&mut self, id: JobId, attempt: u32) {
-        let policy = self.cfg.queue_policy;
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
@@ -481,7 +574,9 @@ impl Engine {
         }
         self.queues.remove(job.tenant, job.class, job.pending());
         job.attained_milli_s = 0;
-        job.order_s = order_key(policy, job, self.cfg.default_runtime_s);
+        let order_s = self.order_key(&self.jobs[&id]);
+        let job = self.jobs.get_mut(&id).expect("checked above");
+        job.order_s = order_s;
         self.queues.push(job.tenant, job.class, job.pending());
     }
 
@@ -1137,15 +1232,20 @@ impl Engine {
         job.tasks.clear();
         job.run_s += now.saturating_sub(job.started_s);
         job.state = state;
+        if state.is_terminal() && was_running {
+            self.learn_size(id);
+        }
         if state == JobState::Pending {
-            let order_s = order_key(self.cfg.queue_policy, job, self.cfg.default_runtime_s);
+            let order_s = self.order_key(&self.jobs[&id]);
+            let job = self.jobs.get_mut(&id).expect("taken off its nodes above");
             job.order_s = order_s;
             self.queues.push(job.tenant, job.class, job.pending());
             // Down the ladder: promoted back to its first level after waiting a multiple
-            // of the time it has run.
+            // of the time it has run (with learned sizes, any job that ran: its level may
+            // rise as the histories grow).
             if let Some(las) = las
                 && las.promote_after_runs > 0
-                && las.level(job.attained_milli_s) > 0
+                && down_the_ladder(&las, job)
             {
                 let at = now
                     .saturating_add(job.run_s.saturating_mul(las.promote_after_runs as u64))
@@ -1975,7 +2075,7 @@ impl Engine {
             return false;
         };
         let job = &self.jobs[&id];
-        let level = las.level(job.attained_milli_s);
+        let level = self.level_of(&las, job);
         if level + 1 >= las.levels || self.las_retry.get(&id).is_some_and(|&r| r > self.now_s) {
             return false;
         }
@@ -1994,12 +2094,21 @@ impl Engine {
     ) -> impl Iterator<Item = JobId> + '_ {
         let now = self.now_s;
         let las = self.las();
+        // With learned sizes a job's level is not known from its index entry: look at a
+        // bounded number, longest-protected first (a later pass looks again).
+        let probe = if las.is_some_and(|l| l.learned_sizes) {
+            LAS_VICTIM_PROBE
+        } else {
+            usize::MAX
+        };
         self.las_ready
             .range((t, p, 0, JobId(0))..=(t, p, now, JobId(u64::MAX)))
+            .take(probe)
             .map(|k| k.3)
             .filter(move |v| {
-                level == 0
-                    || las.is_some_and(|l| l.level(self.jobs[v].attained_now_milli_s(now)) > level)
+                las.is_some_and(|l| {
+                    level == 0 && !l.learned_sizes || self.level_of(&l, &self.jobs[v]) > level
+                })
             })
     }
 
@@ -2067,7 +2176,7 @@ impl Engine {
         );
         let mine = self.jobs[&id].remaining_s(now, self.cfg.default_runtime_s);
         let las = self.las();
-        let my_level = las.map_or(0, |l| l.level(self.jobs[&id].attained_milli_s));
+        let my_level = las.map_or(0, |l| self.level_of(&l, &self.jobs[&id]));
         // Jobs of its own class are victims only when reclaiming or under SRTF; under LAS
         // the tenant's own ready jobs come from their index below.
         let own_class = reclaim.is_some() || srtf;
@@ -2132,7 +2241,7 @@ impl Engine {
                     // LAS: the tenant's own jobs on a higher level that ran their minimum,
                     // the most attained service first.
                     let attained = vj.attained_now_milli_s(now);
-                    let ready = las.level(attained) > my_level
+                    let ready = self.level_of(&las, vj) > my_level
                         && now.saturating_sub(vj.started_s) >= las.protected_s(vj.run_s);
                     return ready.then_some((
                         PreemptReason::LeastAttained { by: id },
@@ -2560,7 +2669,7 @@ impl Engine {
             && las.promote_after_runs > 0
             && let Some(j) = self.jobs.values().find(|j| {
                 j.state == JobState::Pending
-                    && las.level(j.attained_milli_s) > 0
+                    && down_the_ladder(&las, j)
                     && !scheduled.contains(&(j.id, j.attempt))
             })
         {
