@@ -62,6 +62,8 @@ fn bin_of(accel_s: u64) -> usize {
 pub struct SizeHistory {
     counts: Vec<u32>,
     total: u32,
+    /// Jobs recorded since it began (never halved).
+    recorded: u64,
 }
 
 impl Default for SizeHistory {
@@ -69,6 +71,7 @@ impl Default for SizeHistory {
         SizeHistory {
             counts: vec![0; BINS],
             total: 0,
+            recorded: 0,
         }
     }
 }
@@ -91,6 +94,16 @@ impl SizeHistory {
         }
         self.counts[bin_of(accel_s)] += 1;
         self.total += 1;
+        self.recorded += 1;
+    }
+
+    /// Whether the last record changed the history enough that the jobs waiting under it
+    /// should be ordered again: when it first has `min_samples`, each time that doubles, and
+    /// every half of `HISTORY_CAP` after (a bounded number of times per job that ends).
+    pub fn milestone(&self, min_samples: u32) -> bool {
+        let (n, min) = (self.recorded, min_samples.max(1) as u64);
+        let half_cap = HISTORY_CAP as u64 / 2;
+        n >= min && ((n % min == 0 && (n / min).is_power_of_two()) || n % half_cap == 0)
     }
 
     /// The Gittins index of a job that has attained `age_accel_s` accelerator-seconds and
@@ -205,6 +218,19 @@ mod tests {
         let old = h.index(95_000.0, None).unwrap();
         assert!(new > old, "new {new} old {old}");
         assert!(old > 2.0 * middle, "old {old} middle {middle}");
+    }
+
+    #[test]
+    fn milestones_double_then_come_every_half_cap() {
+        let mut h = SizeHistory::default();
+        let mut at = Vec::new();
+        for n in 1..=2048u64 {
+            h.record(100);
+            if h.milestone(16) {
+                at.push(n);
+            }
+        }
+        assert_eq!(at, [16, 32, 64, 128, 256, 512, 1024, 1536, 2048]);
     }
 
     #[test]

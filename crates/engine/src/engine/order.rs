@@ -130,8 +130,30 @@ impl Engine {
         }
         let accel_s = accel.saturating_mul(job.run_s) / 1000;
         let t = job.tenant;
-        self.sizes.entry((t, accel)).or_default().record(accel_s);
-        self.tenant_sizes.entry(t).or_default().record(accel_s);
+        let min = self.las().map_or(1, |l| l.min_samples);
+        let shape = self.sizes.entry((t, accel)).or_default();
+        shape.record(accel_s);
+        let moved = shape.milestone(min);
+        let all = self.tenant_sizes.entry(t).or_default();
+        all.record(accel_s);
+        if moved || all.milestone(min) {
+            self.reorder_tenant(t);
+        }
+    }
+
+    /// A pending job's key is taken when it joins its line; when its tenant's histories have
+    /// changed enough (`SizeHistory::milestone`) its waiting jobs are placed again.
+    fn reorder_tenant(&mut self, t: TenantIdx) {
+        let waiting: Vec<JobId> = self.queues.tenant_jobs(t).collect();
+        for id in waiting {
+            let order_s = self.order_key(&self.jobs[&id]);
+            let job = self.jobs.get_mut(&id).expect("queued jobs are known");
+            if order_s != job.order_s {
+                self.queues.remove(t, job.class, job.pending());
+                job.order_s = order_s;
+                self.queues.push(t, job.class, job.pending());
+            }
+        }
     }
 
     /// The attained-service ladder, when the queue policy has one.
