@@ -58,12 +58,17 @@ fn bin_of(accel_s: u64) -> usize {
 }
 
 /// The sizes (accelerator-seconds) of the jobs of one tenant and shape that ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SizeHistory {
     counts: Vec<u32>,
     total: u32,
     /// Jobs recorded since it began (never halved).
     recorded: u64,
+    /// What orders jobs: the index at each bin's lower edge (0: nothing known past it) and
+    /// the jobs it was taken from, as of the last milestone (`record`). Taken at milestones
+    /// only, so that an index costs a lookup and waiting jobs are re-keyed when it changes.
+    published: Vec<f64>,
+    published_samples: u32,
 }
 
 impl Default for SizeHistory {
@@ -72,18 +77,42 @@ impl Default for SizeHistory {
             counts: vec![0; BINS],
             total: 0,
             recorded: 0,
+            published: Vec::new(),
+            published_samples: 0,
         }
     }
 }
 
 impl SizeHistory {
-    /// How many jobs it holds (after halvings, the weight of what it remembers).
+    /// How many jobs the published index was taken from (0 before the first milestone).
     pub fn samples(&self) -> u32 {
-        self.total
+        self.published_samples
     }
 
-    /// A job that ran `accel_s` accelerator-seconds in all ended.
-    pub fn record(&mut self, accel_s: u64) {
+    /// A job that ran `accel_s` accelerator-seconds in all ended. True when this was a
+    /// milestone (`milestone`) and the index was published again: the jobs waiting under
+    /// this history should be ordered again.
+    pub fn record(&mut self, accel_s: u64, min_samples: u32) -> bool {
+        self.add(accel_s);
+        if !self.milestone(min_samples) {
+            return false;
+        }
+        self.published = (0..BINS)
+            .map(|i| self.live_index(lower_edge(i)).unwrap_or(0.0))
+            .collect();
+        self.published_samples = self.total;
+        true
+    }
+
+    /// The published Gittins index of a job that has attained `age_accel_s`
+    /// accelerator-seconds (at the lower edge of its bin); None before the first milestone or
+    /// when no job of this history ran longer.
+    pub fn index(&self, age_accel_s: f64) -> Option<f64> {
+        let g = *self.published.get(self.bin_at(age_accel_s.max(0.0)))?;
+        (g > 0.0).then_some(g)
+    }
+
+    fn add(&mut self, accel_s: u64) {
         if self.total >= HISTORY_CAP {
             // Halve, rounding up so that no size seen is forgotten outright.
             self.total = 0;
@@ -100,23 +129,21 @@ impl SizeHistory {
     /// Whether the last record changed the history enough that the jobs waiting under it
     /// should be ordered again: when it first has `min_samples`, each time that doubles, and
     /// every half of `HISTORY_CAP` after (a bounded number of times per job that ends).
-    pub fn milestone(&self, min_samples: u32) -> bool {
+    fn milestone(&self, min_samples: u32) -> bool {
         let (n, min) = (self.recorded, min_samples.max(1) as u64);
         let half_cap = HISTORY_CAP as u64 / 2;
         n >= min && ((n % min == 0 && (n / min).is_power_of_two()) || n % half_cap == 0)
     }
 
-    /// The Gittins index of a job that has attained `age_accel_s` accelerator-seconds and
-    /// will run at most `cap_accel_s` in all (its runtime limit), in completions per
-    /// accelerator-second; None when no job of this history ran longer (nothing is known
-    /// of what comes next). Sizes are taken as spread evenly within their bin.
-    pub fn index(&self, age_accel_s: f64, cap_accel_s: Option<f64>) -> Option<f64> {
+    /// The Gittins index over the history as it is now of a job that has attained
+    /// `age_accel_s` accelerator-seconds, in completions per accelerator-second; None when no
+    /// job of this history ran longer (nothing is known of what comes next). Sizes are taken
+    /// as spread evenly within their bin. O(BINS).
+    fn live_index(&self, age_accel_s: f64) -> Option<f64> {
         let a = age_accel_s.max(0.0);
-        let cap = cap_accel_s.filter(|&c| c > a);
         let start = self.bin_at(a);
-        // Survival (in counts) at `a`: what ended above it.
+        // Counts of bin i at or below x.
         let within = |i: usize, x: f64| -> f64 {
-            // Counts of bin i at or below x.
             let (lo, hi) = (lower_edge(i), upper_edge(i));
             self.counts[i] as f64 * ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
         };
@@ -132,15 +159,6 @@ impl SizeHistory {
         for i in start..BINS {
             let lo = lower_edge(i).max(a);
             let hi = upper_edge(i);
-            if let Some(c) = cap
-                && c <= hi
-            {
-                // Whatever still runs at the cap ends there.
-                let ends_before = self.counts[i] as f64 * (c - lo) / (hi - lower_edge(i));
-                spent += (c - lo) * (alive + (alive - ends_before)) / 2.0;
-                done += alive;
-                return (spent > 0.0).then(|| best.max(done / spent));
-            }
             let ends_here = self.counts[i] as f64 - within(i, lo);
             spent += (hi - lo) * (alive + (alive - ends_here)) / 2.0;
             done += ends_here;
@@ -180,27 +198,42 @@ mod tests {
         }
     }
 
+    /// A history of these (size, how many) with its index published on all of it.
     fn history(sizes: &[(u64, u32)]) -> SizeHistory {
         let mut h = SizeHistory::default();
         for &(s, n) in sizes {
             for _ in 0..n {
-                h.record(s);
+                h.add(s);
             }
         }
+        let n = h.total;
+        h.recorded = 0;
+        h.total = 0;
+        h.counts.iter_mut().for_each(|c| *c = 0);
+        // Record again with min_samples = n: the last record publishes.
+        for &(s, k) in sizes {
+            for _ in 0..k {
+                h.record(s, n);
+            }
+        }
+        assert_eq!(h.samples(), n);
         h
+    }
+
+    /// One job of each bin from 1 to 59: sizes over six orders of magnitude.
+    fn heavy_tail() -> SizeHistory {
+        let sizes: Vec<(u64, u32)> = (1..60).map(|i| (lower_edge(i).ceil() as u64, 1)).collect();
+        history(&sizes)
     }
 
     #[test]
     fn a_decreasing_hazard_orders_as_least_attained_service() {
-        // Sizes spread over six orders of magnitude, one per bin: the longer a job has run,
-        // the longer it is likely still to run, so its index only falls.
-        let mut h = SizeHistory::default();
-        for i in 1..60 {
-            h.record(lower_edge(i).ceil() as u64);
-        }
+        // The longer a job has run, the longer it is likely still to run: its index only
+        // falls.
+        let h = heavy_tail();
         let mut last = f64::INFINITY;
         for a in [0.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6] {
-            let g = h.index(a, None).unwrap();
+            let g = h.index(a).unwrap();
             assert!(g < last, "index at {a} = {g} not below {last}");
             last = g;
         }
@@ -213,56 +246,56 @@ mod tests {
         // the long ones with all its run ahead; one that has run 95,000 s is nearly done and
         // goes before it (least attained service would put it last).
         let h = history(&[(100, 25), (100_000, 75)]);
-        let new = h.index(0.0, None).unwrap();
-        let middle = h.index(1_000.0, None).unwrap();
-        let old = h.index(95_000.0, None).unwrap();
+        let new = h.index(0.0).unwrap();
+        let middle = h.index(1_000.0).unwrap();
+        let old = h.index(95_000.0).unwrap();
         assert!(new > old, "new {new} old {old}");
         assert!(old > 2.0 * middle, "old {old} middle {middle}");
     }
 
     #[test]
-    fn milestones_double_then_come_every_half_cap() {
+    fn the_index_is_published_at_milestones_only() {
         let mut h = SizeHistory::default();
         let mut at = Vec::new();
         for n in 1..=2048u64 {
-            h.record(100);
-            if h.milestone(16) {
+            if h.record(100, 16) {
                 at.push(n);
             }
         }
         assert_eq!(at, [16, 32, 64, 128, 256, 512, 1024, 1536, 2048]);
+        // Between milestones the published index stays as it was.
+        let mut h = SizeHistory::default();
+        for _ in 0..16 {
+            h.record(100, 16);
+        }
+        let before = h.index(0.0);
+        for _ in 0..15 {
+            h.record(1_000_000, 16);
+        }
+        assert_eq!(h.index(0.0), before);
+        assert_eq!(h.samples(), 16);
+        h.record(1_000_000, 16);
+        assert!(h.index(0.0).unwrap() < before.unwrap());
+        assert_eq!(h.samples(), 32);
+        assert!(SizeHistory::default().index(0.0).is_none());
     }
 
     #[test]
     fn nothing_known_past_the_longest_job() {
         let h = history(&[(100, 10)]);
-        assert!(h.index(1_000.0, None).is_none());
-        assert!(SizeHistory::default().index(0.0, None).is_none());
-    }
-
-    #[test]
-    fn a_runtime_limit_raises_the_index_of_a_job_near_it() {
-        let mut h = SizeHistory::default();
-        for i in 1..60 {
-            h.record(lower_edge(i).ceil() as u64);
-        }
-        let free = h.index(1e4, None).unwrap();
-        let capped = h.index(1e4, Some(1.2e4)).unwrap();
-        assert!(capped > free, "capped {capped} free {free}");
-        // The job ends surely by the cap: the index is at least 1 / (time left).
-        assert!(capped >= 1.0 / 2e3 * 0.99, "{capped}");
+        assert!(h.index(1_000.0).is_none());
+        assert!(h.index(10.0).is_some());
     }
 
     #[test]
     fn a_full_history_halves_and_follows_new_work() {
         let mut h = history(&[(10, HISTORY_CAP)]);
-        assert_eq!(h.samples(), HISTORY_CAP);
         for _ in 0..3 * HISTORY_CAP {
-            h.record(100_000);
+            h.record(100_000, 16);
         }
-        assert!(h.samples() <= HISTORY_CAP + 1);
+        assert!(h.total <= HISTORY_CAP + 1);
         // The short jobs are now a small minority.
         let short = h.counts[bin_of(10)];
-        assert!(short * 10 < h.samples(), "{short} of {}", h.samples());
+        assert!(short * 10 < h.total, "{short} of {}", h.total);
     }
 }

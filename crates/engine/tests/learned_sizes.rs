@@ -128,3 +128,31 @@ fn learned_sizes_survive_a_snapshot() {
         "a restored engine carries the histories as they were"
     );
 }
+
+#[test]
+fn a_job_close_to_its_runtime_limit_is_not_preempted() {
+    // No history yet: attained service orders, but a job that must end within 100 s (its
+    // limit) is not sent below a newcomer that may run for hours.
+    let limited = r#"{"groups":[{"accelerators":8}],"preemptible":true,"runtime_limit_s":1000}"#;
+    for learned_sizes in [true, false] {
+        let mut h = highway(learned_sizes);
+        h.at(100);
+        let old = h.submit("vc", limited);
+        h.schedule();
+        h.at(1000);
+        let new = h.submit("vc", EIGHT);
+        h.schedule();
+        assert_eq!(
+            h.started(new),
+            !learned_sizes,
+            "learned sizes {learned_sizes}: {:?}",
+            h.preemptions()
+        );
+        if learned_sizes {
+            // It ends at its limit; the newcomer starts then.
+            h.at(1101);
+            h.schedule();
+            assert!(!h.started(old) && h.started(new));
+        }
+    }
+}

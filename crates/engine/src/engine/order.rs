@@ -80,10 +80,11 @@ impl Engine {
 
     /// A job's level on the ladder now. With learned sizes and enough of them, the level a
     /// job of attained service 1 / G would have, G being its Gittins index over the sizes of
-    /// its tenant's jobs of as many accelerators (else all its tenant's jobs), capped by its
-    /// runtime limit; else, or once it has outrun every job it is compared with, by its
-    /// attained service. A promoted job (attained service counted from zero again, below
-    /// what it ran) climbs the ladder from its first level by attained service.
+    /// its tenant's jobs of as many accelerators (else all its tenant's jobs); else, or once
+    /// it has outrun every job it is compared with, by its attained service. A job with a
+    /// runtime limit ends by it, so its index is at least 1 / (service left to the limit).
+    /// A promoted job (attained service counted from zero again, below what it ran) climbs
+    /// the ladder from its first level by attained service.
     pub(super) fn level_of(&self, las: &Las, job: &Job) -> u8 {
         let now = self.now_s;
         let attained = job.attained_now_milli_s(now);
@@ -107,13 +108,15 @@ impl Engine {
             .get(&(job.tenant, accel))
             .filter(enough)
             .or_else(|| self.tenant_sizes.get(&job.tenant).filter(enough));
-        let accel_f = accel as f64 / 1000.0;
-        let cap = job.limit_s.map(|l| accel_f * l as f64);
-        match history.and_then(|h| h.index(age_milli_s as f64 / 1000.0, cap)) {
-            // As many thousandth-accelerator-seconds as 1 / G accelerator-seconds.
-            Some(g) => las.level((1000.0 / g).min(u64::MAX as f64) as u64),
-            None => las.level(attained),
-        }
+        // As many thousandth-accelerator-seconds as 1 / G accelerator-seconds.
+        let like = match history.and_then(|h| h.index(age_milli_s as f64 / 1000.0)) {
+            Some(g) => (1000.0 / g).min(u64::MAX as f64) as u64,
+            None => attained,
+        };
+        let to_limit = job.limit_s.map_or(u64::MAX, |l| {
+            accel.saturating_mul(l.saturating_sub(ran_s).max(1))
+        });
+        las.level(like.min(to_limit))
     }
 
     /// A job that ran ended: its size joins its tenant's histories.
@@ -131,12 +134,13 @@ impl Engine {
         let accel_s = accel.saturating_mul(job.run_s) / 1000;
         let t = job.tenant;
         let min = self.las().map_or(1, |l| l.min_samples);
-        let shape = self.sizes.entry((t, accel)).or_default();
-        shape.record(accel_s);
-        let moved = shape.milestone(min);
-        let all = self.tenant_sizes.entry(t).or_default();
-        all.record(accel_s);
-        if moved || all.milestone(min) {
+        let moved = self
+            .sizes
+            .entry((t, accel))
+            .or_default()
+            .record(accel_s, min);
+        let moved_all = self.tenant_sizes.entry(t).or_default().record(accel_s, min);
+        if moved || moved_all {
             self.reorder_tenant(t);
         }
     }
