@@ -51,8 +51,10 @@ impl Engine {
 
     /// Under `FairShareLas`: whether a running preemptible job of the same tenant and class
     /// is on a higher level than this pending job and has run its minimum time (and the
-    /// job's last search that found no room is `retry_s` ago).
-    pub(super) fn las_victim_ready(&self, id: JobId) -> bool {
+    /// job's last search that found no room is `retry_s` ago). With learned sizes, a look
+    /// that found no victim is not repeated for `retry_s` either (it reads up to
+    /// `LAS_VICTIM_PROBE` jobs' levels).
+    pub(super) fn las_victim_ready(&mut self, id: JobId) -> bool {
         let Some(las) = self.las() else {
             return false;
         };
@@ -61,9 +63,15 @@ impl Engine {
         if level + 1 >= las.levels || self.las_retry.get(&id).is_some_and(|&r| r > self.now_s) {
             return false;
         }
-        self.las_victims(job.tenant, job.priority, level)
+        let found = self
+            .las_victims(job.tenant, job.priority, level)
             .next()
-            .is_some()
+            .is_some();
+        if !found && las.learned_sizes {
+            let retry = self.now_s.saturating_add(las.retry_s);
+            self.las_retry.insert(id, retry);
+        }
+        found
     }
 
     /// Under `FairShareLas`: the running jobs a job of tenant `t`, class `p` and level
