@@ -133,16 +133,28 @@ impl Engine {
         }
         let accel_s = accel.saturating_mul(job.run_s) / 1000;
         let t = job.tenant;
-        let min = self.las().map_or(1, |l| l.min_samples);
-        if self
-            .sizes
-            .entry((t, accel))
-            .or_default()
+        let Some(las) = self.las() else {
+            return;
+        };
+        let min = las.min_samples;
+        // Waiting jobs need new keys only where a bin's level moved.
+        let moved = |old: Vec<f64>, new: &SizeHistory| {
+            let level = |g: f64| (g > 0.0).then(|| las.level((1000.0 / g) as u64));
+            old.is_empty()
+                || old
+                    .iter()
+                    .zip(new.published())
+                    .any(|(&a, &b)| level(a) != level(b))
+        };
+        let shape = self.sizes.entry((t, accel)).or_default();
+        if shape
             .record(accel_s, min)
+            .is_some_and(|old| moved(old, shape))
         {
             self.reorder(t, |a| a == accel);
         }
-        if self.tenant_sizes.entry(t).or_default().record(accel_s, min) {
+        let all = self.tenant_sizes.entry(t).or_default();
+        if all.record(accel_s, min).is_some_and(|old| moved(old, all)) {
             // The tenant's history orders the shapes whose own history is too short.
             let own: BTreeSet<u64> = self
                 .sizes
