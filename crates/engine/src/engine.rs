@@ -8,6 +8,7 @@
 //! - `reserve`: the reservation of the blocked job whose turn it is.
 //! - `preempt`: which running jobs to stop for one that cannot start.
 //! - `lifecycle`: start, finish, fail, preempt, cancel and requeue of a job's tasks.
+//! - `idle`: an idle pass (no event since a pass that changed nothing) skipped.
 //! - `control`: hold, release and requeue by users and the controller.
 //! - `nodes`: node and power events.
 //! - `invariants`: what the engine promises, checked by the tests after every step.
@@ -37,6 +38,7 @@ use crate::tenants::Tenant;
 
 mod admission;
 mod control;
+mod idle;
 mod inspect;
 mod invariants;
 mod lifecycle;
@@ -146,6 +148,11 @@ pub struct Engine {
     /// Running replicas of jobs with a `constraints.group`, per tenant and group.
     group_uses: GroupUses,
     stats: PassStats,
+    /// The last pass decided nothing and changed nothing a pass reads, and no event came
+    /// since: the next pass would do the same nothing (`idle`). Not in snapshots: a
+    /// restored engine runs its first pass in full, which decides the same.
+    #[serde(skip)]
+    quiescent: bool,
 }
 
 /// Scorers with their weights.
@@ -235,6 +242,7 @@ impl Engine {
             las_retry: BTreeMap::new(),
             group_uses: GroupUses::new(),
             stats: PassStats::default(),
+            quiescent: false,
         };
         for t in &cluster.tenant {
             e.upsert_tenant(t.clone())?;
@@ -245,6 +253,8 @@ impl Engine {
     /// Applies one event; returns what must happen because of it right away (rejections,
     /// stops, requeues, shed load). Starting work is left to `schedule`.
     pub fn apply(&mut self, event: Event) -> Result<Vec<Decision>, EngineError> {
+        // Any event may change what a pass would decide.
+        self.quiescent = false;
         let mut out = Vec::new();
         match event {
             Event::AdvanceTime { now_s } => self.advance(now_s, &mut out)?,
@@ -349,7 +359,11 @@ impl Engine {
     pub fn schedule(&mut self) -> Vec<Decision> {
         let mut out = Vec::new();
         self.stats = PassStats::default();
+        if self.quiescent {
+            return out;
+        }
         self.refresh_profile();
+        let before = self.pass_inputs();
         let cap = self.capacity();
         if let Some(h) = self.reservation.job
             && self
@@ -478,6 +492,7 @@ impl Engine {
             .map(|j| j.tenant);
         self.hold
             .set_waiting(blocked.iter().map(|b| b.tenant), holder);
+        self.settle(&before, !out.is_empty());
         out
     }
 
