@@ -420,9 +420,12 @@ impl WorkloadGen {
                 (g, 1.0)
             }
             JobKind::Gang => {
-                const SIZES: [u64; 6] = [2, 4, 8, 16, 32, 64];
-                let replicas =
-                    SIZES[pick_weighted(&mut self.rng, &[0.3, 0.25, 0.2, 0.12, 0.08, 0.05])];
+                // Up to 64 nodes the mix of the default streams; a stream allowed larger
+                // gangs (national scale) also asks for 128 and 256 nodes, rarely.
+                const SIZES: [u64; 8] = [2, 4, 8, 16, 32, 64, 128, 256];
+                const WEIGHTS: [f64; 8] = [0.3, 0.25, 0.2, 0.12, 0.08, 0.05, 0.015, 0.005];
+                let sizes = if self.p.max_gang_replicas > 64 { 8 } else { 6 };
+                let replicas = SIZES[pick_weighted(&mut self.rng, &WEIGHTS[..sizes])];
                 let mut g = self.group(replicas.min(self.max_gang), self.node_accel);
                 if self.hopper_majority && self.rng.gen_bool(0.2) {
                     g.models = vec!["nvidia-hopper".into()];
