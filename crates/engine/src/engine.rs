@@ -27,6 +27,7 @@ use crate::config::{EngineConfig, Las, QueuePolicy};
 use crate::constraints::{self, GroupUse, GroupUses, NodeRules};
 use crate::event::{Decision, EngineError, Event, JobState, PreemptReason, TaskPlacement};
 use crate::explain::{Blocker, WaitReason};
+use crate::gittins::SizeHistory;
 use crate::hold::{Hold, SlipCause};
 use crate::ids::{IdHasher, IdMap, JobId, ModelSet, NodeIdx, SiteSet, TenantIdx};
 use crate::job::{AccelReq, GroupReq, Job, Shape, ShapeId, Task};
@@ -50,7 +51,7 @@ mod reserve;
 
 use admission::StaticFit;
 pub use inspect::Explanation;
-use order::{Head, order_key};
+use order::Head;
 use place::{group_use_of, new_placer, request_for};
 use preempt::{LasReady, las_ready_key};
 
@@ -145,6 +146,10 @@ pub struct Engine {
     /// Under `FairShareLas`: pending jobs whose search for victims found no room, and when
     /// they may be searched again (`Las::retry_s`).
     las_retry: BTreeMap<JobId, u64>,
+    /// Under `FairShareLas` with learned sizes: the sizes of the jobs that ended, by tenant
+    /// and accelerators (thousandths) per job, and by tenant (`gittins.rs`).
+    sizes: BTreeMap<(TenantIdx, u64), SizeHistory>,
+    tenant_sizes: BTreeMap<TenantIdx, SizeHistory>,
     /// Running replicas of jobs with a `constraints.group`, per tenant and group.
     group_uses: GroupUses,
     stats: PassStats,
@@ -240,6 +245,8 @@ impl Engine {
             las_ready: BTreeSet::new(),
             promotions: BTreeSet::new(),
             las_retry: BTreeMap::new(),
+            sizes: BTreeMap::new(),
+            tenant_sizes: BTreeMap::new(),
             group_uses: GroupUses::new(),
             stats: PassStats::default(),
             quiescent: false,

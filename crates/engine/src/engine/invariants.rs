@@ -97,7 +97,7 @@ impl Engine {
             && las.promote_after_runs > 0
             && let Some(j) = self.jobs.values().find(|j| {
                 j.state == JobState::Pending
-                    && las.level(j.attained_milli_s) > 0
+                    && order::down_the_ladder(&las, j)
                     && !scheduled.contains(&(j.id, j.attempt))
             })
         {

@@ -151,15 +151,19 @@ impl Engine {
         job.tasks.clear();
         job.run_s += now.saturating_sub(job.started_s);
         job.state = state;
+        if state.is_terminal() && was_running {
+            self.learn_size(id);
+        }
         if state == JobState::Pending {
-            let order_s = order_key(self.cfg.queue_policy, job, self.cfg.default_runtime_s);
+            let order_s = self.order_key(&self.jobs[&id]);
+            let job = self.jobs.get_mut(&id).expect("taken off its nodes above");
             job.order_s = order_s;
             self.queues.push(job.tenant, job.class, job.pending());
             // Down the ladder: promoted back to its first level after waiting a multiple
             // of the time it has run.
             if let Some(las) = las
                 && las.promote_after_runs > 0
-                && las.level(job.attained_milli_s) > 0
+                && order::down_the_ladder(&las, job)
             {
                 let at = now
                     .saturating_add(job.run_s.saturating_mul(las.promote_after_runs as u64))

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Most entries of the attained-service index one look for a victim reads, with learned
+/// sizes (where an entry does not tell the job's level).
+const LAS_VICTIM_PROBE: usize = 64;
 /// Most running jobs one preemption search considers as victims.
 const MAX_VICTIMS: usize = 256;
 /// Most nodes a one-replica preemption looks at.
@@ -13,14 +16,18 @@ const MAX_SPARE_TRIES: usize = 4;
 /// A running job's entry in `Engine::las_ready`: the time from which a first-level job of its
 /// tenant and class may preempt it — once its attained service is past the first level's
 /// bound and its attempt is past its protected time. A job of a higher level may preempt it
-/// from then on too, once its level is higher still. None for a job holding no accelerators
-/// (its service never grows) or a ladder of one level.
+/// from then on too, once its level is higher still. With learned sizes a job's level may
+/// rise and fall as it runs, so the entry counts from the end of its protected time only.
+/// None for a job holding no accelerators (its service never grows) or a ladder of one level.
 pub(super) fn las_ready_key(las: &Las, job: &Job) -> Option<LasReady> {
     let accel = job.accel_milli();
     if accel == 0 || las.levels < 2 {
         return None;
     }
     let earliest = job.started_s.saturating_add(las.protected_s(job.run_s));
+    if las.learned_sizes {
+        return Some((job.tenant, job.priority, earliest, job.id));
+    }
     let crosses = job.started_s.saturating_add(
         las.bound_milli_s(0)
             .saturating_sub(job.attained_milli_s)
@@ -50,7 +57,7 @@ impl Engine {
             return false;
         };
         let job = &self.jobs[&id];
-        let level = las.level(job.attained_milli_s);
+        let level = self.level_of(&las, job);
         if level + 1 >= las.levels || self.las_retry.get(&id).is_some_and(|&r| r > self.now_s) {
             return false;
         }
@@ -69,12 +76,21 @@ impl Engine {
     ) -> impl Iterator<Item = JobId> + '_ {
         let now = self.now_s;
         let las = self.las();
+        // With learned sizes a job's level is not known from its index entry: look at a
+        // bounded number, longest-protected first (a later pass looks again).
+        let probe = if las.is_some_and(|l| l.learned_sizes) {
+            LAS_VICTIM_PROBE
+        } else {
+            usize::MAX
+        };
         self.las_ready
             .range((t, p, 0, JobId(0))..=(t, p, now, JobId(u64::MAX)))
+            .take(probe)
             .map(|k| k.3)
             .filter(move |v| {
-                level == 0
-                    || las.is_some_and(|l| l.level(self.jobs[v].attained_now_milli_s(now)) > level)
+                las.is_some_and(|l| {
+                    level == 0 && !l.learned_sizes || self.level_of(&l, &self.jobs[v]) > level
+                })
             })
     }
 
@@ -142,7 +158,7 @@ impl Engine {
         );
         let mine = self.jobs[&id].remaining_s(now, self.cfg.default_runtime_s);
         let las = self.las();
-        let my_level = las.map_or(0, |l| l.level(self.jobs[&id].attained_milli_s));
+        let my_level = las.map_or(0, |l| self.level_of(&l, &self.jobs[&id]));
         // Jobs of its own class are victims only when reclaiming or under SRTF; under LAS
         // the tenant's own ready jobs come from their index below.
         let own_class = reclaim.is_some() || srtf;
@@ -207,7 +223,7 @@ impl Engine {
                     // LAS: the tenant's own jobs on a higher level that ran their minimum,
                     // the most attained service first.
                     let attained = vj.attained_now_milli_s(now);
-                    let ready = las.level(attained) > my_level
+                    let ready = self.level_of(&las, vj) > my_level
                         && now.saturating_sub(vj.started_s) >= las.protected_s(vj.run_s);
                     return ready.then_some((
                         PreemptReason::LeastAttained { by: id },
