@@ -24,8 +24,11 @@ use gosok_synth::{HighwayParams, WorkloadGen, WorkloadParams};
 const THROUGHPUT_FILL: f64 = 0.4;
 /// Engine time between two steady-state passes.
 const PASS_INTERVAL_S: u64 = 10;
-/// Most passes run after the first, with no event between, until one changes nothing (the
-/// engine is idle): then one more pass is timed as the idle pass.
+/// Passes run before the measured ones: the first meets the whole new queue at once, the
+/// second finds little changed.
+const WARMUP_PASSES: usize = 2;
+/// After the measured passes: most passes run with no event between until one changes
+/// nothing (the engine is idle); then one more pass is timed as the idle pass.
 const MAX_SETTLE_PASSES: usize = 8;
 /// CPU and memory every benchmark replica asks per accelerator (as the synthetic workload
 /// does on 8-way nodes).
@@ -173,7 +176,10 @@ pub struct Steady {
     pub pass_max_ms: f64,
     /// The first pass after the pending jobs arrived: it meets all of them for the first time.
     pub first_pass_ms: f64,
-    /// Passes after the first, with no event between, until one changed nothing.
+    /// The second pass, right after the first with nothing changed in between.
+    pub second_pass_ms: f64,
+    /// After the measured passes: passes with no event between until one changed nothing
+    /// (at most 8; the highway keeps preempting a few jobs a pass, so it may never settle).
     pub settle_passes: usize,
     /// The last of those: a full pass over the queue that finds nothing to do.
     pub settle_pass_ms: f64,
@@ -704,8 +710,6 @@ fn steady_state(
 
     let target = engine.pending_count();
     let (pending_at_start, running_at_start) = (target, running.list.len());
-    // The first pass meets the whole new queue; passes with no event between follow until
-    // one changes nothing; then one more, the idle pass.
     let timed_pass = |engine: &mut Engine, running: &mut Running| {
         let t = Instant::now();
         let out = engine.schedule();
@@ -713,14 +717,10 @@ fn steady_state(
         running.track(&out);
         took
     };
-    let first_pass = timed_pass(&mut engine, &mut running);
-    let (mut settle_passes, mut settle_pass) = (0, first_pass);
-    while !engine.is_idle() && settle_passes < MAX_SETTLE_PASSES {
-        settle_pass = timed_pass(&mut engine, &mut running);
-        settle_passes += 1;
+    let mut warmup = [Duration::ZERO; WARMUP_PASSES];
+    for w in &mut warmup {
+        *w = timed_pass(&mut engine, &mut running);
     }
-    let idle_pass_skipped = engine.is_idle();
-    let idle_pass = timed_pass(&mut engine, &mut running);
 
     let mut passes = Vec::with_capacity(p.passes);
     let mut slowest: Option<SlowPass> = None;
@@ -778,6 +778,14 @@ fn steady_state(
             submit(&mut engine, job.tenant, job.spec)?;
         }
     }
+    // With no more events: passes until one changes nothing, then the idle pass.
+    let (mut settle_passes, mut settle_pass) = (0, Duration::ZERO);
+    while !engine.is_idle() && settle_passes < MAX_SETTLE_PASSES {
+        settle_pass = timed_pass(&mut engine, &mut running);
+        settle_passes += 1;
+    }
+    let idle_pass_skipped = engine.is_idle();
+    let idle_pass = timed_pass(&mut engine, &mut running);
     let count = passes.len().max(1) as f64;
     let mut sorted = passes.clone();
     sorted.sort_by(f64::total_cmp);
@@ -787,7 +795,8 @@ fn steady_state(
         pass_p90_ms: percentile(&sorted, 0.90),
         pass_p99_ms: percentile(&sorted, 0.99),
         pass_max_ms: sorted.last().copied().unwrap_or(0.0),
-        first_pass_ms: ms(first_pass),
+        first_pass_ms: ms(warmup[0]),
+        second_pass_ms: ms(warmup[WARMUP_PASSES - 1]),
         settle_passes,
         settle_pass_ms: ms(settle_pass),
         idle_pass_ms: ms(idle_pass),
@@ -945,11 +954,12 @@ pub fn table(r: &EngineBenchReport) -> String {
     );
     let _ = writeln!(
         s,
-        "  steady state: {} passes, p90 {:.2} ms, max {:.2} ms, first pass {:.1} ms;\n    {} more passes until one changed nothing ({:.2} ms), then an idle pass of {:.4} ms ({});\n    per pass {:.1} starts, {:.1} preemptions, {:.1} tasks ended; {:.2} µs per event",
+        "  steady state: {} passes, p90 {:.2} ms, max {:.2} ms, first pass {:.1} ms, second {:.1} ms;\n    then, events stopped: {} passes until one changed nothing (the last {:.2} ms), then an idle pass of {:.4} ms ({});\n    per pass {:.1} starts, {:.1} preemptions, {:.1} tasks ended; {:.2} µs per event",
         st.passes,
         st.pass_p90_ms,
         st.pass_max_ms,
         st.first_pass_ms,
+        st.second_pass_ms,
         st.settle_passes,
         st.settle_pass_ms,
         st.idle_pass_ms,

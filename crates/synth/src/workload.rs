@@ -3,7 +3,8 @@
 //! The mix follows what GPU cluster traces show (Alibaba PAI and openb, Philly, Helios):
 //! many small jobs, a long tail of large ones. Fractional jobs (notebooks, inference) ask for
 //! a quarter or half of one accelerator; most jobs ask for 1, 2, 4 or 8 whole accelerators on
-//! one node; a few are gangs of 2 to 64 full nodes, sometimes with a topology constraint.
+//! one node; a few are gangs of 2 to 64 full nodes (to 256 when the stream allows larger
+//! gangs), sometimes with a topology constraint.
 //! Runtimes are log-normal: most jobs are short, a few run for days.
 
 use rand::{Rng, SeedableRng};
@@ -607,6 +608,34 @@ mod tests {
         assert!(preemptible > 1600 && preemptible < 2000);
         assert!(jobs.iter().any(|j| j.spec.runtime_estimate_s.is_some()));
         assert!(jobs.iter().any(|j| j.spec.runtime_limit_s.is_some()));
+    }
+
+    #[test]
+    fn gangs_above_64_nodes_only_when_the_stream_allows_them() {
+        // Six sites of 3,000 nodes: room for 256-node gangs.
+        let c = highway(
+            &HighwayParams {
+                sites: 6,
+                nodes: 18_000,
+                ..HighwayParams::default()
+            },
+            3,
+        );
+        let largest = |max_gang_replicas| {
+            let p = WorkloadParams {
+                jobs: 20_000,
+                max_gang_replicas,
+                ..WorkloadParams::default()
+            };
+            workload(&p, &c, 7)
+                .iter()
+                .filter(|j| j.kind() == JobKind::Gang)
+                .map(|j| j.spec.groups[0].replicas)
+                .max()
+                .unwrap_or(0)
+        };
+        assert_eq!(largest(64), 64);
+        assert_eq!(largest(256), 256);
     }
 
     #[test]
