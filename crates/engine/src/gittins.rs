@@ -173,8 +173,9 @@ impl SizeHistory {
         (best > 0.0).then_some(best)
     }
 
+    /// The bin of an age (whole accelerator-seconds: a fraction never moves a job's level).
     fn bin_at(&self, a: f64) -> usize {
-        (0..BINS).rev().find(|&i| lower_edge(i) <= a).unwrap_or(0)
+        bin_of(a as u64)
     }
 }
 
