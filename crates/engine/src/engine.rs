@@ -150,6 +150,8 @@ pub struct Engine {
     /// and accelerators (thousandths) per job, and by tenant (`gittins.rs`).
     sizes: BTreeMap<(TenantIdx, u64), SizeHistory>,
     tenant_sizes: BTreeMap<TenantIdx, SizeHistory>,
+    /// ... and by tenant, name family and accelerators, for at most `MAX_NAME_HISTORIES`.
+    name_sizes: BTreeMap<(TenantIdx, u64, u64), SizeHistory>,
     /// Running replicas of jobs with a `constraints.group`, per tenant and group.
     group_uses: GroupUses,
     stats: PassStats,
@@ -247,6 +249,7 @@ impl Engine {
             las_retry: BTreeMap::new(),
             sizes: BTreeMap::new(),
             tenant_sizes: BTreeMap::new(),
+            name_sizes: BTreeMap::new(),
             group_uses: GroupUses::new(),
             stats: PassStats::default(),
             quiescent: false,

@@ -27,6 +27,31 @@ pub const BINS: usize = 72;
 /// Counts at which a history halves (its older half then weighs half as much as new jobs).
 pub const HISTORY_CAP: u32 = 1024;
 
+/// Most name families the engine keeps a history of (about 1 KiB each); a name first seen
+/// when all are taken learns from its tenant's shape history only.
+pub const MAX_NAME_HISTORIES: usize = 4096;
+
+/// A job name's family: its FNV-1a hash with every run of digits read as one `#`, so that
+/// `sweep-lr0.01-run17` and `sweep-lr0.02-run3` learn from each other (never 0).
+pub fn name_family_key(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut in_digits = false;
+    for b in name.bytes() {
+        let c = if b.is_ascii_digit() {
+            if in_digits {
+                continue;
+            }
+            in_digits = true;
+            b'#'
+        } else {
+            in_digits = false;
+            b
+        };
+        h = (h ^ c as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    h.max(1)
+}
+
 /// The lower edge of bin `i`, in accelerator-seconds.
 fn lower_edge(i: usize) -> f64 {
     if i == 0 {
@@ -188,6 +213,15 @@ impl SizeHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_of_one_family_share_a_key() {
+        let k = name_family_key("sweep-lr0.01-run17");
+        assert_eq!(k, name_family_key("sweep-lr0.02-run3"));
+        assert_ne!(k, name_family_key("sweep-lr-run"));
+        assert_ne!(k, name_family_key("train-llama"));
+        assert_ne!(name_family_key(""), 0);
+    }
 
     #[test]
     fn bins_are_root_two_apart() {

@@ -93,6 +93,9 @@ pub struct Job {
     /// Thousandth-accelerator-seconds run in earlier attempts since the job was last
     /// promoted: its place on the attained-service ladder (`config::Las`).
     pub attained_milli_s: u64,
+    /// Its name's family (`gittins::name_family_key`; 0: no name): whose sizes it learns
+    /// from first.
+    pub name_key: u64,
 }
 
 impl Job {

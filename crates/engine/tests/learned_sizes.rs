@@ -156,3 +156,29 @@ fn a_job_close_to_its_runtime_limit_is_not_preempted() {
         }
     }
 }
+
+#[test]
+fn a_name_family_learns_apart_from_its_shape() {
+    // One shape, two families: `eval-N` jobs run 60 s, `train-N` jobs 20,000 s.
+    let named = |name: &str| {
+        format!(r#"{{"name":"{name}","groups":[{{"accelerators":8}}],"preemptible":true}}"#)
+    };
+    let mut h = highway(true);
+    let mut now = 100;
+    for i in 0..16 {
+        teach(&mut h, &mut now, &named(&format!("eval-{i}")), 1, 60);
+        teach(&mut h, &mut now, &named(&format!("train-{i}")), 1, 20_000);
+    }
+    h.at(now);
+    let running = h.submit("vc", &named("train-99"));
+    h.schedule();
+    assert!(h.started(running));
+    h.at(now + 10);
+    let train = h.submit("vc", &named("train-100"));
+    h.at(now + 20);
+    let eval = h.submit("vc", &named("eval-100"));
+    // The shape's history alone cannot tell them apart (both new, same shape): by name the
+    // evaluation goes first.
+    assert_eq!(h.engine.queue(), vec![eval, train]);
+    h.engine.check_invariants().unwrap();
+}

@@ -103,6 +103,10 @@ impl Engine {
             run_s: 0,
             overhead_s: 0,
             attained_milli_s: 0,
+            name_key: spec
+                .name
+                .as_deref()
+                .map_or(0, crate::gittins::name_family_key),
         };
         let admitted = self.admit(tenant, &spec).and_then(|(t, shape)| {
             job.tenant = t;

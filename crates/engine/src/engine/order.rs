@@ -3,6 +3,7 @@
 //! attained-service ladder.
 
 use super::*;
+use crate::gittins::MAX_NAME_HISTORIES;
 
 /// One tenant's next job in the pass-wide merge. Ordered so that the heap's top is the job
 /// to consider next: higher priority class, then lower fair-share key, then older.
@@ -80,7 +81,8 @@ impl Engine {
 
     /// A job's level on the ladder now. With learned sizes and enough of them, the level a
     /// job of attained service 1 / G would have, G being its Gittins index over the sizes of
-    /// its tenant's jobs of as many accelerators (else all its tenant's jobs); else, or once
+    /// its tenant's jobs of its name's family and as many accelerators, else of all its
+    /// tenant's jobs of as many accelerators, else of all its tenant's jobs; else, or once
     /// it has outrun every job it is compared with, by its attained service. A job with a
     /// runtime limit ends by it, so its index is at least 1 / (service left to the limit).
     /// A promoted job (attained service counted from zero again, below what it ran) climbs
@@ -103,10 +105,12 @@ impl Engine {
             return las.level(attained);
         }
         let enough = |h: &&SizeHistory| h.samples() >= las.min_samples;
-        let history = self
-            .sizes
-            .get(&(job.tenant, accel))
+        let named = (job.name_key != 0)
+            .then(|| self.name_sizes.get(&(job.tenant, job.name_key, accel)))
+            .flatten();
+        let history = named
             .filter(enough)
+            .or_else(|| self.sizes.get(&(job.tenant, accel)).filter(enough))
             .or_else(|| self.tenant_sizes.get(&job.tenant).filter(enough));
         // As many thousandth-accelerator-seconds as 1 / G accelerator-seconds.
         let like = match history.and_then(|h| h.index(age_milli_s as f64 / 1000.0)) {
@@ -132,7 +136,7 @@ impl Engine {
             return;
         }
         let accel_s = accel.saturating_mul(job.run_s) / 1000;
-        let t = job.tenant;
+        let (t, name) = (job.tenant, job.name_key);
         let Some(las) = self.las() else {
             return;
         };
@@ -146,12 +150,25 @@ impl Engine {
                     .zip(new.published())
                     .any(|(&a, &b)| level(a) != level(b))
         };
+        let key = (t, name, accel);
+        if name != 0
+            && (self.name_sizes.contains_key(&key) || self.name_sizes.len() < MAX_NAME_HISTORIES)
+        {
+            // Jobs of other names wait under other histories: only this family's move.
+            let family = self.name_sizes.entry(key).or_default();
+            if family
+                .record(accel_s, min)
+                .is_some_and(|old| moved(old, family))
+            {
+                self.reorder(t, |a| a == accel, |j| j.name_key == name);
+            }
+        }
         let shape = self.sizes.entry((t, accel)).or_default();
         if shape
             .record(accel_s, min)
             .is_some_and(|old| moved(old, shape))
         {
-            self.reorder(t, |a| a == accel);
+            self.reorder(t, |a| a == accel, |_| true);
         }
         let all = self.tenant_sizes.entry(t).or_default();
         if all.record(accel_s, min).is_some_and(|old| moved(old, all)) {
@@ -162,14 +179,14 @@ impl Engine {
                 .filter(|(_, h)| h.samples() >= min)
                 .map(|(&(_, a), _)| a)
                 .collect();
-            self.reorder(t, |a| !own.contains(&a));
+            self.reorder(t, |a| !own.contains(&a), |_| true);
         }
     }
 
     /// A pending job's key is taken when it joins its line; when its tenant's histories have
     /// changed enough (`SizeHistory::record`) the waiting jobs they order (of the
-    /// accelerator counts `of` chooses) are placed again.
-    fn reorder(&mut self, t: TenantIdx, of: impl Fn(u64) -> bool) {
+    /// accelerator counts `of` chooses, and those of them `only` chooses) are placed again.
+    fn reorder(&mut self, t: TenantIdx, of: impl Fn(u64) -> bool, only: impl Fn(&Job) -> bool) {
         let shapes = &self.shapes;
         let accel = |s: ShapeId| -> u64 {
             shapes[s as usize]
@@ -180,6 +197,9 @@ impl Engine {
         };
         let waiting: Vec<JobId> = self.queues.tenant_jobs(t, |s| of(accel(s))).collect();
         for id in waiting {
+            if !only(&self.jobs[&id]) {
+                continue;
+            }
             let order_s = self.order_key(&self.jobs[&id]);
             let job = self.jobs.get_mut(&id).expect("queued jobs are known");
             if order_s != job.order_s {
