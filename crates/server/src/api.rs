@@ -113,6 +113,7 @@ pub fn routes() -> Vec<Route> {
         route!(get "/v1/queue", queue, Token, 200, "Queue",
             "Pending jobs in engine order, with reasons and estimated starts",
             query = &[("limit", "at most this many (default: all)"),
+                      ("offset", "skip this many first, for pages (default 0)"),
                       ("tenant", "only this tenant's jobs (admin tokens only)")]),
         route!(get "/v1/topology", get_topology, Admin, 200, "Cluster",
             "The declared highway and tenants, in the cluster-file format (as JSON)"),
@@ -213,10 +214,12 @@ pub fn router(app: AppState) -> Router {
         router = router.route(p, m.fallback(method_not_allowed));
     }
     let limit = app.cfg.max_body_bytes;
-    router
+    let api = router
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(app)
+        .with_state(app.clone());
+    // The web console at `/`, a client of this same router (`console/mod.rs`).
+    crate::console::router(app, api)
 }
 
 async fn no_route() -> ApiError {
@@ -1181,20 +1184,26 @@ async fn queue(
     RawQuery(raw): RawQuery,
 ) -> Result<Response> {
     let p = principal(&app, &headers)?;
-    let q = query(raw, &["limit", "tenant"])?;
+    let q = query(raw, &["limit", "offset", "tenant"])?;
     let limit = num(&q, "limit", u64::MAX, 1, u64::MAX)? as usize;
+    let offset = num(&q, "offset", 0, 0, u64::MAX)? as usize;
     let tenant: Option<String> = match (&p, q.get("tenant")) {
         (Principal::Tenant { name, .. }, _) => Some(name.to_string()),
         (Principal::Admin { .. } | Principal::Agent { .. }, t) => t.cloned(),
     };
     let core = app.core();
-    let out = queue_json(&core, tenant.as_deref(), limit)?;
+    let out = queue_page(&core, tenant.as_deref(), offset, limit)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
 }
 
 /// The body of GET /v1/queue: pending jobs in engine order (`limit` of them, of `tenant` only
 /// if given), with reasons and estimated starts.
 pub fn queue_json(core: &Core, tenant: Option<&str>, limit: usize) -> Result<Vec<u8>> {
+    queue_page(core, tenant, 0, limit)
+}
+
+/// GET /v1/queue from its `offset`-th job (of those shown) on.
+pub fn queue_page(core: &Core, tenant: Option<&str>, offset: usize, limit: usize) -> Result<Vec<u8>> {
     use std::io::Write;
     let e = core.engine();
     let now = e.now_s();
@@ -1212,12 +1221,17 @@ pub fn queue_json(core: &Core, tenant: Option<&str>, limit: usize) -> Result<Vec
     let mut tenants: Vec<(*const u8, Vec<u8>)> = Vec::new();
     let json = |v: &dyn erased::Ser| -> Vec<u8> { v.to_json() };
     let mut n = 0;
+    let mut skipped = 0;
     for (pos, id) in order.into_iter().enumerate() {
         if n == limit {
             break;
         }
         let Some(j) = core.job(id.0) else { continue };
         if tenant.is_some_and(|t| *j.tenant != *t) {
+            continue;
+        }
+        if skipped < offset {
+            skipped += 1;
             continue;
         }
         let wait = e.wait_reason(id);
