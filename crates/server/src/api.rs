@@ -120,7 +120,8 @@ pub fn routes() -> Vec<Route> {
         route!(put "/v1/topology", put_topology, Admin, 200, "TopologyResult",
             "Declare the highway (JSON, or the TOML cluster file with Content-Type application/toml); idempotent",
             req = "Cluster", query = &[("dry_run", "true: only say what would change")]),
-        route!(get "/v1/sites", list_sites, Token, 200, "SiteList", "Sites with power draw against budget"),
+        route!(get "/v1/sites", list_sites, Token, 200, "SiteList",
+            "Sites with power draw against budget, and their accelerators by model and node state"),
         route!(post "/v1/sites", create_site, Admin, 201, "TopologyResult", "Add a site", req = "Site"),
         route!(patch "/v1/sites/{name}", update_site, Admin, 200, "PowerResult",
             "Change a site's power budget (a lower budget sheds preemptible work at once)", req = "SiteUpdate"),
@@ -128,7 +129,10 @@ pub fn routes() -> Vec<Route> {
         route!(post "/v1/racks", create_rack, Admin, 201, "TopologyResult", "Add a rack", req = "Rack"),
         route!(patch "/v1/racks/{name}", update_rack, Admin, 200, "PowerResult",
             "Change a rack's power cap", req = "RackUpdate"),
-        route!(get "/v1/nodes", list_nodes, Token, 200, "NodeList", "Nodes, their state and use"),
+        route!(get "/v1/nodes", list_nodes, Token, 200, "NodeList", "Nodes, their state and use, by name",
+            query = &[("state", "only nodes in this state: up, draining or down"),
+                      ("offset", "skip this many first, for pages (default 0)"),
+                      ("limit", "at most this many (default: all)")]),
         route!(post "/v1/nodes/{name}/drain", drain_node, Admin, 200, "Node",
             "Drain a node: running work continues, nothing new is placed"),
         route!(post "/v1/nodes/{name}/undrain", undrain_node, Admin, 200, "Node",
@@ -1737,10 +1741,36 @@ async fn list_sites(State(app): State<AppState>, headers: HeaderMap) -> Result<R
         };
         let live = &c.sites[i as usize];
         let (mut total, mut used) = (0u64, 0u64);
+        // Per model: nodes up, draining, down; accelerator thousandths in all, allocated,
+        // and free on nodes that are up.
+        let mut models: BTreeMap<&str, ([u64; 3], u64, u64, u64)> = BTreeMap::new();
         for n in c.nodes.iter().filter(|n| n.site == i) {
-            total += n.devices() as u64 * 1000;
-            used += n.used_total_milli();
+            let (devices, held) = (n.devices() as u64 * 1000, n.used_total_milli());
+            total += devices;
+            used += held;
+            let model = n.model.map_or("", |m| &*c.model_names[m as usize]);
+            let m = models.entry(model).or_default();
+            m.0[match n.state {
+                NodeState::Up => 0,
+                NodeState::Draining => 1,
+                NodeState::Down => 2,
+            }] += 1;
+            m.1 += devices;
+            m.2 += held;
+            if n.state == NodeState::Up {
+                m.3 += devices.saturating_sub(held);
+            }
         }
+        let models: Vec<Value> = models
+            .into_iter()
+            .map(|(model, (nodes, devices, held, free))| {
+                json!({"model": (!model.is_empty()).then_some(model),
+                       "nodes_up": nodes[0], "nodes_draining": nodes[1], "nodes_down": nodes[2],
+                       "accelerators": devices as f64 / 1000.0,
+                       "accelerators_allocated": held as f64 / 1000.0,
+                       "accelerators_free_up": free as f64 / 1000.0})
+            })
+            .collect();
         sites.push(json!({
             "name": s.name, "region": s.region, "jurisdiction": s.jurisdiction, "pue": s.pue,
             "power_budget_mw": s.power_budget_mw,
@@ -1749,6 +1779,7 @@ async fn list_sites(State(app): State<AppState>, headers: HeaderMap) -> Result<R
             "it_draw_w": live.it_w,
             "accelerators": total as f64 / 1000.0,
             "accelerators_allocated": used as f64 / 1000.0,
+            "models": models,
         }));
     }
     Ok(ok(json!({"sites": sites})))
@@ -1796,12 +1827,37 @@ fn node_view(core: &Core, name: &str) -> Option<Value> {
     }))
 }
 
-async fn list_nodes(State(app): State<AppState>, headers: HeaderMap) -> Result<Response> {
+async fn list_nodes(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response> {
     let p = principal(&app, &headers)?;
+    let q = query(raw, &["state", "offset", "limit"])?;
+    let state = match q.get("state").map(String::as_str) {
+        None => None,
+        Some("up") => Some(NodeState::Up),
+        Some("draining") => Some(NodeState::Draining),
+        Some("down") => Some(NodeState::Down),
+        Some(s) => {
+            return Err(ApiError::invalid(
+                "state",
+                format!("{s:?}: use up, draining or down"),
+            ));
+        }
+    };
+    let offset = num(&q, "offset", 0, 0, u64::MAX)? as usize;
+    let limit = num(&q, "limit", u64::MAX, 1, u64::MAX)? as usize;
     let core = app.core();
-    let nodes: Vec<Value> = core
-        .node_states()
-        .keys()
+    let states = core.node_states();
+    let matching = states
+        .iter()
+        .filter(|(_, s)| state.is_none_or(|want| **s == want));
+    let total = matching.clone().count();
+    let nodes: Vec<Value> = matching
+        .skip(offset)
+        .take(limit)
+        .map(|(n, _)| n)
         .filter_map(|n| {
             let mut v = node_view(&core, n)?;
             v["isolation"] = json!(crate::agents::node_isolation(&core, n));
@@ -1813,7 +1869,7 @@ async fn list_nodes(State(app): State<AppState>, headers: HeaderMap) -> Result<R
             Some(v)
         })
         .collect();
-    Ok(ok(json!({"nodes": nodes})))
+    Ok(ok(json!({"nodes": nodes, "total": total})))
 }
 
 async fn set_node(

@@ -168,7 +168,7 @@ pub async fn budget(
     let mut msg = format!(
         "{} ({name}: {} MW) · {jobs} {}",
         Msg::BudgetSet.text(s.lang),
-        super::text::dec(mw, 2),
+        super::text::dec(mw, 3),
         Msg::Shed.text(s.lang)
     );
     if still_over {

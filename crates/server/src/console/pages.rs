@@ -253,10 +253,8 @@ async fn highway(cs: &Console, s: &Session) -> Result<Rendered, Failure> {
     let lang = s.lang;
     let sites = cs.get_json(s, "/v1/sites").await?;
     let racks = cs.get_json(s, "/v1/racks").await?;
-    let nodes = cs.get_json(s, "/v1/nodes").await?;
     let sites = sites["sites"].as_array().cloned().unwrap_or_default();
     let racks = racks["racks"].as_array().cloned().unwrap_or_default();
-    let nodes = nodes["nodes"].as_array().cloned().unwrap_or_default();
     let mut main = format!("<h1>{}</h1>", Msg::Highway.text(lang));
 
     let map: Vec<MapSite> = sites
@@ -362,7 +360,7 @@ async fn highway(cs: &Console, s: &Session) -> Result<Rendered, Failure> {
         let _ = write!(main, "<p class=\"note\">+ {} {}</p>", int(more as u64), Msg::Racks.text(lang));
     }
 
-    // Accelerators by model and node state.
+    // Accelerators by model and node state, over all sites.
     #[derive(Default)]
     struct M {
         nodes: [u64; 3],
@@ -371,21 +369,16 @@ async fn highway(cs: &Console, s: &Session) -> Result<Rendered, Failure> {
         usable: f64,
     }
     let mut by: BTreeMap<String, M> = BTreeMap::new();
-    for n in &nodes {
-        let model = n["model"].as_str().unwrap_or("—").to_string();
-        let m = by.entry(model).or_default();
-        let state = st(&n["state"]);
-        let i = match state {
-            "up" => 0,
-            "draining" => 1,
-            _ => 2,
-        };
-        m.nodes[i] += 1;
-        m.total += f(&n["accelerators"]);
-        m.allocated += f(&n["accelerators_allocated"]);
-        if state == "up" {
-            m.usable += f(&n["accelerators"]) - f(&n["accelerators_allocated"]);
+    for m in sites.iter().flat_map(|x| x["models"].as_array().into_iter().flatten()) {
+        let e = by
+            .entry(m["model"].as_str().unwrap_or("—").to_string())
+            .or_default();
+        for (i, k) in ["nodes_up", "nodes_draining", "nodes_down"].iter().enumerate() {
+            e.nodes[i] += m[*k].as_u64().unwrap_or(0);
         }
+        e.total += f(&m["accelerators"]);
+        e.allocated += f(&m["accelerators_allocated"]);
+        e.usable += f(&m["accelerators_free_up"]);
     }
     let mut rows = String::new();
     for (model, m) in &by {
@@ -1016,14 +1009,14 @@ async fn nodes(cs: &Console, s: &Session, q: &BTreeMap<String, String>) -> Resul
     let lang = s.lang;
     let page = page_number(q, "page")?;
     let state = q.get("state").filter(|x| !x.is_empty());
-    let v = cs.get_json(s, "/v1/nodes").await?;
-    let all: Vec<&Value> = v["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| state.is_none_or(|x| n["state"] == x.as_str()))
-        .collect();
-    let pages = all.len().div_ceil(PAGE_ROWS).max(1);
+    let mut uri = format!("/v1/nodes?offset={}&limit={PAGE_ROWS}", (page - 1) * PAGE_ROWS);
+    if let Some(x) = state {
+        let _ = write!(uri, "&state={}", url_part(x));
+    }
+    let v = cs.get_json(s, &uri).await?;
+    let shown: Vec<&Value> = v["nodes"].as_array().into_iter().flatten().collect();
+    let total = v["total"].as_u64().unwrap_or(0) as usize;
+    let pages = total.div_ceil(PAGE_ROWS).max(1);
     let here = {
         let mut h = format!("/nodes?page={page}");
         if let Some(x) = state {
@@ -1032,7 +1025,7 @@ async fn nodes(cs: &Console, s: &Session, q: &BTreeMap<String, String>) -> Resul
         h
     };
     let mut rows = String::new();
-    for n in all.iter().skip((page - 1) * PAGE_ROWS).take(PAGE_ROWS) {
+    for n in &shown {
         let name = st(&n["name"]);
         let agent = if s.admin {
             let a = &n["agent"];
@@ -1116,7 +1109,7 @@ async fn nodes(cs: &Console, s: &Session, q: &BTreeMap<String, String>) -> Resul
             (Msg::Previous, (page > 1).then(|| link(page - 1))),
             (Msg::Next, (page < pages).then(|| link(page + 1))),
         ],
-        &format!("{} {} / {} · {} {}", Msg::Page.text(lang), int(page as u64), int(pages as u64), int(all.len() as u64), Msg::Nodes.text(lang)),
+        &format!("{} {} / {} · {} {}", Msg::Page.text(lang), int(page as u64), int(pages as u64), int(total as u64), Msg::Nodes.text(lang)),
     ));
     Ok(Rendered {
         title: Msg::Nodes.text(lang).into(),
