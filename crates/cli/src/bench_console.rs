@@ -138,7 +138,11 @@ pub fn run(a: BenchConsoleArgs) -> anyhow::Result<()> {
     }
     let mut rows = Vec::new();
     for (name, path, who) in &pages {
-        let cookie = if *who == "admin" { &admin_cookie } else { &tenant_cookie };
+        let cookie = if *who == "admin" {
+            &admin_cookie
+        } else {
+            &tenant_cookie
+        };
         let mut ms = Vec::new();
         let mut bytes = 0;
         for i in 0..a.samples + 2 {
@@ -156,8 +160,10 @@ pub fn run(a: BenchConsoleArgs) -> anyhow::Result<()> {
         }
         let (p50, p95) = (pct(&mut ms, 0.5), pct(&mut ms, 0.95));
         eprintln!("bench: {name}: p50 {p50:.1} ms, p95 {p95:.1} ms, {bytes} bytes");
-        rows.push(json!({"page": name, "path": path, "as": who, "p50_ms": p50, "p95_ms": p95,
-                         "html_bytes": bytes, "with_assets_bytes": bytes + asset_bytes}));
+        rows.push(
+            json!({"page": name, "path": path, "as": who, "p50_ms": p50, "p95_ms": p95,
+                         "html_bytes": bytes, "with_assets_bytes": bytes + asset_bytes}),
+        );
     }
 
     // Live: an open stream of the Highway page; a site budget changes over the API; how long
@@ -245,7 +251,10 @@ fn sign_in(agent: &ureq::Agent, base: &str, token: &str) -> anyhow::Result<Strin
         .context("no pre-session cookie")?
         .to_string();
     let body = r.into_string()?;
-    let i = body.find("name=\"csrf\" value=\"").context("no CSRF token")? + 19;
+    let i = body
+        .find("name=\"csrf\" value=\"")
+        .context("no CSRF token")?
+        + 19;
     let csrf = &body[i..i + body[i..].find('"').context("no CSRF token")?];
     let r = match agent
         .post(&format!("{base}/signin"))

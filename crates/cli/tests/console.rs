@@ -75,7 +75,11 @@ fn fetch(
     Page {
         status: resp.status(),
         location: resp.header("location").unwrap_or("").to_string(),
-        cookies: resp.all("set-cookie").iter().map(|s| s.to_string()).collect(),
+        cookies: resp
+            .all("set-cookie")
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         csp: resp
             .header("content-security-policy")
             .unwrap_or("")
@@ -106,7 +110,10 @@ fn sign_in(up: &Up, token: &str) -> String {
         .iter()
         .find(|c| c.starts_with("gosok_session="))
         .expect("a session cookie");
-    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
     format!("gosok_session={}", r.cookie("gosok_session").unwrap())
 }
 
@@ -173,13 +180,126 @@ fn every_page_keeps_the_api_s_access_rules_and_forms_need_their_csrf_token() {
     let a_job = submit(&up, &a_tok, "a-long", "sleep 600");
     let b_job = submit(&up, &b_tok, "b-long", "sleep 600");
 
+    // What the pages read: nodes and the queue a page at a time, accelerators by model and
+    // node state per site.
+    let (_, all) = api(&up, "GET", "/v1/nodes", &admin_tok, None);
+    let names: Vec<&str> = all["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(all["total"], json!(names.len()));
+    let (_, page) = api(
+        &up,
+        "GET",
+        "/v1/nodes?offset=2&limit=3&state=up",
+        &admin_tok,
+        None,
+    );
+    let paged: Vec<&str> = page["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(paged, names[2..5].to_vec());
+    assert_eq!(page["total"], json!(names.len()));
+    let (s, e) = api(&up, "GET", "/v1/nodes?state=sleeping", &admin_tok, None);
+    assert_eq!((s, e["error"]["field"].as_str()), (400, Some("state")));
+    let (_, none) = api(&up, "GET", "/v1/nodes?state=draining", &admin_tok, None);
+    assert_eq!(
+        (
+            none["total"].as_u64(),
+            none["nodes"].as_array().map(Vec::len)
+        ),
+        (Some(0), Some(0))
+    );
+    let (_, sites) = api(&up, "GET", "/v1/sites", &a_tok, None);
+    let pohang = sites["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "pohang")
+        .unwrap();
+    let models: Vec<&str> = pohang["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(models, ["B200", "H100"]);
+    for m in pohang["models"].as_array().unwrap() {
+        assert_eq!(
+            (m["nodes_up"].as_u64(), m["accelerators"].as_f64()),
+            (Some(2), Some(16.0)),
+            "{m}"
+        );
+    }
+    // Three jobs that wait: ulsan's H100 nodes are draining.
+    for n in ["us-r1-n-000", "us-r1-n-001"] {
+        let (s, v) = api(
+            &up,
+            "POST",
+            &format!("/v1/nodes/{n}/drain"),
+            &admin_tok,
+            None,
+        );
+        assert_eq!(s, 200, "{v}");
+    }
+    let waiting: Vec<u64> = (0..3)
+        .map(|i| {
+            let (s, v) = api(&up, "POST", "/v1/jobs", &a_tok, Some(json!({"name": format!("wait-{i}"),
+                "groups": [{"accelerators": 1, "models": ["H100"]}], "constraints": {"sites": ["ulsan"]}})));
+            assert_eq!(s, 201, "{v}");
+            v["id"].as_u64().unwrap()
+        })
+        .collect();
+    up.wait("three jobs pending", 30, || {
+        let (_, q) = api(&up, "GET", "/v1/queue", &a_tok, None);
+        q["total"].as_u64() == Some(3)
+    });
+    let (_, q) = api(&up, "GET", "/v1/queue?offset=1&limit=1", &a_tok, None);
+    assert_eq!(q["total"], 3);
+    let ids: Vec<u64> = q["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_u64().unwrap())
+        .collect();
+    let (_, whole) = api(&up, "GET", "/v1/queue", &a_tok, None);
+    assert_eq!(ids, [whole["jobs"][1]["id"].as_u64().unwrap()]);
+    for id in waiting {
+        api(&up, "POST", &format!("/v1/jobs/{id}/cancel"), &a_tok, None);
+    }
+    for n in ["us-r1-n-000", "us-r1-n-001"] {
+        api(
+            &up,
+            "POST",
+            &format!("/v1/nodes/{n}/undrain"),
+            &admin_tok,
+            None,
+        );
+    }
+
     // Signed out: every page sends the browser to sign in, and every form does nothing.
     for p in PAGES.iter().chain(&["/jobs/1"]) {
         let r = fetch(&up, "GET", p, "", None, &[]);
         assert_eq!(r.status, 303, "{p}");
-        assert!(r.location.starts_with("/signin?next="), "{p}: {}", r.location);
+        assert!(
+            r.location.starts_with("/signin?next="),
+            "{p}: {}",
+            r.location
+        );
     }
-    let r = fetch(&up, "POST", &format!("/jobs/{a_job}/cancel"), "", Some("csrf=x"), &[]);
+    let r = fetch(
+        &up,
+        "POST",
+        &format!("/jobs/{a_job}/cancel"),
+        "",
+        Some("csrf=x"),
+        &[],
+    );
     assert_eq!((r.status, r.location.as_str()), (303, "/signin"));
     // Assets need no session.
     let r = fetch(&up, "GET", "/console/static/console.js", "", None, &[]);
@@ -188,7 +308,14 @@ fn every_page_keeps_the_api_s_access_rules_and_forms_need_their_csrf_token() {
     // Sign-in: the form needs its pre-session cookie; agent and unknown tokens are refused;
     // a place to return to is only ever a path on this server.
     let p = fetch(&up, "GET", "/signin", "", None, &[]);
-    let r = fetch(&up, "POST", "/signin", "", Some(&format!("csrf={}&token={a_tok}", p.csrf())), &[]);
+    let r = fetch(
+        &up,
+        "POST",
+        "/signin",
+        "",
+        Some(&format!("csrf={}&token={a_tok}", p.csrf())),
+        &[],
+    );
     assert_eq!(r.status, 403, "sign-in without its pre-session cookie");
     assert!(r.cookie("gosok_session").is_none());
     let agent_tok = {
@@ -225,7 +352,10 @@ fn every_page_keeps_the_api_s_access_rules_and_forms_need_their_csrf_token() {
         "POST",
         "/signin",
         &format!("gosok_pre={pre}"),
-        Some(&format!("csrf={}&token={a_tok}&next=%2F%2Fevil.example%2F", p.csrf())),
+        Some(&format!(
+            "csrf={}&token={a_tok}&next=%2F%2Fevil.example%2F",
+            p.csrf()
+        )),
         &[],
     );
     assert_eq!((r.status, r.location.as_str()), (303, "/"));
@@ -243,20 +373,42 @@ fn every_page_keeps_the_api_s_access_rules_and_forms_need_their_csrf_token() {
     }
     let jobs = fetch(&up, "GET", "/jobs", &a, None, &[]).body;
     assert!(jobs.contains(&format!("href=\"/jobs/{a_job}\"")));
-    assert!(!jobs.contains(&format!("href=\"/jobs/{b_job}\"")), "another tenant's job listed");
-    assert!(!fetch(&up, "GET", "/queue", &a, None, &[]).body.contains("b-long"));
+    assert!(
+        !jobs.contains(&format!("href=\"/jobs/{b_job}\"")),
+        "another tenant's job listed"
+    );
+    assert!(
+        !fetch(&up, "GET", "/queue", &a, None, &[])
+            .body
+            .contains("b-long")
+    );
     let other = fetch(&up, "GET", &format!("/jobs/{b_job}"), &a, None, &[]);
     assert_eq!(other.status, 403);
-    assert!(other.body.contains("belongs to another tenant"), "{}", other.body);
+    assert!(
+        other.body.contains("belongs to another tenant"),
+        "{}",
+        other.body
+    );
     assert!(!other.body.contains("b-long"));
     let tenants = fetch(&up, "GET", "/tenants", &a, None, &[]).body;
     assert!(tenants.contains("seoul-startup") && !tenants.contains("kaist-lab"));
     let nodes = fetch(&up, "GET", "/nodes", &a, None, &[]).body;
-    assert!(!nodes.contains("/drain\""), "drain buttons shown to a tenant");
-    assert!(fetch(&up, "GET", "/nodes", &admin, None, &[]).body.contains("/drain\""));
+    assert!(
+        !nodes.contains("/drain\""),
+        "drain buttons shown to a tenant"
+    );
+    assert!(
+        fetch(&up, "GET", "/nodes", &admin, None, &[])
+            .body
+            .contains("/drain\"")
+    );
     // An operator: every page.
     for p in PAGES {
-        assert_eq!(fetch(&up, "GET", p, &admin, None, &[]).status, 200, "{p} as operator");
+        assert_eq!(
+            fetch(&up, "GET", p, &admin, None, &[]).status,
+            200,
+            "{p} as operator"
+        );
     }
     let r = fetch(&up, "GET", "/jobs/99999", &admin, None, &[]);
     assert_eq!(r.status, 404);
@@ -270,51 +422,135 @@ fn every_page_keeps_the_api_s_access_rules_and_forms_need_their_csrf_token() {
         (String::new(), vec![]),
         ("csrf=0123".to_string(), vec![]),
         (format!("csrf={b_csrf}"), vec![]),
-        (format!("csrf={a_csrf}"), vec![("Origin", "http://evil.example")]),
+        (
+            format!("csrf={a_csrf}"),
+            vec![("Origin", "http://evil.example")],
+        ),
     ] {
         let r = fetch(&up, "POST", &cancel, &a, Some(&form), &hdrs);
         assert_eq!(r.status, 403, "{form} {hdrs:?}: {}", r.body);
     }
-    assert_ne!(state(&up, a_job), "cancelled", "a refused form cancelled the job");
+    assert_ne!(
+        state(&up, a_job),
+        "cancelled",
+        "a refused form cancelled the job"
+    );
     // Forms act as the API lets the token act: another tenant's job, a node, a site budget.
-    let r = fetch(&up, "POST", &format!("/jobs/{b_job}/cancel"), &a, Some(&format!("csrf={a_csrf}")), &[]);
+    let r = fetch(
+        &up,
+        "POST",
+        &format!("/jobs/{b_job}/cancel"),
+        &a,
+        Some(&format!("csrf={a_csrf}")),
+        &[],
+    );
     assert_eq!(r.status, 303);
     let flash = r.cookie("gosok_flash").unwrap_or_default();
     assert!(flash.contains("another%20tenant"), "{flash}");
     assert_ne!(state(&up, b_job), "cancelled");
     let before = site_budget_w(&up, "pohang");
-    let r = fetch(&up, "POST", "/sites/pohang/budget", &a, Some(&format!("csrf={a_csrf}&power_budget_mw=0.001")), &[]);
+    let r = fetch(
+        &up,
+        "POST",
+        "/sites/pohang/budget",
+        &a,
+        Some(&format!("csrf={a_csrf}&power_budget_mw=0.001")),
+        &[],
+    );
     assert_eq!(r.status, 303);
-    assert_eq!(site_budget_w(&up, "pohang"), before, "a tenant changed a budget");
+    assert_eq!(
+        site_budget_w(&up, "pohang"),
+        before,
+        "a tenant changed a budget"
+    );
     let (_, nodes) = api(&up, "GET", "/v1/nodes", &admin_tok, None);
     let node = nodes["nodes"][0]["name"].as_str().unwrap().to_string();
-    fetch(&up, "POST", &format!("/nodes/{node}/drain"), &a, Some(&format!("csrf={a_csrf}")), &[]);
+    fetch(
+        &up,
+        "POST",
+        &format!("/nodes/{node}/drain"),
+        &a,
+        Some(&format!("csrf={a_csrf}")),
+        &[],
+    );
     let (_, nodes) = api(&up, "GET", "/v1/nodes", &admin_tok, None);
     assert_eq!(nodes["nodes"][0]["state"], "up", "a tenant drained a node");
     // With the right token, the form does what it says.
-    let r = fetch(&up, "POST", &cancel, &a, Some(&format!("csrf={a_csrf}")), &[]);
-    assert_eq!((r.status, r.location.as_str()), (303, format!("/jobs/{a_job}").as_str()));
+    let r = fetch(
+        &up,
+        "POST",
+        &cancel,
+        &a,
+        Some(&format!("csrf={a_csrf}")),
+        &[],
+    );
+    assert_eq!(
+        (r.status, r.location.as_str()),
+        (303, format!("/jobs/{a_job}").as_str())
+    );
     assert_eq!(state(&up, a_job), "cancelled");
     // Signing out needs the token too.
     let r = fetch(&up, "POST", "/signout", &b, Some("csrf=nope"), &[]);
     assert_eq!(r.status, 403);
-    let r = fetch(&up, "POST", "/signout", &b, Some(&format!("csrf={b_csrf}")), &[]);
+    let r = fetch(
+        &up,
+        "POST",
+        "/signout",
+        &b,
+        Some(&format!("csrf={b_csrf}")),
+        &[],
+    );
     assert_eq!(r.status, 303);
-    assert!(r.cookies.iter().any(|c| c.starts_with("gosok_session=;") && c.contains("Max-Age=0")));
+    assert!(
+        r.cookies
+            .iter()
+            .any(|c| c.starts_with("gosok_session=;") && c.contains("Max-Age=0"))
+    );
 
     // Korean: by the browser's language, or by the switch; numbers and dates as Korean writes them.
-    let ko = fetch(&up, "GET", "/queue", &a, None, &[("Accept-Language", "ko-KR,ko;q=0.9")]).body;
-    assert!(ko.contains("<html lang=\"ko\"") && ko.contains("대기열"), "{ko}");
-    let r = fetch(&up, "GET", "/console/lang?to=ko&next=%2Fjobs", &a, None, &[]);
+    let ko = fetch(
+        &up,
+        "GET",
+        "/queue",
+        &a,
+        None,
+        &[("Accept-Language", "ko-KR,ko;q=0.9")],
+    )
+    .body;
+    assert!(
+        ko.contains("<html lang=\"ko\"") && ko.contains("대기열"),
+        "{ko}"
+    );
+    let r = fetch(
+        &up,
+        "GET",
+        "/console/lang?to=ko&next=%2Fjobs",
+        &a,
+        None,
+        &[],
+    );
     assert_eq!((r.status, r.location.as_str()), (303, "/jobs"));
     let lang = r.cookie("gosok_lang").unwrap();
-    let ko = fetch(&up, "GET", "/jobs", &format!("{a}; gosok_lang={lang}"), None, &[]).body;
+    let ko = fetch(
+        &up,
+        "GET",
+        "/jobs",
+        &format!("{a}; gosok_lang={lang}"),
+        None,
+        &[],
+    )
+    .body;
     assert!(ko.contains("KST") && ko.contains("취소됨"), "{ko}");
 
     // Live: the stream sends the page's main part at once when the browser's copy differs.
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build();
     let resp = agent
-        .get(&format!("{}/console/live?path=%2Fqueue&since=old", up.url()))
+        .get(&format!(
+            "{}/console/live?path=%2Fqueue&since=old",
+            up.url()
+        ))
         .set("Cookie", &admin)
         .call()
         .unwrap();
@@ -327,7 +563,10 @@ fn every_page_keeps_the_api_s_access_rules_and_forms_need_their_csrf_token() {
         let n = rd.read(&mut buf).unwrap();
         got.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
-    assert!(got.contains("event: main") && got.contains("data: "), "{got}");
+    assert!(
+        got.contains("event: main") && got.contains("data: "),
+        "{got}"
+    );
 }
 
 fn shots() -> PathBuf {
@@ -352,25 +591,40 @@ fn a_tenant_and_an_operator_use_the_console_in_a_real_browser() {
     b.screenshot(&dir.join("signin.png"));
     b.type_into("#token", &up.token(Some("seoul-startup")));
     b.click("button[type=submit]");
-    b.wait("the highway page", 10, |b| b.source().contains("Accelerators by model and state"));
+    b.wait("the highway page", 10, |b| {
+        b.source().contains("Accelerators by model and state")
+    });
     // The session cookie is out of the page's reach and never sent cross-site.
     let c = b.cookies();
-    let session = c.iter().find(|c| c["name"] == "gosok_session").expect("a session cookie");
+    let session = c
+        .iter()
+        .find(|c| c["name"] == "gosok_session")
+        .expect("a session cookie");
     assert_eq!(session["httpOnly"], true);
     assert_eq!(session["sameSite"], "Strict");
-    assert_eq!(b.script("return document.cookie.includes('gosok_session')"), json!(false));
+    assert_eq!(
+        b.script("return document.cookie.includes('gosok_session')"),
+        json!(false)
+    );
 
     // Submits from the form, then watches it run and its output appear — the page is not
     // reloaded: live updates bring it.
     b.goto(&format!("{url}/submit"));
     b.type_into("#name", "hello-console");
-    b.type_into("#command", "echo console-says-hello; sleep 4; echo console-says-bye");
+    b.type_into(
+        "#command",
+        "echo console-says-hello; sleep 4; echo console-says-bye",
+    );
     b.click("#submit");
     b.wait("the job page", 10, |b| b.url().contains("/jobs/"));
     let job_url = b.url();
     let id: u64 = job_url.rsplit('/').next().unwrap().parse().unwrap();
-    b.wait("the job to run", 60, |b| b.source().contains("state-running") || b.source().contains("state-succeeded"));
-    b.wait("its first line of output", 60, |b| b.source().contains("console-says-hello"));
+    b.wait("the job to run", 60, |b| {
+        b.source().contains("state-running") || b.source().contains("state-succeeded")
+    });
+    b.wait("its first line of output", 60, |b| {
+        b.source().contains("console-says-hello")
+    });
     b.screenshot(&dir.join("job-running.png"));
     b.wait("it to succeed", 60, |b| {
         b.source().contains("state-succeeded") && b.source().contains("console-says-bye")
@@ -383,12 +637,21 @@ fn a_tenant_and_an_operator_use_the_console_in_a_real_browser() {
     let other = submit(&up, &t, "to-cancel", "sleep 600");
     b.goto(&format!("{url}/jobs/{other}"));
     b.click("#cancel");
-    b.wait("the job cancelled", 20, |b| b.source().contains("state-cancelled"));
+    b.wait("the job cancelled", 20, |b| {
+        b.source().contains("state-cancelled")
+    });
     assert!(b.source().contains("Job cancelled"));
     assert_eq!(state(&up, other), "cancelled");
 
     // Every page, for review; in Korean too.
-    for (p, name) in [("/", "highway"), ("/queue", "queue"), ("/jobs", "jobs"), ("/tenants", "tenants"), ("/nodes", "nodes"), ("/submit", "submit")] {
+    for (p, name) in [
+        ("/", "highway"),
+        ("/queue", "queue"),
+        ("/jobs", "jobs"),
+        ("/tenants", "tenants"),
+        ("/nodes", "nodes"),
+        ("/submit", "submit"),
+    ] {
         b.goto(&format!("{url}{p}"));
         b.screenshot(&dir.join(format!("{name}.png")));
     }
@@ -428,13 +691,17 @@ fn a_tenant_and_an_operator_use_the_console_in_a_real_browser() {
             v["id"].as_u64().unwrap()
         })
         .collect();
-    up.wait("the load to run", 60, || load.iter().all(|&j| state(&up, j) == "running"));
+    up.wait("the load to run", 60, || {
+        load.iter().all(|&j| state(&up, j) == "running")
+    });
     b.goto(&format!("{url}/"));
     let before = power_figures(&b, "pohang");
     b.screenshot(&dir.join("highway-admin.png"));
     b.type_into("#budget-pohang", "0.005");
     b.click("#site-card-pohang button[type=submit]");
-    b.wait("the result of the new budget", 10, |b| b.source().contains("jobs shed to meet the new budget"));
+    b.wait("the result of the new budget", 10, |b| {
+        b.source().contains("jobs shed to meet the new budget")
+    });
     let flash = b.text(".flash");
     let shed: usize = flash
         .split(" · ")
@@ -445,28 +712,50 @@ fn a_tenant_and_an_operator_use_the_console_in_a_real_browser() {
     let after = power_figures(&b, "pohang");
     assert_ne!(before, after, "the power figures did not change");
     assert!(after.ends_with("/ 5.0 kW"), "{after}");
-    assert!(load.iter().all(|&j| state(&up, j) != "running"), "the load still runs");
+    assert!(
+        load.iter().all(|&j| state(&up, j) != "running"),
+        "the load still runs"
+    );
     b.screenshot(&dir.join("highway-after-shed.png"));
 
     // A change made elsewhere reaches an open page by itself: the budget set over the API
     // shows on the Highway page without a reload.
     let t0 = Instant::now();
-    let (s, v) = api(&up, "PATCH", "/v1/sites/pohang", &up.token(None), Some(json!({"power_budget_mw": 20.0})));
+    let (s, v) = api(
+        &up,
+        "PATCH",
+        "/v1/sites/pohang",
+        &up.token(None),
+        Some(json!({"power_budget_mw": 20.0})),
+    );
     assert_eq!(s, 200, "{v}");
-    b.wait("the live update", 10, |b| power_figures(b, "pohang").ends_with("/ 20.00 MW"));
-    eprintln!("console live update: the budget change showed {} ms after the API call began", t0.elapsed().as_millis());
+    b.wait("the live update", 10, |b| {
+        power_figures(b, "pohang").ends_with("/ 20.00 MW")
+    });
+    eprintln!(
+        "console live update: the budget change showed {} ms after the API call began",
+        t0.elapsed().as_millis()
+    );
 
     // The operator's pages.
-    for (p, name) in [("/audit", "audit"), ("/nodes", "nodes-admin"), ("/tenants", "tenants-admin")] {
+    for (p, name) in [
+        ("/audit", "audit"),
+        ("/nodes", "nodes-admin"),
+        ("/tenants", "tenants-admin"),
+    ] {
         b.goto(&format!("{url}{p}"));
         b.screenshot(&dir.join(format!("{name}.png")));
     }
     // Drain and undrain a node from the Nodes page.
     b.goto(&format!("{url}/nodes"));
     b.click("form[action$=\"/drain\"] button");
-    b.wait("the node draining", 10, |b| b.source().contains("Node marked draining"));
+    b.wait("the node draining", 10, |b| {
+        b.source().contains("Node marked draining")
+    });
     assert!(b.count("form[action$=\"/undrain\"]") >= 1);
     b.click("form[action$=\"/undrain\"] button");
-    b.wait("the node up again", 10, |b| b.source().contains("Node marked up"));
+    b.wait("the node up again", 10, |b| {
+        b.source().contains("Node marked up")
+    });
     eprintln!("console screenshots: {}", dir.display());
 }

@@ -15,7 +15,6 @@ use support::up::{Up, text};
 
 const GOSOK: &str = env!("CARGO_BIN_EXE_gosok");
 
-
 /// The README's command blocks marked `readme-test`, in order.
 fn readme_blocks() -> Vec<String> {
     let readme =

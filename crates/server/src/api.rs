@@ -1207,7 +1207,12 @@ pub fn queue_json(core: &Core, tenant: Option<&str>, limit: usize) -> Result<Vec
 }
 
 /// GET /v1/queue from its `offset`-th job (of those shown) on.
-pub fn queue_page(core: &Core, tenant: Option<&str>, offset: usize, limit: usize) -> Result<Vec<u8>> {
+pub fn queue_page(
+    core: &Core,
+    tenant: Option<&str>,
+    offset: usize,
+    limit: usize,
+) -> Result<Vec<u8>> {
     use std::io::Write;
     let e = core.engine();
     let now = e.now_s();

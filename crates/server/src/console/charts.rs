@@ -89,7 +89,12 @@ pub fn site_map(sites: &[MapSite], label: &str, other_regions: &str) -> String {
     const W: f64 = 360.0;
     const H: f64 = 420.0;
     // Longitude 125.8–129.8, latitude 33.0–38.8 onto the upper 360 × 360.
-    let xy = |lon: f64, lat: f64| ((lon - 125.8) / 4.0 * 300.0 + 30.0, (38.8 - lat) / 5.8 * 340.0 + 10.0);
+    let xy = |lon: f64, lat: f64| {
+        (
+            (lon - 125.8) / 4.0 * 300.0 + 30.0,
+            (38.8 - lat) / 5.8 * 340.0 + 10.0,
+        )
+    };
     let mut out = format!(
         "<svg class=\"map\" viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"{l}\"><title>{l}</title>",
         l = esc(label)
@@ -125,7 +130,11 @@ pub fn site_map(sites: &[MapSite], label: &str, other_regions: &str) -> String {
                 (30.0 + (elsewhere - 1) as f64 * 70.0, H - 35.0)
             }
         };
-        let frac = if s.budget_w > 0.0 { (s.draw_w / s.budget_w).clamp(0.0, 1.0) } else { 0.0 };
+        let frac = if s.budget_w > 0.0 {
+            (s.draw_w / s.budget_w).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         // The filled part: a horizontal band from the bottom of the circle up to `frac`.
         let fill_top = y + r - 2.0 * r * frac;
         let id = format!("clip-{i}");
@@ -173,8 +182,18 @@ mod tests {
     fn known_regions_go_on_the_map_and_others_below_it() {
         let m = site_map(
             &[
-                MapSite { name: "pohang", region: "gyeongbuk", budget_w: 2e7, draw_w: 1e7 },
-                MapSite { name: "<x>", region: "mars", budget_w: 1e6, draw_w: 0.0 },
+                MapSite {
+                    name: "pohang",
+                    region: "gyeongbuk",
+                    budget_w: 2e7,
+                    draw_w: 1e7,
+                },
+                MapSite {
+                    name: "<x>",
+                    region: "mars",
+                    budget_w: 1e6,
+                    draw_w: 0.0,
+                },
             ],
             "map",
             "other regions",

@@ -74,7 +74,11 @@ pub async fn cancel(
     if r.status.is_success() {
         back(&cs, &to, Msg::Cancelled.text(s.lang))
     } else {
-        back(&cs, &to, &format!("{}: {}", Msg::Error.text(s.lang), r.message()))
+        back(
+            &cs,
+            &to,
+            &format!("{}: {}", Msg::Error.text(s.lang), r.message()),
+        )
     }
 }
 
@@ -120,7 +124,11 @@ async fn node_state(
     if r.status.is_success() {
         back(&cs, &to, &format!("{}: {name}", done.text(s.lang)))
     } else {
-        back(&cs, &to, &format!("{}: {}", Msg::Error.text(s.lang), r.message()))
+        back(
+            &cs,
+            &to,
+            &format!("{}: {}", Msg::Error.text(s.lang), r.message()),
+        )
     }
 }
 
@@ -154,17 +162,22 @@ pub async fn budget(
         )
         .await;
     if !r.status.is_success() {
-        return back(&cs, "/", &format!("{}: {}", Msg::Error.text(s.lang), r.message()));
+        return back(
+            &cs,
+            "/",
+            &format!("{}: {}", Msg::Error.text(s.lang), r.message()),
+        );
     }
     let v = r.json();
-    let shed: Vec<&Value> = v["shed"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
+    let shed: Vec<&Value> = v["shed"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
     let jobs: usize = shed
         .iter()
         .map(|d| d["jobs"].as_array().map_or(0, Vec::len))
         .sum();
-    let still_over = shed
-        .iter()
-        .any(|d| d["still_over"].as_bool() == Some(true));
+    let still_over = shed.iter().any(|d| d["still_over"].as_bool() == Some(true));
     let mut msg = format!(
         "{} ({name}: {} MW) · {jobs} {}",
         Msg::BudgetSet.text(s.lang),

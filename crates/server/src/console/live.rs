@@ -67,12 +67,17 @@ pub async fn stream(State(cs): State<Cs>, headers: HeaderMap, RawQuery(raw): Raw
     };
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     let is_job = path.starts_with("/jobs/");
-    let lifetime = STREAM_MAX.min(Duration::from_millis(cs.app.cfg.idle_timeout_ms / 2).max(POLL * 5));
+    let lifetime =
+        STREAM_MAX.min(Duration::from_millis(cs.app.cfg.idle_timeout_ms / 2).max(POLL * 5));
     let cs2: Arc<super::Console> = cs.clone();
     tokio::spawn(async move {
         let _permit = permit;
         let started = Instant::now();
-        if tx.send(Bytes::from_static(b"retry: 300\n\n")).await.is_err() {
+        if tx
+            .send(Bytes::from_static(b"retry: 300\n\n"))
+            .await
+            .is_err()
+        {
             return;
         }
         let mut seen_seq = None;
@@ -105,7 +110,10 @@ pub async fn stream(State(cs): State<Cs>, headers: HeaderMap, RawQuery(raw): Raw
     });
     let mut r = Body::new(Events(rx)).into_response();
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }

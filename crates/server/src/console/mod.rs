@@ -63,9 +63,8 @@ pub fn router(app: Arc<App>, api: Router) -> Router {
     if let Err(e) = getrandom::fill(&mut key) {
         panic!("no randomness for the console's CSRF key: {e}");
     }
-    let asset_version = crate::auth::hex(&crate::auth::sha256(format!("{CSS}{JS}").as_bytes()))
-        [..12]
-        .to_string();
+    let asset_version =
+        crate::auth::hex(&crate::auth::sha256(format!("{CSS}{JS}").as_bytes()))[..12].to_string();
     let secure_cookies = app.cfg.tls_cert.is_some();
     let cs = Arc::new(Console {
         app,
@@ -439,7 +438,12 @@ async fn page(State(cs): State<Cs>, headers: HeaderMap, uri: Uri) -> Response {
         Err(f) if f.status == StatusCode::UNAUTHORIZED => {
             return redirect(&format!("/signin?next={}", text::url_part(&path_q)));
         }
-        Err(f) => (f.status, failure_title(s.lang, f.status), failure_main(s.lang, &f), false),
+        Err(f) => (
+            f.status,
+            failure_title(s.lang, f.status),
+            failure_main(s.lang, &f),
+            false,
+        ),
     };
     *r.status_mut() = status;
     let live_path = live.then_some(path_q.as_str());
@@ -473,7 +477,11 @@ fn failure_main(lang: Lang, f: &Failure) -> String {
     )
 }
 
-async fn signin_page(State(cs): State<Cs>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+async fn signin_page(
+    State(cs): State<Cs>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
     let q = form(raw.unwrap_or_default().as_bytes(), &["next"]).unwrap_or_default();
     signin_form(&cs, &headers, q.get("next"), None, StatusCode::OK)
 }
@@ -492,7 +500,10 @@ fn signin_form(
     let pre = crate::auth::hex(&pre);
     let csrf = cs.mac(&format!("pre:{pre}"));
     let err = error.map_or(String::new(), |e| {
-        format!("<p class=\"error\" role=\"alert\" id=\"signin-error\">{}</p>", esc(e))
+        format!(
+            "<p class=\"error\" role=\"alert\" id=\"signin-error\">{}</p>",
+            esc(e)
+        )
     });
     let main = format!(
         "<h1>{title}</h1>{err}<form method=\"post\" action=\"/signin\" class=\"card narrow\">\
@@ -506,13 +517,29 @@ fn signin_form(
         tok = Msg::Token.text(lang),
         help = esc(Msg::TokenHelp.text(lang)),
         next = esc(&local_path(next)),
-        inv = if error.is_some() { " aria-invalid=\"true\"" } else { "" },
+        inv = if error.is_some() {
+            " aria-invalid=\"true\""
+        } else {
+            ""
+        },
     );
     let mut r = html(
         status,
-        pages::layout(cs, None, lang, "/signin", Msg::SignIn.text(lang), &main, None, None),
+        pages::layout(
+            cs,
+            None,
+            lang,
+            "/signin",
+            Msg::SignIn.text(lang),
+            &main,
+            None,
+            None,
+        ),
     );
-    set_cookie(&mut r, format!("gosok_pre={pre}{}; Max-Age=3600", cs.cookie_attrs()));
+    set_cookie(
+        &mut r,
+        format!("gosok_pre={pre}{}; Max-Age=3600", cs.cookie_attrs()),
+    );
     r
 }
 
@@ -551,15 +578,28 @@ async fn signin(State(cs): State<Cs>, headers: HeaderMap, body: Bytes) -> Respon
                 &mut r,
                 format!("gosok_session={token}{}; Max-Age=43200", cs.cookie_attrs()),
             );
-            set_cookie(&mut r, format!("gosok_pre={}; Max-Age=0", cs.cookie_attrs()));
+            set_cookie(
+                &mut r,
+                format!("gosok_pre={}; Max-Age=0", cs.cookie_attrs()),
+            );
             r
         }
         _ => {
             let msg = match lang {
-                Lang::En => "unknown, revoked or agent token: sign in with an operator or tenant token",
-                Lang::Ko => "알 수 없거나 폐기된 토큰, 또는 에이전트 토큰입니다. 운영자 또는 테넌트 토큰으로 로그인하세요",
+                Lang::En => {
+                    "unknown, revoked or agent token: sign in with an operator or tenant token"
+                }
+                Lang::Ko => {
+                    "알 수 없거나 폐기된 토큰, 또는 에이전트 토큰입니다. 운영자 또는 테넌트 토큰으로 로그인하세요"
+                }
             };
-            signin_form(&cs, &headers, f.get("next"), Some(msg), StatusCode::UNAUTHORIZED)
+            signin_form(
+                &cs,
+                &headers,
+                f.get("next"),
+                Some(msg),
+                StatusCode::UNAUTHORIZED,
+            )
         }
     }
 }
@@ -573,7 +613,10 @@ async fn signout(State(cs): State<Cs>, headers: HeaderMap, body: Bytes) -> Respo
         return forms::refused(&s);
     }
     let mut r = redirect("/signin");
-    set_cookie(&mut r, format!("gosok_session={}; Max-Age=0", cs.cookie_attrs()));
+    set_cookie(
+        &mut r,
+        format!("gosok_session={}; Max-Age=0", cs.cookie_attrs()),
+    );
     r
 }
 
@@ -584,7 +627,10 @@ async fn set_lang(State(cs): State<Cs>, RawQuery(raw): RawQuery) -> Response {
     let mut r = redirect(&local_path(q.get("next")));
     // Not HttpOnly: it is no secret. A year.
     let attrs = cs.cookie_attrs().replace("; HttpOnly", "");
-    set_cookie(&mut r, format!("gosok_lang={}{attrs}; Max-Age=31536000", lang.code()));
+    set_cookie(
+        &mut r,
+        format!("gosok_lang={}{attrs}; Max-Age=31536000", lang.code()),
+    );
     r
 }
 

@@ -185,11 +185,7 @@ fn pager(lang: Lang, links: &[(Msg, Option<String>)], note: &str) -> String {
                 let _ = write!(out, "<a href=\"{}\">{}</a>", esc(h), m.text(lang));
             }
             None => {
-                let _ = write!(
-                    out,
-                    "<span aria-disabled=\"true\">{}</span>",
-                    m.text(lang)
-                );
+                let _ = write!(out, "<span aria-disabled=\"true\">{}</span>", m.text(lang));
             }
         }
     }
@@ -325,12 +321,7 @@ async fn highway(cs: &Console, s: &Session) -> Result<Rendered, Failure> {
     let mut rows = String::new();
     for r in racks.iter().take(200) {
         let (draw, cap) = (f(&r["it_draw_w"]), f(&r["power_cap_w"]));
-        let label = format!(
-            "{}: {} / {}",
-            st(&r["name"]),
-            power_w(draw),
-            power_w(cap)
-        );
+        let label = format!("{}: {} / {}", st(&r["name"]), power_w(draw), power_w(cap));
         let _ = write!(
             rows,
             "<tr><th scope=\"row\">{}</th><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td class=\"num\">{}</td></tr>",
@@ -357,7 +348,12 @@ async fn highway(cs: &Console, s: &Session) -> Result<Rendered, Failure> {
         lang,
     ));
     if more > 0 {
-        let _ = write!(main, "<p class=\"note\">+ {} {}</p>", int(more as u64), Msg::Racks.text(lang));
+        let _ = write!(
+            main,
+            "<p class=\"note\">+ {} {}</p>",
+            int(more as u64),
+            Msg::Racks.text(lang)
+        );
     }
 
     // Accelerators by model and node state, over all sites.
@@ -369,11 +365,17 @@ async fn highway(cs: &Console, s: &Session) -> Result<Rendered, Failure> {
         usable: f64,
     }
     let mut by: BTreeMap<String, M> = BTreeMap::new();
-    for m in sites.iter().flat_map(|x| x["models"].as_array().into_iter().flatten()) {
+    for m in sites
+        .iter()
+        .flat_map(|x| x["models"].as_array().into_iter().flatten())
+    {
         let e = by
             .entry(m["model"].as_str().unwrap_or("—").to_string())
             .or_default();
-        for (i, k) in ["nodes_up", "nodes_draining", "nodes_down"].iter().enumerate() {
+        for (i, k) in ["nodes_up", "nodes_draining", "nodes_down"]
+            .iter()
+            .enumerate()
+        {
             e.nodes[i] += m[*k].as_u64().unwrap_or(0);
         }
         e.total += f(&m["accelerators"]);
@@ -417,7 +419,11 @@ async fn highway(cs: &Console, s: &Session) -> Result<Rendered, Failure> {
 
 // ---- queue ---------------------------------------------------------------------------------
 
-async fn queue(cs: &Console, s: &Session, q: &BTreeMap<String, String>) -> Result<Rendered, Failure> {
+async fn queue(
+    cs: &Console,
+    s: &Session,
+    q: &BTreeMap<String, String>,
+) -> Result<Rendered, Failure> {
     let lang = s.lang;
     let page = page_number(q, "page")?;
     let offset = (page - 1) * PAGE_ROWS;
@@ -469,10 +475,21 @@ async fn queue(cs: &Console, s: &Session, q: &BTreeMap<String, String>) -> Resul
         lang,
         &[
             (Msg::First, (page > 1).then(|| "/queue".to_string())),
-            (Msg::Previous, (page > 1).then(|| format!("/queue?page={}", page - 1))),
-            (Msg::Next, (page < pages).then(|| format!("/queue?page={}", page + 1))),
+            (
+                Msg::Previous,
+                (page > 1).then(|| format!("/queue?page={}", page - 1)),
+            ),
+            (
+                Msg::Next,
+                (page < pages).then(|| format!("/queue?page={}", page + 1)),
+            ),
         ],
-        &format!("{} {} / {}", Msg::Page.text(lang), int(page as u64), int(pages as u64)),
+        &format!(
+            "{} {} / {}",
+            Msg::Page.text(lang),
+            int(page as u64),
+            int(pages as u64)
+        ),
     ));
     Ok(Rendered {
         title: Msg::Queue.text(lang).into(),
@@ -493,7 +510,11 @@ const STATES: &[&str] = &[
     "cancelled",
 ];
 
-async fn jobs(cs: &Console, s: &Session, q: &BTreeMap<String, String>) -> Result<Rendered, Failure> {
+async fn jobs(
+    cs: &Console,
+    s: &Session,
+    q: &BTreeMap<String, String>,
+) -> Result<Rendered, Failure> {
     let lang = s.lang;
     let state = q.get("state").filter(|x| !x.is_empty());
     let mut uri = format!("/v1/jobs?limit={PAGE_ROWS}");
@@ -532,11 +553,19 @@ async fn jobs(cs: &Console, s: &Session, q: &BTreeMap<String, String>) -> Result
         let _ = write!(
             main,
             "<option value=\"{x}\"{}>{}</option>",
-            if state.map(String::as_str) == Some(*x) { " selected" } else { "" },
+            if state.map(String::as_str) == Some(*x) {
+                " selected"
+            } else {
+                ""
+            },
             esc(&strip_tags(&state_name(lang, x)))
         );
     }
-    let _ = write!(main, "</select><button type=\"submit\">{}</button></form>", Msg::Filter.text(lang));
+    let _ = write!(
+        main,
+        "</select><button type=\"submit\">{}</button></form>",
+        Msg::Filter.text(lang)
+    );
     main.push_str(&table(
         Msg::Jobs.text(lang),
         &[
@@ -552,15 +581,13 @@ async fn jobs(cs: &Console, s: &Session, q: &BTreeMap<String, String>) -> Result
         lang,
     ));
     let state_q = state.map_or(String::new(), |x| format!("state={}&", url_part(x)));
-    let first = q.contains_key("cursor").then(|| format!("/jobs?{}", state_q.trim_end_matches('&')));
+    let first = q
+        .contains_key("cursor")
+        .then(|| format!("/jobs?{}", state_q.trim_end_matches('&')));
     let next = v["next_cursor"]
         .as_str()
         .map(|c| format!("/jobs?{state_q}cursor={}", url_part(c)));
-    main.push_str(&pager(
-        lang,
-        &[(Msg::Newest, first), (Msg::Next, next)],
-        "",
-    ));
+    main.push_str(&pager(lang, &[(Msg::Newest, first), (Msg::Next, next)], ""));
     Ok(Rendered {
         title: Msg::Jobs.text(lang).into(),
         main,
@@ -579,22 +606,37 @@ fn strip_tags(html: &str) -> String {
             _ => {}
         }
     }
-    out.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&#39;", "'")
+    out.replace("&amp;", "&")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
 }
 
 /// The last bytes of a task's output the page shows.
 const LOG_TAIL_BYTES: u64 = 64 * 1024;
 
-async fn job(cs: &Console, s: &Session, id: &str, q: &BTreeMap<String, String>) -> Result<Rendered, Failure> {
+async fn job(
+    cs: &Console,
+    s: &Session,
+    id: &str,
+    q: &BTreeMap<String, String>,
+) -> Result<Rendered, Failure> {
     let lang = s.lang;
-    let v = cs.get_json(s, &format!("/v1/jobs/{}", url_part(id))).await?;
+    let v = cs
+        .get_json(s, &format!("/v1/jobs/{}", url_part(id)))
+        .await?;
     let id = v["id"].as_u64().unwrap_or(0);
     let state = st(&v["state"]).to_string();
     let name = st(&v["name"]);
     let mut main = format!(
         "<h1>{} {id}{}</h1><p class=\"job-state\">{} · {} {} · {} {}</p>",
         Msg::Job.text(lang),
-        if name.is_empty() { String::new() } else { format!(" <small>{}</small>", esc(name)) },
+        if name.is_empty() {
+            String::new()
+        } else {
+            format!(" <small>{}</small>", esc(name))
+        },
         state_name(lang, &state),
         Msg::Tenant.text(lang),
         esc(st(&v["tenant"])),
@@ -614,15 +656,24 @@ async fn job(cs: &Console, s: &Session, id: &str, q: &BTreeMap<String, String>) 
         );
     }
     if let Some(r) = v["reason"].as_str() {
-        let _ = write!(main, "<p><strong>{}:</strong> {}</p>", Msg::Reason.text(lang), esc(r));
+        let _ = write!(
+            main,
+            "<p><strong>{}:</strong> {}</p>",
+            Msg::Reason.text(lang),
+            esc(r)
+        );
     }
     if let Some(w) = v.get("wait").filter(|w| !w.is_null()) {
-        let est = w["estimated_start_s"]
-            .as_u64()
-            .map_or(String::new(), |t| format!(" · {} {}", Msg::EstimatedStart.text(lang), time_ms(lang, t * 1000)));
-        let pos = w["position"]
-            .as_u64()
-            .map_or(String::new(), |p| format!("{} {} · ", Msg::Position.text(lang), int(p + 1)));
+        let est = w["estimated_start_s"].as_u64().map_or(String::new(), |t| {
+            format!(
+                " · {} {}",
+                Msg::EstimatedStart.text(lang),
+                time_ms(lang, t * 1000)
+            )
+        });
+        let pos = w["position"].as_u64().map_or(String::new(), |p| {
+            format!("{} {} · ", Msg::Position.text(lang), int(p + 1))
+        });
         let _ = write!(
             main,
             "<p class=\"wait\"><strong>{}:</strong> {pos}{}{}</p>",
@@ -651,7 +702,11 @@ async fn job(cs: &Console, s: &Session, id: &str, q: &BTreeMap<String, String>) 
             .map(|d| d.to_string())
             .collect();
         let milli = t["milli"].as_u64().unwrap_or(1000);
-        let share = if milli < 1000 { format!(" × {}", dec(milli as f64 / 1000.0, 3)) } else { String::new() };
+        let share = if milli < 1000 {
+            format!(" × {}", dec(milli as f64 / 1000.0, 3))
+        } else {
+            String::new()
+        };
         let _ = write!(
             rows,
             "<tr><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{}{}</td></tr>",
@@ -683,7 +738,11 @@ async fn job(cs: &Console, s: &Session, id: &str, q: &BTreeMap<String, String>) 
         .flatten()
         .map(|g| g["replicas"].as_u64().unwrap_or(1))
         .sum();
-    let task: u64 = q.get("task").and_then(|t| t.parse().ok()).filter(|t| *t < tasks.max(1)).unwrap_or(0);
+    let task: u64 = q
+        .get("task")
+        .and_then(|t| t.parse().ok())
+        .filter(|t| *t < tasks.max(1))
+        .unwrap_or(0);
     let stream = match q.get("stream").map(String::as_str) {
         Some("stderr") => "stderr",
         _ => "stdout",
@@ -691,7 +750,11 @@ async fn job(cs: &Console, s: &Session, id: &str, q: &BTreeMap<String, String>) 
     let started = v["events"]
         .as_array()
         .is_some_and(|e| e.iter().any(|e| e["event"] == "started"));
-    let _ = write!(main, "<section aria-labelledby=\"logs-h\"><h2 id=\"logs-h\">{}</h2><p class=\"tabs\">", Msg::Logs.text(lang));
+    let _ = write!(
+        main,
+        "<section aria-labelledby=\"logs-h\"><h2 id=\"logs-h\">{}</h2><p class=\"tabs\">",
+        Msg::Logs.text(lang)
+    );
     for t in 0..tasks.min(64) {
         for sname in ["stdout", "stderr"] {
             let here = t == task && sname == stream;
@@ -712,14 +775,26 @@ async fn job(cs: &Console, s: &Session, id: &str, q: &BTreeMap<String, String>) 
     match log {
         Ok((text, size)) if !text.is_empty() => {
             let note = if size > LOG_TAIL_BYTES {
-                format!("<p class=\"note\">{} {} B</p>", Msg::LogsTail.text(lang), int(size))
+                format!(
+                    "<p class=\"note\">{} {} B</p>",
+                    Msg::LogsTail.text(lang),
+                    int(size)
+                )
             } else {
                 String::new()
             };
-            let _ = write!(main, "{note}<pre class=\"log\" id=\"log\" tabindex=\"0\">{}</pre>", esc(&text));
+            let _ = write!(
+                main,
+                "{note}<pre class=\"log\" id=\"log\" tabindex=\"0\">{}</pre>",
+                esc(&text)
+            );
         }
         Ok(_) => {
-            let _ = write!(main, "<p class=\"empty\" id=\"log\">{}</p>", Msg::NoLogs.text(lang));
+            let _ = write!(
+                main,
+                "<p class=\"empty\" id=\"log\">{}</p>",
+                Msg::NoLogs.text(lang)
+            );
         }
         Err(m) => {
             let _ = write!(main, "<p class=\"error\" id=\"log\">{}</p>", esc(&m));
@@ -740,14 +815,23 @@ async fn job(cs: &Console, s: &Session, id: &str, q: &BTreeMap<String, String>) 
     }
     main.push_str(&table(
         Msg::History.text(lang),
-        &[Msg::Time.text(lang), Msg::Event.text(lang), Msg::Detail.text(lang)],
+        &[
+            Msg::Time.text(lang),
+            Msg::Event.text(lang),
+            Msg::Detail.text(lang),
+        ],
         &rows,
         lang,
     ));
 
     // Spec and command.
     let spec = serde_json::to_string_pretty(&v["spec"]).unwrap_or_default();
-    let command: Vec<&str> = v["command"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let command: Vec<&str> = v["command"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
     let _ = write!(
         main,
         "<h2>{}</h2><pre class=\"code\">{}</pre><h2>{}</h2><pre class=\"code\">{}</pre>",
@@ -767,7 +851,10 @@ async fn job(cs: &Console, s: &Session, id: &str, q: &BTreeMap<String, String>) 
 fn shell_words(args: &[&str]) -> String {
     args.iter()
         .map(|a| {
-            if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,".contains(c)) {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,".contains(c))
+            {
                 a.to_string()
             } else {
                 format!("'{}'", a.replace('\'', "'\\''"))
@@ -778,8 +865,18 @@ fn shell_words(args: &[&str]) -> String {
 }
 
 /// The last `LOG_TAIL_BYTES` of a task's output, and its whole size.
-async fn log_tail(cs: &Console, s: &Session, id: u64, task: u64, stream: &str) -> Result<(String, u64), String> {
-    let uri = |offset: u64| format!("/v1/jobs/{id}/logs?task={task}&stream={stream}&offset={offset}&limit={LOG_TAIL_BYTES}");
+async fn log_tail(
+    cs: &Console,
+    s: &Session,
+    id: u64,
+    task: u64,
+    stream: &str,
+) -> Result<(String, u64), String> {
+    let uri = |offset: u64| {
+        format!(
+            "/v1/jobs/{id}/logs?task={task}&stream={stream}&offset={offset}&limit={LOG_TAIL_BYTES}"
+        )
+    };
     let r = cs.call(s, axum::http::Method::GET, &uri(0), None).await;
     if !r.status.is_success() {
         return Err(r.message());
@@ -793,7 +890,14 @@ async fn log_tail(cs: &Console, s: &Session, id: u64, task: u64, stream: &str) -
     if size <= LOG_TAIL_BYTES {
         return Ok((String::from_utf8_lossy(&r.body).into_owned(), size));
     }
-    let r = cs.call(s, axum::http::Method::GET, &uri(size - LOG_TAIL_BYTES), None).await;
+    let r = cs
+        .call(
+            s,
+            axum::http::Method::GET,
+            &uri(size - LOG_TAIL_BYTES),
+            None,
+        )
+        .await;
     if !r.status.is_success() {
         return Err(r.message());
     }
@@ -803,23 +907,44 @@ async fn log_tail(cs: &Console, s: &Session, id: u64, task: u64, stream: &str) -
 // ---- submit --------------------------------------------------------------------------------
 
 /// The submit form, filled with `values` (after an error), and the error if any.
-pub async fn submit_form(cs: &Console, s: &Session, values: &BTreeMap<String, String>, error: Option<&str>) -> String {
+pub async fn submit_form(
+    cs: &Console,
+    s: &Session,
+    values: &BTreeMap<String, String>,
+    error: Option<&str>,
+) -> String {
     let lang = s.lang;
     let val = |k: &str, default: &str| esc(values.get(k).map_or(default, String::as_str));
     let mut main = format!("<h1>{}</h1>", Msg::SubmitJob.text(lang));
     if let Some(e) = error {
-        let _ = write!(main, "<p class=\"error\" role=\"alert\" id=\"submit-error\">{}</p>", esc(e));
+        let _ = write!(
+            main,
+            "<p class=\"error\" role=\"alert\" id=\"submit-error\">{}</p>",
+            esc(e)
+        );
     }
-    let _ = write!(main, "<form method=\"post\" action=\"/submit\" class=\"card form\">{}", s.csrf_field());
+    let _ = write!(
+        main,
+        "<form method=\"post\" action=\"/submit\" class=\"card form\">{}",
+        s.csrf_field()
+    );
     if s.tenant.is_none() {
         let tenants = cs.get_json(s, "/v1/tenants").await.unwrap_or(Value::Null);
-        let _ = write!(main, "<label for=\"tenant\">{}</label><select id=\"tenant\" name=\"tenant\" required>", Msg::ForTenant.text(lang));
+        let _ = write!(
+            main,
+            "<label for=\"tenant\">{}</label><select id=\"tenant\" name=\"tenant\" required>",
+            Msg::ForTenant.text(lang)
+        );
         for t in tenants["tenants"].as_array().into_iter().flatten() {
             let n = st(&t["name"]);
             let _ = write!(
                 main,
                 "<option{}>{}</option>",
-                if values.get("tenant").map(String::as_str) == Some(n) { " selected" } else { "" },
+                if values.get("tenant").map(String::as_str) == Some(n) {
+                    " selected"
+                } else {
+                    ""
+                },
                 esc(n)
             );
         }
@@ -849,7 +974,11 @@ pub async fn submit_form(cs: &Console, s: &Session, values: &BTreeMap<String, St
         let _ = write!(
             main,
             "<option{}>{}</option>",
-            if values.get("model").map(String::as_str) == Some(n) { " selected" } else { "" },
+            if values.get("model").map(String::as_str) == Some(n) {
+                " selected"
+            } else {
+                ""
+            },
             esc(n)
         );
     }
@@ -866,7 +995,11 @@ pub async fn submit_form(cs: &Console, s: &Session, values: &BTreeMap<String, St
         let _ = write!(
             main,
             "<option{}>{p}</option>",
-            if values.get("priority").map(String::as_str) == Some(p) { " selected" } else { "" }
+            if values.get("priority").map(String::as_str) == Some(p) {
+                " selected"
+            } else {
+                ""
+            }
         );
     }
     // A fresh form is preemptible (the API's default); after an error, as it was sent.
@@ -910,7 +1043,17 @@ async fn tenants(cs: &Console, s: &Session) -> Result<Rendered, Failure> {
             Some(c) => format!(
                 "{} % {}",
                 dec(share * 100.0, 1),
-                charts::bar(share, c, &format!("{} {} % / {} {} %", Msg::ShareNow.text(lang), dec(share * 100.0, 1), Msg::ShareCap.text(lang), dec(c * 100.0, 1)))
+                charts::bar(
+                    share,
+                    c,
+                    &format!(
+                        "{} {} % / {} {} %",
+                        Msg::ShareNow.text(lang),
+                        dec(share * 100.0, 1),
+                        Msg::ShareCap.text(lang),
+                        dec(c * 100.0, 1)
+                    )
+                )
             ),
             None => format!("{} %", dec(share * 100.0, 1)),
         };
@@ -924,7 +1067,9 @@ async fn tenants(cs: &Console, s: &Session) -> Result<Rendered, Failure> {
             share_cell,
             accel(f(&t["running_accelerators"])),
             esc(&quotas.join("; ")),
-            t["balance_accelerator_hours"].as_f64().map_or("—".into(), |b| dec(b, 1)),
+            t["balance_accelerator_hours"]
+                .as_f64()
+                .map_or("—".into(), |b| dec(b, 1)),
             int(t["pending"].as_u64().unwrap_or(0)),
         );
     }
@@ -958,18 +1103,38 @@ async fn tenants(cs: &Console, s: &Session) -> Result<Rendered, Failure> {
                 dec(f(&t["accelerator_hours"]), 1),
                 dec(rec * 100.0, 1),
                 dec(ent * 100.0, 1),
-                charts::bar(rec, ent.max(1e-9), &format!("{} {} % / {} {} %", Msg::Received.text(lang), dec(rec * 100.0, 1), Msg::Entitlement.text(lang), dec(ent * 100.0, 1))),
+                charts::bar(
+                    rec,
+                    ent.max(1e-9),
+                    &format!(
+                        "{} {} % / {} {} %",
+                        Msg::Received.text(lang),
+                        dec(rec * 100.0, 1),
+                        Msg::Entitlement.text(lang),
+                        dec(ent * 100.0, 1)
+                    )
+                ),
             );
         }
         main.push_str(&table(
             Msg::Fairness.text(lang),
-            &[Msg::Tenant.text(lang), "h", Msg::Received.text(lang), Msg::Entitlement.text(lang), ""],
+            &[
+                Msg::Tenant.text(lang),
+                "h",
+                Msg::Received.text(lang),
+                Msg::Entitlement.text(lang),
+                "",
+            ],
             &rows,
             lang,
         ));
     }
     let mut rows = String::new();
-    let all: Vec<&Value> = allocations["allocations"].as_array().into_iter().flatten().collect();
+    let all: Vec<&Value> = allocations["allocations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
     for a in all.iter().take(200) {
         let _ = write!(
             rows,
@@ -1005,11 +1170,18 @@ async fn tenants(cs: &Console, s: &Session) -> Result<Rendered, Failure> {
 
 // ---- nodes ---------------------------------------------------------------------------------
 
-async fn nodes(cs: &Console, s: &Session, q: &BTreeMap<String, String>) -> Result<Rendered, Failure> {
+async fn nodes(
+    cs: &Console,
+    s: &Session,
+    q: &BTreeMap<String, String>,
+) -> Result<Rendered, Failure> {
     let lang = s.lang;
     let page = page_number(q, "page")?;
     let state = q.get("state").filter(|x| !x.is_empty());
-    let mut uri = format!("/v1/nodes?offset={}&limit={PAGE_ROWS}", (page - 1) * PAGE_ROWS);
+    let mut uri = format!(
+        "/v1/nodes?offset={}&limit={PAGE_ROWS}",
+        (page - 1) * PAGE_ROWS
+    );
     if let Some(x) = state {
         let _ = write!(uri, "&state={}", url_part(x));
     }
@@ -1039,7 +1211,11 @@ async fn nodes(cs: &Console, s: &Session, q: &BTreeMap<String, String>) -> Resul
             String::new()
         };
         let action = if s.admin {
-            let (verb, label) = if n["state"] == "draining" { ("undrain", Msg::Undrain) } else { ("drain", Msg::Drain) };
+            let (verb, label) = if n["state"] == "draining" {
+                ("undrain", Msg::Undrain)
+            } else {
+                ("drain", Msg::Drain)
+            };
             format!(
                 "<td><form method=\"post\" action=\"/nodes/{}/{verb}\">{}<input type=\"hidden\" name=\"next\" value=\"{}\"><button type=\"submit\" aria-label=\"{} {}\">{}</button></form></td>",
                 esc(&url_part(name)),
@@ -1089,11 +1265,19 @@ async fn nodes(cs: &Console, s: &Session, q: &BTreeMap<String, String>) -> Resul
         let _ = write!(
             main,
             "<option value=\"{x}\"{}>{}</option>",
-            if state.map(String::as_str) == Some(x) { " selected" } else { "" },
+            if state.map(String::as_str) == Some(x) {
+                " selected"
+            } else {
+                ""
+            },
             esc(&strip_tags(&state_name(lang, x)))
         );
     }
-    let _ = write!(main, "</select><button type=\"submit\">{}</button></form>", Msg::Filter.text(lang));
+    let _ = write!(
+        main,
+        "</select><button type=\"submit\">{}</button></form>",
+        Msg::Filter.text(lang)
+    );
     main.push_str(&table(Msg::Nodes.text(lang), &heads, &rows, lang));
     let link = |p: usize| {
         let mut h = format!("/nodes?page={p}");
@@ -1109,7 +1293,14 @@ async fn nodes(cs: &Console, s: &Session, q: &BTreeMap<String, String>) -> Resul
             (Msg::Previous, (page > 1).then(|| link(page - 1))),
             (Msg::Next, (page < pages).then(|| link(page + 1))),
         ],
-        &format!("{} {} / {} · {} {}", Msg::Page.text(lang), int(page as u64), int(pages as u64), int(total as u64), Msg::Nodes.text(lang)),
+        &format!(
+            "{} {} / {} · {} {}",
+            Msg::Page.text(lang),
+            int(page as u64),
+            int(pages as u64),
+            int(total as u64),
+            Msg::Nodes.text(lang)
+        ),
     ));
     Ok(Rendered {
         title: Msg::Nodes.text(lang).into(),
@@ -1120,13 +1311,21 @@ async fn nodes(cs: &Console, s: &Session, q: &BTreeMap<String, String>) -> Resul
 
 // ---- audit ---------------------------------------------------------------------------------
 
-async fn audit(cs: &Console, s: &Session, q: &BTreeMap<String, String>) -> Result<Rendered, Failure> {
+async fn audit(
+    cs: &Console,
+    s: &Session,
+    q: &BTreeMap<String, String>,
+) -> Result<Rendered, Failure> {
     let lang = s.lang;
     let num = |k: &str| -> Result<Option<u64>, Failure> {
         q.get(k)
             .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| Failure::new(StatusCode::BAD_REQUEST, format!("{k}: {v:?} is not a sequence number")))
+                v.parse::<u64>().map_err(|_| {
+                    Failure::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("{k}: {v:?} is not a sequence number"),
+                    )
+                })
             })
             .transpose()
     };
@@ -1134,7 +1333,9 @@ async fn audit(cs: &Console, s: &Session, q: &BTreeMap<String, String>) -> Resul
     let events = match after {
         // Forward from a sequence number.
         Some(a) => {
-            let v = cs.get_json(s, &format!("/v1/events?after={a}&limit={PAGE_ROWS}")).await?;
+            let v = cs
+                .get_json(s, &format!("/v1/events?after={a}&limit={PAGE_ROWS}"))
+                .await?;
             v["events"].as_array().cloned().unwrap_or_default()
         }
         // The newest page (before the end of the log, or before a sequence number).
@@ -1150,7 +1351,10 @@ async fn audit(cs: &Console, s: &Session, q: &BTreeMap<String, String>) -> Resul
         }
         let mut d = detail.to_string();
         if d.len() > 300 {
-            let cut = (0..=300).rev().find(|&i| d.is_char_boundary(i)).unwrap_or(0);
+            let cut = (0..=300)
+                .rev()
+                .find(|&i| d.is_char_boundary(i))
+                .unwrap_or(0);
             d.truncate(cut);
             d.push('…');
         }
@@ -1167,20 +1371,31 @@ async fn audit(cs: &Console, s: &Session, q: &BTreeMap<String, String>) -> Resul
     let mut main = format!("<h1>{}</h1>", Msg::Audit.text(lang));
     main.push_str(&table(
         Msg::Audit.text(lang),
-        &[Msg::Seq.text(lang), Msg::Time.text(lang), Msg::Kind.text(lang), Msg::By.text(lang), Msg::Detail.text(lang)],
+        &[
+            Msg::Seq.text(lang),
+            Msg::Time.text(lang),
+            Msg::Kind.text(lang),
+            Msg::By.text(lang),
+            Msg::Detail.text(lang),
+        ],
         &rows,
         lang,
     ));
     let first = events.first().and_then(|e| e["seq"].as_u64());
     let last = events.last().and_then(|e| e["seq"].as_u64());
-    let older = first.filter(|&f| f > 1).map(|f| format!("/audit?before={f}"));
+    let older = first
+        .filter(|&f| f > 1)
+        .map(|f| format!("/audit?before={f}"));
     let newer = last
         .filter(|_| before.is_some() || after.is_some())
         .map(|l| format!("/audit?after={l}"));
     main.push_str(&pager(
         lang,
         &[
-            (Msg::Newest, (before.is_some() || after.is_some()).then(|| "/audit".to_string())),
+            (
+                Msg::Newest,
+                (before.is_some() || after.is_some()).then(|| "/audit".to_string()),
+            ),
             (Msg::Older, older),
             (Msg::Newer, newer),
         ],
@@ -1196,7 +1411,11 @@ async fn audit(cs: &Console, s: &Session, q: &BTreeMap<String, String>) -> Resul
 /// The last `PAGE_ROWS` audit records before `before` (the end of the log if None). The
 /// API pages forward and skips ticks, so this looks back over a window that doubles until it
 /// holds a page (or reaches the start), then reads the window forward.
-async fn newest_events(cs: &Console, s: &Session, before: Option<u64>) -> Result<Vec<Value>, Failure> {
+async fn newest_events(
+    cs: &Console,
+    s: &Session,
+    before: Option<u64>,
+) -> Result<Vec<Value>, Failure> {
     let end = match before {
         Some(b) => b.saturating_sub(1),
         None => cs.app.core().seq(),
@@ -1207,10 +1426,15 @@ async fn newest_events(cs: &Console, s: &Session, before: Option<u64>) -> Result
         let mut got: Vec<Value> = Vec::new();
         let mut after = from;
         loop {
-            let v = cs.get_json(s, &format!("/v1/events?after={after}&limit=1000")).await?;
+            let v = cs
+                .get_json(s, &format!("/v1/events?after={after}&limit=1000"))
+                .await?;
             let page = v["events"].as_array().cloned().unwrap_or_default();
             let n = page.len();
-            got.extend(page.into_iter().filter(|e| e["seq"].as_u64().is_some_and(|q| q <= end)));
+            got.extend(
+                page.into_iter()
+                    .filter(|e| e["seq"].as_u64().is_some_and(|q| q <= end)),
+            );
             match v["next_after"].as_u64() {
                 Some(next) if n == 1000 && next < end => after = next,
                 _ => break,

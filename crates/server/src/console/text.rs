@@ -28,7 +28,12 @@ impl Lang {
     /// The first of Korean or English in an Accept-Language header (English otherwise).
     pub fn from_accept(header: &str) -> Lang {
         for part in header.split(',') {
-            let tag = part.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let tag = part
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             if tag.starts_with("ko") {
                 return Lang::Ko;
             }
@@ -357,7 +362,10 @@ mod tests {
         );
         assert_eq!(duration_s(Lang::Ko, 3725), "1시간 2분");
         assert_eq!(duration_s(Lang::En, 65), "1 min 5 s");
-        assert_eq!(esc("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+        assert_eq!(
+            esc("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
         assert_eq!(url_part("a b/ç"), "a%20b%2F%C3%A7");
         assert_eq!(Lang::from_accept("ko-KR,ko;q=0.9,en;q=0.8"), Lang::Ko);
         assert_eq!(Lang::from_accept("fr, en-GB;q=0.5"), Lang::En);
