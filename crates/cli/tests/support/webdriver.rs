@@ -85,6 +85,12 @@ impl Browser {
     }
 
     fn send(&self, method: &str, path: &str, body: Value) -> Value {
+        self.try_send(method, path, body)
+            .unwrap_or_else(|e| panic!("webdriver {method} {path}: {e}"))
+    }
+
+    /// A WebDriver command; its error, if it answered one.
+    fn try_send(&self, method: &str, path: &str, body: Value) -> Result<Value, Value> {
         let url = format!("{}{path}", self.base);
         let agent = ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(60))
@@ -103,9 +109,25 @@ impl Browser {
         };
         let v: Value = serde_json::from_str(&r.into_string().unwrap()).unwrap();
         if v["value"]["error"].is_string() {
-            panic!("webdriver {method} {path}: {}", v["value"]);
+            return Err(v["value"].clone());
         }
-        v["value"].clone()
+        Ok(v["value"].clone())
+    }
+
+    /// Finds the element and acts on it; again if a live update replaced it in between (the
+    /// page's `<main>` is swapped whole when it changes).
+    fn on_element(&self, css: &str, act: impl Fn(&str) -> Result<Value, Value>) -> Value {
+        for _ in 0..20 {
+            let e = self.find(css);
+            match act(&e) {
+                Ok(v) => return v,
+                Err(err) if err["error"] == "stale element reference" => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(err) => panic!("webdriver on {css}: {err}"),
+            }
+        }
+        panic!("{css} kept being replaced");
     }
 
     fn s(&self, rest: &str) -> String {
@@ -151,27 +173,30 @@ impl Browser {
     }
 
     pub fn type_into(&self, css: &str, text: &str) {
-        let e = self.find(css);
-        self.send("POST", &self.s(&format!("/element/{e}/clear")), json!({}));
-        self.send(
-            "POST",
-            &self.s(&format!("/element/{e}/value")),
-            json!({ "text": text }),
-        );
+        self.on_element(css, |e| {
+            self.try_send("POST", &self.s(&format!("/element/{e}/clear")), json!({}))?;
+            self.try_send(
+                "POST",
+                &self.s(&format!("/element/{e}/value")),
+                json!({ "text": text }),
+            )
+        });
     }
 
     pub fn click(&self, css: &str) {
-        let e = self.find(css);
-        self.send("POST", &self.s(&format!("/element/{e}/click")), json!({}));
+        self.on_element(css, |e| {
+            self.try_send("POST", &self.s(&format!("/element/{e}/click")), json!({}))
+        });
     }
 
     /// The rendered text of the first element matching `css`.
     pub fn text(&self, css: &str) -> String {
-        let e = self.find(css);
-        self.send("GET", &self.s(&format!("/element/{e}/text")), Value::Null)
-            .as_str()
-            .unwrap_or("")
-            .to_string()
+        self.on_element(css, |e| {
+            self.try_send("GET", &self.s(&format!("/element/{e}/text")), Value::Null)
+        })
+        .as_str()
+        .unwrap_or("")
+        .to_string()
     }
 
     /// Runs a script in the page; what it returns.
