@@ -143,16 +143,9 @@ fn lang_of(headers: &HeaderMap) -> Lang {
 }
 
 impl Console {
-    /// HMAC-SHA256 (RFC 2104) under the console's key, hex.
+    /// The CSRF token of `msg` under the console's key.
     fn mac(&self, msg: &str) -> String {
-        let mut k = [0u8; 64];
-        k[..32].copy_from_slice(&self.csrf_key);
-        let (mut inner, mut outer) = (Sha256::new(), Sha256::new());
-        inner.update(k.map(|b| b ^ 0x36));
-        inner.update(msg.as_bytes());
-        outer.update(k.map(|b| b ^ 0x5c));
-        outer.update(inner.finalize());
-        crate::auth::hex(&outer.finalize())
+        crate::auth::hex(&hmac_sha256(&self.csrf_key, msg.as_bytes()))
     }
 
     /// The session of a request's cookie, if its token is still good.
@@ -293,6 +286,18 @@ impl Failure {
             message: message.into(),
         }
     }
+}
+
+/// HMAC-SHA256 (RFC 2104) with a key of at most 64 bytes.
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    let mut k = [0u8; 64];
+    k[..key.len()].copy_from_slice(key);
+    let (mut inner, mut outer) = (Sha256::new(), Sha256::new());
+    inner.update(k.map(|b| b ^ 0x36));
+    inner.update(msg);
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -635,3 +640,54 @@ async fn set_lang(State(cs): State<Cs>, RawQuery(raw): RawQuery) -> Response {
 }
 
 mod forms;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csrf_tokens_are_rfc_4231_hmacs_and_compared_whole() {
+        // RFC 4231, test case 2.
+        assert_eq!(
+            crate::auth::hex(&hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd") && !constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn only_paths_on_this_server_are_places_to_return_to() {
+        for (next, want) in [
+            ("/queue?page=2", "/queue?page=2"),
+            ("//evil.example/", "/"),
+            ("https://evil.example/", "/"),
+            ("/\\evil.example", "/"),
+        ] {
+            assert_eq!(local_path(Some(&next.to_string())), want, "{next}");
+        }
+        assert_eq!(local_path(None), "/");
+    }
+
+    #[test]
+    fn a_form_from_another_origin_is_not_this_console_s() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
+        assert!(
+            same_origin(&h),
+            "no Origin: an older browser or a same-origin GET"
+        );
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:8080"),
+        );
+        assert!(same_origin(&h));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://evil.example"),
+        );
+        assert!(!same_origin(&h));
+        h.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(!same_origin(&h));
+    }
+}
