@@ -661,6 +661,21 @@ fn a_tenant_and_an_operator_use_the_console_in_a_real_browser() {
     b.goto(&format!("{url}/jobs/{id}"));
     b.screenshot(&dir.join("job-ko.png"));
     b.goto(&format!("{url}/console/lang?to=en&next=%2F"));
+    // Readable on a phone: no part of the page is wider than the screen.
+    b.resize(390, 844);
+    for (p, name) in [
+        ("/", "highway-phone"),
+        (&format!("/jobs/{id}") as &str, "job-phone"),
+    ] {
+        b.goto(&format!("{url}{p}"));
+        let overflow = b.script("return document.documentElement.scrollWidth - window.innerWidth");
+        assert!(
+            overflow.as_i64().unwrap_or(1) <= 0,
+            "{p} is wider than a phone by {overflow} px"
+        );
+        b.screenshot(&dir.join(format!("{name}.png")));
+    }
+    b.resize(1280, 800);
 
     // Another tenant cannot see the first one's job by its id.
     b.click(".who button");

@@ -208,6 +208,15 @@ impl Browser {
         )
     }
 
+    /// Resizes the window (a phone: 390 × 844).
+    pub fn resize(&self, width: u32, height: u32) {
+        self.send(
+            "POST",
+            &self.s("/window/rect"),
+            json!({"width": width, "height": height}),
+        );
+    }
+
     pub fn cookies(&self) -> Vec<Value> {
         self.send("GET", &self.s("/cookie"), Value::Null)
             .as_array()
