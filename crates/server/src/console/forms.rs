@@ -35,13 +35,9 @@ fn checked(
     let Some(s) = cs.session(headers) else {
         return Err(Box::new(redirect("/signin")));
     };
-    let f = match form(body, fields) {
-        Ok(f) => f,
-        Err(e) => {
-            // Unknown fields: not this console's form.
-            let _ = e;
-            return Err(Box::new(refused(&s)));
-        }
+    // Fields it does not know: not this console's form.
+    let Ok(f) = form(body, fields) else {
+        return Err(Box::new(refused(&s)));
     };
     if !cs.csrf_ok(&s, headers, &f) {
         return Err(Box::new(refused(&s)));

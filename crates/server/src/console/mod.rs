@@ -402,15 +402,15 @@ fn take_flash(cs: &Console, headers: &HeaderMap, r: &mut Response) -> Option<Str
 
 // ---- handlers ------------------------------------------------------------------------------
 
-async fn css(State(cs): State<Cs>) -> Response {
-    asset(&cs, "text/css; charset=utf-8", CSS)
+async fn css() -> Response {
+    asset("text/css; charset=utf-8", CSS)
 }
 
-async fn js(State(cs): State<Cs>) -> Response {
-    asset(&cs, "text/javascript; charset=utf-8", JS)
+async fn js() -> Response {
+    asset("text/javascript; charset=utf-8", JS)
 }
 
-fn asset(_cs: &Console, ctype: &'static str, body: &'static str) -> Response {
+fn asset(ctype: &'static str, body: &'static str) -> Response {
     let mut r = body.into_response();
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
