@@ -6,6 +6,7 @@ mod api;
 mod batch_script;
 mod bench;
 mod bench_agents;
+mod bench_console;
 mod bench_quality;
 mod client;
 mod human;
@@ -79,6 +80,9 @@ enum BenchCommand {
     /// Run trivial tasks on virtual nodes of a real agent: task starts per second,
     /// submit-to-running latency, and an idle agent's cost per node.
     Agents(bench_agents::BenchAgentsArgs),
+    /// Time the web console's pages against a controller with the large demo highway and
+    /// 100,000 jobs: latency per page, page weight, live-update delay.
+    Console(bench_console::BenchConsoleArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -201,6 +205,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Accounting(c) => usage_cmd::run(c)?,
         Command::Bench(BenchCommand::Server(a)) => server_cmd::bench(a)?,
         Command::Bench(BenchCommand::Agents(a)) => bench_agents::run(a)?,
+        Command::Bench(BenchCommand::Console(a)) => bench_console::run(a)?,
         Command::Up(a) => up::run(a)?,
         Command::Agent(a) => agent_cmd::run(*a)?,
         Command::Bench(BenchCommand::Engine(a)) => {

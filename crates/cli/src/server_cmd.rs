@@ -281,13 +281,14 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     }
 }
 
-/// Submits `n` jobs over `conns` connections; returns (seconds, per-request latencies in ms).
-fn submit_load(
+/// Submits `n` jobs of `spec` over `conns` connections; returns (seconds, per-request latencies in ms).
+pub(crate) fn submit_load(
     base: &str,
     tls: &Option<std::sync::Arc<rustls::ClientConfig>>,
     tokens: &[String],
     n: u64,
     conns: u64,
+    spec: &'static str,
 ) -> anyhow::Result<(f64, Vec<f64>)> {
     use std::sync::atomic::{AtomicU64, Ordering};
     let next = std::sync::Arc::new(AtomicU64::new(0));
@@ -307,7 +308,7 @@ fn submit_load(
                         .post(&url)
                         .set("Authorization", &token)
                         .set("Content-Type", "application/json")
-                        .send_string(BENCH_SPEC);
+                        .send_string(spec);
                     match r {
                         Ok(r) if r.status() == 201 => {
                             let _ = r.into_string();
@@ -396,7 +397,7 @@ pub fn bench(a: BenchServerArgs) -> anyhow::Result<()> {
         a.jobs, a.connections
     );
     let batches0 = running.app.commit_batches();
-    let (secs, mut lat) = submit_load(&base, &tls, &tokens, a.jobs, a.connections)?;
+    let (secs, mut lat) = submit_load(&base, &tls, &tokens, a.jobs, a.connections, BENCH_SPEC)?;
     let commits = running.app.commit_batches() - batches0;
     let submit_rate = a.jobs as f64 / secs;
     let (lat_p50, lat_p99) = (median(&mut lat), pct(&mut lat, 0.99));
@@ -406,7 +407,7 @@ pub fn bench(a: BenchServerArgs) -> anyhow::Result<()> {
         a.queue_pending
     );
     if more > 0 {
-        submit_load(&base, &tls, &tokens, more, a.connections)?;
+        submit_load(&base, &tls, &tokens, more, a.connections, BENCH_SPEC)?;
     }
     let mut q_ms = Vec::new();
     let mut q_bytes = 0;

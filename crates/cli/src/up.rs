@@ -472,6 +472,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<()> {
         "gosok up: a local highway is running{}",
         if first { "" } else { " (resumed)" }
     );
+    println!("  console:      {url}/   (sign in with a token below)");
     println!("  API:          {url}");
     println!("  admin token:  {}", creds.admin_token);
     for (t, tok) in &creds.tenant_tokens {

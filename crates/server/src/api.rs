@@ -113,13 +113,15 @@ pub fn routes() -> Vec<Route> {
         route!(get "/v1/queue", queue, Token, 200, "Queue",
             "Pending jobs in engine order, with reasons and estimated starts",
             query = &[("limit", "at most this many (default: all)"),
+                      ("offset", "skip this many first, for pages (default 0)"),
                       ("tenant", "only this tenant's jobs (admin tokens only)")]),
         route!(get "/v1/topology", get_topology, Admin, 200, "Cluster",
             "The declared highway and tenants, in the cluster-file format (as JSON)"),
         route!(put "/v1/topology", put_topology, Admin, 200, "TopologyResult",
             "Declare the highway (JSON, or the TOML cluster file with Content-Type application/toml); idempotent",
             req = "Cluster", query = &[("dry_run", "true: only say what would change")]),
-        route!(get "/v1/sites", list_sites, Token, 200, "SiteList", "Sites with power draw against budget"),
+        route!(get "/v1/sites", list_sites, Token, 200, "SiteList",
+            "Sites with power draw against budget, and their accelerators by model and node state"),
         route!(post "/v1/sites", create_site, Admin, 201, "TopologyResult", "Add a site", req = "Site"),
         route!(patch "/v1/sites/{name}", update_site, Admin, 200, "PowerResult",
             "Change a site's power budget (a lower budget sheds preemptible work at once)", req = "SiteUpdate"),
@@ -127,7 +129,10 @@ pub fn routes() -> Vec<Route> {
         route!(post "/v1/racks", create_rack, Admin, 201, "TopologyResult", "Add a rack", req = "Rack"),
         route!(patch "/v1/racks/{name}", update_rack, Admin, 200, "PowerResult",
             "Change a rack's power cap", req = "RackUpdate"),
-        route!(get "/v1/nodes", list_nodes, Token, 200, "NodeList", "Nodes, their state and use"),
+        route!(get "/v1/nodes", list_nodes, Token, 200, "NodeList", "Nodes, their state and use, by name",
+            query = &[("state", "only nodes in this state: up, draining or down"),
+                      ("offset", "skip this many first, for pages (default 0)"),
+                      ("limit", "at most this many (default: all)")]),
         route!(post "/v1/nodes/{name}/drain", drain_node, Admin, 200, "Node",
             "Drain a node: running work continues, nothing new is placed"),
         route!(post "/v1/nodes/{name}/undrain", undrain_node, Admin, 200, "Node",
@@ -213,10 +218,12 @@ pub fn router(app: AppState) -> Router {
         router = router.route(p, m.fallback(method_not_allowed));
     }
     let limit = app.cfg.max_body_bytes;
-    router
+    let api = router
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(app)
+        .with_state(app.clone());
+    // The web console at `/`, a client of this same router (`console/mod.rs`).
+    crate::console::router(app, api)
 }
 
 async fn no_route() -> ApiError {
@@ -1181,20 +1188,31 @@ async fn queue(
     RawQuery(raw): RawQuery,
 ) -> Result<Response> {
     let p = principal(&app, &headers)?;
-    let q = query(raw, &["limit", "tenant"])?;
+    let q = query(raw, &["limit", "offset", "tenant"])?;
     let limit = num(&q, "limit", u64::MAX, 1, u64::MAX)? as usize;
+    let offset = num(&q, "offset", 0, 0, u64::MAX)? as usize;
     let tenant: Option<String> = match (&p, q.get("tenant")) {
         (Principal::Tenant { name, .. }, _) => Some(name.to_string()),
         (Principal::Admin { .. } | Principal::Agent { .. }, t) => t.cloned(),
     };
     let core = app.core();
-    let out = queue_json(&core, tenant.as_deref(), limit)?;
+    let out = queue_page(&core, tenant.as_deref(), offset, limit)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
 }
 
 /// The body of GET /v1/queue: pending jobs in engine order (`limit` of them, of `tenant` only
 /// if given), with reasons and estimated starts.
 pub fn queue_json(core: &Core, tenant: Option<&str>, limit: usize) -> Result<Vec<u8>> {
+    queue_page(core, tenant, 0, limit)
+}
+
+/// GET /v1/queue from its `offset`-th job (of those shown) on.
+pub fn queue_page(
+    core: &Core,
+    tenant: Option<&str>,
+    offset: usize,
+    limit: usize,
+) -> Result<Vec<u8>> {
     use std::io::Write;
     let e = core.engine();
     let now = e.now_s();
@@ -1212,12 +1230,17 @@ pub fn queue_json(core: &Core, tenant: Option<&str>, limit: usize) -> Result<Vec
     let mut tenants: Vec<(*const u8, Vec<u8>)> = Vec::new();
     let json = |v: &dyn erased::Ser| -> Vec<u8> { v.to_json() };
     let mut n = 0;
+    let mut skipped = 0;
     for (pos, id) in order.into_iter().enumerate() {
         if n == limit {
             break;
         }
         let Some(j) = core.job(id.0) else { continue };
         if tenant.is_some_and(|t| *j.tenant != *t) {
+            continue;
+        }
+        if skipped < offset {
+            skipped += 1;
             continue;
         }
         let wait = e.wait_reason(id);
@@ -1723,10 +1746,36 @@ async fn list_sites(State(app): State<AppState>, headers: HeaderMap) -> Result<R
         };
         let live = &c.sites[i as usize];
         let (mut total, mut used) = (0u64, 0u64);
+        // Per model: nodes up, draining, down; accelerator thousandths in all, allocated,
+        // and free on nodes that are up.
+        let mut models: BTreeMap<&str, ([u64; 3], u64, u64, u64)> = BTreeMap::new();
         for n in c.nodes.iter().filter(|n| n.site == i) {
-            total += n.devices() as u64 * 1000;
-            used += n.used_total_milli();
+            let (devices, held) = (n.devices() as u64 * 1000, n.used_total_milli());
+            total += devices;
+            used += held;
+            let model = n.model.map_or("", |m| &*c.model_names[m as usize]);
+            let m = models.entry(model).or_default();
+            m.0[match n.state {
+                NodeState::Up => 0,
+                NodeState::Draining => 1,
+                NodeState::Down => 2,
+            }] += 1;
+            m.1 += devices;
+            m.2 += held;
+            if n.state == NodeState::Up {
+                m.3 += devices.saturating_sub(held);
+            }
         }
+        let models: Vec<Value> = models
+            .into_iter()
+            .map(|(model, (nodes, devices, held, free))| {
+                json!({"model": (!model.is_empty()).then_some(model),
+                       "nodes_up": nodes[0], "nodes_draining": nodes[1], "nodes_down": nodes[2],
+                       "accelerators": devices as f64 / 1000.0,
+                       "accelerators_allocated": held as f64 / 1000.0,
+                       "accelerators_free_up": free as f64 / 1000.0})
+            })
+            .collect();
         sites.push(json!({
             "name": s.name, "region": s.region, "jurisdiction": s.jurisdiction, "pue": s.pue,
             "power_budget_mw": s.power_budget_mw,
@@ -1735,6 +1784,7 @@ async fn list_sites(State(app): State<AppState>, headers: HeaderMap) -> Result<R
             "it_draw_w": live.it_w,
             "accelerators": total as f64 / 1000.0,
             "accelerators_allocated": used as f64 / 1000.0,
+            "models": models,
         }));
     }
     Ok(ok(json!({"sites": sites})))
@@ -1782,12 +1832,37 @@ fn node_view(core: &Core, name: &str) -> Option<Value> {
     }))
 }
 
-async fn list_nodes(State(app): State<AppState>, headers: HeaderMap) -> Result<Response> {
+async fn list_nodes(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response> {
     let p = principal(&app, &headers)?;
+    let q = query(raw, &["state", "offset", "limit"])?;
+    let state = match q.get("state").map(String::as_str) {
+        None => None,
+        Some("up") => Some(NodeState::Up),
+        Some("draining") => Some(NodeState::Draining),
+        Some("down") => Some(NodeState::Down),
+        Some(s) => {
+            return Err(ApiError::invalid(
+                "state",
+                format!("{s:?}: use up, draining or down"),
+            ));
+        }
+    };
+    let offset = num(&q, "offset", 0, 0, u64::MAX)? as usize;
+    let limit = num(&q, "limit", u64::MAX, 1, u64::MAX)? as usize;
     let core = app.core();
-    let nodes: Vec<Value> = core
-        .node_states()
-        .keys()
+    let states = core.node_states();
+    let matching = states
+        .iter()
+        .filter(|(_, s)| state.is_none_or(|want| **s == want));
+    let total = matching.clone().count();
+    let nodes: Vec<Value> = matching
+        .skip(offset)
+        .take(limit)
+        .map(|(n, _)| n)
         .filter_map(|n| {
             let mut v = node_view(&core, n)?;
             v["isolation"] = json!(crate::agents::node_isolation(&core, n));
@@ -1799,7 +1874,7 @@ async fn list_nodes(State(app): State<AppState>, headers: HeaderMap) -> Result<R
             Some(v)
         })
         .collect();
-    Ok(ok(json!({"nodes": nodes})))
+    Ok(ok(json!({"nodes": nodes, "total": total})))
 }
 
 async fn set_node(

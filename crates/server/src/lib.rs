@@ -15,6 +15,7 @@ pub mod agents;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod core;
 pub mod dates;
 pub mod disk;
