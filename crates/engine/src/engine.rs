@@ -257,7 +257,6 @@ pub struct Engine {
     hold: Hold,
     #[serde(skip)]
     scorers: Scorers,
-    demand_counts: BTreeMap<(u8, u16), f64>,
     demand_totals: crate::waste::DemandTotals,
     profile: Profile,
     profile_dirty: bool,
@@ -368,7 +367,6 @@ impl Engine {
             reservation_reason: WaitReason::Queued,
             hold: Hold::default(),
             scorers,
-            demand_counts: BTreeMap::new(),
             demand_totals: Default::default(),
             profile: Profile::default(),
             profile_dirty: false,
@@ -656,14 +654,8 @@ impl Engine {
             Ok(sid) => {
                 for g in self.shapes[sid as usize].groups.iter() {
                     self.demand_totals.add(g);
-                    let key = match g.accel {
-                        AccelReq::None => continue,
-                        AccelReq::Whole(k) => (0, k),
-                        AccelReq::Milli(m) => (1, m),
-                    };
-                    *self.demand_counts.entry(key).or_default() += g.replicas as f64;
                 }
-                self.profile_dirty = true;
+                self.profile_dirty |= self.demand_totals.grown();
                 job.order_s = self.order_key(&job);
                 self.queues.push(job.tenant, job.class, job.pending());
                 self.jobs.insert(id, job);
@@ -1463,32 +1455,7 @@ impl Engine {
             return;
         }
         self.profile_dirty = false;
-        let total: f64 = self.demand_counts.values().sum();
-        if total > 1e9 {
-            for v in self.demand_counts.values_mut() {
-                *v /= 2.0;
-            }
-            self.demand_totals.halve();
-        }
-        self.demand_totals.fill(&self.cluster, &mut self.profile);
-        let mut d: Vec<((u8, u16), f64)> =
-            self.demand_counts.iter().map(|(k, v)| (*k, *v)).collect();
-        d.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        d.truncate(16);
-        let sum: f64 = d.iter().map(|x| x.1).sum();
-        self.profile.demands = d
-            .into_iter()
-            .map(|((kind, v), w)| {
-                (
-                    if kind == 0 {
-                        AccelReq::Whole(v)
-                    } else {
-                        AccelReq::Milli(v)
-                    },
-                    w / sum,
-                )
-            })
-            .collect();
+        self.demand_totals.refresh(&self.cluster, &mut self.profile);
     }
 
     fn capacity(&self) -> [u64; 3] {

@@ -19,6 +19,7 @@
 pub mod chart;
 pub mod compare;
 pub mod csv;
+pub mod engine_run;
 pub mod experiment;
 pub mod frag;
 pub mod load;
