@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use gosok_packing::chart;
 use gosok_packing::compare::{CompareSpec, compare, compare_table};
-use gosok_packing::experiment::{self, DEFAULT_TUNE_RATIO, Prepared};
+use gosok_packing::experiment::{self, DEFAULT_TUNE_RATIO, Prepared, RunSpec};
 use gosok_packing::load::{BadRows, load_nodes, load_pods};
 use gosok_packing::policy::PolicyKind;
 use gosok_packing::report::{self, ExperimentInfo};
@@ -70,6 +70,11 @@ pub struct FgdArgs {
     /// Runs in parallel (default: every core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Feasible nodes the engine scores per pod (its `score_candidates`); default: every
+    /// feasible node, as the published experiment's scheduler does. The engine's own default
+    /// is 16.
+    #[arg(long)]
+    candidates: Option<usize>,
 }
 
 #[derive(Args)]
@@ -230,11 +235,21 @@ fn run_fgd(a: FgdArgs) -> anyhow::Result<()> {
             a.nodes.display()
         );
     }
-    let prepared = Prepared::new(Arc::new(cluster), Arc::new(workload));
+    if a.candidates == Some(0) {
+        bail!("--candidates: 0 scores no node; give at least 1 (or leave it out: every feasible node)");
+    }
+    let prepared = Prepared::new(Arc::new(cluster), Arc::new(workload))?;
     let progress = Progress::new(&format!("sim fgd {}", info.workload));
+    let runs: Vec<RunSpec> = policies
+        .iter()
+        .map(|&policy| RunSpec {
+            policy,
+            candidates: a.candidates,
+        })
+        .collect();
     let results = experiment::run_many(
         &prepared,
-        &policies,
+        &runs,
         &seeds,
         a.tune,
         threads(a.threads),
@@ -348,6 +363,7 @@ mod tests {
             out,
             skip_bad_rows: skip,
             threads: Some(1),
+            candidates: None,
         }
     }
 
