@@ -27,3 +27,4 @@ pub mod model;
 pub mod policy;
 pub mod published;
 pub mod report;
+pub mod variants;
