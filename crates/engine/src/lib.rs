@@ -13,6 +13,7 @@ pub mod event;
 pub mod baselines;
 pub mod explain;
 pub mod fragmentation;
+pub mod gittins;
 pub mod hold;
 pub mod ids;
 pub mod job;
