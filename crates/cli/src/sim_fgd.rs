@@ -291,7 +291,9 @@ fn run_fgd(a: FgdArgs) -> anyhow::Result<()> {
         );
     }
     if a.candidates == Some(0) {
-        bail!("--candidates: 0 scores no node; give at least 1 (or leave it out: every feasible node)");
+        bail!(
+            "--candidates: 0 scores no node; give at least 1 (or leave it out: every feasible node)"
+        );
     }
     let prepared = Prepared::new(Arc::new(cluster), Arc::new(workload))?;
     let progress = Progress::new(&format!("sim fgd {}", info.workload));

@@ -18,7 +18,9 @@ use crate::ids::ModelSet;
 use crate::job::AccelReq;
 
 /// One replica shape of the workload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct TypicalShape {
     pub accel: AccelReq,
     pub cpu_milli: u64,
@@ -87,7 +89,12 @@ impl FragTarget {
 
     /// Fragmented thousandths of a node of `model` whose devices have `used` thousandths in
     /// use and which has `cpu_free_milli` CPU left.
-    pub fn node_frag_milli(&self, used: &[u16], cpu_free_milli: u64, model: Option<ModelId>) -> f64 {
+    pub fn node_frag_milli(
+        &self,
+        used: &[u16],
+        cpu_free_milli: u64,
+        model: Option<ModelId>,
+    ) -> f64 {
         let total: u64 = used.iter().map(|&u| 1000 - u.min(1000) as u64).sum();
         if total == 0 {
             return 0.0;

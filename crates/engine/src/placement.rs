@@ -364,10 +364,16 @@ impl<'a> Placer<'a> {
             } else {
                 group.models.iter().map(Some).collect()
             };
-            // A one-replica group goes to the best node of any model it accepts, as every
-            // feasible node is scored; a gang's replicas stay on one model, tried in order.
+            // When every feasible node is scored, a one-replica group goes to the best node
+            // of any model it accepts (as a scheduler scoring all nodes would). With a
+            // bounded candidate list, and for gangs (whose replicas stay on one model), the
+            // models are tried in catalog order and the first that fits takes it: comparing
+            // every model would multiply the nodes scored.
             let mut preselected: Option<(Option<ModelId>, Best)> = None;
-            if group.replicas == 1 && models.len() > 1 {
+            if group.replicas == 1
+                && models.len() > 1
+                && self.score_candidates >= cluster.nodes.len()
+            {
                 for &model in &models {
                     let Some(m) = model else { continue };
                     let already = at.model_use.iter().find(|u| u.0 == m).map_or(0, |u| u.1);
@@ -417,10 +423,7 @@ impl<'a> Placer<'a> {
                         Some((_, best)) => Some(best),
                         None => self.best_node(cluster, at, &mut search, group, model),
                     };
-                    let Some(Best {
-                        node, devices, ..
-                    }) = chosen
-                    else {
+                    let Some(Best { node, devices, .. }) = chosen else {
                         ok = false;
                         break;
                     };
@@ -814,9 +817,11 @@ impl Walk {
             self.buf_pos = 0;
             match self.last {
                 None => self.buf.extend(set.iter().take(WALK_BATCH).copied()),
-                Some(l) => self
-                    .buf
-                    .extend(set.range((Excluded(l), Unbounded)).take(WALK_BATCH).copied()),
+                Some(l) => self.buf.extend(
+                    set.range((Excluded(l), Unbounded))
+                        .take(WALK_BATCH)
+                        .copied(),
+                ),
             }
             if !self.buf.is_empty() {
                 continue;

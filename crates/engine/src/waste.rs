@@ -104,7 +104,11 @@ impl DemandTotals {
         self.accel_milli /= 2.0;
         self.cpu_milli /= 2.0;
         self.mem_mib /= 2.0;
-        for v in self.by_models.values_mut().chain(self.by_shape.values_mut()) {
+        for v in self
+            .by_models
+            .values_mut()
+            .chain(self.by_shape.values_mut())
+        {
             *v /= 2.0;
         }
     }
@@ -128,7 +132,12 @@ impl DemandTotals {
             }
         }
         profile.all_shapes = FragTarget::new(&all, n_models);
-        profile.max_node_cpu_milli = cluster.nodes.iter().map(|n| n.cpu_total_milli).max().unwrap_or(0);
+        profile.max_node_cpu_milli = cluster
+            .nodes
+            .iter()
+            .map(|n| n.cpu_total_milli)
+            .max()
+            .unwrap_or(0);
         profile.max_node_accel_milli = cluster.max_devices as u64 * 1000;
         self.fill(cluster, profile);
     }

@@ -169,7 +169,10 @@ pub fn arrive(
             spec,
         })
         .map_err(fail)?;
-    if decisions.iter().any(|d| matches!(d, Decision::Reject { .. })) {
+    if decisions
+        .iter()
+        .any(|d| matches!(d, Decision::Reject { .. }))
+    {
         return Ok(None);
     }
     decisions.extend(engine.schedule());

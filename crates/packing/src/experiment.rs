@@ -58,7 +58,10 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    pub fn new(cluster: Arc<Cluster>, workload: Arc<Workload>) -> Result<Prepared, EngineInputError> {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        workload: Arc<Workload>,
+    ) -> Result<Prepared, EngineInputError> {
         let mut by_name: Vec<u32> = (0..workload.pods.len() as u32).collect();
         by_name.sort_by(|&a, &b| {
             workload.pods[a as usize]
@@ -124,7 +127,6 @@ impl Prepared {
         }
         order
     }
-
 }
 
 /// The engine's view of a pod's shape.
@@ -567,7 +569,10 @@ mod tests {
             candidates: Some(1),
         };
         let a = run(&p, spec, 5, 1.3).unwrap();
-        assert_eq!(a.allocated_pct, run(&p, spec, 5, 1.3).unwrap().allocated_pct);
+        assert_eq!(
+            a.allocated_pct,
+            run(&p, spec, 5, 1.3).unwrap().allocated_pct
+        );
     }
 
     #[test]

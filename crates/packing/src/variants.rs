@@ -163,7 +163,11 @@ pub fn variant_table(r: &VariantReport) -> String {
             cell(&row.gosok),
             cell(&row.fgd),
             row.gosok.median - row.fgd.median,
-            if row.gosok_below { "" } else { "  NOT below FGD" }
+            if row.gosok_below {
+                ""
+            } else {
+                "  NOT below FGD"
+            }
         );
     }
     let _ = writeln!(
@@ -229,12 +233,24 @@ impl FromStr for Variant {
         let t = s.trim().to_ascii_lowercase();
         let (kind, level) = t.rsplit_once('-').ok_or_else(bad)?;
         let times = |l: &str| -> Result<u32, UnknownVariant> {
-            let k: u32 = l.strip_prefix('x').ok_or_else(bad)?.parse().map_err(|_| bad())?;
-            if (1..=10).contains(&k) { Ok(k) } else { Err(bad()) }
+            let k: u32 = l
+                .strip_prefix('x')
+                .ok_or_else(bad)?
+                .parse()
+                .map_err(|_| bad())?;
+            if (1..=10).contains(&k) {
+                Ok(k)
+            } else {
+                Err(bad())
+            }
         };
         let pct = |l: &str| -> Result<u32, UnknownVariant> {
             let r: u32 = l.parse().map_err(|_| bad())?;
-            if (1..=99).contains(&r) { Ok(r) } else { Err(bad()) }
+            if (1..=99).contains(&r) {
+                Ok(r)
+            } else {
+                Err(bad())
+            }
         };
         Ok(match kind {
             "cpu" => Variant::CpuTimes(times(level)?),
@@ -323,7 +339,8 @@ impl Variant {
                         .sum()
                 };
                 let mut i = 0;
-                while !multi.is_empty() && demand(&pods, true) * 100 < demand(&pods, false) * u64::from(r)
+                while !multi.is_empty()
+                    && demand(&pods, true) * 100 < demand(&pods, false) * u64::from(r)
                 {
                     pods.push(renamed(&multi[rng.gen_range(0..multi.len())], i));
                     i += 1;
@@ -391,7 +408,13 @@ mod tests {
             pods.push(pod(&format!("w{i:02}"), 8000, 1000, 1, ModelMask::ANY));
         }
         for i in 0..20 {
-            pods.push(pod(&format!("s{i:02}"), 4000, 250 + 10 * i as u16, 1, ModelMask::ANY));
+            pods.push(pod(
+                &format!("s{i:02}"),
+                4000,
+                250 + 10 * i as u16,
+                1,
+                ModelMask::ANY,
+            ));
         }
         for i in 0..4 {
             pods.push(pod(&format!("m{i:02}"), 16000, 1000, 4, ModelMask::ANY));
@@ -426,22 +449,51 @@ mod tests {
         let more = Variant::CpuPodsTimes(3).generate(&b, &[], 1);
         assert_eq!(more.pods.len(), b.pods.len() + 20);
         let share = Variant::GpuSharePct(80).generate(&b, &[], 1);
-        let shared = share.pods.iter().filter(|p| p.demand.is_shared_gpu()).count();
+        let shared = share
+            .pods
+            .iter()
+            .filter(|p| p.demand.is_shared_gpu())
+            .count();
         assert_eq!(shared, gpu(&share) * 80 / 100);
         // Fraction sizes come from the base's fractions.
-        assert!(share.pods.iter().filter(|p| p.demand.is_shared_gpu()).all(|p| (250..=440).contains(&p.demand.gpu_milli)));
-        assert_eq!(share.pods, Variant::GpuSharePct(80).generate(&b, &[], 1).pods);
-        assert_ne!(share.pods, Variant::GpuSharePct(80).generate(&b, &[], 2).pods);
+        assert!(
+            share
+                .pods
+                .iter()
+                .filter(|p| p.demand.is_shared_gpu())
+                .all(|p| (250..=440).contains(&p.demand.gpu_milli))
+        );
+        assert_eq!(
+            share.pods,
+            Variant::GpuSharePct(80).generate(&b, &[], 1).pods
+        );
+        assert_ne!(
+            share.pods,
+            Variant::GpuSharePct(80).generate(&b, &[], 2).pods
+        );
         let multi = Variant::MultiGpuPct(50).generate(&b, &[], 1);
         let total: u32 = multi.pods.iter().map(|p| p.demand.total_gpu_milli()).sum();
-        let m: u32 = multi.pods.iter().filter(|p| p.demand.gpu_count > 1).map(|p| p.demand.total_gpu_milli()).sum();
-        assert!(m * 100 >= total * 50 && m * 100 < total * 50 + 4000 * 100, "{m} of {total}");
+        let m: u32 = multi
+            .pods
+            .iter()
+            .filter(|p| p.demand.gpu_count > 1)
+            .map(|p| p.demand.total_gpu_milli())
+            .sum();
+        assert!(
+            m * 100 >= total * 50 && m * 100 < total * 50 + 4000 * 100,
+            "{m} of {total}"
+        );
         let only = ModelMask(0b10);
         let restricted = [pod("r", 1, 1000, 1, only)];
         let spec = Variant::GpuSpecPct(50).generate(&b, &restricted, 1);
         let n = spec.pods.iter().filter(|p| p.demand.models == only).count();
         assert_eq!(n, gpu(&spec) / 2);
         // CPU-only pods never get a restriction.
-        assert!(spec.pods.iter().filter(|p| !p.demand.wants_gpu()).all(|p| p.demand.models.is_any()));
+        assert!(
+            spec.pods
+                .iter()
+                .filter(|p| !p.demand.wants_gpu())
+                .all(|p| p.demand.models.is_any())
+        );
     }
 }
