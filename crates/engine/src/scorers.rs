@@ -64,9 +64,9 @@ pub trait Scorer: Send + Sync {
 pub fn scorer_by_name(name: &str) -> Option<Box<dyn Scorer>> {
     use crate::baselines::{BestFit, Clustering, DotProd, Fragmentation, Packing, Random};
     Some(match name {
-        "waste" => Box::new(crate::waste::ExpectedWaste::default()),
+        "waste" => Box::new(crate::waste::ExpectedWaste),
         "bestfit" => Box::new(BestFit),
-        "fgd" => Box::new(Fragmentation::default()),
+        "fgd" => Box::new(Fragmentation),
         "random" => Box::new(Random),
         "dotprod" => Box::new(DotProd),
         "packing" => Box::new(Packing),
