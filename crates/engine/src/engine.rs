@@ -548,8 +548,9 @@ impl Engine {
         };
         // Attained-service preemption takes only the tenant's own jobs; once the pass's
         // preemption budget is spent, jobs of one shape fail alike across tenants again.
+        let tenant = job.tenant;
         let las_ready = *preemption_budget > 0 && self.las_victim_ready(id);
-        let las_tenant = las_ready.then_some(job.tenant);
+        let las_tenant = las_ready.then_some(tenant);
         let cache_key = FailedKey {
             shape: sid,
             bound,
