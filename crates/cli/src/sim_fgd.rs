@@ -12,10 +12,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use gosok_packing::chart;
 use gosok_packing::compare::{CompareSpec, compare, compare_table};
-use gosok_packing::experiment::{self, DEFAULT_TUNE_RATIO, Prepared};
+use gosok_packing::experiment::{self, DEFAULT_TUNE_RATIO, Prepared, RunSpec};
 use gosok_packing::load::{BadRows, load_nodes, load_pods};
 use gosok_packing::policy::PolicyKind;
 use gosok_packing::report::{self, ExperimentInfo};
+use gosok_packing::variants::{DEFAULT_VARIANTS, Variant, compare_variants, variant_table};
 
 #[derive(Subcommand)]
 pub enum SimCommand {
@@ -31,6 +32,29 @@ pub enum SimCommand {
     /// Every workload of the trace folder that has published results, every published policy
     /// and gosok's, side by side with the published medians and bands.
     FgdCompare(CompareArgs),
+    /// Stress variants of the default openb pod list beyond the published levels (CPU ×K,
+    /// more CPU-only pods, GPU-share, multi-GPU and GPU-model-restriction ratios): gosok's
+    /// default placement (expected waste) against FGD at x = 100, both through the engine.
+    FgdVariants(VariantArgs),
+}
+
+#[derive(Args)]
+pub struct VariantArgs {
+    /// The trace folder with csv/openb_node_list_gpu_node.csv and the pod lists.
+    #[arg(long, default_value = "../shared/traces/alibaba-openb-v2023")]
+    traces: PathBuf,
+    /// Variants, comma-separated: cpu-xK, cpupods-xK, gpushare-R, multigpu-R, gpuspec-R;
+    /// default: cpu-x2,cpu-x3,cpupods-x3,cpupods-x4,gpushare-60..90,multigpu-50,60,gpuspec-50,66.
+    #[arg(long)]
+    variants: Option<String>,
+    #[arg(long, default_value = "42-51")]
+    seeds: String,
+    #[arg(long, default_value_t = DEFAULT_TUNE_RATIO)]
+    tune: f64,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -70,6 +94,11 @@ pub struct FgdArgs {
     /// Runs in parallel (default: every core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Feasible nodes the engine scores per pod (its `score_candidates`); default: every
+    /// feasible node, as the published experiment's scheduler does. The engine's own default
+    /// is 16.
+    #[arg(long)]
+    candidates: Option<usize>,
 }
 
 #[derive(Args)]
@@ -187,7 +216,38 @@ pub fn run(command: SimCommand) -> anyhow::Result<()> {
     match command {
         SimCommand::Fgd(args) => run_fgd(args),
         SimCommand::FgdCompare(args) => run_compare(args),
+        SimCommand::FgdVariants(args) => run_variants(args),
     }
+}
+
+fn run_variants(a: VariantArgs) -> anyhow::Result<()> {
+    let variants = match &a.variants {
+        Some(text) => Variant::parse_list(text).map_err(|e| anyhow::anyhow!("--variants: {e}"))?,
+        None => DEFAULT_VARIANTS.to_vec(),
+    };
+    let seeds = parse_seeds(&a.seeds)?;
+    check_tune(a.tune)?;
+    if !a.traces.is_dir() {
+        bail!(
+            "--traces {}: no such folder (give the alibaba-openb-v2023 trace folder)",
+            a.traces.display()
+        );
+    }
+    let progress = Progress::new("sim fgd-variants");
+    let report = compare_variants(
+        &a.traces,
+        &variants,
+        &seeds,
+        a.tune,
+        threads(a.threads),
+        &|d, t| progress.update(d, t),
+    )?;
+    progress.finish();
+    match a.format {
+        Format::Table => print!("{}", variant_table(&report)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(())
 }
 
 fn run_fgd(a: FgdArgs) -> anyhow::Result<()> {
@@ -230,11 +290,23 @@ fn run_fgd(a: FgdArgs) -> anyhow::Result<()> {
             a.nodes.display()
         );
     }
-    let prepared = Prepared::new(Arc::new(cluster), Arc::new(workload));
+    if a.candidates == Some(0) {
+        bail!(
+            "--candidates: 0 scores no node; give at least 1 (or leave it out: every feasible node)"
+        );
+    }
+    let prepared = Prepared::new(Arc::new(cluster), Arc::new(workload))?;
     let progress = Progress::new(&format!("sim fgd {}", info.workload));
+    let runs: Vec<RunSpec> = policies
+        .iter()
+        .map(|&policy| RunSpec {
+            policy,
+            candidates: a.candidates,
+        })
+        .collect();
     let results = experiment::run_many(
         &prepared,
-        &policies,
+        &runs,
         &seeds,
         a.tune,
         threads(a.threads),
@@ -348,6 +420,7 @@ mod tests {
             out,
             skip_bad_rows: skip,
             threads: Some(1),
+            candidates: None,
         }
     }
 

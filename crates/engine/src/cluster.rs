@@ -62,6 +62,8 @@ pub struct NodeTask {
     pub task: u32,
     /// Whole devices (fractions count as none: they free no whole device).
     pub whole: u16,
+    /// Holds a fraction of one device (GPU clustering tells such tasks from CPU-only ones).
+    pub shared: bool,
     pub cpu_milli: u64,
     pub mem_mib: u64,
     /// Start + estimate, start + limit, start + default runtime (0: not given).
@@ -636,6 +638,7 @@ impl Cluster {
             } else {
                 0
             },
+            shared: hold.milli < 1000 && !hold.devices.is_empty(),
             cpu_milli: hold.cpu_milli,
             mem_mib: hold.mem_mib,
             ends_s: [0; 3],

@@ -126,7 +126,6 @@ pub struct Engine {
     hold: Hold,
     #[serde(skip)]
     scorers: Scorers,
-    demand_counts: BTreeMap<(u8, u16), f64>,
     demand_totals: crate::waste::DemandTotals,
     profile: Profile,
     profile_dirty: bool,
@@ -238,7 +237,6 @@ impl Engine {
             reservation_reason: WaitReason::Queued,
             hold: Hold::default(),
             scorers,
-            demand_counts: BTreeMap::new(),
             demand_totals: Default::default(),
             profile: Profile::default(),
             profile_dirty: false,

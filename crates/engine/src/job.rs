@@ -7,7 +7,9 @@ use crate::event::JobState;
 use crate::ids::{JobId, ModelSet, SiteSet, TenantIdx};
 
 /// What one replica asks of the accelerators of its node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum AccelReq {
     None,
     Whole(u16),

@@ -5,12 +5,14 @@
 //! scheduling pass runs in [`Engine::schedule`]; decisions come out. The same events and
 //! seed give the same decisions, byte for byte.
 
+pub mod baselines;
 pub mod cluster;
 pub mod config;
 pub mod constraints;
 pub mod engine;
 pub mod event;
 pub mod explain;
+pub mod fragmentation;
 pub mod gittins;
 pub mod hold;
 pub mod ids;

@@ -364,6 +364,40 @@ impl<'a> Placer<'a> {
             } else {
                 group.models.iter().map(Some).collect()
             };
+            // When every feasible node is scored, a one-replica group goes to the best node
+            // of any model it accepts (as a scheduler scoring all nodes would). With a
+            // bounded candidate list, and for gangs (whose replicas stay on one model), the
+            // models are tried in catalog order and the first that fits takes it: comparing
+            // every model would multiply the nodes scored.
+            let mut preselected: Option<(Option<ModelId>, Best)> = None;
+            if group.replicas == 1
+                && models.len() > 1
+                && self.score_candidates >= cluster.nodes.len()
+            {
+                for &model in &models {
+                    let Some(m) = model else { continue };
+                    let already = at.model_use.iter().find(|u| u.0 == m).map_or(0, |u| u.1);
+                    if !at.req.tenant.quota_allows(
+                        m,
+                        already + group.accel_milli_total(),
+                        at.req.preemptible,
+                    ) {
+                        continue;
+                    }
+                    let mut search = Search {
+                        walk: self.walk(cluster, at, scope, group, model),
+                        live: Vec::new(),
+                    };
+                    if let Some(b) = self.best_node(cluster, at, &mut search, group, model)
+                        && preselected.as_ref().is_none_or(|(_, p)| b.beats(p))
+                    {
+                        preselected = Some((model, b));
+                    }
+                }
+                if preselected.is_none() {
+                    return false;
+                }
+            }
             for model in models {
                 if let Some(m) = model {
                     let already = at.model_use.iter().find(|u| u.0 == m).map_or(0, |u| u.1);
@@ -375,6 +409,9 @@ impl<'a> Placer<'a> {
                         continue;
                     }
                 }
+                if preselected.as_ref().is_some_and(|p| p.0 != model) {
+                    continue;
+                }
                 let mark = at.placed.len();
                 let mut ok = true;
                 let mut search = Search {
@@ -382,9 +419,11 @@ impl<'a> Placer<'a> {
                     live: Vec::new(),
                 };
                 for r in 0..group.replicas {
-                    let Some((node, devices)) =
-                        self.best_node(cluster, at, &mut search, group, model)
-                    else {
+                    let chosen = match preselected.take() {
+                        Some((_, best)) => Some(best),
+                        None => self.best_node(cluster, at, &mut search, group, model),
+                    };
+                    let Some(Best { node, devices, .. }) = chosen else {
                         ok = false;
                         break;
                     };
@@ -515,13 +554,15 @@ impl<'a> Placer<'a> {
             idle: false,
             last: None,
             pos: 0,
+            buf: Vec::new(),
+            buf_pos: 0,
             max_level: cluster.max_devices as usize,
         }
     }
 
-    /// The best node for the next replica, and its devices. Candidates still feasible from
-    /// the previous replica are scored again; the walk only goes on to top them up, so a
-    /// 64-replica gang walks the index once, not 64 times.
+    /// The best node for the next replica, its score and its devices. Candidates still
+    /// feasible from the previous replica are scored again; the walk only goes on to top them
+    /// up, so a 64-replica gang walks the index once, not 64 times.
     fn best_node(
         &self,
         cluster: &Cluster,
@@ -529,54 +570,98 @@ impl<'a> Placer<'a> {
         search: &mut Search,
         group: &GroupReq,
         model: Option<ModelId>,
-    ) -> Option<(NodeIdx, Vec<u8>)> {
+    ) -> Option<Best> {
+        search.walk.forget_read_ahead();
         let limit = self.score_candidates.max(1);
-        let mut best: Option<(f64, u64, NodeIdx)> = None;
+        let mut best: Option<(f64, u64, NodeIdx, u64)> = None;
         let mut feasible: Vec<NodeIdx> = Vec::with_capacity(limit.min(64));
+        // Nodes already considered for this replica: a bitmap once many are scored.
+        let mut seen: Vec<u64> = if limit > 64 {
+            vec![0; cluster.nodes.len().div_ceil(64)]
+        } else {
+            Vec::new()
+        };
         let mut consider = |n: NodeIdx, at: &mut Attempt, feasible: &mut Vec<NodeIdx>| {
             self.visited.set(self.visited.get() + 1);
             match self.check(cluster, at, n, group, model) {
                 Err(b) => at.misses.add(b),
                 Ok(delta_w) => {
-                    let input = ScoreInput {
-                        cluster,
-                        node: n,
-                        model,
-                        req: group.accel,
-                        cpu_milli: group.cpu_milli,
-                        mem_mib: group.mem_mib,
-                        placed: &at.placed_nodes,
-                        profile: self.profile,
-                        delta_w,
-                    };
+                    let input = self.input(cluster, at, n, group, model, delta_w);
                     let score: f64 = self.scorers.iter().map(|(s, w)| w * s.score(&input)).sum();
                     let tie = mix64(self.seed, n as u64);
                     let better = match &best {
                         None => true,
-                        Some((bs, bt, _)) => score > *bs || (score == *bs && tie < *bt),
+                        Some((bs, bt, _, _)) => score > *bs || (score == *bs && tie < *bt),
                     };
                     if better {
-                        best = Some((score, tie, n));
+                        best = Some((score, tie, n, delta_w));
                     }
                     feasible.push(n);
                 }
             }
         };
         for n in std::mem::take(&mut search.live) {
+            if let Some(word) = seen.get_mut(n as usize / 64) {
+                *word |= 1 << (n % 64);
+            }
             consider(n, at, &mut feasible);
         }
         while feasible.len() < limit {
             let Some(n) = search.walk.next(cluster) else {
                 break;
             };
-            if !feasible.contains(&n) {
+            let new = match seen.get_mut(n as usize / 64) {
+                Some(word) => {
+                    let bit = 1u64 << (n % 64);
+                    let new = *word & bit == 0;
+                    *word |= bit;
+                    new
+                }
+                None => !feasible.contains(&n),
+            };
+            if new {
                 consider(n, at, &mut feasible);
             }
         }
         search.live = feasible;
-        let (_, _, n) = best?;
-        let devices = pick_devices(&cluster.nodes[n as usize].used_milli, group.accel)?;
-        Some((n, devices))
+        let (score, tie, n, delta_w) = best?;
+        // A scorer may choose the devices (FGD, random); otherwise best fit.
+        let input = self.input(cluster, at, n, group, model, delta_w);
+        let devices = self
+            .scorers
+            .iter()
+            .find_map(|(s, _)| s.devices(&input))
+            .or_else(|| pick_devices(&cluster.nodes[n as usize].used_milli, group.accel))?;
+        Some(Best {
+            score,
+            tie,
+            node: n,
+            devices,
+        })
+    }
+
+    fn input<'c>(
+        &'c self,
+        cluster: &'c Cluster,
+        at: &'c Attempt,
+        n: NodeIdx,
+        group: &GroupReq,
+        model: Option<ModelId>,
+        delta_w: u64,
+    ) -> ScoreInput<'c> {
+        ScoreInput {
+            cluster,
+            node: n,
+            model,
+            req: group.accel,
+            cpu_milli: group.cpu_milli,
+            mem_mib: group.mem_mib,
+            models: group.models,
+            job: at.req.job,
+            placed: &at.placed_nodes,
+            profile: self.profile,
+            delta_w,
+        }
     }
 
     /// The filters, in order from cheapest: the devices the replica would take and the extra
@@ -638,6 +723,21 @@ impl<'a> Placer<'a> {
     }
 }
 
+/// The node chosen for a replica.
+struct Best {
+    score: f64,
+    /// The seeded tie-break: among equal scores the smallest wins.
+    tie: u64,
+    node: NodeIdx,
+    devices: Vec<u8>,
+}
+
+impl Best {
+    fn beats(&self, other: &Best) -> bool {
+        self.score > other.score || (self.score == other.score && self.tie < other.tie)
+    }
+}
+
 /// One group's candidate search across its replicas.
 struct Search {
     walk: Walk,
@@ -668,12 +768,30 @@ struct Walk {
     idle: bool,
     last: Option<NodeIdx>,
     pos: usize,
+    /// Nodes read ahead from the current set, after `last`.
+    buf: Vec<NodeIdx>,
+    buf_pos: usize,
 }
 
+/// Nodes a walk reads ahead from one index set.
+const WALK_BATCH: usize = 64;
+
 impl Walk {
+    /// Forgets the nodes read ahead: the cluster changed since (a replica was placed), so
+    /// the walk reads on from the last node it gave.
+    fn forget_read_ahead(&mut self) {
+        self.buf.clear();
+        self.buf_pos = 0;
+    }
+
     fn next(&mut self, cluster: &Cluster) -> Option<NodeIdx> {
         use std::ops::Bound::{Excluded, Unbounded};
         loop {
+            if let Some(&n) = self.buf.get(self.buf_pos) {
+                self.buf_pos += 1;
+                self.last = Some(n);
+                return Some(n);
+            }
             let set = match &self.kind {
                 WalkKind::List(list) => {
                     let n = list.get(self.pos).copied();
@@ -693,13 +811,20 @@ impl Walk {
                     if self.idle { &b.idle } else { &b.busy }
                 }
             };
-            let found = match self.last {
-                None => set.first(),
-                Some(l) => set.range((Excluded(l), Unbounded)).next(),
-            };
-            if let Some(&n) = found {
-                self.last = Some(n);
-                return Some(n);
+            // The next few nodes of the set at once: a lookup in the set per node would
+            // cost more than the filters when every feasible node is scored.
+            self.buf.clear();
+            self.buf_pos = 0;
+            match self.last {
+                None => self.buf.extend(set.iter().take(WALK_BATCH).copied()),
+                Some(l) => self.buf.extend(
+                    set.range((Excluded(l), Unbounded))
+                        .take(WALK_BATCH)
+                        .copied(),
+                ),
+            }
+            if !self.buf.is_empty() {
+                continue;
             }
             self.last = None;
             match self.kind {

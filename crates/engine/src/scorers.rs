@@ -4,21 +4,32 @@
 
 use gosok_model::ModelId;
 
-use crate::cluster::{Cluster, Node};
-use crate::ids::NodeIdx;
+use crate::cluster::Cluster;
+use crate::fragmentation::FragTarget;
+use crate::ids::{JobId, ModelSet, NodeIdx};
 use crate::job::AccelReq;
 
-/// The accelerator demands seen in the workload, by size, with their frequencies (summing to
-/// 1). FGD measures fragmentation against it.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+/// What the workload submitted so far looks like, for the scorers that weigh a placement
+/// against the work still to come. Rebuilt by the engine from the jobs submitted and the
+/// nodes declared.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Profile {
-    pub demands: Vec<(AccelReq, f64)>,
+    /// FGD's target workload: the replica shapes (accelerators, CPU, models) covering 95 %
+    /// of the replicas submitted, weighted by popularity.
+    pub typical: FragTarget,
+    /// Every shape submitted, weighted by popularity (`waste` measures against all of them,
+    /// so that rare shapes that fill odd gaps count too).
+    pub all_shapes: FragTarget,
     /// CPU thousandths and memory MiB that accelerator replicas ask per thousandth of an
     /// accelerator (`waste`'s `ρ`).
     pub cpu_per_milli: f64,
     pub mem_per_milli: f64,
     /// Per model: the share of its capacity that model-restricted demand wants (`waste`'s `π`).
     pub pressure: Vec<f64>,
+    /// The largest node's CPU and accelerator thousandths: the scale of `bestfit`, `dotprod`
+    /// and `clustering`.
+    pub max_node_cpu_milli: u64,
+    pub max_node_accel_milli: u64,
 }
 
 pub struct ScoreInput<'a> {
@@ -29,6 +40,10 @@ pub struct ScoreInput<'a> {
     /// CPU and memory of the replica.
     pub cpu_milli: u64,
     pub mem_mib: u64,
+    /// The models the replica's group accepts.
+    pub models: ModelSet,
+    /// The job being placed (the random scorer draws per job).
+    pub job: JobId,
     /// Nodes earlier replicas of the same gang were placed on.
     pub placed: &'a [NodeIdx],
     pub profile: &'a Profile,
@@ -37,62 +52,42 @@ pub struct ScoreInput<'a> {
 
 pub trait Scorer: Send + Sync {
     fn name(&self) -> &'static str;
+    /// How good the node is for the replica, in [0, 1].
     fn score(&self, input: &ScoreInput) -> f64;
+    /// The devices the replica should take on the chosen node, when this scorer has a view
+    /// (the first scorer that answers decides); `None`: best fit (`placement::pick_devices`).
+    fn devices(&self, _input: &ScoreInput) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 pub fn scorer_by_name(name: &str) -> Option<Box<dyn Scorer>> {
+    use crate::baselines::{BestFit, Clustering, DotProd, Fragmentation, Packing, Random};
     Some(match name {
+        "waste" => Box::new(crate::waste::ExpectedWaste),
         "bestfit" => Box::new(BestFit),
         "fgd" => Box::new(Fragmentation),
+        "random" => Box::new(Random),
+        "dotprod" => Box::new(DotProd),
+        "packing" => Box::new(Packing),
+        "clustering" => Box::new(Clustering),
         "consolidate" => Box::new(Consolidate),
         "power" => Box::new(PowerHeadroom),
-        "waste" => Box::new(crate::waste::ExpectedWaste),
         _ => return None,
     })
 }
 
-pub const SCORER_NAMES: &[&str] = &["waste", "bestfit", "fgd", "consolidate", "power"];
-
-/// Prefers the node left with the least free accelerator capacity (and, for CPU-only work, the
-/// least free CPU): keeps whole nodes free for big gangs.
-pub struct BestFit;
-
-impl Scorer for BestFit {
-    fn name(&self) -> &'static str {
-        "bestfit"
-    }
-    fn score(&self, i: &ScoreInput) -> f64 {
-        let n = &i.cluster.nodes[i.node as usize];
-        let total = n.devices() as u64 * 1000;
-        if total == 0 || i.req == AccelReq::None {
-            return 1.0 - n.cpu_free_milli as f64 / n.cpu_total_milli.max(1) as f64;
-        }
-        let used_after = n.used_total_milli() + i.req.milli();
-        used_after as f64 / total as f64
-    }
-}
-
-/// Free thousandths on `used` that a task demanding `d` could not use (FGD's fragment
-/// measure for one node and one task size).
-pub(crate) fn fragment(used: &[u16], d: AccelReq) -> u64 {
-    let free = |u: u16| (1000 - u) as u64;
-    match d {
-        AccelReq::None => 0,
-        AccelReq::Whole(k) => {
-            let whole = used.iter().filter(|&&u| u == 0).count() as u16;
-            if whole < k {
-                used.iter().map(|&u| free(u)).sum()
-            } else {
-                used.iter().filter(|&&u| u > 0).map(|&u| free(u)).sum()
-            }
-        }
-        AccelReq::Milli(m) => used
-            .iter()
-            .map(|&u| free(u))
-            .filter(|&f| f < m as u64)
-            .sum(),
-    }
-}
+pub const SCORER_NAMES: &[&str] = &[
+    "waste",
+    "bestfit",
+    "fgd",
+    "random",
+    "dotprod",
+    "packing",
+    "clustering",
+    "consolidate",
+    "power",
+];
 
 /// Applies what `placement::pick_devices` would take to a copy of a node's devices.
 fn take_devices(used: &mut [u16], req: AccelReq) {
@@ -115,9 +110,15 @@ fn take_devices(used: &mut [u16], req: AccelReq) {
     }
 }
 
-/// `f` of a node's devices as they would be after a replica of `req` took its share (on the
-/// stack for common node sizes: this runs for every candidate node).
-pub(crate) fn after_taking<R>(used: &[u16], req: AccelReq, f: impl FnOnce(&[u16]) -> R) -> R {
+/// `f` of a node's devices as they would be after a replica took `req` — its best-fit
+/// devices, or for a fraction the device `on` when given (on the stack for common node
+/// sizes: this runs for every candidate node).
+pub(crate) fn after_taking<R>(
+    used: &[u16],
+    req: AccelReq,
+    on: Option<usize>,
+    f: impl FnOnce(&[u16]) -> R,
+) -> R {
     let mut stack = [0u16; 16];
     let mut heap = Vec::new();
     let after: &mut [u16] = if used.len() <= stack.len() {
@@ -127,37 +128,38 @@ pub(crate) fn after_taking<R>(used: &[u16], req: AccelReq, f: impl FnOnce(&[u16]
         &mut heap
     };
     after.copy_from_slice(used);
-    take_devices(after, req);
+    match (req, on) {
+        (AccelReq::Milli(m), Some(d)) => after[d] += m,
+        _ => take_devices(after, req),
+    }
     f(after)
 }
 
-pub(crate) fn expected_fragment(used: &[u16], p: &Profile) -> f64 {
-    p.demands
-        .iter()
-        .map(|&(d, w)| w * fragment(used, d) as f64)
-        .sum()
-}
-
-/// Fragmentation gradient descent (FGD, Weng et al., ATC'23): prefers the node whose expected
-/// fragmentation, measured against the workload's demand sizes, grows least.
-pub struct Fragmentation;
-
-impl Scorer for Fragmentation {
-    fn name(&self) -> &'static str {
-        "fgd"
-    }
-    fn score(&self, i: &ScoreInput) -> f64 {
-        let n: &Node = &i.cluster.nodes[i.node as usize];
-        if n.used_milli.is_empty() || i.profile.demands.is_empty() || i.req == AccelReq::None {
-            return 0.5;
+/// For a fraction: the best device by `score` (higher is better) among those it fits,
+/// the lowest-numbered on ties, each distinct fill level tried once; for anything else the
+/// best-fit devices' score. Returns the score and, for a fraction, the device.
+pub(crate) fn best_device(
+    used: &[u16],
+    req: AccelReq,
+    mut score: impl FnMut(&[u16]) -> f64,
+) -> (f64, Option<usize>) {
+    let AccelReq::Milli(m) = req else {
+        return (after_taking(used, req, None, &mut score), None);
+    };
+    let mut best: Option<(f64, usize)> = None;
+    for (d, &u) in used.iter().enumerate() {
+        // Devices as full as an earlier one give the same result.
+        if u + m > 1000 || used[..d].contains(&u) {
+            continue;
         }
-        let before = expected_fragment(&n.used_milli, i.profile);
-        let after = after_taking(&n.used_milli, i.req, |after| {
-            expected_fragment(after, i.profile)
-        });
-        let total = (n.used_milli.len() * 1000) as f64;
-        // Δ ranges over [-total, total]; map "fragmentation fell most" to 1.
-        0.5 - (after - before) / (2.0 * total)
+        let s = after_taking(used, req, Some(d), &mut score);
+        if best.is_none_or(|(b, _)| s > b) {
+            best = Some((s, d));
+        }
+    }
+    match best {
+        Some((s, d)) => (s, Some(d)),
+        None => (f64::NEG_INFINITY, None),
     }
 }
 
@@ -206,22 +208,5 @@ impl Scorer for PowerHeadroom {
             return 0.0;
         }
         rack.cap_w.saturating_sub(rack.it_w + i.delta_w) as f64 / rack.cap_w as f64
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fragment_counts_what_a_task_size_cannot_use() {
-        // Two devices half used, two free: a whole-device task cannot use the halves.
-        let used = [500, 500, 0, 0];
-        assert_eq!(fragment(&used, AccelReq::Whole(1)), 1000);
-        // A 3-device task cannot fit at all: everything free is a fragment.
-        assert_eq!(fragment(&used, AccelReq::Whole(3)), 3000);
-        // A 0.6 task cannot use the 0.5 halves.
-        assert_eq!(fragment(&used, AccelReq::Milli(600)), 1000);
-        assert_eq!(fragment(&used, AccelReq::Milli(500)), 0);
     }
 }

@@ -28,12 +28,14 @@ use std::collections::BTreeMap;
 use gosok_model::ModelId;
 
 use crate::cluster::{Cluster, Node};
+use crate::fragmentation::{FragTarget, TypicalShape, popular};
 use crate::ids::ModelSet;
 use crate::job::{AccelReq, GroupReq};
-use crate::scorers::{Profile, ScoreInput, Scorer, after_taking, expected_fragment};
+use crate::scorers::{Profile, ScoreInput, Scorer, best_device};
 
-/// What the workload submitted so far asks for, beyond the demand sizes: the inputs of `ρ`
-/// and `π`. Halved with the demand counts when they grow large, which keeps the ratios.
+/// What the workload submitted so far asks for: replica shapes by popularity (FGD's and
+/// expected waste's targets) and the inputs of `ρ` and `π`. Halved when the counts grow
+/// large, which keeps the ratios.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DemandTotals {
     /// Over replicas that ask for accelerators: their thousandths, CPU and memory.
@@ -42,14 +44,45 @@ pub struct DemandTotals {
     pub mem_mib: f64,
     /// Accelerator thousandths asked, by the set of models a group accepts.
     pub by_models: BTreeMap<u128, f64>,
+    /// Replicas submitted, by shape.
+    pub by_shape: BTreeMap<TypicalShape, f64>,
+    /// Replicas counted in all, and when the profile was last rebuilt.
+    pub replicas: f64,
+    pub replicas_at_refresh: f64,
 }
+
+/// FGD's typical shapes: the most popular covering this share of the replicas.
+const TYPICAL_SHARE: f64 = 0.95;
+/// Most shapes expected waste measures against, and most the engine keeps counting: rare
+/// shapes beyond them weigh little and would slow every score.
+const MAX_SHAPES: usize = 256;
+const MAX_COUNTED_SHAPES: usize = 4096;
 
 impl DemandTotals {
     pub fn add(&mut self, g: &GroupReq) {
+        let r = g.replicas as f64;
+        let shape = TypicalShape {
+            accel: g.accel,
+            cpu_milli: g.cpu_milli,
+            models: if g.accel == AccelReq::None {
+                ModelSet::default()
+            } else {
+                g.models
+            },
+        };
+        *self.by_shape.entry(shape).or_default() += r;
+        self.replicas += r;
+        if self.by_shape.len() > MAX_COUNTED_SHAPES {
+            // Keep the more popular half (ties by shape: deterministic).
+            let mut counts: Vec<(TypicalShape, f64)> =
+                self.by_shape.iter().map(|(s, c)| (*s, *c)).collect();
+            counts.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            counts.truncate(MAX_COUNTED_SHAPES / 2);
+            self.by_shape = counts.into_iter().collect();
+        }
         if g.accel == AccelReq::None {
             return;
         }
-        let r = g.replicas as f64;
         let milli = g.accel.milli() as f64 * r;
         self.accel_milli += milli;
         self.cpu_milli += g.cpu_milli as f64 * r;
@@ -57,18 +90,61 @@ impl DemandTotals {
         *self.by_models.entry(g.models.0).or_default() += milli;
     }
 
-    pub fn halve(&mut self) {
+    /// Whether the workload grew enough since the profile was last rebuilt to rebuild it:
+    /// by 1 % (every replica at first). The profile describes a distribution, which a few
+    /// more replicas barely move, and rebuilding it per submission would cost more than
+    /// placing them.
+    pub fn grown(&self) -> bool {
+        self.replicas > self.replicas_at_refresh * 1.01
+    }
+
+    fn halve(&mut self) {
+        self.replicas /= 2.0;
+        self.replicas_at_refresh /= 2.0;
         self.accel_milli /= 2.0;
         self.cpu_milli /= 2.0;
         self.mem_mib /= 2.0;
-        for v in self.by_models.values_mut() {
+        for v in self
+            .by_models
+            .values_mut()
+            .chain(self.by_shape.values_mut())
+        {
             *v /= 2.0;
         }
     }
 
+    /// Rebuilds `profile` from the workload counted so far and the highway's known nodes.
+    pub fn refresh(&mut self, cluster: &Cluster, profile: &mut Profile) {
+        if self.replicas > 1e9 {
+            self.halve();
+        }
+        self.replicas_at_refresh = self.replicas;
+        let n_models = cluster.model_names.len();
+        let counts: Vec<(TypicalShape, f64)> =
+            self.by_shape.iter().map(|(s, c)| (*s, *c)).collect();
+        profile.typical = FragTarget::new(&popular(&counts, TYPICAL_SHARE), n_models);
+        let mut all = popular(&counts, 1.0);
+        if all.len() > MAX_SHAPES {
+            all.truncate(MAX_SHAPES);
+            let kept: f64 = all.iter().map(|s| s.1).sum();
+            for s in &mut all {
+                s.1 /= kept;
+            }
+        }
+        profile.all_shapes = FragTarget::new(&all, n_models);
+        profile.max_node_cpu_milli = cluster
+            .nodes
+            .iter()
+            .map(|n| n.cpu_total_milli)
+            .max()
+            .unwrap_or(0);
+        profile.max_node_accel_milli = cluster.max_devices as u64 * 1000;
+        self.fill(cluster, profile);
+    }
+
     /// Fills the profile's `ρ` (CPU and memory per thousandth) and `π` (per model) for the
     /// highway's known nodes.
-    pub fn fill(&self, cluster: &Cluster, profile: &mut Profile) {
+    fn fill(&self, cluster: &Cluster, profile: &mut Profile) {
         let n_models = cluster.model_names.len();
         profile.cpu_per_milli = ratio(self.cpu_milli, self.accel_milli);
         profile.mem_per_milli = ratio(self.mem_mib, self.accel_milli);
@@ -108,9 +184,10 @@ fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { 0.0 }
 }
 
-/// Expected unusable thousandths of a node with devices `used` and `cpu`, `mem` free.
-fn waste(used: &[u16], cpu_milli: u64, mem_mib: u64, p: &Profile) -> f64 {
-    let frag = expected_fragment(used, p);
+/// Expected unusable thousandths of a node of `model` with devices `used` and `cpu`, `mem`
+/// free.
+fn waste(used: &[u16], cpu_milli: u64, mem_mib: u64, model: Option<ModelId>, p: &Profile) -> f64 {
+    let frag = p.all_shapes.node_frag_milli(used, cpu_milli, model);
     let idle: f64 = used.iter().map(|&u| (1000 - u) as f64).sum();
     let strand = |free: u64, per_milli: f64| {
         if per_milli > 0.0 {
@@ -123,23 +200,37 @@ fn waste(used: &[u16], cpu_milli: u64, mem_mib: u64, p: &Profile) -> f64 {
 }
 
 /// The expected-waste scorer (see the module documentation).
+#[derive(Default)]
 pub struct ExpectedWaste;
 
 impl ExpectedWaste {
     /// Thousandths of accelerator the placement is expected to make unusable (negative:
-    /// it makes some usable again), displacement included.
-    pub fn waste_added(node: &Node, i: &ScoreInput) -> f64 {
+    /// it makes some usable again), displacement included; for a fraction, on the device
+    /// where it adds least, which it returns too.
+    pub fn waste_added(&self, node: &Node, i: &ScoreInput) -> (f64, Option<usize>) {
+        let (less, device) = Self::less_waste(node, i);
+        (
+            -less + displaced(node.model, i.req, i.profile) + wake_cost(i.cluster, node),
+            device,
+        )
+    }
+
+    /// How much less the node's own waste (fragmentation and stranding) is after the
+    /// placement, and for a fraction the device.
+    fn less_waste(node: &Node, i: &ScoreInput) -> (f64, Option<usize>) {
         let p = i.profile;
-        let before = waste(&node.used_milli, node.cpu_free_milli, node.mem_free_mib, p);
-        let after = after_taking(&node.used_milli, i.req, |after| {
-            waste(
-                after,
-                node.cpu_free_milli.saturating_sub(i.cpu_milli),
-                node.mem_free_mib.saturating_sub(i.mem_mib),
-                p,
-            )
-        });
-        after - before + displaced(node.model, i.req, p) + wake_cost(i.cluster, node)
+        let before = waste(
+            &node.used_milli,
+            node.cpu_free_milli,
+            node.mem_free_mib,
+            node.model,
+            p,
+        );
+        let cpu = node.cpu_free_milli.saturating_sub(i.cpu_milli);
+        let mem = node.mem_free_mib.saturating_sub(i.mem_mib);
+        best_device(&node.used_milli, i.req, |after| {
+            before - waste(after, cpu, mem, node.model, p)
+        })
     }
 }
 
@@ -181,7 +272,11 @@ impl Scorer for ExpectedWaste {
         // One scale for every node (the largest node's capacity), so that a thousandth
         // wasted counts the same on a small node as on a big one.
         let scale = (i.cluster.max_devices.max(1) as f64) * 1000.0;
-        (0.5 - Self::waste_added(node, i) / (2.0 * scale)).clamp(0.0, 1.0)
+        (0.5 - self.waste_added(node, i).0 / (2.0 * scale)).clamp(0.0, 1.0)
+    }
+    fn devices(&self, i: &ScoreInput) -> Option<Vec<u8>> {
+        let node = &i.cluster.nodes[i.node as usize];
+        self.waste_added(node, i).1.map(|d| vec![d as u8])
     }
 }
 
@@ -190,11 +285,15 @@ mod tests {
     use super::*;
 
     fn profile(cpu_per_milli: f64) -> Profile {
+        let one = TypicalShape {
+            accel: AccelReq::Whole(1),
+            cpu_milli: 0,
+            models: ModelSet::all(1),
+        };
         Profile {
-            demands: vec![(AccelReq::Whole(1), 1.0)],
+            all_shapes: FragTarget::new(&[(one, 1.0)], 1),
             cpu_per_milli,
-            mem_per_milli: 0.0,
-            pressure: vec![],
+            ..Profile::default()
         }
     }
 
@@ -202,9 +301,9 @@ mod tests {
     fn a_node_short_of_cpu_strands_its_idle_accelerators() {
         // 2 CPU per accelerator: 4 idle devices need 8 CPUs.
         let p = profile(2.0);
-        assert_eq!(waste(&[0; 4], 8000, 1 << 20, &p), 0.0);
+        assert_eq!(waste(&[0; 4], 8000, 1 << 20, Some(0), &p), 0.0);
         // With 5 CPUs left, 1.5 devices' worth is stranded.
-        assert_eq!(waste(&[0; 4], 5000, 1 << 20, &p), 1500.0);
+        assert_eq!(waste(&[0; 4], 5000, 1 << 20, Some(0), &p), 1500.0);
     }
 
     #[test]

@@ -43,7 +43,7 @@ fn prepared() -> Option<Prepared> {
             return None;
         }
     };
-    Some(Prepared::new(Arc::new(cluster), Arc::new(pods)))
+    Prepared::new(Arc::new(cluster), Arc::new(pods)).ok()
 }
 
 fn bench_runs(c: &mut Criterion) {

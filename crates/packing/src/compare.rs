@@ -159,7 +159,10 @@ pub fn compare(
             continue;
         }
         let pods = load_pods(&path, &cluster, BadRows::Fail)?;
-        prepared.push(Prepared::new(cluster.clone(), Arc::new(pods)));
+        prepared.push(
+            Prepared::new(cluster.clone(), Arc::new(pods))
+                .map_err(|e| CompareError::Setup(e.to_string()))?,
+        );
     }
     if prepared.is_empty() {
         return Err(CompareError::Setup(format!(

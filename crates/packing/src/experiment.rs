@@ -8,24 +8,30 @@
 //! arrived GPU demand. The curves are binned by `x = round(arrived / capacity * 100)` and each
 //! bin holds the mean of its samples, as the published analysis scripts do.
 //!
-//! Randomness: the arrival order comes from a ChaCha8 stream seeded with the seed, so every
-//! policy sees the same arrivals for the same seed; so does the node order that breaks ties
-//! (stream 2, see [`crate::policy`]). Random choices of the policies (the Random policy's node
-//! and GPU) come from stream 1. The same seed gives the same result, bit for bit.
+//! Every pod is placed by the engine (`gosok_engine`, see [`crate::engine_run`]): submitted as
+//! a job, one scheduling pass, its decision read back; the engine's seed is the run's seed, so
+//! its tie-break among equally scored nodes is a random node order per seed, as the published
+//! simulator's. The arrival order comes from a ChaCha8 stream seeded with the seed, so every
+//! policy sees the same arrivals for the same seed. The same seed gives the same result, bit
+//! for bit.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use gosok_engine::fragmentation::{FragTarget, TypicalShape, popular};
+use gosok_engine::ids::ModelSet;
+use gosok_engine::job::AccelReq;
+use gosok_model::JobSpec;
 use rand::{Rng, SeedableRng, seq::SliceRandom};
 use rand_chacha::ChaCha8Rng;
 
-use crate::frag::{FGD_POPULARITY_PCT, TypicalPods};
-use crate::model::{Cluster, Demand, Workload};
-use crate::policy::{
-    BestFit, Clustering, DotProd, Fgd, Gosok, GosokModel, NodeChoice, Packing, PodView, Policy,
-    PolicyKind, RandomPolicy,
-};
-use crate::state::{ClusterState, PlaceError};
+use crate::engine_run::{EngineCluster, EngineInputError, arrive};
+use crate::model::{Cluster, Demand, PodSpec, Workload};
+use crate::policy::PolicyKind;
+
+/// FGD's typical pods: the most popular shapes covering this share of the pods (the
+/// fragmentation curve is measured against them, as the published analysis does).
+pub const FGD_POPULARITY: f64 = 0.95;
 
 /// The inflation of the published experiment: 130 % of the cluster's GPUs.
 pub const DEFAULT_TUNE_RATIO: f64 = 1.3;
@@ -43,62 +49,40 @@ pub struct Prepared {
     pub workload: Arc<Workload>,
     /// Pod indices sorted by pod name (the simulator's order before shuffling).
     by_name: Vec<u32>,
-    /// The shape id of each pod (equal demands share a shape).
-    shapes: Vec<u32>,
-    shape_count: usize,
-    /// FGD's target workload: the simulator's typical pods (95 % popularity cut).
-    pub typical: Arc<TypicalPods>,
-    /// What gosok's policy knows of the workload (every shape by popularity, CPU per GPU,
-    /// GPU-type pressure).
-    pub gosok: Arc<GosokModel>,
+    /// The cluster as the engine sees it.
+    pub engine: EngineCluster,
+    /// Each pod as the job it is submitted as.
+    jobs: Vec<JobSpec>,
+    /// FGD's typical pods of the whole workload, for the fragmentation curve.
+    pub typical: FragTarget,
 }
 
 impl Prepared {
-    pub fn new(cluster: Arc<Cluster>, workload: Arc<Workload>) -> Prepared {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        workload: Arc<Workload>,
+    ) -> Result<Prepared, EngineInputError> {
         let mut by_name: Vec<u32> = (0..workload.pods.len() as u32).collect();
         by_name.sort_by(|&a, &b| {
             workload.pods[a as usize]
                 .name
                 .cmp(&workload.pods[b as usize].name)
         });
-        let mut ids: std::collections::HashMap<Demand, u32> = std::collections::HashMap::new();
-        let shapes = workload
+        let engine = EngineCluster::new(&cluster)?;
+        let jobs = workload
             .pods
             .iter()
-            .map(|p| {
-                let next = ids.len() as u32;
-                *ids.entry(p.demand).or_insert(next)
-            })
+            .map(|p| engine.job(&cluster, p))
             .collect();
-        let typical = Arc::new(TypicalPods::popular(
-            &workload.pods,
-            &cluster.models,
-            FGD_POPULARITY_PCT,
-        ));
-        let all_shapes = Arc::new(TypicalPods::all_shapes(&workload.pods, &cluster.models));
-        let gosok = Arc::new(GosokModel::new(all_shapes, &cluster));
-        Prepared {
+        let typical = typical_shapes(&engine, &cluster, &workload.pods);
+        Ok(Prepared {
             cluster,
             workload,
             by_name,
-            shapes,
-            shape_count: ids.len(),
+            engine,
+            jobs,
             typical,
-            gosok,
-        }
-    }
-
-    /// A fresh policy of `kind` for this workload.
-    pub fn policy(&self, kind: PolicyKind) -> Box<dyn Policy> {
-        match kind {
-            PolicyKind::Random => Box::new(RandomPolicy),
-            PolicyKind::DotProd => Box::new(DotProd),
-            PolicyKind::Clustering => Box::new(Clustering),
-            PolicyKind::Packing => Box::new(Packing),
-            PolicyKind::BestFit => Box::new(BestFit),
-            PolicyKind::Fgd => Box::new(Fgd::new(self.typical.clone())),
-            PolicyKind::Gosok => Box::new(Gosok::new(self.gosok.clone())),
-        }
+        })
     }
 
     /// The pods in the order they arrive for `seed`: shuffled, then inflated or shrunk to
@@ -143,21 +127,50 @@ impl Prepared {
         }
         order
     }
+}
 
-    pub fn shape_count(&self) -> usize {
-        self.shape_count
+/// The engine's view of a pod's shape.
+fn shape_of(engine: &EngineCluster, cluster: &Cluster, d: &Demand) -> TypicalShape {
+    let n_models = engine.catalog.len();
+    let accel = if !d.wants_gpu() {
+        AccelReq::None
+    } else if d.is_shared_gpu() {
+        AccelReq::Milli(d.gpu_milli)
+    } else {
+        AccelReq::Whole(u16::from(d.gpu_count))
+    };
+    let models = if accel == AccelReq::None {
+        ModelSet::default()
+    } else if d.models.is_any() {
+        ModelSet::all(n_models)
+    } else {
+        let mut set = ModelSet::default();
+        for (i, name) in cluster.models.names().iter().enumerate() {
+            if d.models.0 & (1 << i) != 0
+                && let Some(id) = engine.catalog.id(name)
+            {
+                set = set.with(id);
+            }
+        }
+        set
+    };
+    TypicalShape {
+        accel,
+        cpu_milli: u64::from(d.cpu_milli),
+        models,
     }
+}
 
-    /// The node order that breaks ties for `seed`: a uniformly random permutation of the nodes
-    /// (the simulator prefixes node names with a random permutation index and takes the smallest
-    /// name among equal scores).
-    pub fn tie_order(&self, seed: u64) -> Vec<usize> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        rng.set_stream(2);
-        let mut order: Vec<usize> = (0..self.cluster.nodes.len()).collect();
-        order.shuffle(&mut rng);
-        order
+/// FGD's typical pods of `pods`, in the engine's terms.
+fn typical_shapes(engine: &EngineCluster, cluster: &Cluster, pods: &[PodSpec]) -> FragTarget {
+    let mut counts: std::collections::BTreeMap<TypicalShape, f64> = Default::default();
+    for p in pods {
+        *counts
+            .entry(shape_of(engine, cluster, &p.demand))
+            .or_default() += 1.0;
     }
+    let counts: Vec<(TypicalShape, f64)> = counts.into_iter().collect();
+    FragTarget::new(&popular(&counts, FGD_POPULARITY), engine.catalog.len())
 }
 
 /// One run: one policy, one seed.
@@ -187,14 +200,14 @@ impl RunResult {
     }
 }
 
-/// A failure of a run: a policy chose GPUs that the node does not have.
+/// A failure of a run: the engine refused the cluster or an event.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("policy {policy}, seed {seed}: {source}")]
 pub struct RunError {
     pub policy: PolicyKind,
     pub seed: u64,
     #[source]
-    pub source: PlaceError,
+    pub source: EngineInputError,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -214,115 +227,89 @@ fn round_half_even(x: f64) -> f64 {
     }
 }
 
-/// Runs `kind` on `prepared` for `seed`.
+/// How a run places: which policy, and how many feasible nodes the engine scores per pod
+/// (`None`: all of them, as the published experiment's scheduler does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunSpec {
+    pub policy: PolicyKind,
+    pub candidates: Option<usize>,
+}
+
+impl From<PolicyKind> for RunSpec {
+    fn from(policy: PolicyKind) -> RunSpec {
+        RunSpec {
+            policy,
+            candidates: None,
+        }
+    }
+}
+
+/// Runs `spec` on `prepared` for `seed`.
 pub fn run(
     prepared: &Prepared,
-    kind: PolicyKind,
+    spec: impl Into<RunSpec>,
     seed: u64,
     tune_ratio: f64,
 ) -> Result<RunResult, RunError> {
-    run_to_state(prepared, kind, seed, tune_ratio).map(|(r, _)| r)
-}
-
-/// Runs `kind` on `prepared` for `seed` and also returns the cluster as the last pod left it.
-pub fn run_to_state(
-    prepared: &Prepared,
-    kind: PolicyKind,
-    seed: u64,
-    tune_ratio: f64,
-) -> Result<(RunResult, ClusterState), RunError> {
-    run_observed(prepared, kind, seed, tune_ratio, &mut |_| {})
+    run_observed(prepared, spec.into(), seed, tune_ratio, &mut |_| {})
 }
 
 /// What happened to one arriving pod, for observers of a run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Arrival<'a> {
-    pub pod: &'a crate::model::PodSpec,
+    pub pod: &'a PodSpec,
     /// The node it went to; `None` when it fit nowhere.
     pub node: Option<usize>,
     /// Arrived GPU demand so far, including this pod (milli-GPUs).
     pub arrived_gpu_milli: u64,
-    pub state: &'a ClusterState,
+    /// The engine after the pod's pass.
+    pub engine: &'a gosok_engine::Engine,
 }
 
-/// Like [`run_to_state`], calling `observe` after every arrival.
+/// Like [`run`], calling `observe` after every arrival.
 pub fn run_observed(
     prepared: &Prepared,
-    kind: PolicyKind,
+    spec: RunSpec,
     seed: u64,
     tune_ratio: f64,
     observe: &mut dyn FnMut(Arrival<'_>),
-) -> Result<(RunResult, ClusterState), RunError> {
+) -> Result<RunResult, RunError> {
+    let kind = spec.policy;
+    let fail = |source| RunError {
+        policy: kind,
+        seed,
+        source,
+    };
     let order = prepared.arrival_order(tune_ratio, seed);
-    let node_order = prepared.tie_order(seed);
-    let mut policy = prepared.policy(kind);
-    let choice = policy.node_choice();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(1);
-    let mut state = ClusterState::new(&prepared.cluster);
-    policy.start(&state, prepared.shape_count());
+    let mut engine = prepared
+        .engine
+        .engine(kind.scorers(), spec.candidates, seed)
+        .map_err(fail)?;
     let typical = &prepared.typical;
-    let mut node_frag: Vec<f64> = state
-        .nodes
-        .iter()
-        .map(|n| typical.node_frag_milli(n.cpu_left, n.gpus(), n.model))
+    let node_frag = |engine: &gosok_engine::Engine, n: usize| {
+        let node = &engine.cluster().nodes[n];
+        typical.node_frag_milli(&node.used_milli, node.cpu_free_milli, node.model)
+    };
+    let mut frags: Vec<f64> = (0..prepared.cluster.nodes.len())
+        .map(|n| node_frag(&engine, n))
         .collect();
-    let mut frag_total: f64 = node_frag.iter().sum();
-    let capacity = state.total_gpu_milli.max(1) as f64;
+    let mut frag_total: f64 = frags.iter().sum();
+    let capacity = prepared.cluster.total_gpu_milli().max(1) as f64;
     let mut bins = vec![Bin::default(); MAX_X_PCT + 1];
-    let mut fitting: Vec<usize> = Vec::with_capacity(state.nodes.len());
     let mut arrived_gpu_milli = 0u64;
+    let mut allocated_gpu_milli = 0u64;
     let mut failed = 0u64;
-    for &pi in &order {
+    for (id, &pi) in order.iter().enumerate() {
         let pod = &prepared.workload.pods[pi as usize];
-        let view = PodView {
-            demand: pod.demand,
-            shape: prepared.shapes[pi as usize],
-        };
         arrived_gpu_milli += u64::from(pod.demand.total_gpu_milli());
-        let chosen = match choice {
-            NodeChoice::BestScore => {
-                let mut best: Option<(f64, usize)> = None;
-                for &n in &node_order {
-                    if !state.nodes[n].fits(&pod.demand, pod.memory_mib) {
-                        continue;
-                    }
-                    let s = policy.score(&state, n, &view);
-                    // Strictly greater: the first node in the tie order keeps a tie. A NaN
-                    // score never wins.
-                    if best.is_none_or(|(b, _)| s > b) && !s.is_nan() {
-                        best = Some((s, n));
-                    }
-                }
-                best.map(|(_, n)| n)
-            }
-            NodeChoice::Uniform => {
-                fitting.clear();
-                fitting.extend(
-                    (0..state.nodes.len())
-                        .filter(|&n| state.nodes[n].fits(&pod.demand, pod.memory_mib)),
-                );
-                match fitting.len() {
-                    0 => None,
-                    len => Some(fitting[rng.gen_range(0..len)]),
-                }
-            }
-        };
-        let placed =
-            chosen.and_then(|n| policy.pick_gpus(&state, n, &view, &mut rng).map(|g| (n, g)));
+        let job = prepared.jobs[pi as usize].clone();
+        let placed = arrive(&mut engine, &prepared.engine, id as u64, job).map_err(fail)?;
         match placed {
-            Some((n, gpus)) => {
-                state
-                    .place(n, &pod.demand, pod.memory_mib, gpus)
-                    .map_err(|source| RunError {
-                        policy: kind,
-                        seed,
-                        source,
-                    })?;
-                let node = &state.nodes[n];
-                frag_total -= node_frag[n];
-                node_frag[n] = typical.node_frag_milli(node.cpu_left, node.gpus(), node.model);
-                frag_total += node_frag[n];
+            Some((n, _)) => {
+                allocated_gpu_milli += u64::from(pod.demand.total_gpu_milli());
+                frag_total -= frags[n];
+                frags[n] = node_frag(&engine, n);
+                frag_total += frags[n];
             }
             None => failed += 1,
         }
@@ -330,28 +317,27 @@ pub fn run_observed(
             pod,
             node: placed.map(|(n, _)| n),
             arrived_gpu_milli,
-            state: &state,
+            engine: &engine,
         });
         let x = round_half_even(arrived_gpu_milli as f64 / capacity * 100.0);
         if x >= 0.0 && (x as usize) <= MAX_X_PCT {
             let bin = &mut bins[x as usize];
-            bin.allocated_sum += state.allocated_gpu_pct();
+            bin.allocated_sum += 100.0 * allocated_gpu_milli as f64 / capacity;
             bin.frag_sum += 100.0 * frag_total.max(0.0) / capacity;
             bin.samples += 1;
         }
     }
     let (allocated_pct, frag_pct) = finish_bins(&bins);
-    let result = RunResult {
+    Ok(RunResult {
         policy: kind,
         seed,
         arrived_pods: order.len() as u64,
         failed_pods: failed,
         arrived_gpu_milli,
-        allocated_gpu_milli: state.used_gpu_milli,
+        allocated_gpu_milli,
         allocated_pct,
         frag_pct,
-    };
-    Ok((result, state))
+    })
 }
 
 /// Bin means; an empty bin takes the mean of its neighbours' samples (the published scripts'
@@ -385,13 +371,13 @@ fn finish_bins(bins: &[Bin]) -> (Vec<Option<f64>>, Vec<Option<f64>>) {
 /// `policies` × `seeds`. `progress` is called with (runs done, runs in all) after each run.
 pub fn run_many(
     prepared: &Prepared,
-    policies: &[PolicyKind],
+    policies: &[RunSpec],
     seeds: &[u64],
     tune_ratio: f64,
     threads: usize,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<Vec<RunResult>, RunError> {
-    let jobs: Vec<(PolicyKind, u64)> = policies
+    let jobs: Vec<(RunSpec, u64)> = policies
         .iter()
         .flat_map(|&p| seeds.iter().map(move |&s| (p, s)))
         .collect();
@@ -500,7 +486,7 @@ mod tests {
             pods,
             skipped_rows: vec![],
         };
-        Prepared::new(Arc::new(cluster), Arc::new(workload))
+        Prepared::new(Arc::new(cluster), Arc::new(workload)).unwrap()
     }
 
     #[test]
@@ -553,16 +539,40 @@ mod tests {
         let p = tiny();
         let mut seen = 0u64;
         let mut placed_milli = 0u64;
-        let (r, state) = run_observed(&p, PolicyKind::Gosok, 3, 1.3, &mut |a| {
+        let mut engine_milli = 0u64;
+        let r = run_observed(&p, PolicyKind::Gosok.into(), 3, 1.3, &mut |a| {
             seen += 1;
             if a.node.is_some() {
                 placed_milli += u64::from(a.pod.demand.total_gpu_milli());
             }
+            engine_milli = a
+                .engine
+                .cluster()
+                .nodes
+                .iter()
+                .map(|n| n.used_total_milli())
+                .sum();
+            // What the engine holds is what the run counted as placed.
+            assert_eq!(engine_milli, placed_milli);
         })
         .unwrap();
         assert_eq!(seen, r.arrived_pods);
-        assert_eq!(placed_milli, state.used_gpu_milli);
-        assert_eq!(r.allocated_gpu_milli, state.used_gpu_milli);
+        assert_eq!(r.allocated_gpu_milli, placed_milli);
+        assert!(r.failed_pods > 0, "130 % of the GPUs cannot all be placed");
+    }
+
+    #[test]
+    fn a_bounded_candidate_search_is_a_run_of_its_own() {
+        let p = tiny();
+        let spec = RunSpec {
+            policy: PolicyKind::Gosok,
+            candidates: Some(1),
+        };
+        let a = run(&p, spec, 5, 1.3).unwrap();
+        assert_eq!(
+            a.allocated_pct,
+            run(&p, spec, 5, 1.3).unwrap().allocated_pct
+        );
     }
 
     #[test]
@@ -570,7 +580,7 @@ mod tests {
         let p = tiny();
         let r = run_many(
             &p,
-            &[PolicyKind::Fgd, PolicyKind::Random],
+            &[PolicyKind::Fgd.into(), PolicyKind::Random.into()],
             &[1, 2, 3],
             1.3,
             3,

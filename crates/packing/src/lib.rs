@@ -6,11 +6,12 @@
 //!
 //! Map:
 //! - [`csv`]: CSV files with errors naming file, line, column and problem (reusable by importers);
-//! - [`model`] and [`load`]: nodes, pods and GPU models, read from the trace's CSV files;
-//! - [`state`]: the cluster while pods arrive (what is left on every node and GPU);
-//! - [`frag`]: FGD's fragmentation measure against a target workload;
-//! - [`policy`]: the placement policies, one type each behind the [`policy::Policy`] trait;
-//! - [`experiment`]: the runner (seeds, shuffle, inflation, placement, per-x recording);
+//! - [`model`] and [`load`]: nodes, pods and GPU models, read from the trace's CSV files (a
+//!   loader: placement is the engine's);
+//! - [`engine_run`]: the cluster and pods as the engine sees them, one arrival through it;
+//! - [`policy`]: the policies by name, each a configuration of the engine's scorers;
+//! - [`experiment`]: the runner (seeds, shuffle, inflation, placement through the engine,
+//!   per-x recording);
 //! - [`report`]: medians over seeds and the table / JSON / CSV outputs;
 //! - [`chart`]: SVG charts (the paper's Figure 9(a));
 //! - [`published`]: the published results and statistics over seeds;
@@ -19,11 +20,11 @@
 pub mod chart;
 pub mod compare;
 pub mod csv;
+pub mod engine_run;
 pub mod experiment;
-pub mod frag;
 pub mod load;
 pub mod model;
 pub mod policy;
 pub mod published;
 pub mod report;
-pub mod state;
+pub mod variants;

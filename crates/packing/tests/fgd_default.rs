@@ -25,7 +25,7 @@ fn default_workload() -> Prepared {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(pods.pods.len(), 8152);
-    Prepared::new(Arc::new(cluster), Arc::new(pods))
+    Prepared::new(Arc::new(cluster), Arc::new(pods)).unwrap()
 }
 
 #[test]

@@ -134,14 +134,8 @@ impl Engine {
             Ok(sid) => {
                 for g in self.shapes[sid as usize].groups.iter() {
                     self.demand_totals.add(g);
-                    let key = match g.accel {
-                        AccelReq::None => continue,
-                        AccelReq::Whole(k) => (0, k),
-                        AccelReq::Milli(m) => (1, m),
-                    };
-                    *self.demand_counts.entry(key).or_default() += g.replicas as f64;
                 }
-                self.profile_dirty = true;
+                self.profile_dirty |= self.demand_totals.grown();
                 job.order_s = self.order_key(&job);
                 self.queues.push(job.tenant, job.class, job.pending());
                 self.jobs.insert(id, job);

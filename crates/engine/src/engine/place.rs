@@ -51,32 +51,7 @@ impl Engine {
             return;
         }
         self.profile_dirty = false;
-        let total: f64 = self.demand_counts.values().sum();
-        if total > 1e9 {
-            for v in self.demand_counts.values_mut() {
-                *v /= 2.0;
-            }
-            self.demand_totals.halve();
-        }
-        self.demand_totals.fill(&self.cluster, &mut self.profile);
-        let mut d: Vec<((u8, u16), f64)> =
-            self.demand_counts.iter().map(|(k, v)| (*k, *v)).collect();
-        d.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        d.truncate(16);
-        let sum: f64 = d.iter().map(|x| x.1).sum();
-        self.profile.demands = d
-            .into_iter()
-            .map(|((kind, v), w)| {
-                (
-                    if kind == 0 {
-                        AccelReq::Whole(v)
-                    } else {
-                        AccelReq::Milli(v)
-                    },
-                    w / sum,
-                )
-            })
-            .collect();
+        self.demand_totals.refresh(&self.cluster, &mut self.profile);
     }
 
     /// The bucket-count upper bound of a placement: cheap, and never says no when the job
