@@ -10,6 +10,7 @@ mod bench_quality;
 mod client;
 mod human;
 mod plan_cmd;
+mod replica_cmd;
 mod server_cmd;
 mod sim;
 mod sim_fgd;

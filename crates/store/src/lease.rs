@@ -106,3 +106,72 @@ impl PgStore {
         })
     }
 }
+
+/// A replica as it last reported itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaRow {
+    pub id: String,
+    pub url: String,
+    /// "leader", "follower" or "unavailable".
+    pub role: String,
+    /// The last log record it has applied.
+    pub applied_seq: u64,
+    /// How long ago, on PostgreSQL's clock.
+    pub seen_ms_ago: u64,
+}
+
+impl PgStore {
+    /// Records that replica `id` is alive in `role`, having applied the log up to
+    /// `applied_seq`; forgets replicas not heard from for an hour.
+    pub fn heartbeat(
+        &self,
+        id: &str,
+        url: &str,
+        role: &str,
+        applied_seq: u64,
+    ) -> Result<(), StoreError> {
+        let (id, url, role, seq) = (
+            id.to_string(),
+            url.to_string(),
+            role.to_string(),
+            applied_seq as i64,
+        );
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO gosok_replicas (id, url, role, applied_seq, seen_at)
+                 VALUES ($1, $2, $3, $4, clock_timestamp())
+                 ON CONFLICT (id) DO UPDATE SET url = $2, role = $3, applied_seq = $4,
+                                                seen_at = clock_timestamp()",
+                &[&id, &url, &role, &seq],
+            )?;
+            c.execute(
+                "DELETE FROM gosok_replicas WHERE seen_at < clock_timestamp() - interval '1 hour'",
+                &[],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The replicas heard from in the last hour, by URL.
+    pub fn replicas(&self) -> Result<Vec<ReplicaRow>, StoreError> {
+        self.call(|c| {
+            let rows = c.query(
+                "SELECT id, url, role, applied_seq,
+                        GREATEST(0, (EXTRACT(EPOCH FROM (clock_timestamp() - seen_at)) * 1000)::bigint)
+                   FROM gosok_replicas ORDER BY url, id",
+                &[],
+            )?;
+            rows.iter()
+                .map(|r| {
+                    Ok(ReplicaRow {
+                        id: r.try_get(0)?,
+                        url: r.try_get(1)?,
+                        role: r.try_get(2)?,
+                        applied_seq: r.try_get::<_, i64>(3)? as u64,
+                        seen_ms_ago: r.try_get::<_, i64>(4)? as u64,
+                    })
+                })
+                .collect()
+        })
+    }
+}

@@ -16,8 +16,10 @@ mod postgres;
 mod sqlite;
 pub mod testpg;
 
+/// The PostgreSQL client's connection settings, parsed from a URL (to check one early).
+pub use ::postgres::Config as PgConfig;
 pub use group::{CommitError, GroupCommit};
-pub use lease::Lease;
+pub use lease::{Lease, ReplicaRow};
 pub use postgres::PgStore;
 pub use sqlite::{Damage, SqliteStore};
 

@@ -53,6 +53,13 @@ CREATE TABLE IF NOT EXISTS gosok_leader (
     expires_at TIMESTAMPTZ NOT NULL
 );
 INSERT INTO gosok_leader VALUES (1, 0, '', '', 'epoch') ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS gosok_replicas (
+    id          TEXT PRIMARY KEY,
+    url         TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    applied_seq BIGINT NOT NULL,
+    seen_at     TIMESTAMPTZ NOT NULL
+);
 ";
 
 /// The advisory lock key that serialises schema creation ("gosok" in ASCII).
@@ -240,7 +247,7 @@ impl PgStore {
     pub fn wipe(&mut self) -> Result<(), StoreError> {
         self.conn.call(|c| {
             c.batch_execute(
-                "TRUNCATE gosok_events, gosok_snapshots, gosok_meta;
+                "TRUNCATE gosok_events, gosok_snapshots, gosok_meta, gosok_replicas;
                  UPDATE gosok_leader SET holder = '', url = '', expires_at = 'epoch';",
             )?;
             Ok(())
