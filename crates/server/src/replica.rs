@@ -575,6 +575,11 @@ fn error(status: StatusCode, code: &str, message: String, leader: Option<&str>) 
         r.headers_mut()
             .insert("retry-after", HeaderValue::from_static("1"));
     }
+    if matches!(code, "no_leader" | "not_leader") {
+        // Nothing was done: a client that knows other replicas may ask them.
+        r.headers_mut()
+            .insert("x-gosok-retry", HeaderValue::from_static("elsewhere"));
+    }
     r
 }
 
