@@ -264,9 +264,7 @@ impl Client {
                     field: s(&e["field"]),
                 })
             }
-            Err(ureq::Error::Transport(t)) => {
-                Attempt::Retry(format!("cannot reach {base}: {t}"))
-            }
+            Err(ureq::Error::Transport(t)) => Attempt::Retry(format!("cannot reach {base}: {t}")),
         }
     }
 }
