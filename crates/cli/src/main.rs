@@ -14,6 +14,7 @@ mod replica_cmd;
 mod server_cmd;
 mod sim;
 mod sim_fgd;
+mod store_cmd;
 mod trace;
 mod up;
 mod usage_cmd;

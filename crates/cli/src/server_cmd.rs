@@ -24,6 +24,11 @@ pub enum ServerCommand {
     /// The controller replicas (PostgreSQL store): each with its role, the term, log
     /// positions and lag, as one replica sees them.
     Status(crate::replica_cmd::StatusArgs),
+    /// An online backup of the log and its latest snapshot into a new SQLite store file,
+    /// from which a fresh controller can start (on either store, see `migrate`).
+    Backup(crate::store_cmd::BackupArgs),
+    /// Move a highway's log to another store: `--from sqlite:DIR --to postgres://…`.
+    Migrate(crate::store_cmd::MigrateArgs),
 }
 
 #[derive(Args)]
@@ -103,6 +108,8 @@ pub struct RunArgs {
 pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
     match cmd {
         ServerCommand::Status(a) => crate::replica_cmd::status(a),
+        ServerCommand::Backup(a) => crate::store_cmd::backup(a),
+        ServerCommand::Migrate(a) => crate::store_cmd::migrate(a),
         ServerCommand::Init(a) => {
             let token = gosok_server::init_store(&a.data_dir, &a.store)?;
             println!("{token}");

@@ -845,3 +845,147 @@ fn postgres_down_means_clear_503s_and_the_replicas_recover_by_themselves() {
         "a 503 was acted on"
     );
 }
+
+fn gosok(args: &[&str]) -> String {
+    let out = Command::new(GOSOK).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "gosok {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Starts a single SQLite controller on `dir`; returns it and its URL.
+fn sqlite_controller(dir: &std::path::Path) -> (Child, String) {
+    let port = free_port();
+    let mut child = Command::new(GOSOK)
+        .args(["server", "run", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let Some(Ok(line)) = lines.next() else {
+            panic!("the controller exited before listening");
+        };
+        if line.contains("listening on ") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+#[test]
+fn a_sqlite_highway_migrates_to_postgres_and_backs_up_online_to_a_fresh_controller() {
+    let tmp = tempfile::tempdir().unwrap();
+    let old = tmp.path().join("old");
+    let admin = gosok(&["server", "init", "--data-dir", old.to_str().unwrap()])
+        .trim()
+        .to_string();
+    let (mut c, base) = sqlite_controller(&old);
+    let cluster: Value =
+        serde_json::to_value(toml::from_str::<toml::Value>(CLUSTER).unwrap()).unwrap();
+    assert_eq!(
+        http(
+            "PUT",
+            &format!("{base}/v1/topology"),
+            &admin,
+            Some(&cluster)
+        )
+        .0,
+        200
+    );
+    let submit = |base: &str, name: &str| {
+        let (s, v) = http(
+            "POST",
+            &format!("{base}/v1/jobs?tenant=lab"),
+            &admin,
+            Some(&json!({"name": name, "hold": true, "groups": [{"accelerators": 1}]})),
+        );
+        assert_eq!(s, 201, "{v}");
+        v["id"].as_u64().unwrap()
+    };
+    let before = submit(&base, "on-sqlite");
+    // A clean stop writes a snapshot: the migration carries it too.
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    c.wait().unwrap();
+
+    let pg = Cluster::start().expect("a throwaway PostgreSQL cluster");
+    let db = pg.create_db("moved").unwrap();
+    let said = gosok(&[
+        "server",
+        "migrate",
+        "--from",
+        &format!("sqlite:{}", old.display()),
+        "--to",
+        &db,
+    ]);
+    assert!(
+        said.contains("moved") && said.contains("snapshot of record"),
+        "{said}"
+    );
+    // A second migration into the now full store is refused.
+    let out = Command::new(GOSOK)
+        .args(["server", "migrate", "--from"])
+        .arg(format!("sqlite:{}", old.display()))
+        .args(["--to", &db])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a log"));
+
+    let mut r = Replica {
+        dir: tmp.path().join("replica"),
+        port: free_port(),
+        store: db.clone(),
+        child: None,
+    };
+    std::fs::create_dir_all(&r.dir).unwrap();
+    r.start();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !r.ready() {
+        assert!(Instant::now() < deadline, "{}", r.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (s, v) = http(
+        "GET",
+        &format!("{}/v1/jobs/{before}", r.base()),
+        &admin,
+        None,
+    );
+    assert_eq!((s, v["name"].as_str()), (200, Some("on-sqlite")), "{v}");
+    let during = submit(&r.base(), "on-postgres");
+
+    // An online backup of the PostgreSQL store starts a fresh SQLite controller.
+    let file = tmp.path().join("backup.db");
+    let said = gosok(&[
+        "server",
+        "backup",
+        "--from",
+        &db,
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(said.contains("backed up"), "{said}");
+    let fresh = tmp.path().join("fresh");
+    std::fs::create_dir_all(&fresh).unwrap();
+    std::fs::copy(&file, fresh.join("gosok.db")).unwrap();
+    let snap = tmp.path().join("backup.snapshots.db");
+    if snap.exists() {
+        std::fs::copy(&snap, fresh.join("gosok.snapshots.db")).unwrap();
+    }
+    let (mut c2, base2) = sqlite_controller(&fresh);
+    for (id, name) in [(before, "on-sqlite"), (during, "on-postgres")] {
+        let (s, v) = http("GET", &format!("{base2}/v1/jobs/{id}"), &admin, None);
+        assert_eq!((s, v["name"].as_str()), (200, Some(name)), "{v}");
+    }
+    let _ = c2.kill();
+    let _ = c2.wait();
+}

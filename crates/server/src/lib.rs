@@ -14,6 +14,7 @@ pub mod accounting;
 pub mod agents;
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod core;
 pub mod dates;
