@@ -7,6 +7,7 @@ mod batch_script;
 mod bench;
 mod bench_agents;
 mod bench_quality;
+mod bench_replicas;
 mod client;
 mod human;
 mod plan_cmd;
@@ -81,6 +82,9 @@ enum BenchCommand {
     /// Run trivial tasks on virtual nodes of a real agent: task starts per second,
     /// submit-to-running latency, and an idle agent's cost per node.
     Agents(bench_agents::BenchAgentsArgs),
+    /// Controller replicas on PostgreSQL against one on SQLite: durable submissions per
+    /// second, follower lag, and takeover time after SIGKILL of the leader.
+    Replicas(bench_replicas::BenchReplicasArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -185,6 +189,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Accounting(c) => usage_cmd::run(c)?,
         Command::Bench(BenchCommand::Server(a)) => server_cmd::bench(a)?,
         Command::Bench(BenchCommand::Agents(a)) => bench_agents::run(a)?,
+        Command::Bench(BenchCommand::Replicas(a)) => bench_replicas::run(a)?,
         Command::Up(a) => up::run(a)?,
         Command::Agent(a) => agent_cmd::run(*a)?,
         Command::Bench(BenchCommand::Engine(a)) => {

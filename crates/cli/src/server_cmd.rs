@@ -287,7 +287,7 @@ fn bench_client(tls: &Option<std::sync::Arc<rustls::ClientConfig>>) -> ureq::Age
     }
 }
 
-const BENCH_CLUSTER: &str = r#"
+pub(crate) const BENCH_CLUSTER: &str = r#"
 [[site]]
 name = "bench"
 region = "local"
@@ -313,12 +313,12 @@ accelerators = 8
 
 const BENCH_SPEC: &str = r#"{"name":"bench","groups":[{"replicas":1,"accelerators":1,"models":["H100"]}],"runtime_estimate_s":3600}"#;
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
+pub(crate) fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
         0.0
@@ -328,7 +328,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 /// Submits `n` jobs over `conns` connections; returns (seconds, per-request latencies in ms).
-fn submit_load(
+pub(crate) fn submit_load(
     base: &str,
     tls: &Option<std::sync::Arc<rustls::ClientConfig>>,
     tokens: &[String],
