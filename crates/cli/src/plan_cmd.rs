@@ -122,7 +122,7 @@ pub struct CapacityArgs {
     /// Replays run at once (default: the machine's cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// fifo, sjf, srtf, gosok (default: the engine's default order), gosok-age.
+    /// fifo, sjf, srtf, gosok (default: the engine's default order), gosok-age, gosok-las.
     #[arg(long, default_value = "gosok")]
     policy: String,
     #[arg(long, default_value_t = 1)]

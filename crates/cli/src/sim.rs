@@ -52,8 +52,9 @@ pub struct ReplayArgs {
     /// Workload file (JSON Lines, see examples/workload.jsonl).
     #[arg(long)]
     workload: PathBuf,
-    /// fifo, sjf, srtf, gosok, gosok-age (gosok with the age order within a tenant), a
-    /// comma-separated list of them (run in parallel), or all.
+    /// fifo, sjf, srtf, gosok, gosok-age (gosok with the age order within a tenant),
+    /// gosok-las (gosok's ladder without learned sizes), a comma-separated list of them (run
+    /// in parallel), or all.
     #[arg(long, default_value = "gosok")]
     policy: String,
     /// consolidate (Helios), gosok (the engine's default mix), an engine scorer (bestfit,

@@ -95,6 +95,13 @@ pub struct Las {
     /// again for this long (as Kubernetes backs off unschedulable pods): each pass would
     /// mostly find the same.
     pub retry_s: u64,
+    /// Order by the Gittins index of the sizes of the tenant's jobs of the same shape that
+    /// ended (`gittins.rs`) once there are `min_samples` of them, else of all its jobs, else
+    /// by attained service alone: the index is mapped onto the same ladder (a job of index
+    /// G stands where a job of attained service 1/G would).
+    pub learned_sizes: bool,
+    /// Jobs that must have ended before their sizes order others.
+    pub min_samples: u32,
 }
 
 impl Default for Las {
@@ -108,6 +115,8 @@ impl Default for Las {
             promote_after_runs: 2,
             overhead_s: [7, 30, 60],
             retry_s: 300,
+            learned_sizes: true,
+            min_samples: 16,
         }
     }
 }
@@ -158,6 +167,9 @@ impl Las {
         }
         if self.level_ratio < 2 {
             return err("level_ratio", "must be at least 2");
+        }
+        if self.learned_sizes && self.min_samples == 0 {
+            return err("min_samples", "must be at least 1");
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ pub mod constraints;
 pub mod engine;
 pub mod event;
 pub mod explain;
+pub mod gittins;
 pub mod hold;
 pub mod ids;
 pub mod job;

@@ -180,6 +180,15 @@ impl Queues {
         q.by_bound.first().map(|&(b, _, j)| (b, j))
     }
 
+    /// A tenant's pending jobs, class by class.
+    pub fn tenant_jobs(&self, t: TenantIdx) -> impl Iterator<Item = JobId> + '_ {
+        self.tenants
+            .get(t as usize)
+            .into_iter()
+            .flat_map(|classes| classes.values())
+            .flat_map(|q| q.jobs.iter().map(|&(_, id)| id))
+    }
+
     pub fn set_wait(&mut self, t: TenantIdx, class: ClassId, wait: WaitReason) {
         if let Some(q) = self.tenants[t as usize].get_mut(&class) {
             q.wait = wait;

@@ -27,7 +27,7 @@ use crate::explain::{Blocker, WaitReason};
 /// retyped): an engine refuses a snapshot of another format, and the controller then replays
 /// its whole log instead. The `a_snapshot_of_a_fixed_engine_is_stable` test fails when the
 /// encoding changes, as a reminder.
-pub const SNAPSHOT_FORMAT: u32 = 6;
+pub const SNAPSHOT_FORMAT: u32 = 7;
 
 const MAGIC: &[u8; 8] = b"gosokENG";
 

@@ -124,7 +124,9 @@ fn config(seed: u64) -> EngineConfig {
     match seed % 6 {
         0 => base,
         4 => EngineConfig {
-            // A short ladder, so that the property runs climb and preempt it.
+            // A short ladder, so that the property runs climb and preempt it; every other
+            // run orders by sizes learned from the first job that ends, the others by
+            // attained service alone.
             queue_policy: QueuePolicy::FairShareLas(gosok_engine::config::Las {
                 first_level_accel_s: 30,
                 level_ratio: 2,
@@ -132,6 +134,8 @@ fn config(seed: u64) -> EngineConfig {
                 min_run_s: 20,
                 promote_after_runs: 1,
                 retry_s: 10,
+                learned_sizes: seed % 12 == 4,
+                min_samples: 1,
                 ..Default::default()
             }),
             max_preemption_attempts_per_pass: 50,

@@ -28,15 +28,18 @@ pub enum Policy {
     /// gosok with the age order within a tenant (`QueuePolicy::FairShare`, the default before
     /// the attained-service ladder), for comparison.
     GosokAge,
+    /// The attained-service ladder without learned sizes.
+    GosokLas,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 5] = [
+    pub const ALL: [Policy; 6] = [
         Policy::Fifo,
         Policy::Sjf,
         Policy::Srtf,
         Policy::Gosok,
         Policy::GosokAge,
+        Policy::GosokLas,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,6 +49,7 @@ impl Policy {
             Policy::Srtf => "srtf",
             Policy::Gosok => "gosok",
             Policy::GosokAge => "gosok-age",
+            Policy::GosokLas => "gosok-las",
         }
     }
 
@@ -54,7 +58,9 @@ impl Policy {
             .into_iter()
             .find(|p| p.name() == s)
             .ok_or_else(|| {
-                format!("no policy named {s:?}; known: fifo, sjf, srtf, gosok, gosok-age")
+                format!(
+                    "no policy named {s:?}; known: fifo, sjf, srtf, gosok, gosok-age, gosok-las"
+                )
             })
     }
 
@@ -83,7 +89,7 @@ impl Policy {
 
     /// gosok's own policies (its placement mix, the jobs' own estimates).
     pub fn is_gosok(self) -> bool {
-        matches!(self, Policy::Gosok | Policy::GosokAge)
+        matches!(self, Policy::Gosok | Policy::GosokAge | Policy::GosokLas)
     }
 }
 
@@ -236,6 +242,11 @@ pub fn engine_config(policy: Policy, placement: &Placement, seed: u64) -> Engine
         }
         Policy::Gosok => {}
         Policy::GosokAge => c.queue_policy = QueuePolicy::FairShare,
+        Policy::GosokLas => {
+            if let QueuePolicy::FairShareLas(las) = &mut c.queue_policy {
+                las.learned_sizes = false;
+            }
+        }
     }
     c
 }
@@ -260,7 +271,7 @@ mod tests {
             Policy::parse_list("fifo, srtf,fifo").unwrap(),
             [Policy::Fifo, Policy::Srtf]
         );
-        assert_eq!(Policy::parse_list("all").unwrap().len(), 5);
+        assert_eq!(Policy::parse_list("all").unwrap().len(), 6);
         assert_eq!(
             Policy::parse_list("gosok,gosok-age").unwrap(),
             [Policy::Gosok, Policy::GosokAge]

@@ -28,8 +28,6 @@ impl Engine {
     }
 
     pub(super) fn release(&mut self, id: JobId) -> Result<(), EngineError> {
-        let policy = self.cfg.queue_policy;
-        let default_runtime_s = self.cfg.default_runtime_s;
         let job = self.jobs.get_mut(&id).ok_or(EngineError::UnknownJob(id))?;
         match job.state {
             JobState::Pending => return Ok(()),
@@ -43,7 +41,9 @@ impl Engine {
             }
         }
         job.state = JobState::Pending;
-        job.order_s = order_key(policy, job, default_runtime_s);
+        let order_s = self.order_key(&self.jobs[&id]);
+        let job = self.jobs.get_mut(&id).expect("found above");
+        job.order_s = order_s;
         self.queues.push(job.tenant, job.class, job.pending());
         Ok(())
     }

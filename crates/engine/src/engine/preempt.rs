@@ -1,0 +1,419 @@
+//! Preemption: for a job that cannot start, which running preemptible jobs to stop so that
+//! it can (priority class, tenants reclaiming their guarantee, attained service).
+
+use super::*;
+
+/// Most entries of the attained-service index one look for a victim reads, with learned
+/// sizes (where an entry does not tell the job's level).
+const LAS_VICTIM_PROBE: usize = 64;
+/// Most running jobs one preemption search considers as victims.
+const MAX_VICTIMS: usize = 256;
+/// Most nodes a one-replica preemption looks at.
+const MAX_PREEMPTION_NODES: usize = 64;
+/// Most victims a preemption tries to spare after finding a sufficient set.
+const MAX_SPARE_TRIES: usize = 4;
+
+/// A running job's entry in `Engine::las_ready`: the time from which a first-level job of its
+/// tenant and class may preempt it — once its attained service is past the first level's
+/// bound and its attempt is past its protected time. A job of a higher level may preempt it
+/// from then on too, once its level is higher still. With learned sizes a job's level may
+/// rise and fall as it runs, so the entry counts from the end of its protected time only.
+/// None for a job holding no accelerators (its service never grows) or a ladder of one level.
+pub(super) fn las_ready_key(las: &Las, job: &Job) -> Option<LasReady> {
+    let accel = job.accel_milli();
+    if accel == 0 || las.levels < 2 {
+        return None;
+    }
+    let earliest = job.started_s.saturating_add(las.protected_s(job.run_s));
+    if las.learned_sizes {
+        return Some((job.tenant, job.priority, earliest, job.id));
+    }
+    let crosses = job.started_s.saturating_add(
+        las.bound_milli_s(0)
+            .saturating_sub(job.attained_milli_s)
+            .div_ceil(accel),
+    );
+    Some((job.tenant, job.priority, crosses.max(earliest), job.id))
+}
+
+/// (tenant, priority class, from when, job): see `las_ready_key`.
+pub(super) type LasReady = (TenantIdx, PriorityClass, u64, JobId);
+
+impl Engine {
+    pub(super) fn could_preempt(&self, id: JobId) -> bool {
+        let job = &self.jobs[&id];
+        let lower = self
+            .preemptible_running
+            .first()
+            .is_some_and(|&(p, _)| p < job.priority);
+        lower || self.reclaim_models(id).is_some() || self.shorter_than_some_running(id)
+    }
+
+    /// Under `FairShareLas`: whether a running preemptible job of the same tenant and class
+    /// is on a higher level than this pending job and has run its minimum time (and the
+    /// job's last search that found no room is `retry_s` ago). With learned sizes, a look
+    /// that found no victim is not repeated for `retry_s` either (it reads up to
+    /// `LAS_VICTIM_PROBE` jobs' levels).
+    pub(super) fn las_victim_ready(&mut self, id: JobId) -> bool {
+        let Some(las) = self.las() else {
+            return false;
+        };
+        let job = &self.jobs[&id];
+        let level = self.level_of(&las, job);
+        if level + 1 >= las.levels || self.las_retry.get(&id).is_some_and(|&r| r > self.now_s) {
+            return false;
+        }
+        let found = self
+            .las_victims(job.tenant, job.priority, level)
+            .next()
+            .is_some();
+        if !found && las.learned_sizes {
+            let retry = self.now_s.saturating_add(las.retry_s);
+            self.las_retry.insert(id, retry);
+        }
+        found
+    }
+
+    /// Under `FairShareLas`: the running jobs a job of tenant `t`, class `p` and level
+    /// `level` may preempt now (higher level, past their protected time), from the index.
+    fn las_victims(
+        &self,
+        t: TenantIdx,
+        p: PriorityClass,
+        level: u8,
+    ) -> impl Iterator<Item = JobId> + '_ {
+        let now = self.now_s;
+        let las = self.las();
+        // With learned sizes a job's level is not known from its index entry: look at a
+        // bounded number, longest-protected first (a later pass looks again).
+        let probe = if las.is_some_and(|l| l.learned_sizes) {
+            LAS_VICTIM_PROBE
+        } else {
+            usize::MAX
+        };
+        self.las_ready
+            .range((t, p, 0, JobId(0))..=(t, p, now, JobId(u64::MAX)))
+            .take(probe)
+            .map(|k| k.3)
+            .filter(move |v| {
+                las.is_some_and(|l| {
+                    level == 0 && !l.learned_sizes || self.level_of(&l, &self.jobs[v]) > level
+                })
+            })
+    }
+
+    /// SRTF: whether some running job of the same class or lower has more time left.
+    fn shorter_than_some_running(&self, id: JobId) -> bool {
+        if !matches!(
+            self.cfg.queue_policy,
+            QueuePolicy::ShortestRemainingFirst { .. }
+        ) {
+            return false;
+        }
+        let job = &self.jobs[&id];
+        let mine = job.remaining_s(self.now_s, self.cfg.default_runtime_s);
+        self.preemptible_running
+            .range(..=(job.priority, JobId(u64::MAX)))
+            .any(|(_, v)| self.jobs[v].remaining_s(self.now_s, self.cfg.default_runtime_s) > mine)
+    }
+
+    /// Models on which the job's tenant may reclaim borrowed capacity for it: the whole job
+    /// fits within the tenant's guarantee there.
+    pub(super) fn reclaim_models(&self, id: JobId) -> Option<ModelSet> {
+        let job = &self.jobs[&id];
+        let tenant = &self.tenants[job.tenant as usize];
+        let shape = &self.shapes[job.shape as usize];
+        let mut all = ModelSet::default();
+        for g in shape.groups.iter().filter(|g| g.accel != AccelReq::None) {
+            let ok = g
+                .models
+                .iter()
+                .filter(|&m| tenant.within_guarantee(m, g.accel_milli_total()))
+                .fold(ModelSet::default(), ModelSet::with);
+            if ok.is_empty() {
+                return None;
+            }
+            all = ModelSet(all.0 | ok.0);
+        }
+        (!all.is_empty()).then_some(all)
+    }
+
+    /// Looks for the cheapest set of victims whose removal lets the job start; if found,
+    /// preempts them and starts the job in the same breath, so the freed capacity cannot go
+    /// to anyone else and nothing is preempted for a job that then does not start.
+    pub(super) fn try_preempt(&mut self, id: JobId, out: &mut Vec<Decision>) -> bool {
+        // Decided before any victim goes: preempting changes who outranks whom.
+        let bound = self.bound_by_reservation(id);
+        let job = &self.jobs[&id];
+        let (priority, tenant) = (job.priority, job.tenant);
+        let shape = &self.shapes[job.shape as usize];
+        let reclaim = self.reclaim_models(id);
+        let models = shape
+            .groups
+            .iter()
+            .fold(ModelSet::default(), |s, g| ModelSet(s.0 | g.models.0));
+        // Candidates: preemptible running work (of a lower class, unless reclaiming) with a
+        // task where this job could run.
+        let upto = if reclaim.is_some() {
+            PriorityClass::Critical
+        } else {
+            priority
+        };
+        let now = self.now_s;
+        let srtf = matches!(
+            self.cfg.queue_policy,
+            QueuePolicy::ShortestRemainingFirst { .. }
+        );
+        let mine = self.jobs[&id].remaining_s(now, self.cfg.default_runtime_s);
+        let las = self.las();
+        let my_level = las.map_or(0, |l| self.level_of(&l, &self.jobs[&id]));
+        // Jobs of its own class are victims only when reclaiming or under SRTF; under LAS
+        // the tenant's own ready jobs come from their index below.
+        let own_class = reclaim.is_some() || srtf;
+        let rules = shape.rules.as_deref();
+        let fair = self.fair_share();
+        let usable = |v: JobId| {
+            self.jobs[&v].tasks.iter().any(|t| {
+                let n = &self.cluster.nodes[t.hold.node as usize];
+                shape.sites.contains(n.site)
+                    && (models.is_empty() || n.model.is_some_and(|m| models.contains(m)))
+                    && constraints::labels_match(n, rules)
+                    && constraints::taints_tolerated(n, rules, !models.is_empty())
+            })
+        };
+        // Lowest classes first; once enough victims are found, a class boundary ends the
+        // search (victims of higher classes would sort after all of them).
+        let mut cands: Vec<JobId> = Vec::new();
+        let mut class = None;
+        for &(p, v) in self.preemptible_running.range(..=(upto, JobId(u64::MAX))) {
+            if class != Some(p) && cands.len() >= 2 * MAX_VICTIMS || !own_class && p >= priority {
+                break;
+            }
+            class = Some(p);
+            if usable(v) {
+                cands.push(v);
+            }
+        }
+        if las.is_some() && !own_class && my_level + 1 < las.map_or(0, |l| l.levels) {
+            cands.extend(
+                self.las_victims(tenant, priority, my_level)
+                    .filter(|&v| usable(v))
+                    .take(2 * MAX_VICTIMS),
+            );
+        }
+        let mut victims: Vec<(PreemptReason, (PriorityClass, u64, JobId))> = cands
+            .into_iter()
+            .filter_map(|v| {
+                let vj = &self.jobs[&v];
+                if !vj.preemptible || vj.state != JobState::Running {
+                    return None;
+                }
+                let cost = (now - vj.started_s + 1).saturating_mul(vj.accel_milli() + 1);
+                let key = (vj.priority, cost, v);
+                // Under fair share a higher class preempts only its own tenant's jobs; another
+                // tenant's capacity is taken back only by reclaim, for a job within its
+                // guarantee (below).
+                if vj.priority < priority && (vj.tenant == tenant || !fair) {
+                    return Some((PreemptReason::Priority { by: id }, key));
+                }
+                if srtf && vj.priority == priority {
+                    // SRTF: the longest remaining go first.
+                    let left = vj.remaining_s(now, self.cfg.default_runtime_s);
+                    return (left > mine).then_some((
+                        PreemptReason::ShorterRemaining { by: id },
+                        (vj.priority, u64::MAX - left, v),
+                    ));
+                }
+                if let Some(las) = las
+                    && vj.priority == priority
+                    && vj.tenant == tenant
+                {
+                    // LAS: the tenant's own jobs on a higher level that ran their minimum,
+                    // the most attained service first.
+                    let attained = vj.attained_now_milli_s(now);
+                    let ready = self.level_of(&las, vj) > my_level
+                        && now.saturating_sub(vj.started_s) >= las.protected_s(vj.run_s);
+                    return ready.then_some((
+                        PreemptReason::LeastAttained { by: id },
+                        (vj.priority, u64::MAX - attained, v),
+                    ));
+                }
+                let rm = reclaim?;
+                let vt = &self.tenants[vj.tenant as usize];
+                let borrowing = vj.tenant != tenant
+                    && vj.tasks.iter().all(|t| {
+                        t.model
+                            .is_some_and(|m| rm.contains(m) && vt.is_borrowing(m, vj.accel_milli()))
+                    });
+                borrowing.then_some((PreemptReason::Reclaim { by: id }, key))
+            })
+            .collect();
+        victims.sort_by_key(|v| v.1);
+        // Reclaim may take a victim only while its tenant, after the victims before it, is
+        // still borrowing what the victim holds.
+        let mut released: BTreeMap<(TenantIdx, ModelId), u64> = BTreeMap::new();
+        victims.retain(|(reason, (_, _, v))| {
+            let vj = &self.jobs[v];
+            let vt = &self.tenants[vj.tenant as usize];
+            let milli = vj.accel_milli();
+            let mut models: Vec<ModelId> = vj.tasks.iter().filter_map(|t| t.model).collect();
+            models.dedup();
+            let ok = !matches!(reason, PreemptReason::Reclaim { .. })
+                || models.iter().all(|&m| {
+                    let before = released.get(&(vj.tenant, m)).copied().unwrap_or(0);
+                    vt.is_borrowing(m, before + milli)
+                });
+            if ok {
+                for m in models {
+                    *released.entry((vj.tenant, m)).or_default() += milli;
+                }
+            }
+            ok
+        });
+        victims.truncate(MAX_VICTIMS);
+        let single = matches!(&shape.groups[..], [g] if g.replicas == 1);
+        let chosen = if single {
+            self.victims_on_one_node(id, &victims, bound)
+        } else {
+            self.victims_for_gang(id, &victims, bound)
+        };
+        let Some(chosen) = chosen else {
+            return false;
+        };
+        for &i in &chosen {
+            let (reason, (_, _, v)) = victims[i].clone();
+            self.preempt(v, reason, out);
+        }
+        match self.place_as(id, bound) {
+            Ok((placed, slack_used)) => {
+                self.start_placed(id, placed, slack_used, out);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// For a one-replica job, as Kubernetes does for a pod: on each node holding victims,
+    /// the cheapest victims (cheapest first) that make the job fit there; the node where that
+    /// costs least wins. No tentative placement is needed, only the node's own filters.
+    /// Returns indices into `victims`; the state is unchanged.
+    fn victims_on_one_node(
+        &mut self,
+        id: JobId,
+        victims: &[(PreemptReason, (PriorityClass, u64, JobId))],
+        bound: bool,
+    ) -> Option<Vec<usize>> {
+        let shape = &self.shapes[self.jobs[&id].shape as usize];
+        let need: u64 = shape.groups.iter().map(|g| g.accel.milli()).sum();
+        let mut by_node: BTreeMap<NodeIdx, Vec<usize>> = BTreeMap::new();
+        // What the victims hold on each node: a node where even all of it with what is free
+        // is too little is not tried.
+        let mut held: BTreeMap<NodeIdx, u64> = BTreeMap::new();
+        for (i, (_, (_, _, v))) in victims.iter().enumerate() {
+            for t in self.jobs[v].tasks.iter().filter(|t| t.exit_code.is_none()) {
+                if shape
+                    .sites
+                    .contains(self.cluster.nodes[t.hold.node as usize].site)
+                {
+                    let list = by_node.entry(t.hold.node).or_default();
+                    if list.last() != Some(&i) {
+                        list.push(i);
+                    }
+                    *held.entry(t.hold.node).or_default() +=
+                        t.hold.devices.len() as u64 * t.hold.milli as u64;
+                }
+            }
+        }
+        // Nodes whose cheapest victim is cheapest first; a bounded number of them.
+        let mut nodes: Vec<(u64, NodeIdx)> = by_node
+            .iter()
+            .map(|(&n, l)| (victims[l[0]].1.1, n))
+            .collect();
+        nodes.sort_unstable();
+        nodes.truncate(MAX_PREEMPTION_NODES);
+        let mut best: Option<(u64, Vec<usize>)> = None;
+        for (_, n) in nodes {
+            if self.cluster.nodes[n as usize].free_milli() + held[&n] < need {
+                continue;
+            }
+            let mut freed = Vec::new();
+            let mut cost = 0u64;
+            for &i in &by_node[&n] {
+                if best.as_ref().is_some_and(|b| cost >= b.0) {
+                    break;
+                }
+                self.charge(victims[i].1.2, true);
+                freed.push(i);
+                cost = cost.saturating_add(victims[i].1.1);
+                let job = &self.jobs[&id];
+                let placer = new_placer(&self.scorers, &self.profile, &self.cfg);
+                let request =
+                    request_for(job, &self.shapes, &self.tenants, &self.group_uses, bound);
+                if placer.fits_on(&self.cluster, &request, Some(&self.reservation), n) {
+                    if best.as_ref().is_none_or(|b| cost < b.0) {
+                        best = Some((cost, freed.clone()));
+                    }
+                    break;
+                }
+            }
+            for &i in freed.iter().rev() {
+                self.charge(victims[i].1.2, false);
+            }
+        }
+        best.map(|b| b.1)
+    }
+
+    /// For a gang: the smallest cheapest-first prefix of `victims` that makes room (a binary
+    /// search: freeing more never takes room away), then spare whom we can, most expensive
+    /// first. Returns indices into `victims`; the state is unchanged.
+    fn victims_for_gang(
+        &mut self,
+        id: JobId,
+        victims: &[(PreemptReason, (PriorityClass, u64, JobId))],
+        bound: bool,
+    ) -> Option<Vec<usize>> {
+        let order: Vec<JobId> = victims.iter().map(|v| v.1.2).collect();
+        // Free victims cheapest first until bucket counts say the gang could fit (cheap, no
+        // placement), then confirm with real placements, freeing more while power or
+        // topology still say no.
+        let mut lo = 0;
+        while lo < order.len() {
+            self.charge(order[lo], true);
+            lo += 1;
+            if self.could_fit_now(id) {
+                break;
+            }
+        }
+        let mut step = 1;
+        while !self.try_place_and_undo(id, bound) {
+            if lo == order.len() {
+                for &v in order[..lo].iter().rev() {
+                    self.charge(v, false);
+                }
+                return None;
+            }
+            let next = (lo + step).min(order.len());
+            for &v in &order[lo..next] {
+                self.charge(v, true);
+            }
+            lo = next;
+            step *= 2;
+        }
+        // The victims of the prefix are off their nodes now.
+        let prefix = &order[..lo];
+        let mut keep = vec![false; prefix.len()];
+        for k in (0..prefix.len()).rev().take(MAX_SPARE_TRIES) {
+            self.charge(prefix[k], false);
+            if self.could_fit_now(id) && self.try_place_and_undo(id, bound) {
+                keep[k] = true;
+            } else {
+                self.charge(prefix[k], true);
+            }
+        }
+        let chosen: Vec<usize> = (0..prefix.len()).filter(|&k| !keep[k]).collect();
+        for &k in &chosen {
+            self.charge(prefix[k], false);
+        }
+        Some(chosen)
+    }
+}
