@@ -130,7 +130,9 @@ fn highway(root: &Path, store: &str, n: usize) -> anyhow::Result<(Vec<Proc>, Vec
     let mut cluster = BENCH_CLUSTER.to_string();
     let tenants: Vec<String> = (0..8).map(|i| format!("bench-{i}")).collect();
     for t in &tenants {
-        cluster.push_str(&format!("\n[[tenant]]\nname = \"{t}\"\ntier = \"startup\"\n"));
+        cluster.push_str(&format!(
+            "\n[[tenant]]\nname = \"{t}\"\ntier = \"startup\"\n"
+        ));
     }
     http()
         .put(&format!("{leader}/v1/topology"))
@@ -207,7 +209,9 @@ pub fn run(a: BenchReplicasArgs) -> anyhow::Result<()> {
                     while !done.load(Ordering::SeqCst) {
                         for f in &followers {
                             if let Ok(r) = http().get(&format!("{f}/v1/replica")).call()
-                                && let Ok(v) = serde_json::from_str::<Value>(&r.into_string().unwrap_or_default())
+                                && let Ok(v) = serde_json::from_str::<Value>(
+                                    &r.into_string().unwrap_or_default(),
+                                )
                                 && let Some(l) = v["lag_ms"].as_f64()
                             {
                                 lags.push(l);
@@ -238,7 +242,8 @@ pub fn run(a: BenchReplicasArgs) -> anyhow::Result<()> {
     // Takeovers.
     gosok_store::PgStore::open(&store)?.wipe()?;
     let (mut procs, tokens) = highway(&tmp.join("takeover"), &store, 3)?;
-    let spec = r#"{"name":"t","hold":true,"groups":[{"replicas":1,"accelerators":1,"models":["H100"]}]}"#;
+    let spec =
+        r#"{"name":"t","hold":true,"groups":[{"replicas":1,"accelerators":1,"models":["H100"]}]}"#;
     let mut takeovers = Vec::new();
     for _ in 0..a.takeovers {
         let old = leader_of(&procs)?;
@@ -263,7 +268,10 @@ pub fn run(a: BenchReplicasArgs) -> anyhow::Result<()> {
             if matches!(r, Ok(ref r) if r.status() == 201) {
                 break;
             }
-            anyhow::ensure!(t0.elapsed() < Duration::from_secs(60), "no takeover in 60 s");
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(60),
+                "no takeover in 60 s"
+            );
             k += 1;
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -290,8 +298,14 @@ pub fn run(a: BenchReplicasArgs) -> anyhow::Result<()> {
     );
     println!(
         "submission p99: postgres {:?} ms; sqlite {:?} ms",
-        p99s[0].iter().map(|r| (r * 10.0).round() / 10.0).collect::<Vec<_>>(),
-        p99s[1].iter().map(|r| (r * 10.0).round() / 10.0).collect::<Vec<_>>()
+        p99s[0]
+            .iter()
+            .map(|r| (r * 10.0).round() / 10.0)
+            .collect::<Vec<_>>(),
+        p99s[1]
+            .iter()
+            .map(|r| (r * 10.0).round() / 10.0)
+            .collect::<Vec<_>>()
     );
     println!(
         "follower lag under that load: p50 {:.0} ms, p99 {:.0} ms ({} samples)",

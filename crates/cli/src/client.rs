@@ -532,13 +532,13 @@ impl Client {
     /// 15 s; a request that may have been acted on is never sent twice.
     fn send(
         &self,
-        send: impl Fn(&str) -> Result<ureq::Response, ureq::Error>,
-    ) -> Result<ureq::Response, ureq::Error> {
+        send: impl Fn(&str) -> Result<ureq::Response, Box<ureq::Error>>,
+    ) -> Result<ureq::Response, Box<ureq::Error>> {
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         let mut tries = 0usize;
         loop {
             let r = send(self.base());
-            let elsewhere = match &r {
+            let elsewhere = match r.as_ref().map_err(|e| &**e) {
                 Err(ureq::Error::Transport(t)) => {
                     self.bases.len() > 1 && t.kind() == ureq::ErrorKind::ConnectionFailed
                 }
@@ -551,7 +551,7 @@ impl Client {
             tries += 1;
             self.current
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if tries % self.bases.len() == 0 {
+            if tries.is_multiple_of(self.bases.len()) {
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
@@ -576,6 +576,7 @@ impl Client {
                 Some((ct, b)) => req.set("Content-Type", ct).send_bytes(b),
                 None => req.call(),
             }
+            .map_err(Box::new)
         });
         match res {
             Ok(r) => {
@@ -583,7 +584,7 @@ impl Client {
                 std::io::Read::read_to_string(&mut r.into_reader(), &mut text)?;
                 Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
             }
-            Err(e) => Err(self.error(e)),
+            Err(e) => Err(self.error(*e)),
         }
     }
 
@@ -623,7 +624,7 @@ impl Client {
             if let Some(t) = &self.token {
                 req = req.set("Authorization", &format!("Bearer {t}"));
             }
-            req.call()
+            req.call().map_err(Box::new)
         });
         match res {
             Ok(r) => {
@@ -639,7 +640,7 @@ impl Client {
                 std::io::Read::read_to_end(&mut r.into_reader(), &mut out)?;
                 Ok((out, headers))
             }
-            Err(e) => Err(self.error(e)),
+            Err(e) => Err(self.error(*e)),
         }
     }
 

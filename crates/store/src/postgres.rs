@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS gosok_replicas (
 ";
 
 /// The advisory lock key that serialises schema creation ("gosok" in ASCII).
-const SCHEMA_LOCK: i64 = 0x676f_736f_6b;
+const SCHEMA_LOCK: i64 = 0x0067_6f73_6f6b;
 
 /// Snapshots kept, the latest included.
 const KEEP_SNAPSHOTS: i64 = 2;
@@ -290,15 +290,13 @@ impl Store for PgStore {
             let last: i64 = tx
                 .query_one("SELECT COALESCE(MAX(seq), 0) FROM gosok_events", &[])?
                 .try_get(0)?;
-            let mut expect = last + 1;
-            for &s in &seqs {
+            for (expect, &s) in (last + 1..).zip(seqs.iter()) {
                 if s != expect {
                     return Err(StoreError::OutOfOrder {
                         last: (expect - 1) as u64,
                         got: s as u64,
                     });
                 }
-                expect += 1;
             }
             let term = to_i64(term.unwrap_or(0));
             // One statement for the whole batch: arrays unnested server-side.

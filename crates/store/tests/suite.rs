@@ -30,6 +30,9 @@ fn scan_all(s: &mut dyn Store, after: u64) -> Result<Vec<Record>, StoreError> {
 /// Opens a fresh, empty store; `reopen` of what it returns opens the same store.
 type Fresh<'a> = &'a mut dyn FnMut() -> Box<dyn Store>;
 
+/// One case of the suite, named.
+type Case = (&'static str, fn(Fresh));
+
 fn appends_read_back_in_order(fresh: Fresh) {
     let mut s = fresh();
     assert_eq!(s.last_seq().unwrap(), 0);
@@ -204,7 +207,7 @@ fn a_failed_append_stops_the_writer_and_nothing_after_is_acknowledged(fresh: Fre
 }
 
 fn run_suite(name: &str, fresh: Fresh) {
-    let cases: [(&str, fn(Fresh)); 6] = [
+    let cases: [Case; 6] = [
         ("appends_read_back_in_order", appends_read_back_in_order),
         (
             "a_gap_or_a_repeat_is_refused_and_the_batch_leaves_nothing",
