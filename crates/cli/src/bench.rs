@@ -25,8 +25,11 @@ const THROUGHPUT_FILL: f64 = 0.4;
 /// Engine time between two steady-state passes.
 const PASS_INTERVAL_S: u64 = 10;
 /// Passes run before the measured ones: the first meets the whole new queue at once, the
-/// second finds nothing changed.
+/// second finds little changed.
 const WARMUP_PASSES: usize = 2;
+/// After the measured passes: most passes run with no event between until one changes
+/// nothing (the engine is idle); then one more pass is timed as the idle pass.
+const MAX_SETTLE_PASSES: usize = 8;
 /// CPU and memory every benchmark replica asks per accelerator (as the synthetic workload
 /// does on 8-way nodes).
 const CPU_PER_ACCEL_MILLI: u64 = 10_000;
@@ -52,6 +55,84 @@ pub struct EngineBenchParams {
     pub scorers: String,
     /// Nodes of the placement-quality highway (0: no quality measurement).
     pub quality_nodes: usize,
+    /// Largest gang of the queued mix, in nodes (above 64 the mix also asks for 128 and 256).
+    pub max_gang_replicas: u64,
+    /// The preset the parameters started from: `default` or `national`.
+    pub preset: String,
+}
+
+/// The presets' names, for errors and help.
+pub const PRESETS: [&str; 2] = ["default", "national"];
+
+impl EngineBenchParams {
+    /// The parameters of a preset: `default` (3 sites, 10,000 nodes × 8, 100,000 pending) or
+    /// `national` (the national highway: 6 sites, 32,500 nodes × 8 = 260,000 accelerators,
+    /// 1,000,000 pending with gangs up to 256 nodes). The national sites get the same power
+    /// per node as the default ones (so power binds alike) and the same job ends per node
+    /// before each pass.
+    pub fn preset(name: &str) -> Result<EngineBenchParams> {
+        let default = EngineBenchParams {
+            sites: 3,
+            nodes: 10_000,
+            accelerators_per_node: 8,
+            pending: 100_000,
+            passes: 200,
+            ends_per_pass: 20,
+            rounds: 3,
+            site_power_budget_mw: 20.0,
+            seed: 1,
+            scorers: "default".into(),
+            quality_nodes: 1_000,
+            max_gang_replicas: 64,
+            preset: "default".into(),
+        };
+        match name {
+            "default" => Ok(default),
+            "national" => Ok(EngineBenchParams {
+                sites: 6,
+                nodes: 32_500,
+                pending: 1_000_000,
+                ends_per_pass: 65,
+                site_power_budget_mw: 32.5,
+                quality_nodes: 0,
+                max_gang_replicas: 256,
+                preset: "national".into(),
+                ..default
+            }),
+            other => bail!(
+                "--preset: is {other:?}; it must be one of {}",
+                PRESETS.join(", ")
+            ),
+        }
+    }
+
+    /// What this preset promises: pass p50 and p99 in ms, engine heap in bytes, snapshot
+    /// restore in ms (issue targets: the default highway keeps its pass under 10 ms, the
+    /// national one under 25 ms in 1 GiB, restored in 5 s).
+    fn goals(&self) -> Goals {
+        if self.preset == "national" {
+            Goals {
+                pass_p50_ms: None,
+                pass_p99_ms: 25.0,
+                engine_bytes: Some(1 << 30),
+                restore_ms: Some(5_000.0),
+            }
+        } else {
+            Goals {
+                pass_p50_ms: Some(3.0),
+                pass_p99_ms: 10.0,
+                engine_bytes: None,
+                restore_ms: None,
+            }
+        }
+    }
+}
+
+struct Goals {
+    pass_p50_ms: Option<f64>,
+    pass_p99_ms: f64,
+    engine_bytes: Option<u64>,
+    restore_ms: Option<f64>,
 }
 
 /// Reads the process's heap counters (the binary's counting allocator).
@@ -95,9 +176,16 @@ pub struct Steady {
     pub pass_max_ms: f64,
     /// The first pass after the pending jobs arrived: it meets all of them for the first time.
     pub first_pass_ms: f64,
-    /// A pass right after another with nothing changed in between: the cost of going over
-    /// the queue when there is nothing to do.
+    /// The second pass, right after the first with nothing changed in between.
+    pub second_pass_ms: f64,
+    /// After the measured passes: passes with no event between until one changed nothing
+    /// (at most 8; the highway keeps preempting a few jobs a pass, so it may never settle).
+    pub settle_passes: usize,
+    /// The last of those: a full pass over the queue that finds nothing to do.
+    pub settle_pass_ms: f64,
+    /// One more pass with no event since: skipped when the engine is idle (`is_idle`).
     pub idle_pass_ms: f64,
+    pub idle_pass_skipped: bool,
     pub starts_per_pass: f64,
     pub preemptions_per_pass: f64,
     pub tasks_ended_per_pass: f64,
@@ -128,11 +216,22 @@ pub struct Memory {
     pub allocations_per_pending_job: f64,
     /// Engine time of one submission.
     pub submit_us: f64,
+    /// All the heap the engine holds after the steady-state passes (freed when it is
+    /// dropped): highway, jobs, queues, indexes.
+    pub engine_bytes: u64,
+}
+
+/// The engine's snapshot after the steady-state passes (what the controller writes).
+#[derive(Debug, Serialize)]
+pub struct SnapshotTimes {
+    pub bytes: usize,
+    pub encode_ms: f64,
+    pub restore_ms: f64,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Target {
-    pub goal: &'static str,
+    pub goal: String,
     pub met: bool,
 }
 
@@ -140,8 +239,11 @@ pub struct Target {
 pub struct Targets {
     pub placements_per_s: Target,
     pub gang16_placements_per_s: Target,
+    pub pass_p50_ms: Option<Target>,
     pub pass_p99_ms: Target,
     pub bytes_per_pending_job: Target,
+    pub engine_bytes: Option<Target>,
+    pub snapshot_restore_ms: Option<Target>,
 }
 
 #[derive(Debug, Serialize)]
@@ -160,6 +262,7 @@ pub struct EngineBenchReport {
     pub gang16: Throughput,
     pub steady: Steady,
     pub memory: Memory,
+    pub snapshot: SnapshotTimes,
     pub targets: Targets,
     /// Unallocated accelerators at full load (`bench_quality`).
     pub quality: Option<crate::bench_quality::Quality>,
@@ -185,6 +288,19 @@ impl EngineBenchParams {
             bail!(
                 "--scorers: is {:?}; it must be default or mixed",
                 self.scorers
+            );
+        }
+        if !PRESETS.contains(&self.preset.as_str()) {
+            bail!(
+                "--preset: is {:?}; it must be one of {}",
+                self.preset,
+                PRESETS.join(", ")
+            );
+        }
+        if !(2..=100_000).contains(&self.max_gang_replicas) {
+            bail!(
+                "--max-gang-nodes: is {}; it must be between 2 and 100000",
+                self.max_gang_replicas
             );
         }
         if self.quality_nodes > 100_000 {
@@ -233,7 +349,7 @@ pub fn run_engine_bench(
         "steady state: filling the highway, queueing {} jobs, {} passes",
         p.pending, p.passes
     ));
-    let (steady, memory, pending, running_jobs) = steady_state(&cluster, p, heap)?;
+    let (steady, memory, snapshot, pending, running_jobs) = steady_state(&cluster, p, heap)?;
 
     let quality = if p.quality_nodes > 0 {
         progress(&format!(
@@ -259,6 +375,7 @@ pub fn run_engine_bench(
     };
     let placements_per_s = rate(&single_node);
     let gang16_placements_per_s = rate(&gang16);
+    let goals = p.goals();
     Ok(EngineBenchReport {
         benchmark: "engine",
         gosok_version: env!("CARGO_PKG_VERSION"),
@@ -280,26 +397,39 @@ pub fn run_engine_bench(
         bytes_per_pending_job: memory.bytes_per_pending_job,
         targets: Targets {
             placements_per_s: Target {
-                goal: ">= 100000",
+                goal: ">= 100000".into(),
                 met: placements_per_s >= 100_000.0,
             },
             gang16_placements_per_s: Target {
-                goal: ">= 1000",
+                goal: ">= 1000".into(),
                 met: gang16_placements_per_s >= 1_000.0,
             },
+            pass_p50_ms: goals.pass_p50_ms.map(|g| Target {
+                goal: format!("< {g}"),
+                met: steady.pass_p50_ms < g,
+            }),
             pass_p99_ms: Target {
-                goal: "< 10 (100000 pending)",
-                met: steady.pass_p99_ms < 10.0,
+                goal: format!("< {}", goals.pass_p99_ms),
+                met: steady.pass_p99_ms < goals.pass_p99_ms,
             },
             bytes_per_pending_job: Target {
-                goal: "<= 1024",
+                goal: "<= 1024".into(),
                 met: memory.bytes_per_pending_job <= 1024.0,
             },
+            engine_bytes: goals.engine_bytes.map(|g| Target {
+                goal: format!("< {} MiB", g >> 20),
+                met: memory.engine_bytes < g,
+            }),
+            snapshot_restore_ms: goals.restore_ms.map(|g| Target {
+                goal: format!("< {g}"),
+                met: snapshot.restore_ms < g,
+            }),
         },
         single_node,
         gang16,
         steady,
         memory,
+        snapshot,
         quality,
     })
 }
@@ -508,9 +638,13 @@ fn steady_state(
     cluster: &ClusterSpec,
     p: &EngineBenchParams,
     heap: &HeapProbe,
-) -> Result<(Steady, Memory, usize, usize)> {
+) -> Result<(Steady, Memory, SnapshotTimes, usize, usize)> {
     let mut engine = new_engine(cluster, p)?;
-    let mut stream = WorkloadGen::new(&WorkloadParams::default(), cluster, p.seed.wrapping_add(2));
+    let mix = WorkloadParams {
+        max_gang_replicas: p.max_gang_replicas,
+        ..WorkloadParams::default()
+    };
+    let mut stream = WorkloadGen::new(&mix, cluster, p.seed.wrapping_add(2));
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed.wrapping_add(3));
     let mut running = Running::default();
     let mut next_id = 0u64;
@@ -562,7 +696,7 @@ fn steady_state(
     }
     let (bytes1, allocs1) = ((heap.live_bytes)(), (heap.live_allocs)());
     let n = jobs.len().max(1) as f64;
-    let memory = Memory {
+    let mut memory = Memory {
         jobs_submitted: jobs.len(),
         rejected,
         bytes: bytes1 as i64 - bytes0 as i64,
@@ -570,17 +704,22 @@ fn steady_state(
         bytes_per_pending_job: ((bytes1 as f64 - bytes0 as f64) / n).round(),
         allocations_per_pending_job: (allocs1 as f64 - allocs0 as f64) / n,
         submit_us: submit_time.as_secs_f64() * 1e6 / n,
+        engine_bytes: 0,
     };
     drop(jobs);
 
     let target = engine.pending_count();
     let (pending_at_start, running_at_start) = (target, running.list.len());
-    let mut warmup = [Duration::ZERO; WARMUP_PASSES];
-    for w in &mut warmup {
+    let timed_pass = |engine: &mut Engine, running: &mut Running| {
         let t = Instant::now();
         let out = engine.schedule();
-        *w = t.elapsed();
+        let took = t.elapsed();
         running.track(&out);
+        took
+    };
+    let mut warmup = [Duration::ZERO; WARMUP_PASSES];
+    for w in &mut warmup {
+        *w = timed_pass(&mut engine, &mut running);
     }
 
     let mut passes = Vec::with_capacity(p.passes);
@@ -639,6 +778,14 @@ fn steady_state(
             submit(&mut engine, job.tenant, job.spec)?;
         }
     }
+    // With no more events: passes until one changes nothing, then the idle pass.
+    let (mut settle_passes, mut settle_pass) = (0, Duration::ZERO);
+    while !engine.is_idle() && settle_passes < MAX_SETTLE_PASSES {
+        settle_pass = timed_pass(&mut engine, &mut running);
+        settle_passes += 1;
+    }
+    let idle_pass_skipped = engine.is_idle();
+    let idle_pass = timed_pass(&mut engine, &mut running);
     let count = passes.len().max(1) as f64;
     let mut sorted = passes.clone();
     sorted.sort_by(f64::total_cmp);
@@ -649,7 +796,11 @@ fn steady_state(
         pass_p99_ms: percentile(&sorted, 0.99),
         pass_max_ms: sorted.last().copied().unwrap_or(0.0),
         first_pass_ms: ms(warmup[0]),
-        idle_pass_ms: ms(warmup[WARMUP_PASSES - 1]),
+        second_pass_ms: ms(warmup[WARMUP_PASSES - 1]),
+        settle_passes,
+        settle_pass_ms: ms(settle_pass),
+        idle_pass_ms: ms(idle_pass),
+        idle_pass_skipped,
         starts_per_pass: starts as f64 / count,
         preemptions_per_pass: preemptions as f64 / count,
         tasks_ended_per_pass: ended as f64 / count,
@@ -667,7 +818,29 @@ fn steady_state(
         queue_classes: engine.queue_classes(),
         slowest_pass: slowest,
     };
-    Ok((steady, memory, pending_at_start, running_at_start))
+
+    // The snapshot the controller would write now, and the engine restored from it.
+    let t = Instant::now();
+    let bytes = engine.snapshot().context("snapshotting the engine")?;
+    let encode_ms = ms(t.elapsed());
+    let t = Instant::now();
+    let restored = Engine::restore(&bytes).context("restoring the engine's snapshot")?;
+    let restore_ms = ms(t.elapsed());
+    if restored.pending_count() != engine.pending_count() {
+        bail!("the restored engine lost pending jobs (a snapshot bug)");
+    }
+    drop(restored);
+    let snapshot = SnapshotTimes {
+        bytes: bytes.len(),
+        encode_ms,
+        restore_ms,
+    };
+    drop(bytes);
+    // What the engine holds: what dropping it frees.
+    let live = (heap.live_bytes)();
+    drop(engine);
+    memory.engine_bytes = live.saturating_sub((heap.live_bytes)()) as u64;
+    Ok((steady, memory, snapshot, pending_at_start, running_at_start))
 }
 
 /// Groups digits by thousands: 1234567 -> "1,234,567".
@@ -689,8 +862,8 @@ pub fn table(r: &EngineBenchReport) -> String {
     let z = &r.sizes;
     let _ = writeln!(
         s,
-        "gosok bench engine  (gosok {}, seed {})",
-        r.gosok_version, r.seed
+        "gosok bench engine  (gosok {}, preset {}, seed {})",
+        r.gosok_version, r.params.preset, r.seed
     );
     let _ = writeln!(
         s,
@@ -705,36 +878,55 @@ pub fn table(r: &EngineBenchReport) -> String {
     );
     let met = |t: &Target| if t.met { "met" } else { "MISSED" };
     let t = &r.targets;
+    let optional = |t: &Option<Target>| {
+        t.as_ref()
+            .map_or((String::new(), ""), |t| (t.goal.clone(), met(t)))
+    };
+    let (p50_goal, p50_met) = optional(&t.pass_p50_ms);
+    let (mem_goal, mem_met) = optional(&t.engine_bytes);
+    let (restore_goal, restore_met) = optional(&t.snapshot_restore_ms);
     let rows: Vec<(String, String, String, &str)> = vec![
         (
             "single-node placements per second".into(),
             thousands(r.placements_per_s),
-            t.placements_per_s.goal.into(),
+            t.placements_per_s.goal.clone(),
             met(&t.placements_per_s),
         ),
         (
             "16-node gang placements per second".into(),
             thousands(r.gang16_placements_per_s),
-            t.gang16_placements_per_s.goal.into(),
+            t.gang16_placements_per_s.goal.clone(),
             met(&t.gang16_placements_per_s),
         ),
         (
             "scheduling pass p50 (ms)".into(),
             format!("{:.2}", r.pass_p50_ms),
-            String::new(),
-            "",
+            p50_goal,
+            p50_met,
         ),
         (
             "scheduling pass p99 (ms)".into(),
             format!("{:.2}", r.pass_p99_ms),
-            t.pass_p99_ms.goal.into(),
+            t.pass_p99_ms.goal.clone(),
             met(&t.pass_p99_ms),
         ),
         (
             "heap bytes per pending job".into(),
             thousands(r.bytes_per_pending_job),
-            t.bytes_per_pending_job.goal.into(),
+            t.bytes_per_pending_job.goal.clone(),
             met(&t.bytes_per_pending_job),
+        ),
+        (
+            "engine heap (MiB)".into(),
+            thousands(r.memory.engine_bytes as f64 / (1 << 20) as f64),
+            mem_goal,
+            mem_met,
+        ),
+        (
+            "snapshot restore (ms)".into(),
+            format!("{:.0}", r.snapshot.restore_ms),
+            restore_goal,
+            restore_met,
         ),
     ];
     let _ = writeln!(s, "{:<38} {:>14}  target", "measure", "value");
@@ -762,12 +954,20 @@ pub fn table(r: &EngineBenchReport) -> String {
     );
     let _ = writeln!(
         s,
-        "  steady state: {} passes, p90 {:.2} ms, max {:.2} ms, first pass {:.1} ms, idle pass {:.1} ms;\n    per pass {:.1} starts, {:.1} preemptions, {:.1} tasks ended; {:.2} µs per event",
+        "  steady state: {} passes, p90 {:.2} ms, max {:.2} ms, first pass {:.1} ms, second {:.1} ms;\n    then, events stopped: {} passes until one changed nothing (the last {:.2} ms), then an idle pass of {:.4} ms ({});\n    per pass {:.1} starts, {:.1} preemptions, {:.1} tasks ended; {:.2} µs per event",
         st.passes,
         st.pass_p90_ms,
         st.pass_max_ms,
         st.first_pass_ms,
+        st.second_pass_ms,
+        st.settle_passes,
+        st.settle_pass_ms,
         st.idle_pass_ms,
+        if st.idle_pass_skipped {
+            "skipped: no event since"
+        } else {
+            "run in full: the engine never settled"
+        },
         st.starts_per_pass,
         st.preemptions_per_pass,
         st.tasks_ended_per_pass,
@@ -781,6 +981,14 @@ pub fn table(r: &EngineBenchReport) -> String {
         thousands(m.bytes_per_pending_job),
         m.allocations_per_pending_job,
         m.submit_us
+    );
+    let _ = writeln!(
+        s,
+        "  snapshot: {} MiB, written in {:.0} ms, restored in {:.0} ms; the engine holds {} MiB of heap",
+        thousands(r.snapshot.bytes as f64 / (1 << 20) as f64),
+        r.snapshot.encode_ms,
+        r.snapshot.restore_ms,
+        thousands(r.memory.engine_bytes as f64 / (1 << 20) as f64)
     );
     if let Some(q) = &r.quality {
         let _ = writeln!(
@@ -827,6 +1035,8 @@ mod tests {
             seed: 9,
             scorers: "default".into(),
             quality_nodes: 0,
+            max_gang_replicas: 64,
+            preset: "default".into(),
         }
     }
 

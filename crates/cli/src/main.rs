@@ -99,43 +99,61 @@ enum Format {
     Json,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Preset {
+    /// 3 sites, 10,000 nodes × 8 accelerators, 100,000 pending jobs.
+    Default,
+    /// The national highway: 6 sites, 32,500 nodes × 8 (260,000 accelerators), 1,000,000
+    /// pending jobs with gangs up to 256 nodes, 32.5 MW sites, 65 job ends per pass, no
+    /// placement-quality run.
+    National,
+}
+
+/// Each flag left out takes the preset's value (shown as default / national).
 #[derive(Args)]
 struct EngineArgs {
-    /// Sites of the synthetic highway.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=64))]
-    sites: u64,
-    /// Nodes in all, spread evenly over the sites.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    nodes: u64,
-    /// Accelerators in each node.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
-    accelerators_per_node: u64,
-    /// Pending jobs kept in the queue while passes are timed.
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
-    pending: u64,
-    /// Steady-state scheduling passes timed.
-    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    passes: u64,
-    /// Running jobs that end before each steady-state pass.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    ends_per_pass: u64,
-    /// Empty highways each throughput measurement is repeated on (the median is reported).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1_000))]
-    rounds: u64,
-    /// Facility power budget of each site, in MW.
-    #[arg(long, default_value_t = 20.0)]
-    site_power_budget_mw: f64,
-    /// Seed of the synthetic highway and workload; recorded in the report.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    /// The highway and queue to start from; the flags below override its values.
+    #[arg(long, value_enum, default_value_t = Preset::Default)]
+    preset: Preset,
+    /// Sites of the synthetic highway [3 / 6].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
+    sites: Option<u64>,
+    /// Nodes in all, spread evenly over the sites [10000 / 32500].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    nodes: Option<u64>,
+    /// Accelerators in each node [8].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    accelerators_per_node: Option<u64>,
+    /// Pending jobs kept in the queue while passes are timed [100000 / 1000000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pending: Option<u64>,
+    /// Steady-state scheduling passes timed [200].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    passes: Option<u64>,
+    /// Running jobs that end before each steady-state pass [20 / 65].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    ends_per_pass: Option<u64>,
+    /// Empty highways each throughput measurement is repeated on (the median is reported) [3].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000))]
+    rounds: Option<u64>,
+    /// Facility power budget of each site, in MW [20 / 32.5].
+    #[arg(long)]
+    site_power_budget_mw: Option<f64>,
+    /// Largest gang of the queued mix, in nodes; above 64 the mix also asks for 128 and 256
+    /// [64 / 256].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..=100_000))]
+    max_gang_nodes: Option<u64>,
+    /// Seed of the synthetic highway and workload; recorded in the report [1].
+    #[arg(long)]
+    seed: Option<u64>,
     /// Placement scorers of the speed measurements: default (expected waste) or mixed (the
     /// weighted bestfit + fgd + consolidate + power mix of earlier versions).
     #[arg(long, value_enum, default_value_t = Scorers::Default)]
     scorers: Scorers,
     /// Nodes of the placement-quality highway (unallocated accelerators at full load); 0
-    /// skips the measurement.
-    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=100_000))]
-    quality_nodes: u64,
+    /// skips the measurement [1000 / 0].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    quality_nodes: Option<u64>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
 }
@@ -193,23 +211,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(a) => up::run(a)?,
         Command::Agent(a) => agent_cmd::run(*a)?,
         Command::Bench(BenchCommand::Engine(a)) => {
+            let base = bench::EngineBenchParams::preset(match a.preset {
+                Preset::Default => "default",
+                Preset::National => "national",
+            })?;
             // Counts were range-checked by clap, so they fit in usize on every target.
             let p = bench::EngineBenchParams {
-                sites: a.sites as usize,
-                nodes: a.nodes as usize,
-                accelerators_per_node: a.accelerators_per_node,
-                pending: a.pending as usize,
-                passes: a.passes as usize,
-                ends_per_pass: a.ends_per_pass as usize,
-                rounds: a.rounds as usize,
-                site_power_budget_mw: a.site_power_budget_mw,
-                seed: a.seed,
+                sites: a.sites.map_or(base.sites, |v| v as usize),
+                nodes: a.nodes.map_or(base.nodes, |v| v as usize),
+                accelerators_per_node: a
+                    .accelerators_per_node
+                    .unwrap_or(base.accelerators_per_node),
+                pending: a.pending.map_or(base.pending, |v| v as usize),
+                passes: a.passes.map_or(base.passes, |v| v as usize),
+                ends_per_pass: a.ends_per_pass.map_or(base.ends_per_pass, |v| v as usize),
+                rounds: a.rounds.map_or(base.rounds, |v| v as usize),
+                site_power_budget_mw: a.site_power_budget_mw.unwrap_or(base.site_power_budget_mw),
+                seed: a.seed.unwrap_or(base.seed),
                 scorers: match a.scorers {
                     Scorers::Default => "default",
                     Scorers::Mixed => "mixed",
                 }
                 .into(),
-                quality_nodes: a.quality_nodes as usize,
+                quality_nodes: a.quality_nodes.map_or(base.quality_nodes, |v| v as usize),
+                max_gang_replicas: a.max_gang_nodes.unwrap_or(base.max_gang_replicas),
+                preset: base.preset,
             };
             let heap = bench::HeapProbe {
                 live_bytes: alloc::live_bytes,

@@ -9,22 +9,20 @@ fn gosok(args: &[&str]) -> std::process::Output {
         .expect("the gosok binary runs")
 }
 
-#[test]
-fn bench_engine_reports_every_measure_as_json() {
-    let out = gosok(&[
-        "bench",
-        "engine",
-        "--nodes",
-        "200",
-        "--pending",
-        "2000",
-        "--format",
-        "json",
-    ]);
+/// `gosok bench engine ARGS --format json`, which must succeed: its one JSON object.
+fn bench_engine_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["bench", "engine"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--format", "json"]);
+    let out = gosok(&all);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "gosok failed: {stderr}");
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
+}
+
+#[test]
+fn bench_engine_reports_every_measure_as_json() {
+    let v = bench_engine_json(&["--nodes", "200", "--pending", "2000"]);
     for field in [
         "placements_per_s",
         "gang16_placements_per_s",
@@ -44,6 +42,44 @@ fn bench_engine_reports_every_measure_as_json() {
     assert_eq!(v["sizes"]["accelerators"], 1600);
     assert!(v["sizes"]["pending"].as_u64().unwrap() >= 2000);
     assert_eq!(v["steady"]["passes"], 200);
+    assert_eq!(v["params"]["preset"], "default");
+    // The engine's whole heap and its snapshot are measured, not only the queue's growth.
+    assert!(v["memory"]["engine_bytes"].as_u64().unwrap() > v["memory"]["bytes"].as_u64().unwrap());
+    assert!(v["snapshot"]["bytes"].as_u64().unwrap() > 0);
+    assert!(v["snapshot"]["restore_ms"].as_f64().unwrap() > 0.0);
+    assert!(v["targets"]["pass_p99_ms"]["goal"] == "< 10");
+}
+
+#[test]
+fn the_national_preset_takes_its_values_and_flags_override_them() {
+    // The national highway shrunk by flags to test size: what is not overridden (sites,
+    // gang sizes, power per site, targets) comes from the preset.
+    let v = bench_engine_json(&[
+        "--preset",
+        "national",
+        "--nodes",
+        "600",
+        "--pending",
+        "3000",
+        "--passes",
+        "20",
+        "--rounds",
+        "1",
+    ]);
+    assert_eq!(v["params"]["preset"], "national");
+    assert_eq!(v["params"]["sites"], 6);
+    assert_eq!(v["params"]["nodes"], 600);
+    assert_eq!(v["params"]["max_gang_replicas"], 256);
+    assert_eq!(v["params"]["site_power_budget_mw"], 32.5);
+    assert_eq!(v["params"]["quality_nodes"], 0);
+    assert_eq!(v["sizes"]["sites"], 6);
+    assert_eq!(v["targets"]["pass_p99_ms"]["goal"], "< 25");
+    assert_eq!(v["targets"]["engine_bytes"]["goal"], "< 1024 MiB");
+    assert_eq!(v["targets"]["snapshot_restore_ms"]["goal"], "< 5000");
+    assert!(v["quality"].is_null());
+    let out = gosok(&["bench", "engine", "--preset", "continental"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--preset"));
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! - `reserve`: the reservation of the blocked job whose turn it is.
 //! - `preempt`: which running jobs to stop for one that cannot start.
 //! - `lifecycle`: start, finish, fail, preempt, cancel and requeue of a job's tasks.
+//! - `idle`: an idle pass (no event since a pass that changed nothing) skipped.
 //! - `control`: hold, release and requeue by users and the controller.
 //! - `nodes`: node and power events.
 //! - `invariants`: what the engine promises, checked by the tests after every step.
@@ -38,6 +39,7 @@ use crate::tenants::Tenant;
 
 mod admission;
 mod control;
+mod idle;
 mod inspect;
 mod invariants;
 mod lifecycle;
@@ -151,6 +153,11 @@ pub struct Engine {
     /// Running replicas of jobs with a `constraints.group`, per tenant and group.
     group_uses: GroupUses,
     stats: PassStats,
+    /// The last pass decided nothing and changed nothing a pass reads, and no event came
+    /// since: the next pass would do the same nothing (`idle`). Not in snapshots: a
+    /// restored engine runs its first pass in full, which decides the same.
+    #[serde(skip)]
+    quiescent: bool,
 }
 
 /// Scorers with their weights.
@@ -242,6 +249,7 @@ impl Engine {
             tenant_sizes: BTreeMap::new(),
             group_uses: GroupUses::new(),
             stats: PassStats::default(),
+            quiescent: false,
         };
         for t in &cluster.tenant {
             e.upsert_tenant(t.clone())?;
@@ -252,6 +260,8 @@ impl Engine {
     /// Applies one event; returns what must happen because of it right away (rejections,
     /// stops, requeues, shed load). Starting work is left to `schedule`.
     pub fn apply(&mut self, event: Event) -> Result<Vec<Decision>, EngineError> {
+        // Any event may change what a pass would decide.
+        self.quiescent = false;
         let mut out = Vec::new();
         match event {
             Event::AdvanceTime { now_s } => self.advance(now_s, &mut out)?,
@@ -356,7 +366,11 @@ impl Engine {
     pub fn schedule(&mut self) -> Vec<Decision> {
         let mut out = Vec::new();
         self.stats = PassStats::default();
+        if self.quiescent {
+            return out;
+        }
         self.refresh_profile();
+        let before = self.pass_inputs();
         let cap = self.capacity();
         if let Some(h) = self.reservation.job
             && self
@@ -485,6 +499,7 @@ impl Engine {
             .map(|j| j.tenant);
         self.hold
             .set_waiting(blocked.iter().map(|b| b.tenant), holder);
+        self.settle(&before, !out.is_empty());
         out
     }
 

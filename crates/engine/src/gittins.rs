@@ -89,19 +89,25 @@ impl SizeHistory {
         self.published_samples
     }
 
-    /// A job that ran `accel_s` accelerator-seconds in all ended. True when this was a
-    /// milestone (`milestone`) and the index was published again: the jobs waiting under
-    /// this history should be ordered again.
-    pub fn record(&mut self, accel_s: u64, min_samples: u32) -> bool {
+    /// A job that ran `accel_s` accelerator-seconds in all ended. At a milestone
+    /// (`milestone`) the index is published again and the table it replaces is returned
+    /// (empty the first time): the jobs waiting under this history may need ordering again.
+    pub fn record(&mut self, accel_s: u64, min_samples: u32) -> Option<Vec<f64>> {
         self.add(accel_s);
         if !self.milestone(min_samples) {
-            return false;
+            return None;
         }
-        self.published = (0..BINS)
+        let table = (0..BINS)
             .map(|i| self.live_index(lower_edge(i)).unwrap_or(0.0))
             .collect();
         self.published_samples = self.total;
-        true
+        Some(std::mem::replace(&mut self.published, table))
+    }
+
+    /// The published index per bin (0: nothing known past the bin; empty before the first
+    /// milestone).
+    pub fn published(&self) -> &[f64] {
+        &self.published
     }
 
     /// The published Gittins index of a job that has attained `age_accel_s`
@@ -259,7 +265,7 @@ mod tests {
         let mut h = SizeHistory::default();
         let mut at = Vec::new();
         for n in 1..=2048u64 {
-            if h.record(100, 16) {
+            if h.record(100, 16).is_some() {
                 at.push(n);
             }
         }

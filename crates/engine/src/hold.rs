@@ -57,7 +57,7 @@ fn stride(weight: f64) -> u64 {
 }
 
 /// The reservation's bookkeeping across passes; part of the engine's state (snapshots).
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Hold {
     /// The holder's reserved start as last planned (0: no holder).
     pub start_s: u64,

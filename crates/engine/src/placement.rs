@@ -27,7 +27,7 @@ pub struct Slack {
 }
 
 /// Capacity held for the first job that could not start.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Reservation {
     pub job: Option<JobId>,
     pub start_s: u64,

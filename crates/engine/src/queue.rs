@@ -180,13 +180,18 @@ impl Queues {
         q.by_bound.first().map(|&(b, _, j)| (b, j))
     }
 
-    /// A tenant's pending jobs, class by class.
-    pub fn tenant_jobs(&self, t: TenantIdx) -> impl Iterator<Item = JobId> + '_ {
+    /// A tenant's pending jobs of the shapes `of` chooses, class by class.
+    pub fn tenant_jobs<'a>(
+        &'a self,
+        t: TenantIdx,
+        of: impl Fn(ShapeId) -> bool + 'a,
+    ) -> impl Iterator<Item = JobId> + 'a {
         self.tenants
             .get(t as usize)
             .into_iter()
-            .flat_map(|classes| classes.values())
-            .flat_map(|q| q.jobs.iter().map(|&(_, id)| id))
+            .flat_map(|classes| classes.iter())
+            .filter(move |(c, _)| of(self.keys[**c as usize].shape))
+            .flat_map(|(_, q)| q.jobs.iter().map(|&(_, id)| id))
     }
 
     pub fn set_wait(&mut self, t: TenantIdx, class: ClassId, wait: WaitReason) {

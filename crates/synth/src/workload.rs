@@ -3,7 +3,8 @@
 //! The mix follows what GPU cluster traces show (Alibaba PAI and openb, Philly, Helios):
 //! many small jobs, a long tail of large ones. Fractional jobs (notebooks, inference) ask for
 //! a quarter or half of one accelerator; most jobs ask for 1, 2, 4 or 8 whole accelerators on
-//! one node; a few are gangs of 2 to 64 full nodes, sometimes with a topology constraint.
+//! one node; a few are gangs of 2 to 64 full nodes (to 256 when the stream allows larger
+//! gangs), sometimes with a topology constraint.
 //! Runtimes are log-normal: most jobs are short, a few run for days.
 
 use rand::{Rng, SeedableRng};
@@ -420,9 +421,12 @@ impl WorkloadGen {
                 (g, 1.0)
             }
             JobKind::Gang => {
-                const SIZES: [u64; 6] = [2, 4, 8, 16, 32, 64];
-                let replicas =
-                    SIZES[pick_weighted(&mut self.rng, &[0.3, 0.25, 0.2, 0.12, 0.08, 0.05])];
+                // Up to 64 nodes the mix of the default streams; a stream allowed larger
+                // gangs (national scale) also asks for 128 and 256 nodes, rarely.
+                const SIZES: [u64; 8] = [2, 4, 8, 16, 32, 64, 128, 256];
+                const WEIGHTS: [f64; 8] = [0.3, 0.25, 0.2, 0.12, 0.08, 0.05, 0.015, 0.005];
+                let sizes = if self.p.max_gang_replicas > 64 { 8 } else { 6 };
+                let replicas = SIZES[pick_weighted(&mut self.rng, &WEIGHTS[..sizes])];
                 let mut g = self.group(replicas.min(self.max_gang), self.node_accel);
                 if self.hopper_majority && self.rng.gen_bool(0.2) {
                     g.models = vec!["nvidia-hopper".into()];
@@ -604,6 +608,34 @@ mod tests {
         assert!(preemptible > 1600 && preemptible < 2000);
         assert!(jobs.iter().any(|j| j.spec.runtime_estimate_s.is_some()));
         assert!(jobs.iter().any(|j| j.spec.runtime_limit_s.is_some()));
+    }
+
+    #[test]
+    fn gangs_above_64_nodes_only_when_the_stream_allows_them() {
+        // Six sites of 3,000 nodes: room for 256-node gangs.
+        let c = highway(
+            &HighwayParams {
+                sites: 6,
+                nodes: 18_000,
+                ..HighwayParams::default()
+            },
+            3,
+        );
+        let largest = |max_gang_replicas| {
+            let p = WorkloadParams {
+                jobs: 20_000,
+                max_gang_replicas,
+                ..WorkloadParams::default()
+            };
+            workload(&p, &c, 7)
+                .iter()
+                .filter(|j| j.kind() == JobKind::Gang)
+                .map(|j| j.spec.groups[0].replicas)
+                .max()
+                .unwrap_or(0)
+        };
+        assert_eq!(largest(64), 64);
+        assert_eq!(largest(256), 256);
     }
 
     #[test]

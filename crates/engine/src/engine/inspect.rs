@@ -75,6 +75,11 @@ impl Engine {
         &self.tenants[t as usize].spec.name
     }
 
+    /// Whether the next pass would be skipped: the last one decided nothing and changed
+    /// nothing a pass reads, and no event came since (`engine/idle.rs`).
+    pub fn is_idle(&self) -> bool {
+        self.quiescent
+    }
     pub fn reservation(&self) -> &Reservation {
         &self.reservation
     }

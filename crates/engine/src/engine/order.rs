@@ -133,22 +133,52 @@ impl Engine {
         }
         let accel_s = accel.saturating_mul(job.run_s) / 1000;
         let t = job.tenant;
-        let min = self.las().map_or(1, |l| l.min_samples);
-        let moved = self
-            .sizes
-            .entry((t, accel))
-            .or_default()
-            .record(accel_s, min);
-        let moved_all = self.tenant_sizes.entry(t).or_default().record(accel_s, min);
-        if moved || moved_all {
-            self.reorder_tenant(t);
+        let Some(las) = self.las() else {
+            return;
+        };
+        let min = las.min_samples;
+        // Waiting jobs need new keys only where a bin's level moved.
+        let moved = |old: Vec<f64>, new: &SizeHistory| {
+            let level = |g: f64| (g > 0.0).then(|| las.level((1000.0 / g) as u64));
+            old.is_empty()
+                || old
+                    .iter()
+                    .zip(new.published())
+                    .any(|(&a, &b)| level(a) != level(b))
+        };
+        let shape = self.sizes.entry((t, accel)).or_default();
+        if shape
+            .record(accel_s, min)
+            .is_some_and(|old| moved(old, shape))
+        {
+            self.reorder(t, |a| a == accel);
+        }
+        let all = self.tenant_sizes.entry(t).or_default();
+        if all.record(accel_s, min).is_some_and(|old| moved(old, all)) {
+            // The tenant's history orders the shapes whose own history is too short.
+            let own: BTreeSet<u64> = self
+                .sizes
+                .range((t, 0)..=(t, u64::MAX))
+                .filter(|(_, h)| h.samples() >= min)
+                .map(|(&(_, a), _)| a)
+                .collect();
+            self.reorder(t, |a| !own.contains(&a));
         }
     }
 
     /// A pending job's key is taken when it joins its line; when its tenant's histories have
-    /// changed enough (`SizeHistory::milestone`) its waiting jobs are placed again.
-    fn reorder_tenant(&mut self, t: TenantIdx) {
-        let waiting: Vec<JobId> = self.queues.tenant_jobs(t).collect();
+    /// changed enough (`SizeHistory::record`) the waiting jobs they order (of the
+    /// accelerator counts `of` chooses) are placed again.
+    fn reorder(&mut self, t: TenantIdx, of: impl Fn(u64) -> bool) {
+        let shapes = &self.shapes;
+        let accel = |s: ShapeId| -> u64 {
+            shapes[s as usize]
+                .groups
+                .iter()
+                .map(|g| g.accel_milli_total())
+                .sum()
+        };
+        let waiting: Vec<JobId> = self.queues.tenant_jobs(t, |s| of(accel(s))).collect();
         for id in waiting {
             let order_s = self.order_key(&self.jobs[&id]);
             let job = self.jobs.get_mut(&id).expect("queued jobs are known");

@@ -52,8 +52,8 @@ impl Engine {
     /// Under `FairShareLas`: whether a running preemptible job of the same tenant and class
     /// is on a higher level than this pending job and has run its minimum time (and the
     /// job's last search that found no room is `retry_s` ago). With learned sizes, a look
-    /// that found no victim is not repeated for `retry_s` either (it reads up to
-    /// `LAS_VICTIM_PROBE` jobs' levels).
+    /// that found no victim (it reads up to `LAS_VICTIM_PROBE` jobs' levels) is not repeated
+    /// for `retry_s` either, or until another running job's protected time ends if sooner.
     pub(super) fn las_victim_ready(&mut self, id: JobId) -> bool {
         let Some(las) = self.las() else {
             return false;
@@ -68,7 +68,14 @@ impl Engine {
             .next()
             .is_some();
         if !found && las.learned_sizes {
-            let retry = self.now_s.saturating_add(las.retry_s);
+            // Again after retry_s, or as soon as another running job's protected time ends.
+            let (t, p, now) = (job.tenant, job.priority, self.now_s);
+            let next = self
+                .las_ready
+                .range((t, p, now + 1, JobId(0))..=(t, p, u64::MAX, JobId(u64::MAX)))
+                .next()
+                .map_or(u64::MAX, |k| k.2);
+            let retry = now.saturating_add(las.retry_s).min(next);
             self.las_retry.insert(id, retry);
         }
         found
