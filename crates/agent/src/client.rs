@@ -89,7 +89,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct Client {
-    base: String,
+    /// The controllers: replicas of one highway, any of which answers (a follower forwards
+    /// to the leader). Calls go to `current` until it fails, then to the next.
+    bases: std::sync::Arc<Vec<String>>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     token: String,
     agent: ureq::Agent,
 }
@@ -102,7 +105,8 @@ enum Attempt<T> {
 }
 
 impl Client {
-    /// `tls`: the CAs to trust for an `https://` controller (None: the public ones).
+    /// `server`: one controller URL, or several replicas' comma-separated. `tls`: the CAs to
+    /// trust for an `https://` controller (None: the public ones).
     pub fn new(
         server: &str,
         token: &str,
@@ -114,11 +118,25 @@ impl Client {
         if let Some(t) = tls {
             b = b.tls_config(t);
         }
+        let bases: Vec<String> = server
+            .split(',')
+            .map(|s| s.trim().trim_end_matches('/').to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
         Client {
-            base: server.trim_end_matches('/').to_string(),
+            bases: std::sync::Arc::new(bases),
+            current: Default::default(),
             token: token.to_string(),
             agent: b.build(),
         }
+    }
+
+    /// The controller URL calls go to now.
+    pub fn base(&self) -> &str {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        self.bases
+            .get(i % self.bases.len().max(1))
+            .map_or("", String::as_str)
     }
 
     pub fn register(
@@ -189,6 +207,9 @@ impl Client {
                         log(&format!("{path}: {why}; retrying"));
                     }
                     failures += 1;
+                    // The next replica, if there are several: this one may be gone.
+                    self.current
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     // Sleeps in short steps so that a closing gate is seen quickly.
                     let until = Instant::now() + backoff;
                     while Instant::now() < until {
@@ -209,9 +230,10 @@ impl Client {
         body: &str,
         read_timeout: Duration,
     ) -> Attempt<Resp> {
+        let base = self.base();
         let r = self
             .agent
-            .post(&format!("{}{path}", self.base))
+            .post(&format!("{base}{path}"))
             .timeout(read_timeout)
             .set("Authorization", &format!("Bearer {}", self.token))
             .set("Content-Type", "application/json")
@@ -242,9 +264,7 @@ impl Client {
                     field: s(&e["field"]),
                 })
             }
-            Err(ureq::Error::Transport(t)) => {
-                Attempt::Retry(format!("cannot reach {}: {t}", self.base))
-            }
+            Err(ureq::Error::Transport(t)) => Attempt::Retry(format!("cannot reach {base}: {t}")),
         }
     }
 }

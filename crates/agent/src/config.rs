@@ -16,7 +16,7 @@ use crate::sandbox::{Isolation, SandboxConfig};
 /// Everything `run` needs; the CLI fills it from flags and the machine.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The controller's base URL (`http://host:port`).
+    /// The controller's base URL (`http://host:port`), or several replicas' comma-separated.
     pub server: String,
     /// An agent token.
     pub token: String,
@@ -168,7 +168,9 @@ pub fn is_loopback_url(server: &str) -> bool {
 
 /// 127.0.0.1 next to a loopback controller, else the host name.
 pub fn default_address(server: &str) -> String {
-    if is_loopback_url(server) {
+    // Of several replicas, the first says where the controllers are.
+    let first = server.split(',').next().unwrap_or(server).trim();
+    if is_loopback_url(first) {
         "127.0.0.1".into()
     } else {
         hostname()

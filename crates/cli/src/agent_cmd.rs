@@ -15,7 +15,8 @@ use gosok_model::error::check_name;
 
 #[derive(Args)]
 pub struct AgentArgs {
-    /// The controller's URL (http://HOST:PORT or https://HOST:PORT); else $GOSOK_SERVER.
+    /// The controller's URL (http://HOST:PORT or https://HOST:PORT), or several replicas'
+    /// comma-separated (the agent moves to the next when one fails); else $GOSOK_SERVER.
     #[arg(long)]
     server: Option<String>,
     /// The CA certificate(s) (PEM) an https:// controller's certificate must chain to; else
@@ -176,8 +177,13 @@ fn writable(dir: &std::path::Path) -> bool {
 /// Turns the flags into the agent's configuration, with every flag checked.
 pub fn config(a: AgentArgs) -> anyhow::Result<Config> {
     let server = from_env(a.server, "GOSOK_SERVER", "server")?;
-    if !server.starts_with("http://") && !server.starts_with("https://") {
-        bail!("--server {server:?}: expected http://HOST:PORT or https://HOST:PORT");
+    // One controller, or the replicas of one highway comma-separated.
+    for one in server.split(',').map(str::trim) {
+        if !one.starts_with("http://") && !one.starts_with("https://") {
+            bail!(
+                "--server {one:?}: expected http://HOST:PORT or https://HOST:PORT (several replicas: comma-separated)"
+            );
+        }
     }
     let ca =
         a.ca.clone()

@@ -387,7 +387,10 @@ pub struct ApplyArgs {
 // ---- the HTTP client ---------------------------------------------------------------------
 
 pub(crate) struct Client {
-    base: String,
+    /// The controller, or the replicas of one (comma-separated in `--server`): requests go
+    /// to the current one, and to the next when it cannot be reached or has no leader.
+    bases: Vec<String>,
+    current: std::sync::atomic::AtomicUsize,
     token: Option<String>,
     agent: ureq::Agent,
     pub(crate) output: Output,
@@ -478,11 +481,22 @@ impl Client {
             .or_else(|| env("GOSOK_SERVER"))
             .or(file.server)
             .unwrap_or_else(|| "http://127.0.0.1:8080".into());
-        let base = if base.contains("://") {
-            base
-        } else {
-            format!("http://{base}")
-        };
+        let bases: Vec<String> = base
+            .split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .map(|b| {
+                let b = if b.contains("://") {
+                    b.to_string()
+                } else {
+                    format!("http://{b}")
+                };
+                b.trim_end_matches('/').to_string()
+            })
+            .collect();
+        if bases.is_empty() {
+            bail!("--server: no URL given");
+        }
         let token = c
             .token
             .clone()
@@ -498,11 +512,49 @@ impl Client {
         }
         let agent = agent.build();
         Ok(Client {
-            base: base.trim_end_matches('/').to_string(),
+            bases,
+            current: Default::default(),
             token: token.map(|t| t.trim().to_string()),
             agent,
             output: c.output,
         })
+    }
+
+    /// The controller URL requests go to now.
+    fn base(&self) -> &str {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        &self.bases[i % self.bases.len()]
+    }
+
+    /// Sends a request built by `send` for the current controller. With several replicas
+    /// it moves on to the next when one cannot be connected to (nothing was sent) or answers
+    /// that no replica leads (a follower during an election: nothing was done), for up to
+    /// 15 s; a request that may have been acted on is never sent twice.
+    fn send(
+        &self,
+        send: impl Fn(&str) -> Result<ureq::Response, Box<ureq::Error>>,
+    ) -> Result<ureq::Response, Box<ureq::Error>> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let mut tries = 0usize;
+        loop {
+            let r = send(self.base());
+            let elsewhere = match r.as_ref().map_err(|e| &**e) {
+                Err(ureq::Error::Transport(t)) => {
+                    self.bases.len() > 1 && t.kind() == ureq::ErrorKind::ConnectionFailed
+                }
+                Err(ureq::Error::Status(503, resp)) => resp.header("x-gosok-retry").is_some(),
+                _ => false,
+            };
+            if !elsewhere || std::time::Instant::now() >= deadline {
+                return r;
+            }
+            tries += 1;
+            self.current
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if tries.is_multiple_of(self.bases.len()) {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
     }
 
     pub(crate) fn call(
@@ -512,25 +564,27 @@ impl Client {
         body: Option<(&str, Vec<u8>)>,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<Value> {
-        let url = format!("{}{path}", self.base);
-        let mut req = self.agent.request(method, &url);
-        if let Some(t) = &self.token {
-            req = req.set("Authorization", &format!("Bearer {t}"));
-        }
-        for (k, v) in headers {
-            req = req.set(k, v);
-        }
-        let res = match body {
-            Some((ct, b)) => req.set("Content-Type", ct).send_bytes(&b),
-            None => req.call(),
-        };
+        let res = self.send(|base| {
+            let mut req = self.agent.request(method, &format!("{base}{path}"));
+            if let Some(t) = &self.token {
+                req = req.set("Authorization", &format!("Bearer {t}"));
+            }
+            for (k, v) in headers {
+                req = req.set(k, v);
+            }
+            match &body {
+                Some((ct, b)) => req.set("Content-Type", ct).send_bytes(b),
+                None => req.call(),
+            }
+            .map_err(Box::new)
+        });
         match res {
             Ok(r) => {
                 let mut text = String::new();
                 std::io::Read::read_to_string(&mut r.into_reader(), &mut text)?;
                 Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
             }
-            Err(e) => Err(self.error(e)),
+            Err(e) => Err(self.error(*e)),
         }
     }
 
@@ -558,19 +612,21 @@ impl Client {
             }
             ureq::Error::Transport(t) => anyhow::anyhow!(
                 "cannot reach the gosok server at {}: {t}\nhint: is `gosok server run` running there? (--server or GOSOK_SERVER)",
-                self.base
+                self.base()
             ),
         }
     }
 
     /// A request whose answer is bytes, not JSON: the body and the response headers.
     fn raw(&self, method: &str, path: &str) -> anyhow::Result<(Vec<u8>, Headers)> {
-        let url = format!("{}{path}", self.base);
-        let mut req = self.agent.request(method, &url);
-        if let Some(t) = &self.token {
-            req = req.set("Authorization", &format!("Bearer {t}"));
-        }
-        match req.call() {
+        let res = self.send(|base| {
+            let mut req = self.agent.request(method, &format!("{base}{path}"));
+            if let Some(t) = &self.token {
+                req = req.set("Authorization", &format!("Bearer {t}"));
+            }
+            req.call().map_err(Box::new)
+        });
+        match res {
             Ok(r) => {
                 let headers = r
                     .headers_names()
@@ -584,7 +640,7 @@ impl Client {
                 std::io::Read::read_to_end(&mut r.into_reader(), &mut out)?;
                 Ok((out, headers))
             }
-            Err(e) => Err(self.error(e)),
+            Err(e) => Err(self.error(*e)),
         }
     }
 
@@ -620,7 +676,7 @@ impl Client {
     /// runs them, and this directory is a sensible working directory for tasks.
     fn is_local(&self) -> bool {
         let host = self
-            .base
+            .base()
             .split("://")
             .nth(1)
             .unwrap_or_default()

@@ -8,12 +8,15 @@ mod bench;
 mod bench_agents;
 mod bench_console;
 mod bench_quality;
+mod bench_replicas;
 mod client;
 mod human;
 mod plan_cmd;
+mod replica_cmd;
 mod server_cmd;
 mod sim;
 mod sim_fgd;
+mod store_cmd;
 mod trace;
 mod up;
 mod usage_cmd;
@@ -83,6 +86,9 @@ enum BenchCommand {
     /// Time the web console's pages against a controller with the large demo highway and
     /// 100,000 jobs: latency per page, page weight, live-update delay.
     Console(bench_console::BenchConsoleArgs),
+    /// Controller replicas on PostgreSQL against one on SQLite: durable submissions per
+    /// second, follower lag, and takeover time after SIGKILL of the leader.
+    Replicas(bench_replicas::BenchReplicasArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -206,6 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Server(a)) => server_cmd::bench(a)?,
         Command::Bench(BenchCommand::Agents(a)) => bench_agents::run(a)?,
         Command::Bench(BenchCommand::Console(a)) => bench_console::run(a)?,
+        Command::Bench(BenchCommand::Replicas(a)) => bench_replicas::run(a)?,
         Command::Up(a) => up::run(a)?,
         Command::Agent(a) => agent_cmd::run(*a)?,
         Command::Bench(BenchCommand::Engine(a)) => {

@@ -21,6 +21,14 @@ pub enum ServerCommand {
     /// Repair a damaged data directory, only as chosen: without a choice it says what it
     /// found and which choice would repair it. What it does is written to the audit log.
     Recover(RecoverArgs),
+    /// The controller replicas (PostgreSQL store): each with its role, the term, log
+    /// positions and lag, as one replica sees them.
+    Status(crate::replica_cmd::StatusArgs),
+    /// An online backup of the log and its latest snapshot into a new SQLite store file,
+    /// from which a fresh controller can start (on either store, see `migrate`).
+    Backup(crate::store_cmd::BackupArgs),
+    /// Move a highway's log to another store: `--from sqlite:DIR --to postgres://…`.
+    Migrate(crate::store_cmd::MigrateArgs),
 }
 
 #[derive(Args)]
@@ -53,6 +61,10 @@ pub struct VerifyArgs {
 pub struct InitArgs {
     #[arg(long)]
     data_dir: PathBuf,
+    /// Where the log goes: "sqlite" (the default: DATA_DIR/gosok.db) or a PostgreSQL URL
+    /// (postgres://USER[:PASSWORD]@HOST[:PORT]/DB) for replicated controllers.
+    #[arg(long, default_value = "sqlite")]
+    store: String,
 }
 
 #[derive(Args)]
@@ -83,12 +95,23 @@ pub struct RunArgs {
     /// The certificate's private key (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Where the log is (default from the config file, else "sqlite"): a PostgreSQL URL
+    /// runs this controller as one of several replicas, one of which leads.
+    #[arg(long)]
+    store: Option<String>,
+    /// With a PostgreSQL store: the URL the other replicas reach this one at (default:
+    /// http://LISTEN).
+    #[arg(long)]
+    advertise_url: Option<String>,
 }
 
 pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
     match cmd {
+        ServerCommand::Status(a) => crate::replica_cmd::status(a),
+        ServerCommand::Backup(a) => crate::store_cmd::backup(a),
+        ServerCommand::Migrate(a) => crate::store_cmd::migrate(a),
         ServerCommand::Init(a) => {
-            let token = gosok_server::init(&a.data_dir)?;
+            let token = gosok_server::init_store(&a.data_dir, &a.store)?;
             println!("{token}");
             eprintln!(
                 "gosok: store created in {}; the admin token above is shown once and kept in {} (mode 0600)",
@@ -167,6 +190,17 @@ pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
                 cfg.tls_cert = a.tls_cert;
                 cfg.tls_key = a.tls_key;
             }
+            if let Some(s) = a.store {
+                cfg.store = s;
+            }
+            if let Some(u) = a.advertise_url {
+                cfg.advertise_url = Some(u);
+            }
+            cfg.check()?;
+            let replicated = matches!(
+                gosok_server::replica::StoreKind::parse(&cfg.store)?,
+                gosok_server::replica::StoreKind::Postgres(_)
+            );
             let scheme = if cfg.tls_cert.is_some() {
                 "https"
             } else {
@@ -177,6 +211,18 @@ pub fn run(cmd: ServerCommand) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
+            if replicated {
+                return rt.block_on(gosok_server::replica::run(
+                    &a.data_dir,
+                    cfg,
+                    |addr| {
+                        eprintln!(
+                            "gosok server: a replica over PostgreSQL; listening on {scheme}://{addr}"
+                        )
+                    },
+                    gosok_server::shutdown_signal(),
+                ));
+            }
             rt.block_on(async move {
                 let running = gosok_server::start(&a.data_dir, cfg).await?;
                 let r = running.app.replay;
@@ -241,7 +287,7 @@ fn bench_client(tls: &Option<std::sync::Arc<rustls::ClientConfig>>) -> ureq::Age
     }
 }
 
-const BENCH_CLUSTER: &str = r#"
+pub(crate) const BENCH_CLUSTER: &str = r#"
 [[site]]
 name = "bench"
 region = "local"
@@ -265,14 +311,14 @@ accelerator = "H100"
 accelerators = 8
 "#;
 
-const BENCH_SPEC: &str = r#"{"name":"bench","groups":[{"replicas":1,"accelerators":1,"models":["H100"]}],"runtime_estimate_s":3600}"#;
+pub(crate) const BENCH_SPEC: &str = r#"{"name":"bench","groups":[{"replicas":1,"accelerators":1,"models":["H100"]}],"runtime_estimate_s":3600}"#;
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
+pub(crate) fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
         0.0

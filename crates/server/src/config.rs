@@ -76,6 +76,17 @@ pub struct Config {
     /// Serve HTTPS with this certificate chain (PEM) and key (PEM); both or neither.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Where the event log and snapshots live: "sqlite" (`gosok.db` in the data directory,
+    /// one controller) or a PostgreSQL URL (`postgres://USER[:PASSWORD]@HOST[:PORT]/DB`),
+    /// which several controller replicas share, one of them leading.
+    pub store: String,
+    /// With a PostgreSQL store: the URL the other replicas reach this one at (followers
+    /// forward requests to the leader there). Default: http(s)://LISTEN.
+    pub advertise_url: Option<String>,
+    /// With a PostgreSQL store: how long a leader's lease lasts unrenewed. It is renewed
+    /// every quarter of this; a follower takes over about this long after the leader died or
+    /// froze, and a leader cut from PostgreSQL stops leading before then.
+    pub leader_lease_ms: u64,
     pub engine: EngineConfig,
 }
 
@@ -110,6 +121,9 @@ impl Default for Config {
             max_log_fetches_per_agent: 4,
             tls_cert: None,
             tls_key: None,
+            store: "sqlite".into(),
+            advertise_url: None,
+            leader_lease_ms: 2000,
             engine: EngineConfig::default(),
         }
     }
@@ -192,6 +206,11 @@ impl Config {
         anyhow::ensure!(
             self.max_log_fetches <= 256,
             "max_log_fetches: at most 256 (each holds a blocking thread)"
+        );
+        crate::replica::StoreKind::parse(&self.store)?;
+        anyhow::ensure!(
+            (500..=60_000).contains(&self.leader_lease_ms),
+            "leader_lease_ms: 500 to 60000"
         );
         anyhow::ensure!(
             self.request_timeout_ms > self.max_long_poll_ms() + 1000,

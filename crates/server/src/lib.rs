@@ -14,6 +14,7 @@ pub mod accounting;
 pub mod agents;
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod console;
 pub mod core;
@@ -25,6 +26,7 @@ pub mod fetches;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
+pub mod replica;
 pub mod snapshot;
 pub mod usage;
 
@@ -34,7 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use gosok_store::{GroupCommit, Record, SqliteStore, Store};
+use gosok_store::{CommitError, GroupCommit, Record, SqliteStore, Store};
 use tokio::sync::{Notify, watch};
 
 use crate::config::{Config, DataDir};
@@ -80,6 +82,13 @@ impl EngineClock {
 /// Creates the store in `dir` with its first admin token; returns the token (shown once)
 /// and writes it to `dir/admin.token` (mode 0600).
 pub fn init(dir: &Path) -> anyhow::Result<String> {
+    init_store(dir, "sqlite")
+}
+
+/// [`init`] with the store chosen: "sqlite" (in `dir`) or a PostgreSQL URL (`dir` then
+/// holds the admin token and the configuration only).
+pub fn init_store(dir: &Path, store: &str) -> anyhow::Result<String> {
+    let kind = replica::StoreKind::parse(store)?;
     let d = DataDir(dir.to_path_buf());
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     #[cfg(unix)]
@@ -88,12 +97,13 @@ pub fn init(dir: &Path) -> anyhow::Result<String> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("cannot restrict {}", dir.display()))?;
     }
-    let mut store = SqliteStore::open(&d.db())?;
+    let mut store = kind.open(dir)?;
     if store.last_seq()? > 0 {
         anyhow::bail!(
-            "{} already holds a highway; `gosok server run --data-dir {}` serves it",
-            d.db().display(),
-            dir.display()
+            "{} already holds a highway; `gosok server run --data-dir {}{}` serves it",
+            kind.describe(dir),
+            dir.display(),
+            kind.flag()
         );
     }
     store.set_meta("log_format", LOG_FORMAT)?;
@@ -536,6 +546,11 @@ impl App {
         self.log.durable_seq()
     }
 
+    /// Writes what is queued and stops the log writer (a replica stepping down or stopping).
+    pub fn close_log(&self) {
+        self.log.close()
+    }
+
     pub fn commit_batches(&self) -> u64 {
         self.log.batches()
     }
@@ -581,7 +596,8 @@ impl Running {
     }
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -599,6 +615,71 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// A replayed core and the store handles a controller serves from.
+pub struct Parts {
+    pub core: Core,
+    pub last: u64,
+    pub stats: ReplayStats,
+    /// The group-commit writer's handle (fenced by the leader's term on PostgreSQL).
+    pub log: Box<dyn Store>,
+    pub reader: Box<dyn Store>,
+    pub snapshots: Box<dyn Store>,
+}
+
+/// Builds the shared state over a replayed core. `on_fail` hears, once, that the log writer
+/// failed: nothing after its `durable_seq` was acknowledged, and nothing more will be.
+pub fn assemble(
+    dir: &Path,
+    cfg: Config,
+    p: Parts,
+    on_fail: Box<dyn Fn(CommitError) + Send>,
+) -> Arc<App> {
+    let (tx, rx) = watch::channel(p.last);
+    let log = GroupCommit::start(
+        p.log,
+        p.last,
+        cfg.max_commit_batch,
+        Box::new(move |r| match r {
+            Ok(seq) => {
+                tx.send_replace(seq);
+            }
+            Err(e) => on_fail(e),
+        }),
+    );
+    let agents = agents::Agents::new(
+        &p.core,
+        Duration::from_millis(cfg.agent_lease_ms),
+        Duration::from_millis(cfg.agent_lease_margin_ms),
+    );
+    let clock = EngineClock::new(unix_ms(), p.core.now_s());
+    Arc::new(App {
+        agents,
+        snapshots: snapshot::Snapshots::new(
+            p.snapshots,
+            cfg.snapshot_every_records,
+            p.stats.snapshot_seq,
+        ),
+        limiter: RateLimiter::new(cfg.submit_rate_per_s, cfg.submit_burst),
+        disk: disk::DiskWatch::new(
+            dir.to_path_buf(),
+            cfg.min_free_disk_mib,
+            cfg.min_free_disk_fraction,
+        ),
+        http: Arc::new(http::Stats::default()),
+        clock,
+        log_fetches: fetches::FetchLimit::new(cfg.max_log_fetches, cfg.max_log_fetches_per_agent),
+        metrics: metrics::Metrics::new(),
+        cfg,
+        core: Mutex::new(p.core),
+        log,
+        durable: rx,
+        reader: Mutex::new(p.reader),
+        tick: Notify::new(),
+        started: Instant::now(),
+        replay: p.stats,
+    })
 }
 
 /// Opens the data directory, replays the log, binds `cfg.listen` and starts serving.
@@ -623,23 +704,6 @@ pub async fn start(dir: &Path, cfg: Config) -> anyhow::Result<Running> {
         ms = stats.elapsed.as_millis() as u64,
         "replayed the event log"
     );
-    let (tx, rx) = watch::channel(last);
-    let log = GroupCommit::start(
-        Box::new(store),
-        last,
-        cfg.max_commit_batch,
-        Box::new(move |r| match r {
-            Ok(seq) => {
-                tx.send_replace(seq);
-            }
-            Err(e) => {
-                // Fail-stop: nothing after e.durable_seq was acknowledged, and a controller
-                // that cannot write must not go on answering.
-                eprintln!("gosok server: {e}; stopping");
-                std::process::exit(75);
-            }
-        }),
-    );
     let fd_limit = http::raise_fd_limit();
     if fd_limit > 0 && (cfg.max_connections as u64).saturating_add(256) > fd_limit {
         tracing::warn!(
@@ -652,38 +716,25 @@ pub async fn start(dir: &Path, cfg: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let agents = agents::Agents::new(
-        &core,
-        Duration::from_millis(cfg.agent_lease_ms),
-        Duration::from_millis(cfg.agent_lease_margin_ms),
-    );
-    let clock = EngineClock::new(unix_ms(), core.now_s());
-    let app = Arc::new(App {
-        agents,
-        snapshots: snapshot::Snapshots::new(
-            snapshot_store,
-            cfg.snapshot_every_records,
-            stats.snapshot_seq,
-        ),
-        limiter: RateLimiter::new(cfg.submit_rate_per_s, cfg.submit_burst),
-        disk: disk::DiskWatch::new(
-            dir.to_path_buf(),
-            cfg.min_free_disk_mib,
-            cfg.min_free_disk_fraction,
-        ),
-        http: Arc::new(http::Stats::default()),
-        clock,
-        log_fetches: fetches::FetchLimit::new(cfg.max_log_fetches, cfg.max_log_fetches_per_agent),
-        metrics: metrics::Metrics::new(),
+    let parts = Parts {
+        core,
+        last,
+        stats,
+        log: Box::new(store),
+        reader,
+        snapshots: snapshot_store,
+    };
+    let app = assemble(
+        dir,
         cfg,
-        core: Mutex::new(core),
-        log,
-        durable: rx,
-        reader: Mutex::new(reader),
-        tick: Notify::new(),
-        started: Instant::now(),
-        replay: stats,
-    });
+        parts,
+        Box::new(|e| {
+            // Fail-stop: nothing after e.durable_seq was acknowledged, and a controller
+            // that cannot write must not go on answering.
+            eprintln!("gosok server: {e}; stopping");
+            std::process::exit(75);
+        }),
+    );
     let stop = Arc::new(Notify::new());
     let router = api::router(app.clone());
     let ticker = tokio::spawn(tick_loop(app.clone()));
@@ -743,7 +794,7 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
 
 /// Advances the clock and runs a pass: every `tick_ms` while work waits or runs, and
 /// `min_tick_gap_ms` after a change.
-async fn tick_loop(app: Arc<App>) {
+pub(crate) async fn tick_loop(app: Arc<App>) {
     let every = Duration::from_millis(app.cfg.tick_ms);
     let gap = Duration::from_millis(app.cfg.min_tick_gap_ms);
     let idle = Duration::from_millis(app.cfg.idle_tick_ms.max(app.cfg.tick_ms));

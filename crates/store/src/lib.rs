@@ -6,13 +6,21 @@
 //! synced, so one fsync covers many changes and durability does not cost throughput.
 //!
 //! The log is behind the small [`Store`] trait: [`SqliteStore`] (embedded SQLite in WAL mode)
-//! is the default; a later PostgreSQL store for several controllers implements the same trait.
+//! is the default; [`PgStore`] keeps the same log in PostgreSQL for several controller
+//! replicas, of which the one holding the [`lease`] writes, fenced by its term.
 //! Records and snapshots are opaque bytes here: what they mean is the controller's business.
 
 mod group;
+pub mod lease;
+mod postgres;
 mod sqlite;
+pub mod testpg;
 
+/// The PostgreSQL client's connection settings, parsed from a URL (to check one early).
+pub use ::postgres::Config as PgConfig;
 pub use group::{CommitError, GroupCommit};
+pub use lease::{Lease, ReplicaRow};
+pub use postgres::PgStore;
 pub use sqlite::{Damage, SqliteStore};
 
 /// One entry of the event log.
@@ -39,6 +47,12 @@ pub struct Snapshot {
 pub enum StoreError {
     #[error("store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("store: PostgreSQL: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    #[error(
+        "store: this controller's term {mine} is over (the lease is at term {current}): another replica leads, and this one may not write"
+    )]
+    Fenced { mine: u64, current: u64 },
     #[error("store: {0}")]
     Io(#[from] std::io::Error),
     #[error(
