@@ -43,6 +43,14 @@ impl GroupReq {
     }
 }
 
+impl Shape {
+    /// Accelerators (thousandths) a job of this shape holds when it runs: the unit of its
+    /// service on the ladder.
+    pub fn accel_milli_total(&self) -> u64 {
+        self.groups.iter().map(|g| g.accel_milli_total()).sum()
+    }
+}
+
 /// Everything placement needs to know; jobs with equal shapes fit or fail alike.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Shape {

@@ -240,7 +240,7 @@ impl<'a> Placer<'a> {
     /// capacity per unit is kept by the cluster (over all models: a cheap upper bound that
     /// placement then checks).
     fn units(&self, cluster: &Cluster, shape: &Shape, level: TopologyLevel) -> Vec<UnitKey> {
-        let need: u64 = shape.groups.iter().map(|g| g.accel_milli_total()).sum();
+        let need = shape.accel_milli_total();
         let mut scored: Vec<(u64, u64, UnitKey)> = Vec::new();
         let mut consider = |free: u64, key: UnitKey, id: u64| {
             if free >= need {

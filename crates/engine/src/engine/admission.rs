@@ -466,7 +466,7 @@ impl Engine {
         let job = &self.jobs[&id];
         let tenant = &self.tenants[job.tenant as usize];
         let shape = &self.shapes[job.shape as usize];
-        let total: u64 = shape.groups.iter().map(|g| g.accel_milli_total()).sum();
+        let total = shape.accel_milli_total();
         if total > 0
             && tenant.share_cap < 1.0
             && tenant.alloc[0] + total

@@ -40,6 +40,12 @@ pub(super) fn down_the_ladder(las: &Las, job: &Job) -> bool {
     }
 }
 
+/// The attained service (thousandth-accelerator-seconds) at which a job stands on the ladder
+/// when its Gittins index is `g` (completions per accelerator-second): 1 / g.
+fn like_attained_milli_s(g: f64) -> u64 {
+    (1000.0 / g).min(u64::MAX as f64) as u64
+}
+
 /// A pending job's sort key in queue order: priority class, fair share, place in line, id.
 type QueueOrder = (Reverse<PriorityClass>, u64, u64, JobId);
 
@@ -72,11 +78,7 @@ impl Engine {
 
     /// Accelerators (thousandths) a job holds when it runs: the unit of its service.
     fn job_accel_milli(&self, job: &Job) -> u64 {
-        self.shapes[job.shape as usize]
-            .groups
-            .iter()
-            .map(|g| g.accel_milli_total())
-            .sum()
+        self.shapes[job.shape as usize].accel_milli_total()
     }
 
     /// A job's level on the ladder now. With learned sizes and enough of them, the level a
@@ -112,11 +114,9 @@ impl Engine {
             .filter(enough)
             .or_else(|| self.sizes.get(&(job.tenant, accel)).filter(enough))
             .or_else(|| self.tenant_sizes.get(&job.tenant).filter(enough));
-        // As many thousandth-accelerator-seconds as 1 / G accelerator-seconds.
-        let like = match history.and_then(|h| h.index(age_milli_s as f64 / 1000.0)) {
-            Some(g) => (1000.0 / g).min(u64::MAX as f64) as u64,
-            None => attained,
-        };
+        let like = history
+            .and_then(|h| h.index(age_milli_s as f64 / 1000.0))
+            .map_or(attained, like_attained_milli_s);
         let to_limit = job.limit_s.map_or(u64::MAX, |l| {
             accel.saturating_mul(l.saturating_sub(ran_s).max(1))
         });
@@ -125,9 +125,9 @@ impl Engine {
 
     /// A job that ran ended: its size joins its tenant's histories.
     pub(super) fn learn_size(&mut self, id: JobId) {
-        if !self.las().is_some_and(|l| l.learned_sizes) {
+        let Some(las) = self.las().filter(|l| l.learned_sizes) else {
             return;
-        }
+        };
         let Some(job) = self.jobs.get(&id) else {
             return;
         };
@@ -137,13 +137,10 @@ impl Engine {
         }
         let accel_s = accel.saturating_mul(job.run_s) / 1000;
         let (t, name) = (job.tenant, job.name_key);
-        let Some(las) = self.las() else {
-            return;
-        };
         let min = las.min_samples;
         // Waiting jobs need new keys only where a bin's level moved.
         let moved = |old: Vec<f64>, new: &SizeHistory| {
-            let level = |g: f64| (g > 0.0).then(|| las.level((1000.0 / g) as u64));
+            let level = |g: f64| (g > 0.0).then(|| las.level(like_attained_milli_s(g)));
             old.is_empty()
                 || old
                     .iter()
@@ -188,14 +185,10 @@ impl Engine {
     /// accelerator counts `of` chooses, and those of them `only` chooses) are placed again.
     fn reorder(&mut self, t: TenantIdx, of: impl Fn(u64) -> bool, only: impl Fn(&Job) -> bool) {
         let shapes = &self.shapes;
-        let accel = |s: ShapeId| -> u64 {
-            shapes[s as usize]
-                .groups
-                .iter()
-                .map(|g| g.accel_milli_total())
-                .sum()
-        };
-        let waiting: Vec<JobId> = self.queues.tenant_jobs(t, |s| of(accel(s))).collect();
+        let waiting: Vec<JobId> = self
+            .queues
+            .tenant_jobs(t, |s| of(shapes[s as usize].accel_milli_total()))
+            .collect();
         for id in waiting {
             if !only(&self.jobs[&id]) {
                 continue;
