@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod support;
+
 fn gosok(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gosok"))
         .args(args)
@@ -31,35 +33,9 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// One Philly VC (2869ce: 16 nodes × 8 GPUs, 315 jobs in October–November 2017), imported with
-/// its arrivals compressed so that it queues.
+/// One Philly VC (2869ce), imported with its arrivals compressed so that it queues.
 fn philly_vc(dir: &Path) -> (PathBuf, PathBuf) {
-    let t = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces/philly-pollux");
-    assert!(
-        t.join("philly.csv").is_file(),
-        "shared traces expected at {}",
-        t.display()
-    );
-    let vcs = dir.join("vc.csv");
-    std::fs::write(&vcs, "vc,node num\n2869ce,16\n").unwrap();
-    let out = dir.join("trace");
-    ok(&gosok(&[
-        "trace",
-        "import",
-        "philly",
-        "--jobs",
-        s(&t.join("philly.csv")),
-        "--vcs",
-        s(&vcs),
-        "--from",
-        "2017-10-01",
-        "--to",
-        "2017-12-01",
-        "--arrival-compression",
-        "8",
-        "--out",
-        s(&out),
-    ]));
+    let out = support::philly::import_vc_2869ce(dir, &["--arrival-compression", "8"]);
     (out.join("cluster.toml"), out.join("workload.jsonl"))
 }
 

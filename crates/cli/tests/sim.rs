@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod support;
+use support::philly::traces;
+
 fn gosok(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gosok"))
         .args(args)
@@ -15,16 +18,6 @@ fn ok(out: &Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "gosok failed: {stderr}");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn traces() -> PathBuf {
-    let t = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces");
-    assert!(
-        t.join("philly-pollux/philly.csv").is_file(),
-        "the shared traces are expected at {}",
-        t.display()
-    );
-    t
 }
 
 fn examples() -> PathBuf {
@@ -43,28 +36,10 @@ fn s(p: &Path) -> &str {
 
 #[test]
 fn philly_one_vc_imports_and_replays_with_the_helios_ordering() {
-    let t = traces().join("philly-pollux");
     let dir = tmp("philly");
     // One VC of philly_vc.csv (2869ce: 16 nodes, 315 jobs in the window), so the test
     // stays small.
-    let vcs = dir.join("vc.csv");
-    std::fs::write(&vcs, "vc,node num\n2869ce,16\n").unwrap();
-    let out = dir.join("trace");
-    ok(&gosok(&[
-        "trace",
-        "import",
-        "philly",
-        "--jobs",
-        s(&t.join("philly.csv")),
-        "--vcs",
-        s(&vcs),
-        "--from",
-        "2017-10-01",
-        "--to",
-        "2017-12-01",
-        "--out",
-        s(&out),
-    ]));
+    let out = support::philly::import_vc_2869ce(&dir, &[]);
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("import.json")).unwrap()).unwrap();
     let jobs = summary["jobs_written"].as_u64().unwrap();
