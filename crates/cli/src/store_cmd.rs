@@ -44,11 +44,14 @@ fn open(spec: &str, create: bool) -> anyhow::Result<Box<dyn Store>> {
     };
     let path = Path::new(path);
     let file = if path.is_dir() || (create && path.extension().is_none()) {
-        std::fs::create_dir_all(path)?;
+        private_dir(path)?;
         path.join("gosok.db")
     } else {
         path.to_path_buf()
     };
+    if create {
+        private_file(&file)?;
+    }
     anyhow::ensure!(
         create || file.exists(),
         "{}: no store there",
@@ -64,8 +67,12 @@ pub fn backup(a: BackupArgs) -> anyhow::Result<()> {
         a.out.display()
     );
     let mut from = open(&a.from, false)?;
+    // A backup holds every tenant's log (job environments included): readable by its owner
+    // only, as the controller's own data directory is.
+    private_file(&a.out)?;
     let mut to = SqliteStore::open(&a.out)?;
     let snapshots = to.snapshot_path();
+    private_file(&snapshots)?;
     let c = gosok_server::backup::copy(from.as_mut(), &mut to)?;
     println!(
         "backed up {} log records{} to {}{}",
@@ -103,4 +110,31 @@ pub fn migrate(a: MigrateArgs) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+/// A directory (and its parents) that only its owner may enter, as the server keeps its own.
+fn private_dir(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}
+
+/// Creates `path` empty with owner-only permissions unless it exists, so that the SQLite file
+/// (and the journal files SQLite gives the same mode) never exist readable by others.
+fn private_file(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+    }
 }

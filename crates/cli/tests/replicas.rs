@@ -974,6 +974,12 @@ fn a_sqlite_highway_migrates_to_postgres_and_backs_up_online_to_a_fresh_controll
         file.to_str().unwrap(),
     ]);
     assert!(said.contains("backed up"), "{said}");
+    // It holds every tenant's log (job environments included): its owner's eyes only.
+    use std::os::unix::fs::PermissionsExt;
+    for f in [file.clone(), tmp.path().join("backup.snapshots.db")] {
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
     let fresh = tmp.path().join("fresh");
     std::fs::create_dir_all(&fresh).unwrap();
     std::fs::copy(&file, fresh.join("gosok.db")).unwrap();

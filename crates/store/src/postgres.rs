@@ -220,8 +220,13 @@ impl PgStore {
         &self.url
     }
 
-    /// The URL without its password, for messages and status.
+    /// The URL without its password, for messages and status. Query parameters (which may
+    /// carry `password=`, `sslpassword=` and the like) are left out altogether.
     pub fn display_url(url: &str) -> String {
+        let url = match url.split_once('?') {
+            Some((base, _)) => return format!("{}?…", Self::display_url(base)),
+            None => url,
+        };
         match (url.find("://"), url.rfind('@')) {
             (Some(s), Some(at)) if at > s => {
                 let auth = &url[s + 3..at];
@@ -453,5 +458,32 @@ impl Store for PgStore {
     fn reopen(&self) -> Result<Box<dyn Store>, StoreError> {
         // Readers need no fence: only appends do.
         Ok(Box::new(PgStore::open(&self.url)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PgStore;
+
+    #[test]
+    fn a_displayed_url_never_carries_a_password() {
+        for (url, shown) in [
+            (
+                "postgres://gosok:S3cret@db:5432/gosok",
+                "postgres://gosok:***@db:5432/gosok",
+            ),
+            ("postgres://gosok@db/gosok", "postgres://gosok@db/gosok"),
+            (
+                "postgres://gosok@db/gosok?password=S3cret",
+                "postgres://gosok@db/gosok?…",
+            ),
+            (
+                "postgres://db/gosok?user=g&password=S3cret",
+                "postgres://db/gosok?…",
+            ),
+        ] {
+            assert_eq!(PgStore::display_url(url), shown);
+            assert!(!PgStore::display_url(url).contains("S3cret"));
+        }
     }
 }

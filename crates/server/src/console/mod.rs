@@ -373,10 +373,20 @@ fn set_cookie(r: &mut Response, value: String) {
     }
 }
 
-/// Only a path on this server (no scheme, no `//host`) may be a place to return to.
+/// Only a path on this server (no scheme, no `//host`) may be a place to return to. Browsers
+/// drop tabs and newlines from a Location and read `\` as `/`, so `/<TAB>/host` would leave the
+/// site: a path with any of them (or any other control character or space) is refused.
 fn local_path(next: Option<&String>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.clone(),
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n
+                    .chars()
+                    .any(|c| c == '\\' || c.is_control() || c.is_whitespace()) =>
+        {
+            n.clone()
+        }
         _ => "/".into(),
     }
 }
@@ -663,6 +673,10 @@ mod tests {
             ("//evil.example/", "/"),
             ("https://evil.example/", "/"),
             ("/\\evil.example", "/"),
+            ("/\t/evil.example", "/"),
+            ("/\n/evil.example", "/"),
+            ("/ /evil.example", "/"),
+            ("/\u{a0}/evil.example", "/"),
         ] {
             assert_eq!(local_path(Some(&next.to_string())), want, "{next}");
         }

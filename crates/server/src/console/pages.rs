@@ -193,15 +193,23 @@ fn pager(lang: Lang, links: &[(Msg, Option<String>)], note: &str) -> String {
     out
 }
 
+/// The highest page number asked of any list (50 rows a page: 5 × 10^9 rows), so that the
+/// offset a page makes cannot overflow.
+const MAX_PAGE: usize = 100_000_000;
+
 fn page_number(q: &BTreeMap<String, String>, k: &str) -> Result<usize, Failure> {
     match q.get(k) {
         None => Ok(1),
-        Some(v) => v.parse::<usize>().ok().filter(|&n| n >= 1).ok_or_else(|| {
-            Failure::new(
-                StatusCode::BAD_REQUEST,
-                format!("{k}: {v:?} is not a page number (1, 2, ...)"),
-            )
-        }),
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                Failure::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("{k}: {v:?} is not a page number (1 to {MAX_PAGE})"),
+                )
+            }),
     }
 }
 
