@@ -102,6 +102,8 @@ struct Replica {
     port: u16,
     store: String,
     child: Option<Child>,
+    /// Stopped by SIGSTOP (and seen stopped in /proc): it cannot answer, so nobody asks it.
+    frozen: bool,
 }
 
 impl Replica {
@@ -153,9 +155,42 @@ impl Replica {
         self.child.as_ref().unwrap().id() as i32
     }
 
-    fn signal(&self, sig: i32) {
+    /// The kernel's state letter for each of the process's threads (`T` once stopped).
+    fn thread_states(&self) -> Vec<char> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return Vec::new();
+        };
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+            // The name in parentheses may hold spaces; the state follows the last ')'.
+            .filter_map(|stat| stat.rsplit_once(')')?.1.trim_start().chars().next())
+            .collect()
+    }
+
+    /// Freezes the replica as a long pause would (SIGSTOP), returning once the kernel shows
+    /// every thread stopped: kill(2) only queues the signal.
+    fn freeze(&mut self) {
         // SAFETY: a plain kill(2) of our own child.
-        unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGSTOP) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let states = self.thread_states();
+            if !states.is_empty() && states.iter().all(|&c| c == 'T') {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica did not stop: thread states {states:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.frozen = true;
+    }
+
+    fn thaw(&mut self) {
+        // SAFETY: a plain kill(2) of our own child.
+        assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGCONT) }, 0);
+        self.frozen = false;
     }
 
     fn kill(&mut self) {
@@ -246,6 +281,7 @@ impl Highway {
                     port: free_port(),
                     store,
                     child: None,
+                    frozen: false,
                 }
             })
             .collect();
@@ -274,7 +310,10 @@ impl Highway {
         let deadline = Instant::now() + within;
         loop {
             let ready: Vec<usize> = (0..self.replicas.len())
-                .filter(|&i| self.replicas[i].child.is_some() && self.replicas[i].ready())
+                .filter(|&i| {
+                    let r = &self.replicas[i];
+                    r.child.is_some() && !r.frozen && r.ready()
+                })
                 .collect();
             if ready.len() == 1 {
                 return ready[0];
@@ -614,10 +653,10 @@ fn a_frozen_leader_is_fenced_by_term_and_steps_down() {
     h.setup();
     let old = h.leader(Duration::from_secs(10));
     let old_term = h.replicas[old].status()["term"].as_u64().unwrap();
-    h.replicas[old].signal(libc::SIGSTOP);
+    h.replicas[old].freeze();
     // Another takes over once the lease has run out.
     let new = h.leader(Duration::from_secs(15));
-    assert_ne!(new, old);
+    assert_ne!(new, old, "logs:\n{}", h.logs());
     let new_term = h.replicas[new].status()["term"].as_u64().unwrap();
     assert!(new_term > old_term);
     let (s, v) = h.call(
@@ -628,7 +667,7 @@ fn a_frozen_leader_is_fenced_by_term_and_steps_down() {
     );
     assert_eq!(s, 201, "{v}");
     // Wake the old leader with work queued for it: it must write nothing, and follow.
-    h.replicas[old].signal(libc::SIGCONT);
+    h.replicas[old].thaw();
     h.wait(
         "the old leader stepping down",
         Duration::from_secs(5),
@@ -946,6 +985,7 @@ fn a_sqlite_highway_migrates_to_postgres_and_backs_up_online_to_a_fresh_controll
         port: free_port(),
         store: db.clone(),
         child: None,
+        frozen: false,
     };
     std::fs::create_dir_all(&r.dir).unwrap();
     r.start();

@@ -20,7 +20,7 @@ pub mod testpg;
 pub use ::postgres::Config as PgConfig;
 pub use group::{CommitError, GroupCommit};
 pub use lease::{Lease, ReplicaRow};
-pub use postgres::PgStore;
+pub use postgres::{IDLE_IN_TRANSACTION_MS, PgStore, session_config as pg_session_config};
 pub use sqlite::{Damage, SqliteStore};
 
 /// One entry of the event log.

@@ -143,6 +143,11 @@ impl Drop for Conn {
 /// Connects with a bounded wait and TCP keepalives, so that a PostgreSQL that went away is
 /// noticed instead of waited on for the kernel's default of hours.
 fn connect(url: &str) -> Result<Client, postgres::Error> {
+    session_config(url)?.connect(NoTls)
+}
+
+/// The connection settings of every session gosok opens on `url`.
+pub fn session_config(url: &str) -> Result<postgres::Config, postgres::Error> {
     let mut cfg: postgres::Config = url.parse()?;
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(std::time::Duration::from_secs(5));
@@ -151,8 +156,25 @@ fn connect(url: &str) -> Result<Client, postgres::Error> {
         .keepalives_idle(std::time::Duration::from_secs(5))
         .keepalives_interval(std::time::Duration::from_secs(1))
         .keepalives_retries(3);
-    cfg.connect(NoTls)
+    // A replica frozen (or cut off) inside a transaction keeps its locks until PostgreSQL
+    // ends the session: an append's share lock on the lease row would block every election,
+    // and `open`'s schema lock every new connection, for as long as the freeze lasts. Ending
+    // sessions idle in a transaction bounds that wait; the transaction rolls back, so nothing
+    // unacknowledged is kept. An operator's own `options` in the URL are kept and may set it.
+    let ours = format!("-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}");
+    let options = match cfg.get_options() {
+        Some(theirs) if !theirs.trim().is_empty() => format!("{ours} {theirs}"),
+        _ => ours,
+    };
+    cfg.options(&options);
+    Ok(cfg)
 }
+
+/// How long PostgreSQL lets a session of gosok's sit inside a transaction waiting for the
+/// client before ending it. gosok's transactions send their statements back to back, so only a
+/// client that has stopped (frozen, partitioned) reaches it; an election waits at most this long
+/// for such a client's locks, on top of the lease.
+pub const IDLE_IN_TRANSACTION_MS: u64 = 1_500;
 
 pub struct PgStore {
     url: String,

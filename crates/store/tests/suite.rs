@@ -311,6 +311,56 @@ fn postgres_leases_elect_one_leader_and_fence_the_deposed_one() {
     assert_eq!(a.acquire_lease("a", "http://a", 400).unwrap(), Some(tb + 1));
 }
 
+/// A replica frozen inside an append (holding its share lock on the lease row) must not block
+/// the next election for longer than PostgreSQL's idle-in-transaction limit on its session.
+#[test]
+fn postgres_an_election_is_not_blocked_by_a_replica_frozen_inside_a_transaction() {
+    let pg = Cluster::start().expect("a throwaway PostgreSQL cluster");
+    // An operator's own options in the URL are kept beside gosok's.
+    let url = format!(
+        "{}?options=-c%20application_name%3Dfrozen-test",
+        pg.create_db("frozen").unwrap()
+    );
+    let a = PgStore::open(&url).unwrap();
+    let ta = a.acquire_lease("a", "http://a", 300).unwrap().unwrap();
+    // What an append does first, on a session made as gosok makes them; then the client
+    // stops talking, as a frozen process would.
+    let mut frozen = gosok_store::pg_session_config(&url)
+        .unwrap()
+        .connect(postgres::NoTls)
+        .unwrap();
+    let settings = frozen
+        .query_one(
+            "SELECT current_setting('idle_in_transaction_session_timeout'), current_setting('application_name')",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        (settings.get::<_, String>(0), settings.get::<_, String>(1)),
+        (
+            format!("{}ms", gosok_store::IDLE_IN_TRANSACTION_MS),
+            "frozen-test".to_string()
+        )
+    );
+    let mut tx = frozen.transaction().unwrap();
+    tx.query_one("SELECT term FROM gosok_leader WHERE id = 1 FOR SHARE", &[])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    // The lease has run out; the election's UPDATE waits for the frozen session's lock,
+    // which PostgreSQL ends after the limit.
+    let b = PgStore::open(&url).unwrap();
+    let started = std::time::Instant::now();
+    let tb = b.acquire_lease("b", "http://b", 10_000).unwrap();
+    let waited = started.elapsed();
+    assert_eq!(tb, Some(ta + 1));
+    assert!(
+        waited < Duration::from_millis(gosok_store::IDLE_IN_TRANSACTION_MS + 3_000),
+        "the election waited {waited:?}"
+    );
+    // The frozen session was ended: when it wakes, its transaction is gone.
+    assert!(tx.commit().is_err());
+}
+
 #[test]
 fn postgres_detects_a_damaged_record_and_survives_a_restart_of_the_server() {
     let pg = Cluster::start().expect("a throwaway PostgreSQL cluster");
