@@ -300,40 +300,47 @@ impl Store for PgStore {
             bodies.push(r.body.clone());
             crcs.push(record_crc(r) as i64);
         }
+        let first = seqs[0];
+        if let Some(pair) = seqs.windows(2).find(|w| w[1] != w[0] + 1) {
+            return Err(StoreError::OutOfOrder {
+                last: pair[0] as u64,
+                got: pair[1] as u64,
+            });
+        }
+        let fence = term.map(to_i64);
         self.conn.call(move |c| {
-            let mut tx = c.transaction()?;
-            if let Some(mine) = term {
-                // FOR SHARE: an election waits for this transaction, and this one, if it
-                // comes after an election, reads the new term.
-                let row = tx.query_one("SELECT term FROM gosok_leader WHERE id = 1 FOR SHARE", &[])?;
-                let current = row.try_get::<_, i64>(0)? as u64;
-                if current != mine {
-                    return Err(StoreError::Fenced {
-                        mine,
-                        current,
-                    });
-                }
-            }
-            let last: i64 = tx
-                .query_one("SELECT COALESCE(MAX(seq), 0) FROM gosok_events", &[])?
-                .try_get(0)?;
-            for (expect, &s) in (last + 1..).zip(seqs.iter()) {
-                if s != expect {
-                    return Err(StoreError::OutOfOrder {
-                        last: (expect - 1) as u64,
-                        got: s as u64,
-                    });
-                }
-            }
-            let term = to_i64(term.unwrap_or(0));
-            // One statement for the whole batch: arrays unnested server-side.
-            tx.execute(
+            // One statement, so one round trip and one commit per batch. The term is read
+            // FOR SHARE: an election (which updates that row) waits for this statement, and
+            // this one, if it comes after an election, reads the new term and inserts nothing.
+            // The batch goes in only right after the log's last record.
+            let inserted = c.execute(
                 "INSERT INTO gosok_events (seq, at_ms, kind, body, crc, term)
-                 SELECT s, a, k, b, c, $6 FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[], $5::bigint[]) AS t(s, a, k, b, c)",
-                &[&seqs, &ats, &kinds, &bodies, &crcs, &term],
+                 SELECT s, a, k, b, c, COALESCE($6, 0)
+                   FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[], $5::bigint[]) AS t(s, a, k, b, c)
+                  WHERE ($6::bigint IS NULL
+                         OR (SELECT term FROM gosok_leader WHERE id = 1 FOR SHARE) = $6)
+                    AND (SELECT COALESCE(MAX(seq), 0) FROM gosok_events) = $7 - 1",
+                &[&seqs, &ats, &kinds, &bodies, &crcs, &fence, &first],
             )?;
-            tx.commit()?;
-            Ok(())
+            if inserted == seqs.len() as u64 {
+                return Ok(());
+            }
+            // Nothing went in (the statement is all or nothing): say why.
+            let row = c.query_one(
+                "SELECT (SELECT term FROM gosok_leader WHERE id = 1),
+                        (SELECT COALESCE(MAX(seq), 0) FROM gosok_events)",
+                &[],
+            )?;
+            let (current, last) = (row.try_get::<_, i64>(0)? as u64, row.try_get::<_, i64>(1)?);
+            if let Some(mine) = term
+                && current != mine
+            {
+                return Err(StoreError::Fenced { mine, current });
+            }
+            Err(StoreError::OutOfOrder {
+                last: last as u64,
+                got: first as u64,
+            })
         })
     }
 
