@@ -92,7 +92,11 @@ fn request(
         Err(e) => panic!("{method} {url}: {e}"),
     };
     let mut headers = Vec::new();
-    for name in resp.headers_names() {
+    let mut names = resp.headers_names();
+    // A name comes once per value.
+    names.sort();
+    names.dedup();
+    for name in names {
         for v in resp.all(&name) {
             headers.push((name.to_ascii_lowercase(), v.to_string()));
         }

@@ -811,9 +811,13 @@ async fn forward(req: Request) -> Response {
             if HOP.contains(&name.as_str()) {
                 continue;
             }
+            // A name comes once per value; every value is taken the first time.
             let Ok(n) = HeaderName::try_from(name.as_str()) else {
                 continue;
             };
+            if out.contains_key(&n) {
+                continue;
+            }
             // Every value: a sign-in sets two cookies.
             for v in resp.all(&name) {
                 if let Ok(v) = HeaderValue::from_str(v) {
