@@ -173,9 +173,9 @@ impl Shared {
         *self.admins.write().unwrap_or_else(PoisonError::into_inner) = core.admin_token_digests();
     }
 
-    /// Whether a request carries an admin token: the leader's API decides while this
-    /// replica leads, else the admin tokens of the log as followed.
-    fn require_admin(&self, headers: &HeaderMap) -> Result<(), Response> {
+    /// The refusal of a request without an admin token (None: it has one). The leader's API
+    /// decides while this replica leads, else the admin tokens of the log as followed.
+    fn refuse_unless_admin(&self, headers: &HeaderMap) -> Option<Response> {
         let leading = self
             .leading
             .read()
@@ -184,7 +184,8 @@ impl Shared {
         if let Some(app) = leading {
             return api::principal(&app, headers)
                 .and_then(|p| p.require_admin())
-                .map_err(IntoResponse::into_response);
+                .err()
+                .map(IntoResponse::into_response);
         }
         let token = headers
             .get(header::AUTHORIZATION)
@@ -201,14 +202,16 @@ impl Shared {
                 .contains(&crate::auth::sha256(t.as_bytes()))
         });
         if known {
-            return Ok(());
+            return None;
         }
-        Err(crate::error::ApiError::unauthenticated(if token.is_none() {
-            "this needs an operator (admin) token: send `Authorization: Bearer <token>`"
-        } else {
-            "unknown, revoked or not an admin token: this needs an operator (admin) token"
-        })
-        .into_response())
+        Some(
+            crate::error::ApiError::unauthenticated(if token.is_none() {
+                "this needs an operator (admin) token: send `Authorization: Bearer <token>`"
+            } else {
+                "unknown, revoked or not an admin token: this needs an operator (admin) token"
+            })
+            .into_response(),
+        )
     }
 }
 
@@ -676,7 +679,7 @@ async fn follower_health(req: Request) -> Response {
         "ok"
     };
     // A probe that sends a token it should not is still told the replica is up.
-    if sh.require_admin(req.headers()).is_err() {
+    if sh.refuse_unless_admin(req.headers()).is_some() {
         return axum::Json(json!({ "status": status })).into_response();
     }
     axum::Json(json!({
@@ -884,7 +887,7 @@ async fn readyz(State(sh): State<Arc<Shared>>) -> Response {
 
 /// This replica's view: its role and term, the leader, and every replica heard from.
 async fn replica_status(State(sh): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(r) = sh.require_admin(&headers) {
+    if let Some(r) = sh.refuse_unless_admin(&headers) {
         return r;
     }
     let s = sh.status().clone();

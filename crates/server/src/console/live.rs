@@ -460,7 +460,7 @@ mod tests {
         drop(c1);
         assert_eq!(slots.open(&c), (5, 0));
         assert!(
-            slots.counts().by.get(&c).is_none(),
+            !slots.counts().by.contains_key(&c),
             "no entry is kept for a holder with none"
         );
     }
