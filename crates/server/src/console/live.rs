@@ -3,8 +3,9 @@
 //! the controller's log moves (every change is a record) — looked at every `POLL` — and,
 //! for a job page, every second too (its output grows on the agent, not in the log). A
 //! stream ends after a while (the browser reconnects at once, sending the last hash it got),
-//! so that no connection is held open without bound, and a comment line every `KEEPALIVE`
-//! finds a browser that left without closing (its stream then ends at once).
+//! so that no connection is held open without bound. A browser that closes its connection
+//! ends its stream within a `POLL`; a comment line every `KEEPALIVE` lets whatever relays
+//! the stream (a follower replica, a proxy) notice as soon that its client has gone.
 //!
 //! Each stream renders a page on every change, so their number is bounded three ways
 //! (`Slots`): `MAX_STREAMS` in all; `MAX_STREAMS_PER_PRINCIPAL` for one tenant (all its
@@ -41,8 +42,8 @@ const POLL: Duration = Duration::from_millis(200);
 const JOB_REFRESH: Duration = Duration::from_secs(1);
 /// The longest a stream lasts before the browser reconnects.
 const STREAM_MAX: Duration = Duration::from_secs(25);
-/// A stream that sent nothing for this long sends a comment line: writing to a connection
-/// the browser left fails, and the stream ends (its slot is free again).
+/// A stream that sent nothing for this long sends a comment line, so that a relay (a
+/// follower forwarding the stream) writes to its client and finds out if it has gone.
 const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// Whom a stream counts against.
