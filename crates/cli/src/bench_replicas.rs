@@ -98,7 +98,8 @@ fn ready(base: &str) -> bool {
 
 /// Initialises `store`, starts `n` controllers on it and declares the bench highway with
 /// 8 tenants; returns them and the tenants' tokens.
-fn highway(root: &Path, store: &str, n: usize) -> anyhow::Result<(Vec<Proc>, Vec<String>)> {
+/// Returns the processes, the tenants' tokens and the admin token.
+fn highway(root: &Path, store: &str, n: usize) -> anyhow::Result<(Vec<Proc>, Vec<String>, String)> {
     let out = Command::new(std::env::current_exe()?)
         .args(["server", "init", "--data-dir"])
         .arg(root.join("r0"))
@@ -151,7 +152,7 @@ fn highway(root: &Path, store: &str, n: usize) -> anyhow::Result<(Vec<Proc>, Vec
         )?;
         tokens.push(v["token"].as_str().unwrap_or_default().to_string());
     }
-    Ok((procs, tokens))
+    Ok((procs, tokens, admin))
 }
 
 fn leader_of(procs: &[Proc]) -> anyhow::Result<usize> {
@@ -188,7 +189,7 @@ pub fn run(a: BenchReplicasArgs) -> anyhow::Result<()> {
     for round in 0..a.rounds {
         for (k, name) in ["postgres", "sqlite"].iter().enumerate() {
             let root = tmp.join(format!("{name}-{round}"));
-            let (procs, tokens) = if k == 0 {
+            let (procs, tokens, admin) = if k == 0 {
                 if round > 0 {
                     gosok_store::PgStore::open(&store)?.wipe()?;
                 }
@@ -208,7 +209,11 @@ pub fn run(a: BenchReplicasArgs) -> anyhow::Result<()> {
                     let mut lags = Vec::new();
                     while !done.load(Ordering::SeqCst) {
                         for f in &followers {
-                            if let Ok(r) = http().get(&format!("{f}/v1/replica")).call()
+                            // The replicas' status is for operators.
+                            if let Ok(r) = http()
+                                .get(&format!("{f}/v1/replica"))
+                                .set("Authorization", &format!("Bearer {admin}"))
+                                .call()
                                 && let Ok(v) = serde_json::from_str::<Value>(
                                     &r.into_string().unwrap_or_default(),
                                 )
@@ -247,7 +252,7 @@ pub fn run(a: BenchReplicasArgs) -> anyhow::Result<()> {
     }
     // Takeovers.
     gosok_store::PgStore::open(&store)?.wipe()?;
-    let (mut procs, tokens) = highway(&tmp.join("takeover"), &store, 3)?;
+    let (mut procs, tokens, _) = highway(&tmp.join("takeover"), &store, 3)?;
     let spec =
         r#"{"name":"t","hold":true,"groups":[{"replicas":1,"accelerators":1,"models":["H100"]}]}"#;
     let mut takeovers = Vec::new();

@@ -520,6 +520,12 @@ impl Client {
         })
     }
 
+    /// The controllers in the order given, the HTTP agent and the token: for a command that
+    /// asks them one by one itself (`gosok server status`).
+    pub(crate) fn parts(&self) -> (&[String], &ureq::Agent, Option<&str>) {
+        (&self.bases, &self.agent, self.token.as_deref())
+    }
+
     /// The controller URL requests go to now.
     fn base(&self) -> &str {
         let i = self.current.load(std::sync::atomic::Ordering::Relaxed);

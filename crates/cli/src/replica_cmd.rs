@@ -5,41 +5,44 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::Value;
 
-use crate::client::Output;
+use crate::client::{Client, Conn, Output};
 
 #[derive(Args)]
 pub struct StatusArgs {
-    /// Controller URLs, comma-separated; the first that answers is asked (default:
-    /// GOSOK_SERVER, else http://127.0.0.1:8080).
-    #[arg(long)]
-    server: Option<String>,
-    /// `json` prints the API's JSON.
-    #[arg(long, short, value_enum, default_value_t = Output::Table)]
-    output: Output,
+    /// `--server` may name several replicas, comma-separated: the first that answers is
+    /// asked. The status needs an admin token (`--token`, GOSOK_TOKEN or the client config).
+    #[command(flatten)]
+    c: Conn,
 }
 
 pub fn status(a: StatusArgs) -> anyhow::Result<()> {
-    let servers = a
-        .server
-        .or_else(|| std::env::var("GOSOK_SERVER").ok())
-        .unwrap_or_else(|| "http://127.0.0.1:8080".into());
-    let http = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(5))
-        .build();
+    let client = Client::new(&a.c)?;
+    let (bases, http, token) = client.parts();
     let mut errors = Vec::new();
-    for base in servers.split(',').map(|s| s.trim().trim_end_matches('/')) {
-        if base.is_empty() {
-            continue;
+    for base in bases {
+        let mut req = http
+            .get(&format!("{base}/v1/replica"))
+            .timeout(Duration::from_secs(5));
+        if let Some(t) = token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
         }
-        match http.get(&format!("{base}/v1/replica")).call() {
+        match req.call() {
             Ok(r) => {
                 let v: Value = serde_json::from_str(&r.into_string()?)?;
-                print(&v, a.output);
+                print(&v, client.output);
                 return Ok(());
             }
             Err(ureq::Error::Status(404, _)) => errors.push(format!(
                 "{base}: not a replica (a controller on SQLite has no replicas; see /healthz)"
             )),
+            Err(ureq::Error::Status(code @ (401 | 403), r)) => {
+                let v: Value = serde_json::from_str(&r.into_string().unwrap_or_default())
+                    .unwrap_or(Value::Null);
+                errors.push(format!(
+                    "{base}: {code}: {}\nhint: the replicas' status needs an admin token: pass --token (the one `gosok server init` printed), set GOSOK_TOKEN, or put `token = \"...\"` in the client config",
+                    v["error"]["message"].as_str().unwrap_or("refused")
+                ))
+            }
             Err(e) => errors.push(format!("{base}: {e}")),
         }
     }

@@ -774,3 +774,193 @@ fn a_tenant_and_an_operator_use_the_console_in_a_real_browser() {
     });
     eprintln!("console screenshots: {}", dir.display());
 }
+
+/// An event stream as the HTML standard's reader parses it: lines end at CR LF, LF or CR;
+/// `field: value`; a blank line dispatches. Every event as (id, type, data), and every
+/// `retry:` value.
+fn sse_events(stream: &str) -> (Vec<(String, String, String)>, Vec<String>) {
+    let (mut events, mut retries) = (Vec::new(), Vec::new());
+    let (mut id, mut kind, mut data) = (String::new(), String::new(), String::new());
+    let mut rest = stream;
+    while let Some(end) = rest.find(['\r', '\n']) {
+        let line = &rest[..end];
+        let skip = if rest[end..].starts_with("\r\n") {
+            2
+        } else {
+            1
+        };
+        rest = &rest[end + skip..];
+        if line.is_empty() {
+            if !data.is_empty() {
+                data.pop();
+                let kind = if kind.is_empty() {
+                    "message".into()
+                } else {
+                    kind.clone()
+                };
+                events.push((id.clone(), kind, std::mem::take(&mut data)));
+            }
+            kind.clear();
+            continue;
+        }
+        if line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "id" => id = value.to_string(),
+            "event" => kind = value.to_string(),
+            "retry" => retries.push(value.to_string()),
+            "data" => {
+                data.push_str(value);
+                data.push('\n');
+            }
+            _ => {}
+        }
+    }
+    (events, retries)
+}
+
+/// Opens `/console/live?path=PATH` with `cookie`: the status and, when 200, the open
+/// response (a stream), else its body.
+fn open_live(up: &Up, cookie: &str, path: &str) -> (u16, Result<ureq::Response, String>) {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build();
+    let res = agent
+        .get(&format!(
+            "{}/console/live?path={}&since=old",
+            up.url(),
+            path.replace('/', "%2F")
+        ))
+        .set("Cookie", cookie)
+        .call();
+    match res {
+        Ok(r) => (r.status(), Ok(r)),
+        Err(ureq::Error::Status(c, r)) => (c, Err(r.into_string().unwrap_or_default())),
+        Err(e) => panic!("live {path}: {e}"),
+    }
+}
+
+/// Reads a live stream until its first page has come whole.
+fn first_page(resp: ureq::Response) -> String {
+    let mut rd = resp.into_reader();
+    let mut buf = vec![0u8; 65536];
+    let mut got = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(i) = got.find("event: main\n")
+            && got[i..].contains("\n\n")
+        {
+            return got;
+        }
+        let n = rd.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended before a page came: {got:?}");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    panic!("no page within 10 s: {got:?}");
+}
+
+#[test]
+fn a_tenant_s_output_cannot_add_fields_to_the_live_stream_others_read() {
+    let up = Up::start();
+    let (t, admin) = (up.token(Some("seoul-startup")), up.token(None));
+    // Bare CRs: an SSE reader ends a line at each, as it does at LF.
+    let id = submit(
+        &up,
+        &t,
+        "cr",
+        r"printf 'start\rid: evil\revent: pwn\rretry: 1\r\rdata: injected\r\n\rend\n'",
+    );
+    up.wait_state(id, "succeeded");
+    for who in [&t, &admin] {
+        let cookie = sign_in(&up, who);
+        let (code, resp) = open_live(&up, &cookie, &format!("/jobs/{id}"));
+        assert_eq!(code, 200);
+        let text = first_page(resp.unwrap());
+        let (events, retries) = sse_events(&text);
+        assert_eq!(retries, vec!["300"], "{text:?}");
+        assert!(!events.is_empty(), "{text:?}");
+        for (eid, kind, data) in &events {
+            assert_eq!(kind, "main", "an event of the tenant's making in {text:?}");
+            assert!(
+                eid.len() == 16 && eid.bytes().all(|b| b.is_ascii_hexdigit()),
+                "id {eid:?} in {text:?}"
+            );
+            // The output arrives whole, as the page's text.
+            assert!(
+                data.contains("start\nid: evil\nevent: pwn\nretry: 1\n\ndata: injected\n\nend"),
+                "{data:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn live_streams_are_bounded_per_tenant_and_a_closed_one_frees_its_place() {
+    let up = Up::start();
+    let admin_tok = up.token(None);
+    let a = sign_in(&up, &up.token(Some("seoul-startup")));
+    // The same tenant through another token: the bound is the tenant's, not the session's.
+    let (c, v) = api(
+        &up,
+        "POST",
+        "/v1/tenants/seoul-startup/tokens",
+        &admin_tok,
+        None,
+    );
+    assert_eq!(c, 201, "{v}");
+    let a2 = sign_in(&up, v["token"].as_str().unwrap());
+    let b = sign_in(&up, &up.token(Some("kaist-lab")));
+    let admin = sign_in(&up, &admin_tok);
+
+    let mut open = Vec::new();
+    for i in 0..8 {
+        let cookie = if i % 2 == 0 { &a } else { &a2 };
+        let (code, r) = open_live(&up, cookie, "/queue");
+        assert_eq!(code, 200, "stream {i}: {:?}", r.err());
+        open.push(r.unwrap());
+    }
+    for cookie in [&a, &a2] {
+        let (code, r) = open_live(&up, cookie, "/jobs");
+        let msg = r.err().unwrap_or_default();
+        assert_eq!(code, 429, "{msg}");
+        assert!(
+            msg.contains("tenant seoul-startup has 8 live views open"),
+            "{msg}"
+        );
+    }
+    // Another tenant and the operator are not kept waiting by the first.
+    let (code, b_stream) = open_live(&up, &b, "/queue");
+    assert_eq!(code, 200, "{:?}", b_stream.as_ref().err());
+    let (code, admin_stream) = open_live(&up, &admin, "/nodes");
+    assert_eq!(code, 200, "{:?}", admin_stream.as_ref().err());
+    let page = first_page(admin_stream.unwrap());
+    assert!(page.contains("event: main"), "{page}");
+
+    // A browser that goes away gives its place back (the stream notices it within seconds).
+    drop(open.pop());
+    let started = Instant::now();
+    let mut again = None;
+    while again.is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "a closed stream's place was not given back within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+        if let (200, Ok(r)) = open_live(&up, &a, "/queue") {
+            again = Some(r);
+        }
+    }
+    eprintln!(
+        "a closed live stream's place came back after {} ms",
+        started.elapsed().as_millis()
+    );
+    let (code, _) = open_live(&up, &a2, "/queue");
+    assert_eq!(
+        code, 429,
+        "the freed place was taken again: the bound holds"
+    );
+    drop(b_stream);
+}

@@ -226,8 +226,9 @@ impl Replica {
         )
     }
 
-    fn status(&self) -> Value {
-        http("GET", &format!("{}/v1/replica", self.base()), "", None).1
+    /// `/v1/replica`, which needs an admin token.
+    fn status(&self, admin: &str) -> Value {
+        http("GET", &format!("{}/v1/replica", self.base()), admin, None).1
     }
 
     fn log(&self) -> String {
@@ -662,7 +663,7 @@ fn a_sigkilled_leader_loses_no_acknowledged_job_and_running_tasks_go_on() {
     // The killed replica comes back as a follower.
     h.replicas[old].start();
     h.wait("the old leader following", Duration::from_secs(20), || {
-        h.replicas[old].status()["role"] == "follower"
+        h.replicas[old].status(&h.admin)["role"] == "follower"
     });
     assert_eq!(h.leader(Duration::from_secs(1)), new);
 }
@@ -675,12 +676,12 @@ fn a_frozen_leader_is_fenced_by_term_and_steps_down() {
     }
     h.setup();
     let old = h.leader(Duration::from_secs(10));
-    let old_term = h.replicas[old].status()["term"].as_u64().unwrap();
+    let old_term = h.replicas[old].status(&h.admin)["term"].as_u64().unwrap();
     h.replicas[old].freeze();
     // Another takes over once the lease has run out.
     let new = h.leader(Duration::from_secs(15));
     assert_ne!(new, old, "logs:\n{}", h.logs());
-    let new_term = h.replicas[new].status()["term"].as_u64().unwrap();
+    let new_term = h.replicas[new].status(&h.admin)["term"].as_u64().unwrap();
     assert!(new_term > old_term);
     let (s, v) = h.call(
         "POST",
@@ -694,11 +695,11 @@ fn a_frozen_leader_is_fenced_by_term_and_steps_down() {
     h.wait(
         "the old leader stepping down",
         Duration::from_secs(5),
-        || h.replicas[old].status()["role"] != "leader",
+        || h.replicas[old].status(&h.admin)["role"] != "leader",
     );
     assert_eq!(h.leader(Duration::from_secs(1)), new);
     h.wait("the old leader following", Duration::from_secs(10), || {
-        h.replicas[old].status()["role"] == "follower"
+        h.replicas[old].status(&h.admin)["role"] == "follower"
     });
     // No record of the old term after the first of the new one.
     let terms = h.terms();

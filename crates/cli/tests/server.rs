@@ -1200,6 +1200,25 @@ fn garbage_never_gets_a_5xx() {
 }
 
 #[test]
+fn healthz_tells_anyone_only_that_the_controller_is_up_and_an_admin_the_figures() {
+    let s = Server::new(&[]);
+    s.apply_cluster(CLUSTER);
+    let a = s.token("lab-a");
+    // A probe, a tenant, a stranger: the load, the disk and the log are not theirs to see.
+    for token in [None, Some(a.as_str()), Some("gsk_0000")] {
+        let (code, h) = s.req("GET", "/healthz", token, None);
+        assert_eq!((code, h), (200, json!({"status": "ok"})), "{token:?}");
+    }
+    let (code, h) = s.req("GET", "/healthz", Some(&s.admin), None);
+    assert_eq!(code, 200);
+    assert_eq!(h["status"], "ok");
+    assert!(
+        h["disk"]["free_bytes"].is_u64() && h["log_seq"].is_u64() && h["replay"].is_object(),
+        "{h}"
+    );
+}
+
+#[test]
 fn a_structural_topology_change_keeps_every_job_and_survives_restart() {
     let s = Server::new(&[]);
     s.apply_cluster(CLUSTER);
@@ -1324,11 +1343,11 @@ fn a_restart_from_a_snapshot_and_the_records_after_it_keeps_every_job() {
     }
     std::thread::sleep(Duration::from_millis(500));
     let before = all_jobs(&s);
-    let (_, h) = s.req("GET", "/healthz", None, None);
+    let (_, h) = s.req("GET", "/healthz", Some(&s.admin), None);
     let log_seq = h["log_seq"].as_u64().unwrap();
 
     let s = s.restart();
-    let (_, h) = s.req("GET", "/healthz", None, None);
+    let (_, h) = s.req("GET", "/healthz", Some(&s.admin), None);
     let from = h["replay"]["snapshot_seq"].as_u64().unwrap();
     assert!(from > 0, "the restart did not use a snapshot: {h}");
     assert!(from < log_seq, "no records after the snapshot: {h}");
@@ -1351,7 +1370,7 @@ fn a_restart_from_a_snapshot_and_the_records_after_it_keeps_every_job() {
     );
     assert!(s.child.wait().unwrap().success());
     let s = s.restart();
-    let (_, h) = s.req("GET", "/healthz", None, None);
+    let (_, h) = s.req("GET", "/healthz", Some(&s.admin), None);
     assert_eq!(
         h["replay"]["snapshot_seq"], h["replay"]["records"],
         "a clean stop leaves a snapshot of its final state: {h}"
@@ -1644,7 +1663,7 @@ fn below_the_disk_watermark_submissions_get_507_and_the_rest_goes_on() {
     let a = s.token("lab-a");
     let (c, job) = s.req("POST", "/v1/jobs", Some(&a), Some(JOB8));
     assert_eq!(c, 201);
-    let (_, h) = s.req("GET", "/healthz", None, None);
+    let (_, h) = s.req("GET", "/healthz", Some(&s.admin), None);
     assert_eq!(
         (&h["status"], &h["disk"]["low"]),
         (&json!("ok"), &json!(false)),
@@ -1666,7 +1685,7 @@ fn below_the_disk_watermark_submissions_get_507_and_the_rest_goes_on() {
             .unwrap()
             .contains("min_free_disk_mib")
     );
-    let (_, h) = s.req("GET", "/healthz", None, None);
+    let (_, h) = s.req("GET", "/healthz", Some(&s.admin), None);
     assert_eq!(
         (&h["status"], &h["disk"]["low"]),
         (&json!("degraded"), &json!(true)),
@@ -1927,7 +1946,7 @@ fn a_flipped_bit_in_a_snapshot_stops_the_start_with_what_to_do() {
     let s = Server::run(&s.dir.clone(), &[], s.admin.clone());
     let (_, list) = s.req("GET", "/v1/jobs", Some(&a), None);
     assert_eq!(list["jobs"].as_array().unwrap().len(), 5, "{list}");
-    let (_, h) = s.req("GET", "/healthz", None, None);
+    let (_, h) = s.req("GET", "/healthz", Some(&s.admin), None);
     assert_eq!(h["replay"]["snapshot_seq"], 0, "{h}");
 }
 

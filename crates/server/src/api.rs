@@ -89,7 +89,7 @@ macro_rules! route {
 
 pub fn routes() -> Vec<Route> {
     vec![
-        route!(get "/healthz", healthz, Public, 200, "Health", "Liveness and readiness"),
+        route!(get "/healthz", healthz, Public, 200, "Health", "Liveness (the figures behind it with an admin token)"),
         route!(get "/metrics", metrics, Admin, 200, "Metrics",
             "Prometheus metrics (text format); public when metrics_require_token = false"),
         route!(get "/v1/openapi.json", openapi, Public, 200, "OpenApi", "This document"),
@@ -707,12 +707,19 @@ fn job_detail(app: &App, core: &Core, j: &JobRecord) -> Result<Value> {
 
 // ---- handlers: health, metrics, openapi ---------------------------------------------------
 
-async fn healthz(State(app): State<AppState>) -> Response {
+/// Anyone (a load balancer, a probe): whether the controller is up, and "degraded" while
+/// the disk is low. With an admin token, also the figures behind it: they describe the
+/// highway's load and the host, which are nobody else's business.
+async fn healthz(State(app): State<AppState>, headers: HeaderMap) -> Response {
     let (space, low) = app.disk.status();
+    // Degraded: new submissions are refused (507) until disk space is freed.
+    let status = if low { "degraded" } else { "ok" };
+    if !principal(&app, &headers).is_ok_and(|p| p.is_admin()) {
+        return ok(json!({ "status": status }));
+    }
     let core = app.core();
     ok(json!({
-        // Degraded: new submissions are refused (507) until disk space is freed.
-        "status": if low { "degraded" } else { "ok" },
+        "status": status,
         "disk": {"free_bytes": space.free_bytes, "total_bytes": space.total_bytes,
                  "watermark_bytes": app.disk.threshold(space.total_bytes), "low": low},
         "connections": app.http.open.load(std::sync::atomic::Ordering::Relaxed),

@@ -427,6 +427,15 @@ impl Core {
     pub fn token_count(&self) -> usize {
         self.token_by_id.len()
     }
+    /// The SHA-256 digests of the admin tokens not revoked: a replica that follows (and so
+    /// has no API of its own) checks a request's token against them.
+    pub fn admin_token_digests(&self) -> std::collections::HashSet<[u8; 32]> {
+        self.tokens
+            .iter()
+            .filter(|(_, t)| !t.revoked && !t.agent && t.tenant.is_none())
+            .map(|(h, _)| *h)
+            .collect()
+    }
     pub fn tenant(&self, name: &str) -> Option<&TenantSpec> {
         self.cluster.tenant.iter().find(|t| t.name == name)
     }

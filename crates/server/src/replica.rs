@@ -13,9 +13,16 @@
 //! One HTTP server serves the replica's whole life; what answers depends on the role:
 //! the leader's full API, or a follower that forwards every request to the leader (so a
 //! client or agent may talk to any replica), answering 503 while no replica leads.
-//! `/readyz` is 200 on the leader only; `/v1/replica` says the role, term, positions and
-//! lag of every replica.
+//! A forwarded request keeps its Host (the console's origin check compares it with the
+//! browser's Origin) and every header but those of one hop; the leader's answer comes back
+//! as it is sent — every Set-Cookie, and a live stream event by event.
+//!
+//! `/healthz` and `/readyz` answer anyone, with nothing but whether the replica is up
+//! (and leads); `/v1/replica` (the role, term, positions and lag of every replica, their
+//! URLs, the store and its errors) and `/healthz`'s details need an admin token. A follower
+//! checks that token against the admin tokens of the log it has applied.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -23,8 +30,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use gosok_store::{PgStore, SqliteStore, Store};
@@ -134,6 +142,10 @@ struct Shared {
     status: Mutex<Status>,
     /// What answers requests now: the leader's API, or the follower's forwarding.
     inner: RwLock<Router>,
+    /// While this replica leads: its controller, whose tokens are the truth.
+    leading: RwLock<Option<Arc<App>>>,
+    /// The admin tokens' digests in the log as last applied while following.
+    admins: RwLock<HashSet<[u8; 32]>>,
     forward: ureq::Agent,
     stopping: AtomicBool,
 }
@@ -151,6 +163,55 @@ impl Shared {
         let mut s = self.status();
         s.role = role;
         s.error = error;
+    }
+
+    fn set_leading(&self, app: Option<Arc<App>>) {
+        *self.leading.write().unwrap_or_else(PoisonError::into_inner) = app;
+    }
+
+    fn note_admins(&self, core: &Core) {
+        *self.admins.write().unwrap_or_else(PoisonError::into_inner) = core.admin_token_digests();
+    }
+
+    /// The refusal of a request without an admin token (None: it has one). The leader's API
+    /// decides while this replica leads, else the admin tokens of the log as followed.
+    fn refuse_unless_admin(&self, headers: &HeaderMap) -> Option<Response> {
+        let leading = self
+            .leading
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(app) = leading {
+            return api::principal(&app, headers)
+                .and_then(|p| p.require_admin())
+                .err()
+                .map(IntoResponse::into_response);
+        }
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        let known = token.is_some_and(|t| {
+            self.admins
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&crate::auth::sha256(t.as_bytes()))
+        });
+        if known {
+            return None;
+        }
+        Some(
+            crate::error::ApiError::unauthenticated(if token.is_none() {
+                "this needs an operator (admin) token: send `Authorization: Bearer <token>`"
+            } else {
+                "unknown, revoked or not an admin token: this needs an operator (admin) token"
+            })
+            .into_response(),
+        )
     }
 }
 
@@ -205,6 +266,8 @@ pub async fn run(
             replicas: Vec::new(),
         }),
         inner: RwLock::new(follower_router()),
+        leading: RwLock::new(None),
+        admins: RwLock::new(HashSet::new()),
         stopping: AtomicBool::new(false),
         cfg,
     });
@@ -298,6 +361,7 @@ fn follow(sh: &Shared) -> Option<Won> {
         s.applied_seq = last;
         s.store_seq = last;
     }
+    sh.note_admins(&core);
     sh.set_role(Role::Follower, None);
     let mut beat = Instant::now() - HEARTBEAT_EVERY;
     while !sh.stopping.load(Ordering::SeqCst) {
@@ -369,6 +433,9 @@ fn tail(store: &mut PgStore, core: &mut Core, last: &mut u64, sh: &Shared) -> an
         newest_at = Some(r.at_ms);
         Ok(())
     })?;
+    if newest_at.is_some() {
+        sh.note_admins(core);
+    }
     let mut s = sh.status();
     s.applied_seq = *last;
     s.store_seq = *last;
@@ -432,6 +499,7 @@ fn lead(sh: &Arc<Shared>, rt: &tokio::runtime::Handle, won: Won) {
         s.applied_seq = last;
         s.error = None;
     }
+    sh.set_leading(Some(app.clone()));
     sh.set_router(api::router(app.clone()));
     let ticker = rt.spawn(tick_loop(app.clone()));
     let renewer = {
@@ -463,6 +531,17 @@ fn lead(sh: &Arc<Shared>, rt: &tokio::runtime::Handle, won: Won) {
     };
     // Stop acting as the leader first: from here requests are forwarded or refused.
     sh.set_router(follower_router());
+    // The tokens as this replica's term left them, until the next replay says more; none if
+    // its core is busy (a request may hold it, waiting on an unreachable store).
+    match app.core.try_lock() {
+        Ok(core) => sh.note_admins(&core),
+        Err(_) => sh
+            .admins
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear(),
+    }
+    sh.set_leading(None);
     sh.set_role(Role::Follower, None);
     sh.status().leader_url = None;
     over.store(true, Ordering::SeqCst);
@@ -587,13 +666,24 @@ fn shared_of(req: &Request) -> Option<Arc<Shared>> {
     req.extensions().get::<Arc<Shared>>().cloned()
 }
 
+/// Anyone: whether this replica is up. With an admin token, also its role, the leader, the
+/// term, how far it has applied the log, and what is wrong with its store.
 async fn follower_health(req: Request) -> Response {
     let Some(sh) = shared_of(&req) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
     let s = sh.status().clone();
+    let status = if s.role == Role::Unavailable {
+        "degraded"
+    } else {
+        "ok"
+    };
+    // A probe that sends a token it should not is still told the replica is up.
+    if sh.refuse_unless_admin(req.headers()).is_some() {
+        return axum::Json(json!({ "status": status })).into_response();
+    }
     axum::Json(json!({
-        "status": if s.role == Role::Unavailable { "degraded" } else { "ok" },
+        "status": status,
         "role": s.role.name(),
         "leader": s.leader_url,
         "term": s.term,
@@ -605,7 +695,6 @@ async fn follower_health(req: Request) -> Response {
 
 /// Headers not passed on: they describe one hop, not the request.
 const HOP: &[&str] = &[
-    "host",
     "connection",
     "keep-alive",
     "transfer-encoding",
@@ -615,6 +704,29 @@ const HOP: &[&str] = &[
     "upgrade",
     "proxy-connection",
 ];
+
+/// Bytes of the leader's answer read at once: a live event is sent on as soon as it comes.
+const FORWARD_CHUNK: usize = 16 * 1024;
+
+/// The leader's answer as it arrives: the head first, then its body in pieces.
+type Head = Result<(u16, HeaderMap), String>;
+
+/// A response body fed by the thread that reads the leader's answer.
+struct Relayed(tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>);
+
+impl hyper::body::Body for Relayed {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|b| b.map(|b| b.map(hyper::body::Frame::data)))
+    }
+}
 
 /// Passes a request to the leader and its answer back.
 async fn forward(req: Request) -> Response {
@@ -669,12 +781,17 @@ async fn forward(req: Request) -> Response {
     let method = parts.method.clone();
     let headers = parts.headers.clone();
     let sh2 = sh.clone();
-    let answer = tokio::task::spawn_blocking(move || {
+    let (head_tx, head_rx) = tokio::sync::oneshot::channel::<Head>();
+    let (body_tx, body_rx) = tokio::sync::mpsc::channel(4);
+    // ureq blocks: one thread per forwarded request, for as long as its answer streams.
+    tokio::task::spawn_blocking(move || {
         let mut r = sh2.forward.request(method.as_str(), &target);
         for (k, v) in headers.iter() {
             if HOP.contains(&k.as_str()) {
                 continue;
             }
+            // The client's Host goes on as it was (ureq sends the leader's otherwise): the
+            // console compares it with the browser's Origin.
             if let Ok(v) = v.to_str() {
                 r = r.set(k.as_str(), v);
             }
@@ -685,40 +802,59 @@ async fn forward(req: Request) -> Response {
         } else {
             r.send_bytes(&bytes)
         };
-        match res {
-            Ok(resp) | Err(ureq::Error::Status(_, resp)) => {
-                let status = resp.status();
-                let mut headers = HeaderMap::new();
-                for name in resp.headers_names() {
-                    if HOP.contains(&name.as_str()) {
-                        continue;
-                    }
-                    if let (Ok(n), Some(Ok(v))) = (
-                        HeaderName::try_from(name.as_str()),
-                        resp.header(&name).map(HeaderValue::from_str),
-                    ) {
-                        headers.insert(n, v);
-                    }
-                }
-                let mut body = Vec::new();
-                use std::io::Read;
-                match resp.into_reader().take(1 << 30).read_to_end(&mut body) {
-                    Ok(_) => Ok((status, headers, body)),
-                    Err(e) => Err(format!("reading the leader's answer: {e}")),
+        let resp = match res {
+            Ok(resp) | Err(ureq::Error::Status(_, resp)) => resp,
+            Err(ureq::Error::Transport(t)) => {
+                let _ = head_tx.send(Err(format!("cannot reach the leader: {t}")));
+                return;
+            }
+        };
+        let mut out = HeaderMap::new();
+        for name in resp.headers_names() {
+            if HOP.contains(&name.as_str()) {
+                continue;
+            }
+            // A name comes once per value; every value is taken the first time.
+            let Ok(n) = HeaderName::try_from(name.as_str()) else {
+                continue;
+            };
+            if out.contains_key(&n) {
+                continue;
+            }
+            // Every value: a sign-in sets two cookies.
+            for v in resp.all(&name) {
+                if let Ok(v) = HeaderValue::from_str(v) {
+                    out.append(n.clone(), v);
                 }
             }
-            Err(ureq::Error::Transport(t)) => Err(format!("cannot reach the leader: {t}")),
         }
-    })
-    .await;
-    match answer {
-        Ok(Ok((status, headers, body))) => {
-            let mut r = (
-                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-                body,
-            )
-                .into_response();
-            r.headers_mut().extend(headers);
+        if head_tx.send(Ok((resp.status(), out))).is_err() {
+            return;
+        }
+        use std::io::Read;
+        let mut reader = resp.into_reader();
+        let mut buf = vec![0u8; FORWARD_CHUNK];
+        loop {
+            let piece = match reader.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => Ok(Bytes::copy_from_slice(&buf[..n])),
+                Err(e) => Err(std::io::Error::other(format!(
+                    "reading the leader's answer: {e}"
+                ))),
+            };
+            let failed = piece.is_err();
+            // The client left (its connection closed): stop reading, which closes the one
+            // to the leader, which ends what it streams.
+            if body_tx.blocking_send(piece).is_err() || failed {
+                return;
+            }
+        }
+    });
+    match head_rx.await {
+        Ok(Ok((status, headers))) => {
+            let mut r = Response::new(Body::new(Relayed(body_rx)));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            *r.headers_mut() = headers;
             r
         }
         Ok(Err(e)) => error(
@@ -727,28 +863,33 @@ async fn forward(req: Request) -> Response {
             format!("{e}; retry"),
             Some(&leader),
         ),
-        Err(e) => error(
+        Err(_) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
-            e.to_string(),
+            "the forwarding thread ended without an answer".into(),
             None,
         ),
     }
 }
 
+/// 200 on the leader, 503 elsewhere (for a load balancer): nothing else is said.
 async fn readyz(State(sh): State<Arc<Shared>>) -> Response {
-    let s = sh.status().clone();
-    let body = json!({"role": s.role.name(), "term": s.term, "leader": s.leader_url});
-    let code = if s.role == Role::Leader {
-        StatusCode::OK
+    if sh.status().role == Role::Leader {
+        (StatusCode::OK, axum::Json(json!({"status": "ready"}))).into_response()
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, axum::Json(body)).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "not_ready"})),
+        )
+            .into_response()
+    }
 }
 
 /// This replica's view: its role and term, the leader, and every replica heard from.
-async fn replica_status(State(sh): State<Arc<Shared>>) -> Response {
+async fn replica_status(State(sh): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(r) = sh.refuse_unless_admin(&headers) {
+        return r;
+    }
     let s = sh.status().clone();
     let store_seq = s.store_seq;
     let replicas: Vec<Value> = s

@@ -49,7 +49,7 @@ pub struct Console {
     api: Router,
     csrf_key: [u8; 32],
     /// Live-update streams open now, and the most there may be.
-    live: Arc<tokio::sync::Semaphore>,
+    live: Arc<live::Slots>,
     /// A short fingerprint of the assets, so that browsers may cache them until they change.
     asset_version: String,
     secure_cookies: bool,
@@ -70,7 +70,11 @@ pub fn router(app: Arc<App>, api: Router) -> Router {
         app,
         api: api.clone(),
         csrf_key: key,
-        live: Arc::new(tokio::sync::Semaphore::new(live::MAX_STREAMS)),
+        live: live::Slots::new(
+            live::MAX_STREAMS,
+            live::MAX_STREAMS_PER_PRINCIPAL,
+            live::ADMIN_RESERVED,
+        ),
         asset_version,
         secure_cookies,
     });
@@ -103,6 +107,8 @@ pub fn router(app: Arc<App>, api: Router) -> Router {
 #[derive(Clone)]
 pub struct Session {
     token: String,
+    /// The token's id (not the secret): what an admin's live streams are counted by.
+    token_id: String,
     pub lang: Lang,
     pub admin: bool,
     pub tenant: Option<String>,
@@ -160,6 +166,7 @@ impl Console {
         let p = crate::api::principal(&self.app, &h).ok()?;
         Some(Session {
             token: token.to_string(),
+            token_id: p.token_id().to_string(),
             lang: lang_of(headers),
             admin: p.is_admin(),
             tenant: p.tenant().map(|t| t.to_string()),
