@@ -315,11 +315,11 @@ impl Store for PgStore {
             // The batch goes in only right after the log's last record.
             let inserted = c.execute(
                 "INSERT INTO gosok_events (seq, at_ms, kind, body, crc, term)
-                 SELECT s, a, k, b, c, COALESCE($6, 0)
+                 SELECT s, a, k, b, c, COALESCE($6::bigint, 0)
                    FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[], $5::bigint[]) AS t(s, a, k, b, c)
                   WHERE ($6::bigint IS NULL
-                         OR (SELECT term FROM gosok_leader WHERE id = 1 FOR SHARE) = $6)
-                    AND (SELECT COALESCE(MAX(seq), 0) FROM gosok_events) = $7 - 1",
+                         OR (SELECT term FROM gosok_leader WHERE id = 1 FOR SHARE) = $6::bigint)
+                    AND (SELECT COALESCE(MAX(seq), 0) FROM gosok_events) = $7::bigint - 1",
                 &[&seqs, &ats, &kinds, &bodies, &crcs, &fence, &first],
             )?;
             if inserted == seqs.len() as u64 {
