@@ -244,6 +244,9 @@ impl Scorer for Fragmentation {
     fn score(&self, i: &ScoreInput) -> f64 {
         self.best(i).0.max(0.0)
     }
+    fn memoises(&self) -> bool {
+        true
+    }
     fn devices(&self, i: &ScoreInput) -> Option<Vec<u8>> {
         // Only a fraction has a device to choose; whole devices go best fit.
         if !matches!(i.req, AccelReq::Milli(_)) {

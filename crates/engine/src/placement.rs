@@ -581,13 +581,19 @@ impl<'a> Placer<'a> {
         } else {
             Vec::new()
         };
-        let mut memo = self.profile.memo.lock();
+        let mut memo = self
+            .scorers
+            .iter()
+            .any(|(s, _)| s.memoises())
+            .then(|| self.profile.memo.lock());
         let mut consider = |n: NodeIdx, at: &mut Attempt, feasible: &mut Vec<NodeIdx>| {
             self.visited.set(self.visited.get() + 1);
             match self.check(cluster, at, n, group, model) {
                 Err(b) => at.misses.add(b),
                 Ok(delta_w) => {
-                    let slots = memo.slots(cluster, n, group.accel, group.cpu_milli, group.mem_mib);
+                    let slots = memo.as_mut().and_then(|m| {
+                        m.slots(cluster, n, group.accel, group.cpu_milli, group.mem_mib)
+                    });
                     let mut input = self.input(cluster, at, n, group, model, delta_w);
                     input.memo = slots.as_ref();
                     let score: f64 = self.scorers.iter().map(|(s, w)| w * s.score(&input)).sum();

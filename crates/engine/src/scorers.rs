@@ -282,6 +282,11 @@ pub trait Scorer: Send + Sync {
     fn devices(&self, _input: &ScoreInput) -> Option<Vec<u8>> {
         None
     }
+    /// Whether it keeps node terms in the `ScoreMemo` (placement looks them up only then:
+    /// for cheap scorers the lookup would cost more than it saves).
+    fn memoises(&self) -> bool {
+        false
+    }
 }
 
 pub fn scorer_by_name(name: &str) -> Option<Box<dyn Scorer>> {

@@ -282,6 +282,9 @@ impl Scorer for ExpectedWaste {
         let scale = (i.cluster.max_devices.max(1) as f64) * 1000.0;
         (0.5 - self.waste_added(node, i).0 / (2.0 * scale)).clamp(0.0, 1.0)
     }
+    fn memoises(&self) -> bool {
+        true
+    }
     fn devices(&self, i: &ScoreInput) -> Option<Vec<u8>> {
         // Only a fraction has a device to choose; whole devices go best fit.
         if !matches!(i.req, AccelReq::Milli(_)) {
