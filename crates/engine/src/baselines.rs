@@ -13,7 +13,7 @@ use crate::cluster::Node;
 use crate::fragmentation::FragTarget;
 use crate::ids::mix64;
 use crate::job::AccelReq;
-use crate::scorers::{ScoreInput, Scorer, best_device};
+use crate::scorers::{MEMO_FGD, ScoreInput, Scorer, best_device};
 
 /// kube-scheduler's highest node score.
 const MAX_NODE_SCORE: f64 = 100.0;
@@ -219,9 +219,16 @@ pub struct Fragmentation;
 
 impl Fragmentation {
     fn best(&self, i: &ScoreInput) -> (f64, Option<usize>) {
+        // A function of the node's devices and CPU, the replica and the profile.
+        i.memoised(MEMO_FGD, || self.best_afresh(i))
+    }
+
+    fn best_afresh(&self, i: &ScoreInput) -> (f64, Option<usize>) {
         let n = node(i);
         let target: &FragTarget = &i.profile.typical;
-        let before = target.node_frag_milli(&n.used_milli, n.cpu_free_milli, n.model);
+        let before = i.memoised_before(MEMO_FGD, || {
+            target.node_frag_milli(&n.used_milli, n.cpu_free_milli, n.model)
+        });
         let cpu_after = n.cpu_free_milli.saturating_sub(i.cpu_milli);
         best_device(&n.used_milli, i.req, |after| {
             let change = before - target.node_frag_milli(after, cpu_after, n.model);
@@ -237,7 +244,14 @@ impl Scorer for Fragmentation {
     fn score(&self, i: &ScoreInput) -> f64 {
         self.best(i).0.max(0.0)
     }
+    fn memoises(&self) -> bool {
+        true
+    }
     fn devices(&self, i: &ScoreInput) -> Option<Vec<u8>> {
+        // Only a fraction has a device to choose; whole devices go best fit.
+        if !matches!(i.req, AccelReq::Milli(_)) {
+            return None;
+        }
         self.best(i).1.map(|d| vec![d as u8])
     }
 }

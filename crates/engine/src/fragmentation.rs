@@ -108,24 +108,36 @@ impl FragTarget {
             return total_f * self.cpu_weight;
         };
         let mut frag = total_f * (self.cpu_weight + no_access);
-        // Shapes come by per-device amount, so the split of the devices into "has the amount
-        // free" and "too little" is redone only when the amount changes.
+        if shapes.is_empty() {
+            return frag;
+        }
+        // The devices' free amounts, ascending: as the shapes' per-device amount grows, the
+        // devices with too little free are a growing prefix, so one pass over the sorted
+        // amounts splits the devices for every amount (same integers as counting afresh).
+        let mut stack = [0u16; 16];
+        let mut heap = Vec::new();
+        let free: &mut [u16] = if used.len() <= stack.len() {
+            &mut stack[..used.len()]
+        } else {
+            heap.resize(used.len(), 0);
+            &mut heap
+        };
+        for (f, &u) in free.iter_mut().zip(used) {
+            *f = 1000 - u.min(1000);
+        }
+        free.sort_unstable();
+        let mut too_little = 0usize;
+        let mut small = 0u64;
         let mut last = u16::MAX;
         let mut fitting = 0u16;
-        let mut small = 0u64;
         for s in shapes {
             if s.per_device != last {
                 last = s.per_device;
-                fitting = 0;
-                small = 0;
-                for &u in used {
-                    let free = 1000 - u.min(1000);
-                    if free >= s.per_device {
-                        fitting += 1;
-                    } else {
-                        small += free as u64;
-                    }
+                while too_little < free.len() && free[too_little] < s.per_device {
+                    small += free[too_little] as u64;
+                    too_little += 1;
                 }
+                fitting = (free.len() - too_little) as u16;
             }
             if fitting >= s.devices && cpu_free_milli >= s.cpu_milli {
                 frag += s.weight * small as f64;

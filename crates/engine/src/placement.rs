@@ -581,12 +581,21 @@ impl<'a> Placer<'a> {
         } else {
             Vec::new()
         };
+        let mut memo = self
+            .scorers
+            .iter()
+            .any(|(s, _)| s.memoises())
+            .then(|| self.profile.memo.lock());
         let mut consider = |n: NodeIdx, at: &mut Attempt, feasible: &mut Vec<NodeIdx>| {
             self.visited.set(self.visited.get() + 1);
             match self.check(cluster, at, n, group, model) {
                 Err(b) => at.misses.add(b),
                 Ok(delta_w) => {
-                    let input = self.input(cluster, at, n, group, model, delta_w);
+                    let slots = memo.as_mut().and_then(|m| {
+                        m.slots(cluster, n, group.accel, group.cpu_milli, group.mem_mib)
+                    });
+                    let mut input = self.input(cluster, at, n, group, model, delta_w);
+                    input.memo = slots.as_ref();
                     let score: f64 = self.scorers.iter().map(|(s, w)| w * s.score(&input)).sum();
                     let tie = mix64(self.seed, n as u64);
                     let better = match &best {
@@ -607,7 +616,7 @@ impl<'a> Placer<'a> {
             consider(n, at, &mut feasible);
         }
         while feasible.len() < limit {
-            let Some(n) = search.walk.next(cluster) else {
+            let Some(n) = search.walk.next(cluster, limit - feasible.len()) else {
                 break;
             };
             let new = match seen.get_mut(n as usize / 64) {
@@ -624,6 +633,7 @@ impl<'a> Placer<'a> {
             }
         }
         search.live = feasible;
+        drop(memo);
         let (score, tie, n, delta_w) = best?;
         // A scorer may choose the devices (FGD, random); otherwise best fit.
         let input = self.input(cluster, at, n, group, model, delta_w);
@@ -661,6 +671,7 @@ impl<'a> Placer<'a> {
             placed: &at.placed_nodes,
             profile: self.profile,
             delta_w,
+            memo: None,
         }
     }
 
@@ -773,7 +784,7 @@ struct Walk {
     buf_pos: usize,
 }
 
-/// Nodes a walk reads ahead from one index set.
+/// Most nodes a walk reads ahead from one index set.
 const WALK_BATCH: usize = 64;
 
 impl Walk {
@@ -784,7 +795,11 @@ impl Walk {
         self.buf_pos = 0;
     }
 
-    fn next(&mut self, cluster: &Cluster) -> Option<NodeIdx> {
+    /// The next node; `wanted` says how many more the caller expects to take, so that a
+    /// bounded search reads no further ahead than it may use (the read-ahead is forgotten
+    /// at every replica).
+    fn next(&mut self, cluster: &Cluster, wanted: usize) -> Option<NodeIdx> {
+        let batch = wanted.clamp(1, WALK_BATCH);
         use std::ops::Bound::{Excluded, Unbounded};
         loop {
             if let Some(&n) = self.buf.get(self.buf_pos) {
@@ -816,12 +831,10 @@ impl Walk {
             self.buf.clear();
             self.buf_pos = 0;
             match self.last {
-                None => self.buf.extend(set.iter().take(WALK_BATCH).copied()),
-                Some(l) => self.buf.extend(
-                    set.range((Excluded(l), Unbounded))
-                        .take(WALK_BATCH)
-                        .copied(),
-                ),
+                None => self.buf.extend(set.iter().take(batch).copied()),
+                Some(l) => self
+                    .buf
+                    .extend(set.range((Excluded(l), Unbounded)).take(batch).copied()),
             }
             if !self.buf.is_empty() {
                 continue;

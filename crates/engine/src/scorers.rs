@@ -30,6 +30,201 @@ pub struct Profile {
     /// and `clustering`.
     pub max_node_cpu_milli: u64,
     pub max_node_accel_milli: u64,
+    /// Node terms computed against this profile, kept for the next placements (not state:
+    /// never saved, compared or cloned).
+    #[serde(skip)]
+    pub memo: ScoreMemo,
+}
+
+/// What a memoised node term is: a value and, for a fraction, the device it was found on.
+pub type NodeTerm = (f64, Option<usize>);
+
+/// Scorers that memoise a term, each in its own slot.
+pub const MEMO_SLOTS: usize = 2;
+pub const MEMO_WASTE: usize = 0;
+pub const MEMO_FGD: usize = 1;
+
+/// Node terms that depend only on a node's devices, free CPU and memory, the replica's
+/// accelerators, CPU and memory, and the profile (expected waste's and FGD's fragmentation
+/// sums, the costly part of scoring), kept across placements. Between two placements only
+/// the nodes that took or gave something change, so most candidates of the next replica of
+/// the same size are scored from here. A term is reused only when the node's contents are
+/// exactly what they were when it was computed (checked, not assumed) and the profile has
+/// not been rebuilt since, so the decisions are those of computing every term afresh.
+#[derive(Default)]
+pub struct ScoreMemo {
+    table: std::sync::Mutex<MemoTable>,
+}
+
+impl ScoreMemo {
+    /// The profile changed: every term computed so far is stale.
+    pub fn forget(&self) {
+        let mut t = self.lock();
+        t.generation = t.generation.wrapping_add(1);
+        if t.generation == u32::MAX {
+            // After 2^32 rebuilds an old entry could look current: start afresh.
+            *t = MemoTable::default();
+        }
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, MemoTable> {
+        // A panic while scoring leaves nothing half-written that matters: entries are
+        // checked before use.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Clone for ScoreMemo {
+    fn clone(&self) -> ScoreMemo {
+        ScoreMemo::default()
+    }
+}
+
+impl PartialEq for ScoreMemo {
+    fn eq(&self, _: &ScoreMemo) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for ScoreMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScoreMemo")
+    }
+}
+
+/// Most devices of a node whose terms are memoised (larger nodes are scored afresh).
+const MEMO_MAX_DEVICES: usize = 16;
+/// Replica sizes whose terms are kept per node (a replica size takes the way its hash
+/// names, in place of whatever was there).
+const MEMO_WAYS: usize = 8;
+
+/// A node's contents when its terms were last computed, how often they changed, and its
+/// terms that do not depend on the replica (the waste before placing anything).
+#[derive(Clone, Copy, Default)]
+struct NodeSeen {
+    epoch: u32,
+    devices: u8,
+    model: Option<ModelId>,
+    cpu_free_milli: u64,
+    mem_free_mib: u64,
+    used_milli: [u16; MEMO_MAX_DEVICES],
+    /// The profile generation `before` belongs to.
+    before_generation: u32,
+    before: [Option<f64>; MEMO_SLOTS],
+}
+
+/// One replica size's terms on one node.
+#[derive(Clone, Copy)]
+struct MemoEntry {
+    epoch: u32,
+    generation: u32,
+    req: AccelReq,
+    cpu_milli: u64,
+    mem_mib: u64,
+    slots: [Option<NodeTerm>; MEMO_SLOTS],
+}
+
+const EMPTY_ENTRY: MemoEntry = MemoEntry {
+    epoch: 0,
+    generation: 0,
+    req: AccelReq::None,
+    cpu_milli: 0,
+    mem_mib: 0,
+    slots: [None; MEMO_SLOTS],
+};
+
+#[derive(Default)]
+pub(crate) struct MemoTable {
+    /// Rebuilds of the profile; terms carry this plus one, so a fresh entry (0) is never
+    /// current.
+    generation: u32,
+    nodes: Vec<NodeSeen>,
+    /// `MEMO_WAYS` per node, side by side.
+    entries: Vec<MemoEntry>,
+}
+
+/// A node's memoised terms for one replica, for the scorers to read and fill.
+pub struct MemoSlots<'a> {
+    before: &'a [std::cell::Cell<Option<f64>>],
+    terms: &'a [std::cell::Cell<Option<NodeTerm>>],
+}
+
+impl MemoTable {
+    /// The memo of node `n` of `cluster` for a replica asking `req`, `cpu_milli` and
+    /// `mem_mib`: terms still valid are kept, stale ones emptied. `None` for nodes too
+    /// large to memoise.
+    pub(crate) fn slots(
+        &mut self,
+        cluster: &Cluster,
+        n: NodeIdx,
+        req: AccelReq,
+        cpu_milli: u64,
+        mem_mib: u64,
+    ) -> Option<MemoSlots<'_>> {
+        use std::cell::Cell;
+        let node = &cluster.nodes[n as usize];
+        let devices = node.used_milli.len();
+        if devices > MEMO_MAX_DEVICES {
+            return None;
+        }
+        if self.nodes.len() < cluster.nodes.len() {
+            self.nodes.resize(cluster.nodes.len(), NodeSeen::default());
+            self.entries
+                .resize(cluster.nodes.len() * MEMO_WAYS, EMPTY_ENTRY);
+        }
+        let generation = self.generation.wrapping_add(1);
+        let seen = &mut self.nodes[n as usize];
+        if seen.devices as usize != devices
+            || seen.model != node.model
+            || seen.cpu_free_milli != node.cpu_free_milli
+            || seen.mem_free_mib != node.mem_free_mib
+            || seen.used_milli[..devices] != node.used_milli[..]
+        {
+            *seen = NodeSeen {
+                epoch: seen.epoch.wrapping_add(1),
+                devices: devices as u8,
+                model: node.model,
+                cpu_free_milli: node.cpu_free_milli,
+                mem_free_mib: node.mem_free_mib,
+                used_milli: seen.used_milli,
+                before_generation: generation,
+                before: [None; MEMO_SLOTS],
+            };
+            seen.used_milli[..devices].copy_from_slice(&node.used_milli);
+        } else if seen.before_generation != generation {
+            seen.before_generation = generation;
+            seen.before = [None; MEMO_SLOTS];
+        }
+        let epoch = seen.epoch;
+        let (kind, amount) = match req {
+            AccelReq::None => (0, 0),
+            AccelReq::Whole(k) => (1, k as u64),
+            AccelReq::Milli(m) => (2, m as u64),
+        };
+        let way = crate::ids::mix64(kind << 32 | amount, cpu_milli ^ mem_mib.rotate_left(32))
+            as usize
+            % MEMO_WAYS;
+        let e = &mut self.entries[n as usize * MEMO_WAYS + way];
+        if !(e.epoch == epoch
+            && e.generation == generation
+            && e.req == req
+            && e.cpu_milli == cpu_milli
+            && e.mem_mib == mem_mib)
+        {
+            *e = MemoEntry {
+                epoch,
+                generation,
+                req,
+                cpu_milli,
+                mem_mib,
+                slots: [None; MEMO_SLOTS],
+            };
+        }
+        Some(MemoSlots {
+            before: Cell::from_mut(&mut seen.before[..]).as_slice_of_cells(),
+            terms: Cell::from_mut(&mut e.slots[..]).as_slice_of_cells(),
+        })
+    }
 }
 
 pub struct ScoreInput<'a> {
@@ -48,6 +243,34 @@ pub struct ScoreInput<'a> {
     pub placed: &'a [NodeIdx],
     pub profile: &'a Profile,
     pub delta_w: u64,
+    /// This node's memoised terms for this replica (see `ScoreMemo`), when kept.
+    pub memo: Option<&'a MemoSlots<'a>>,
+}
+
+impl ScoreInput<'_> {
+    /// The node term in `slot`: memoised, or computed by `f` (which must depend only on what
+    /// `ScoreMemo` keys on) and kept.
+    pub fn memoised(&self, slot: usize, f: impl FnOnce() -> NodeTerm) -> NodeTerm {
+        memoised(self.memo.and_then(|m| m.terms.get(slot)), f)
+    }
+
+    /// The node's own term in `slot` before the replica is placed (a function of the node's
+    /// contents and the profile alone): memoised, or computed by `f` and kept.
+    pub fn memoised_before(&self, slot: usize, f: impl FnOnce() -> f64) -> f64 {
+        memoised(self.memo.and_then(|m| m.before.get(slot)), f)
+    }
+}
+
+fn memoised<T: Copy>(cell: Option<&std::cell::Cell<Option<T>>>, f: impl FnOnce() -> T) -> T {
+    let Some(cell) = cell else {
+        return f();
+    };
+    if let Some(v) = cell.get() {
+        return v;
+    }
+    let v = f();
+    cell.set(Some(v));
+    v
 }
 
 pub trait Scorer: Send + Sync {
@@ -58,6 +281,11 @@ pub trait Scorer: Send + Sync {
     /// (the first scorer that answers decides); `None`: best fit (`placement::pick_devices`).
     fn devices(&self, _input: &ScoreInput) -> Option<Vec<u8>> {
         None
+    }
+    /// Whether it keeps node terms in the `ScoreMemo` (placement looks them up only then:
+    /// for cheap scorers the lookup would cost more than it saves).
+    fn memoises(&self) -> bool {
+        false
     }
 }
 
@@ -208,5 +436,87 @@ impl Scorer for PowerHeadroom {
             return 0.0;
         }
         rack.cap_w.saturating_sub(rack.it_w + i.delta_w) as f64 / rack.cap_w as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gosok_model::{Catalog, ClusterSpec, NodeSpec, NodeState, RackSpec, SiteSpec};
+
+    fn one_node_cluster() -> Cluster {
+        let catalog = Catalog::builtin();
+        let mut spec = ClusterSpec::default();
+        spec.site.push(SiteSpec {
+            name: "s".into(),
+            region: "r".into(),
+            jurisdiction: "NL".into(),
+            power_budget_mw: 10.0,
+            pue: 1.0,
+        });
+        spec.rack.push(RackSpec {
+            name: "r0".into(),
+            site: "s".into(),
+            power_cap_kw: 1000.0,
+            scale_up_domain: None,
+            allow_undeclared_nodes: false,
+            max_nodes: None,
+        });
+        let model = catalog.get(0).name.clone();
+        spec.node.push(NodeSpec {
+            name: "n0".into(),
+            rack: "r0".into(),
+            count: None,
+            cpu_cores: 64,
+            mem_mib: 1 << 20,
+            accelerator: Some(model),
+            accelerators: 4,
+            base_power_w: 100,
+            labels: Default::default(),
+            taints: Vec::new(),
+            state: NodeState::Up,
+        });
+        Cluster::new(&catalog, &spec, 0.9).unwrap()
+    }
+
+    /// Fills every empty slot of the node's memo with `v`, returning what was there.
+    fn fill(t: &mut MemoTable, c: &Cluster, req: AccelReq, v: f64) -> (Option<f64>, Option<f64>) {
+        let s = t.slots(c, 0, req, 1000, 1024).unwrap();
+        let was = (s.before[0].get(), s.terms[0].get().map(|x| x.0));
+        s.before[0].set(Some(v));
+        s.terms[0].set(Some((v, None)));
+        was
+    }
+
+    #[test]
+    fn memoised_terms_live_until_the_node_or_the_profile_changes() {
+        let mut c = one_node_cluster();
+        let memo = ScoreMemo::default();
+        let whole = AccelReq::Whole(1);
+        {
+            let mut t = memo.lock();
+            assert_eq!(fill(&mut t, &c, whole, 1.0), (None, None));
+            // Same node, same replica: both terms kept.
+            assert_eq!(fill(&mut t, &c, whole, 2.0), (Some(1.0), Some(1.0)));
+            // Another replica size: the node's own term is shared, the placement term not.
+            assert_eq!(
+                fill(&mut t, &c, AccelReq::Milli(500), 3.0),
+                (Some(2.0), None)
+            );
+        }
+        // The profile was rebuilt: nothing is current.
+        memo.forget();
+        assert_eq!(fill(&mut memo.lock(), &c, whole, 4.0), (None, None));
+        // The node's contents changed (and changed back): its terms are recomputed.
+        c.nodes[0].used_milli[1] = 250;
+        assert_eq!(fill(&mut memo.lock(), &c, whole, 5.0), (None, None));
+        c.nodes[0].used_milli[1] = 0;
+        assert_eq!(fill(&mut memo.lock(), &c, whole, 6.0), (None, None));
+        c.nodes[0].cpu_free_milli -= 1;
+        assert_eq!(fill(&mut memo.lock(), &c, whole, 7.0), (None, None));
+        assert_eq!(
+            fill(&mut memo.lock(), &c, whole, 8.0),
+            (Some(7.0), Some(7.0))
+        );
     }
 }

@@ -31,7 +31,7 @@ use crate::cluster::{Cluster, Node};
 use crate::fragmentation::{FragTarget, TypicalShape, popular};
 use crate::ids::ModelSet;
 use crate::job::{AccelReq, GroupReq};
-use crate::scorers::{Profile, ScoreInput, Scorer, best_device};
+use crate::scorers::{MEMO_WASTE, Profile, ScoreInput, Scorer, best_device};
 
 /// What the workload submitted so far asks for: replica shapes by popularity (FGD's and
 /// expected waste's targets) and the inputs of `ρ` and `π`. Halved when the counts grow
@@ -140,6 +140,7 @@ impl DemandTotals {
             .unwrap_or(0);
         profile.max_node_accel_milli = cluster.max_devices as u64 * 1000;
         self.fill(cluster, profile);
+        profile.memo.forget();
     }
 
     /// Fills the profile's `ρ` (CPU and memory per thousandth) and `π` (per model) for the
@@ -218,14 +219,21 @@ impl ExpectedWaste {
     /// How much less the node's own waste (fragmentation and stranding) is after the
     /// placement, and for a fraction the device.
     fn less_waste(node: &Node, i: &ScoreInput) -> (f64, Option<usize>) {
+        // A function of the node's devices, CPU and memory, the replica and the profile.
+        i.memoised(MEMO_WASTE, || Self::less_waste_afresh(node, i))
+    }
+
+    fn less_waste_afresh(node: &Node, i: &ScoreInput) -> (f64, Option<usize>) {
         let p = i.profile;
-        let before = waste(
-            &node.used_milli,
-            node.cpu_free_milli,
-            node.mem_free_mib,
-            node.model,
-            p,
-        );
+        let before = i.memoised_before(MEMO_WASTE, || {
+            waste(
+                &node.used_milli,
+                node.cpu_free_milli,
+                node.mem_free_mib,
+                node.model,
+                p,
+            )
+        });
         let cpu = node.cpu_free_milli.saturating_sub(i.cpu_milli);
         let mem = node.mem_free_mib.saturating_sub(i.mem_mib);
         best_device(&node.used_milli, i.req, |after| {
@@ -274,7 +282,14 @@ impl Scorer for ExpectedWaste {
         let scale = (i.cluster.max_devices.max(1) as f64) * 1000.0;
         (0.5 - self.waste_added(node, i).0 / (2.0 * scale)).clamp(0.0, 1.0)
     }
+    fn memoises(&self) -> bool {
+        true
+    }
     fn devices(&self, i: &ScoreInput) -> Option<Vec<u8>> {
+        // Only a fraction has a device to choose; whole devices go best fit.
+        if !matches!(i.req, AccelReq::Milli(_)) {
+            return None;
+        }
         let node = &i.cluster.nodes[i.node as usize];
         self.waste_added(node, i).1.map(|d| vec![d as u8])
     }
