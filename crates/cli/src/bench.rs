@@ -197,12 +197,61 @@ pub struct Steady {
     pub queue_classes: usize,
     /// The slowest pass and what it did.
     pub slowest_pass: Option<SlowPass>,
+    /// Where the measured passes' time went, on average.
+    pub breakdown_mean: Breakdown,
+    /// ... and in the passes at or above the p99.
+    pub breakdown_p99: Breakdown,
 }
 
 #[derive(Debug, Serialize)]
 pub struct SlowPass {
     pub ms: f64,
     pub stats: gosok_engine::PassStats,
+    pub times: Breakdown,
+}
+
+/// Where passes' time went (the engine's `PassTimes` on a clock the benchmark lends it), in
+/// milliseconds: a mean over some passes.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Breakdown {
+    pub passes: usize,
+    pub total_ms: f64,
+    /// Placement searches of the jobs considered (`place_now`).
+    pub place_ms: f64,
+    /// Preemption searches, their tentative placements included.
+    pub preempt_ms: f64,
+    /// Reservation plans.
+    pub reserve_ms: f64,
+    /// The idle check at the pass's start and end.
+    pub settle_ms: f64,
+    /// The rest: queue order and the pass-wide merge, tenant limits, the failed-shape cache,
+    /// starts and their bookkeeping.
+    pub other_ms: f64,
+}
+
+impl Breakdown {
+    fn mean(times: &[gosok_engine::PassTimes]) -> Breakdown {
+        let n = times.len().max(1) as f64;
+        let sum = |f: fn(&gosok_engine::PassTimes) -> u64| {
+            times.iter().map(f).sum::<u64>() as f64 / n / 1e6
+        };
+        Breakdown {
+            passes: times.len(),
+            total_ms: sum(|t| t.total_ns),
+            place_ms: sum(|t| t.place_ns),
+            preempt_ms: sum(|t| t.preempt_ns),
+            reserve_ms: sum(|t| t.reserve_ns),
+            settle_ms: sum(|t| t.settle_ns),
+            other_ms: sum(|t| t.other_ns()),
+        }
+    }
+}
+
+/// Nanoseconds since the first reading: the clock the benchmark lends the engine for
+/// `PassTimes`.
+fn bench_clock_ns() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
 #[derive(Debug, Serialize)]
@@ -640,6 +689,7 @@ fn steady_state(
     heap: &HeapProbe,
 ) -> Result<(Steady, Memory, SnapshotTimes, usize, usize)> {
     let mut engine = new_engine(cluster, p)?;
+    engine.lend_clock(Some(bench_clock_ns));
     let mix = WorkloadParams {
         max_gang_replicas: p.max_gang_replicas,
         ..WorkloadParams::default()
@@ -723,6 +773,7 @@ fn steady_state(
     }
 
     let mut passes = Vec::with_capacity(p.passes);
+    let mut pass_times = Vec::with_capacity(p.passes);
     let mut slowest: Option<SlowPass> = None;
     let (mut starts, mut preemptions, mut ended) = (0usize, 0usize, 0usize);
     let (mut events, mut event_time) = (0usize, Duration::ZERO);
@@ -761,10 +812,12 @@ fn steady_state(
         let out = engine.schedule();
         let took = ms(t.elapsed());
         passes.push(took);
+        pass_times.push(engine.last_pass_times());
         if slowest.as_ref().is_none_or(|s: &SlowPass| took > s.ms) {
             slowest = Some(SlowPass {
                 ms: took,
                 stats: engine.last_pass(),
+                times: Breakdown::mean(&[engine.last_pass_times()]),
             });
         }
         starts += out.iter().filter(|d| is_start(d)).count();
@@ -789,6 +842,13 @@ fn steady_state(
     let count = passes.len().max(1) as f64;
     let mut sorted = passes.clone();
     sorted.sort_by(f64::total_cmp);
+    let p99 = percentile(&sorted, 0.99);
+    let at_p99: Vec<gosok_engine::PassTimes> = passes
+        .iter()
+        .zip(&pass_times)
+        .filter(|(ms, _)| **ms >= p99)
+        .map(|(_, t)| *t)
+        .collect();
     let steady = Steady {
         passes: passes.len(),
         pass_p50_ms: percentile(&sorted, 0.50),
@@ -817,6 +877,8 @@ fn steady_state(
         pending_max,
         queue_classes: engine.queue_classes(),
         slowest_pass: slowest,
+        breakdown_mean: Breakdown::mean(&pass_times),
+        breakdown_p99: Breakdown::mean(&at_p99),
     };
 
     // The snapshot the controller would write now, and the engine restored from it.
@@ -973,6 +1035,16 @@ pub fn table(r: &EngineBenchReport) -> String {
         st.tasks_ended_per_pass,
         st.event_us
     );
+    for (what, b) in [
+        ("mean pass", &st.breakdown_mean),
+        ("passes at p99", &st.breakdown_p99),
+    ] {
+        let _ = writeln!(
+            s,
+            "  {what} ({} of them): {:.2} ms = placement {:.2} + preemption {:.2} + reservation {:.2} + idle check {:.2} + order and the rest {:.2}",
+            b.passes, b.total_ms, b.place_ms, b.preempt_ms, b.reserve_ms, b.settle_ms, b.other_ms
+        );
+    }
     let _ = writeln!(
         s,
         "  memory: {} jobs submitted ({} rejected), {} bytes and {:.1} allocations per job, {:.2} µs per submission",

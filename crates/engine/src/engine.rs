@@ -72,6 +72,31 @@ pub struct PassStats {
     pub preempted: u64,
 }
 
+/// Where the last pass's time went, in nanoseconds of a clock the driver lends
+/// (`Engine::lend_clock`); all zero when none is lent. The engine reads no clock of its own
+/// and no decision reads these: they are for benchmarks and profiles only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PassTimes {
+    pub total_ns: u64,
+    /// Placement searches of jobs that could start or fail (`place_now`).
+    pub place_ns: u64,
+    /// Preemption searches, their tentative placements included.
+    pub preempt_ns: u64,
+    /// Reservation plans (and the check whether the held one is still fresh).
+    pub reserve_ns: u64,
+    /// The idle check: what the pass may change without deciding, compared before and after.
+    pub settle_ns: u64,
+}
+
+impl PassTimes {
+    /// The rest: queue order (heads, the pass-wide merge), tenant limits, the failed-shape
+    /// cache, starts and their bookkeeping.
+    pub fn other_ns(&self) -> u64 {
+        self.total_ns
+            .saturating_sub(self.place_ns + self.preempt_ns + self.reserve_ns + self.settle_ns)
+    }
+}
+
 /// What makes jobs fail alike within one pass (see `Engine::consider`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct FailedKey {
@@ -159,6 +184,11 @@ pub struct Engine {
     /// restored engine runs its first pass in full, which decides the same.
     #[serde(skip)]
     quiescent: bool,
+    /// A clock lent by the driver for `PassTimes` (benchmarks); never read by a decision.
+    #[serde(skip)]
+    clock: Option<fn() -> u64>,
+    #[serde(skip)]
+    times: PassTimes,
 }
 
 /// Scorers with their weights.
@@ -251,6 +281,8 @@ impl Engine {
             group_uses: GroupUses::new(),
             stats: PassStats::default(),
             quiescent: false,
+            clock: None,
+            times: PassTimes::default(),
         };
         for t in &cluster.tenant {
             e.upsert_tenant(t.clone())?;
@@ -363,15 +395,35 @@ impl Engine {
         self.stats
     }
 
+    /// Where the last pass's time went (all zero unless a clock is lent).
+    pub fn last_pass_times(&self) -> PassTimes {
+        self.times
+    }
+
+    /// Lends the engine a clock (nanoseconds, monotonic) to time the stages of its passes
+    /// with (`last_pass_times`); None takes it back. Only the times read it.
+    pub fn lend_clock(&mut self, clock: Option<fn() -> u64>) {
+        self.clock = clock;
+    }
+
+    /// The lent clock's reading, 0 without one.
+    fn clock_ns(&self) -> u64 {
+        self.clock.map_or(0, |c| c())
+    }
+
     /// One scheduling pass: the heads of the class queues in queue order.
     pub fn schedule(&mut self) -> Vec<Decision> {
         let mut out = Vec::new();
         self.stats = PassStats::default();
+        self.times = PassTimes::default();
         if self.quiescent {
             return out;
         }
+        let pass_start = self.clock_ns();
         self.refresh_profile();
+        let t = self.clock_ns();
         let before = self.pass_inputs();
+        self.times.settle_ns += self.clock_ns() - t;
         let cap = self.capacity();
         if let Some(h) = self.reservation.job
             && self
@@ -487,7 +539,10 @@ impl Engine {
             };
             if let Some(i) = pick {
                 let b = blocked[i];
-                if let Some(reason) = self.reserve(b.job, b.allowed, b.blocker) {
+                let t = self.clock_ns();
+                let reserved = self.reserve(b.job, b.allowed, b.blocker);
+                self.times.reserve_ns += self.clock_ns() - t;
+                if let Some(reason) = reserved {
                     let job = &self.jobs[&b.job];
                     self.queues.set_wait(job.tenant, job.class, reason);
                 }
@@ -500,7 +555,11 @@ impl Engine {
             .map(|j| j.tenant);
         self.hold
             .set_waiting(blocked.iter().map(|b| b.tenant), holder);
+        let t = self.clock_ns();
         self.settle(&before, !out.is_empty());
+        let end = self.clock_ns();
+        self.times.settle_ns += end - t;
+        self.times.total_ns = end - pass_start;
         out
     }
 
@@ -582,7 +641,10 @@ impl Engine {
             self.stats.cached += 1;
             return r;
         }
-        match self.place_now(id) {
+        let t = self.clock_ns();
+        let placed = self.place_now(id);
+        self.times.place_ns += self.clock_ns() - t;
+        match placed {
             Ok((placed, slack_used)) => {
                 self.start_placed(id, placed, slack_used, out);
                 WaitReason::Queued
@@ -594,7 +656,10 @@ impl Engine {
                     self.stats.preemption_searches += 1;
                     // The victims' room goes to this job, so what failed before still
                     // fails: the failed-shape cache stays.
-                    if self.try_preempt(id, out) {
+                    let t = self.clock_ns();
+                    let preempted = self.try_preempt(id, out);
+                    self.times.preempt_ns += self.clock_ns() - t;
+                    if preempted {
                         return WaitReason::Queued;
                     }
                     if !other && let Some(las) = self.las() {
@@ -633,7 +698,10 @@ impl Engine {
                     && first
                     && (!self.fair_share() || self.hold.due(tenant));
                 if fit.up && self.cfg.backfill && (holder || takes_over) {
-                    if let Some(r) = self.reserve(id, allowed, blocker) {
+                    let t = self.clock_ns();
+                    let reserved = self.reserve(id, allowed, blocker);
+                    self.times.reserve_ns += self.clock_ns() - t;
+                    if let Some(r) = reserved {
                         reason = r;
                     }
                 } else if !holder {

@@ -26,7 +26,7 @@ pub mod tenants;
 pub mod waste;
 
 pub use config::{EngineConfig, QueuePolicy};
-pub use engine::{Engine, Explanation, PassStats};
+pub use engine::{Engine, Explanation, PassStats, PassTimes};
 pub use event::{Decision, EngineError, Event, JobState, PreemptReason, TaskPlacement};
 pub use explain::{Blocker, WaitReason};
 pub use ids::JobId;

@@ -61,24 +61,6 @@ impl Engine {
         placer.could_fit(&self.cluster, &self.shapes[self.jobs[&id].shape as usize])
     }
 
-    pub(super) fn try_place_and_undo(&mut self, id: JobId, bound: bool) -> bool {
-        match self.place_as(id, bound) {
-            Ok((placed, _)) => {
-                for p in placed {
-                    self.cluster.give(
-                        &p.hold,
-                        TaskRef {
-                            job: id,
-                            task: p.task,
-                        },
-                    );
-                }
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
     /// Places the job on the cluster as it is now (taking the holds), honouring the
     /// reservation unless the job holds it or ends before it begins.
     pub(super) fn place_now(

@@ -39,6 +39,62 @@ pub(super) fn las_ready_key(las: &Las, job: &Job) -> Option<LasReady> {
 /// (tenant, priority class, from when, job): see `las_ready_key`.
 pub(super) type LasReady = (TenantIdx, PriorityClass, u64, JobId);
 
+/// Replicas a rack or site could host by the index, and the least each would draw: for
+/// `power_could_fit`.
+#[derive(Default)]
+struct Draws {
+    /// Replicas that add only device draw: on busy nodes, and an idle node's after its first.
+    cheap: u64,
+    /// First replicas on idle nodes (they add the node's base draw too).
+    first: u64,
+    device_w: Option<u64>,
+    base_w: Option<u64>,
+}
+
+impl Draws {
+    fn add(&mut self, per_node: u64, device_w: u64, base_w: u64, idle: bool) {
+        if per_node == 0 {
+            return;
+        }
+        self.device_w = Some(self.device_w.map_or(device_w, |w| w.min(device_w)));
+        if idle {
+            self.cheap += per_node - 1;
+            self.first += 1;
+            self.base_w = Some(self.base_w.map_or(base_w, |w| w.min(base_w)));
+        } else {
+            self.cheap += per_node;
+        }
+    }
+
+    /// The most replicas whose least draws, cheapest first, fit in `headroom_w`.
+    fn hosted(&self, headroom_w: u64) -> u64 {
+        let device_w = self.device_w.unwrap_or(0);
+        if device_w == 0 {
+            return self.cheap + self.first;
+        }
+        if headroom_w / device_w <= self.cheap {
+            return headroom_w / device_w;
+        }
+        let left = headroom_w - self.cheap * device_w;
+        let first_w = device_w.saturating_add(self.base_w.unwrap_or(0));
+        self.cheap + self.first.min(left / first_w)
+    }
+}
+
+/// A tentative placement kept to be taken again: the tasks and the reservation slack used.
+type Tried = (Vec<Placed>, IdMap<NodeIdx, Slack>);
+
+/// The most IT draw a site may add before its facility draw passes its budget (the check
+/// `Cluster::power_fits_holding` makes, with nothing held).
+fn site_it_headroom_w(site: &crate::cluster::Site) -> u64 {
+    if site.pue_milli == 0 {
+        return u64::MAX;
+    }
+    // The largest x with x × pue / 1000 (rounded down) at most the budget.
+    let most = ((site.budget_w as u128 + 1) * 1000 - 1) / site.pue_milli as u128;
+    (most.min(u64::MAX as u128) as u64).saturating_sub(site.it_w)
+}
+
 impl Engine {
     pub(super) fn could_preempt(&self, id: JobId) -> bool {
         let job = &self.jobs[&id];
@@ -281,23 +337,128 @@ impl Engine {
         let single = matches!(&shape.groups[..], [g] if g.replicas == 1);
         let chosen = if single {
             self.victims_on_one_node(id, &victims, bound)
+                .map(|c| (c, None))
         } else {
             self.victims_for_gang(id, &victims, bound)
+                .map(|(c, tried)| (c, Some(tried)))
         };
-        let Some(chosen) = chosen else {
+        let Some((chosen, tried)) = chosen else {
             return false;
         };
         for &i in &chosen {
             let (reason, (_, _, v)) = victims[i].clone();
             self.preempt(v, reason, out);
         }
-        match self.place_as(id, bound) {
+        // A gang's search ends on the cluster of its last successful tentative placement
+        // (the chosen victims off their nodes, nothing else changed that placement reads),
+        // so that placement is the one a new search would find: it is taken again.
+        let placed = match tried {
+            Some((placed, slack_used)) => {
+                for p in &placed {
+                    self.cluster.take(
+                        &p.hold,
+                        TaskRef {
+                            job: id,
+                            task: p.task,
+                        },
+                    );
+                }
+                Ok((placed, slack_used))
+            }
+            None => self.place_as(id, bound),
+        };
+        match placed {
             Ok((placed, slack_used)) => {
                 self.start_placed(id, placed, slack_used, out);
                 true
             }
             Err(_) => false,
         }
+    }
+
+    /// An upper bound from the index and power: whether each whole-device group of the job
+    /// could have its replicas hosted within its racks' caps and its sites' budgets (in one
+    /// unit, when its topology is required). A replica draws at least its devices' draw,
+    /// and the first on an idle node the node's base draw too; so a rack (a site) hosts at
+    /// most the replicas that, cheapest first, fit its headroom. Never says no when the
+    /// job would fit, so a tentative placement it rules out would have failed: skipping it
+    /// changes nothing. A job `bound` by the reservation leaves the power it holds alone.
+    fn power_could_fit(&self, id: JobId, bound: bool) -> bool {
+        let c = &self.cluster;
+        let res = bound.then_some(&self.reservation);
+        let shape = &self.shapes[self.jobs[&id].shape as usize];
+        let required = shape
+            .topology
+            .filter(|t| t.mode == gosok_model::TopologyMode::Required)
+            .map(|t| t.level);
+        if required == Some(TopologyLevel::Node) {
+            return true;
+        }
+        let n_sites = c.sites.len() as u16;
+        let mut racks: BTreeMap<crate::ids::RackIdx, Draws> = BTreeMap::new();
+        let mut domains: BTreeMap<u32, u64> = BTreeMap::new();
+        // All replicas of a group go to nodes of one model (`Placer::place`): a group fits
+        // only if it fits on some model alone.
+        shape.groups.iter().all(|g| {
+            let AccelReq::Whole(k) = g.accel else {
+                return true;
+            };
+            let k = k.max(1) as u64;
+            g.models.and(c.present_models).iter().any(|m| {
+                let device_w = k * c.model_device_w[m as usize];
+                // Replicas in all, and in the best single unit.
+                let (mut all, mut best_unit) = (0u64, 0u64);
+                for s in shape.sites.iter().take_while(|&s| s < n_sites) {
+                    racks.clear();
+                    domains.clear();
+                    let mut site = Draws::default();
+                    for (free, b) in c.index.bucket(s, m).iter().enumerate().skip(k as usize) {
+                        let per_node = free as u64 / k;
+                        for (set, idle) in [(&b.busy, false), (&b.idle, true)] {
+                            for &n in set {
+                                let node = &c.nodes[n as usize];
+                                let base_w = if idle { node.base_w } else { 0 };
+                                site.add(per_node, device_w, base_w, idle);
+                                racks
+                                    .entry(node.rack)
+                                    .or_default()
+                                    .add(per_node, device_w, base_w, idle);
+                            }
+                        }
+                    }
+                    if site.cheap + site.first == 0 {
+                        continue;
+                    }
+                    let held_w = res.and_then(|r| r.site_w.get(&s)).copied().unwrap_or(0);
+                    let by_site = site
+                        .hosted(site_it_headroom_w(&c.sites[s as usize]).saturating_sub(held_w));
+                    let mut by_racks = 0u64;
+                    for (&r, d) in &racks {
+                        let rack = &c.racks[r as usize];
+                        let held_w = res.and_then(|res| res.rack_w.get(&r)).copied().unwrap_or(0);
+                        let hosted = d.hosted(rack.cap_w.saturating_sub(rack.it_w + held_w));
+                        by_racks = by_racks.saturating_add(hosted);
+                        if required == Some(TopologyLevel::Rack) {
+                            best_unit = best_unit.max(hosted.min(by_site));
+                        }
+                        *domains.entry(rack.domain).or_default() += hosted;
+                    }
+                    let in_site = by_racks.min(by_site);
+                    all = all.saturating_add(in_site);
+                    match required {
+                        Some(TopologyLevel::Site) => best_unit = best_unit.max(in_site),
+                        Some(TopologyLevel::ScaleUpDomain) => {
+                            for &d in domains.values() {
+                                best_unit = best_unit.max(d.min(by_site));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let most = if required.is_some() { best_unit } else { all };
+                most >= g.replicas as u64
+            })
+        })
     }
 
     /// For a one-replica job, as Kubernetes does for a pod: on each node holding victims,
@@ -372,13 +533,17 @@ impl Engine {
 
     /// For a gang: the smallest cheapest-first prefix of `victims` that makes room (a binary
     /// search: freeing more never takes room away), then spare whom we can, most expensive
-    /// first. Returns indices into `victims`; the state is unchanged.
+    /// first. Returns indices into `victims` and the last tentative placement that
+    /// succeeded (made with exactly the chosen victims off their nodes); the state is
+    /// unchanged. A tentative placement that bucket counts or site power rule out is not
+    /// made: it would fail (`power_could_fit`), and most that fail on a power-bound highway
+    /// fail for site power.
     fn victims_for_gang(
         &mut self,
         id: JobId,
         victims: &[(PreemptReason, (PriorityClass, u64, JobId))],
         bound: bool,
-    ) -> Option<Vec<usize>> {
+    ) -> Option<(Vec<usize>, Tried)> {
         let order: Vec<JobId> = victims.iter().map(|v| v.1.2).collect();
         // Free victims cheapest first until bucket counts say the gang could fit (cheap, no
         // placement), then confirm with real placements, freeing more while power or
@@ -392,7 +557,10 @@ impl Engine {
             }
         }
         let mut step = 1;
-        while !self.try_place_and_undo(id, bound) {
+        let mut tried = loop {
+            if let Some(t) = self.try_place_kept(id, bound) {
+                break t;
+            }
             if lo == order.len() {
                 for &v in order[..lo].iter().rev() {
                     self.charge(v, false);
@@ -405,22 +573,48 @@ impl Engine {
             }
             lo = next;
             step *= 2;
-        }
+        };
         // The victims of the prefix are off their nodes now.
         let prefix = &order[..lo];
         let mut keep = vec![false; prefix.len()];
         for k in (0..prefix.len()).rev().take(MAX_SPARE_TRIES) {
             self.charge(prefix[k], false);
-            if self.could_fit_now(id) && self.try_place_and_undo(id, bound) {
-                keep[k] = true;
+            let fits = if self.could_fit_now(id) {
+                self.try_place_kept(id, bound)
             } else {
-                self.charge(prefix[k], true);
+                None
+            };
+            match fits {
+                Some(t) => {
+                    keep[k] = true;
+                    tried = t;
+                }
+                None => self.charge(prefix[k], true),
             }
         }
         let chosen: Vec<usize> = (0..prefix.len()).filter(|&k| !keep[k]).collect();
         for &k in &chosen {
             self.charge(prefix[k], false);
         }
-        Some(chosen)
+        Some((chosen, tried))
+    }
+
+    /// A tentative placement, undone, and kept if it succeeded; none is tried where
+    /// `power_could_fit` says it would fail.
+    fn try_place_kept(&mut self, id: JobId, bound: bool) -> Option<Tried> {
+        if !self.power_could_fit(id, bound) {
+            return None;
+        }
+        let (placed, slack_used) = self.place_as(id, bound).ok()?;
+        for p in &placed {
+            self.cluster.give(
+                &p.hold,
+                TaskRef {
+                    job: id,
+                    task: p.task,
+                },
+            );
+        }
+        Some((placed, slack_used))
     }
 }
