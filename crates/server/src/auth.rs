@@ -89,8 +89,9 @@ pub fn new_token(id: &str, tenant: Option<&str>, agent: bool) -> (String, TokenE
     (token, entry)
 }
 
-/// The principal of a request's `Authorization: Bearer` header.
-pub fn authenticate(core: &Core, headers: &HeaderMap) -> Result<Principal, ApiError> {
+/// The digest of the token in a request's `Authorization: Bearer` header (tokens are kept
+/// only as digests).
+pub fn bearer_digest(headers: &HeaderMap) -> Result<[u8; 32], ApiError> {
     let Some(v) = headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::unauthenticated(
             "no token: send `Authorization: Bearer <token>`",
@@ -107,7 +108,12 @@ pub fn authenticate(core: &Core, headers: &HeaderMap) -> Result<Principal, ApiEr
             "the Authorization header must be `Bearer <token>`",
         ));
     };
-    let Some(rec) = core.token(&sha256(tok.trim().as_bytes())) else {
+    Ok(sha256(tok.trim().as_bytes()))
+}
+
+/// The principal of a request's `Authorization: Bearer` header.
+pub fn authenticate(core: &Core, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let Some(rec) = core.token(&bearer_digest(headers)?) else {
         return Err(ApiError::unauthenticated("unknown or revoked token"));
     };
     if rec.agent {

@@ -32,7 +32,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use gosok_store::{PgStore, SqliteStore, Store};
@@ -187,31 +187,22 @@ impl Shared {
                 .err()
                 .map(IntoResponse::into_response);
         }
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
-        let known = token.is_some_and(|t| {
-            self.admins
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .contains(&crate::auth::sha256(t.as_bytes()))
-        });
-        if known {
-            return None;
-        }
-        Some(
-            crate::error::ApiError::unauthenticated(if token.is_none() {
-                "this needs an operator (admin) token: send `Authorization: Bearer <token>`"
-            } else {
-                "unknown, revoked or not an admin token: this needs an operator (admin) token"
-            })
-            .into_response(),
-        )
+        // A follower has no core to ask: it knows the admin tokens of the log it applied.
+        let digest = match crate::auth::bearer_digest(headers) {
+            Ok(d) => d,
+            Err(e) => return Some(e.into_response()),
+        };
+        let known = self
+            .admins
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&digest);
+        (!known).then(|| {
+            crate::error::ApiError::unauthenticated(
+                "unknown, revoked or not an admin token: this needs an operator (admin) token",
+            )
+            .into_response()
+        })
     }
 }
 
